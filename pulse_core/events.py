@@ -1,0 +1,235 @@
+"""The PULSE v2 events: frozen facts about one training run.
+
+This module owns the event types and the training-id rules. It holds no
+serialisation code (that is :mod:`pulse_core.codec`) and must never import
+I/O modules (os, time, socket, pathlib, asyncio, structlog).
+
+Every event carries the envelope ``v`` (protocol major version),
+``training_id``, ``seq`` (1, 2, 3, ... per training_id, assigned by the
+emitter) and ``timestamp`` (UTC, seconds since the Unix epoch, as a float).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final, Literal, TypeAlias
+
+import attrs
+
+from pulse_core.errors import InvalidTrainingId
+
+PROTOCOL_VERSION: Final = 2
+
+Status: TypeAlias = Literal[
+    "idle", "preparing", "running", "cooling_down", "done", "error", "cancelled"
+]
+STATUSES: Final[tuple[str, ...]] = (
+    "idle",
+    "preparing",
+    "running",
+    "cooling_down",
+    "done",
+    "error",
+    "cancelled",
+)
+TERMINAL_STATUSES: Final = frozenset({"done", "error", "cancelled"})
+
+#: Well-known error codes. Any UPPER_SNAKE code is accepted on the wire;
+#: these are the ones PULSE itself emits and UIs may special-case.
+WELL_KNOWN_ERROR_CODES: Final[Mapping[str, str]] = {
+    "DATASET_NOT_FOUND": "a dataset or input file does not exist",
+    "CUDA_OOM": "the accelerator ran out of memory",
+    "OUT_OF_MEMORY": "the host ran out of memory",
+    "INVALID_CONFIG": "the training configuration is invalid",
+    "PROCESS_CRASHED": "the training process died without reporting (signal, abort)",
+    "PROCESS_EXITED_WITHOUT_RESULT": "the process exited without reporting done",
+    "PROCESS_LOST": "the writer is gone and the run never ended",
+    "LAUNCH_FAILED": "the training command could not be started",
+    "CANCELLED_BY_SIGNAL": "the run was stopped by SIGTERM/SIGINT",
+    "UNHANDLED_EXCEPTION": "an exception no other code matches",
+    "SINK_FAILURE": "a reporting sink failed (PULSE internal)",
+}
+ERROR_CODE_RE: Final = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
+
+#: training_id: starts alphanumeric, then letters, digits, ``.``, ``_``, ``-``;
+#: at most 128 characters. It becomes a file name, so nothing else is allowed.
+TRAINING_ID_MAX_LEN: Final = 128
+_TRAINING_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_valid_ids: set[str] = set()  # ids already checked: logs repeat one id
+
+
+def validate_training_id(value: object) -> str:
+    """Check that *value* is a safe training id and return it.
+
+    Args:
+        value: the candidate id.
+
+    Returns:
+        The id, unchanged.
+
+    Raises:
+        InvalidTrainingId: if it is not a string of 1-128 characters from
+            ``[A-Za-z0-9._-]`` starting with a letter or digit.
+    """
+    if value.__class__ is str and value in _valid_ids:
+        return value  # type: ignore[return-value]
+    if not isinstance(value, str):
+        raise InvalidTrainingId(f"training_id must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidTrainingId("training_id must not be empty")
+    if len(value) > TRAINING_ID_MAX_LEN:
+        raise InvalidTrainingId(
+            f"training_id is {len(value)} characters long; the limit is {TRAINING_ID_MAX_LEN}"
+        )
+    if _TRAINING_ID_RE.fullmatch(value) is None:
+        shown = value.encode("unicode_escape").decode("ascii")[:60]
+        raise InvalidTrainingId(
+            f"training_id {shown!r} has characters outside [A-Za-z0-9._-] "
+            "or does not start with a letter or digit"
+        )
+    if len(_valid_ids) < 4096:
+        _valid_ids.add(value)
+    return value
+
+
+def is_error_code(value: str) -> bool:
+    """Tell whether *value* is an UPPER_SNAKE error code."""
+    return ERROR_CODE_RE.fullmatch(value) is not None
+
+
+@attrs.frozen(slots=True)
+class RunMeta:
+    """What the run is and where it comes from; normally the first event."""
+
+    training_id: str
+    seq: int
+    timestamp: float
+    name: str | None = None
+    flow_id: str | None = None
+    flow_run_id: str | None = None
+    flow_step_id: str | None = None
+    attempt: int | None = None
+    total_epochs: int | None = None
+    total_steps: int | None = None
+    pid: int | None = None
+    host: str | None = None
+    world_size: int | None = None
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    v: int = PROTOCOL_VERSION
+
+
+@attrs.frozen(slots=True)
+class StatusChanged:
+    """The run moved to a lifecycle state (or restated it with a new message)."""
+
+    training_id: str
+    seq: int
+    timestamp: float
+    status: str
+    message: str = ""
+    v: int = PROTOCOL_VERSION
+
+
+@attrs.frozen(slots=True)
+class Progress:
+    """Where training is; every field optional, the latest value wins."""
+
+    training_id: str
+    seq: int
+    timestamp: float
+    epoch: int | None = None
+    total_epochs: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    v: int = PROTOCOL_VERSION
+
+
+@attrs.frozen(slots=True)
+class Metrics:
+    """Measured values; every one optional. ``extra`` holds named numbers."""
+
+    training_id: str
+    seq: int
+    timestamp: float
+    loss: float | None = None
+    time_per_epoch: float | None = None
+    samples_per_second: float | None = None
+    tokens_per_second: float | None = None
+    extra: Mapping[str, float] = attrs.field(factory=dict)
+    v: int = PROTOCOL_VERSION
+
+
+@attrs.frozen(slots=True)
+class ErrorReported:
+    """An error, as its own event; the progress at that moment rides along.
+
+    An error event does not by itself end the run: the terminal
+    ``status: error`` event does. The emitter sends both for a fatal error.
+    """
+
+    training_id: str
+    seq: int
+    timestamp: float
+    error_code: str
+    message: str
+    is_retryable: bool = False
+    details: Mapping[str, Any] | None = None
+    epoch: int | None = None
+    step: int | None = None
+    v: int = PROTOCOL_VERSION
+
+
+@attrs.frozen(slots=True)
+class Heartbeat:
+    """The writer is alive; carries nothing else."""
+
+    training_id: str
+    seq: int
+    timestamp: float
+    v: int = PROTOCOL_VERSION
+
+
+@attrs.frozen(slots=True)
+class Dropped:
+    """A sink had to drop events (buffer full while failing); says how many."""
+
+    training_id: str
+    seq: int
+    timestamp: float
+    count: int
+    reason: str = ""
+    v: int = PROTOCOL_VERSION
+
+
+@attrs.frozen(slots=True)
+class UnknownEvent:
+    """An event of a type this version does not know; readers skip it."""
+
+    training_id: str
+    seq: int
+    timestamp: float
+    type: str
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+    v: int = PROTOCOL_VERSION
+
+
+Event: TypeAlias = (
+    RunMeta
+    | StatusChanged
+    | Progress
+    | Metrics
+    | ErrorReported
+    | Heartbeat
+    | Dropped
+    | UnknownEvent
+)
+KNOWN_EVENT_TYPES: Final = (
+    RunMeta,
+    StatusChanged,
+    Progress,
+    Metrics,
+    ErrorReported,
+    Heartbeat,
+    Dropped,
+)

@@ -1,0 +1,446 @@
+"""The total reducer: ``(RunState, Event) -> RunState``, and folds over logs.
+
+This module owns how events change a run's state. It is **total**: any event
+in any order -- duplicates, gaps, reordering, illegal transitions, events
+after a terminal state, events of another run, unknown types -- yields a valid
+state and never raises. What cannot be applied is recorded (``anomalies``,
+``duplicates``, ``missing``/``gaps``, ``unknown_events``) instead.
+
+Rules (specs/protocol.md, "Folding"):
+
+* ``seq`` orders a run's events. An event whose seq is not above the last
+  applied one is not applied: a duplicate is counted, one that fills a
+  recorded gap is an anomaly ``late_event``. A jump in seq records a gap
+  (gaps are normal where a sink forwards a coalesced subset).
+* A status event is applied only if the lifecycle table allows it.
+* Nothing is applied after a terminal status (``after_terminal``).
+
+For speed the folds use a private mutable accumulator and freeze once at the
+end; :func:`reduce` thaws, applies one event and freezes. Both give the same
+state, so ``replay(a + b) == fold(replay(a), b)``.
+
+Must never import I/O modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, assert_never
+
+from pulse_core.events import (
+    STATUSES,
+    TERMINAL_STATUSES,
+    Dropped,
+    ErrorReported,
+    Event,
+    Heartbeat,
+    Metrics,
+    Progress,
+    RunMeta,
+    StatusChanged,
+    UnknownEvent,
+)
+from pulse_core.lifecycle import next_status
+from pulse_core.state import (
+    HEAD_KEPT,
+    MAX_ANOMALIES,
+    MAX_ERRORS,
+    MAX_GAPS,
+    MAX_METRIC_NAMES,
+    MAX_SERIES,
+    MAX_TIMELINE,
+    MAX_WINDOWS,
+    Anomaly,
+    RunState,
+    Series,
+    StatusEntry,
+    Window,
+)
+
+_KNOWN_STATUSES = frozenset(STATUSES)
+
+
+def _push(items: list[Any], item: Any, limit: int) -> None:
+    """Append, keeping the first HEAD_KEPT and the most recent entries."""
+    if len(items) >= limit:
+        del items[HEAD_KEPT]
+    items.append(item)
+
+
+class _SeriesAcc:
+    """Mutable metric series: windows as a list of immutable tuples."""
+
+    __slots__ = ("count", "width", "windows")
+
+    def __init__(self, series: Series | None = None) -> None:
+        if series is None:
+            self.width, self.count, self.windows = 1, 0, []
+        else:
+            self.width, self.count = series.width, series.count
+            self.windows = list(series.windows)
+
+    def add(self, value: float, ts: float) -> None:
+        index = self.count
+        self.count = index + 1
+        windows = self.windows
+        if windows:
+            x, n, first, _last, lo, hi, t0, _t1 = windows[-1]
+            if index < x + self.width:
+                windows[-1] = (
+                    x,
+                    n + 1,
+                    first,
+                    value,
+                    value if value < lo else lo,
+                    value if value > hi else hi,
+                    t0,
+                    ts,
+                )
+                return
+            if len(windows) >= MAX_WINDOWS:
+                # Windows start at multiples of width and MAX_WINDOWS is even,
+                # so pairs merge into windows aligned at multiples of 2*width:
+                # the result depends only on the sequence, never on where a
+                # fold was checkpointed.
+                self.windows = windows = [
+                    _merge(windows[i], windows[i + 1]) for i in range(0, len(windows), 2)
+                ]
+                self.width *= 2
+        windows.append((index, 1, value, value, value, value, ts, ts))
+
+    def freeze(self) -> Series:
+        return Series(width=self.width, count=self.count, windows=tuple(self.windows))
+
+
+def _merge(a: Window, b: Window) -> Window:
+    return (a[0], a[1] + b[1], a[2], b[3], min(a[4], b[4]), max(a[5], b[5]), a[6], b[7])
+
+
+class _Acc:
+    """The private mutable twin of RunState used inside folds."""
+
+    __slots__ = (
+        "anomalies",
+        "anomaly_count",
+        "best_loss",
+        "created_at",
+        "dropped",
+        "duplicates",
+        "epoch",
+        "error_count",
+        "errors",
+        "event_count",
+        "finished_at",
+        "gaps",
+        "history",
+        "last_event_at",
+        "last_seq",
+        "message",
+        "meta",
+        "metrics",
+        "missing",
+        "started_at",
+        "status",
+        "status_durations",
+        "status_since",
+        "step",
+        "timeline",
+        "timeline_count",
+        "total_epochs",
+        "total_steps",
+        "training_id",
+        "unknown_events",
+    )
+
+    def __init__(self, s: RunState) -> None:
+        self.training_id = s.training_id
+        self.status = s.status
+        self.message = s.message
+        self.meta = s.meta
+        self.epoch = s.epoch
+        self.total_epochs = s.total_epochs
+        self.step = s.step
+        self.total_steps = s.total_steps
+        self.metrics = dict(s.metrics)
+        self.best_loss = s.best_loss
+        self.history = {name: _SeriesAcc(series) for name, series in s.history.items()}
+        self.errors = list(s.errors)
+        self.error_count = s.error_count
+        self.timeline = list(s.timeline)
+        self.timeline_count = s.timeline_count
+        self.status_durations = dict(s.status_durations)
+        self.created_at = s.created_at
+        self.started_at = s.started_at
+        self.finished_at = s.finished_at
+        self.status_since = s.status_since
+        self.last_event_at = s.last_event_at
+        self.last_seq = s.last_seq
+        self.event_count = s.event_count
+        self.duplicates = s.duplicates
+        self.missing = s.missing
+        self.gaps = list(s.gaps)
+        self.anomalies = list(s.anomalies)
+        self.anomaly_count = s.anomaly_count
+        self.unknown_events = s.unknown_events
+        self.dropped = s.dropped
+
+    def freeze(self) -> RunState:
+        return RunState(
+            training_id=self.training_id,
+            status=self.status,
+            message=self.message,
+            meta=self.meta,
+            epoch=self.epoch,
+            total_epochs=self.total_epochs,
+            step=self.step,
+            total_steps=self.total_steps,
+            metrics=dict(self.metrics),
+            best_loss=self.best_loss,
+            history={name: acc.freeze() for name, acc in self.history.items()},
+            errors=tuple(self.errors),
+            error_count=self.error_count,
+            timeline=tuple(self.timeline),
+            timeline_count=self.timeline_count,
+            status_durations=dict(self.status_durations),
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            status_since=self.status_since,
+            last_event_at=self.last_event_at,
+            last_seq=self.last_seq,
+            event_count=self.event_count,
+            duplicates=self.duplicates,
+            missing=self.missing,
+            gaps=tuple(self.gaps),
+            anomalies=tuple(self.anomalies),
+            anomaly_count=self.anomaly_count,
+            unknown_events=self.unknown_events,
+            dropped=self.dropped,
+        )
+
+    # -- applying ---------------------------------------------------------
+
+    def anomaly(self, seq: int, kind: str, detail: str) -> None:
+        self.anomaly_count += 1
+        _push(self.anomalies, Anomaly(seq=seq, kind=kind, detail=detail), MAX_ANOMALIES)
+
+    def apply(self, event: Event) -> None:
+        """Apply one event; never raises for any Event value."""
+        seq = event.seq
+        tid = event.training_id
+        if tid != self.training_id:
+            if self.training_id is not None:
+                self.anomaly(seq, "foreign_event", f"event of run {tid!r:.140}")
+                return
+            self.training_id = tid
+        last = self.last_seq
+        if seq.__class__ is not int or seq < 1:
+            self.anomaly(0, "bad_seq", f"seq {seq!r:.40} is not a positive integer")
+            return
+        if seq <= last:
+            self._late_or_duplicate(seq)
+            return
+        if seq != last + 1:
+            self.missing += seq - last - 1
+            _push(self.gaps, (last + 1, seq - 1), MAX_GAPS)
+        self.last_seq = seq
+        self.event_count += 1
+        ts = event.timestamp
+        if self.created_at is None:
+            self.created_at = ts
+            self.status_since = ts
+        if self.last_event_at is None or ts > self.last_event_at:
+            self.last_event_at = ts
+        status = self.status
+        if status in TERMINAL_STATUSES and not isinstance(event, Heartbeat):
+            self.anomaly(seq, "after_terminal", f"{_tag(event)} event after {status}")
+            return
+
+        if isinstance(event, Progress):
+            if event.epoch is not None:
+                self.epoch = event.epoch
+            if event.total_epochs is not None:
+                self.total_epochs = event.total_epochs
+            if event.step is not None:
+                self.step = event.step
+            if event.total_steps is not None:
+                self.total_steps = event.total_steps
+        elif isinstance(event, Metrics):
+            self._metrics(event, ts)
+        elif isinstance(event, StatusChanged):
+            self._status(event, ts)
+        elif isinstance(event, ErrorReported):
+            self.error_count += 1
+            _push(self.errors, event, MAX_ERRORS)
+        elif isinstance(event, RunMeta):
+            self.meta = event
+            if event.total_epochs is not None and self.total_epochs is None:
+                self.total_epochs = event.total_epochs
+            if event.total_steps is not None and self.total_steps is None:
+                self.total_steps = event.total_steps
+        elif isinstance(event, Heartbeat):
+            pass
+        elif isinstance(event, Dropped):
+            self.dropped += max(0, event.count)
+        elif isinstance(event, UnknownEvent):
+            self.unknown_events += 1
+        else:
+            assert_never(event)
+
+    def _late_or_duplicate(self, seq: int) -> None:
+        for index, (lo, hi) in enumerate(self.gaps):
+            if lo <= seq <= hi:
+                pieces = [(a, b) for a, b in ((lo, seq - 1), (seq + 1, hi)) if a <= b]
+                self.gaps[index : index + 1] = pieces
+                del self.gaps[: max(0, len(self.gaps) - MAX_GAPS)]
+                self.missing -= 1
+                self.anomaly(seq, "late_event", f"seq {seq} arrived after seq {self.last_seq}")
+                return
+        self.duplicates += 1
+
+    def _metrics(self, event: Metrics, ts: float) -> None:
+        values: list[tuple[str, float | None]] = [
+            ("loss", event.loss),
+            ("time_per_epoch", event.time_per_epoch),
+            ("samples_per_second", event.samples_per_second),
+            ("tokens_per_second", event.tokens_per_second),
+        ]
+        if event.extra:
+            values.extend(event.extra.items())
+        metrics = self.metrics
+        history = self.history
+        for name, value in values:
+            if value is None or value != value:  # None or NaN: nothing said
+                continue
+            if name not in metrics and len(metrics) >= MAX_METRIC_NAMES:
+                self.anomaly(event.seq, "too_many_metrics", f"metric {name!r:.80} not kept")
+                continue
+            metrics[name] = value
+            series = history.get(name)
+            if series is None:
+                if len(history) >= MAX_SERIES:
+                    continue
+                series = history[name] = _SeriesAcc()
+            series.add(value, ts)
+        loss = event.loss
+        if loss is not None and loss == loss and (self.best_loss is None or loss < self.best_loss):
+            self.best_loss = loss
+
+    def _status(self, event: StatusChanged, ts: float) -> None:
+        target = event.status
+        current = self.status
+        if target not in _KNOWN_STATUSES:
+            self.anomaly(event.seq, "unknown_status", f"status {target!r:.40}")
+            return
+        if next_status(current, target) is None:
+            self.anomaly(event.seq, "illegal_transition", f"{current} -> {target}")
+            return
+        self.message = event.message
+        self.timeline_count += 1
+        _push(
+            self.timeline,
+            StatusEntry(status=target, message=event.message, timestamp=ts, seq=event.seq),
+            MAX_TIMELINE,
+        )
+        if target == current:
+            return
+        since = self.status_since if self.status_since is not None else ts
+        spent = ts - since if ts > since else 0.0
+        self.status_durations[current] = self.status_durations.get(current, 0.0) + spent
+        self.status_since = ts
+        self.status = target
+        if self.started_at is None and target in ("preparing", "running"):
+            self.started_at = ts
+        if target in TERMINAL_STATUSES:
+            self.finished_at = ts
+
+
+def _tag(event: Event) -> str:
+    return type(event).__name__
+
+
+INITIAL_STATE = RunState()
+
+
+def reduce(state: RunState, event: Event) -> RunState:
+    """Apply one event to a run's state.
+
+    Args:
+        state: the state so far (``RunState()`` for a new run).
+        event: any event.
+
+    Returns:
+        The next state; *state* itself is never modified. Never raises.
+    """
+    acc = _Acc(state)
+    acc.apply(event)
+    return acc.freeze()
+
+
+def replay(events: Iterable[Event], state: RunState = INITIAL_STATE) -> RunState:
+    """Fold a run's events into its state, starting from *state*.
+
+    Events of another training_id than the first one seen are recorded as
+    ``foreign_event`` anomalies; use :func:`replay_runs` for mixed streams.
+    """
+    acc = _Acc(state)
+    apply = acc.apply
+    for event in events:
+        apply(event)
+    return acc.freeze()
+
+
+def replay_runs(
+    events: Iterable[Event], states: Mapping[str, RunState] | None = None
+) -> dict[str, RunState]:
+    """Fold events of many runs, keyed by training_id.
+
+    Args:
+        events: events of any runs, in arrival order.
+        states: states to continue from (a checkpoint), if any.
+
+    Returns:
+        A new dict training_id -> RunState, including untouched *states*.
+    """
+    accs: dict[str, _Acc] = {}
+    base = dict(states or {})
+    for event in events:
+        tid = event.training_id
+        acc = accs.get(tid)
+        if acc is None:
+            acc = accs[tid] = _Acc(base.get(tid, INITIAL_STATE))
+        acc.apply(event)
+    for tid, acc in accs.items():
+        base[tid] = acc.freeze()
+    return base
+
+
+class Folder:
+    """An incremental fold for one run that freezes only when asked.
+
+    Live readers (followers, the hub) apply events one at a time and read the
+    state far less often; this avoids a thaw/freeze per event.
+    """
+
+    __slots__ = ("_acc", "_cached")
+
+    def __init__(self, state: RunState = INITIAL_STATE) -> None:
+        self._acc = _Acc(state)
+        self._cached: RunState | None = state
+
+    def apply(self, event: Event) -> None:
+        """Apply one event (never raises)."""
+        self._cached = None
+        self._acc.apply(event)
+
+    @property
+    def state(self) -> RunState:
+        """The state after everything applied so far."""
+        if self._cached is None:
+            self._cached = self._acc.freeze()
+        return self._cached
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq applied."""
+        return self._acc.last_seq
