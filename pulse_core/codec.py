@@ -213,7 +213,35 @@ def to_dict(event: Event) -> dict[str, Any]:
         if value is None or (value == {} and key in ("extra", "labels")):
             continue
         out[key] = value
+    if cls is Metrics:
+        _drop_non_finite(out)
     return out
+
+
+_INF: Final = float("inf")
+
+
+def _finite(value: float) -> bool:
+    return value == value and value != _INF and value != -_INF
+
+
+def _drop_non_finite(out: dict[str, Any]) -> None:
+    """Leave out metric values JSON cannot carry (NaN, +-inf).
+
+    orjson writes them as ``null``, which decodes as "not said" for the named
+    metrics but is rejected inside ``extra``: the line would not decode. NaN
+    already means "nothing said" to the reducer; infinity has no JSON form.
+    """
+    for key in ("loss", "time_per_epoch", "samples_per_second", "tokens_per_second"):
+        if key in out and not _finite(out[key]):
+            del out[key]
+    extra = out.get("extra")
+    if extra and not all(_finite(value) for value in extra.values()):
+        kept = {name: value for name, value in extra.items() if _finite(value)}
+        if kept:
+            out["extra"] = kept
+        else:
+            del out["extra"]
 
 
 def encode(event: Event) -> bytes:
@@ -237,7 +265,8 @@ def from_dict(obj: Any, line: bytes | str | None = None) -> Event:
     if obj.__class__ is not dict:
         raise DecodeError(f"an event must be a JSON object, got {type(obj).__name__}", line)
     tag = obj.get("type")
-    hook = _STRUCTURE.get(tag)  # type: ignore[arg-type]
+    # Only a string can name a known type; a list or object tag is unhashable.
+    hook = _STRUCTURE.get(tag) if tag.__class__ is str else None  # type: ignore[arg-type]
     try:
         validate_training_id(obj.get("training_id"))
     except InvalidTrainingId as exc:

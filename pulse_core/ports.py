@@ -34,8 +34,13 @@ class Sink(Protocol):
     interval: float
     boundaries: bool
 
-    def open(self, training_id: str) -> None:
-        """Bind to one run; may raise :class:`~pulse_core.errors.RunLocked`."""
+    def open(self, training_id: str) -> int | None:
+        """Bind to one run; may raise :class:`~pulse_core.errors.RunLocked`.
+
+        Returns:
+            The highest seq this sink already holds for the run (a log being
+            continued), so the emitter goes on after it; None if unknown.
+        """
 
     def write(self, event: Event) -> None:
         """Deliver one event (a whole line; order as given)."""

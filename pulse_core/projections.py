@@ -27,7 +27,11 @@ def iso_utc(timestamp: float | None) -> str | None:
         moment = datetime.fromtimestamp(timestamp, UTC)
     except (OverflowError, OSError, ValueError):
         return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Formatted by hand: strftime's %Y does not zero-pad years before 1000.
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+    )
 
 
 def to_v1(state: RunState, liveness: Liveness | None = None) -> dict[str, Any]:

@@ -1,0 +1,175 @@
+"""Configuration: where PULSE keeps its files and which transports it uses.
+
+This module owns reading configuration. Precedence, highest first:
+
+1. explicit arguments (``--home``, ``TrainingRun(sinks=...)``);
+2. environment variables (``PULSE_HOME``, ``PULSE_TRANSPORTS``, ...);
+3. the ``[pulse]`` table of a ``pulse.toml``, or the ``[tool.pulse]`` table of
+   a ``pyproject.toml``, in the current directory or the nearest parent;
+4. defaults.
+
+Every key is listed in :data:`KEYS` with its environment variable and
+default, so the documentation is generated from this table.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from pulse_core.errors import ConfigError
+
+
+@attrs.frozen
+class Key:
+    """One configuration key."""
+
+    name: str
+    env: str | None
+    default: Any
+    kind: type
+    help: str
+
+
+KEYS: Final[tuple[Key, ...]] = (
+    Key("home", "PULSE_HOME", ".pulse", str, "Folder for logs, the v1 snapshot and the hub socket."),
+    Key(
+        "transports",
+        "PULSE_TRANSPORTS",
+        ("file", "v1"),
+        tuple,
+        "Sinks a TrainingRun writes to, by entry-point name (comma-separated in the env var).",
+    ),
+    Key("heartbeat_interval", "PULSE_HEARTBEAT_INTERVAL", 5.0, float, "Seconds between heartbeats."),
+    Key("stale_after", "PULSE_STALE_AFTER", 15.0, float, "Silence (s) after which a run is stale."),
+    Key("lost_after", "PULSE_LOST_AFTER", 600.0, float, "Silence (s) after which a run is lost."),
+    Key("strict", "PULSE_STRICT", False, bool, "Raise on illegal lifecycle requests instead of warning."),
+)
+_BY_NAME: Final = {key.name: key for key in KEYS}
+
+
+@attrs.frozen
+class Config:
+    """Resolved configuration."""
+
+    home: Path
+    transports: tuple[str, ...]
+    heartbeat_interval: float
+    stale_after: float
+    lost_after: float
+    strict: bool
+    #: per-transport option tables, e.g. ``{"file": {"max_bytes": 1048576}}``.
+    transport_options: Mapping[str, Mapping[str, Any]]
+    source: Path | None
+
+    @property
+    def log_dir(self) -> Path:
+        """``<home>/logs/training``: one ``<training_id>.jsonl`` per run."""
+        return self.home / "logs" / "training"
+
+
+def find_file_table(start: Path | None = None) -> tuple[dict[str, Any], Path | None]:
+    """Find the nearest ``pulse.toml`` or ``pyproject.toml`` with a pulse table."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pulse.toml"
+        if candidate.is_file():
+            data = _read_toml(candidate)
+            return dict(data.get("pulse", data)), candidate
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            data = _read_toml(candidate)
+            table = data.get("tool", {}).get("pulse")
+            if isinstance(table, dict):
+                return dict(table), candidate
+    return {}, None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc}") from None
+
+
+def _coerce(key: Key, value: Any, where: str) -> Any:
+    try:
+        if key.kind is tuple:
+            if isinstance(value, str):
+                return tuple(part.strip() for part in value.split(",") if part.strip())
+            if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise TypeError("expected a list of names")
+        if key.kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise TypeError("expected true or false")
+        if key.kind is float:
+            number = float(value)
+            if not number > 0:
+                raise ValueError("expected a positive number")
+            return number
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value {value!r:.60} for {key.name!r} in {where}: {exc}") from None
+
+
+def load_config(
+    home: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    start: Path | None = None,
+) -> Config:
+    """Resolve the configuration.
+
+    Args:
+        home: an explicit home folder (wins over everything).
+        env: the environment (``os.environ`` by default).
+        start: where to start looking for a configuration file.
+
+    Raises:
+        ConfigError: naming the key, the place and the valid choices.
+    """
+    environ = os.environ if env is None else env
+    table, source = find_file_table(start)
+    where_file = str(source) if source else "configuration"
+    values: dict[str, Any] = {}
+    options: dict[str, Mapping[str, Any]] = {}
+    for name, value in table.items():
+        if name in _BY_NAME:
+            values[name] = _coerce(_BY_NAME[name], value, where_file)
+        elif isinstance(value, dict):
+            options[name] = dict(value)
+        else:
+            valid = ", ".join(sorted(_BY_NAME))
+            raise ConfigError(f"unknown key {name!r} in {where_file}; valid keys: {valid}")
+    for key in KEYS:
+        if key.env and environ.get(key.env) not in (None, ""):
+            values[key.name] = _coerce(key, environ[key.env], f"${key.env}")
+    if home is not None:
+        values["home"] = str(home)
+    resolved = {key.name: values.get(key.name, key.default) for key in KEYS}
+    home_path = Path(resolved["home"]).expanduser()
+    if source is not None and not home_path.is_absolute() and "home" in table and home is None:
+        if not environ.get("PULSE_HOME"):
+            home_path = source.parent / home_path
+    return Config(
+        home=home_path,
+        transports=tuple(resolved["transports"]),
+        heartbeat_interval=resolved["heartbeat_interval"],
+        stale_after=resolved["stale_after"],
+        lost_after=resolved["lost_after"],
+        strict=resolved["strict"],
+        transport_options=options,
+        source=source,
+    )
