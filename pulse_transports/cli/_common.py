@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -24,23 +25,51 @@ EXIT_NOT_FOUND = 3  # unknown training id or missing home
 EXIT_UNREADABLE = 4  # a file that is not a readable PULSE log
 
 
+class _StderrLoggerFactory:
+    """Loggers that write to whatever ``sys.stderr`` is at call time."""
+
+    def __call__(self, *args: Any) -> structlog.PrintLogger:
+        return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(verbose: bool = False) -> None:
-    """Send structlog output to stderr, warnings and up unless *verbose*."""
+    """Send structlog output to stderr (logfmt), warnings and up unless *verbose*."""
     level = logging.DEBUG if verbose else logging.WARNING
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
-            structlog.dev.ConsoleRenderer(colors=False),
+            structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"]),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=_StderrLoggerFactory(),
+        cache_logger_on_first_use=False,
     )
 
 
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when it is used.
+
+    Keeps ``pulse ls`` from paying for the imports of ``demo`` or ``serve``.
+    """
+
+    #: command name -> module that registers it on :data:`main`.
+    lazy: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.lazy:
+            importlib.import_module(self.lazy[cmd_name])
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+
 @click.group(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details to stderr.")
 @click.version_option(package_name="pulse-v2", prog_name="pulse")

@@ -1,0 +1,208 @@
+"""``pulse replay FILE``: fold any log file and print the resulting state.
+
+This module owns the ``replay`` command. The file is read like a follower
+reads it (:func:`pulse_transports.follow.read_log`): bad lines are skipped,
+counted and reported with their line numbers, a last line without newline is
+decoded if whole.
+
+Readable or not (exit 4, ``EXIT_UNREADABLE``, with a one-line reason):
+
+* the path does not exist, is not a regular file, or cannot be read: unreadable;
+* not one line decodes as an event (an empty file too): unreadable;
+* otherwise readable, whatever else is wrong (bad lines, anomalies).
+* A file with events of several training ids is readable: each run is folded
+  on its own (:func:`pulse_core.reducer.replay_runs`), in order of first
+  appearance -- so a concatenation of logs replays as many runs.
+
+Liveness: a file inside a home (``<home>/logs/training/<id>.jsonl``, or
+given by id with ``--home``) is checked against its writer lock; any other
+file only by the silence since its last event.
+
+``pulse replay FILE --json`` prints one JSON object (keys sorted)::
+
+    {
+      "file": str,
+      "lines": int,            # lines read (a last line without newline counts)
+      "events": int,           # events decoded
+      "bad_lines": int, "blank_lines": int,
+      "bad": [{"line": int, "offset": int, "reason": str}],   # the first 20
+      "runs": [
+        {"training_id": str, "liveness": "alive|stale|lost|ended",
+         "view": {...},        # pulse_core.projections.to_view
+         "v1": {...},          # to_v1 with the liveness
+         "history": {...}}     # to_history_record
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pulse_transports.cli._common import EXIT_UNREADABLE, home_option, main, resolve_config
+from pulse_transports.cli.ls import (
+    fail,
+    fmt_duration,
+    fmt_number,
+    fmt_progress,
+    print_json,
+)
+
+
+def resolve_file(arg: str, home: Path | None) -> Path:
+    """A path as given, or the log of a training id under *home* (exit 4 if neither)."""
+    path = Path(arg)
+    if path.exists():
+        if not path.is_file():
+            fail(f"{path} is not a regular file", EXIT_UNREADABLE)
+        return path
+    from pulse_core.errors import InvalidTrainingId
+    from pulse_core.events import validate_training_id
+    from pulse_transports.file import log_path
+
+    try:
+        validate_training_id(arg)
+    except InvalidTrainingId:
+        fail(f"{path}: no such file", EXIT_UNREADABLE)
+    candidate = log_path(resolve_config(home).home, arg)
+    if not candidate.is_file():
+        fail(f"{path}: no such file (nor {candidate})", EXIT_UNREADABLE)
+    return candidate
+
+
+def _home_of(path: Path, training_id: str, home: Path | None) -> Path | None:
+    from pulse_transports.file import log_path
+
+    if home is not None and log_path(home, training_id).resolve() == path.resolve():
+        return home
+    parent = path.resolve().parent
+    if (
+        parent.name == "training"
+        and parent.parent.name == "logs"
+        and path.name == f"{training_id}.jsonl"
+    ):
+        return parent.parent.parent
+    return None
+
+
+def replay_file(path: Path, home: Path | None, now: float) -> dict[str, Any]:
+    """Fold *path* and return the ``--json`` document (raises OSError if unreadable)."""
+    from pulse_core.events import Event
+    from pulse_core.projections import to_history_record, to_v1, to_view
+    from pulse_core.reducer import replay_runs
+    from pulse_transports.config import load_config
+    from pulse_transports.follow import LogFollower
+    from pulse_transports.history import check_writer, run_liveness
+
+    if not path.is_file():
+        raise IsADirectoryError(21, "not a regular file", str(path))
+    with path.open("rb"):
+        pass  # fail early and plainly if it cannot be read at all
+    follower = LogFollower(path)
+    events: list[Event] = []
+    try:
+        events.extend(follower.poll())
+        events.extend(follower.settle())
+    finally:
+        follower.close()
+    ids = list(dict.fromkeys(e.training_id for e in events))
+    if len(ids) > 1:
+        states = replay_runs(events)
+        runs = [states[i] for i in ids]
+    else:
+        runs = [follower.state] if events else []
+    config = load_config(home=home)
+    documents = []
+    for state in runs:
+        tid = state.training_id or ""
+        where = _home_of(path, tid, home)
+        writer = None
+        if where is not None and not state.is_terminal:
+            writer = check_writer(where, tid, state)
+        liveness = run_liveness(
+            state,
+            now=now,
+            writer=writer,
+            stale_after=config.stale_after,
+            lost_after=config.lost_after,
+        )
+        at = state.last_event_at if liveness == "lost" and state.last_event_at else now
+        documents.append(
+            {
+                "training_id": tid,
+                "liveness": liveness,
+                "view": to_view(state, now=at, liveness=liveness),
+                "v1": to_v1(state, liveness=liveness),
+                "history": to_history_record(state, liveness=liveness, now=at),
+            }
+        )
+    return {
+        "file": str(path),
+        "lines": follower.lines + (1 if follower.pending else 0),
+        "events": len(events),
+        "bad_lines": follower.bad_lines,
+        "blank_lines": follower.blank_lines,
+        "bad": [{"line": b.line, "offset": b.offset, "reason": b.reason} for b in follower.bad],
+        "runs": documents,
+    }
+
+
+@main.command("replay")
+@click.argument("file", metavar="FILE|ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
+@home_option
+def replay_command(file: str, as_json: bool, home: Path | None) -> None:
+    """Fold a log file (any file, or a run's log by ID) and print the state.
+
+    Exits 0 for a readable log -- bad lines are skipped and listed -- and 4
+    with a one-line reason when the file is not a regular readable file or
+    holds no decodable event. A file with several training ids replays each.
+
+    \b
+    Examples:
+      pulse replay ~/.pulse/logs/training/my-run.jsonl
+      pulse replay my-run --home ~/.pulse
+      pulse replay copy.jsonl --json | jq '.runs[0].v1'
+    """
+    path = resolve_file(file, home)
+    try:
+        document = replay_file(path, home, time.time())
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}", EXIT_UNREADABLE)
+    if not document["runs"]:
+        fail(
+            f"{path}: no decodable PULSE event in {document['lines']} lines "
+            f"({document['bad_lines']} bad)",
+            EXIT_UNREADABLE,
+        )
+    if as_json:
+        print_json(document)
+        return
+    for run in document["runs"]:
+        view = run["view"]
+        progress = view["progress"]
+        epochs = f"epoch {progress['epoch']}/{progress['total_epochs'] or '?'}"
+        click.echo(
+            f"{run['training_id']}: {view['status']} ({run['liveness']})  "
+            f"{fmt_progress(progress['fraction'])} {epochs}  "
+            f"loss {fmt_number(view['metrics'].get('loss'))}  "
+            f"duration {fmt_duration(view['timings']['duration'])}"
+        )
+        if view["message"]:
+            click.echo(f"  message: {view['message']}")
+        if view["last_error"]:
+            error = view["last_error"]
+            click.echo(f"  error: {error['error_code']}: {error['message']}")
+        if view["anomaly_count"]:
+            click.echo(f"  anomalies: {view['anomaly_count']}")
+        click.echo(f"  v1: {run['v1']}")
+    click.echo(
+        f"{path}: {document['lines']} lines, {document['events']} events, "
+        f"{document['bad_lines']} bad, {document['blank_lines']} blank"
+    )
+    for bad in document["bad"]:
+        click.echo(f"  line {bad['line']} (offset {bad['offset']}): {bad['reason']}")

@@ -1,0 +1,207 @@
+"""``pulse show ID``: one run in detail.
+
+This module owns the ``show`` command. The human view has the run's status
+timeline with the time spent in each status, progress, the latest metrics
+with a loss sparkline (from :func:`pulse_core.projections.to_metric_history`),
+errors with code, message, retryable flag and details, anomalies, the flow
+link and the log path.
+
+``pulse show ID --json`` prints one JSON object (keys sorted)::
+
+    {
+      "training_id": str,
+      "liveness": "alive|stale|lost|ended",
+      "writer_alive": true | false | null,   # the lock check; null if not checked
+      "log": {"path": str, "bad_lines": int, "offset": int},
+      "view": {...},            # pulse_core.projections.to_view (specs/protocol.md)
+      "v1": {...},              # pulse_core.projections.to_v1, with the liveness
+      "history": {...},         # pulse_core.projections.to_history_record
+      "metric_history": {...}   # pulse_core.projections.to_metric_history
+    }
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pulse_transports.cli._common import EXIT_NOT_FOUND, home_option, main
+from pulse_transports.cli.ls import (
+    LIVENESS_STYLE,
+    STATUS_STYLE,
+    check_id,
+    fail,
+    fmt_duration,
+    fmt_flow,
+    fmt_number,
+    fmt_progress,
+    fmt_time,
+    open_home,
+    print_json,
+)
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """Draw *values* as a one-line sparkline of at most *width* characters."""
+    if not values:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [values[int(i * step)] for i in range(width - 1)] + [values[-1]]
+    lo, hi = min(values), max(values)
+    span = hi - lo
+    if span <= 0:
+        return SPARK[0] * len(values)
+    return "".join(SPARK[min(int((v - lo) / span * len(SPARK)), len(SPARK) - 1)] for v in values)
+
+
+def run_document(record: Any, now: float) -> dict[str, Any]:
+    """Build the ``show --json`` object of a recovered run."""
+    from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
+
+    state = record.state
+    # A lost run's clock stopped at its last event: its durations end there.
+    at = state.last_event_at if record.liveness == "lost" and state.last_event_at else now
+    return {
+        "training_id": record.training_id,
+        "liveness": record.liveness,
+        "writer_alive": record.writer,
+        "log": {
+            "path": str(record.path),
+            "bad_lines": record.bad_lines,
+            "offset": record.position.offset,
+        },
+        "view": to_view(state, now=at, liveness=record.liveness),
+        "v1": to_v1(state, liveness=record.liveness),
+        "history": to_history_record(state, liveness=record.liveness, now=at),
+        "metric_history": to_metric_history(state),
+    }
+
+
+@main.command("show")
+@click.argument("training_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
+@home_option
+def show_command(training_id: str, as_json: bool, home: Path | None) -> None:
+    """Show one run: timeline, progress, metrics, errors, anomalies, flow link.
+
+    \b
+    Examples:
+      pulse show 20261129-013724-123-9f2c41d07b
+      pulse show my-run --json | jq .view.progress
+    """
+    from pulse_transports.history import RunNotFound, load_run
+
+    check_id(training_id)
+    config = open_home(home)
+    try:
+        record = load_run(
+            config.home,
+            training_id,
+            stale_after=config.stale_after,
+            lost_after=config.lost_after,
+        )
+    except RunNotFound as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    document = run_document(record, time.time())
+    if as_json:
+        print_json(document)
+        return
+    render({**document, "now": time.time()})
+
+
+def render(doc: dict[str, Any]) -> None:
+    """Print a ``show`` document for people."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    view = doc["view"]
+    out = console.print
+    status, liveness = view["status"], doc["liveness"]
+    name = f"  ({view['run']['name']})" if view["run"]["name"] else ""
+    out(f"[bold]{doc['training_id']}[/bold]{name}")
+    out(
+        f"  status    [{STATUS_STYLE.get(status, '')}]{status}[/]  "
+        f"[{LIVENESS_STYLE.get(liveness, '')}]{liveness}[/]  {view['message']}"
+    )
+    if liveness == "lost":
+        out(f"  v1 shows  [red]{doc['v1']['status']}: {doc['v1']['message']}[/red]")
+    progress = view["progress"]
+    parts = [fmt_progress(progress["fraction"])]
+    if progress["epoch"] is not None:
+        parts.append(f"epoch {progress['epoch']}/{progress['total_epochs'] or '?'}")
+    if progress["step"] is not None:
+        parts.append(f"step {progress['step']}/{progress['total_steps'] or '?'}")
+    out(f"  progress  {'  '.join(parts)}")
+    timings = view["timings"]
+    out(
+        f"  started   {fmt_time(timings['started_at'] or timings['created_at'])}   "
+        f"duration {fmt_duration(timings['duration'])}   "
+        f"last event {fmt_time(timings['last_event_at'])}"
+    )
+    out(f"  flow      {fmt_flow(view['flow'])}")
+    out(f"  log       {doc['log']['path']}  (bad lines: {doc['log']['bad_lines']})")
+
+    out("\n[bold]timeline[/bold]")
+    timeline = view["timeline"]
+    end = timings["finished_at"] or timings["last_event_at"]
+    for index, entry in enumerate(timeline):
+        following = timeline[index + 1]["timestamp"] if index + 1 < len(timeline) else None
+        current = following is None and not view["terminal"]
+        if following is not None:
+            until = following
+        elif view["terminal"] or liveness == "lost":
+            until = end
+        else:
+            until = doc["now"]
+        spent = fmt_duration(max(0.0, until - entry["timestamp"]) if until is not None else None)
+        if current:
+            spent += " (lost)" if liveness == "lost" else " so far"
+        out(
+            f"  {fmt_time(entry['timestamp'])}  {entry['status']:<13}{spent:>16}  "
+            f"{entry['message']}"
+        )
+    if not timeline:
+        out("  (no status yet)")
+
+    out("\n[bold]metrics[/bold]")
+    metrics = view["metrics"]
+    for key in sorted(metrics):
+        out(f"  {key:<20} {fmt_number(metrics[key])}")
+    if view["best_loss"] is not None:
+        out(f"  {'best_loss':<20} {fmt_number(view['best_loss'])}")
+    loss = doc["metric_history"].get("loss")
+    if loss and loss["windows"]:
+        values = [w["last"] for w in loss["windows"]]
+        out(f"  loss trend           {sparkline(values)}  ({loss['count']} samples)")
+    if not metrics:
+        out("  (none yet)")
+
+    if view["errors"]:
+        out(f"\n[bold]errors[/bold] ({view['error_count']})")
+        for error in view["errors"]:
+            retry = "retryable" if error["is_retryable"] else "not retryable"
+            out(
+                f"  {fmt_time(error['timestamp'])}  [red]{error['error_code']}[/red]  "
+                f"{error['message']}  ({retry})"
+            )
+            for key, value in sorted((error["details"] or {}).items()):
+                text = str(value)
+                if key == "traceback":
+                    text = text.strip().splitlines()[-1] if text.strip() else text
+                out(f"      {key}: {text[:200]}")
+    if view["anomalies"]:
+        out(f"\n[bold]anomalies[/bold] ({view['anomaly_count']})")
+        for anomaly in view["anomalies"]:
+            out(f"  seq {anomaly['seq']:<6} {anomaly['kind']:<18} {anomaly['detail']}")
+    stats = view["stats"]
+    if stats["missing"] or stats["duplicates"] or stats["dropped"]:
+        out(
+            f"\n  events {stats['events']}, missing {stats['missing']}, "
+            f"duplicates {stats['duplicates']}, dropped {stats['dropped']}"
+        )

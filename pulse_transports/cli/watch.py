@@ -1,0 +1,401 @@
+"""``pulse watch [ID]``: follow a run live in the terminal.
+
+This module owns the ``watch`` command: a progress bar with percent and ETA,
+the latest metrics, and a line for every status change, error and liveness
+change as it happens (at most ~10 redraws a second), until the run ends or
+is lost. Without an ID it follows the most recently active live run (alive
+or stale), waiting for one to start if there is none.
+
+The log is followed with :class:`pulse_transports.follow.LogFollower` from
+the checkpoint recovery stored (so a long log is not re-read), woken by OS
+notifications (``watchfiles``) or polling.
+
+Exit status: 0 when the run ends ``done``, when ``--timeout`` passes, with
+``--once`` and on Ctrl-C; 1 (``EXIT_FAILED``) when it ends ``error`` or
+``cancelled`` or is lost; 3 for an unknown ID or missing home.
+
+``pulse watch --json`` prints one JSON object per line (JSON Lines), at most
+~10 a second plus one per status change, error and liveness change::
+
+    {"reason": "start|update|status|error|liveness|end",
+     "eta": float | null,       # seconds left, from the progress rate since start
+     "run": {...}}              # the `pulse ls --json` row (see cli/ls.py)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pulse_transports.cli._common import EXIT_FAILED, EXIT_NOT_FOUND, home_option, main
+from pulse_transports.cli.ls import (
+    LIVENESS_STYLE,
+    STATUS_STYLE,
+    check_id,
+    fail,
+    fmt_duration,
+    fmt_number,
+    fmt_progress,
+    open_home,
+)
+
+#: Least seconds between two redraws (10 a second).
+REDRAW: float = 0.1
+#: Seconds between two writer-lock checks.
+CHECK_EVERY: float = 1.0
+
+
+def eta_of(row: dict[str, Any], now: float) -> float | None:
+    """Seconds left at the run's average rate since it started; None if unknown."""
+    fraction = row.get("progress")
+    started = row.get("started_at") or row.get("created_at")
+    if not fraction or fraction >= 1.0 or started is None or row["liveness"] == "ended":
+        return None
+    elapsed = now - started
+    if elapsed <= 0:
+        return None
+    return float(elapsed * (1.0 - fraction) / fraction)
+
+
+class RunWatch:
+    """Follow one run and tell what changed: the logic of ``watch``, no drawing.
+
+    Args:
+        home: the PULSE home.
+        record: the run as :mod:`pulse_transports.history` recovered it.
+        stale_after, lost_after: the liveness thresholds.
+    """
+
+    def __init__(self, home: Path, record: Any, *, stale_after: float, lost_after: float) -> None:
+        from pulse_transports.follow import LogFollower, Notifier
+
+        self.home = home
+        self.training_id: str = record.training_id
+        self.follower = LogFollower(record.path, checkpoint=record.checkpoint())
+        self.notifier = Notifier(record.path.parent)
+        self.stale_after = stale_after
+        self.lost_after = lost_after
+        self.liveness: str = record.liveness
+        self.writer: bool | None = record.writer
+        self._checked = 0.0
+        self._settled = False
+
+    def step(self, timeout: float) -> tuple[list[Any], str | None]:
+        """Wait up to *timeout* for news; return new events and a new liveness (or None)."""
+        from pulse_transports.history import check_writer, run_liveness
+
+        self.notifier.wait(timeout)
+        events = self.follower.poll()
+        now = time.time()
+        state = self.follower.state
+        if events or now - self._checked >= CHECK_EVERY:
+            self._checked = now
+            self.writer = (
+                None if state.is_terminal else check_writer(self.home, self.training_id, state)
+            )
+            if self.writer is False and not self._settled:
+                self._settled = True
+                events += self.follower.settle()
+                state = self.follower.state
+        liveness = run_liveness(
+            state,
+            now=now,
+            writer=self.writer,
+            stale_after=self.stale_after,
+            lost_after=self.lost_after,
+        )
+        changed = liveness if liveness != self.liveness else None
+        self.liveness = liveness
+        return events, changed
+
+    def row(self, now: float) -> dict[str, Any]:
+        """The run's ``ls`` row as of now."""
+        from pulse_transports.history import summarize
+
+        return summarize(
+            self.follower.state,
+            liveness=self.liveness,  # type: ignore[arg-type]
+            now=now,
+            path=self.follower.path,
+        )
+
+    def close(self) -> None:
+        """Stop following."""
+        self.notifier.close()
+        self.follower.close()
+
+
+def _pick(home: Path, stale_after: float, lost_after: float, wait: float | None) -> Any:
+    """The most recently active live run, waiting up to *wait* seconds for one."""
+    from pulse_transports.file import log_dir
+    from pulse_transports.follow import Notifier
+    from pulse_transports.history import recover, v1_choice
+
+    deadline = None if wait is None else time.monotonic() + wait
+    notifier: Notifier | None = None
+    told = False
+    try:
+        while True:
+            records = recover(home, stale_after=stale_after, lost_after=lost_after)
+            live = [r for r in records if r.liveness in ("alive", "stale")]
+            if live:
+                return v1_choice(live)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            if not told:
+                click.echo(f"waiting for a run to start under {home} (Ctrl-C to stop)", err=True)
+                told = True
+            if notifier is None:
+                notifier = Notifier(log_dir(home), poll_interval=0.25)
+            notifier.wait(0.5)
+            if notifier.mode == "polling" and log_dir(home).is_dir():
+                notifier.close()
+                notifier = None  # the folder appeared: notifications may work now
+    finally:
+        if notifier is not None:
+            notifier.close()
+
+
+@main.command("watch")
+@click.argument("training_id", metavar="[ID]", required=False)
+@click.option("--once", is_flag=True, help="Print the current state once and exit.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop watching after this many seconds (exit 0).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines (shape in the module doc).")
+@home_option
+def watch_command(
+    training_id: str | None, once: bool, timeout: float | None, as_json: bool, home: Path | None
+) -> None:
+    """Follow a run live: progress bar with ETA, metrics, status changes, errors.
+
+    Without ID, follows the most recently active live run, waiting for one
+    if none is running. Ends when the run ends (exit 0 if done, 1 if error or
+    cancelled) or is lost (exit 1); Ctrl-C exits with 0.
+
+    \b
+    Examples:
+      pulse watch
+      pulse watch 20261129-013724-123-9f2c41d07b
+      pulse watch my-run --once
+      pulse watch --json --timeout 60 > progress.jsonl
+    """
+    from pulse_transports.history import RunNotFound, load_run
+
+    if training_id is not None:
+        check_id(training_id)
+    config = open_home(home)
+    thresholds = {"stale_after": config.stale_after, "lost_after": config.lost_after}
+    try:
+        if training_id is not None:
+            try:
+                record = load_run(
+                    config.home,
+                    training_id,
+                    stale_after=config.stale_after,
+                    lost_after=config.lost_after,
+                )
+            except RunNotFound as exc:
+                fail(str(exc), EXIT_NOT_FOUND)
+        else:
+            record = _pick(config.home, wait=0 if once else timeout, **thresholds)
+            if record is None:
+                fail(f"no live run under {config.home} (see pulse ls)", EXIT_NOT_FOUND)
+        code = _watch(config.home, record, once, timeout, as_json, thresholds)
+    except KeyboardInterrupt:
+        code = 0
+    raise SystemExit(code)
+
+
+def _watch(
+    home: Path,
+    record: Any,
+    once: bool,
+    timeout: float | None,
+    as_json: bool,
+    thresholds: dict[str, float],
+) -> int:
+    from rich.console import Console
+
+    watch = RunWatch(home, record, **thresholds)
+    console = Console(highlight=False)
+    screen = _Screen(console, watch, as_json)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        screen.emit("start")
+        if once:
+            screen.finish()
+            return 0
+        if watch.liveness in ("ended", "lost"):
+            return screen.finish()
+        with screen:
+            while True:
+                wait = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+                events, changed = watch.step(max(wait, 0.0))
+                for event in events:
+                    screen.event(event)
+                if changed is not None:
+                    screen.emit("liveness")
+                if watch.liveness in ("ended", "lost"):
+                    return screen.finish()
+                screen.tick(bool(events))
+                if deadline is not None and time.monotonic() >= deadline:
+                    return 0
+    finally:
+        watch.close()
+
+
+class _Screen:
+    """Draws a RunWatch: a rich Live panel, or JSON Lines."""
+
+    def __init__(self, console: Any, watch: RunWatch, as_json: bool) -> None:
+        self.console = console
+        self.watch = watch
+        self.as_json = as_json
+        self.live: Any = None
+        self._drawn = 0.0
+        self._dirty = False
+
+    def __enter__(self) -> _Screen:
+        if not self.as_json:
+            from rich.live import Live
+
+            self.live = Live(
+                self._render(), console=self.console, auto_refresh=False, transient=True
+            )
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def say(self, text: str) -> None:
+        """Print a line above the live panel."""
+        if not self.as_json:
+            self.console.print(text)
+
+    def emit(self, reason: str) -> None:
+        """Report a change: a JSON line, or a printed line."""
+        now = time.time()
+        row = self.watch.row(now)
+        if self.as_json:
+            print_json_line({"reason": reason, "eta": eta_of(row, now), "run": row})
+            return
+        liveness = row["liveness"]
+        style = LIVENESS_STYLE.get(liveness, "")
+        if reason == "start":
+            self.say(
+                f"watching [bold]{row['training_id']}[/bold]: {row['status']} "
+                f"([{style}]{liveness}[/])  log {row['log']}"
+            )
+        elif reason == "liveness":
+            if liveness == "stale":
+                self.say(
+                    f"[yellow]run is stale: nothing heard for over "
+                    f"{self.watch.stale_after:g}s[/yellow]"
+                )
+            elif liveness == "alive":
+                self.say("[green]run is alive again[/green]")
+        self._redraw(force=True)
+
+    def event(self, event: Any) -> None:
+        """Report one new event if it matters (status change, error)."""
+        from pulse_core.events import ErrorReported, StatusChanged
+
+        if isinstance(event, StatusChanged):
+            if self.as_json:
+                self.emit("status")
+            else:
+                style = STATUS_STYLE.get(event.status, "")
+                message = f"  {event.message}" if event.message else ""
+                self.say(
+                    f"{time.strftime('%H:%M:%S', time.localtime(event.timestamp))} "
+                    f"status [{style}]{event.status}[/]{message}"
+                )
+        elif isinstance(event, ErrorReported):
+            if self.as_json:
+                self.emit("error")
+            else:
+                retry = "retryable" if event.is_retryable else "not retryable"
+                self.say(f"[red]error {event.error_code}[/red]: {event.message} ({retry})")
+        self._dirty = True
+
+    def tick(self, news: bool) -> None:
+        """Redraw if there is news and the last redraw is old enough."""
+        self._dirty = self._dirty or news
+        self._redraw()
+
+    def _redraw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and (not self._dirty or now - self._drawn < REDRAW):
+            return
+        self._drawn = now
+        self._dirty = False
+        if self.as_json:
+            if not force:
+                row = self.watch.row(time.time())
+                print_json_line({"reason": "update", "eta": eta_of(row, time.time()), "run": row})
+        elif self.live is not None:
+            self.live.update(self._render(), refresh=True)
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        now = time.time()
+        row = self.watch.row(now)
+        fraction = row["progress"]
+        eta = eta_of(row, now)
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(
+            ProgressBar(total=100.0, completed=100.0 * (fraction or 0.0), width=40),
+            f"{fmt_progress(fraction)}",
+            f"ETA {fmt_duration(eta)}" if eta is not None else "",
+        )
+        parts = [f"{row['status']} ({row['liveness']})"]
+        if row["epoch"] is not None:
+            parts.append(f"epoch {row['epoch']}/{row['total_epochs'] or '?'}")
+        if row["step"] is not None:
+            parts.append(f"step {row['step']}/{row['total_steps'] or '?'}")
+        parts.append(f"elapsed {fmt_duration(row['duration'])}")
+        metrics = self.watch.follower.state.metrics
+        shown = [f"{k} {fmt_number(v)}" for k, v in sorted(metrics.items())[:8]]
+        return Group(grid, "  ".join(parts), "  ".join(shown) or "no metrics yet")
+
+    def finish(self) -> int:
+        """Say how the run ended (or that it is lost); return the exit status."""
+        self.__exit__()
+        row = self.watch.row(time.time())
+        if self.as_json:
+            print_json_line({"reason": "end", "eta": None, "run": row})
+        else:
+            self.console.print(self._render())
+            if row["liveness"] == "lost":
+                self.say(
+                    f"[red]run {row['training_id']} is lost: the training process is gone "
+                    f"and the run never ended (last status {row['status']})[/red]"
+                )
+            elif row["liveness"] == "ended":
+                self.say(f"run {row['training_id']} ended: {row['status']}  {row['message']}")
+        if row["liveness"] == "lost" or row["status"] in ("error", "cancelled"):
+            return EXIT_FAILED
+        return 0
+
+
+def print_json_line(value: Any) -> None:
+    """Print one compact JSON line (keys sorted) and flush."""
+    import sys
+
+    import orjson
+
+    sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_SORT_KEYS) + b"\n")
+    sys.stdout.flush()

@@ -1,0 +1,621 @@
+"""Reading and following run logs: ``tail -f`` for ``<home>/logs/training/*.jsonl``.
+
+This module owns the reading side of the file transport:
+
+* :class:`LogFollower` reads one log from an offset and follows its appends,
+  folding the events into the run's state. It never raises for what is in the
+  file: a line that is not a decodable event (garbage, binary, a torn
+  fragment) is skipped, counted and logged with a structlog warning naming
+  the file and the byte offset. A line longer than :data:`MAX_LINE` is skipped
+  without ever being held in memory. A partial line at the end of the file is
+  not consumed until its newline arrives; once the writer is known to be gone
+  (:meth:`LogFollower.settle`) it is decoded if it can be and counted bad if
+  not.
+* Compaction (the writer renames a downsampled copy over the log), truncation
+  and deletion are detected on every poll by comparing the path's inode and
+  size with the open file: the old file is drained to its end, then the new
+  one is read from its start while events with a seq at or below the last one
+  applied are skipped -- so the state ends the same as if nothing happened.
+* :class:`Checkpoint` (a :class:`Position` plus the state) lets a follower
+  stop and resume later, even in another process (serialised by
+  :mod:`pulse_transports.history`).
+* :class:`Notifier` wakes readers when a log folder changes: OS notifications
+  through ``watchfiles`` (inotify, FSEvents, ...) when available, polling
+  otherwise (or when ``PULSE_FOLLOW_POLLING=1``).
+
+Liveness, the index and restart recovery are :mod:`pulse_transports.history`.
+This module must never import :mod:`pulse_transports.cli` or write any file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import structlog
+
+from pulse_core.codec import decode
+from pulse_core.errors import DecodeError
+from pulse_core.events import Event
+from pulse_core.reducer import Folder
+from pulse_core.state import RunState
+
+log = structlog.get_logger("pulse.follow")
+
+#: Lines longer than this (bytes, without the newline) are skipped unread.
+MAX_LINE: Final = 1 << 20
+#: Bytes read per system call.
+CHUNK: Final = 1 << 18
+#: Bytes before the offset a checkpoint remembers, to tell a rewritten file.
+FINGERPRINT_BYTES: Final = 64
+#: Bad lines logged one by one per follower; after that every LOG_EVERY-th.
+LOG_FIRST: Final = 10
+LOG_EVERY: Final = 1000
+#: Bad lines whose details a follower keeps (all are counted).
+KEEP_BAD: Final = 20
+#: Environment variable that forces polling instead of OS notifications.
+ENV_POLLING: Final = "PULSE_FOLLOW_POLLING"
+#: Polling interval when notifications are not available (seconds).
+POLL_INTERVAL: Final = 0.05
+
+
+@attrs.frozen
+class Position:
+    """Where a follower is in a log, enough to resume it later.
+
+    Attributes:
+        offset: the byte offset of the first line not consumed yet.
+        line: how many lines (of any kind) lie before ``offset``.
+        last_seq: the highest seq applied to the state.
+        inode, device: the identity of the file ``offset`` refers to.
+        fingerprint: a hash of the bytes just before ``offset``; a file with
+            the same inode whose bytes there differ was rewritten.
+    """
+
+    offset: int = 0
+    line: int = 0
+    last_seq: int = 0
+    inode: int | None = None
+    device: int | None = None
+    fingerprint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The position as a JSON-ready dict."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Position:
+        """Build a position from :meth:`to_dict` output (unknown keys ignored)."""
+        names = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@attrs.frozen
+class Checkpoint:
+    """A follower's position and the state of the run up to it."""
+
+    position: Position
+    state: RunState
+
+
+@attrs.frozen
+class BadLine:
+    """A line that was skipped: where it is and why."""
+
+    offset: int
+    line: int
+    reason: str
+
+
+# -- the follower ----------------------------------------------------------------
+
+
+def _fingerprint(fd: int, offset: int) -> str:
+    size = min(offset, FINGERPRINT_BYTES)
+    if size <= 0:
+        return ""
+    data = os.pread(fd, size, offset - size)
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def position_matches(path: Path | str, position: Position) -> bool:
+    """Tell whether *path* is still the file *position* was taken in, grown or not.
+
+    True when the inode and device are the same, the file is at least
+    ``offset`` bytes long and the bytes just before ``offset`` are unchanged.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        return (
+            (st.st_ino, st.st_dev) == (position.inode, position.device)
+            and position.offset <= st.st_size
+            and _fingerprint(fd, position.offset) == position.fingerprint
+        )
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class LogFollower:
+    """Read one run's log from an offset and follow its appends.
+
+    Call :meth:`poll` whenever the file may have changed (a :class:`Notifier`
+    tells when); it returns the events applied since the last call. Nothing in
+    the file makes it raise.
+
+    Args:
+        path: the log file (it may not exist yet, or be deleted later).
+        checkpoint: where a previous follower stopped (resume from there).
+        max_line: lines longer than this many bytes are skipped unread.
+
+    Attributes:
+        bad_lines: lines skipped because they are not decodable events
+            (including over-long lines and a torn last line of a dead writer).
+        blank_lines: empty lines (a writer whose write failed starts its next
+            line with a newline; they carry nothing and are not warned about).
+        skipped: events not applied because their seq was already applied
+            (re-read after compaction, truncation or a resume).
+        replaced: how many times the file was replaced or truncated.
+        deleted: True while the path does not exist (it was deleted or never
+            created); the events read so far are kept.
+        bad: details of the first :data:`KEEP_BAD` bad lines.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        checkpoint: Checkpoint | None = None,
+        max_line: int = MAX_LINE,
+    ) -> None:
+        self.path = Path(path)
+        self.max_line = max_line
+        self.bad_lines = 0
+        self.blank_lines = 0
+        self.skipped = 0
+        self.replaced = 0
+        self.deleted = False
+        self.bad: list[BadLine] = []
+        self._folder = Folder(checkpoint.state if checkpoint else RunState())
+        self._resume = checkpoint.position if checkpoint else None
+        self._skip_upto = 0  # events with seq <= this are already applied
+        self._fd = -1
+        self._ino: tuple[int, int] | None = None
+        self._read_pos = 0  # bytes of the file read so far
+        self._offset = 0  # start of the first line not consumed
+        self._line_no = 0
+        self._buf = bytearray()  # the partial line being read
+        self._skipping = False  # inside an over-long line
+        self._pending_counted = False  # the partial line was already settled
+
+    # -- public ------------------------------------------------------------------
+
+    @property
+    def state(self) -> RunState:
+        """The run's state after every event applied so far."""
+        return self._folder.state
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq applied."""
+        return self._folder.last_seq
+
+    @property
+    def offset(self) -> int:
+        """The byte offset of the first line not consumed yet."""
+        return self._offset
+
+    @property
+    def lines(self) -> int:
+        """Complete lines consumed so far (of any kind)."""
+        return self._line_no
+
+    @property
+    def pending(self) -> bool:
+        """True if a partial line waits at the end of the file for its newline."""
+        return bool(self._buf) or self._skipping
+
+    def position(self) -> Position:
+        """Where this follower is (for :class:`Checkpoint`)."""
+        if self._resume is not None and self._fd < 0:
+            return self._resume
+        inode, device = self._ino if self._ino else (None, None)
+        fingerprint = _fingerprint(self._fd, self._offset) if self._fd >= 0 else ""
+        return Position(
+            offset=self._offset,
+            line=self._line_no,
+            last_seq=self._folder.last_seq,
+            inode=inode,
+            device=device,
+            fingerprint=fingerprint,
+        )
+
+    def checkpoint(self) -> Checkpoint:
+        """The position and state, to resume later with ``checkpoint=``."""
+        return Checkpoint(self.position(), self.state)
+
+    def poll(self) -> list[Event]:
+        """Read everything appended since the last call and apply it.
+
+        Returns:
+            The events applied to the state, in file order.
+        """
+        out: list[Event] = []
+        self._check_file(out)
+        if self._fd >= 0:
+            self._drain(out)
+        return out
+
+    def settle(self) -> list[Event]:
+        """Treat a partial last line as final: the writer is gone.
+
+        The fragment is decoded if it is a whole event (a line missing only
+        its newline), else counted as a bad line; either way only once. The
+        offset does not move past it, so a writer that continues the log
+        later is still read correctly.
+        """
+        out = self.poll()
+        if not self.pending or self._pending_counted:
+            return out
+        self._pending_counted = True
+        if self._skipping:
+            return out  # an over-long line is counted when it starts
+        try:
+            event = decode(bytes(self._buf))
+        except DecodeError as exc:
+            self._bad(self._offset, f"torn last line (the writer is gone): {exc}")
+            return out
+        if self._apply(event):
+            out.append(event)
+        self._skip_upto = max(self._skip_upto, event.seq)
+        return out
+
+    def close(self) -> None:
+        """Close the file (the follower can still report its state)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> LogFollower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- file identity -------------------------------------------------------------
+
+    def _check_file(self, out: list[Event]) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if not self.deleted:
+                if self._fd >= 0:
+                    self._drain(out)  # the open file still holds what was written
+                    log.info("pulse log deleted while followed", file=str(self.path))
+                self.deleted = True
+            return
+        except OSError as exc:
+            log.warning("pulse log cannot be checked", file=str(self.path), error=str(exc))
+            return
+        identity = (st.st_ino, st.st_dev)
+        if self._fd < 0:
+            self._open(identity, st.st_size)
+            return
+        if identity != self._ino:
+            self._drain(out)  # a compaction leaves nothing unread in the old file
+            self._switch("replaced", out)
+            self._open(identity, st.st_size)
+        elif st.st_size < self._read_pos:
+            self._switch("truncated", out)
+            self._open(identity, st.st_size, reopen=False)
+        self.deleted = False
+
+    def _open(self, identity: tuple[int, int], size: int, reopen: bool = True) -> None:
+        if reopen:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError as exc:
+                log.warning("pulse log cannot be opened", file=str(self.path), error=str(exc))
+                return
+            self.close()
+            self._fd = fd
+            st = os.fstat(fd)
+            identity, size = (st.st_ino, st.st_dev), st.st_size
+        self._ino = identity
+        self._read_pos = self._offset = self._line_no = 0
+        self.deleted = False
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return
+        if (
+            (resume.inode, resume.device) == identity
+            and resume.offset <= size
+            and _fingerprint(self._fd, resume.offset) == resume.fingerprint
+        ):
+            self._read_pos = self._offset = resume.offset
+            self._line_no = resume.line
+        else:
+            # Another file than the checkpoint's (compacted or rewritten since):
+            # read it whole, skipping what the checkpoint state already holds.
+            self._skip_upto = max(self._skip_upto, resume.last_seq)
+            log.debug("pulse log changed since checkpoint", file=str(self.path))
+
+    def _switch(self, why: str, out: list[Event]) -> None:
+        self.replaced += 1
+        if self.pending and not self._pending_counted and not self._skipping:
+            self._bad(self._offset, f"partial last line of the {why} file")
+        self._buf.clear()
+        self._skipping = self._pending_counted = False
+        self._skip_upto = max(self._skip_upto, self._folder.last_seq)
+        log.info(f"pulse log {why} while followed; re-reading it", file=str(self.path))
+
+    # -- lines ---------------------------------------------------------------------
+
+    def _drain(self, out: list[Event]) -> None:
+        fd = self._fd
+        while True:
+            try:
+                chunk = os.pread(fd, CHUNK, self._read_pos)
+            except OSError as exc:
+                log.warning("pulse log read failed", file=str(self.path), error=str(exc))
+                return
+            if not chunk:
+                return
+            self._feed(chunk, out)
+
+    def _feed(self, chunk: bytes, out: list[Event]) -> None:
+        base = self._read_pos
+        self._read_pos = base + len(chunk)
+        buf = self._buf
+        limit = self.max_line
+        start = 0
+        find = chunk.find
+        while True:
+            nl = find(b"\n", start)
+            if nl < 0:
+                if not self._skipping:
+                    if len(buf) + len(chunk) - start > limit:
+                        self._overlong()
+                    else:
+                        buf += chunk[start:]
+                return
+            line_start = self._offset
+            if self._skipping:
+                self._skipping = False
+            elif buf:
+                if len(buf) + nl - start > limit:
+                    self._overlong()
+                    self._skipping = False
+                else:
+                    buf += chunk[start:nl]
+                    line = bytes(buf)
+                    buf.clear()
+                    self._line(line, line_start, out)
+            elif nl - start > limit:
+                self._overlong()
+                self._skipping = False
+            else:
+                self._line(chunk[start:nl], line_start, out)
+            self._pending_counted = False
+            self._offset = base + nl + 1
+            self._line_no += 1
+            start = nl + 1
+
+    def _overlong(self) -> None:
+        if not self._pending_counted:
+            self._bad(self._offset, f"line longer than {self.max_line} bytes, skipped unread")
+        self._pending_counted = True
+        self._buf.clear()
+        self._skipping = True
+
+    def _line(self, line: bytes, offset: int, out: list[Event]) -> None:
+        if not line or line.isspace():
+            self.blank_lines += 1
+            return
+        try:
+            event = decode(line)
+        except DecodeError as exc:
+            if not self._pending_counted:
+                self._bad(offset, str(exc))
+            return
+        if self._apply(event):
+            out.append(event)
+
+    def _apply(self, event: Event) -> bool:
+        if event.seq <= self._skip_upto:
+            self.skipped += 1
+            return False
+        self._folder.apply(event)
+        return True
+
+    def _bad(self, offset: int, reason: str) -> None:
+        self.bad_lines += 1
+        line = self._line_no + 1
+        if len(self.bad) < KEEP_BAD:
+            self.bad.append(BadLine(offset=offset, line=line, reason=reason[:300]))
+        if self.bad_lines <= LOG_FIRST or self.bad_lines % LOG_EVERY == 0:
+            log.warning(
+                "pulse log line skipped",
+                file=str(self.path),
+                offset=offset,
+                line=line,
+                reason=reason[:200],
+                bad_lines=self.bad_lines,
+            )
+
+
+def read_log(path: Path | str, *, final: bool = True, max_line: int = MAX_LINE) -> LogFollower:
+    """Read a whole log file once.
+
+    Args:
+        path: the file.
+        final: settle a partial last line (the file is complete).
+        max_line: the over-long line limit.
+
+    Returns:
+        The follower after reading (its ``state``, ``bad_lines``, ...).
+    """
+    follower = LogFollower(path, max_line=max_line)
+    try:
+        if final:
+            follower.settle()
+        else:
+            follower.poll()
+    finally:
+        follower.close()
+    return follower
+
+
+# -- change notifications ----------------------------------------------------------
+
+
+def _polling_forced() -> bool:
+    return os.environ.get(ENV_POLLING, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class Notifier:
+    """Wake a reader when anything in a folder changes.
+
+    Uses ``watchfiles`` (OS notifications; latency ~10 ms) in a daemon thread
+    when it is installed, the folder exists and polling is not forced;
+    otherwise :meth:`wait` simply sleeps ``poll_interval`` and says "maybe".
+
+    Args:
+        folder: the folder to watch (not recursive).
+        poll_interval: the polling period without notifications.
+        notifications: False to force polling; None for the default
+            (notifications unless ``PULSE_FOLLOW_POLLING`` is set).
+    """
+
+    #: watchfiles step (ms): how long it waits for more changes before waking us.
+    STEP_MS: Final = 5
+    #: watchfiles debounce (ms): the longest it groups a stream of changes.
+    DEBOUNCE_MS: Final = 20
+
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        notifications: bool | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.poll_interval = poll_interval
+        self._changed = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.mode = "polling"
+        wanted = not _polling_forced() if notifications is None else notifications
+        if wanted and self.folder.is_dir():
+            try:
+                # The watcher is set up here, synchronously, so no change made
+                # after __init__ returns is missed.
+                from watchfiles._rust_notify import RustNotify
+
+                notify = RustNotify([str(self.folder)], False, False, 300, False, False)
+            except Exception as exc:  # noqa: BLE001 - not installed, no inotify slots, ...
+                log.debug("pulse file notifications unavailable; polling", error=str(exc))
+            else:
+                self.mode = "notify"
+                self._thread = threading.Thread(
+                    target=self._watch, args=(notify,), name="pulse-notifier", daemon=True
+                )
+                self._thread.start()
+
+    def _watch(self, notify: Any) -> None:
+        try:
+            while not self._stop.is_set():
+                result = notify.watch(self.DEBOUNCE_MS, self.STEP_MS, 500, self._stop)
+                if isinstance(result, set) and result:
+                    self._changed.set()
+        except Exception as exc:  # noqa: BLE001 - any watcher failure falls back to polling
+            log.warning("pulse file notifications failed; polling", error=str(exc))
+            self.mode = "polling"
+            self._changed.set()
+        finally:
+            with contextlib.suppress(Exception):
+                notify.close()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until something may have changed, or *timeout* seconds pass.
+
+        Returns:
+            True if a change was notified (always True when polling, after
+            ``min(timeout, poll_interval)``), False on timeout.
+        """
+        if self.mode == "polling":
+            self._stop.wait(max(0.0, min(timeout, self.poll_interval)))
+            return True
+        fired = self._changed.wait(max(0.0, timeout))
+        self._changed.clear()
+        return fired
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+
+    def __enter__(self) -> Notifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def follow(
+    path: Path | str,
+    *,
+    checkpoint: Checkpoint | None = None,
+    stop: threading.Event | None = None,
+    tick: float = 1.0,
+    notifier: Notifier | None = None,
+) -> Iterator[tuple[LogFollower, list[Event]]]:
+    """Follow a log: yield ``(follower, new_events)`` as events arrive.
+
+    It also yields (with an empty list) at least every *tick* seconds, so the
+    caller can re-evaluate liveness. It ends when *stop* is set.
+
+    Args:
+        path: the log file.
+        checkpoint: resume from here.
+        stop: set it to end the iteration.
+        tick: the longest wait between two yields.
+        notifier: a shared notifier on the log's folder (one is made if None).
+    """
+    stop = stop or threading.Event()
+    own = notifier is None
+    watcher = notifier if notifier is not None else Notifier(Path(path).parent)
+    follower = LogFollower(path, checkpoint=checkpoint)
+    try:
+        yield follower, follower.poll()
+        while not stop.is_set():
+            deadline = time.monotonic() + tick
+            events: list[Event] = []
+            while not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                watcher.wait(remaining)
+                events = follower.poll()
+                if events:
+                    break
+            yield follower, events
+    finally:
+        follower.close()
+        if own:
+            watcher.close()

@@ -1,0 +1,760 @@
+"""Restart recovery: the last known state of every run, fast, from a rebuildable index.
+
+This module owns what a reader knows about all runs of a home at once:
+
+* :func:`recover` -- one call returning a :class:`RunRecord` per run log
+  (active runs and finished ones), each with an honest liveness, newest
+  first. It is what the TrainingPanel calls when it reopens.
+* :func:`load_run` -- the same for one training id.
+* liveness: :func:`check_writer` (the log lock; when the lock cannot be
+  checked, whether the writer's pid still runs on this host) and
+  :func:`run_liveness` (:func:`pulse_core.liveness.liveness_of` with it).
+* the index, ``<home>/index.sqlite`` (stdlib SQLite): a cache, never a source
+  of truth. One row per training id holds the log's identity when it was read
+  (inode, device, size, mtime in ns), where reading stopped
+  (:class:`~pulse_transports.follow.Position`), the folded state as JSON
+  (:func:`encode_state`) and the ``ls`` summary as JSON. A row is used as is
+  only when the log's identity is unchanged. A log that only grew (same inode,
+  larger, and the 64 bytes before the stored offset unchanged) is continued
+  from the stored offset and state; any other disagreement (new inode after a
+  compaction, a shorter or rewritten file) rebuilds the row from the whole
+  log. A corrupt index file is deleted and rebuilt; one written by another
+  format version is emptied. Rows of deleted logs are removed. When the index
+  cannot be written (read-only home, locked) recovery still answers, from
+  the logs.
+
+Liveness rules (see :func:`run_liveness`): ``ended`` once the run is done,
+error or cancelled; ``lost`` when the writer's lock is free (or its pid is
+not running on this host when the lock cannot be checked) or when nothing
+was heard for ``lost_after`` seconds; ``stale`` after ``stale_after``
+seconds of silence (a heartbeat makes it ``alive`` again); else ``alive``.
+
+Must never import :mod:`pulse_transports.cli`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import orjson
+import structlog
+
+from pulse_core.errors import PulseError
+from pulse_core.events import ErrorReported, RunMeta, validate_training_id
+from pulse_core.liveness import ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness, liveness_of
+from pulse_core.projections import progress_fraction
+from pulse_core.state import Anomaly, RunState, Series, StatusEntry
+from pulse_transports.file import lock_path, log_dir, log_path, writer_alive
+from pulse_transports.follow import Checkpoint, LogFollower, Position, position_matches
+
+log = structlog.get_logger("pulse.history")
+
+INDEX_FILE: Final = "index.sqlite"
+LOG_SUFFIX: Final = ".jsonl"
+
+
+class HomeNotFound(PulseError):
+    """The PULSE home folder does not exist."""
+
+
+class RunNotFound(PulseError):
+    """No log exists for a training id."""
+
+
+# -- state as JSON ---------------------------------------------------------------
+
+#: Changes whenever the RunState field list does, so stored states of another
+#: shape are never read back (the index then rebuilds them from the logs).
+STATE_FORMAT: Final = "1:" + ",".join(f.name for f in attrs.fields(RunState))
+
+
+def _event_obj(event: RunMeta | ErrorReported) -> dict[str, Any]:
+    out = attrs.asdict(event, recurse=False)
+    for key in ("labels", "details"):
+        if out.get(key) is not None:
+            out[key] = dict(out[key])
+    return out
+
+
+def state_to_obj(state: RunState) -> dict[str, Any]:
+    """Turn a RunState into JSON-ready data (inverse: :func:`state_from_obj`)."""
+    out: dict[str, Any] = {}
+    for field in attrs.fields(RunState):
+        value = getattr(state, field.name)
+        if field.name == "meta":
+            value = _event_obj(value) if value is not None else None
+        elif field.name == "errors":
+            value = [_event_obj(e) for e in value]
+        elif field.name == "history":
+            value = {name: [s.width, s.count, s.windows] for name, s in value.items()}
+        elif field.name == "timeline":
+            value = [[t.status, t.message, t.timestamp, t.seq] for t in value]
+        elif field.name == "anomalies":
+            value = [[a.seq, a.kind, a.detail] for a in value]
+        elif hasattr(value, "items"):
+            value = dict(value)
+        out[field.name] = value
+    return out
+
+
+def state_from_obj(obj: Any) -> RunState:
+    """Rebuild a RunState from :func:`state_to_obj` data.
+
+    Raises:
+        ValueError: if *obj* does not have the shape of a stored state.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError("a stored state must be an object")
+    try:
+        kwargs = dict(obj)
+        meta = kwargs.get("meta")
+        kwargs["meta"] = RunMeta(**meta) if meta is not None else None
+        kwargs["errors"] = tuple(ErrorReported(**e) for e in kwargs.get("errors", ()))
+        kwargs["history"] = {
+            name: Series(width=w, count=c, windows=tuple(tuple(x) for x in windows))
+            for name, (w, c, windows) in kwargs.get("history", {}).items()
+        }
+        kwargs["timeline"] = tuple(StatusEntry(*t) for t in kwargs.get("timeline", ()))
+        kwargs["anomalies"] = tuple(Anomaly(*a) for a in kwargs.get("anomalies", ()))
+        kwargs["gaps"] = tuple(tuple(g) for g in kwargs.get("gaps", ()))
+        return RunState(**kwargs)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"stored state does not fit RunState: {exc}") from None
+
+
+def encode_state(state: RunState) -> bytes:
+    """Serialise a RunState as compact JSON (never pickle: homes may be shared)."""
+    return orjson.dumps(state_to_obj(state))
+
+
+def decode_state(data: bytes | str) -> RunState:
+    """Read a RunState written by :func:`encode_state`.
+
+    Raises:
+        ValueError: if *data* is not a stored state.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"stored state is not JSON: {exc}") from None
+    return state_from_obj(obj)
+
+
+def checkpoint_to_bytes(checkpoint: Checkpoint) -> bytes:
+    """Serialise a follower checkpoint (position and state) as JSON."""
+    return orjson.dumps(
+        {
+            "format": STATE_FORMAT,
+            "position": checkpoint.position.to_dict(),
+            "state": orjson.Fragment(encode_state(checkpoint.state)),
+        }
+    )
+
+
+def checkpoint_from_bytes(data: bytes) -> Checkpoint:
+    """Read a checkpoint written by :func:`checkpoint_to_bytes`.
+
+    Raises:
+        ValueError: if *data* is not such a checkpoint (or of another format).
+    """
+    try:
+        obj = orjson.loads(data)
+        if obj.get("format") != STATE_FORMAT:
+            raise ValueError("written by another version")
+        return Checkpoint(Position.from_dict(obj["position"]), state_from_obj(obj["state"]))
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a PULSE follower checkpoint: {exc}") from None
+
+
+# -- liveness ----------------------------------------------------------------------
+
+
+def _pid_running(pid: int) -> bool | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    except OSError:
+        return None
+    return True
+
+
+def check_writer(home: Path, training_id: str, state: RunState | None = None) -> bool | None:
+    """Tell whether the run's writer is alive: the lock first, the pid as a fallback.
+
+    Returns:
+        True if a process holds the log lock; False if the lock is free or
+        absent, or -- when the lock cannot be checked -- if the writer's pid
+        (from the lock file, else the run's meta) is not running on this
+        host; None when neither can tell (a running pid may be a reused one).
+    """
+    alive = writer_alive(home, training_id)
+    if alive is not None:
+        return alive
+    pid: Any = None
+    host: Any = None
+    with contextlib.suppress(OSError, orjson.JSONDecodeError):
+        holder = orjson.loads(lock_path(home, training_id).read_bytes())
+        if isinstance(holder, dict):
+            pid, host = holder.get("pid"), holder.get("host")
+    if pid is None and state is not None and state.meta is not None:
+        pid, host = state.meta.pid, state.meta.host
+    if (
+        isinstance(pid, int)
+        and pid > 0
+        and host == socket.gethostname()
+        and _pid_running(pid) is False
+    ):
+        return False
+    return None
+
+
+def run_liveness(
+    state: RunState,
+    *,
+    now: float,
+    writer: bool | None,
+    stale_after: float = STALE_AFTER,
+    lost_after: float = LOST_AFTER,
+) -> Liveness:
+    """Classify a run: :func:`pulse_core.liveness.liveness_of` given the writer check.
+
+    ``writer`` is what :func:`check_writer` said: ended wins over everything,
+    a writer known to be gone means lost; otherwise silence decides (stale,
+    then lost after *lost_after*), and any event (a heartbeat too) makes a
+    stale run alive again.
+    """
+    return liveness_of(
+        state, now=now, stale_after=stale_after, lost_after=lost_after, writer_alive=writer
+    )
+
+
+# -- summaries ---------------------------------------------------------------------
+
+
+def summarize(state: RunState, *, liveness: Liveness, now: float, path: Path) -> dict[str, Any]:
+    """The ``pulse ls`` row of a run (see :mod:`pulse_transports.cli.ls` for the shape).
+
+    The duration of a lost run ends at its last event, not at *now*.
+    """
+    meta = state.meta
+    start = state.started_at if state.started_at is not None else state.created_at
+    if state.finished_at is not None:
+        end: float | None = state.finished_at
+    elif liveness == LOST:
+        end = state.last_event_at
+    else:
+        end = now
+    last_error = state.errors[-1] if state.errors else None
+    flow = None
+    if meta is not None and (meta.flow_id or meta.flow_run_id or meta.flow_step_id):
+        flow = {
+            "flow_id": meta.flow_id,
+            "flow_run_id": meta.flow_run_id,
+            "flow_step_id": meta.flow_step_id,
+            "attempt": meta.attempt,
+        }
+    return {
+        "training_id": state.training_id or path.name[: -len(LOG_SUFFIX)],
+        "name": meta.name if meta else None,
+        "status": state.status,
+        "liveness": liveness,
+        "message": state.message,
+        "progress": progress_fraction(state),
+        "epoch": state.epoch,
+        "total_epochs": state.total_epochs,
+        "step": state.step,
+        "total_steps": state.total_steps,
+        "loss": state.metrics.get("loss"),
+        "best_loss": state.best_loss,
+        "created_at": state.created_at,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "last_event_at": state.last_event_at,
+        "duration": max(0.0, end - start) if start is not None and end is not None else None,
+        "error": (
+            {
+                "error_code": last_error.error_code,
+                "message": last_error.message,
+                "is_retryable": last_error.is_retryable,
+            }
+            if last_error is not None
+            else None
+        ),
+        "error_count": state.error_count,
+        "flow": flow,
+        "log": str(path),
+    }
+
+
+@attrs.define(eq=False)
+class RunRecord:
+    """What recovery knows about one run.
+
+    Attributes:
+        training_id: the run's id (its log's file name).
+        path: the log file.
+        liveness: alive, stale, lost or ended, as of recovery.
+        writer: the writer check (True/False/None), None for ended runs.
+        summary: the ``ls`` row (JSON-ready; includes liveness).
+        bad_lines: lines of the log that are not decodable events.
+        sort_key: newest first by this (the run's first event time).
+    """
+
+    training_id: str
+    path: Path
+    liveness: Liveness
+    writer: bool | None
+    summary: dict[str, Any]
+    bad_lines: int
+    sort_key: float
+    _state: RunState | None = None
+    _state_json: bytes | None = None
+    _position: Position | None = None
+    _position_json: str | None = None
+
+    @property
+    def position(self) -> Position:
+        """Where reading the log stopped (to follow it on from there)."""
+        if self._position is None:
+            assert self._position_json is not None
+            self._position = Position.from_dict(orjson.loads(self._position_json))
+        return self._position
+
+    @property
+    def state(self) -> RunState:
+        """The run's folded state (decoded from the index on first use)."""
+        if self._state is None:
+            assert self._state_json is not None
+            self._state = decode_state(self._state_json)
+        return self._state
+
+    @property
+    def terminal(self) -> bool:
+        """True once the run is done, error or cancelled."""
+        return self.liveness == ENDED
+
+    def checkpoint(self) -> Checkpoint:
+        """Where recovery stopped reading, to follow the log on from there."""
+        return Checkpoint(self.position, self.state)
+
+
+# -- the index ---------------------------------------------------------------------
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    training_id TEXT PRIMARY KEY,
+    inode INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    position TEXT NOT NULL,
+    terminal INTEGER NOT NULL,
+    sort_key REAL NOT NULL,
+    bad_lines INTEGER NOT NULL,
+    summary TEXT NOT NULL,
+    state BLOB NOT NULL
+);
+"""
+_SELECT: Final = (
+    "SELECT training_id, inode, device, size, mtime_ns, position, terminal, sort_key, "
+    "bad_lines, summary, state FROM runs"
+)
+_SELECT_ONE: Final = _SELECT + " WHERE training_id = ?"
+_INSERT: Final = (
+    "INSERT OR REPLACE INTO runs (training_id, inode, device, size, mtime_ns, position, "
+    "terminal, sort_key, bad_lines, summary, state) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+@attrs.frozen
+class _Row:
+    training_id: str
+    inode: int
+    device: int
+    size: int
+    mtime_ns: int
+    position: str
+    terminal: int
+    sort_key: float
+    bad_lines: int
+    summary: str
+    state: bytes
+
+
+class RunIndex:
+    """The SQLite index at ``<home>/index.sqlite``: a rebuildable cache.
+
+    Every failure to read it is a reason to rebuild, never an error: a file
+    that is not a database (or is damaged) is deleted and created anew; an
+    index that cannot be opened or written (read-only, locked) is skipped.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.path = Path(home) / INDEX_FILE
+        self.db: sqlite3.Connection | None = None
+        self.rebuilt = False
+
+    def open(self) -> bool:
+        """Open (creating or rebuilding as needed); False if no index can be used."""
+        for _attempt in range(2):
+            try:
+                db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None)
+            except sqlite3.Error as exc:
+                log.debug("pulse index unavailable", path=str(self.path), error=str(exc))
+                return False
+            try:
+                self._prepare(db)
+            except sqlite3.OperationalError as exc:  # locked, read-only, ...
+                db.close()
+                log.debug("pulse index unavailable", path=str(self.path), error=str(exc))
+                return False
+            except sqlite3.DatabaseError as exc:  # not a database, malformed
+                db.close()
+                self._delete(str(exc))
+                continue
+            self.db = db
+            return True
+        return False
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA synchronous=OFF")  # a cache: a torn write is a rebuild
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM info WHERE key = 'format'").fetchone()
+        if row is None or row[0] != STATE_FORMAT:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM runs")
+                db.execute("INSERT OR REPLACE INTO info VALUES ('format', ?)", (STATE_FORMAT,))
+            if row is not None:
+                self.rebuilt = True
+
+    def _delete(self, why: str) -> None:
+        log.warning(
+            "pulse index is corrupt; rebuilding it from the logs", path=str(self.path), error=why
+        )
+        self.rebuilt = True
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(f"{self.path}{suffix}")
+
+    def rows(self, training_id: str | None = None) -> dict[str, _Row]:
+        """The stored rows (all, or one id's); empty if the index is unusable."""
+        if self.db is None:
+            return {}
+        try:
+            if training_id is None:
+                cursor = self.db.execute(_SELECT)
+            else:
+                cursor = self.db.execute(_SELECT_ONE, (training_id,))
+            return {r[0]: _Row(*r) for r in cursor}
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            if not isinstance(exc, sqlite3.OperationalError):
+                self._delete(str(exc))
+                self.open()
+            return {}
+
+    def write(self, rows: Iterable[_Row], gone: Iterable[str] = ()) -> None:
+        """Store rows and forget ids whose logs are gone (best effort)."""
+        if self.db is None:
+            return
+        values = [attrs.astuple(r) for r in rows]
+        removed = [(tid,) for tid in gone]
+        if not values and not removed:
+            return
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany(_INSERT, values)
+                self.db.executemany("DELETE FROM runs WHERE training_id = ?", removed)
+        except sqlite3.Error as exc:
+            log.debug("pulse index not updated", path=str(self.path), error=str(exc))
+
+    def close(self) -> None:
+        """Close the database."""
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            self.db = None
+
+
+# -- recovery ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Settings:
+    home: Path
+    folder: Path
+    now: float
+    stale_after: float
+    lost_after: float
+
+
+def _scan(folder: Path) -> dict[str, os.stat_result]:
+    found: dict[str, os.stat_result] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(LOG_SUFFIX):
+            continue
+        tid = name[: -len(LOG_SUFFIX)]
+        try:
+            validate_training_id(tid)
+            if entry.is_file():
+                found[tid] = entry.stat()
+        except (PulseError, OSError):
+            continue
+    return found
+
+
+def _same_file(row: _Row, st: os.stat_result) -> bool:
+    return (row.inode, row.device, row.size, row.mtime_ns) == (
+        st.st_ino,
+        st.st_dev,
+        st.st_size,
+        st.st_mtime_ns,
+    )
+
+
+def _fold(tid: str, st: os.stat_result, row: _Row | None, cfg: _Settings) -> tuple[RunRecord, _Row]:
+    """Read a log (continuing a row whose file only grew) into a record and a row."""
+    path = log_path(cfg.home, tid)
+    checkpoint: Checkpoint | None = None
+    bad_before = 0
+    if row is not None and row.inode == st.st_ino and st.st_size >= row.size:
+        with contextlib.suppress(ValueError, orjson.JSONDecodeError):
+            position = Position.from_dict(orjson.loads(row.position))
+            if position_matches(path, position):
+                checkpoint = Checkpoint(position, decode_state(row.state))
+                bad_before = row.bad_lines
+    follower = LogFollower(path, checkpoint=checkpoint)
+    try:
+        follower.poll()
+        state = follower.state
+        writer = None if state.is_terminal else check_writer(cfg.home, tid, state)
+        if follower.pending and writer is not True:
+            follower.settle()
+            state = follower.state
+        position = follower.position()
+    finally:
+        follower.close()
+    liveness = _liveness(state, writer, cfg)
+    state_json = encode_state(state)
+    bad = bad_before + follower.bad_lines
+    summary = summarize(state, liveness=liveness, now=cfg.now, path=path)
+    summary["bad_lines"] = bad
+    sort_key = state.created_at if state.created_at is not None else st.st_mtime
+    record = RunRecord(
+        training_id=tid,
+        path=path,
+        liveness=liveness,
+        writer=writer,
+        summary=summary,
+        position=position,
+        bad_lines=bad,
+        sort_key=sort_key,
+        state=state,
+    )
+    new_row = _Row(
+        training_id=tid,
+        inode=st.st_ino,
+        device=st.st_dev,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        position=orjson.dumps(position.to_dict()).decode(),
+        terminal=int(state.is_terminal),
+        sort_key=sort_key,
+        bad_lines=bad,
+        summary=orjson.dumps(summary).decode(),
+        state=state_json,
+    )
+    return record, new_row
+
+
+def _liveness(state: RunState, writer: bool | None, cfg: _Settings) -> Liveness:
+    return run_liveness(
+        state,
+        now=cfg.now,
+        writer=writer,
+        stale_after=cfg.stale_after,
+        lost_after=cfg.lost_after,
+    )
+
+
+def _from_row(row: _Row, cfg: _Settings) -> RunRecord:
+    path = cfg.folder / f"{row.training_id}{LOG_SUFFIX}"
+    if row.terminal:
+        # Ended runs do not change: the stored summary is final (but the home
+        # may have moved since, so the log path is the current one).
+        summary = orjson.loads(row.summary)
+        summary["log"] = str(path)
+        return RunRecord(
+            training_id=row.training_id,
+            path=path,
+            liveness=ENDED,
+            writer=None,
+            summary=summary,
+            position_json=row.position,
+            bad_lines=row.bad_lines,
+            sort_key=row.sort_key,
+            state_json=row.state,
+        )
+    state = decode_state(row.state)
+    writer = check_writer(cfg.home, row.training_id, state)
+    liveness = _liveness(state, writer, cfg)
+    summary = summarize(state, liveness=liveness, now=cfg.now, path=path)
+    summary["bad_lines"] = row.bad_lines
+    return RunRecord(
+        training_id=row.training_id,
+        path=path,
+        liveness=liveness,
+        writer=writer,
+        summary=summary,
+        position_json=row.position,
+        bad_lines=row.bad_lines,
+        sort_key=row.sort_key,
+        state=state,
+    )
+
+
+def _settings(
+    home: Path | str, now: float | None, stale_after: float, lost_after: float
+) -> _Settings:
+    root = Path(home)
+    if not root.is_dir():
+        raise HomeNotFound(f"PULSE home {root} does not exist (set --home or PULSE_HOME)")
+    return _Settings(
+        home=root,
+        folder=log_dir(root),
+        now=time.time() if now is None else now,
+        stale_after=stale_after,
+        lost_after=lost_after,
+    )
+
+
+def _records(
+    found: dict[str, os.stat_result], index: RunIndex, cfg: _Settings, *, one: str | None = None
+) -> list[RunRecord]:
+    rows = index.rows(one)
+    records: list[RunRecord] = []
+    fresh: list[_Row] = []
+    for tid, st in found.items():
+        row = rows.get(tid)
+        record = None
+        if row is not None and _same_file(row, st):
+            try:
+                record = _from_row(row, cfg)
+            except (ValueError, orjson.JSONDecodeError, TypeError, KeyError) as exc:
+                log.debug(
+                    "pulse index row unreadable; rebuilding it", training_id=tid, error=str(exc)
+                )
+        if record is None:
+            record, new_row = _fold(tid, st, row, cfg)
+            fresh.append(new_row)
+        records.append(record)
+    gone = [tid for tid in rows if tid not in found]
+    index.write(fresh, gone)
+    return records
+
+
+def recover(
+    home: Path | str,
+    *,
+    now: float | None = None,
+    stale_after: float = STALE_AFTER,
+    lost_after: float = LOST_AFTER,
+    limit: int | None = None,
+    use_index: bool = True,
+) -> list[RunRecord]:
+    """Return the last known state of every run in *home*, newest first.
+
+    Reads ``<home>/logs/training/*.jsonl`` through the index (see the module
+    doc): unchanged logs cost one ``stat`` each, grown ones are read from
+    where they were left, everything else is folded from the log.
+
+    Args:
+        home: the PULSE home folder.
+        now: the current time (Unix seconds) for liveness and durations.
+        stale_after, lost_after: the liveness thresholds (seconds).
+        limit: return at most this many runs (the newest).
+        use_index: False to fold every log and leave the index alone.
+
+    Raises:
+        HomeNotFound: if *home* does not exist.
+    """
+    cfg = _settings(home, now, stale_after, lost_after)
+    found = _scan(cfg.folder)
+    index = RunIndex(cfg.home)
+    if use_index and (found or index.path.exists()):
+        index.open()
+    try:
+        records = _records(found, index, cfg)
+    finally:
+        index.close()
+    records.sort(key=lambda r: (r.sort_key, r.training_id), reverse=True)
+    return records[:limit] if limit is not None else records
+
+
+def load_run(
+    home: Path | str,
+    training_id: str,
+    *,
+    now: float | None = None,
+    stale_after: float = STALE_AFTER,
+    lost_after: float = LOST_AFTER,
+    use_index: bool = True,
+) -> RunRecord:
+    """Return what is known about one run.
+
+    Raises:
+        InvalidTrainingId: if *training_id* is not a valid id.
+        HomeNotFound: if *home* does not exist.
+        RunNotFound: if the run has no log.
+    """
+    validate_training_id(training_id)
+    cfg = _settings(home, now, stale_after, lost_after)
+    path = log_path(cfg.home, training_id)
+    try:
+        st = path.stat()
+    except OSError:
+        raise RunNotFound(f"no run {training_id!r} under {cfg.home} (no {path})") from None
+    index = RunIndex(cfg.home)
+    if use_index:
+        index.open()
+    try:
+        return _records({training_id: st}, index, cfg, one=training_id)[0]
+    finally:
+        index.close()
+
+
+def v1_choice(records: Iterable[RunRecord]) -> RunRecord | None:
+    """The run the v1 slot shows: the most recently active live run, else the last one.
+
+    A live run is alive or stale; "most recently active" is the latest last
+    event. Without a live run it is the run (ended or lost) whose last event
+    is the latest.
+    """
+    pool = list(records)
+
+    def last(record: RunRecord) -> tuple[float, str]:
+        at = record.summary.get("last_event_at")
+        return (at if isinstance(at, int | float) else record.sort_key, record.training_id)
+
+    live = [r for r in pool if r.liveness not in (ENDED, LOST)]
+    candidates = live or pool
+    return max(candidates, key=last) if candidates else None
