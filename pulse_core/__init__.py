@@ -74,7 +74,41 @@ _WHERE = {
     "RunState": "state",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ConfigError",
+    "DecodeError",
+    "Dropped",
+    "ErrorReported",
+    "Event",
+    "Folder",
+    "Heartbeat",
+    "IllegalTransition",
+    "InvalidTrainingId",
+    "Metrics",
+    "Progress",
+    "PulseError",
+    "RunLocked",
+    "RunMeta",
+    "RunState",
+    "Sink",
+    "StatusChanged",
+    "TrainingRun",
+    "UnknownEvent",
+    "decode",
+    "encode",
+    "from_cloudevent",
+    "liveness_of",
+    "reduce",
+    "replay",
+    "replay_runs",
+    "to_cloudevent",
+    "to_history_record",
+    "to_metric_history",
+    "to_v1",
+    "to_view",
+    "validate_training_id",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -61,7 +61,7 @@ _ENVELOPE: Final = ("v", "type", "training_id", "seq", "timestamp")
 
 def _strict_int(value: Any, _: Any) -> int:
     if value.__class__ is int:
-        return value  # type: ignore[no-any-return]
+        return value
     raise TypeError(f"expected an integer, got {type(value).__name__} {value!r:.40}")
 
 
@@ -76,13 +76,13 @@ def _strict_float(value: Any, _: Any) -> float:
 
 def _strict_str(value: Any, _: Any) -> str:
     if value.__class__ is str:
-        return value  # type: ignore[no-any-return]
+        return value
     raise TypeError(f"expected a string, got {type(value).__name__} {value!r:.40}")
 
 
 def _strict_bool(value: Any, _: Any) -> bool:
     if value is True or value is False:
-        return value  # type: ignore[no-any-return]
+        return value
     raise TypeError(f"expected true or false, got {type(value).__name__} {value!r:.40}")
 
 
@@ -97,7 +97,6 @@ def _make_converter() -> Any:
 
 #: The one converter, built at import.
 converter: Final = _make_converter()
-
 
 
 # --- the decode fast path -------------------------------------------------
@@ -197,14 +196,16 @@ def to_dict(event: Event) -> dict[str, Any]:
     only what was said.
     """
     if isinstance(event, UnknownEvent):
-        out: dict[str, Any] = dict(event.data)
-        out.update(
-            type=event.type,
-            v=event.v,
-            training_id=event.training_id,
-            seq=event.seq,
-            timestamp=event.timestamp,
-        )
+        out: dict[str, Any] = {
+            "type": event.type,
+            "v": event.v,
+            "training_id": event.training_id,
+            "seq": event.seq,
+            "timestamp": event.timestamp,
+        }
+        for key, value in event.data.items():
+            if key not in out:  # the envelope wins over data that repeats it
+                out[key] = value
         return out
     cls = event.__class__
     body = _UNSTRUCTURE[cls](event)
@@ -222,7 +223,7 @@ _INF: Final = float("inf")
 
 
 def _finite(value: float) -> bool:
-    return value == value and value != _INF and value != -_INF
+    return value == value and value not in (_INF, -_INF)
 
 
 def _drop_non_finite(out: dict[str, Any]) -> None:
@@ -266,13 +267,13 @@ def from_dict(obj: Any, line: bytes | str | None = None) -> Event:
         raise DecodeError(f"an event must be a JSON object, got {type(obj).__name__}", line)
     tag = obj.get("type")
     # Only a string can name a known type; a list or object tag is unhashable.
-    hook = _STRUCTURE.get(tag) if tag.__class__ is str else None  # type: ignore[arg-type]
+    hook = _STRUCTURE.get(tag) if tag.__class__ is str else None
     try:
         validate_training_id(obj.get("training_id"))
     except InvalidTrainingId as exc:
         raise DecodeError(f"bad training_id: {exc}", line) from None
     version = obj.get("v")
-    if version.__class__ is not int or version < PROTOCOL_VERSION:  # type: ignore[operator]
+    if version.__class__ is not int or version < PROTOCOL_VERSION:
         raise DecodeError(
             f"field 'v' must be an integer >= {PROTOCOL_VERSION}, got {version!r:.40}", line
         )
@@ -281,7 +282,7 @@ def from_dict(obj: Any, line: bytes | str | None = None) -> Event:
     try:
         return hook(obj)  # type: ignore[no-any-return]
     except Exception as exc:  # noqa: BLE001 - cattrs raises many kinds; we name the field
-        raise DecodeError(_explain(obj, tag, exc), line) from None
+        raise DecodeError(_explain(obj, obj["type"], exc), line) from None
 
 
 def decode(line: bytes | str) -> Event:
@@ -345,22 +346,29 @@ def to_cloudevent(event: Event, source: str = "/pulse/training") -> dict[str, An
 
     Mapping: ``id`` = ``<training_id>:<seq>``; ``source`` = *source* (a
     URI-reference naming the producer); ``type`` = ``dev.pulse.v2.<tag>``;
-    ``subject`` = training_id; ``time`` = the timestamp as RFC 3339 UTC;
+    ``subject`` = training_id; ``time`` = the timestamp as RFC 3339 UTC
+    (left out when it is outside years 1-9999);
     ``datacontenttype`` = ``application/json``; ``data`` = the PULSE wire
     object, whole (so decoding ``data`` gives the event back exactly).
     """
     wire = to_dict(event)
-    moment = datetime.fromtimestamp(event.timestamp, UTC).isoformat().replace("+00:00", "Z")
-    return {
+    envelope: dict[str, Any] = {
         "specversion": "1.0",
         "id": f"{event.training_id}:{event.seq}",
         "source": source,
         "type": CLOUDEVENT_TYPE_PREFIX + str(wire["type"]),
         "subject": event.training_id,
-        "time": moment,
         "datacontenttype": "application/json",
         "data": wire,
     }
+    try:
+        moment = datetime.fromtimestamp(event.timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        # A decoded line may carry any finite timestamp; "time" is optional in
+        # CloudEvents, so a moment datetime cannot hold is left out, not raised.
+        return envelope
+    envelope["time"] = moment.isoformat().replace("+00:00", "Z")
+    return envelope
 
 
 def from_cloudevent(envelope: Any) -> Event:
@@ -372,7 +380,9 @@ def from_cloudevent(envelope: Any) -> Event:
     if envelope.__class__ is not dict:
         raise DecodeError("a CloudEvent must be a JSON object")
     if envelope.get("specversion") != "1.0":
-        raise DecodeError(f"unsupported CloudEvents specversion {envelope.get('specversion')!r:.20}")
+        raise DecodeError(
+            f"unsupported CloudEvents specversion {envelope.get('specversion')!r:.20}"
+        )
     ce_type = envelope.get("type")
     if not isinstance(ce_type, str) or not ce_type.startswith(CLOUDEVENT_TYPE_PREFIX):
         raise DecodeError(f"CloudEvent type {ce_type!r:.60} is not a PULSE v2 event type")

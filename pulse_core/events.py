@@ -73,7 +73,7 @@ def validate_training_id(value: object) -> str:
             ``[A-Za-z0-9._-]`` starting with a letter or digit.
     """
     if value.__class__ is str and value in _valid_ids:
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str):
         raise InvalidTrainingId(f"training_id must be a string, got {type(value).__name__}")
     if not value:

@@ -78,9 +78,10 @@ def progress_fraction(state: RunState) -> float | None:
     epoch, total_epochs = state.epoch, state.total_epochs
     step, total_steps = state.step, state.total_steps
     within = None
-    if step is not None and total_steps:
+    # Totals of 0 or below say nothing (a decoded line may carry any integer).
+    if step is not None and total_steps is not None and total_steps > 0:
         within = min(max(step / total_steps, 0.0), 1.0)
-    if total_epochs:
+    if total_epochs is not None and total_epochs > 0:
         done = max((epoch or 1) - 1, 0) + (within or 0.0)
         return min(done / total_epochs, 1.0)
     return within
@@ -106,13 +107,21 @@ def _durations(state: RunState, now: float | None) -> dict[str, float]:
     return out
 
 
-def _duration(state: RunState, now: float | None) -> float | None:
-    start = state.started_at if state.started_at is not None else state.created_at
+def _duration(state: RunState, now: float | None, liveness: Liveness | None = None) -> float | None:
+    """Seconds from the start (preparing or running) to the end.
+
+    None for a run that never started; an ended run ends at its terminal
+    status, a lost run at its last event, a live run at *now*.
+    """
+    start = state.started_at
     if start is None:
         return None
-    end = state.finished_at if state.finished_at is not None else now
-    if end is None:
+    if state.finished_at is not None:
+        end: float | None = state.finished_at
+    elif liveness == LOST or now is None:
         end = state.last_event_at
+    else:
+        end = now
     return max(0.0, end - start) if end is not None else None
 
 
@@ -128,9 +137,7 @@ def _flow(state: RunState) -> dict[str, Any] | None:
     }
 
 
-def to_view(
-    state: RunState, *, now: float, liveness: Liveness | None = None
-) -> dict[str, Any]:
+def to_view(state: RunState, *, now: float, liveness: Liveness | None = None) -> dict[str, Any]:
     """Build the v2 view of a run for UIs.
 
     Args:
@@ -176,7 +183,7 @@ def to_view(
             "finished_at": state.finished_at,
             "status_since": state.status_since,
             "last_event_at": state.last_event_at,
-            "duration": _duration(state, now),
+            "duration": _duration(state, now, live),
             "status_durations": _durations(state, now),
         },
         "timeline": [
@@ -233,7 +240,7 @@ def to_history_record(
         "message": state.message,
         "started_at": state.started_at,
         "finished_at": state.finished_at,
-        "duration": _duration(state, now),
+        "duration": _duration(state, now, liveness),
         "epochs": {"epoch": state.epoch, "total_epochs": state.total_epochs},
         "key_metrics": {
             "final_loss": state.metrics.get("loss"),
@@ -267,8 +274,16 @@ def _series_dict(series: Series) -> dict[str, Any]:
         "width": series.width,
         "count": series.count,
         "windows": [
-            {"x": w[0], "n": w[1], "first": w[2], "last": w[3], "min": w[4], "max": w[5],
-             "t0": w[6], "t1": w[7]}
+            {
+                "x": w[0],
+                "n": w[1],
+                "first": w[2],
+                "last": w[3],
+                "min": w[4],
+                "max": w[5],
+                "t0": w[6],
+                "t1": w[7],
+            }
             for w in series.windows
         ],
     }

@@ -58,6 +58,8 @@ from pulse_core.state import (
 )
 
 _KNOWN_STATUSES = frozenset(STATUSES)
+#: Ceiling of the ``dropped`` sum: the largest signed 64-bit integer.
+MAX_COUNT = 2**63 - 1
 
 
 def _push(items: list[Any], item: Any, limit: int) -> None:
@@ -242,7 +244,9 @@ class _Acc:
             return
         if seq != last + 1:
             self.missing += seq - last - 1
-            _push(self.gaps, (last + 1, seq - 1), MAX_GAPS)
+            self.gaps.append((last + 1, seq - 1))
+            if len(self.gaps) > MAX_GAPS:
+                del self.gaps[0]  # keep the most recent gaps
         self.last_seq = seq
         self.event_count += 1
         ts = event.timestamp
@@ -281,7 +285,8 @@ class _Acc:
         elif isinstance(event, Heartbeat):
             pass
         elif isinstance(event, Dropped):
-            self.dropped += max(0, event.count)
+            # Saturate: hostile counts must not grow past what JSON readers take.
+            self.dropped = min(self.dropped + max(0, event.count), MAX_COUNT)
         elif isinstance(event, UnknownEvent):
             self.unknown_events += 1
         else:
@@ -356,7 +361,12 @@ class _Acc:
 
 
 def _tag(event: Event) -> str:
-    return type(event).__name__
+    """The wire tag of *event* (for anomaly details; never a class name)."""
+    if isinstance(event, UnknownEvent):
+        return event.type
+    from pulse_core.codec import TAG_OF  # rare path: only anomalies need the tag
+
+    return TAG_OF.get(type(event), "unknown")
 
 
 INITIAL_STATE = RunState()

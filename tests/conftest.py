@@ -1,0 +1,36 @@
+"""Test-wide configuration: hypothesis profiles and shared fixtures.
+
+Profiles (cattrs ``tests/conftest.py``): ``ci`` runs many derandomized
+examples, ``fast`` a few for a quick local loop, ``dev`` (the default) 100.
+``ci`` is chosen when the ``CI`` environment variable is set;
+``HYPOTHESIS_PROFILE`` names a profile explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=500,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("fast", max_examples=10, deadline=None)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
+
+
+@pytest.fixture
+def tmp_home(tmp_path: Path) -> Path:
+    """A fresh, empty directory to use as a home or data directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
