@@ -19,12 +19,11 @@ Rules (specs/protocol.md, "Encoding"):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Final
-
 import types
-from datetime import UTC, datetime
 import typing
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import attrs
 import orjson
@@ -114,7 +113,7 @@ _CHECKS: Final[Mapping[object, str]] = {
     bool: "if {x} is not True and {x} is not False: raise TypeError('expected a bool')",
     float: (
         "if {x}.__class__ is not float:\n"
-        "        if {x}.__class__ is int and {x} is not True and {x} is not False: {x} = float({x})\n"
+        "        if {x}.__class__ is int: {x} = float({x})\n"
         "        else: raise TypeError('expected a number')"
     ),
     Mapping[str, str]: "_check_map({x}, str)",
@@ -164,10 +163,8 @@ def _compile_structure(cls: type[Any]) -> Callable[[dict[str, Any]], Any]:
             lines.append(f"    {x} = o[{field.name!r}]")
             lines.append(f"    {check}")
             continue
-        if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-            default = "{}"
-        else:
-            default = repr(field.default)
+        factory = isinstance(field.default, attrs.Factory)  # type: ignore[arg-type]
+        default = "{}" if factory else repr(field.default)
         lines.append(f"    {x} = o.get({field.name!r}, {default})")
         guard = f"{x} is not None and " if optional or field.default is None else ""
         if guard:

@@ -36,7 +36,11 @@ TRANSITIONS: Final[list[dict[str, object]]] = [
     {"trigger": "start", "source": ["idle", "preparing"], "dest": "running"},
     {"trigger": "cool_down", "source": "running", "dest": "cooling_down"},
     {"trigger": "finish", "source": ["running", "cooling_down"], "dest": "done"},
-    {"trigger": "fail", "source": ["idle", "preparing", "running", "cooling_down"], "dest": "error"},
+    {
+        "trigger": "fail",
+        "source": ["idle", "preparing", "running", "cooling_down"],
+        "dest": "error",
+    },
     {
         "trigger": "cancel",
         "source": ["idle", "preparing", "running", "cooling_down"],
