@@ -16,6 +16,13 @@ This module owns :class:`TrainingRun`. Its promises:
   SIGTERM/SIGINT and an interpreter exit with the run open (atexit) each end
   it as error or cancelled.
 
+Threads: the training thread writes the raw values without a lock (each kind
+as one tuple, so a reader never sees half an update) and sets a dirty flag;
+everything else -- building events, seq numbers, talking to sinks -- happens
+under the run's lock, either on the training thread (when a sink is due and
+the lock is free: never waits) or on the run's background thread. Call the
+hot path from one thread at a time.
+
 The default sinks come from configuration through the ``pulse.config`` entry
 point (installed by ``pulse_transports``), so this module never imports the
 transports package.
@@ -24,6 +31,7 @@ transports package.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import secrets
 import signal
@@ -33,10 +41,10 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
-from typing import Any, Final
+from typing import Any, Final, SupportsFloat, SupportsInt
 
 import structlog
 
@@ -56,7 +64,14 @@ from pulse_core.events import (
     validate_training_id,
 )
 from pulse_core.lifecycle import next_status
-from pulse_core.policy import BUFFER_EVENTS, LOG_EVERY, background_tick, retry_delay
+from pulse_core.policy import (
+    BUFFER_EVENTS,
+    HEARTBEAT_INTERVAL,
+    LOG_EVERY,
+    POISON_ATTEMPTS,
+    background_tick,
+    retry_delay,
+)
 from pulse_core.ports import Sink
 
 log = structlog.get_logger("pulse.emitter")
@@ -69,16 +84,44 @@ ENV_FLOW_RUN_ID: Final = "PULSE_FLOW_RUN_ID"
 ENV_FLOW_STEP_ID: Final = "PULSE_FLOW_STEP_ID"
 ENV_ATTEMPT: Final = "PULSE_ATTEMPT"
 ENV_TOTAL_EPOCHS: Final = "PULSE_TOTAL_EPOCHS"
+ENV_HANDLE_SIGNALS: Final = "PULSE_HANDLE_SIGNALS"
+ENV_STRICT: Final = "PULSE_STRICT"
+ENV_HEARTBEAT_INTERVAL: Final = "PULSE_HEARTBEAT_INTERVAL"
 
 _METRIC_NAMES_MAX: Final = 64
+_INF: Final = float("inf")
+_NOT_STARTED: Final = frozenset({"idle", "preparing"})
+_SAMPLE_TYPES: Final = (Progress, Metrics, Heartbeat)
+
+# -- training ids ------------------------------------------------------------------
+
+_id_lock = threading.Lock()
+_id_last: list[int] = [0, 0]  # [milliseconds, random part] of the last id made
 
 
 def new_training_id(wall: float | None = None) -> str:
-    """Make a time-ordered unique training id, e.g. ``20261129-013724-123-9f2c41d07b``."""
-    moment = datetime.fromtimestamp(time.time() if wall is None else wall, UTC)
-    return moment.strftime("%Y%m%d-%H%M%S-") + f"{moment.microsecond // 1000:03d}-" + (
-        secrets.token_hex(5)
-    )
+    """Make a time-ordered unique training id, e.g. ``20261129-013724-123-9f2c41d07b``.
+
+    Ids made by one process sort in the order they were made (within one
+    millisecond the random part counts up; so does a wall clock stepping
+    back by less than a second); ids of different processes sort by their
+    millisecond and are unique with overwhelming probability (39 random bits).
+    """
+    millis = int((time.time() if wall is None else wall) * 1000)
+    with _id_lock:
+        # The same millisecond (or a clock stepping back by less than a
+        # second) counts up from the last id; anything else starts afresh.
+        if 0 <= _id_last[0] - millis < 1000:
+            millis = _id_last[0]
+            rand = (_id_last[1] + 1) % (1 << 40)
+        else:
+            rand = secrets.randbits(39)  # room to count up within the millisecond
+        _id_last[0], _id_last[1] = millis, rand
+    moment = datetime.fromtimestamp(millis / 1000, UTC)
+    return f"{moment:%Y%m%d-%H%M%S}-{millis % 1000:03d}-{rand:010x}"
+
+
+# -- exceptions ------------------------------------------------------------------------
 
 
 def classify_exception(exc: BaseException) -> tuple[str, bool]:
@@ -86,19 +129,18 @@ def classify_exception(exc: BaseException) -> tuple[str, bool]:
 
     An exception may name its own code with attributes ``pulse_error_code``
     and ``pulse_retryable``. Otherwise: file not found -> DATASET_NOT_FOUND;
-    CUDA/torch/TF out-of-memory -> CUDA_OOM (retryable: memory may free up);
-    MemoryError -> OUT_OF_MEMORY (retryable); anything else ->
+    CUDA/torch/TF/JAX out-of-memory -> CUDA_OOM (retryable: memory may free
+    up); MemoryError -> OUT_OF_MEMORY (retryable); anything else ->
     UNHANDLED_EXCEPTION.
     """
     own = getattr(exc, "pulse_error_code", None)
     if isinstance(own, str) and is_error_code(own):
         return own, bool(getattr(exc, "pulse_retryable", False))
     name = type(exc).__name__
-    text = str(exc)
-    if isinstance(exc, FileNotFoundError):
+    if isinstance(exc, FileNotFoundError) or name in ("DatasetNotFoundError", "DataFileNotFound"):
         return "DATASET_NOT_FOUND", False
     if name in ("OutOfMemoryError", "ResourceExhaustedError") or (
-        isinstance(exc, RuntimeError) and "out of memory" in text.lower()
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     ):
         return "CUDA_OOM", True
     if isinstance(exc, MemoryError):
@@ -106,109 +148,253 @@ def classify_exception(exc: BaseException) -> tuple[str, bool]:
     return "UNHANDLED_EXCEPTION", False
 
 
+# -- value conversion (only when an event is built) ------------------------------------
+
+
 def _as_int(value: Any) -> int | None:
     if value is None or value.__class__ is int:
-        return value  # type: ignore[no-any-return]
+        return value
     try:
         number = int(value)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, RuntimeError):
         return None
-    return number if number == value else None
+    try:
+        return number if number == value else None
+    except Exception:  # noqa: BLE001 - an exotic number type must not break reporting
+        return None
 
 
 def _as_float(value: Any) -> float | None:
     if value is None or value.__class__ is float:
-        return value  # type: ignore[no-any-return]
+        return value
     try:
         return float(value)
     except (TypeError, ValueError, OverflowError, RuntimeError):
         return None
 
 
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """Turn *value* into plain JSON data (unknown objects become their ``str``)."""
+    if value is None or value.__class__ in (str, int, bool):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (_INF, -_INF) else str(value)
+    if depth > 8:
+        return str(value)[:200]
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v, depth + 1) for k, v in list(value.items())[:100]}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json_safe(v, depth + 1) for v in list(value)[:100]]
+    number = _as_int(value) if isinstance(value, int) else None
+    if number is not None:
+        return number
+    return str(value)[:1000]
+
+
+# -- one sink as the run sees it --------------------------------------------------------
+
+
 class _Route:
-    """One sink as the run sees it: its throttle and its failure buffer."""
+    """One sink as the run sees it: its throttle and its failure buffer.
+
+    The run holds its lock around every method call.
+
+    Counters (see :meth:`TrainingRun.sink_stats`): ``failures`` is the
+    current streak of failed writes (0 when healthy), ``failures_total`` all
+    of them; ``dropped`` is what was dropped and not yet reported by a
+    ``dropped`` event, ``dropped_total`` all of it; ``coalesced`` counts held
+    progress/metrics/heartbeats that a newer one replaced while failing.
+    """
 
     __slots__ = (
         "boundaries",
         "buffer",
         "coalesced",
         "dropped",
+        "dropped_total",
         "failures",
+        "failures_total",
+        "head_attempts",
         "interval",
+        "last_error",
         "last_write",
         "name",
         "next_at",
+        "opened",
         "retry_at",
         "sent_metrics",
         "sent_progress",
         "sink",
+        "training_id",
     )
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, training_id: str) -> None:
         self.sink = sink
+        self.training_id = training_id
         self.name = str(getattr(sink, "name", type(sink).__name__))
-        self.interval = float(getattr(sink, "interval", 0.1))
+        try:
+            interval = float(getattr(sink, "interval", 0.1))
+        except (TypeError, ValueError):
+            interval = 0.1
+        self.interval = interval if interval >= 0 else 0.0
         self.boundaries = bool(getattr(sink, "boundaries", False))
-        self.next_at = float("-inf")
+        self.next_at = -_INF
         self.sent_progress = 0  # generation of the last progress sent
         self.sent_metrics = 0
         self.buffer: deque[Event] = deque()
+        self.opened = True
         self.failures = 0
+        self.failures_total = 0
+        self.head_attempts = 0
         self.retry_at = 0.0
         self.dropped = 0
+        self.dropped_total = 0
         self.coalesced = 0
-        self.last_write = float("-inf")
+        self.last_write = -_INF
+        self.last_error = ""
 
-    # The run holds its lock around every call below.
+    @property
+    def degraded(self) -> bool:
+        return bool(self.buffer) or self.failures > 0 or not self.opened or self.dropped > 0
 
-    def send(self, event: Event, now: float) -> bool:
-        """Deliver or buffer *event*; True if the sink took it now."""
+    @property
+    def healthy(self) -> bool:
+        """Open and holding nothing: the next event goes straight to the sink."""
+        return self.opened and not self.buffer
+
+    def open_failed(self, exc: Exception, now: float) -> None:
+        """Record that the sink could not be opened; :meth:`retry` opens it later."""
+        self.opened = False
+        self._failed(exc, now)
+
+    def send(self, event: Event, now: float, always_fits: bool = False) -> bool:
+        """Deliver or buffer *event*; True if the sink took it now.
+
+        With *always_fits* a full buffer takes the event without dropping
+        another (for the few events that end a run or report drops).
+        """
         self.last_write = now
-        if self.buffer:
-            self._hold(event)
-            return False
+        if self.buffer or not self.opened:
+            self.retry(now)
+            if self.buffer or not self.opened:
+                self._hold(event, always_fits)
+                return False
         try:
             self.sink.write(event)
         except Exception as exc:  # noqa: BLE001 - any sink failure is contained
             self._failed(exc, now)
-            self._hold(event)
+            self._hold(event, always_fits)
+            self.head_attempts = 0 if isinstance(exc, OSError) else 1
             return False
         return True
 
-    def retry(self, now: float, dropped_event: Callable[[int], Event]) -> None:
-        """Try to drain the buffer; report drops once it is empty."""
-        if not self.buffer or now < self.retry_at:
+    def retry(self, now: float, force: bool = False) -> None:
+        """Reopen the sink if needed and drain the buffer (when a retry is due).
+
+        The run reports drops (a ``dropped`` event) once the route is healthy.
+        """
+        if (not self.buffer and self.opened) or (now < self.retry_at and not force):
             return
-        while self.buffer:
-            event = self.buffer[0]
+        if not self.opened and not self._reopen(now):
+            return
+        buffer = self.buffer
+        while buffer:
             try:
-                self.sink.write(event)
+                self.sink.write(buffer[0])
             except Exception as exc:  # noqa: BLE001 - contained, retried later
+                if not isinstance(exc, OSError):
+                    # Not an I/O condition that may pass: the sink may never
+                    # take this event. Give it a few tries, then drop it so
+                    # the events behind it are not stuck forever.
+                    self.head_attempts += 1
+                    if self.head_attempts >= POISON_ATTEMPTS:
+                        victim = buffer.popleft()
+                        self.head_attempts = 0
+                        self._drop(victim, exc)
+                        continue
                 self._failed(exc, now)
                 return
-            self.buffer.popleft()
-        log.info("pulse sink recovered", sink=self.name, failures=self.failures,
-                 dropped=self.dropped)
+            buffer.popleft()
+            self.head_attempts = 0
+        if self.failures:
+            log.info(
+                "pulse sink recovered",
+                sink=self.name,
+                training_id=self.training_id,
+                failures=self.failures,
+                dropped=self.dropped,
+            )
         self.failures = 0
-        if self.dropped:
-            count, self.dropped = self.dropped, 0
-            self.send(dropped_event(count), now)
+        self.retry_at = 0.0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "failures": self.failures,
+            "failures_total": self.failures_total,
+            "buffered": len(self.buffer),
+            "dropped": self.dropped,
+            "dropped_total": self.dropped_total,
+            "coalesced": self.coalesced,
+            "opened": self.opened,
+            "degraded": self.degraded,
+            "last_error": self.last_error,
+        }
+
+    def _reopen(self, now: float) -> bool:
+        try:
+            held = self.sink.open(self.training_id)
+        except Exception as exc:  # noqa: BLE001 - still unavailable: retried later
+            self._failed(exc, now)
+            return False
+        self.opened = True
+        log.info("pulse sink opened after failing", sink=self.name, training_id=self.training_id)
+        if isinstance(held, int) and not isinstance(held, bool) and held > 0:
+            log.warning(
+                "pulse sink opened late on a log that already has events; "
+                "readers may skip this run's early events as duplicates",
+                sink=self.name,
+                training_id=self.training_id,
+                last_seq=held,
+            )
+        return True
 
     def _failed(self, exc: Exception, now: float) -> None:
         self.failures += 1
+        self.failures_total += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
         self.retry_at = now + retry_delay(self.failures)
         if self.failures == 1 or self.failures % LOG_EVERY == 0:
             log.warning(
                 "pulse sink failed; buffering and retrying",
                 sink=self.name,
-                error=f"{type(exc).__name__}: {exc}",
+                training_id=self.training_id,
+                error=self.last_error,
                 failures=self.failures,
                 buffered=len(self.buffer),
             )
 
-    def _hold(self, event: Event) -> None:
+    def _drop(self, event: Event, exc: Exception | None = None) -> None:
+        self.dropped += 1
+        self.dropped_total += 1
+        if self.dropped_total == 1 or self.dropped_total % LOG_EVERY == 0:
+            log.warning(
+                "pulse sink dropped an event",
+                sink=self.name,
+                training_id=self.training_id,
+                kind=type(event).__name__,
+                seq=event.seq,
+                reason=(
+                    f"the sink rejected it {POISON_ATTEMPTS} times: {type(exc).__name__}: {exc}"
+                    if exc is not None
+                    else f"the buffer of a failing sink is full ({BUFFER_EVENTS} events)"
+                )[:300],
+                dropped_total=self.dropped_total,
+            )
+
+    def _hold(self, event: Event, always_fits: bool = False) -> None:
         buffer = self.buffer
-        if isinstance(event, Progress | Metrics | Heartbeat):
+        if isinstance(event, _SAMPLE_TYPES):
             # Coalesce: a newer value supersedes the same kind held since the
             # last status/error/meta event (order of those is kept).
             for index in range(len(buffer) - 1, -1, -1):
@@ -216,17 +402,25 @@ class _Route:
                 if held.__class__ is event.__class__:
                     del buffer[index]
                     self.coalesced += 1
+                    if index == 0:
+                        self.head_attempts = 0
                     break
-                if not isinstance(held, Progress | Metrics | Heartbeat):
+                if not isinstance(held, _SAMPLE_TYPES):
                     break
-        if len(buffer) >= BUFFER_EVENTS:
+        if len(buffer) >= BUFFER_EVENTS and not always_fits:
             victim = next(
-                (i for i, e in enumerate(buffer) if isinstance(e, Progress | Metrics | Heartbeat)),
+                (i for i, e in enumerate(buffer) if isinstance(e, _SAMPLE_TYPES)),
                 0,
             )
+            if victim == 0:
+                self.head_attempts = 0
+            dropped = buffer[victim]
             del buffer[victim]
-            self.dropped += 1
+            self._drop(dropped)
         buffer.append(event)
+
+
+# -- the run -------------------------------------------------------------------------
 
 
 class TrainingRun:
@@ -235,7 +429,10 @@ class TrainingRun:
     Use it as a context manager (``with TrainingRun(...) as run:``) or call
     :meth:`close` yourself. Creating the run opens the sinks and emits the run
     metadata and ``preparing``; the first progress or metrics call moves a
-    preparing run to ``running``; leaving ``with`` normally ends it ``done``.
+    preparing run to ``running``; leaving ``with`` normally (or ``close()``)
+    ends it ``done`` -- or ``cancelled`` if it never started running or a
+    cancel was requested -- and leaving ``with`` by an exception ends it
+    ``error`` (``cancelled`` for KeyboardInterrupt) and re-raises.
 
     Args:
         training_id: the run's id; default ``$PULSE_TRAINING_ID`` or a new
@@ -244,19 +441,27 @@ class TrainingRun:
         flow_id, flow_run_id, flow_step_id, attempt: the flow link (defaults
             from ``PULSE_FLOW_ID``, ``PULSE_FLOW_RUN_ID``, ``PULSE_FLOW_STEP_ID``,
             ``PULSE_ATTEMPT``).
-        total_epochs, total_steps: known totals, if any.
+        total_epochs, total_steps: known totals, if any (``total_steps`` is
+            per epoch).
         sinks: where events go; default from configuration.
         strict: raise :class:`IllegalTransition` on illegal lifecycle requests
-            (default: log a warning and emit nothing).
-        heartbeat_interval: seconds between heartbeats while quiet.
+            (default ``$PULSE_STRICT``, then configuration: log a warning and
+            emit nothing).
+        heartbeat_interval: seconds between heartbeats while quiet (default
+            ``$PULSE_HEARTBEAT_INTERVAL``, then configuration, then 5).
         handle_signals: end the run ``cancelled`` on SIGTERM/SIGINT (main
-            thread only); SIGTERM then raises ``SystemExit(143)``.
+            thread only); SIGTERM then raises ``SystemExit(143)`` and SIGINT
+            ``KeyboardInterrupt``. Default ``$PULSE_HANDLE_SIGNALS``.
         labels: free-form string labels shown with the run.
         world_size: processes in a distributed job, shown in the metadata.
         clock, wall: monotonic and wall clocks (tests pass fakes).
-        background: run the background thread that delivers trailing values
-            and heartbeats (tests may drive :meth:`tick` instead).
+        background: run the background thread that delivers trailing values,
+            heartbeats and retries (tests may drive :meth:`tick` instead).
         env: the environment to read ``PULSE_*`` variables from.
+
+    Raises:
+        RunLocked: another live writer holds this training_id's log.
+        ConfigError: the configuration names an unknown transport or option.
     """
 
     def __init__(
@@ -270,10 +475,10 @@ class TrainingRun:
         attempt: int | None = None,
         total_epochs: int | None = None,
         total_steps: int | None = None,
-        sinks: Sequence[Sink] | None = None,
+        sinks: Iterable[Sink] | None = None,
         strict: bool | None = None,
         heartbeat_interval: float | None = None,
-        handle_signals: bool = False,
+        handle_signals: bool | None = None,
         labels: Mapping[str, str] | None = None,
         world_size: int | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -284,53 +489,70 @@ class TrainingRun:
         environ = os.environ if env is None else env
         self._clock = clock
         self._wall = wall
-        tid = training_id or environ.get(ENV_TRAINING_ID) or new_training_id(wall())
-        self.training_id: str = validate_training_id(tid)
-        self._strict = bool(strict) if strict is not None else _env_flag(environ, "PULSE_STRICT")
-        if heartbeat_interval is None:
-            heartbeat_interval = float(environ.get("PULSE_HEARTBEAT_INTERVAL") or 5.0)
-        self._heartbeat = heartbeat_interval
         self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._closing = False
         self._seq = 0
         self._status = "idle"
-        self._closed = False
         self._cancel_reason: str | None = None
-        # Raw values written by the hot path; events are built from them.
-        self._epoch: int | None = None
-        self._total_epochs = total_epochs
-        if total_epochs is None and environ.get(ENV_TOTAL_EPOCHS):
-            self._total_epochs = _as_int(environ.get(ENV_TOTAL_EPOCHS))
-        self._step: int | None = None
-        self._total_steps = total_steps
+        self._signals = False
+        tid = training_id or environ.get(ENV_TRAINING_ID) or new_training_id(wall())
+        self.training_id: str = validate_training_id(tid)
+
+        defaults: Mapping[str, Any] = {}
+        if strict is None or heartbeat_interval is None:
+            defaults = _run_defaults(environ)
+        if strict is None:
+            strict = bool(defaults.get("strict", _env_flag(environ, ENV_STRICT)))
+        self._strict = bool(strict)
+        if heartbeat_interval is None:
+            heartbeat_interval = _positive(
+                defaults.get("heartbeat_interval", environ.get(ENV_HEARTBEAT_INTERVAL)),
+                HEARTBEAT_INTERVAL,
+                ENV_HEARTBEAT_INTERVAL,
+            )
+        self._heartbeat = _positive(heartbeat_interval, HEARTBEAT_INTERVAL, "heartbeat_interval")
+        if handle_signals is None:
+            handle_signals = _env_flag(environ, ENV_HANDLE_SIGNALS)
+
+        # Raw values written by the hot path, one tuple per kind (a single
+        # store: the background thread never sees half an update).
+        if total_epochs is None:
+            total_epochs = _env_int(environ, ENV_TOTAL_EPOCHS)
+        self._p: tuple[Any, Any, Any, Any] = (None, total_epochs, None, total_steps)
+        self._m: tuple[Any, Any, Any, Any, Mapping[str, Any]] = (None, None, None, None, {})
         self._pdirty = False
-        self._loss: Any = None
-        self._tpe: Any = None
-        self._sps: Any = None
-        self._tps: Any = None
-        self._extra: dict[str, Any] = {}
         self._mdirty = False
         self._pgen = 0
         self._mgen = 0
         self._latest_progress: Progress | None = None
         self._latest_metrics: Metrics | None = None
-        self._next_at = float("-inf")
+        self._next_at = -_INF
 
-        if sinks is None:
-            sinks = _default_sinks()
+        sink_list = list(_default_sinks(environ) if sinks is None else sinks)
+        self._routes = [_Route(s, self.training_id) for s in sink_list]
+        now = clock()
         opened: list[Sink] = []
         try:
-            for sink in sinks:
-                held = sink.open(self.training_id)
-                opened.append(sink)
-                if isinstance(held, int) and held > self._seq:
+            for route in self._routes:
+                try:
+                    held = route.sink.open(self.training_id)
+                except PulseError:
+                    raise  # RunLocked, ConfigError: the caller must know at start
+                except Exception as exc:  # noqa: BLE001 - e.g. a read-only home: retried later
+                    route.open_failed(exc, now)
+                    continue
+                opened.append(route.sink)
+                if isinstance(held, int) and not isinstance(held, bool) and held > self._seq:
                     self._seq = held  # continue a log that already has events
         except BaseException:
             for sink in opened:
                 _quietly(sink.close)
             raise
-        self._routes = [_Route(sink) for sink in sinks]
-        attempt_env = environ.get(ENV_ATTEMPT)
-        meta = RunMeta(
+
+        self.meta = RunMeta(
             training_id=self.training_id,
             seq=self._next_seq(),
             timestamp=wall(),
@@ -338,25 +560,21 @@ class TrainingRun:
             flow_id=flow_id or environ.get(ENV_FLOW_ID) or None,
             flow_run_id=flow_run_id or environ.get(ENV_FLOW_RUN_ID) or None,
             flow_step_id=flow_step_id or environ.get(ENV_FLOW_STEP_ID) or None,
-            attempt=attempt if attempt is not None else _as_int(attempt_env),
-            total_epochs=self._total_epochs,
-            total_steps=total_steps,
+            attempt=_as_int(attempt) if attempt is not None else _env_int(environ, ENV_ATTEMPT),
+            total_epochs=_as_int(total_epochs),
+            total_steps=_as_int(total_steps),
             pid=os.getpid(),
             host=socket.gethostname(),
             world_size=world_size,
-            labels=dict(labels or {}),
+            labels={str(k): str(v) for k, v in (labels or {}).items()},
         )
-        self.meta = meta
-        now = clock()
         with self._lock:
             for route in self._routes:
-                route.send(meta, now)
+                route.send(self.meta, now)
         _register(self)
         if handle_signals:
-            self._install_signal_handlers()
+            self._signals = _watch_signals(self)
         self.status("preparing", "starting")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(
                 target=self._background, name=f"pulse-run-{self.training_id}", daemon=True
@@ -367,37 +585,40 @@ class TrainingRun:
 
     def progress(
         self,
-        epoch: int | None = None,
-        total_epochs: int | None = None,
-        step: int | None = None,
-        total_steps: int | None = None,
+        epoch: SupportsInt | None = None,
+        total_epochs: SupportsInt | None = None,
+        step: SupportsInt | None = None,
+        total_steps: SupportsInt | None = None,
     ) -> None:
         """Report where training is. Coalesced: the latest values win.
 
         ``epoch`` is the 1-based epoch in progress, ``step`` the steps done in
-        it (``total_steps`` per epoch). Cheap enough to call every step.
+        it (``total_steps`` per epoch). Cheap enough to call every step; the
+        values are converted only when forwarded (numpy/torch scalars are fine).
         """
-        if epoch is not None:
-            if epoch != self._epoch and self._epoch is not None:
-                self._epoch_boundary()
-            self._epoch = epoch
-        if total_epochs is not None:
-            self._total_epochs = total_epochs
-        if step is not None:
-            self._step = step
-        if total_steps is not None:
-            self._total_steps = total_steps
+        p = self._p
+        if epoch is None:
+            epoch = p[0]
+        elif p[0] is not None and epoch != p[0]:
+            self._epoch_boundary()
+        if total_epochs is None:
+            total_epochs = p[1]
+        if step is None:
+            step = p[2]
+        if total_steps is None:
+            total_steps = p[3]
+        self._p = (epoch, total_epochs, step, total_steps)
         self._pdirty = True
         if self._clock() >= self._next_at:
             self._pump_soon()
 
     def metrics(
         self,
-        loss: float | None = None,
-        time_per_epoch: float | None = None,
-        samples_per_second: float | None = None,
-        tokens_per_second: float | None = None,
-        **extra: float,
+        loss: SupportsFloat | None = None,
+        time_per_epoch: SupportsFloat | None = None,
+        samples_per_second: SupportsFloat | None = None,
+        tokens_per_second: SupportsFloat | None = None,
+        **extra: SupportsFloat,
     ) -> None:
         """Report measured values; all optional, the latest values win.
 
@@ -405,16 +626,17 @@ class TrainingRun:
         may be any number-like object (numpy, torch scalars); they are
         converted only when forwarded.
         """
-        if loss is not None:
-            self._loss = loss
-        if time_per_epoch is not None:
-            self._tpe = time_per_epoch
-        if samples_per_second is not None:
-            self._sps = samples_per_second
-        if tokens_per_second is not None:
-            self._tps = tokens_per_second
-        if extra:
-            self._extra.update(extra)
+        m = self._m
+        if loss is None:
+            loss = m[0]
+        if time_per_epoch is None:
+            time_per_epoch = m[1]
+        if samples_per_second is None:
+            samples_per_second = m[2]
+        if tokens_per_second is None:
+            tokens_per_second = m[3]
+        named = {**m[4], **extra} if extra else m[4]  # copied: a reader may hold the old one
+        self._m = (loss, time_per_epoch, samples_per_second, tokens_per_second, named)
         self._mdirty = True
         if self._clock() >= self._next_at:
             self._pump_soon()
@@ -424,24 +646,19 @@ class TrainingRun:
     def status(self, state: str, message: str = "") -> None:
         """Move the run to lifecycle *state* (or restate it with a new message).
 
-        Pending progress and metrics are delivered first. An illegal request
-        (e.g. ``running`` after ``done``) raises :class:`IllegalTransition` in
-        strict mode; otherwise it is logged as a warning and nothing is sent.
+        Pending progress and metrics are delivered first.
+
+        Raises:
+            IllegalTransition: in strict mode, for a move the lifecycle does
+                not allow (e.g. ``running`` after ``done``). Otherwise such a
+                request is logged as a warning and nothing is sent.
         """
         with self._lock:
             if not self._transition_ok(state):
                 return
             now = self._clock()
             self._pump(now, force=True, auto_start=False)
-            event = StatusChanged(
-                training_id=self.training_id,
-                seq=self._next_seq(),
-                timestamp=self._wall(),
-                status=state,
-                message=str(message),
-            )
-            self._status = state
-            self._broadcast(event, now)
+            self._status_locked(state, str(message), now)
 
     def error(
         self,
@@ -460,47 +677,67 @@ class TrainingRun:
                 the given code kept in details).
             message: a short sentence for people.
             is_retryable: whether a UI should offer "try again".
-            details: JSON-ready context (trace id, paths, ...).
+            details: JSON-ready context (trace id, paths, ...); other values
+                are turned into strings.
             fatal: False to record the error and keep the run going.
+
+        Raises:
+            IllegalTransition: in strict mode, if the run already ended.
         """
         with self._lock:
-            if self._status in TERMINAL_STATUSES:
-                self._illegal(self._status, "error")
+            if self._status in TERMINAL_STATUSES or self._closed:
+                self._illegal(self._status, "error", "the run already ended")
                 return
             now = self._clock()
-            self._flush_pending(now)
-            info = dict(details) if details else None
-            if not is_error_code(error_code):
-                info = {**(info or {}), "given_code": str(error_code)[:200]}
-                error_code = "UNHANDLED_EXCEPTION"
+            self._pump(now, force=True, auto_start=False)
+            info: dict[str, Any] | None = _json_safe(dict(details)) if details else None
+            code = str(error_code)
+            if not is_error_code(code):
+                info = {**(info or {}), "given_code": code[:200]}
+                code = "UNHANDLED_EXCEPTION"
+            p = self._p
             event = ErrorReported(
                 training_id=self.training_id,
                 seq=self._next_seq(),
                 timestamp=self._wall(),
-                error_code=error_code,
+                error_code=code,
                 message=str(message),
                 is_retryable=bool(is_retryable),
                 details=info,
-                epoch=_as_int(self._epoch),
-                step=_as_int(self._step),
+                epoch=_as_int(p[0]),
+                step=_as_int(p[2]),
             )
             self._broadcast(event, now)
             if fatal:
-                self.status("error", str(message))
+                self._status_locked("error", str(message), now)
 
     def cancel(self, message: str = "") -> None:
         """End the run as ``cancelled`` (stopped by the user)."""
         self.status("cancelled", message or "cancelled")
+
+    def request_cancel(self, message: str = "cancelled") -> None:
+        """Ask the training code to stop; the run then ends ``cancelled``.
+
+        Sets :attr:`cancel_requested` for code that checks it; a run closed
+        after this (``with`` left normally, ``close()``) ends ``cancelled``
+        with *message*, never ``done``. Safe from any thread.
+        """
+        self._cancel_reason = message or "cancelled"
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a cancel was requested (:meth:`request_cancel` or a handled signal)."""
+        return self._cancel_reason is not None
 
     def heartbeat(self) -> None:
         """Send a heartbeat now to every sink (normally the background thread does)."""
         with self._lock:
             if self._status in TERMINAL_STATUSES or self._closed:
                 return
-            self._broadcast(
-                Heartbeat(training_id=self.training_id, seq=self._next_seq(), timestamp=self._wall()),
-                self._clock(),
+            beat = Heartbeat(
+                training_id=self.training_id, seq=self._next_seq(), timestamp=self._wall()
             )
+            self._broadcast(beat, self._clock())
 
     # -- state ------------------------------------------------------------------
 
@@ -516,22 +753,13 @@ class TrainingRun:
 
     @property
     def degraded(self) -> bool:
-        """True while any sink is failing or has dropped events."""
-        return any(r.buffer or r.failures or r.dropped for r in self._routes)
+        """True while any sink is failing, unopened, or has unreported drops."""
+        return any(r.degraded for r in self._routes)
 
     def sink_stats(self) -> list[dict[str, Any]]:
-        """Per sink: name, failures, buffered, dropped and coalesced counts."""
+        """Per sink: name, failure, buffer, drop and coalescing counts, degraded."""
         with self._lock:
-            return [
-                {
-                    "name": r.name,
-                    "failures": r.failures,
-                    "buffered": len(r.buffer),
-                    "dropped": r.dropped,
-                    "coalesced": r.coalesced,
-                }
-                for r in self._routes
-            ]
+            return [r.stats() for r in self._routes]
 
     # -- ending -----------------------------------------------------------------
 
@@ -544,79 +772,103 @@ class TrainingRun:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.fail_with(exc)
+        try:
+            if exc is not None:
+                self.fail_with(exc)
+        finally:
             self.close()
 
     def fail_with(self, exc: BaseException) -> None:
-        """End the run because of *exc* (error or cancelled; never done)."""
-        if self._status in TERMINAL_STATUSES:
-            return
-        if self._cancel_reason is not None:
-            self.cancel(self._cancel_reason)
-            return
-        if isinstance(exc, KeyboardInterrupt):
-            self.cancel("interrupted (KeyboardInterrupt)")
-            return
-        if isinstance(exc, SystemExit):
-            code = exc.code
-            if code in (None, 0):
-                self.cancel("the process exited before the run finished")
-            else:
-                self.error(
-                    "PROCESS_EXITED_WITHOUT_RESULT",
-                    f"the process exited with status {code!r} before the run finished",
-                    details={"exit_code": code if isinstance(code, int) else str(code)},
-                )
-            return
-        error_code, retryable = classify_exception(exc)
-        trace_id = secrets.token_hex(8)
-        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        text = "".join(lines)
-        self.error(
-            error_code,
-            f"{type(exc).__name__}: {exc}"[:500],
-            is_retryable=retryable,
-            details={
-                "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                "trace_id": trace_id,
-                "traceback": text[-4000:],
-            },
-        )
+        """End the run because of *exc* (error or cancelled; never done).
+
+        KeyboardInterrupt (and a handled signal, or an earlier cancel
+        request) ends it ``cancelled``; ``SystemExit`` with status 0 too;
+        any other exception is classified (:func:`classify_exception`) and
+        reported as an error whose details carry the exception type, a trace
+        id (also logged with the traceback) and the traceback's end.
+        """
+        with self._lock:
+            if self._status in TERMINAL_STATUSES or self._closed:
+                return
+            if self._cancel_reason is not None:
+                self.cancel(self._cancel_reason)
+                return
+            if isinstance(exc, KeyboardInterrupt):
+                self.cancel("interrupted (KeyboardInterrupt)")
+                return
+            if isinstance(exc, SystemExit):
+                code = exc.code
+                if code in (None, 0):
+                    self.cancel("the process exited before the run finished")
+                else:
+                    self.error(
+                        "PROCESS_EXITED_WITHOUT_RESULT",
+                        f"the process exited with status {code!r} before the run finished",
+                        details={"exit_code": code if isinstance(code, int) else str(code)},
+                    )
+                return
+            error_code, retryable = classify_exception(exc)
+            trace_id = secrets.token_hex(8)
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            log.error(
+                "pulse: training raised; the run ends with an error",
+                training_id=self.training_id,
+                error_code=error_code,
+                exception_type=kind,
+                trace_id=trace_id,
+                traceback=text,
+            )
+            self.error(
+                error_code,
+                f"{type(exc).__name__}: {exc}"[:500],
+                is_retryable=retryable,
+                details={"exception_type": kind, "trace_id": trace_id, "traceback": text[-4000:]},
+            )
 
     def close(self) -> None:
-        """Finish the run and release its sinks; idempotent.
+        """Finish the run and release its sinks; idempotent and thread-safe.
 
-        A run still preparing or running when closed normally ends ``done``
-        if it was running or cooling down, and ``cancelled`` if it never
-        started running.
+        A run still open when closed ends ``done`` if it was running or
+        cooling down, and ``cancelled`` if it never started running or a
+        cancel was requested. Pending values are delivered first; each sink
+        gets a last retry, then is flushed durably and closed.
         """
-        if self._closed:
-            return
-        if self._status not in TERMINAL_STATUSES:
-            if self._status in ("running", "cooling_down"):
-                self.status("done", "finished")
-            else:
-                self.cancel("the run was closed before it started")
         with self._lock:
-            self._closed = True
-            self._stop.set()
-            now = self._clock()
-            self._flush_pending(now)
-            for route in self._routes:
-                route.retry_at = 0.0
-                route.retry(now, self._dropped_event)
-                if route.buffer:
-                    log.warning(
-                        "pulse sink still failing at close; events lost",
-                        sink=route.name,
-                        lost=len(route.buffer) + route.dropped,
-                    )
-                _quietly(lambda r=route: r.sink.flush(True))
-                _quietly(route.sink.close)
+            if self._closed or self._closing:
+                return
+            self._closing = True
+            try:
+                now = self._clock()
+                for route in self._routes:
+                    self._settle(route, now, force=True)  # drops reported before the end
+                if self._status not in TERMINAL_STATUSES:
+                    if self._cancel_reason is not None:
+                        self.cancel(self._cancel_reason)
+                    elif self._status in ("running", "cooling_down"):
+                        self.status("done", "finished")
+                    else:
+                        self.cancel("the run was closed before it started")
+            finally:
+                self._closed = True
+                self._stop.set()
+                now = self._clock()
+                self._pump(now, force=True)
+                for route in self._routes:
+                    self._settle(route, now, force=True)
+                    if route.buffer or not route.opened:
+                        log.warning(
+                            "pulse sink still failing at close; events lost",
+                            sink=route.name,
+                            training_id=self.training_id,
+                            lost=len(route.buffer) + route.dropped,
+                        )
+                    if route.opened:
+                        _quietly(functools.partial(route.sink.flush, True))
+                        _quietly(route.sink.close)
         _unregister(self)
+        if self._signals:
+            _unwatch_signals(self)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2.0)
@@ -631,14 +883,15 @@ class TrainingRun:
             if self._status not in TERMINAL_STATUSES:
                 quiet = [r for r in self._routes if now - r.last_write >= self._heartbeat]
                 if quiet:
+                    for route in quiet:
+                        self._send_latest(route, now)  # keep seq order on every sink
                     beat = Heartbeat(
                         training_id=self.training_id, seq=self._next_seq(), timestamp=self._wall()
                     )
                     for route in quiet:
                         route.send(beat, now)
             for route in self._routes:
-                if route.buffer:
-                    route.retry(now, self._dropped_event)
+                self._settle(route, now)
 
     # -- internals --------------------------------------------------------------
 
@@ -648,10 +901,10 @@ class TrainingRun:
 
     def _transition_ok(self, state: str) -> bool:
         if self._closed:
-            self._illegal(self._status, state, "the run is closed")
+            self._illegal(self._status, str(state), "the run is closed")
             return False
         if state not in STATUSES or next_status(self._status, state) is None:
-            self._illegal(self._status, state)
+            self._illegal(self._status, str(state))
             return False
         return True
 
@@ -668,7 +921,7 @@ class TrainingRun:
 
     def _pump_soon(self) -> None:
         # Called from the hot path when a sink may be due. Never waits: if the
-        # background thread holds the lock it will deliver the values itself.
+        # background thread holds the lock it delivers the values itself.
         if self._lock.acquire(blocking=False):
             try:
                 if not self._closed:
@@ -683,53 +936,55 @@ class TrainingRun:
         only_boundaries: bool = False,
         auto_start: bool = True,
     ) -> None:
-        """Build events from dirty values; send the latest to every due sink."""
+        """Build events from dirty values and send the latest to every due sink.
+
+        Events are built only if some sink is due, so values coalesced away
+        cost no event, no seq and no encoding.
+        """
         if self._status in TERMINAL_STATUSES:
             self._pdirty = self._mdirty = False
-            self._next_at = float("inf")  # nothing more goes out: keep the hot path cheap
+            self._next_at = _INF  # nothing more goes out: keep the hot path cheap
             return
-        dirty = self._pdirty or self._mdirty
-        if dirty and auto_start and self._status in ("idle", "preparing"):
+        if auto_start and self._status in _NOT_STARTED and (self._pdirty or self._mdirty):
             self._status_locked("running", "training started", now)
-        self._build()
-        latest_p, latest_m = self._latest_progress, self._latest_metrics
-        pgen, mgen = self._pgen, self._mgen
-        next_at = float("inf")
-        for route in self._routes:
-            if only_boundaries and not route.boundaries:
-                next_at = min(next_at, route.next_at)
-                continue
-            stale = route.sent_progress < pgen or route.sent_metrics < mgen
-            if stale and (force or now >= route.next_at):
-                if route.sent_progress < pgen and latest_p is not None:
-                    route.send(latest_p, now)
-                if route.sent_metrics < mgen and latest_m is not None:
-                    route.send(latest_m, now)
-                route.sent_progress, route.sent_metrics = pgen, mgen
-                route.next_at = now + route.interval
-            next_at = min(next_at, route.next_at)
+        routes = self._routes
+        due = [
+            r
+            for r in routes
+            if (force or now >= r.next_at) and (r.boundaries or not only_boundaries)
+        ]
+        if due:
+            self._build()
+            for route in due:
+                if self._send_latest(route, now):
+                    route.next_at = now + route.interval
+        next_at = min((r.next_at for r in routes), default=_INF)
+        if self._status in _NOT_STARTED:
+            next_at = -_INF  # the first value moves the run to running, sinks or not
         self._next_at = next_at
 
     def _build(self) -> None:
         # Clear the dirty flag before reading the values: a hot-path write
-        # racing with us sets it again and is sent on the next pump.
+        # racing with us sets it again and is sent on a later pump.
         if self._pdirty:
             self._pdirty = False
+            epoch, total_epochs, step, total_steps = self._p
             self._pgen += 1
             self._latest_progress = Progress(
                 training_id=self.training_id,
                 seq=self._next_seq(),
                 timestamp=self._wall(),
-                epoch=_as_int(self._epoch),
-                total_epochs=_as_int(self._total_epochs),
-                step=_as_int(self._step),
-                total_steps=_as_int(self._total_steps),
+                epoch=_as_int(epoch),
+                total_epochs=_as_int(total_epochs),
+                step=_as_int(step),
+                total_steps=_as_int(total_steps),
             )
         if self._mdirty:
             self._mdirty = False
+            loss, tpe, sps, tps, named = self._m
             self._mgen += 1
             extra: dict[str, float] = {}
-            for key, value in list(self._extra.items())[:_METRIC_NAMES_MAX]:
+            for key, value in list(named.items())[:_METRIC_NAMES_MAX]:
                 number = _as_float(value)
                 if number is not None:
                     extra[str(key)] = number
@@ -737,25 +992,61 @@ class TrainingRun:
                 training_id=self.training_id,
                 seq=self._next_seq(),
                 timestamp=self._wall(),
-                loss=_as_float(self._loss),
-                time_per_epoch=_as_float(self._tpe),
-                samples_per_second=_as_float(self._sps),
-                tokens_per_second=_as_float(self._tps),
+                loss=_as_float(loss),
+                time_per_epoch=_as_float(tpe),
+                samples_per_second=_as_float(sps),
+                tokens_per_second=_as_float(tps),
                 extra=extra,
             )
 
-    def _flush_pending(self, now: float) -> None:
-        self._pump(now, force=True)
+    def _send_latest(self, route: _Route, now: float) -> bool:
+        """Send *route* the built progress/metrics it has not had, in seq order.
+
+        Every event a route gets has a higher seq than the ones before it:
+        before a heartbeat, a ``dropped`` event or a status goes to a route,
+        this hands it the values built earlier for other, faster routes.
+        """
+        p = self._latest_progress if route.sent_progress < self._pgen else None
+        m = self._latest_metrics if route.sent_metrics < self._mgen else None
+        route.sent_progress, route.sent_metrics = self._pgen, self._mgen
+        if p is None and m is None:
+            return False
+        if p is not None and m is not None and m.seq < p.seq:
+            route.send(m, now)
+            route.send(p, now)
+        else:
+            if p is not None:
+                route.send(p, now)
+            if m is not None:
+                route.send(m, now)
+        return True
+
+    def _settle(self, route: _Route, now: float, force: bool = False) -> None:
+        """Retry a failing route; once it is healthy, report what it dropped."""
+        route.retry(now, force)
+        if route.dropped and route.healthy:
+            self._report_dropped(route, now)
+
+    def _report_dropped(self, route: _Route, now: float) -> None:
+        self._send_latest(route, now)
+        count, route.dropped = route.dropped, 0
+        route.send(self._dropped_event(count), now, always_fits=True)
 
     def _epoch_boundary(self) -> None:
         # The epoch is about to change: sinks that keep every epoch boundary
         # (the durable log) get the last values of the finished epoch now.
-        if any(r.boundaries for r in self._routes):
+        if (self._pdirty or self._mdirty) and any(r.boundaries for r in self._routes):
             with self._lock:
                 if not self._closed:
                     self._pump(self._clock(), force=True, only_boundaries=True)
 
     def _status_locked(self, state: str, message: str, now: float) -> None:
+        if state in TERMINAL_STATUSES:
+            # Drops not yet reported go before the end (readers ignore
+            # events after a terminal status), buffered if the sink still fails.
+            for route in self._routes:
+                if route.dropped:
+                    self._report_dropped(route, now)
         event = StatusChanged(
             training_id=self.training_id,
             seq=self._next_seq(),
@@ -764,10 +1055,16 @@ class TrainingRun:
             message=message,
         )
         self._status = state
-        self._broadcast(event, now)
+        if state in TERMINAL_STATUSES:
+            self._next_at = _INF
+        elif state in _NOT_STARTED:
+            self._next_at = -_INF
+        for route in self._routes:
+            route.send(event, now, always_fits=state in TERMINAL_STATUSES)
 
     def _broadcast(self, event: Event, now: float) -> None:
         for route in self._routes:
+            self._send_latest(route, now)  # values built before *event* go first
             route.send(event, now)
 
     def _dropped_event(self, count: int) -> Event:
@@ -776,7 +1073,7 @@ class TrainingRun:
             seq=self._next_seq(),
             timestamp=self._wall(),
             count=count,
-            reason="a sink failed and its buffer was full",
+            reason="a sink failed and could not keep these events",
         )
 
     def _background(self) -> None:
@@ -784,62 +1081,59 @@ class TrainingRun:
         while not self._stop.wait(tick):
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - the reporter thread must never die
+            except Exception:
                 log.exception("pulse background tick failed", training_id=self.training_id)
-
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            log.warning("pulse: handle_signals ignored outside the main thread")
-            return
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            name = signal.Signals(signum).name
-            self._cancel_reason = f"cancelled by {name}"
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + signum)
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, on_signal)
 
 
 # -- process-wide safety nets ------------------------------------------------------
 
 _open_runs: set[TrainingRun] = set()
+_nets_lock = threading.Lock()
 _hooks_installed = False
 _previous_excepthook = sys.excepthook
+_signal_runs: set[TrainingRun] = set()
+_previous_handlers: dict[int, Any] = {}
 
 
 def _register(run: TrainingRun) -> None:
     global _hooks_installed, _previous_excepthook  # noqa: PLW0603 - one process-wide hook
-    _open_runs.add(run)
-    if not _hooks_installed:
-        _hooks_installed = True
-        _previous_excepthook = sys.excepthook
-        sys.excepthook = _excepthook
-        atexit.register(_at_exit)
+    with _nets_lock:
+        _open_runs.add(run)
+        if not _hooks_installed:
+            _hooks_installed = True
+            _previous_excepthook = sys.excepthook
+            sys.excepthook = _excepthook
+            atexit.register(_at_exit)
 
 
 def _unregister(run: TrainingRun) -> None:
-    _open_runs.discard(run)
+    with _nets_lock:
+        _open_runs.discard(run)
 
 
 def _excepthook(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> None:
-    for run in list(_open_runs):
-        _quietly(lambda r=run: r.fail_with(exc))
+    """An uncaught exception ends every open run as error (or cancelled), then is printed."""
+    with _nets_lock:
+        runs = list(_open_runs)
+    for run in runs:
+        _quietly(functools.partial(run.fail_with, exc))
         _quietly(run.close)
     _previous_excepthook(exc_type, exc, tb)
 
 
 def _at_exit() -> None:
-    for run in list(_open_runs):
-        if run._cancel_reason is not None:
-            _quietly(lambda r=run: r.cancel(r._cancel_reason or "cancelled"))
+    """The interpreter is exiting with runs open: record an honest end for each."""
+    with _nets_lock:
+        runs = list(_open_runs)
+    for run in runs:
+        if run.cancel_requested:
+            _quietly(functools.partial(run.cancel, run._cancel_reason or "cancelled"))
         elif run.current_status not in TERMINAL_STATUSES:
             _quietly(
-                lambda r=run: r.error(
+                functools.partial(
+                    run.error,
                     "PROCESS_EXITED_WITHOUT_RESULT",
                     "the interpreter exited while the run was still open",
                 )
@@ -847,10 +1141,48 @@ def _at_exit() -> None:
         _quietly(run.close)
 
 
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    with _nets_lock:
+        runs = list(_signal_runs)
+    for run in runs:
+        run.request_cancel(f"cancelled by {name}")
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _watch_signals(run: TrainingRun) -> bool:
+    """Turn SIGTERM/SIGINT into a cancel of *run*; False outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("pulse: handle_signals ignored outside the main thread")
+        return False
+    with _nets_lock:
+        if not _signal_runs:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                _previous_handlers[signum] = signal.signal(signum, _on_signal)
+        _signal_runs.add(run)
+    return True
+
+
+def _unwatch_signals(run: TrainingRun) -> None:
+    """Stop watching for *run*; the last one restores the previous handlers."""
+    with _nets_lock:
+        _signal_runs.discard(run)
+        if _signal_runs or not _previous_handlers:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; ours stays harmless
+        for signum, previous in list(_previous_handlers.items()):
+            if signal.getsignal(signum) is _on_signal:
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        _previous_handlers.clear()
+
+
 def _quietly(call: Callable[[], object]) -> None:
     try:
         call()
-    except Exception:  # noqa: BLE001 - cleanup must go on for the other sinks
+    except Exception:
         log.exception("pulse cleanup step failed")
 
 
@@ -858,15 +1190,57 @@ def _env_flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _default_sinks() -> list[Sink]:
-    """Sinks from configuration, via the ``pulse.config`` entry point."""
+def _env_int(environ: Mapping[str, str], name: str) -> int | None:
+    text = environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        log.warning("pulse: ignoring a bad setting", setting=name, value=text[:60])
+        return None
+
+
+def _positive(value: Any, default: float, what: str) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not number > 0 or number == _INF:
+        log.warning("pulse: ignoring a bad setting", setting=what, value=repr(value)[:60])
+        return default
+    return number
+
+
+def _entry_point(name: str) -> Any:
+    # Imported here: importlib.metadata costs milliseconds that a run started
+    # with explicit sinks and settings should not pay.
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="pulse.config"):
-        if ep.name == "default_sinks":
-            factory: Callable[[], list[Sink]] = ep.load()
-            return factory()
-    raise PulseError(
-        "no sinks given and no 'pulse.config' entry point installed; "
-        "pass sinks=[...] or install pulse-v2 with its transports"
-    )
+        if ep.name == name:
+            return ep.load()
+    return None
+
+
+def _run_defaults(environ: Mapping[str, str]) -> Mapping[str, Any]:
+    """Run settings from configuration (``pulse.config`` entry point ``run_defaults``)."""
+    factory = _entry_point("run_defaults")
+    if factory is None:
+        return {}
+    defaults: Mapping[str, Any] = factory(environ)
+    return defaults
+
+
+def _default_sinks(environ: Mapping[str, str]) -> list[Sink]:
+    """Sinks from configuration, via the ``pulse.config`` entry point."""
+    factory = _entry_point("default_sinks")
+    if factory is None:
+        raise PulseError(
+            "no sinks given and no 'pulse.config' entry point installed; "
+            "pass sinks=[...] or install pulse-v2 with its transports"
+        )
+    sinks: list[Sink] = factory(environ)
+    return sinks

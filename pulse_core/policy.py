@@ -28,10 +28,19 @@ LOG_INTERVAL: Final = 1.0
 RETRY_FIRST: Final = 0.05
 RETRY_MAX: Final = 5.0
 #: Events a failing sink may hold before it starts dropping (oldest
-#: progress/metrics first, then oldest others).
+#: progress/metrics/heartbeat first, then the oldest of the others). Held
+#: progress/metrics are coalesced, so the buffer grows only with status,
+#: error and meta events while a sink fails.
 BUFFER_EVENTS: Final = 10_000
 #: Log a sink failure on the 1st, then every Nth occurrence.
 LOG_EVERY: Final = 100
+#: Tries a sink gets to take one event when it fails with something other
+#: than an OSError (e.g. TypeError: it may never take that event); then the
+#: event is dropped (and counted) so the events behind it are not stuck.
+POISON_ATTEMPTS: Final = 3
+#: Default seconds between heartbeats of a quiet run (the same value as
+#: :data:`pulse_core.liveness.HEARTBEAT_INTERVAL`, which readers assume).
+HEARTBEAT_INTERVAL: Final = 5.0
 
 
 def retry_delay(failures: int) -> float:

@@ -37,7 +37,7 @@ class Key:
 
 
 KEYS: Final[tuple[Key, ...]] = (
-    Key("home", "PULSE_HOME", ".pulse", str, "Folder for logs, the v1 snapshot and the hub socket."),
+    Key("home", "PULSE_HOME", ".pulse", str, "Folder for logs, the v1 snapshot, the hub socket."),
     Key(
         "transports",
         "PULSE_TRANSPORTS",
@@ -45,10 +45,10 @@ KEYS: Final[tuple[Key, ...]] = (
         tuple,
         "Sinks a TrainingRun writes to, by entry-point name (comma-separated in the env var).",
     ),
-    Key("heartbeat_interval", "PULSE_HEARTBEAT_INTERVAL", 5.0, float, "Seconds between heartbeats."),
+    Key("heartbeat_interval", "PULSE_HEARTBEAT_INTERVAL", 5.0, float, "Seconds between beats."),
     Key("stale_after", "PULSE_STALE_AFTER", 15.0, float, "Silence (s) after which a run is stale."),
     Key("lost_after", "PULSE_LOST_AFTER", 600.0, float, "Silence (s) after which a run is lost."),
-    Key("strict", "PULSE_STRICT", False, bool, "Raise on illegal lifecycle requests instead of warning."),
+    Key("strict", "PULSE_STRICT", False, bool, "Raise on illegal lifecycle requests, not warn."),
 )
 _BY_NAME: Final = {key.name: key for key in KEYS}
 
@@ -80,7 +80,10 @@ def find_file_table(start: Path | None = None) -> tuple[dict[str, Any], Path | N
         candidate = folder / "pulse.toml"
         if candidate.is_file():
             data = _read_toml(candidate)
-            return dict(data.get("pulse", data)), candidate
+            table = data.get("pulse", data)
+            if not isinstance(table, dict):
+                raise ConfigError(f"'pulse' in {candidate} must be a table")
+            return dict(table), candidate
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
             data = _read_toml(candidate)
@@ -103,9 +106,9 @@ def _coerce(key: Key, value: Any, where: str) -> Any:
         if key.kind is tuple:
             if isinstance(value, str):
                 return tuple(part.strip() for part in value.split(",") if part.strip())
-            if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            if isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value):
                 return tuple(value)
-            raise TypeError("expected a list of names")
+            raise TypeError("expected a list of transport names")
         if key.kind is bool:
             if isinstance(value, bool):
                 return value
@@ -116,7 +119,11 @@ def _coerce(key: Key, value: Any, where: str) -> Any:
                 return False
             raise TypeError("expected true or false")
         if key.kind is float:
+            if isinstance(value, bool):
+                raise TypeError("expected a number")
             number = float(value)
+            if number == float("inf"):
+                raise ValueError("expected a finite number")
             if not number > 0:
                 raise ValueError("expected a positive number")
             return number
@@ -160,9 +167,9 @@ def load_config(
         values["home"] = str(home)
     resolved = {key.name: values.get(key.name, key.default) for key in KEYS}
     home_path = Path(resolved["home"]).expanduser()
-    if source is not None and not home_path.is_absolute() and "home" in table and home is None:
-        if not environ.get("PULSE_HOME"):
-            home_path = source.parent / home_path
+    from_file = home is None and "home" in table and not environ.get("PULSE_HOME")
+    if source is not None and from_file and not home_path.is_absolute():
+        home_path = source.parent / home_path  # relative to the file that says it
     return Config(
         home=home_path,
         transports=tuple(resolved["transports"]),

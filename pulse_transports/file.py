@@ -22,7 +22,18 @@ and dropped line is kept, progress and metrics are downsampled in fixed
 buckets keeping the last progress and the first, last, lowest-loss and
 highest-loss metrics of each bucket, and only the last heartbeat stays. The
 new file is written beside the old one, fsync'ed and renamed over it, so a
-crash leaves either file whole.
+crash leaves either file whole (a leftover ``<id>.jsonl.tmp`` is removed by
+the next writer). A compaction that fails leaves the old log whole, the line
+is appended anyway, and compaction is tried again after a little growth.
+
+Torn lines: a write that fails part-way leaves a fragment; the next line
+then starts with a newline, so the fragment is one bad line readers skip.
+
+Readers (followers) must expect the log to be replaced by compaction: reopen
+when the path's inode changes or the file shrinks.
+
+Must not import pulse_transports modules other than its own helpers; the
+core never imports this module.
 """
 
 from __future__ import annotations
@@ -34,15 +45,25 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import orjson
 import structlog
 
 from pulse_core.codec import decode, encode
 from pulse_core.errors import DecodeError, RunLocked
-from pulse_core.events import Event, Heartbeat, Metrics, Progress
+from pulse_core.events import (
+    Dropped,
+    ErrorReported,
+    Event,
+    Heartbeat,
+    Metrics,
+    Progress,
+    RunMeta,
+    StatusChanged,
+)
 from pulse_core.policy import LIVE_INTERVAL, LOG_INTERVAL
 from pulse_core.projections import to_v1
 from pulse_core.reducer import Folder
@@ -50,7 +71,8 @@ from pulse_core.reducer import Folder
 log = structlog.get_logger("pulse.file")
 
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
-_DURABLE: Final = frozenset({"RunMeta", "StatusChanged", "ErrorReported", "Dropped"})
+MIN_MAX_BYTES: Final = 4096
+_DURABLE: Final[frozenset[type[Any]]] = frozenset({RunMeta, StatusChanged, ErrorReported, Dropped})
 _SAMPLES: Final = (Progress, Metrics)
 
 
@@ -113,11 +135,17 @@ class FileSink:
         max_bytes: the per-run size cap (compaction keeps the log under it).
         interval: the least seconds between progress/metrics lines.
         fsync: fsync status/error/meta lines (turn off only for benchmarks).
+
+    Attributes:
+        path: the log file, once open.
+        compactions: how many times the log was compacted.
+        compaction_failures: compactions that failed (the log was left whole
+            and the line appended; compaction is tried again a little later).
     """
 
     name = "file"
     boundaries = True
-    OPTIONS: Final = {"max_bytes": int, "interval": float, "fsync": bool}
+    OPTIONS: ClassVar[dict[str, type]] = {"max_bytes": int, "interval": float, "fsync": bool}
 
     def __init__(
         self,
@@ -127,19 +155,24 @@ class FileSink:
         interval: float = LOG_INTERVAL,
         fsync: bool = True,
     ) -> None:
-        if max_bytes < 4096:
-            raise ValueError("max_bytes must be at least 4096")
+        if max_bytes < MIN_MAX_BYTES:
+            raise ValueError(f"max_bytes must be at least {MIN_MAX_BYTES}, got {max_bytes}")
+        if not interval >= 0:
+            raise ValueError(f"interval must be a number of seconds >= 0, got {interval!r}")
         self.home = Path(home)
         self.max_bytes = max_bytes
         self.interval = interval
         self.fsync = fsync
         self.path: Path | None = None
         self.compactions = 0
+        self.compaction_failures = 0
         self._fd = -1
         self._lock_fd = -1
         self._lock_path = Path()
         self._size = 0
         self._torn = False
+        self._compact_at = max_bytes
+        self._unsynced: Event | None = None  # written, but its fsync failed
 
     def open(self, training_id: str) -> int | None:
         """Take the run's lock and open its log for appending.
@@ -149,32 +182,36 @@ class FileSink:
 
         Raises:
             RunLocked: if another live writer holds this training_id.
+            OSError: if the folder or files cannot be created (the emitter
+                retries later).
         """
+        if self._lock_fd >= 0:
+            raise RuntimeError(f"this FileSink is already open on {self.path}")
         folder = log_dir(self.home)
         folder.mkdir(parents=True, exist_ok=True)
         lock = lock_path(self.home, training_id)
-        lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        lock_fd = _take_lock(lock, training_id, log_path(self.home, training_id))
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(lock)
+            os.ftruncate(lock_fd, 0)
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            os.write(lock_fd, orjson.dumps(info))
+            path = log_path(self.home, training_id)
+            with contextlib.suppress(FileNotFoundError):
+                _tmp_path(path).unlink()  # left by a crash during compaction
+            self.path = path
+            self._open_log()
+            held = last_seq(path) if self._size else None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                lock.unlink()
             os.close(lock_fd)
-            raise RunLocked(
-                f"training_id {training_id!r} is already being written by another process"
-                f"{holder}; its log is {log_path(self.home, training_id)}"
-            ) from None
-        os.ftruncate(lock_fd, 0)
-        os.write(
-            lock_fd,
-            orjson.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}),
-        )
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            raise
         self._lock_fd = lock_fd
         self._lock_path = lock
-        self.path = log_path(self.home, training_id)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.with_name(self.path.name + ".tmp").unlink()  # a crashed compaction
-        self._open_log()
-        return last_seq(self.path) if self._size else None
+        return held
 
     def _open_log(self) -> None:
         assert self.path is not None
@@ -183,26 +220,51 @@ class FileSink:
         self._torn = self._size > 0 and not _ends_with_newline(self.path)
 
     def write(self, event: Event) -> None:
-        """Append one event line; fsync it if it is a status/error/meta line."""
-        line = encode(event)
-        if self._size + len(line) > self.max_bytes:
-            self._compact()
-        if self._torn:
-            # A previous write was cut short: end the fragment so it is one
-            # bad line readers skip, and this line stays whole.
-            line = b"\n" + line
-        try:
-            written = os.write(self._fd, line)
-        except OSError:
-            self._torn = True  # maybe part of the line went out
-            raise
-        self._size += written
-        if written < len(line):
-            self._torn = True
-            raise OSError(errno.EIO, f"short write to {self.path} ({written} of {len(line)})")
-        self._torn = False
-        if self.fsync and type(event).__name__ in _DURABLE:
+        """Append one event line; fsync it if it is a meta/status/error/dropped line.
+
+        A failed write never leaves a torn line in front of a later one: the
+        next line starts on a fresh line, so the fragment is one bad line that
+        readers skip. A line whose fsync failed is not written twice: when the
+        emitter retries that event, only the fsync is retried.
+        """
+        if self._fd < 0:
+            if self._lock_fd < 0 or self.path is None:
+                raise OSError(errno.EBADF, f"the log of {self.path} is not open")
+            self._open_log()  # reopening after compaction failed: try again now
+        if event is self._unsynced:
             os.fsync(self._fd)
+            self._unsynced = None
+            return
+        line = encode(event)
+        if self._size + len(line) > self._compact_at:
+            self._try_compact()
+        if self._torn:
+            line = b"\n" + line
+        self._append(line)
+        if self.fsync and type(event) in _DURABLE:
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                self._unsynced = event
+                raise
+
+    def _append(self, line: bytes) -> None:
+        done = 0
+        try:
+            while done < len(line):
+                written = os.write(self._fd, line[done:] if done else line)
+                if written <= 0:
+                    raise OSError(errno.EIO, f"write to {self.path} returned {written}")
+                done += written
+        except OSError:
+            if done:
+                # Part of the line went out: unless that part ended a line,
+                # the next line must start with a newline.
+                self._size += done
+                self._torn = line[done - 1] != 0x0A
+            raise
+        self._size += done
+        self._torn = False
 
     def flush(self, durable: bool) -> None:
         """Lines are written at once; *durable* also fsyncs the log."""
@@ -210,13 +272,19 @@ class FileSink:
             os.fsync(self._fd)
 
     def close(self) -> None:
-        """Close the log and release the lock (deleting the lock file)."""
+        """Close the log and release the lock (deleting the lock file); idempotent."""
         if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                if self.fsync:
+                    os.fsync(self._fd)
+            except OSError as exc:
+                log.warning("pulse log fsync failed at close", path=str(self.path), error=str(exc))
+            finally:
+                os.close(self._fd)
+                self._fd = -1
         if self._lock_fd >= 0:
+            # Unlink while still holding the lock: a writer that opened the
+            # old file then finds it is no longer the lock (see _take_lock).
             with contextlib.suppress(OSError):
                 self._lock_path.unlink()
             os.close(self._lock_fd)
@@ -224,26 +292,61 @@ class FileSink:
 
     # -- compaction --------------------------------------------------------------
 
+    def _try_compact(self) -> None:
+        try:
+            self._compact()
+        except OSError as exc:
+            if self._fd < 0:
+                raise  # compacted, but not reopened: this write fails, its retry reopens
+            # The old log is whole; append to it and try again after some
+            # growth, rather than fail (and lose) the line being written.
+            self.compaction_failures += 1
+            self._compact_at = self._size + max(self.max_bytes // 16, 1)
+            log.warning(
+                "pulse log compaction failed; the log stays whole and over its cap for now",
+                path=str(self.path),
+                error=f"{type(exc).__name__}: {exc}",
+                failures=self.compaction_failures,
+            )
+
     def _compact(self) -> None:
         assert self.path is not None
         started = time.perf_counter()
         data = self.path.read_bytes()
         kept = compact_lines(data.splitlines(), target=self.max_bytes // 2)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        body = b"".join(line + b"\n" for line in kept)
+        tmp = _tmp_path(self.path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            body = b"".join(line + b"\n" for line in kept)
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         _fsync_dir(self.path.parent)
-        os.close(self._fd)
-        self._open_log()
         self.compactions += 1
+        self._compact_at = self.max_bytes
+        # The path now names the new file: append there from now on.
+        old, self._fd = self._fd, -1
+        os.close(old)
+        self._open_log()
+        if self._size > self.max_bytes * 3 // 4:
+            # Status/error/meta lines alone fill the log (they are never
+            # dropped): do not compact again on every line.
+            self._compact_at = self._size + self.max_bytes // 4
+            log.warning(
+                "pulse log cannot keep its cap: the lines that are always kept fill it",
+                path=str(self.path),
+                size=self._size,
+                max_bytes=self.max_bytes,
+            )
         log.debug(
             "pulse log compacted",
             path=str(self.path),
@@ -251,6 +354,41 @@ class FileSink:
             after=self._size,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _take_lock(lock: Path, training_id: str, log_file: Path) -> int:
+    """Open and flock *lock* exclusively; the fd, or RunLocked if it is held."""
+    for _ in range(20):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(lock)
+            os.close(fd)
+            raise RunLocked(
+                f"training_id {training_id!r} is already being written by another "
+                f"writer{holder}; two writers for one run are refused. Its log is "
+                f"{log_file}; use another training_id or wait for that run to end."
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The previous holder unlinks the file as it lets go: if it did so
+        # between our open and our flock we hold a lock nobody else sees.
+        try:
+            now_there = os.stat(lock)
+            mine = os.fstat(fd)
+            same = (now_there.st_dev, now_there.st_ino) == (mine.st_dev, mine.st_ino)
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+    raise OSError(errno.EAGAIN, f"could not take the lock {lock}: it keeps being replaced")
 
 
 def compact_lines(lines: list[bytes], target: int) -> list[bytes]:
@@ -309,7 +447,9 @@ def _bucket_keep(bucket: list[tuple[int, Event]]) -> set[int]:
     if metrics:
         chosen.add(metrics[0][0])
         chosen.add(metrics[-1][0])
-        with_loss = [(e.loss, i) for i, e in metrics if isinstance(e, Metrics) and e.loss is not None]
+        with_loss = [
+            (e.loss, i) for i, e in metrics if isinstance(e, Metrics) and e.loss is not None
+        ]
         if with_loss:
             chosen.add(min(with_loss)[1])
             chosen.add(max(with_loss)[1])
@@ -357,97 +497,165 @@ class V1SnapshotSink:
     """The PULSE v1 snapshot, ``training_status.json`` (the ``v1`` transport).
 
     Holds exactly the six v1 keys of this run's state, rewritten atomically
-    (temp file, fsync, rename) by a background thread at most every
-    ``interval`` seconds, so the training loop never waits for the disk and a
-    v1 poller never sees a partial file. Several runs share one v1 slot: the
-    last writer wins, so the file shows the most recently active run.
+    (temp file, fsync, rename) at most every ``interval`` seconds, so a v1
+    poller never sees a partial file. By default a background thread writes
+    it, so the training loop never waits for the disk; with
+    ``background=False`` the caller's thread writes it (tests, benchmarks):
+    on an event arriving at least half an interval after the last file write
+    (the emitter forwards once per interval), else on a later event, on
+    ``flush`` or on ``close``.
+
+    One v1 slot, many runs: every run's sink writes the same file, so it
+    shows the run that wrote last -- the most recently active one. A run
+    that ends writes its final state once; a run still going overwrites it
+    within one interval.
+
+    Args:
+        home: the PULSE home folder.
+        path: the snapshot file (relative paths are relative to *home*);
+            default ``<home>/training_status.json``.
+        interval: the least seconds between two file writes.
+        fsync: fsync the temp file before the rename (off only for benchmarks).
+        background: write from a background thread.
+        clock: the monotonic clock used with ``background=False``.
+
+    Attributes:
+        writes: snapshot files written.
+        failures: snapshot writes that failed (retried with the newest state).
     """
 
     name = "v1"
     boundaries = False
-    OPTIONS: Final = {"path": str, "interval": float}
+    OPTIONS: ClassVar[dict[str, type]] = {"path": str, "interval": float, "fsync": bool}
 
     def __init__(
-        self, *, home: Path | str, path: str | None = None, interval: float = LIVE_INTERVAL
+        self,
+        *,
+        home: Path | str,
+        path: str | Path | None = None,
+        interval: float = LIVE_INTERVAL,
+        fsync: bool = True,
+        background: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.path = Path(path) if path else Path(home) / "training_status.json"
+        if not interval >= 0:
+            raise ValueError(f"interval must be a number of seconds >= 0, got {interval!r}")
+        self.path = Path(home) / path if path else Path(home) / "training_status.json"
         self.interval = interval
+        self.fsync = fsync
+        self.background = background
         self.writes = 0
         self.failures = 0
+        self._clock = clock
         self._folder = Folder()
-        self._pending: dict[str, Any] | None = None
+        self._dirty = False
         self._cond = threading.Condition()
+        self._write_lock = threading.Lock()  # one file write at a time, newest last
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._last_write = float("-inf")
 
     def open(self, training_id: str) -> int | None:
-        """Start the writer thread (it holds no seq: returns None)."""
+        """Create the folder and start the writer thread (holds no seq: None)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(
-            target=self._run, name=f"pulse-v1-{training_id}", daemon=True
-        )
-        self._thread.start()
+        if self.background and self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"pulse-v1-{training_id}", daemon=True
+            )
+            self._thread.start()
         return None
 
     def write(self, event: Event) -> None:
-        """Fold the event and hand the new snapshot to the writer thread."""
-        self._folder.apply(event)
-        snapshot = to_v1(self._folder.state)
+        """Fold the event; the snapshot file follows within one interval."""
         with self._cond:
-            self._pending = snapshot
+            self._folder.apply(event)
+            self._dirty = True
             self._cond.notify()
+        # The emitter already forwards to this sink once per interval; here
+        # the progress and metrics of one forward become one write. (Half
+        # the interval: a full one, measured on a clock read a moment later,
+        # would skip every other forward.)
+        if not self.background and self._clock() - self._last_write >= self.interval / 2:
+            self._write_now()
 
     def flush(self, durable: bool) -> None:
         """Write the pending snapshot now, on the caller's thread."""
-        with self._cond:
-            snapshot, self._pending = self._pending, None
-        if snapshot is not None:
-            self._write_file(snapshot)
+        self._write_now()
 
     def close(self) -> None:
-        """Write the last snapshot and stop the writer thread."""
+        """Stop the writer thread and write the last snapshot; idempotent."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-        self.flush(True)
+            self._cond.notify_all()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+        self._write_now()
+
+    def _write_now(self) -> None:
+        with self._write_lock:
+            with self._cond:
+                if not self._dirty:
+                    return
+                snapshot = to_v1(self._folder.state)
+                self._dirty = False
+            try:
+                self._write_file(snapshot)
+            except BaseException:
+                with self._cond:
+                    self._dirty = True  # written later, with the newest state
+                raise
+            self.writes += 1
+            self._last_write = self._clock()
+
+    def _write_file(self, snapshot: dict[str, Any]) -> None:
+        """Write one snapshot to the file (benchmarks override it to count only)."""
+        write_json_atomic(self.path, snapshot, fsync=self.fsync)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._pending is None and not self._closing:
-                    self._cond.wait()
-                if self._pending is None and self._closing:
-                    return
-                snapshot, self._pending = self._pending, None
+                self._cond.wait_for(lambda: self._dirty or self._closing)
+                if self._closing:
+                    return  # close() writes the last snapshot itself
             try:
-                self._write_file(snapshot)
+                self._write_now()
             except Exception as exc:  # noqa: BLE001 - a v1 write failure must not stop reporting
                 self.failures += 1
                 if self.failures == 1 or self.failures % 100 == 0:
-                    log.warning("pulse v1 snapshot write failed", path=str(self.path), error=str(exc))
-                with self._cond:  # retry with the newest snapshot after a pause
-                    if self._pending is None:
-                        self._pending = snapshot
-                    self._cond.wait(timeout=1.0)
-                continue
-            if self.interval > 0:
-                time.sleep(self.interval)
+                    log.warning(
+                        "pulse v1 snapshot write failed; retrying",
+                        path=str(self.path),
+                        error=f"{type(exc).__name__}: {exc}",
+                        failures=self.failures,
+                    )
+                pause = max(self.interval, 1.0)
+            else:
+                pause = self.interval
+            with self._cond:
+                if self._cond.wait_for(lambda: self._closing, timeout=pause):
+                    return
 
-    def _write_file(self, snapshot: dict[str, Any]) -> None:
-        write_json_atomic(self.path, snapshot)
-        self.writes += 1
 
+def write_json_atomic(path: Path, value: Any, fsync: bool = True) -> None:
+    """Write *value* as JSON to *path* atomically: temp file, fsync, rename.
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write *value* as JSON to *path* atomically: temp file, fsync, rename."""
+    A reader sees the old file or the new one, never a part of either.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     data = orjson.dumps(value)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

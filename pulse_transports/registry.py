@@ -40,13 +40,17 @@ def load_factory(name: str) -> Callable[..., Sink]:
         raise ConfigError(f"unknown transport {name!r}; valid choices: {valid}")
     try:
         factory: Callable[..., Sink] = found[0].load()
-    except Exception as exc:  # noqa: BLE001 - a plugin may fail to import in any way
+    except Exception as exc:  # a plugin may fail to import in any way
         raise ConfigError(f"transport {name!r} failed to load: {exc}") from exc
     return factory
 
 
 def check_options(name: str, factory: Callable[..., Sink], options: Mapping[str, Any]) -> None:
-    """Fail with a clear message if *options* has keys or types *factory* rejects."""
+    """Fail with a clear message if *options* has keys or types *factory* rejects.
+
+    Raises:
+        ConfigError: naming the transport, the key and the valid options.
+    """
     declared: Mapping[str, type] | None = getattr(factory, "OPTIONS", None)
     if declared is None:
         return
@@ -58,28 +62,70 @@ def check_options(name: str, factory: Callable[..., Sink], options: Mapping[str,
             )
         kind = declared[key]
         ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if not ok or isinstance(value, bool) and kind is not bool:
+        if not ok or (isinstance(value, bool) and kind is not bool):
             raise ConfigError(
                 f"option {key!r} of transport {name!r} must be {kind.__name__}, got {value!r:.60}"
+            )
+
+
+def check_tables(options: Mapping[str, Mapping[str, Any]], where: str = "configuration") -> None:
+    """Fail if an option table names a transport that is not installed.
+
+    Raises:
+        ConfigError: naming the table and the installed transports.
+    """
+    installed = available()
+    for name in options:
+        if name not in installed:
+            valid = ", ".join(sorted(installed)) or "(none installed)"
+            raise ConfigError(
+                f"option table {name!r} in {where} names no installed transport; "
+                f"valid choices: {valid}"
             )
 
 
 def make_sinks(
     names: tuple[str, ...], home: Path, options: Mapping[str, Mapping[str, Any]]
 ) -> list[Sink]:
-    """Build one sink per transport name, with its options from configuration."""
+    """Build one sink per transport name, with its options from configuration.
+
+    Raises:
+        ConfigError: an unknown transport, an unknown or mistyped option, or
+            an option value the transport rejects (naming transport and key).
+    """
+    check_tables(options)
     sinks = []
     for name in names:
         factory = load_factory(name)
         opts = dict(options.get(name, {}))
         check_options(name, factory, opts)
-        sinks.append(factory(home=home, **opts))
+        try:
+            sinks.append(factory(home=home, **opts))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad options for transport {name!r} {opts!r:.120}: {exc}") from None
     return sinks
 
 
-def default_sinks() -> list[Sink]:
-    """The sinks configuration asks for (the ``pulse.config`` entry point)."""
+def default_sinks(env: Mapping[str, str] | None = None) -> list[Sink]:
+    """The sinks configuration asks for (the ``pulse.config`` entry point).
+
+    Args:
+        env: the environment to read ``PULSE_*`` settings from (default
+            ``os.environ``).
+    """
     from pulse_transports.config import load_config
 
-    config = load_config()
+    config = load_config(env=env)
     return make_sinks(config.transports, config.home, config.transport_options)
+
+
+def run_defaults(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run settings from configuration: ``strict`` and ``heartbeat_interval``.
+
+    The ``pulse.config`` entry point ``run_defaults``: a TrainingRun uses these
+    where its arguments leave them open.
+    """
+    from pulse_transports.config import load_config
+
+    config = load_config(env=env)
+    return {"strict": config.strict, "heartbeat_interval": config.heartbeat_interval}

@@ -9,6 +9,7 @@ sink draws a progress bar from the same rate-limited events a UI would get.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 from pulse_core.emitter import TrainingRun
+from pulse_core.errors import PulseError
 from pulse_core.events import Event
 from pulse_core.projections import to_view
 from pulse_core.reducer import Folder
@@ -62,6 +64,7 @@ class TerminalSink:
             status=view["status"],
             info="  ".join(parts),
         )
+        self._progress.refresh()  # at most 10 times a second: the emitter throttles us
 
     def flush(self, durable: bool) -> None:
         self._progress.refresh()
@@ -71,11 +74,15 @@ class TerminalSink:
 
 
 def make_data(rng: Any, samples: int, features: int) -> tuple[Any, Any]:
-    """Two interleaved noisy classes that a linear model cannot separate."""
+    """Two noisy classes split by a curved boundary (``sin`` of a projection).
+
+    The projection is scaled to unit variance so the problem is learnable:
+    the loss falls visibly from ~0.69 within the first epochs.
+    """
     import numpy as np
 
     x = rng.normal(size=(samples, features))
-    w = rng.normal(size=(features,))
+    w = rng.normal(size=(features,)) / np.sqrt(features)
     y = ((np.sin(x @ w) + 0.3 * rng.normal(size=samples)) > 0).astype(np.float64)
     return x, y
 
@@ -107,7 +114,9 @@ def train(
     loss = float("nan")
     for epoch in range(1, epochs + 1):
         if fail_at is not None and epoch == fail_at:
-            raise FileNotFoundError(f"data shard for epoch {epoch} not found: shard-{epoch:03d}.npy")
+            raise FileNotFoundError(
+                f"data shard for epoch {epoch} not found: shard-{epoch:03d}.npy"
+            )
         started = time.perf_counter()
         order = rng.permutation(samples)
         for step in range(steps):
@@ -155,6 +164,11 @@ def demo(epochs: int, fail_at: int | None, training_id: str | None, home: Path |
       pulse demo --epochs 3 --fail-at 2
       pulse demo --home /tmp/pulse
     """
+    # The matrices are small: BLAS worker threads cost far more than they
+    # save (2-10x slower on a busy 2-core machine). Only effective before
+    # numpy's first import, which is why numpy is imported here, lazily.
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
     try:
         import numpy  # noqa: F401
     except ImportError:
@@ -176,23 +190,34 @@ def demo(epochs: int, fail_at: int | None, training_id: str | None, home: Path |
         console=console,
         auto_refresh=False,
     )
-    sinks = [*make_sinks(config.transports, config.home, config.transport_options), TerminalSink(bar)]
+    try:
+        sinks = [
+            *make_sinks(config.transports, config.home, config.transport_options),
+            TerminalSink(bar),
+        ]
+        run = TrainingRun(
+            training_id,
+            name="pulse demo (numpy MLP)",
+            total_epochs=epochs,
+            sinks=sinks,
+            handle_signals=True,  # Ctrl-C or SIGTERM: the run ends cancelled
+        )
+    except PulseError as exc:
+        raise click.ClickException(str(exc)) from None
+    checkpoint = config.home / "checkpoints" / f"{run.training_id}.npz"
+    failure: str | None = None
     with bar:
-        run = TrainingRun(training_id, name="pulse demo (numpy MLP)", total_epochs=epochs, sinks=sinks)
-        checkpoint = config.home / "checkpoints" / f"{run.training_id}.npz"
-        failed = False
         try:
             with run:
                 train(run, epochs, fail_at, checkpoint)
         except FileNotFoundError as exc:
-            failed = True
-            message = str(exc)
+            failure = str(exc)  # the run recorded it: error DATASET_NOT_FOUND
     path = log_path(config.home, run.training_id)
-    if failed:
-        console.print(f"[red]run {run.training_id} ended with error DATASET_NOT_FOUND: {message}")
+    if failure is not None:
+        console.print(f"[red]run {run.training_id} ended with error DATASET_NOT_FOUND: {failure}")
     else:
         console.print(f"run {run.training_id} done; checkpoint {checkpoint}")
     console.print(f"v2 log: {path}")
     console.print(f"v1 snapshot: {config.home / 'training_status.json'}")
-    if failed:
+    if failure is not None:
         sys.exit(EXIT_FAILED)

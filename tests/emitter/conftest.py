@@ -1,0 +1,76 @@
+"""Fixtures for the emitter tests: a fake clock, runs that close themselves, log capture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pulse_core import emitter
+from pulse_core.emitter import TrainingRun
+from pulse_core.testing import FakeClock
+
+
+class LogRecorder:
+    """Stands in for a module's structlog logger and keeps what was logged."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def _keep(self, level: str, event: str, **kw: Any) -> None:
+        self.records.append({"level": level, "event": event, **kw})
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._keep("debug", event, **kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._keep("info", event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._keep("warning", event, **kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._keep("error", event, **kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        self._keep("exception", event, **kw)
+
+    def events(self, level: str | None = None) -> list[str]:
+        """The logged messages, optionally of one level."""
+        return [r["event"] for r in self.records if level is None or r["level"] == level]
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> LogRecorder:
+    """What the emitter logs through structlog, whatever structlog's configuration."""
+    recorder = LogRecorder()
+    monkeypatch.setattr(emitter, "log", recorder)
+    return recorder
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock for monotonic and wall time."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_run(clock: FakeClock) -> Iterator[Callable[..., TrainingRun]]:
+    """Build runs on the fake clock without a background thread; all closed at the end."""
+    made: list[TrainingRun] = []
+
+    def build(*args: Any, **kwargs: Any) -> TrainingRun:
+        kwargs.setdefault("clock", clock.monotonic)
+        kwargs.setdefault("wall", clock.time)
+        kwargs.setdefault("background", False)
+        kwargs.setdefault("env", {})
+        kwargs.setdefault("strict", False)
+        kwargs.setdefault("heartbeat_interval", 5.0)
+        run = TrainingRun(*args, **kwargs)
+        made.append(run)
+        return run
+
+    yield build
+    for run in made:
+        run.close()

@@ -1,0 +1,285 @@
+"""Bounded logs: compaction keeps every status/error/meta line, downsamples the rest, atomically."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pulse_core.codec import decode, encode
+from pulse_core.emitter import TrainingRun
+from pulse_core.errors import DecodeError
+from pulse_core.events import (
+    ErrorReported,
+    Event,
+    Heartbeat,
+    Metrics,
+    Progress,
+    RunMeta,
+    StatusChanged,
+)
+from pulse_core.projections import to_metric_history
+from pulse_core.reducer import replay
+from pulse_core.testing import FakeClock
+from pulse_transports.file import DEFAULT_MAX_BYTES, FileSink, compact_lines, log_path
+
+TID = "compact-run"
+
+
+def decoded(path: Path) -> list[Event]:
+    return [decode(line) for line in path.read_bytes().splitlines()]
+
+
+def synthetic(n: int) -> list[Event]:
+    """meta, running, then n steps of progress + metrics, with notes, errors and heartbeats."""
+    events: list[Event] = [RunMeta(TID, 1, 0.0), StatusChanged(TID, 2, 0.0, "running", "go")]
+    seq = 2
+    for step in range(n):
+        seq += 1
+        events.append(Progress(TID, seq, float(step), epoch=1 + step // 1000, step=step % 1000))
+        seq += 1
+        events.append(Metrics(TID, seq, float(step), loss=1000.0 / (step + 1)))
+        if step % 997 == 0:
+            seq += 1
+            events.append(StatusChanged(TID, seq, float(step), "running", f"note {step}"))
+        if step % 1499 == 0:
+            seq += 1
+            events.append(ErrorReported(TID, seq, float(step), "SINK_FAILURE", "x"))
+        if step % 50 == 0:
+            seq += 1
+            events.append(Heartbeat(TID, seq, float(step)))
+    return events
+
+
+class TestCompactLines:
+    """compact_lines keeps essentials in order, downsamples samples to fit, drops bad lines."""
+
+    def test_keeps_essentials_and_order(self) -> None:
+        """Every meta/status/error line survives; the order of what is kept is the seq order."""
+        events = synthetic(20_000)
+        lines = [encode(e).rstrip(b"\n") for e in events]
+        lines.insert(10, b"{broken")
+        target = 200_000
+        kept = compact_lines(lines, target=target)
+        kept_events = [decode(line) for line in kept]
+        seqs = [e.seq for e in kept_events]
+        assert seqs == sorted(seqs)
+        essential = {
+            e.seq for e in events if isinstance(e, RunMeta | StatusChanged | ErrorReported)
+        }
+        assert essential <= set(seqs)
+        heartbeats = [e for e in kept_events if isinstance(e, Heartbeat)]
+        assert heartbeats == [next(e for e in reversed(events) if isinstance(e, Heartbeat))]
+        assert sum(len(line) + 1 for line in kept) <= target
+        assert len(kept) < len(lines) / 4
+
+    def test_bucket_keeps_extremes(self) -> None:
+        """A loss spike and a dip inside a downsampled stretch survive compaction."""
+        events = synthetic(20_000)
+        spike_at = 12_345
+        for index, event in enumerate(events):
+            if isinstance(event, Metrics) and event.timestamp == spike_at:
+                events[index] = Metrics(TID, event.seq, event.timestamp, loss=1e9)
+            if isinstance(event, Metrics) and event.timestamp == spike_at + 100:
+                events[index] = Metrics(TID, event.seq, event.timestamp, loss=-5.0)
+        lines = [encode(e).rstrip(b"\n") for e in events]
+        kept = [decode(line) for line in compact_lines(lines, target=150_000)]
+        losses = {e.loss for e in kept if isinstance(e, Metrics)}
+        assert 1e9 in losses
+        assert -5.0 in losses
+        assert 1000.0 in losses  # the very first value
+        assert 1000.0 / 20_000 in losses  # the very last value
+
+    def test_small_logs_are_kept_whole(self) -> None:
+        """Under the target nothing but stale heartbeats and bad lines goes."""
+        events = [e for e in synthetic(100) if not isinstance(e, Heartbeat)]
+        lines = [encode(e).rstrip(b"\n") for e in events]
+        assert compact_lines(lines, target=1_000_000) == lines
+
+
+class TestCapDuringRun:
+    """A FileSink under a small cap stays under it and keeps every essential line."""
+
+    def test_size_never_exceeds_cap(self, tmp_home: Path) -> None:
+        """After every write the file is within max_bytes; all essentials are in the final log."""
+        cap = 32_768
+        sink = FileSink(home=tmp_home, max_bytes=cap, interval=0.0)
+        sink.open(TID)
+        events = synthetic(8_000)
+        path = log_path(tmp_home, TID)
+        for event in events:
+            sink.write(event)
+            assert path.stat().st_size <= cap
+        sink.close()
+        assert sink.compactions > 3
+        kept = decoded(path)
+        seqs = [e.seq for e in kept]
+        assert seqs == sorted(seqs)
+        essential = [e for e in events if isinstance(e, RunMeta | StatusChanged | ErrorReported)]
+        assert [
+            e for e in kept if isinstance(e, RunMeta | StatusChanged | ErrorReported)
+        ] == essential
+        assert kept[-1] == events[-1]
+        state = replay(kept)
+        assert state.anomalies == ()
+        assert state.metrics["loss"] == 1000.0 / 8000
+
+    def test_essentials_alone_over_cap(self, tmp_home: Path) -> None:
+        """When status lines alone exceed the cap they are all kept (and compaction backs off)."""
+        cap = 8192
+        sink = FileSink(home=tmp_home, max_bytes=cap, interval=0.0)
+        sink.open(TID)
+        notes = [StatusChanged(TID, n, float(n), "running", "n" * 80) for n in range(1, 400)]
+        for event in notes:
+            sink.write(event)
+        sink.close()
+        assert decoded(log_path(tmp_home, TID)) == notes
+        assert sink.compactions < 40
+
+
+class TestMillionSteps:
+    """A 1,000,000-step run over 10 simulated hours ends under the cap, its loss curve intact."""
+
+    def test_million_steps(self, tmp_home: Path) -> None:
+        """Default 8 MiB cap; every kept loss is exact and the curve covers the whole run."""
+        clock = FakeClock()
+        sink = FileSink(home=tmp_home, fsync=False)
+        steps = 1_000_000
+        dt = 36_000.0 / steps
+        start = clock.now
+        run = TrainingRun(
+            TID,
+            sinks=[sink],
+            clock=clock.monotonic,
+            wall=clock.time,
+            background=False,
+            env={},
+            strict=True,
+            heartbeat_interval=5.0,
+        )
+        progress, metrics, tick = run.progress, run.metrics, run.tick
+        per_epoch = 10_000
+        for step in range(steps):
+            progress(epoch=step // per_epoch + 1, total_epochs=100, step=step % per_epoch + 1)
+            metrics(loss=2.0 / (1.0 + step / 10_000.0))
+            clock.now += dt
+            if step % 64 == 0:
+                tick()
+        run.status("cooling_down")
+        run.close()
+        path = log_path(tmp_home, TID)
+        assert path.stat().st_size <= DEFAULT_MAX_BYTES
+        assert sink.compactions >= 1
+        events = decoded(path)
+        state = replay(events)
+        assert state.status == "done"
+        assert state.anomalies == ()
+        assert (state.epoch, state.step) == (100, per_epoch)
+        assert [t.status for t in state.timeline] == [
+            "preparing",
+            "running",
+            "cooling_down",
+            "done",
+        ]
+        # The loss curve: each kept point is the exact loss at its time, and the
+        # points span the whole run without a hole bigger than a minute.
+        points = [(e.timestamp, e.loss) for e in events if isinstance(e, Metrics)]
+        for ts, loss in points:
+            step_at = round((ts - start) / dt) - 1
+            assert loss == pytest.approx(2.0 / (1.0 + step_at / 10_000.0), rel=1e-3)
+        stamps = [ts for ts, _ in points]
+        assert stamps[0] - start <= 1.0 + 2 * dt  # the first loss, on the log's trailing edge
+        assert start + 36_000.0 - stamps[-1] < 1.0
+        assert max(b - a for a, b in itertools.pairwise(stamps)) < 60.0
+        assert len(points) > 1000
+        history = to_metric_history(state)["loss"]
+        assert history["count"] == len(points)
+
+
+KILLER = """
+import os, sys, time
+from pulse_transports import file as file_module
+from pulse_transports.file import FileSink
+from pulse_core.events import Metrics, Progress, StatusChanged, RunMeta
+
+where = sys.argv[2]
+real_replace, real_fsync_dir = os.replace, file_module._fsync_dir
+
+def slow_replace(src, dst):
+    if where == "before-rename":
+        print("compacting", flush=True)
+        time.sleep(60)
+    real_replace(src, dst)
+
+def slow_fsync_dir(folder):
+    real_fsync_dir(folder)
+    if where == "after-rename":
+        print("compacting", flush=True)
+        time.sleep(60)
+
+file_module.os.replace = slow_replace
+file_module._fsync_dir = slow_fsync_dir
+sink = FileSink(home=sys.argv[1], max_bytes=16384, interval=0.0)
+sink.open("killed-run")
+tid = "killed-run"
+sink.write(RunMeta(tid, 1, 0.0))
+sink.write(StatusChanged(tid, 2, 0.0, "running", "go"))
+seq = 2
+while True:
+    seq += 1
+    sink.write(Progress(tid, seq, float(seq), epoch=1, step=seq))
+    seq += 1
+    sink.write(Metrics(tid, seq, float(seq), loss=1.0 / seq))
+"""
+
+
+class TestCrashDuringCompaction:
+    """A writer killed mid-compaction leaves the old or the new log whole, never a mix."""
+
+    @pytest.mark.parametrize("where", ["before-rename", "after-rename"])
+    def test_kill_mid_compaction(self, tmp_path: Path, tmp_home: Path, where: str) -> None:
+        """SIGKILL while compacting: every line decodes, seqs ascend, the next writer continues."""
+        script = tmp_path / "killer.py"
+        script.write_text(textwrap.dedent(KILLER), encoding="utf-8")
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_home), where],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "compacting"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        path = log_path(tmp_home, "killed-run")
+        tmp = path.with_name(path.name + ".tmp")
+        assert tmp.exists() == (where == "before-rename")
+        events = decoded(path)
+        size = path.stat().st_size
+        if where == "before-rename":
+            assert size > 16384 - 200  # the old, uncompacted file
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        else:
+            assert size <= 16384 // 2 + 200  # the new, compacted file
+        seqs = [e.seq for e in events]
+        assert seqs == sorted(seqs)
+        assert isinstance(events[0], RunMeta)
+        with TrainingRun(
+            "killed-run", sinks=[FileSink(home=tmp_home)], env={}, background=False
+        ) as run:
+            assert run.meta.seq == seqs[-1] + 1
+        assert not tmp.exists()
+        for line in path.read_bytes().splitlines():
+            try:
+                decode(line)
+            except DecodeError:  # pragma: no cover - the assertion below explains
+                pytest.fail(f"a torn line survived: {line[:80]!r}")
