@@ -256,6 +256,11 @@ class _Acc:
         if self.last_event_at is None or ts > self.last_event_at:
             self.last_event_at = ts
         status = self.status
+        if isinstance(event, Dropped):
+            # Counted even after the end: a sink may report its losses late.
+            # Saturate: hostile counts must not grow past what JSON readers take.
+            self.dropped = min(self.dropped + max(0, event.count), MAX_COUNT)
+            return
         if status in TERMINAL_STATUSES and not isinstance(event, Heartbeat):
             self.anomaly(seq, "after_terminal", f"{_tag(event)} event after {status}")
             return
@@ -282,11 +287,8 @@ class _Acc:
                 self.total_epochs = event.total_epochs
             if event.total_steps is not None and self.total_steps is None:
                 self.total_steps = event.total_steps
-        elif isinstance(event, Heartbeat):
+        elif isinstance(event, Heartbeat | Dropped):  # Dropped is handled above
             pass
-        elif isinstance(event, Dropped):
-            # Saturate: hostile counts must not grow past what JSON readers take.
-            self.dropped = min(self.dropped + max(0, event.count), MAX_COUNT)
         elif isinstance(event, UnknownEvent):
             self.unknown_events += 1
         else:

@@ -70,6 +70,8 @@ from pulse_core.reducer import Folder
 
 log = structlog.get_logger("pulse.file")
 
+#: Seconds a new writer waits for a run's lock before RunLocked (see _flock_waiting).
+LOCK_WAIT: Final = 1.0
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
 MIN_MAX_BYTES: Final = 4096
 _DURABLE: Final[frozenset[type[Any]]] = frozenset({RunMeta, StatusChanged, ErrorReported, Dropped})
@@ -118,6 +120,27 @@ def writer_alive(home: Path, training_id: str) -> bool | None:
         os.close(fd)
 
 
+def _flock_waiting(fd: int, wait: float) -> None:
+    """Take an exclusive lock, retrying for up to *wait* seconds.
+
+    A supervisor (``pulse run``, a Flow step) holds a run's lock for a few
+    milliseconds while it appends its own lines; a child opening the same run
+    then waits instead of being refused. A second real writer still is.
+
+    Raises:
+        BlockingIOError: if the lock is still held after *wait* seconds.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -145,7 +168,12 @@ class FileSink:
 
     name = "file"
     boundaries = True
-    OPTIONS: ClassVar[dict[str, type]] = {"max_bytes": int, "interval": float, "fsync": bool}
+    OPTIONS: ClassVar[dict[str, type]] = {
+        "max_bytes": int,
+        "interval": float,
+        "fsync": bool,
+        "lock_wait": float,
+    }
 
     def __init__(
         self,
@@ -154,6 +182,7 @@ class FileSink:
         max_bytes: int = DEFAULT_MAX_BYTES,
         interval: float = LOG_INTERVAL,
         fsync: bool = True,
+        lock_wait: float = LOCK_WAIT,
     ) -> None:
         if max_bytes < MIN_MAX_BYTES:
             raise ValueError(f"max_bytes must be at least {MIN_MAX_BYTES}, got {max_bytes}")
@@ -163,6 +192,7 @@ class FileSink:
         self.max_bytes = max_bytes
         self.interval = interval
         self.fsync = fsync
+        self.lock_wait = lock_wait
         self.path: Path | None = None
         self.compactions = 0
         self.compaction_failures = 0
@@ -190,7 +220,7 @@ class FileSink:
         folder = log_dir(self.home)
         folder.mkdir(parents=True, exist_ok=True)
         lock = lock_path(self.home, training_id)
-        lock_fd = _take_lock(lock, training_id, log_path(self.home, training_id))
+        lock_fd = _take_lock(lock, training_id, log_path(self.home, training_id), self.lock_wait)
         try:
             os.ftruncate(lock_fd, 0)
             info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
@@ -360,12 +390,12 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-def _take_lock(lock: Path, training_id: str, log_file: Path) -> int:
+def _take_lock(lock: Path, training_id: str, log_file: Path, wait: float = LOCK_WAIT) -> int:
     """Open and flock *lock* exclusively; the fd, or RunLocked if it is held."""
     for _ in range(20):
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_waiting(fd, wait)
         except BlockingIOError:
             holder = _read_holder(lock)
             os.close(fd)

@@ -104,7 +104,6 @@ CONTENT_FIELDS = (
     "finished_at",
     "status_since",
     "unknown_events",
-    "dropped",
 )
 
 
@@ -243,11 +242,19 @@ class TestTerminal:
         for event in later:
             if event.seq > last:
                 last = event.seq
-                refused += not isinstance(event, Heartbeat)
+                refused += not isinstance(event, Heartbeat | Dropped)
         added = after.anomaly_count - ended.anomaly_count
         assert added >= refused
         new_kinds = kinds(after)[len(after.anomalies) - min(added, len(after.anomalies)) :]
         assert set(new_kinds) <= {"after_terminal", "late_event"}
+
+    def test_dropped_after_terminal_is_counted(self) -> None:
+        """A sink's late report of dropped events still counts, without an anomaly."""
+        ended = replay([status(1, "running"), status(2, "done")])
+        after = reduce(ended, Dropped(TID, 3, 50.0, count=4))
+        assert after.dropped == 4
+        assert after.anomalies == ()
+        assert after.status == "done"
 
     def test_heartbeat_after_terminal_is_not_an_anomaly(self) -> None:
         """A heartbeat after the end updates last_event_at only."""
