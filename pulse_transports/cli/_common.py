@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 import structlog
@@ -54,7 +54,7 @@ class LazyGroup(click.Group):
     """
 
     #: command name -> module that registers it on :data:`main`.
-    lazy: dict[str, str] = {}
+    lazy: ClassVar[dict[str, str]] = {}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
