@@ -1,0 +1,219 @@
+"""``pulse serve``: run the hub that pushes live training events to UIs.
+
+This module owns the command's options and how they combine with
+configuration. The hub is the other end of the ``socket`` transport, so it
+reads that transport's table: ``path`` and ``token`` of
+``[tool.pulse.socket]`` (shared with the sinks, so both ends agree), and its
+own settings from the ``[tool.pulse.socket.hub]`` sub-table (``[socket.hub]``
+in pulse.toml). A command-line option or its environment variable wins over
+the tables, the tables over the defaults. It raises the process's open-file
+limit so the hub can hold its ``--max-connections``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import click
+
+from pulse_core.errors import ConfigError
+from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
+from pulse_transports.hub import HubAddressInUse, HubSettings, run_hub
+from pulse_transports.wire import Address, default_socket_path, parse_hostport
+
+#: Keys of the ``[tool.pulse.socket.hub]`` table and their types.
+HUB_KEYS: Final[Mapping[str, type]] = {
+    "tcp": str,
+    "token": str,
+    "allow_remote": bool,
+    "rate": float,
+    "max_frame": int,
+    "handshake_timeout": float,
+    "subscriber_buffer": int,
+    "subscriber_limit": int,
+    "max_connections": int,
+}
+
+
+def _table(options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Hub settings from configuration: the socket table's path and token, its hub table."""
+    sink_table = options.get("socket", {})
+    table: dict[str, Any] = {}
+    for key in ("path", "token"):
+        if isinstance(sink_table.get(key), str):
+            table["socket" if key == "path" else key] = sink_table[key]
+    hub = sink_table.get("hub", {})
+    if not isinstance(hub, Mapping):
+        raise click.UsageError("[socket.hub] must be a table")
+    for key, value in hub.items():
+        kind = HUB_KEYS.get(key)
+        if kind is None:
+            valid = ", ".join(sorted(HUB_KEYS))
+            raise click.UsageError(f"unknown key {key!r} in [socket.hub]; valid keys: {valid}")
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not ok or (isinstance(value, bool) and kind is not bool):
+            raise click.UsageError(f"key {key!r} of [socket.hub] must be {kind.__name__}")
+        table[key] = value
+    return table
+
+
+def _raise_open_files(wanted: int) -> None:
+    """Lift the soft RLIMIT_NOFILE towards *wanted* (never above the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+@main.command()
+@home_option
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="PULSE_HUB_SOCKET",
+    help="Unix socket to listen on (mode 0600) [default: <home>/pulse.sock; env PULSE_HUB_SOCKET].",
+)
+@click.option(
+    "--tcp",
+    metavar="HOST:PORT",
+    default=None,
+    envvar="PULSE_HUB_TCP",
+    help="Also listen on TCP (loopback unless --allow-remote; port 0: any) [env PULSE_HUB_TCP].",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    default=None,
+    help="Permit a non-loopback --tcp address (requires --token).",
+)
+@click.option(
+    "--token",
+    default=None,
+    envvar="PULSE_HUB_TOKEN",
+    help="Shared secret TCP clients must send in their hello [env PULSE_HUB_TOKEN].",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.01, min_open=False),
+    default=None,
+    help="Most updates per second per run and stream a subscriber gets [default: 10].",
+)
+@click.option(
+    "--max-frame",
+    type=click.IntRange(min=1024),
+    default=None,
+    help="Longest accepted line in bytes, newline included [default: 1048576].",
+)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="Seconds a new connection has to send its hello [default: 10].",
+)
+@click.option(
+    "--subscriber-buffer",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Waiting items per subscriber above which progress coalesces [default: 1000].",
+)
+@click.option(
+    "--subscriber-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Waiting items per subscriber above which it is dropped with resync [default: 10000].",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Connections beyond this are refused [default: 10000].",
+)
+def serve(
+    home: Path | None,
+    socket_path: Path | None,
+    tcp: str | None,
+    allow_remote: bool | None,
+    token: str | None,
+    rate: float | None,
+    max_frame: int | None,
+    handshake_timeout: float | None,
+    subscriber_buffer: int | None,
+    subscriber_limit: int | None,
+    max_connections: int | None,
+) -> None:
+    """Run the hub: producers push run events, UIs subscribe to them live.
+
+    Listens on a Unix socket (mode 0600) and optionally on TCP. Speaks
+    newline-delimited JSON (specs/hub-protocol.md). Prints one line naming
+    its addresses once it accepts connections; stops on SIGTERM or Ctrl-C.
+
+    \b
+    Examples:
+      pulse serve
+      pulse serve --tcp 127.0.0.1:7433
+      PULSE_HUB_TOKEN=s3cret pulse serve --tcp 0.0.0.0:7433 --allow-remote
+    """
+    config = resolve_config(home)
+    table = _table(config.transport_options)
+    given = {
+        "socket": str(socket_path) if socket_path is not None else None,
+        "tcp": tcp,
+        "token": token,
+        "allow_remote": True if allow_remote else None,
+        "rate": rate,
+        "max_frame": max_frame,
+        "handshake_timeout": handshake_timeout,
+        "subscriber_buffer": subscriber_buffer,
+        "subscriber_limit": subscriber_limit,
+        "max_connections": max_connections,
+    }
+    merged = {**table, **{k: v for k, v in given.items() if v is not None}}
+    tcp_address = None
+    if merged.get("tcp"):
+        try:
+            tcp_address = parse_hostport(str(merged["tcp"]))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tcp") from None
+    socket_text = merged.pop("socket", None)
+    merged.pop("tcp", None)
+    settings = HubSettings(
+        home=config.home,
+        socket_path=Path(socket_text) if socket_text else default_socket_path(config.home),
+        tcp=tcp_address,
+        **merged,
+    )
+    try:
+        settings.check()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    _raise_open_files(settings.max_connections + 64)
+
+    def ready(addresses: list[Address]) -> None:
+        click.echo("pulse hub listening on " + " ".join(str(a) for a in addresses))
+        sys.stdout.flush()
+
+    async def serve_until_signalled() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run_hub(settings, stop, ready)
+
+    try:
+        asyncio.run(serve_until_signalled())
+    except HubAddressInUse as exc:
+        click.echo(f"pulse serve: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except OSError as exc:
+        click.echo(f"pulse serve: cannot listen: {exc}", err=True)
+        sys.exit(EXIT_FAILED)

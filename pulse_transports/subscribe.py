@@ -1,0 +1,418 @@
+"""Python clients of the hub: subscribe to live runs, blocking or with asyncio.
+
+This module owns :class:`Subscriber` (blocking, for scripts and threads) and
+:class:`AsyncSubscriber` (asyncio). Both send the subscriber hello, decode
+what the hub sends into :mod:`pulse_transports.wire` messages and
+:mod:`pulse_core.events` events, remember the last seq seen per run, and --
+with ``reconnect=True`` -- reconnect after a lost connection or a
+``resync``, resuming from those seqs so nothing is missed or repeated.
+
+Usage::
+
+    with Subscriber(home=".pulse") as sub:
+        for message in sub:
+            ...  # Snapshot, Live, events, Resync, HubError
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from pulse_core.errors import DecodeError, PulseError
+from pulse_core.events import Event
+from pulse_transports.wire import (
+    MAX_FRAME,
+    Address,
+    HubError,
+    LineReader,
+    Live,
+    Message,
+    Resync,
+    Snapshot,
+    connect,
+    decode_message,
+    default_socket_path,
+    hello_line,
+    parse_hostport,
+    parse_welcome,
+)
+
+__all__ = [
+    "AsyncSubscriber",
+    "HubDisconnected",
+    "HubError",
+    "Live",
+    "Message",
+    "Resync",
+    "Snapshot",
+    "Subscriber",
+]
+
+_RETRY_FIRST: Final = 0.1
+_RETRY_MAX: Final = 2.0
+
+
+class HubDisconnected(PulseError):
+    """The connection to the hub ended (and ``reconnect`` is off)."""
+
+
+class _Client:
+    """What both subscribers share: the address, the hello, the seqs seen."""
+
+    def __init__(
+        self,
+        *,
+        home: Path | str | None,
+        path: Path | str | None,
+        tcp: str | None,
+        token: str | None,
+        training_id: str | None,
+        resume: Mapping[str, int] | None,
+        rate: float | None,
+        timeout: float,
+        reconnect: bool,
+    ) -> None:
+        if tcp:
+            host, port = parse_hostport(tcp)
+            self.address = Address(host=host, port=port)
+        elif path is not None:
+            self.address = Address(path=Path(path))
+        else:
+            self.address = Address(path=default_socket_path(home if home is not None else ".pulse"))
+        self.token = token
+        self.training_id = training_id
+        self.rate = rate
+        self.timeout = timeout
+        self.reconnect = reconnect
+        #: the highest seq received per run (snapshots count): resume from here.
+        self.last_seq: dict[str, int] = dict(resume or {})
+        self.welcome: dict[str, Any] = {}
+        self.connects = 0
+        self._failures = 0
+
+    def _hello(self) -> bytes:
+        return hello_line(
+            "subscriber",
+            training_id=self.training_id,
+            token=self.token,
+            resume=self.last_seq,
+            rate=self.rate,
+        )
+
+    def _note(self, message: Message) -> None:
+        if isinstance(message, Snapshot):
+            stats = message.view.get("stats") if isinstance(message.view, Mapping) else None
+            seq = stats.get("last_seq") if isinstance(stats, Mapping) else None
+            if isinstance(seq, int):
+                self.last_seq[message.training_id] = seq
+        elif isinstance(message, Event) and message.seq > self.last_seq.get(message.training_id, 0):
+            self.last_seq[message.training_id] = message.seq
+
+    def _backoff(self) -> float:
+        self._failures += 1
+        delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** min(self._failures - 1, 8))
+        return float(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not a secret
+
+
+class Subscriber(_Client):
+    """A blocking hub subscriber.
+
+    Args:
+        home: the PULSE home (the socket is ``<home>/pulse.sock``).
+        path: the hub's Unix socket, instead of the home's.
+        tcp: ``HOST:PORT`` of the hub, instead of a Unix socket.
+        token: the hub's shared secret (needed over TCP when it has one).
+        training_id: only this run (default: every run).
+        resume: last seq seen per run; those runs get what they missed.
+        rate: at most this many updates per second per run (the hub's
+            default, 10, if None or higher).
+        timeout: seconds to connect and to wait for the welcome.
+        reconnect: on a lost connection or a resync, reconnect (with
+            backoff) and resume instead of ending.
+    """
+
+    def __init__(
+        self,
+        *,
+        home: Path | str | None = None,
+        path: Path | str | None = None,
+        tcp: str | None = None,
+        token: str | None = None,
+        training_id: str | None = None,
+        resume: Mapping[str, int] | None = None,
+        rate: float | None = None,
+        timeout: float = 10.0,
+        reconnect: bool = False,
+    ) -> None:
+        super().__init__(
+            home=home,
+            path=path,
+            tcp=tcp,
+            token=token,
+            training_id=training_id,
+            resume=resume,
+            rate=rate,
+            timeout=timeout,
+            reconnect=reconnect,
+        )
+        self._reader: LineReader | None = None
+        self._closed = False
+
+    def connect(self) -> dict[str, Any]:
+        """Connect and say hello (resuming from :attr:`last_seq`).
+
+        Returns:
+            The hub's welcome.
+
+        Raises:
+            OSError: the hub cannot be reached.
+            HubRefused: the hub answered with an error (e.g. unauthorized).
+        """
+        self._drop()
+        sock = connect(self.address, self.timeout)
+        try:
+            sock.sendall(self._hello())
+            reader = LineReader(sock, MAX_FRAME)
+            line = reader.readline(self.timeout)
+            if line is None:
+                raise TimeoutError(f"no welcome from the hub within {self.timeout:g} s")
+            self.welcome = parse_welcome(line)
+        except BaseException:
+            sock.close()
+            raise
+        self._reader = reader
+        self.connects += 1
+        self._failures = 0
+        return self.welcome
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None if none came within *timeout* seconds.
+
+        Raises:
+            HubDisconnected: the connection ended and ``reconnect`` is off.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise HubDisconnected("the subscriber is closed")
+            if self._reader is None:
+                if not self._reconnect(deadline):
+                    return None
+                continue
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                line = self._reader.readline(left)
+            except (EOFError, OSError, ValueError) as exc:
+                self._lost(exc)
+                continue
+            if line is None:
+                return None
+            try:
+                message = decode_message(line)
+            except DecodeError:
+                continue  # a line this client does not understand: skip it
+            self._note(message)
+            if isinstance(message, Resync) or (isinstance(message, HubError) and message.fatal):
+                self._drop()
+            return message
+
+    def _lost(self, exc: BaseException) -> None:
+        self._drop()
+        if not self.reconnect:
+            raise HubDisconnected(f"connection to the hub {self.address} ended: {exc}") from None
+
+    def _reconnect(self, deadline: float | None) -> bool:
+        if not self.reconnect and self.connects:
+            raise HubDisconnected(f"not connected to the hub {self.address}")
+        while True:
+            try:
+                self.connect()
+                return True
+            except (OSError, PulseError, EOFError, ValueError):
+                if not self.reconnect:
+                    raise
+            delay = self._backoff()
+            if deadline is not None and time.monotonic() + delay > deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                return False
+            time.sleep(delay)
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            try:
+                message = self.recv()
+            except HubDisconnected:
+                return
+            if message is not None:
+                yield message
+
+    def _drop(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.sock.close()
+
+    def close(self) -> None:
+        """Disconnect; iteration ends."""
+        self._closed = True
+        self._drop()
+
+    def __enter__(self) -> Subscriber:
+        if self._reader is None:
+            if self.reconnect:
+                self._reconnect(None)
+            else:
+                self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncSubscriber(_Client):
+    """An asyncio hub subscriber; the same arguments as :class:`Subscriber`."""
+
+    def __init__(
+        self,
+        *,
+        home: Path | str | None = None,
+        path: Path | str | None = None,
+        tcp: str | None = None,
+        token: str | None = None,
+        training_id: str | None = None,
+        resume: Mapping[str, int] | None = None,
+        rate: float | None = None,
+        timeout: float = 10.0,
+        reconnect: bool = False,
+    ) -> None:
+        super().__init__(
+            home=home,
+            path=path,
+            tcp=tcp,
+            token=token,
+            training_id=training_id,
+            resume=resume,
+            rate=rate,
+            timeout=timeout,
+            reconnect=reconnect,
+        )
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._closed = False
+
+    async def connect(self) -> dict[str, Any]:
+        """Connect and say hello; see :meth:`Subscriber.connect`."""
+        self._drop()
+        address = self.address
+        if address.path is not None:
+            opening = asyncio.open_unix_connection(str(address.path), limit=MAX_FRAME)
+        else:
+            opening = asyncio.open_connection(address.host, address.port, limit=MAX_FRAME)
+        reader, writer = await asyncio.wait_for(opening, self.timeout)
+        try:
+            writer.write(self._hello())
+            line = await asyncio.wait_for(reader.readline(), self.timeout)
+            if not line:
+                raise EOFError("the hub closed the connection before its welcome")
+            self.welcome = parse_welcome(line)
+        except BaseException:
+            writer.close()
+            raise
+        self._reader, self._writer = reader, writer
+        self.connects += 1
+        self._failures = 0
+        return self.welcome
+
+    async def recv(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None after *timeout* seconds; see :meth:`Subscriber.recv`."""
+        try:
+            return await asyncio.wait_for(self._next(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _next(self) -> Message:
+        while True:
+            if self._closed:
+                raise HubDisconnected("the subscriber is closed")
+            if self._reader is None:
+                await self._reconnect()
+                continue
+            try:
+                line = await self._reader.readline()
+            except (OSError, ValueError) as exc:
+                self._lost(exc)
+                continue
+            if not line.endswith(b"\n"):
+                self._lost(EOFError("the hub closed the connection"))
+                continue
+            try:
+                message = decode_message(line)
+            except DecodeError:
+                continue
+            self._note(message)
+            if isinstance(message, Resync) or (isinstance(message, HubError) and message.fatal):
+                self._drop()
+            return message
+
+    def _lost(self, exc: BaseException) -> None:
+        self._drop()
+        if not self.reconnect:
+            raise HubDisconnected(f"connection to the hub {self.address} ended: {exc}")
+
+    async def _reconnect(self) -> None:
+        if not self.reconnect and self.connects:
+            raise HubDisconnected(f"not connected to the hub {self.address}")
+        while True:
+            try:
+                await self.connect()
+                return
+            except (OSError, PulseError, EOFError, ValueError, TimeoutError):
+                if not self.reconnect:
+                    raise
+            await asyncio.sleep(self._backoff())
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self._next()
+            except HubDisconnected:
+                return
+
+    def _drop(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+
+    async def aclose(self) -> None:
+        """Disconnect; iteration ends."""
+        self._closed = True
+        self._drop()
+
+    async def __aenter__(self) -> AsyncSubscriber:
+        if self._reader is None:
+            if self.reconnect:
+                await self._reconnect()
+            else:
+                await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
