@@ -410,8 +410,15 @@ class _Route:
         if len(buffer) >= BUFFER_EVENTS and not always_fits:
             victim = next(
                 (i for i, e in enumerate(buffer) if isinstance(e, _SAMPLE_TYPES)),
-                0,
+                None,
             )
+            if victim is None:
+                if isinstance(event, _SAMPLE_TYPES):
+                    # Only statuses/errors are held: the new sample gives way,
+                    # never one of them.
+                    self._drop(event)
+                    return
+                victim = 0
             if victim == 0:
                 self.head_attempts = 0
             dropped = buffer[victim]

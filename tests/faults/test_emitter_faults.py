@@ -198,6 +198,32 @@ class TestFailingSink:
         assert to_view(state, now=clock.now)["degraded"] is True
         assert state.timeline[-1].status == "done"
 
+    def test_full_buffer_of_statuses_refuses_samples(
+        self,
+        make_run: Callable[..., TrainingRun],
+        clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A buffer full of statuses drops a new progress value, never a held status."""
+        monkeypatch.setattr(emitter, "BUFFER_EVENTS", 10)
+        bad = FailingSink(interval=0.0)
+        run = make_run("fault-4b", sinks=[bad])
+        bad.failing = True
+        run.status("running")
+        for n in range(9):
+            run.status("running", f"note {n}")
+        assert run.sink_stats()[0]["buffered"] == 10
+        run.progress(epoch=1, step=1)
+        assert run.sink_stats()[0]["buffered"] == 10
+        assert run.sink_stats()[0]["dropped"] == 1
+        bad.failing = False
+        clock.advance(10.0)
+        run.tick()
+        notes = [e.message for e in bad.of_type(StatusChanged) if e.status == "running"]
+        assert notes == ["", *(f"note {n}" for n in range(9))]
+        assert [d.count for d in bad.of_type(Dropped)] == [1]
+        run.close()
+
     def test_drops_reported_before_the_end(
         self,
         make_run: Callable[..., TrainingRun],
