@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck", "specs"]
@@ -41,5 +43,5 @@ def specs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the benchmarks and print their figures."""
     session.install("-e", ".[test]")
-    for script in ("bench_core.py", "bench_emitter.py", "bench_reader.py"):
+    for script in sorted(p.name for p in Path("tests/bench").glob("bench_*.py")):
         session.run("python", f"tests/bench/{script}", *session.posargs)
