@@ -11,7 +11,18 @@ from pulse_transports.cli._common import LazyGroup, main
 
 LazyGroup.lazy = {
     name: f"pulse_transports.cli.{name}"
-    for name in ("demo", "ls", "replay", "run", "serve", "show", "v1", "validate", "watch")
+    for name in (
+        "bridge",
+        "demo",
+        "ls",
+        "replay",
+        "run",
+        "serve",
+        "show",
+        "v1",
+        "validate",
+        "watch",
+    )
 }
 
 __all__ = ["main"]

@@ -1,0 +1,653 @@
+"""Hybrid mode: v2 data for a run when it exists, the v1 snapshot when it does not.
+
+This module owns reading a PULSE v1 snapshot (``training_status.json``) as
+data, relating it to the v2 runs of a home, and the hybrid view a consumer
+(the Flow Manager, a TrainingPanel backend) builds from both without ever
+showing one run twice:
+
+* :func:`parse_snapshot` / :func:`read_snapshot` -- a v1 snapshot file as a
+  :class:`V1Snapshot`, lenient about what old writers put in it (status
+  aliases such as ``completed``, ISO or numeric timestamps) and strict about
+  what makes it unusable (not JSON, not an object, no status string).
+* :func:`find_owner` -- the v2 run a snapshot was produced from. A
+  ``V1SnapshotSink`` writes only the six v1 keys, so the match is made on
+  content and time (see :func:`find_owner` for the rule).
+* :class:`HybridReader` -- every v2 run (via
+  :func:`pulse_transports.history.recover`) plus, when the snapshot matches
+  none of them, one v1-only run; honest liveness for both.
+* :func:`heal_v1_snapshot` -- a reader rewriting the snapshot of a v2 run
+  whose writer is gone, so raw-file v1 pollers do not see ``running`` forever.
+
+Must never import :mod:`pulse_transports.cli`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import attrs
+import orjson
+import structlog
+
+from pulse_core.errors import PulseError
+from pulse_core.events import STATUSES, TERMINAL_STATUSES
+from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE, STALE_AFTER, Liveness
+from pulse_core.projections import LOST_MESSAGE, V1_KEYS, to_v1, to_view
+from pulse_core.state import RunState
+from pulse_transports.file import write_json_atomic
+from pulse_transports.history import HomeNotFound, RunRecord, recover, summarize
+
+log = structlog.get_logger("pulse.hybrid")
+
+#: The v1 snapshot's file name inside a PULSE home.
+V1_FILE: Final = "training_status.json"
+#: The training id a v1-only run is shown under (there is one v1 slot).
+V1_ONLY_ID: Final = "v1-snapshot"
+#: Seconds a snapshot may be newer than the last event in its run's log: the
+#: durable log gets progress at most once a second, the v1 file ten times.
+MATCH_SLACK: Final = 2.0
+#: Two times closer than this are the same time (the v1 file keeps milliseconds).
+SAME_TIME: Final = 0.002
+#: Numeric timestamps above this are milliseconds, not seconds (year 5138).
+MILLIS_ABOVE: Final = 1e11
+
+#: Status words old v1 writers use, mapped to the v2 lifecycle state they mean.
+#: The seven v2 names map to themselves. Matching ignores case, spaces and dashes.
+STATUS_ALIASES: Final[Mapping[str, str]] = {
+    **{name: name for name in STATUSES},
+    "waiting": "idle",
+    "pending": "idle",
+    "queued": "idle",
+    "starting": "preparing",
+    "initializing": "preparing",
+    "initialising": "preparing",
+    "loading": "preparing",
+    "training": "running",
+    "train": "running",
+    "started": "running",
+    "in_progress": "running",
+    "saving": "cooling_down",
+    "finalizing": "cooling_down",
+    "finalising": "cooling_down",
+    "completed": "done",
+    "complete": "done",
+    "finished": "done",
+    "success": "done",
+    "succeeded": "done",
+    "failed": "error",
+    "failure": "error",
+    "crashed": "error",
+    "canceled": "cancelled",
+    "stopped": "cancelled",
+    "aborted": "cancelled",
+    "interrupted": "cancelled",
+}
+
+
+class InvalidSnapshot(PulseError):
+    """A v1 snapshot file that cannot be used (torn, not JSON, no status)."""
+
+
+# -- reading a snapshot ----------------------------------------------------------
+
+
+@attrs.frozen
+class V1Snapshot:
+    """One reading of a v1 snapshot file.
+
+    Attributes:
+        raw_status: the ``status`` string as written.
+        status: the v2 lifecycle state it means (:data:`STATUS_ALIASES`), or
+            None for a word PULSE does not know.
+        epoch, total_epochs: non-negative integers, or None when absent or unusable.
+        loss: a finite number, or None.
+        message: the message (``""`` when absent).
+        timestamp: Unix seconds, or None when absent or unreadable.
+        data: the six v1 keys as they were in the file (absent ones None).
+    """
+
+    raw_status: str
+    status: str | None
+    epoch: int | None
+    total_epochs: int | None
+    loss: float | None
+    message: str
+    timestamp: float | None
+    data: Mapping[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        """True when the status means done, error or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    def same_content(self, other: V1Snapshot) -> bool:
+        """True when both say the same thing, timestamps aside."""
+        return (self.status, self.raw_status, self.epoch, self.total_epochs, self.message) == (
+            other.status,
+            other.raw_status,
+            other.epoch,
+            other.total_epochs,
+            other.message,
+        ) and _same_number(self.loss, other.loss)
+
+
+def map_status(value: str) -> str | None:
+    """The v2 lifecycle state a v1 status word means, or None if unknown."""
+    key = value.strip().lower().replace("-", "_").replace(" ", "_")
+    return STATUS_ALIASES.get(key)
+
+
+def parse_timestamp(value: object) -> float | None:
+    """Read a v1 timestamp: ISO 8601 text or a number; None if unusable.
+
+    Numbers are Unix seconds (above :data:`MILLIS_ABOVE`: milliseconds);
+    numeric text is read as a number. ISO text without a UTC offset is the
+    local time of this machine (what ``datetime.now().isoformat()`` wrote).
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                return None
+            try:
+                return moment.timestamp()
+            except (OverflowError, OSError, ValueError):
+                return None
+    else:
+        return None
+    if not math.isfinite(number) or number < 0:
+        return None
+    return number / 1000.0 if number > MILLIS_ABOVE else number
+
+
+def _count(value: object) -> int | None:
+    """A non-negative integer from an int, an integral float or numeric text."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int | float):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _same_number(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+
+
+def parse_snapshot(data: bytes | str) -> V1Snapshot:
+    """Parse the bytes of a v1 snapshot file.
+
+    Raises:
+        InvalidSnapshot: if it is not a JSON object with a ``status`` string
+            (an empty file, a half-written one, anything else).
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidSnapshot(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidSnapshot(f"not a JSON object but {type(obj).__name__}")
+    status = obj.get("status")
+    if not isinstance(status, str) or not status.strip():
+        raise InvalidSnapshot("no status string")
+    message = obj.get("message")
+    return V1Snapshot(
+        raw_status=status,
+        status=map_status(status),
+        epoch=_count(obj.get("epoch")),
+        total_epochs=_count(obj.get("total_epochs")),
+        loss=_number(obj.get("loss")),
+        message=message if isinstance(message, str) else ("" if message is None else str(message)),
+        timestamp=parse_timestamp(obj.get("timestamp")),
+        data={key: obj.get(key) for key in V1_KEYS},
+    )
+
+
+def read_snapshot(path: Path | str) -> V1Snapshot | None:
+    """Read and parse a v1 snapshot file; None if it is missing or unusable."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    try:
+        return parse_snapshot(data)
+    except InvalidSnapshot:
+        return None
+
+
+# -- matching a snapshot to a v2 run ---------------------------------------------
+
+
+def _same_as_state(snapshot: V1Snapshot, state: RunState) -> bool:
+    """True when the run's own v1 projection says what the snapshot says."""
+    mine = to_v1(state)
+    if snapshot.status != state.status or snapshot.message != mine["message"]:
+        return False
+    if (snapshot.epoch or 0) != mine["epoch"] or (snapshot.total_epochs or 0) != mine[
+        "total_epochs"
+    ]:
+        return False
+    return _same_number(snapshot.loss, mine["loss"])
+
+
+def _window_end(record: RunRecord, now: float, slack: float) -> float | None:
+    state = record.state
+    if state.last_event_at is None:
+        return None
+    if not state.is_terminal and record.writer is not False and record.liveness != LOST:
+        return now + 1.0  # its writer may have written the file after its last log line
+    return state.last_event_at + (SAME_TIME if state.is_terminal else slack)
+
+
+def find_owner(
+    snapshot: V1Snapshot,
+    records: Iterable[RunRecord],
+    *,
+    now: float | None = None,
+    slack: float = MATCH_SLACK,
+) -> RunRecord | None:
+    """The v2 run a v1 snapshot was produced from, or None.
+
+    A run is a candidate when the snapshot's time lies within the run's life:
+    from its first event to its last event (plus *slack* seconds for a run
+    whose writer is gone: the v1 file is written more often than the log;
+    to *now* for a run whose writer may still be writing). Among the
+    candidates the best is, in this order: one whose own v1 projection
+    equals the snapshot; one whose last event has the snapshot's time; one
+    in the snapshot's status; the one whose last event is nearest in time.
+    A snapshot without a readable timestamp matches only a run whose v1
+    projection equals it.
+
+    Args:
+        snapshot: the v1 snapshot.
+        records: the v2 runs (as :func:`~pulse_transports.history.recover` returns them).
+        now: the current time (Unix seconds).
+        slack: see above.
+    """
+    moment = time.time() if now is None else now
+    best: tuple[tuple[bool, bool, bool, float], RunRecord] | None = None
+    for record in records:
+        state = record.state
+        created, last = state.created_at, state.last_event_at
+        if created is None or last is None:
+            continue
+        same = _same_as_state(snapshot, state)
+        at = snapshot.timestamp
+        if at is None:
+            if not same:
+                continue
+            score = (True, False, True, 0.0)
+        else:
+            end = _window_end(record, moment, slack)
+            if end is None or not created - SAME_TIME <= at <= end:
+                continue
+            same_time = abs(last - at) <= SAME_TIME
+            score = (
+                same and same_time,
+                same_time,
+                snapshot.status == state.status,
+                -abs(last - at),
+            )
+        if best is None or score > best[0]:
+            best = (score, record)
+    return best[1] if best is not None else None
+
+
+# -- the hybrid view ---------------------------------------------------------------
+
+
+def snapshot_liveness(
+    snapshot: V1Snapshot,
+    *,
+    now: float,
+    modified: float | None = None,
+    stale_after: float = STALE_AFTER,
+    lost_after: float = LOST_AFTER,
+) -> Liveness:
+    """Liveness of a v1-only run: from the silence since its last update.
+
+    The snapshot's timestamp is the last sign of life (the file's
+    modification time when it has none). A v1 writer cannot be checked any
+    other way, so only silence decides: ``ended`` for a terminal status,
+    ``lost`` after *lost_after* seconds, ``stale`` after *stale_after*.
+    """
+    if snapshot.terminal:
+        return ENDED
+    last = snapshot.timestamp if snapshot.timestamp is not None else modified
+    if last is None:
+        return STALE
+    silence = now - last
+    if silence > lost_after:
+        return LOST
+    if silence > stale_after:
+        return STALE
+    return ALIVE
+
+
+def snapshot_state(snapshot: V1Snapshot, training_id: str = V1_ONLY_ID) -> RunState:
+    """A v1 snapshot as a RunState, so the v2 projections can show it."""
+    metrics = {"loss": snapshot.loss} if snapshot.loss is not None else {}
+    return RunState(
+        training_id=training_id,
+        status=snapshot.status or snapshot.raw_status,
+        message=snapshot.message,
+        epoch=snapshot.epoch,
+        total_epochs=snapshot.total_epochs,
+        metrics=metrics,
+        best_loss=snapshot.loss,
+        created_at=snapshot.timestamp,
+        last_event_at=snapshot.timestamp,
+        status_since=snapshot.timestamp,
+    )
+
+
+@attrs.frozen
+class HybridRun:
+    """One run as a hybrid consumer shows it.
+
+    Attributes:
+        training_id: the v2 run's id, or :data:`V1_ONLY_ID` for a v1-only run.
+        source: ``"v2"`` (a v2 log exists: its data wins) or ``"v1"`` (only
+            the v1 snapshot knows about it).
+        liveness: alive, stale, lost or ended.
+        v1: the honest six-key v1 snapshot of the run (a lost run shows
+            ``status: "error"``, never ``running`` forever).
+        summary: the ``pulse ls --json`` row of the run, plus ``source``.
+        in_v1_file: True when the v1 snapshot file currently shows this run.
+        record: the v2 run as recovered (None for a v1-only run).
+        snapshot: the v1 snapshot (for the run the file shows, else None).
+    """
+
+    training_id: str
+    source: Literal["v2", "v1"]
+    liveness: Liveness
+    v1: Mapping[str, Any]
+    summary: Mapping[str, Any]
+    in_v1_file: bool
+    record: RunRecord | None = None
+    snapshot: V1Snapshot | None = None
+
+    @property
+    def state(self) -> RunState:
+        """The run's state: folded from its log, or built from the snapshot."""
+        if self.record is not None:
+            return self.record.state
+        assert self.snapshot is not None
+        return snapshot_state(self.snapshot, self.training_id)
+
+    def view(self, now: float | None = None) -> dict[str, Any]:
+        """The v2 view (:func:`pulse_core.projections.to_view`) of the run."""
+        moment = time.time() if now is None else now
+        return to_view(self.state, now=moment, liveness=self.liveness)
+
+    @property
+    def last_activity(self) -> float:
+        """When the run was last heard from (for choosing the v1 slot)."""
+        at = self.summary.get("last_event_at")
+        return float(at) if isinstance(at, int | float) else 0.0
+
+
+class HybridReader:
+    """Runs of a PULSE home, v2 first, with the v1 snapshot as a fallback.
+
+    The algorithm (docs: "Migration from v1 and hybrid mode"):
+
+    1. Recover every v2 run of the home with honest liveness.
+    2. Read the v1 snapshot file; if it is unusable, there is no v1 part.
+    3. Find the v2 run the snapshot came from (:func:`find_owner`). If there
+       is one, that run is shown once, from its v2 data, marked as the run
+       the v1 file shows. If there is none, the snapshot is one more run,
+       ``source="v1"``, under :data:`V1_ONLY_ID`, its liveness from its age.
+
+    Args:
+        home: the PULSE home.
+        v1_path: the snapshot file (default ``<home>/training_status.json``).
+        stale_after, lost_after: liveness thresholds (seconds).
+        slack: see :func:`find_owner`.
+    """
+
+    def __init__(
+        self,
+        home: Path | str,
+        v1_path: Path | str | None = None,
+        *,
+        stale_after: float = STALE_AFTER,
+        lost_after: float = LOST_AFTER,
+        slack: float = MATCH_SLACK,
+    ) -> None:
+        self.home = Path(home)
+        self.v1_path = Path(v1_path) if v1_path is not None else self.home / V1_FILE
+        self.stale_after = stale_after
+        self.lost_after = lost_after
+        self.slack = slack
+
+    def records(self, now: float) -> list[RunRecord]:
+        """The v2 runs of the home, newest first (none if the home is missing)."""
+        try:
+            return recover(
+                self.home, now=now, stale_after=self.stale_after, lost_after=self.lost_after
+            )
+        except HomeNotFound:
+            return []
+
+    def runs(self, now: float | None = None) -> list[HybridRun]:
+        """Every run once, newest first: v2 runs, and a v1-only run if any."""
+        moment = time.time() if now is None else now
+        records = self.records(moment)
+        snapshot, modified = self._snapshot()
+        owner = find_owner(snapshot, records, now=moment, slack=self.slack) if snapshot else None
+        out: list[tuple[float, HybridRun]] = []
+        for record in records:
+            mine = owner is not None and record.training_id == owner.training_id
+            summary = {**record.summary, "source": "v2"}
+            out.append(
+                (
+                    record.sort_key,
+                    HybridRun(
+                        training_id=record.training_id,
+                        source="v2",
+                        liveness=record.liveness,
+                        v1=to_v1(record.state, liveness=record.liveness),
+                        summary=summary,
+                        in_v1_file=mine,
+                        record=record,
+                        snapshot=snapshot if mine else None,
+                    ),
+                )
+            )
+        if snapshot is not None and owner is None:
+            only = self._v1_only(snapshot, modified, moment)
+            out.append((snapshot.timestamp or modified or 0.0, only))
+        out.sort(key=lambda item: (item[0], item[1].training_id), reverse=True)
+        return [run for _, run in out]
+
+    def v1(self, now: float | None = None) -> dict[str, Any] | None:
+        """The honest six-key snapshot the v1 slot should show; None without runs.
+
+        The most recently active live run (alive or stale), else the run
+        last heard from -- the same rule as ``pulse v1``, over v2 runs and
+        the v1-only run alike.
+        """
+        runs = self.runs(now)
+        live = [r for r in runs if r.liveness not in (ENDED, LOST)]
+        pool = live or runs
+        if not pool:
+            return None
+        chosen = max(pool, key=lambda r: (r.last_activity, r.training_id))
+        return dict(chosen.v1)
+
+    def heal(self, now: float | None = None) -> bool:
+        """Rewrite the v1 file if it shows a lost v2 run (:func:`heal_v1_snapshot`)."""
+        return heal_v1_snapshot(
+            self.home,
+            self.v1_path,
+            now=now,
+            stale_after=self.stale_after,
+            lost_after=self.lost_after,
+            slack=self.slack,
+        )
+
+    def _snapshot(self) -> tuple[V1Snapshot | None, float | None]:
+        try:
+            modified = self.v1_path.stat().st_mtime
+        except OSError:
+            return None, None
+        return read_snapshot(self.v1_path), modified
+
+    def _v1_only(self, snapshot: V1Snapshot, modified: float | None, now: float) -> HybridRun:
+        liveness = snapshot_liveness(
+            snapshot,
+            now=now,
+            modified=modified,
+            stale_after=self.stale_after,
+            lost_after=self.lost_after,
+        )
+        state = snapshot_state(snapshot)
+        if state.last_event_at is None and modified is not None:
+            state = attrs.evolve(state, created_at=modified, last_event_at=modified)
+        honest = {key: snapshot.data.get(key) for key in V1_KEYS}
+        if liveness == LOST:
+            honest["status"] = "error"
+            honest["message"] = f"{LOST_MESSAGE} (last status {snapshot.raw_status})"
+        summary = summarize(state, liveness=liveness, now=now, path=self.v1_path)
+        summary.update(source="v1", name="v1 snapshot", bad_lines=0)
+        return HybridRun(
+            training_id=V1_ONLY_ID,
+            source="v1",
+            liveness=liveness,
+            v1=honest,
+            summary=summary,
+            in_v1_file=True,
+            snapshot=snapshot,
+        )
+
+
+# -- healing the raw file ---------------------------------------------------------
+
+
+def healed_snapshot(snapshot: V1Snapshot, record: RunRecord) -> dict[str, Any] | None:
+    """The six keys the v1 file should hold instead of *snapshot*; None if it is honest.
+
+    Only a snapshot in an unfinished status whose run has ended or is lost
+    changes. A lost run shows ``status: "error"`` with the lost message and
+    keeps the file's progress, loss and timestamp (the last sign of life);
+    an ended run (a supervisor recorded how the process died) shows its end
+    from the v2 log, keeping the file's epoch when it is further along.
+    """
+    if snapshot.terminal or record.liveness not in (LOST, ENDED):
+        return None
+    state = record.state
+    if record.liveness == LOST:
+        healed = {key: snapshot.data.get(key) for key in V1_KEYS}
+        healed["status"] = "error"
+        healed["message"] = f"{LOST_MESSAGE} (last status {snapshot.raw_status})"
+        return healed
+    healed = to_v1(state)
+    healed["epoch"] = max(int(healed["epoch"]), snapshot.epoch or 0)
+    return healed
+
+
+def heal_v1_snapshot(
+    home: Path | str,
+    v1_path: Path | str | None = None,
+    *,
+    now: float | None = None,
+    stale_after: float = STALE_AFTER,
+    lost_after: float = LOST_AFTER,
+    slack: float = MATCH_SLACK,
+    records: Sequence[RunRecord] | None = None,
+) -> bool:
+    """Make the v1 file honest about a v2 run that can no longer update it.
+
+    A v2 run's writer keeps ``training_status.json`` current while it lives;
+    once it is killed the file says ``running`` forever. This reader-side
+    repair finds the v2 run the file shows (:func:`find_owner`) and, if that
+    run is lost (its writer is gone) or ended after the file was written,
+    rewrites the file atomically with :func:`healed_snapshot`. The file is
+    re-read just before the rewrite and left alone if it changed meanwhile
+    (a new run's writer got there first). v1-only snapshots (no v2 run) are
+    never rewritten: their writer may still come back.
+
+    Args:
+        home: the PULSE home.
+        v1_path: the snapshot file (default ``<home>/training_status.json``).
+        now: the current time (Unix seconds).
+        stale_after, lost_after, slack: as for :class:`HybridReader`.
+        records: the home's runs, if the caller already recovered them.
+
+    Returns:
+        True if the file was rewritten.
+    """
+    root = Path(home)
+    path = Path(v1_path) if v1_path is not None else root / V1_FILE
+    moment = time.time() if now is None else now
+    try:
+        before = path.read_bytes()
+    except OSError:
+        return False
+    try:
+        snapshot = parse_snapshot(before)
+    except InvalidSnapshot:
+        return False
+    if snapshot.terminal:
+        return False
+    if records is None:
+        try:
+            records = recover(root, now=moment, stale_after=stale_after, lost_after=lost_after)
+        except HomeNotFound:
+            return False
+    owner = find_owner(snapshot, records, now=moment, slack=slack)
+    if owner is None:
+        return False
+    healed = healed_snapshot(snapshot, owner)
+    if healed is None:
+        return False
+    try:
+        if path.read_bytes() != before:
+            return False  # rewritten since we read it: the newer writer wins
+        write_json_atomic(path, healed)
+    except OSError as exc:
+        log.warning("pulse could not heal the v1 snapshot", path=str(path), error=str(exc))
+        return False
+    log.info(
+        "pulse rewrote the v1 snapshot of a run that can no longer update it",
+        path=str(path),
+        training_id=owner.training_id,
+        liveness=owner.liveness,
+    )
+    return True
