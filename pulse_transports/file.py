@@ -158,6 +158,8 @@ class FileSink:
         max_bytes: the per-run size cap (compaction keeps the log under it).
         interval: the least seconds between progress/metrics lines.
         fsync: fsync status/error/meta lines (turn off only for benchmarks).
+        lock_wait: seconds to wait for the run's lock before RunLocked (a supervisor
+            holds it for milliseconds while it appends its own lines).
 
     Attributes:
         path: the log file, once open.
