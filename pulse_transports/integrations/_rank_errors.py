@@ -1,0 +1,352 @@
+"""Rank error files and the silent run of ranks other than 0.
+
+This private module of :mod:`pulse_transports.integrations.distributed` (which
+re-exports its names) owns how a failing rank tells rank 0 about its failure:
+one small JSON file per rank,
+``<home>/logs/training/ranks/<training_id>/rank-<N>.json``, written
+atomically before the process exits, and :class:`PeerRun`, the run object a
+non-reporting rank gets. Imports no framework.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import attrs
+import orjson
+import structlog
+
+from pulse_core.emitter import classify_exception
+from pulse_core.events import TERMINAL_STATUSES, is_error_code, validate_training_id
+
+log = structlog.get_logger("pulse.distributed")
+
+#: Most rank error files read per run (a job of thousands of failing ranks
+#: reports the first ones).
+MAX_PEER_ERRORS: Final = 32
+
+
+def _int(value: object, default: int) -> int:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return default
+
+
+# -- rank error files -----------------------------------------------------------------
+
+
+@attrs.frozen
+class RankError:
+    """One rank's failure, as written to its rank error file."""
+
+    rank: int
+    error_code: str
+    message: str
+    is_retryable: bool = False
+    details: Mapping[str, Any] = attrs.field(factory=dict)
+    host: str = ""
+    pid: int = 0
+    timestamp: float = 0.0
+    world_size: int | None = None
+
+
+def rank_dir(home: Path | str, training_id: str) -> Path:
+    """The folder of one run's rank error files."""
+    return Path(home) / "logs" / "training" / "ranks" / validate_training_id(training_id)
+
+
+def rank_error_path(home: Path | str, training_id: str, rank: int) -> Path:
+    """The error file of one rank of one run."""
+    return rank_dir(home, training_id) / f"rank-{int(rank)}.json"
+
+
+def write_rank_error(home: Path | str, training_id: str, error: RankError) -> Path:
+    """Write *error* as the rank's error file, atomically (temp file, fsync, rename).
+
+    Returns:
+        The file written.
+
+    Raises:
+        OSError: if the folder or file cannot be written.
+    """
+    path = rank_error_path(home, training_id, error.rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = orjson.dumps(attrs.asdict(error), default=str)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def _parse(data: bytes) -> RankError | None:
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    code = str(raw.get("error_code", ""))
+    details = raw.get("details")
+    world = raw.get("world_size")
+    return RankError(
+        rank=_int(raw.get("rank"), -1),
+        error_code=code if is_error_code(code) else "UNHANDLED_EXCEPTION",
+        message=str(raw.get("message", ""))[:1000],
+        is_retryable=bool(raw.get("is_retryable", False)),
+        details=details if isinstance(details, dict) else {},
+        host=str(raw.get("host", "")),
+        pid=_int(raw.get("pid"), 0),
+        timestamp=float(raw.get("timestamp") or 0.0),
+        world_size=world if isinstance(world, int) else None,
+    )
+
+
+def read_rank_errors(home: Path | str, training_id: str) -> list[RankError]:
+    """The rank error files of a run, oldest first (unreadable files are skipped)."""
+    folder = rank_dir(home, training_id)
+    found: list[RankError] = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if not (entry.name.startswith("rank-") and entry.name.endswith(".json")):
+                continue
+            try:
+                error = _parse(Path(entry.path).read_bytes())
+            except OSError:
+                continue
+            if error is not None:
+                found.append(error)
+            if len(found) >= MAX_PEER_ERRORS:
+                break
+    return sorted(found, key=lambda e: (e.timestamp, e.rank))
+
+
+def describe_exception(exc: BaseException) -> tuple[str, bool, str, dict[str, Any]]:
+    """``(error_code, retryable, message, details)`` for an exception, as the emitter reports it."""
+    code, retryable = classify_exception(exc)
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    details = {
+        "exception_type": kind,
+        "trace_id": secrets.token_hex(8),
+        "traceback": text[-4000:],
+    }
+    return code, retryable, f"{type(exc).__name__}: {exc}"[:500], details
+
+
+# -- the two kinds of run ----------------------------------------------------------------
+
+
+class PeerRun:
+    """What a rank other than 0 reports to: nothing, except its own failure.
+
+    It has the calls training code and the callbacks make on a
+    :class:`~pulse_core.emitter.TrainingRun` (all cheap no-ops); a failure
+    (:meth:`fail_with`, :meth:`error`, an exception leaving ``with``, an
+    uncaught exception) writes this rank's error file for rank 0 to fold in.
+    A KeyboardInterrupt or a clean ``SystemExit`` is not a failure: rank 0
+    sees the same interrupt.
+
+    Args:
+        training_id: the run's id as rank 0 reports it (None: failures are
+            only logged).
+        rank, world_size: this process's place in the job.
+        home: the PULSE home whose ``logs/training/ranks`` folder rank 0 watches.
+    """
+
+    def __init__(
+        self,
+        training_id: str | None,
+        *,
+        rank: int,
+        world_size: int,
+        home: Path | str | None,
+    ) -> None:
+        self.training_id = training_id
+        self.rank = rank
+        self.world_size = world_size
+        self.home = Path(home) if home is not None else None
+        self._status = "running"
+        self._closed = False
+        self._cancel_reason: str | None = None
+        _watch_peer(self)
+
+    # -- the hot path: nothing to do ------------------------------------------------
+
+    def progress(self, *args: Any, **kwargs: Any) -> None:
+        """Do nothing: rank 0 reports progress."""
+
+    def metrics(self, *args: Any, **kwargs: Any) -> None:
+        """Do nothing: rank 0 reports metrics."""
+
+    def heartbeat(self) -> None:
+        """Do nothing: rank 0's run beats."""
+
+    def status(self, state: str, message: str = "") -> None:
+        """Remember the status locally (nothing is reported)."""
+        if self._status not in TERMINAL_STATUSES:
+            self._status = str(state)
+
+    # -- failures -----------------------------------------------------------------
+
+    def error(
+        self,
+        error_code: str,
+        message: str,
+        is_retryable: bool = False,
+        details: Mapping[str, Any] | None = None,
+        *,
+        fatal: bool = True,
+    ) -> None:
+        """Write this rank's error file for rank 0 (a fatal one ends this rank's reporting)."""
+        if self._status in TERMINAL_STATUSES:
+            return
+        self._write(error_code, message, is_retryable, dict(details or {}))
+        if fatal:
+            self._status = "error"
+
+    def fail_with(self, exc: BaseException) -> None:
+        """Record *exc* as this rank's failure (an interrupt or clean exit is not one)."""
+        if self._status in TERMINAL_STATUSES:
+            return
+        if isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, SystemExit) and exc.code in (None, 0)
+        ):
+            self._status = "cancelled"
+            return
+        if isinstance(exc, SystemExit):
+            self.error(
+                "PROCESS_EXITED_WITHOUT_RESULT",
+                f"the process exited with status {exc.code!r} before the run finished",
+            )
+            return
+        code, retryable, message, details = describe_exception(exc)
+        log.error(
+            "pulse: this rank failed; reporting it to rank 0",
+            rank=self.rank,
+            training_id=self.training_id,
+            error_code=code,
+            trace_id=details["trace_id"],
+            traceback=details["traceback"],
+        )
+        self.error(code, message, retryable, details)
+
+    def _write(self, code: str, message: str, retryable: bool, details: dict[str, Any]) -> None:
+        if self.training_id is None or self.home is None:
+            log.warning(
+                "pulse: a rank failed but does not know the run's training_id; "
+                "set PULSE_TRAINING_ID for every rank to forward failures",
+                rank=self.rank,
+                error_code=code,
+            )
+            return
+        error = RankError(
+            rank=self.rank,
+            error_code=code if is_error_code(code) else "UNHANDLED_EXCEPTION",
+            message=str(message)[:1000],
+            is_retryable=bool(retryable),
+            details=details,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            timestamp=time.time(),
+            world_size=self.world_size,
+        )
+        try:
+            write_rank_error(self.home, self.training_id, error)
+        except OSError as exc:
+            log.warning(
+                "pulse: could not write this rank's error file",
+                rank=self.rank,
+                training_id=self.training_id,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+
+    # -- ending ---------------------------------------------------------------------
+
+    def cancel(self, message: str = "") -> None:
+        """Mark this rank's view of the run cancelled (nothing is reported)."""
+        self.status("cancelled", message)
+
+    def request_cancel(self, message: str = "cancelled") -> None:
+        """Remember a cancel request (training code may check :attr:`cancel_requested`)."""
+        self._cancel_reason = message or "cancelled"
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a cancel was requested on this rank."""
+        return self._cancel_reason is not None
+
+    @property
+    def current_status(self) -> str:
+        """This rank's view of the status (never reported)."""
+        return self._status
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop watching for uncaught exceptions on this rank; idempotent."""
+        self._closed = True
+        _peers.discard(self)
+
+    def __enter__(self) -> PeerRun:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is not None:
+                self.fail_with(exc)
+        finally:
+            self.close()
+
+
+_peers: weakref.WeakSet[PeerRun] = weakref.WeakSet()
+_peer_hook_lock = threading.Lock()
+_peer_hook_installed = False
+
+
+def _watch_peer(run: PeerRun) -> None:
+    """Make an uncaught exception on this rank write the rank's error file."""
+    global _peer_hook_installed  # noqa: PLW0603 - one process-wide hook
+    with _peer_hook_lock:
+        _peers.add(run)
+        if _peer_hook_installed:
+            return
+        _peer_hook_installed = True
+        previous = sys.excepthook
+
+        def hook(
+            exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+        ) -> None:
+            for peer in list(_peers):
+                with contextlib.suppress(Exception):
+                    peer.fail_with(exc)
+            previous(exc_type, exc, tb)
+
+        sys.excepthook = hook

@@ -1,0 +1,255 @@
+"""``track()``: a tqdm-like wrapper that reports a hand-written loop's progress.
+
+This module owns :class:`track` and the process's *current run*
+(:func:`set_current_run`, :func:`current_run`)::
+
+    for epoch in track(range(3), unit="epoch"):
+        for batch in track(loader):
+            ...
+
+Levels: a ``unit="epoch"`` loop reports the epoch in progress (1-based) and
+``total_epochs``; any other loop reports ``step`` (iterations done) and
+``total_steps`` (``len()`` of the iterable, or *total*). A loop that starts
+inside another one turns the outer loop into the epoch level if there is
+none yet, so ``for e in track(range(E)): for b in track(loader):`` reports
+epochs and steps too. Loops nested deeper than an epoch and a step loop
+are silent (they iterate, they do not report).
+
+The run: the *run* argument; else the run of the enclosing loop; else the
+current run (:func:`set_current_run`, or the only open
+:class:`~pulse_core.emitter.TrainingRun` of the process); else the outermost
+loop opens one (rank-aware, :func:`~pulse_transports.integrations.distributed.open_run`)
+and ends it when its loop ends -- ``done`` when the loop is finished or left
+with ``break``; an uncaught exception ends it ``error``/``cancelled`` through
+the emitter's process-wide hook, and ``with track(...) as t:`` ends it so
+for any exception.
+
+Cost: the wrapper is a generator that increments a counter and compares it
+with a precomputed threshold; ``run.progress`` is called only every *N*
+iterations, *N* adapted after each call so that calls come about every
+*interval* seconds (the run's own rate limiting then decides what is sent).
+That is cheaper per iteration than tqdm with ``miniters``. The threshold is
+recomputed only at those calls, so a loop that suddenly slows down reports
+its step late by up to N iterations, as tqdm does.
+
+Imports no framework; nesting is tracked per thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any, Final, Generic, TypeVar
+
+from pulse_core import emitter
+from pulse_core.emitter import TrainingRun
+from pulse_core.events import TERMINAL_STATUSES
+from pulse_transports.integrations.distributed import PeerRun, open_run
+
+T = TypeVar("T")
+Run = TrainingRun | PeerRun
+
+#: Seconds between two ``run.progress`` calls a step loop aims at.
+INTERVAL: Final = 0.05
+#: How much the iteration gap between two progress calls may grow at once.
+GROWTH: Final = 4
+
+_EPOCH: Final = "epoch"
+_STEP: Final = "step"
+_SILENT: Final = "silent"
+_EPOCH_UNITS: Final = frozenset({"epoch", "epochs"})
+
+_current: list[Run | None] = [None]
+_local = threading.local()
+
+
+def set_current_run(run: Run | None) -> None:
+    """Make *run* the run that :func:`track` (and callbacks given no run) report to."""
+    _current[0] = run
+
+
+def current_run() -> Run | None:
+    """The current run: the one set with :func:`set_current_run`, else the only open one.
+
+    Returns None when none was set and the process has no open run or several.
+    """
+    run = _current[0]
+    if run is not None and not run.closed:
+        return run
+    # The emitter keeps its open runs for its exit hooks; read-only use here.
+    open_runs = list(getattr(emitter, "_open_runs", ()))
+    live = [r for r in open_runs if not r.closed and r.current_status not in TERMINAL_STATUSES]
+    return live[0] if len(live) == 1 else None
+
+
+def _stack() -> list[track[Any]]:
+    stack: list[track[Any]] | None = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def _length(iterable: object) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except (TypeError, AttributeError, NotImplementedError):
+        return None
+
+
+class track(Generic[T]):  # lower case: it stands in for tqdm()
+    """Iterate over *iterable*, reporting progress to a PULSE run.
+
+    Args:
+        iterable: what to iterate over.
+        total: how many items it has (default ``len(iterable)`` if it has one).
+        unit: ``"epoch"`` for the epoch loop; anything else is a step loop.
+        desc: a label (kept for tqdm compatibility; not reported).
+        run: the run to report to (default: see the module docs).
+        interval: seconds between progress calls a step loop aims at.
+
+    Attributes:
+        n: iterations done when progress was last reported (exact once the
+            loop has ended).
+        role: ``"epoch"``, ``"step"`` or ``"silent"`` once iteration started.
+    """
+
+    def __init__(
+        self,
+        iterable: Iterable[T],
+        total: int | None = None,
+        *,
+        unit: str = "it",
+        desc: str | None = None,
+        run: Run | None = None,
+        interval: float = INTERVAL,
+    ) -> None:
+        self.iterable = iterable
+        self.total = total if total is not None else _length(iterable)
+        self.unit = unit
+        self.desc = desc
+        self.run = run
+        self.interval = interval
+        self.n = 0
+        self.role = _EPOCH if unit in _EPOCH_UNITS else _STEP
+        self._owned = False
+        self._in_with = False  # a with block ends an owned run, not the loop
+        self._last_n = 0
+        self._last_t = 0.0
+
+    def __len__(self) -> int:
+        if self.total is None:
+            raise TypeError(f"this {type(self.iterable).__name__} has no length")
+        return self.total
+
+    def __iter__(self) -> Iterator[T]:
+        return self._iterate()
+
+    def __enter__(self) -> track[T]:
+        self._in_with = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        run = self.run
+        self._in_with = False
+        if exc is not None and run is not None:
+            run.fail_with(exc)
+        if self._owned and run is not None:
+            run.close()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _iterate(self) -> Iterator[T]:
+        stack = _stack()
+        self._start(stack)
+        stack.append(self)
+        finished = False
+        n = 0
+        try:
+            if self.role == _SILENT:
+                yield from self.iterable
+            else:
+                threshold = 0
+                for item in self.iterable:
+                    if n >= threshold:
+                        threshold = self._report(n)
+                    yield item
+                    n += 1
+                self._report_end(n)
+            finished = True
+        except GeneratorExit:
+            # Left with break (or dropped): not a failure of the run; the
+            # iterations done so far are the last word.
+            finished = True
+            self._report_end(n)
+            raise
+        except BaseException as exc:
+            # The iterable itself raised (a data loader failing): a run we
+            # opened ends with it; a lent run is left to its owner.
+            if self._owned and self.run is not None:
+                self.run.fail_with(exc)
+            raise
+        finally:
+            if stack and stack[-1] is self:
+                stack.pop()
+            elif self in stack:
+                stack.remove(self)
+            if finished and self._owned and self.run is not None and not self._in_with:
+                self.run.close()
+
+    def _start(self, stack: list[track[Any]]) -> None:
+        parent = stack[-1] if stack else None
+        has_epoch = any(t.role == _EPOCH for t in stack)
+        if self.role == _EPOCH:
+            if has_epoch:
+                self.role = _SILENT
+        elif parent is None or parent.role == _EPOCH:
+            self.role = _STEP
+        elif parent.role == _STEP and not has_epoch:
+            parent._promote()
+            self.role = _STEP
+        else:
+            self.role = _SILENT
+        if self.run is None:
+            self.run = parent.run if parent is not None else current_run()
+        if self.run is None:
+            self.run = open_run(broadcast=False)
+            self._owned = True
+
+    def _promote(self) -> None:
+        """Become the epoch loop (a step loop started inside this one)."""
+        self.role = _EPOCH
+        if self.run is not None:
+            self.run.progress(epoch=self.n + 1, total_epochs=self.total, step=0)
+
+    def _report(self, n: int) -> int:
+        """Report *n* iterations done; returns the iteration count of the next report."""
+        run = self.run
+        assert run is not None
+        self.n = n
+        if self.role == _EPOCH:
+            run.progress(epoch=n + 1, total_epochs=self.total, step=0)
+            return n + 1
+        now = time.monotonic()
+        if n == 0:
+            run.progress(step=0, total_steps=self.total)
+            self._last_n, self._last_t = 0, now
+            return 1
+        run.progress(step=n)
+        done = n - self._last_n
+        elapsed = now - self._last_t
+        self._last_n, self._last_t = n, now
+        limit = done * GROWTH
+        gap = int(done * self.interval / elapsed) if elapsed > 0 else limit
+        return n + max(1, min(gap, limit))
+
+    def _report_end(self, n: int) -> None:
+        self.n = n
+        if self.role == _STEP and self.run is not None:
+            self.run.progress(step=n)
