@@ -1118,6 +1118,12 @@ def _unregister(run: TrainingRun) -> None:
         _open_runs.discard(run)
 
 
+def open_runs() -> list[TrainingRun]:
+    """The runs of this process that are open (created and not yet closed)."""
+    with _nets_lock:
+        return list(_open_runs)
+
+
 def _excepthook(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> None:

@@ -78,9 +78,9 @@ def current_run() -> Run | None:
     run = _current[0]
     if run is not None and not run.closed:
         return run
-    # The emitter keeps its open runs for its exit hooks; read-only use here.
-    open_runs = list(getattr(emitter, "_open_runs", ()))
-    live = [r for r in open_runs if not r.closed and r.current_status not in TERMINAL_STATUSES]
+    live = [
+        r for r in emitter.open_runs() if not r.closed and r.current_status not in TERMINAL_STATUSES
+    ]
     return live[0] if len(live) == 1 else None
 
 
