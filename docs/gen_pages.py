@@ -57,6 +57,7 @@ MARKER = re.compile(r"<!-- pulse:([a-z0-9-]+) -->")
 SPEC_PAGES = {
     "protocol.md": "protocol/protocol.md",
     "hub-protocol.md": "protocol/hub-protocol.md",
+    "nats.md": "protocol/nats.md",
 }
 #: Links in the spec that point at folders; the site has index pages there.
 FOLDER_LINKS = {"](vectors/)": "](vectors/index.md)", "](schema/)": "](schema/index.md)"}
@@ -448,6 +449,7 @@ def _env_from_modules() -> dict[str, str]:
         "pulse_transports.follow",
         "pulse_transports.wire",
         "pulse_transports.supervise",
+        "pulse_transports.nats",
     ):
         try:
             module = importlib.import_module(module_name)

@@ -22,6 +22,11 @@ Guarantees (specs/hub-protocol.md):
 * Nothing here blocks the event loop on disk: run logs are read in a
   worker thread.
 
+Feeds bring events from elsewhere (e.g. :class:`pulse_transports.nats.NatsFeed`,
+``pulse nats serve``): each is a coroutine function given the bus, run as a
+task for the hub's life; it publishes to the bus as a producer connection
+does, and its failures are logged, never the hub's.
+
 Must not be imported by :mod:`pulse_core`.
 """
 
@@ -34,7 +39,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -207,16 +212,25 @@ class _Conn:
             asyncio.get_running_loop().call_later(_GRACE, transport.abort)
 
 
+#: A source of events besides producer connections: given the bus, runs until cancelled.
+Feed = Callable[[Bus], Awaitable[None]]
+
+
 class Hub:
     """The asyncio hub server.
 
     Args:
         settings: what to listen on and the limits.
         clock: the monotonic clock of the bus's rate limits.
+        feeds: event sources run as tasks from :meth:`start` to :meth:`close`.
     """
 
     def __init__(
-        self, settings: HubSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: HubSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        feeds: Sequence[Feed] = (),
     ) -> None:
         settings.check()
         self.settings = settings
@@ -237,6 +251,8 @@ class Hub:
         self._closing = False
         self._encoded: dict[int, tuple[Event, bytes]] = {}
         self.refused = 0
+        self._feeds = tuple(feeds)
+        self._feed_tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -262,8 +278,18 @@ class Hub:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 self.addresses.append(Address(host=host, port=port))
+        self._feed_tasks = [asyncio.create_task(self._run_feed(feed)) for feed in self._feeds]
         log.info("pulse hub listening", addresses=[str(a) for a in self.addresses])
         return self.addresses
+
+    async def _run_feed(self, feed: Feed) -> None:
+        """Run one feed; its failure is logged and never stops the hub."""
+        try:
+            await feed(self.bus)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a feed's bug must never stop the hub
+            log.exception("pulse hub feed failed", feed=repr(feed))
 
     async def _bind_unix(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,6 +335,10 @@ class Hub:
         self._closing = True
         for server in self._servers:
             server.close()
+        for task in self._feed_tasks:
+            task.cancel()
+        if self._feed_tasks:
+            await asyncio.wait(self._feed_tasks, timeout=2.0)
         goodbye = error_line("hub_closing", "the hub is shutting down")
         tasks = []
         for conn in list(self._conns):
@@ -620,10 +650,13 @@ def _mtime(path: Path) -> float:
 
 
 async def run_hub(
-    settings: HubSettings, stop: asyncio.Event, on_ready: Callable[[list[Address]], None]
+    settings: HubSettings,
+    stop: asyncio.Event,
+    on_ready: Callable[[list[Address]], None],
+    feeds: Sequence[Feed] = (),
 ) -> None:
-    """Start a hub, call *on_ready* with its addresses, serve until *stop* is set."""
-    hub = Hub(settings)
+    """Start a hub (with *feeds*), call *on_ready* with its addresses, serve until *stop*."""
+    hub = Hub(settings, feeds=feeds)
     try:
         addresses = await hub.start()
         on_ready(addresses)

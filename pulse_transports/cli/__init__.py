@@ -15,6 +15,7 @@ LazyGroup.lazy = {
         "bridge",
         "demo",
         "ls",
+        "nats",
         "replay",
         "run",
         "serve",
