@@ -8,6 +8,11 @@ own settings from the ``[tool.pulse.socket.hub]`` sub-table (``[socket.hub]``
 in pulse.toml). A command-line option or its environment variable wins over
 the tables, the tables over the defaults. It raises the process's open-file
 limit so the hub can hold its ``--max-connections``.
+
+``--http [HOST:]PORT`` adds the web view (:mod:`pulse_transports.web`, the
+optional extra ``pulse-v2[web]``) to the same event loop and bus: loopback
+by default; another address needs ``--allow-remote`` and the token, which
+every HTTP request must then show as well.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import contextlib
 import resource
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,8 +30,8 @@ import click
 
 from pulse_core.errors import ConfigError
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
-from pulse_transports.hub import HubAddressInUse, HubSettings, run_hub
-from pulse_transports.wire import Address, default_socket_path, parse_hostport
+from pulse_transports.hub import Hub, HubAddressInUse, HubSettings
+from pulse_transports.wire import Address, default_socket_path, is_loopback, parse_hostport
 
 #: Keys of the ``[tool.pulse.socket.hub]`` table and their types.
 HUB_KEYS: Final[Mapping[str, type]] = {
@@ -64,6 +69,21 @@ def _table(options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return table
 
 
+def parse_http(text: str) -> tuple[str, int]:
+    """Split ``--http``'s ``[HOST:]PORT``; a bare port means loopback (127.0.0.1).
+
+    Raises:
+        ValueError: naming what is wrong.
+    """
+    text = text.strip()
+    if text.isdigit():
+        port = int(text)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be 0-65535, got {port}")
+        return "127.0.0.1", port
+    return parse_hostport(text)
+
+
 def _raise_open_files(wanted: int) -> None:
     """Lift the soft RLIMIT_NOFILE towards *wanted* (never above the hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -91,16 +111,25 @@ def _raise_open_files(wanted: int) -> None:
     help="Also listen on TCP (loopback unless --allow-remote; port 0: any) [env PULSE_HUB_TCP].",
 )
 @click.option(
+    "--http",
+    metavar="[HOST:]PORT",
+    default=None,
+    envvar="PULSE_HUB_HTTP",
+    help="Also serve the web view and its JSON/SSE API (loopback unless --allow-remote; "
+    "needs pulse-v2[web]) [env PULSE_HUB_HTTP].",
+)
+@click.option(
     "--allow-remote",
     is_flag=True,
     default=None,
-    help="Permit a non-loopback --tcp address (requires --token).",
+    help="Permit a non-loopback --tcp or --http address (requires --token).",
 )
 @click.option(
     "--token",
     default=None,
     envvar="PULSE_HUB_TOKEN",
-    help="Shared secret TCP clients must send in their hello [env PULSE_HUB_TOKEN].",
+    help="Shared secret TCP clients send in their hello and HTTP clients as a Bearer "
+    "token [env PULSE_HUB_TOKEN].",
 )
 @click.option(
     "--rate",
@@ -142,6 +171,7 @@ def serve(
     home: Path | None,
     socket_path: Path | None,
     tcp: str | None,
+    http: str | None,
     allow_remote: bool | None,
     token: str | None,
     rate: float | None,
@@ -161,6 +191,7 @@ def serve(
     Examples:
       pulse serve
       pulse serve --tcp 127.0.0.1:7433
+      pulse serve --http 7434
       PULSE_HUB_TOKEN=s3cret pulse serve --tcp 0.0.0.0:7433 --allow-remote
     """
     config = resolve_config(home)
@@ -184,6 +215,12 @@ def serve(
             tcp_address = parse_hostport(str(merged["tcp"]))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--tcp") from None
+    http_address = None
+    if http:
+        try:
+            http_address = parse_http(http)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--http") from None
     socket_text = merged.pop("socket", None)
     merged.pop("tcp", None)
     settings = HubSettings(
@@ -196,10 +233,19 @@ def serve(
         settings.check()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if http_address is not None:
+        _check_http(http_address[0], settings)
+        try:
+            import pulse_transports.web  # noqa: F401 - only to fail early without the extra
+        except ImportError as exc:
+            raise click.UsageError(
+                f"--http needs the web extra: pip install 'pulse-v2[web]' ({exc})"
+            ) from None
     _raise_open_files(settings.max_connections + 64)
 
-    def ready(addresses: list[Address]) -> None:
-        click.echo("pulse hub listening on " + " ".join(str(a) for a in addresses))
+    def ready(addresses: list[Address], url: str | None) -> None:
+        words = [str(a) for a in addresses] + ([url] if url else [])
+        click.echo("pulse hub listening on " + " ".join(words))
         sys.stdout.flush()
 
     async def serve_until_signalled() -> None:
@@ -207,7 +253,7 @@ def serve(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run_hub(settings, stop, ready)
+        await _run(settings, http_address, config.stale_after, config.lost_after, stop, ready)
 
     try:
         asyncio.run(serve_until_signalled())
@@ -217,3 +263,57 @@ def serve(
     except OSError as exc:
         click.echo(f"pulse serve: cannot listen: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def _check_http(host: str, settings: HubSettings) -> None:
+    """Refuse a non-loopback HTTP address without --allow-remote and a token."""
+    if is_loopback(host):
+        return
+    if not settings.allow_remote:
+        raise click.UsageError(
+            f"refusing to serve HTTP on non-loopback address {host!r}: "
+            "pass --allow-remote (and a token) to accept other machines"
+        )
+    if not settings.token:
+        raise click.UsageError(
+            "a non-loopback --http address needs a shared token: --token or $PULSE_HUB_TOKEN"
+        )
+
+
+async def _run(
+    settings: HubSettings,
+    http: tuple[str, int] | None,
+    stale_after: float,
+    lost_after: float,
+    stop: asyncio.Event,
+    ready: Callable[[list[Address], str | None], None],
+) -> None:
+    """Run the hub (and its web view, if asked) until *stop* is set."""
+    hub = Hub(settings)
+    web = None
+    try:
+        addresses = await hub.start()
+        url = None
+        if http is not None:
+            from pulse_transports.web import WebServer, WebSettings
+
+            web = WebServer(
+                hub.bus,
+                WebSettings(
+                    home=settings.home,
+                    token=settings.token,
+                    loopback_only=is_loopback(http[0]),
+                    stale_after=stale_after,
+                    lost_after=lost_after,
+                ),
+                http[0],
+                http[1],
+                max_connections=settings.max_connections,
+            )
+            url = await web.start()
+        ready(addresses, url)
+        await stop.wait()
+    finally:
+        if web is not None:
+            await web.stop()
+        await hub.close()

@@ -1,0 +1,124 @@
+"""Liveness of the runs the hub holds, re-checked on a timer for the web view.
+
+This module owns :class:`LivenessMonitor`: every ``tick`` seconds it asks, for
+every run on the hub's bus, whether the run is alive, stale, lost or ended
+(:func:`pulse_transports.history.run_liveness`) and, when any answer changed,
+calls the listeners (the open ``/events`` streams), which push the change to
+their browsers. A browser cannot check a writer's lock; the hub can, so a
+SIGKILLed producer shows as ``lost`` within a tick, and a silent one as
+``stale`` after ``stale_after`` seconds, instead of ``running`` forever.
+
+The writer check reads the run's lock file (``<id>.lock``, held by the
+``file`` sink). A run reported only over the socket has no lock; its writer
+is then "unknown" and silence alone decides. The checks touch the disk, so
+they run in a worker thread. Must not be imported by :mod:`pulse_core`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from pulse_core.liveness import ENDED, Liveness
+from pulse_core.state import RunState
+from pulse_transports.file import lock_path
+from pulse_transports.history import check_writer, run_liveness
+from pulse_transports.inprocess import Bus
+
+log = structlog.get_logger("pulse.web")
+
+
+def liveness_now(
+    home: Path,
+    training_id: str,
+    state: RunState,
+    *,
+    now: float,
+    stale_after: float,
+    lost_after: float,
+) -> Liveness:
+    """One run's liveness, checking its writer's lock when it has one (blocking)."""
+    if state.is_terminal:
+        return ENDED
+    writer = (
+        check_writer(home, training_id, state) if lock_path(home, training_id).exists() else None
+    )
+    return run_liveness(
+        state, now=now, writer=writer, stale_after=stale_after, lost_after=lost_after
+    )
+
+
+class LivenessMonitor:
+    """Keeps :attr:`liveness` of every run on the bus current; tells listeners of changes.
+
+    Args:
+        bus: the hub's bus (its runs are the ones watched).
+        home: the PULSE home (where the runs' lock files are).
+        stale_after, lost_after: the liveness thresholds, seconds.
+        tick: seconds between two checks.
+    """
+
+    def __init__(
+        self, bus: Bus, home: Path, *, stale_after: float, lost_after: float, tick: float = 1.0
+    ) -> None:
+        self.bus = bus
+        self.home = home
+        self.stale_after = stale_after
+        self.lost_after = lost_after
+        self.tick = tick
+        #: training id -> its liveness at the last check.
+        self.liveness: dict[str, Liveness] = {}
+        self._listeners: set[Callable[[], None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call *callback* (in the event loop) after each change; returns the undo."""
+        self._listeners.add(callback)
+        return lambda: self._listeners.discard(callback)
+
+    def check(self) -> dict[str, Liveness]:
+        """Compute every held run's liveness now (blocking: reads lock files)."""
+        now = time.time()
+        return {
+            tid: liveness_now(
+                self.home,
+                tid,
+                state,
+                now=now,
+                stale_after=self.stale_after,
+                lost_after=self.lost_after,
+            )
+            for tid, state in self.bus.states().items()
+        }
+
+    async def refresh(self) -> None:
+        """Check once; tell the listeners if anything changed."""
+        fresh = await asyncio.to_thread(self.check)
+        if fresh != self.liveness:
+            self.liveness = fresh
+            for callback in list(self._listeners):
+                callback()
+
+    def start(self) -> None:
+        """Start checking every tick in the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # the monitor must outlive one bad check
+                log.exception("pulse web liveness check failed")
+            await asyncio.sleep(self.tick)
+
+    async def stop(self) -> None:
+        """Stop checking."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,446 @@
+"""The OpenAPI 3.1 description of the web view's HTTP API (served at ``/openapi.json``).
+
+This module owns the description: paths, parameters and the JSON Schemas of
+every response body, including the items of the ``/events`` stream
+(``SseBatch``). The tests validate the description itself and validate real
+responses against its schemas, so the two cannot drift apart unnoticed.
+Pure data: no I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+from pulse_core.events import STATUSES
+from pulse_transports.web.stream import SSE_PROTOCOL
+
+VERSION: Final = "1.0.0"
+
+
+def _nullable(kind: str | list[str]) -> dict[str, Any]:
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    return {"type": [*kinds, "null"]}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(
+    properties: dict[str, Any], *, closed: bool = False, required: list[str] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+    }
+    if closed:
+        out["additionalProperties"] = False
+    return out
+
+
+_NUM: Final = {"type": "number"}
+_INT: Final = {"type": "integer"}
+_STR: Final = {"type": "string"}
+_BOOL: Final = {"type": "boolean"}
+
+_SCHEMAS: Final[dict[str, Any]] = {
+    "Status": {"type": "string", "enum": list(STATUSES)},
+    "Liveness": {
+        "type": "string",
+        "enum": ["alive", "stale", "lost", "ended"],
+        "description": "ended: done/error/cancelled; lost: the writer is gone and the run "
+        "never ended; stale: silent for longer than stale_after; alive: otherwise.",
+    },
+    "Error": _obj(
+        {"error": _obj({"code": _STR, "message": _STR})},
+    ),
+    "Flow": _obj(
+        {
+            "flow_id": _nullable("string"),
+            "flow_run_id": _nullable("string"),
+            "flow_step_id": _nullable("string"),
+            "attempt": _nullable("integer"),
+        }
+    ),
+    "ErrorSummary": _obj(
+        {"error_code": _STR, "message": _STR, "is_retryable": _BOOL},
+    ),
+    "RunSummary": {
+        **_obj(
+            {
+                "training_id": _STR,
+                "name": _nullable("string"),
+                "status": _ref("Status"),
+                "liveness": _ref("Liveness"),
+                "message": _STR,
+                "progress": {
+                    **_nullable("number"),
+                    "description": "0-1: (epoch - 1 + step / total_steps) / total_epochs",
+                },
+                "epoch": _nullable("integer"),
+                "total_epochs": _nullable("integer"),
+                "step": _nullable("integer"),
+                "total_steps": _nullable("integer"),
+                "loss": _nullable("number"),
+                "best_loss": _nullable("number"),
+                "created_at": _nullable("number"),
+                "started_at": _nullable("number"),
+                "finished_at": _nullable("number"),
+                "last_event_at": _nullable("number"),
+                "duration": _nullable("number"),
+                "error": {"oneOf": [_ref("ErrorSummary"), {"type": "null"}]},
+                "error_count": _INT,
+                "flow": {"oneOf": [_ref("Flow"), {"type": "null"}]},
+            }
+        ),
+        "description": "A `pulse ls --json` row (without the server's log path).",
+    },
+    "RunList": _obj(
+        {"runs": {"type": "array", "items": _ref("RunSummary")}, "time": _NUM},
+    ),
+    "ErrorReport": _obj(
+        {
+            "error_code": _STR,
+            "message": _STR,
+            "is_retryable": _BOOL,
+            "details": _nullable("object"),
+            "epoch": _nullable("integer"),
+            "step": _nullable("integer"),
+            "timestamp": _NUM,
+            "seq": _INT,
+        }
+    ),
+    "View": {
+        **_obj(
+            {
+                "training_id": _nullable("string"),
+                "status": _ref("Status"),
+                "message": _STR,
+                "terminal": _BOOL,
+                "liveness": _ref("Liveness"),
+                "progress": _obj(
+                    {
+                        "epoch": _nullable("integer"),
+                        "total_epochs": _nullable("integer"),
+                        "step": _nullable("integer"),
+                        "total_steps": _nullable("integer"),
+                        "fraction": _nullable("number"),
+                    }
+                ),
+                "metrics": {"type": "object", "additionalProperties": _NUM},
+                "best_loss": _nullable("number"),
+                "errors": {"type": "array", "items": _ref("ErrorReport")},
+                "error_count": _INT,
+                "last_error": {"oneOf": [_ref("ErrorReport"), {"type": "null"}]},
+                "flow": {"oneOf": [_ref("Flow"), {"type": "null"}]},
+                "run": {"type": "object"},
+                "timings": {"type": "object"},
+                "timeline": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "status": _ref("Status"),
+                            "message": _STR,
+                            "timestamp": _NUM,
+                            "seq": _INT,
+                        }
+                    ),
+                },
+                "anomalies": {"type": "array"},
+                "anomaly_count": _INT,
+                "degraded": _BOOL,
+                "stats": {
+                    "type": "object",
+                    "properties": {"last_seq": _INT},
+                    "required": ["last_seq"],
+                },
+            }
+        ),
+        "description": "The v2 view of a run (specs/protocol.md, 'The v2 view').",
+    },
+    "HistoryRecord": _obj(
+        {
+            "kind": {"const": "train"},
+            "training_id": _nullable("string"),
+            "flow_id": _nullable("string"),
+            "flow_run_id": _nullable("string"),
+            "flow_step_id": _nullable("string"),
+            "attempt": _nullable("integer"),
+            "ran": _BOOL,
+            "outcome": {
+                "type": "string",
+                "enum": ["success", "error", "cancelled", "lost", "not_started", "running"],
+            },
+            "status": _ref("Status"),
+            "message": _STR,
+            "started_at": _nullable("number"),
+            "finished_at": _nullable("number"),
+            "duration": _nullable("number"),
+            "epochs": {"type": "object"},
+            "key_metrics": {"type": "object"},
+            "error": _nullable("object"),
+            "retryable": _BOOL,
+        }
+    ),
+    "V1Snapshot": {
+        **_obj(
+            {
+                "status": _ref("Status"),
+                "epoch": _INT,
+                "total_epochs": _INT,
+                "loss": _nullable("number"),
+                "message": _STR,
+                "timestamp": _nullable("string"),
+            },
+            closed=True,
+        ),
+        "description": "Exactly the six PULSE v1 keys; a lost run reads status error.",
+    },
+    "Window": _obj(
+        {
+            "x": _INT,
+            "n": _INT,
+            "first": _NUM,
+            "last": _NUM,
+            "min": _NUM,
+            "max": _NUM,
+            "t0": _NUM,
+            "t1": _NUM,
+        },
+        closed=True,
+    ),
+    "Series": _obj(
+        {
+            "width": _INT,
+            "count": _INT,
+            "windows": {"type": "array", "items": _ref("Window")},
+        },
+        closed=True,
+    ),
+    "MetricHistory": _obj(
+        {
+            "training_id": _nullable("string"),
+            "metrics": {"type": "object", "additionalProperties": _ref("Series")},
+        }
+    ),
+    "Event": {
+        **_obj(
+            {
+                "type": _STR,
+                "v": _INT,
+                "training_id": _STR,
+                "seq": {"type": "integer", "minimum": 1},
+                "timestamp": _NUM,
+            }
+        ),
+        "description": "A PULSE v2 event, encoded as in the run's log (specs/protocol.md).",
+    },
+    "SseItem": {
+        "oneOf": [
+            _ref("Event"),
+            _obj(
+                {
+                    "hello": _obj(
+                        {
+                            "protocol": {"const": SSE_PROTOCOL},
+                            "scope": _nullable("string"),
+                            "rate": _NUM,
+                            "resumed": {"type": "array", "items": _STR},
+                            "time": _NUM,
+                            "stale_after": _NUM,
+                            "lost_after": _NUM,
+                            "transitions": {
+                                "type": "object",
+                                "additionalProperties": {"type": "array", "items": _STR},
+                            },
+                        }
+                    )
+                },
+                closed=True,
+            ),
+            _obj(
+                {"snapshot": {"type": "object", "additionalProperties": _ref("View")}},
+                closed=True,
+            ),
+            _obj(
+                {
+                    "live": _obj(
+                        {"runs": {"type": "array", "items": _STR}, "time": _NUM},
+                    )
+                },
+                closed=True,
+            ),
+            _obj(
+                {
+                    "liveness": _obj(
+                        {
+                            "runs": {"type": "object", "additionalProperties": _ref("Liveness")},
+                            "time": _NUM,
+                        }
+                    )
+                },
+                closed=True,
+            ),
+            _obj(
+                {"resync": _obj({"reason": _STR, "buffered": _INT})},
+                closed=True,
+            ),
+        ]
+    },
+    "SseBatch": {
+        "type": "array",
+        "items": _ref("SseItem"),
+        "description": "The data of one /events message.",
+    },
+}
+
+_TID_PARAM: Final = {
+    "name": "training_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+}
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+_ERRORS: Final = {
+    "400": _json("Error", "A malformed parameter (bad_training_id, bad_limit, bad_rate)."),
+    "401": _json("Error", "This hub has a token and the request did not show it."),
+    "403": _json("Error", "A loopback-only hub was reached under another host name."),
+}
+
+
+def _run_path(summary: str, schema: str, description: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": [_TID_PARAM],
+            "responses": {
+                "200": _json(schema, description),
+                "404": _json("Error", "No such run: the hub does not hold it and it has no log."),
+                **_ERRORS,
+            },
+        }
+    }
+
+
+_EVENTS_DOC: Final = """\
+Server-sent events. Each message's `data` is one JSON array (schema `SseBatch`):
+events (objects with a `type`) and control items (`hello`, `snapshot`, `live`,
+`liveness`, `resync`). Per run and per stream (progress, metrics, heartbeat) at most
+`rate` values per second are sent (leading and trailing edge, the last value always
+arrives); status, error, meta and dropped events are never dropped; a run's events come
+in seq order, each at most once. A message that moves the cursor has an `id`: the
+highest seq the client holds per run, `training_id:seq` pairs joined by commas.
+Reconnecting with it (`Last-Event-ID` header, or `last_event_id`) resumes every named
+run after that seq -- also after a hub restart, from the run's log -- and sends a
+snapshot of every other run. A client that falls behind gets a `resync` item and the
+stream ends: reconnect with the last id."""
+
+_PATHS: Final[dict[str, Any]] = {
+    "/api/runs": {
+        "get": {
+            "summary": "Runs: those the hub holds live and the newest on disk, newest first",
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                }
+            ],
+            "responses": {"200": _json("RunList", "The runs."), **_ERRORS},
+        }
+    },
+    "/api/runs/{training_id}": _run_path("One run's v2 view", "View", "The v2 view."),
+    "/api/runs/{training_id}/history": _run_path(
+        "One run's Flow History record", "HistoryRecord", "The history record."
+    ),
+    "/api/runs/{training_id}/v1": _run_path(
+        "One run's PULSE v1 snapshot", "V1Snapshot", "The six v1 keys."
+    ),
+    "/api/runs/{training_id}/metrics": {
+        "get": {
+            **_run_path("One run's downsampled metric history", "MetricHistory", "The series.")[
+                "get"
+            ],
+            "parameters": [
+                _TID_PARAM,
+                {
+                    "name": "names",
+                    "in": "query",
+                    "description": "Only these metrics (comma-separated).",
+                    "schema": {"type": "string"},
+                },
+            ],
+        }
+    },
+    "/events": {
+        "get": {
+            "summary": "Live updates (server-sent events)",
+            "description": _EVENTS_DOC,
+            "parameters": [
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "description": "The id of the last message received: resume after it.",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "last_event_id",
+                    "in": "query",
+                    "description": "The same, for clients that cannot set the header "
+                    "(the header wins).",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "run",
+                    "in": "query",
+                    "description": "Only this training id.",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "rate",
+                    "in": "query",
+                    "description": "At most this many updates per second per run and stream; "
+                    "the hub's --rate (default 10) is the most.",
+                    "schema": {"type": "number", "exclusiveMinimum": 0},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "An endless text/event-stream; data items: SseBatch.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **_ERRORS,
+                "503": _json("Error", "The hub is shutting down (hub_closing): reconnect."),
+            },
+        }
+    },
+}
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 description (a fresh copy each call)."""
+    return copy.deepcopy(_DOCUMENT)
+
+
+_DOCUMENT: Final[dict[str, Any]] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "PULSE hub web API",
+        "version": VERSION,
+        "description": "Live and recorded status of training runs, served by "
+        "`pulse serve --http`. With a token, send `Authorization: Bearer <token>`.",
+    },
+    "components": {
+        "schemas": _SCHEMAS,
+        "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+    },
+    "security": [{}, {"token": []}],
+    "paths": _PATHS,
+}

@@ -1,0 +1,300 @@
+"""The ``/events`` server-sent-events stream: the hub's subscriber protocol over HTTP.
+
+This module owns one browser's stream (:class:`EventStream`) and the SSE
+framing. It is a hub subscription (:meth:`pulse_transports.inprocess.Bus.stream`)
+-- the same catch-up, per-subscriber rate limit, seq order, never-dropped
+status/error events and slow-subscriber bound as a socket subscriber
+(specs/hub-protocol.md, section 4) -- written as SSE messages:
+
+* Each message's ``data`` is one JSON array of *items*, everything the
+  subscription had due at that moment. An item is an event (an object with a
+  ``type``, encoded as in the run's log) or an object with exactly one key:
+  ``hello`` (first message only), ``snapshot`` (``{training_id: v2 view}``),
+  ``live`` (the catch-up is over), ``liveness`` (``{"runs": {training_id:
+  liveness}}``: what changed since the stream last said) or ``resync`` (the
+  client fell behind; the stream ends and the client reconnects).
+* A message that moves the cursor carries ``id:`` = the cursor after it
+  (:mod:`pulse_transports.web.cursor`): the highest seq the client holds per
+  run. A browser sends it back as ``Last-Event-ID`` when it reconnects (or a
+  page passes it as ``?last_event_id=``), and the stream resumes from it:
+  every run in the cursor gets exactly the events after its seq (from the
+  bus's recent events, else the run's log), runs not in it a snapshot. So a
+  reconnect -- after a dropped connection, a resync or a hub restart --
+  loses nothing and repeats nothing.
+* ``retry:`` asks the browser to reconnect after ``retry_ms``; a comment line
+  every ``keepalive`` seconds keeps idle connections open.
+
+Backpressure: at most two batches (256 items each) wait between the bus and
+the socket; beyond that items wait in the subscription's bounded mailbox,
+which coalesces and finally resyncs a client that does not read.
+Must not be imported by :mod:`pulse_core`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import structlog
+
+from pulse_core.codec import encode
+from pulse_core.errors import PulseError
+from pulse_core.events import STATUSES, Event
+from pulse_core.lifecycle import allowed_targets
+from pulse_core.liveness import LOST, Liveness, liveness_of
+from pulse_core.projections import to_view
+from pulse_transports.history import load_run
+from pulse_transports.hub import read_log
+from pulse_transports.inprocess import AsyncSubscription, Bus, Item, StateSnapshot
+from pulse_transports.web.cursor import format_cursor
+from pulse_transports.web.monitor import LivenessMonitor
+from pulse_transports.wire import Live, Resync
+
+log = structlog.get_logger("pulse.web")
+
+#: The stream's own protocol name and version, in its hello.
+SSE_PROTOCOL: Final = "pulse-sse/1"
+#: Items taken from the subscription per message.
+BATCH: Final = 256
+#: Legal status moves, for clients that fold events themselves (from pulse_core.lifecycle).
+TRANSITIONS: Final[Mapping[str, list[str]]] = {s: allowed_targets(s) for s in STATUSES}
+
+
+def sse_message(data: bytes, event_id: str | None = None) -> bytes:
+    """One SSE message: an optional ``id`` line and one ``data`` line (no newlines in it)."""
+    head = b"id: " + event_id.encode() + b"\n" if event_id is not None else b""
+    return head + b"data: " + data + b"\n\n"
+
+
+class EncodedEvents:
+    """Every stream sends the same event object: encode it once (a small cache)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._cache: dict[int, tuple[Event, bytes]] = {}
+
+    def __call__(self, event: Event) -> bytes:
+        cached = self._cache.get(id(event))
+        if cached is not None and cached[0] is event:
+            return cached[1]
+        data = encode(event).rstrip(b"\n")
+        if len(self._cache) >= self.size:
+            self._cache.clear()
+        self._cache[id(event)] = (event, data)
+        return data
+
+
+class EventStream:
+    """One client's ``/events`` stream.
+
+    Args:
+        bus: the hub's bus.
+        monitor: the liveness monitor (its changes are pushed as ``liveness`` items).
+        home: the PULSE home (logs of runs to resume that the bus no longer covers).
+        encoded: the shared event encoder.
+        scope: only this run (None: every run).
+        interval: this client's rate limit: least seconds between two values
+            of one stream (progress, metrics, heartbeat) of a run.
+        resume: the client's cursor: highest seq held per run.
+        retry_ms: the reconnect delay asked of the browser.
+        keepalive: seconds of silence after which a comment line is sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        monitor: LivenessMonitor,
+        home: Path,
+        encoded: EncodedEvents,
+        scope: str | None,
+        interval: float,
+        resume: Mapping[str, int],
+        retry_ms: int = 1000,
+        keepalive: float = 15.0,
+    ) -> None:
+        self.bus = bus
+        self.monitor = monitor
+        self.home = home
+        self.encoded = encoded
+        self.scope = scope
+        self.interval = interval
+        self.resume = {t: s for t, s in resume.items() if scope is None or t == scope}
+        self.retry_ms = retry_ms
+        self.keepalive = keepalive
+        #: what the client holds: highest seq per run (the SSE id).
+        self.cursor: dict[str, int] = {}
+        #: the liveness the client was last told, per run.
+        self.told: dict[str, Liveness] = {}
+        self._pending: list[list[Item]] = []
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._liveness_due = True  # after the catch-up, say every run's liveness once
+        #: liveness of resumed runs the bus does not hold (read from their logs).
+        self._offline: dict[str, Liveness] = {}
+        self._closed = False
+
+    def close(self) -> None:
+        """End the stream soon (the hub is closing)."""
+        self._closed = True
+        self._wake.set()
+
+    def _liveness_changed(self) -> None:
+        self._liveness_due = True
+        self._wake.set()
+
+    async def _subscribe(self) -> AsyncSubscription:
+        """Attach to the bus, with the logs of runs to resume that memory no longer covers."""
+        history: dict[str, list[Event]] = {}
+        for tid, after in self.resume.items():
+            if not self.bus.covers(tid, after):
+                past = await asyncio.to_thread(read_log, self.home, tid, after)
+                if past is not None:
+                    history[tid] = past
+                    if self.bus.last_seq(tid) is None:
+                        self._offline[tid] = await asyncio.to_thread(self._log_liveness, tid)
+        sub = self.bus.stream(
+            training_id=self.scope,
+            interval=self.interval,
+            resume=self.resume,
+            history=history,
+            marker=True,
+        )
+        held = self.bus.states()
+        for tid, after in self.resume.items():
+            if tid in held or tid in history:
+                self.cursor[tid] = after
+        return sub
+
+    def _log_liveness(self, training_id: str) -> Liveness:
+        """The liveness of a run the bus does not hold, from its log (blocking)."""
+        try:
+            record = load_run(
+                self.home,
+                training_id,
+                stale_after=self.monitor.stale_after,
+                lost_after=self.monitor.lost_after,
+            )
+        except PulseError:
+            return LOST
+        return record.liveness
+
+    async def _pump(self, sub: AsyncSubscription) -> None:
+        """Move due items from the subscription to the stream, two batches ahead at most."""
+        self._room.set()
+        while True:
+            await self._room.wait()
+            self._room.clear()
+            items = await sub.batch(BATCH)
+            self._pending.append(items)
+            self._wake.set()
+            if not items or isinstance(items[-1], Resync):
+                return
+
+    def _hello(self) -> dict[str, Any]:
+        return {
+            "hello": {
+                "protocol": SSE_PROTOCOL,
+                "scope": self.scope,
+                "rate": 1.0 / self.interval,
+                "resumed": sorted(self.resume),
+                "time": time.time(),
+                "stale_after": self.monitor.stale_after,
+                "lost_after": self.monitor.lost_after,
+                "transitions": TRANSITIONS,
+            }
+        }
+
+    def _item(self, item: Item, parts: list[bytes]) -> bool:
+        """Append an item's JSON to *parts*, note it in the cursor; True if it ends the stream."""
+        if isinstance(item, Event):
+            parts.append(self.encoded(item))
+            tid = item.training_id
+            if item.seq > self.cursor.get(tid, 0):
+                self.cursor[tid] = item.seq
+            return False
+        if isinstance(item, StateSnapshot):
+            tid = item.training_id
+            now = time.time()
+            live = self.monitor.liveness.get(tid) or liveness_of(
+                item.state,
+                now=now,
+                stale_after=self.monitor.stale_after,
+                lost_after=self.monitor.lost_after,
+            )
+            view = to_view(item.state, now=now, liveness=live)
+            parts.append(orjson.dumps({"snapshot": {tid: view}}))
+            self.cursor[tid] = max(self.cursor.get(tid, 0), item.state.last_seq)
+            self.told[tid] = view["liveness"]
+            return False
+        if isinstance(item, Live):
+            parts.append(orjson.dumps({"live": {"runs": list(item.runs), "time": item.time}}))
+            return False
+        if isinstance(item, Resync):
+            parts.append(
+                orjson.dumps({"resync": {"reason": item.reason, "buffered": item.buffered}})
+            )
+            return True
+        return False
+
+    def _liveness_item(self) -> bytes | None:
+        """The liveness changes of runs the client holds, or None."""
+        changed: dict[str, Liveness] = {}
+        for tid, value in (self._offline | self.monitor.liveness).items():
+            if tid in self.cursor and self.told.get(tid) != value:
+                changed[tid] = value
+                self.told[tid] = value
+        if not changed:
+            return None
+        return orjson.dumps({"liveness": {"runs": changed, "time": time.time()}})
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The response body: SSE messages until the client leaves or the hub closes."""
+        sub = await self._subscribe()
+        unlisten = self.monitor.listen(self._liveness_changed)
+        pump = asyncio.get_running_loop().create_task(self._pump(sub))
+        try:
+            yield f"retry: {self.retry_ms}\n\n".encode() + sse_message(
+                orjson.dumps([self._hello()])
+            )
+            while True:
+                if not self._wake.is_set():
+                    try:
+                        async with asyncio.timeout(self.keepalive):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        yield b": keepalive\n\n"
+                        continue
+                self._wake.clear()
+                batches, self._pending = self._pending, []
+                if batches:
+                    self._room.set()
+                elif self._closed:
+                    return
+                before = dict(self.cursor)
+                parts: list[bytes] = []
+                ended = False
+                for items in batches:
+                    if not items:
+                        ended = True
+                    for item in items:
+                        ended = self._item(item, parts) or ended
+                if self._liveness_due:
+                    self._liveness_due = False
+                    liveness = self._liveness_item()
+                    if liveness is not None:
+                        parts.append(liveness)
+                if parts:
+                    moved = self.cursor != before
+                    data = b"[" + b",".join(parts) + b"]"
+                    yield sse_message(data, format_cursor(self.cursor) if moved else None)
+                if ended or self._closed:
+                    return  # closing: what was taken went out; the cursor resumes the rest
+        finally:
+            unlisten()
+            pump.cancel()
+            sub.close()
