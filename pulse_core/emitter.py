@@ -26,28 +26,48 @@ hot path from one thread at a time.
 The default sinks come from configuration through the ``pulse.config`` entry
 point (installed by ``pulse_transports``), so this module never imports the
 transports package.
+
+This module is the emitter's public face; its private parts live beside it:
+``_route`` (one sink's throttle and failure buffer), ``_safety`` (the
+process-wide excepthook, atexit and signal nets, and the registry of open
+runs behind :func:`open_runs`), ``_defaults`` (settings from the environment
+and the ``pulse.config`` entry points) and ``_value`` (turning given values
+into event fields).
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
 import os
 import secrets
-import signal
 import socket
-import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Final, SupportsFloat, SupportsInt
 
 import structlog
 
+from pulse_core._defaults import (
+    _default_sinks,
+    _env_flag,
+    _env_int,
+    _positive,
+    _run_defaults,
+)
+from pulse_core._route import _Route
+from pulse_core._safety import (
+    _quietly,
+    _register,
+    _unregister,
+    _unwatch_signals,
+    _watch_signals,
+)
+from pulse_core._safety import open_runs as open_runs  # noqa: PLC0414 - public, re-exported
+from pulse_core._value import _as_float, _as_int, _json_safe
 from pulse_core.errors import IllegalTransition, PulseError
 from pulse_core.events import (
     STATUSES,
@@ -64,14 +84,7 @@ from pulse_core.events import (
     validate_training_id,
 )
 from pulse_core.lifecycle import next_status
-from pulse_core.policy import (
-    BUFFER_EVENTS,
-    HEARTBEAT_INTERVAL,
-    LOG_EVERY,
-    POISON_ATTEMPTS,
-    background_tick,
-    retry_delay,
-)
+from pulse_core.policy import HEARTBEAT_INTERVAL, background_tick
 from pulse_core.ports import Sink
 
 log = structlog.get_logger("pulse.emitter")
@@ -91,7 +104,6 @@ ENV_HEARTBEAT_INTERVAL: Final = "PULSE_HEARTBEAT_INTERVAL"
 _METRIC_NAMES_MAX: Final = 64
 _INF: Final = float("inf")
 _NOT_STARTED: Final = frozenset({"idle", "preparing"})
-_SAMPLE_TYPES: Final = (Progress, Metrics, Heartbeat)
 
 # -- training ids ------------------------------------------------------------------
 
@@ -146,285 +158,6 @@ def classify_exception(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, MemoryError):
         return "OUT_OF_MEMORY", True
     return "UNHANDLED_EXCEPTION", False
-
-
-# -- value conversion (only when an event is built) ------------------------------------
-
-
-def _as_int(value: Any) -> int | None:
-    if value is None or value.__class__ is int:
-        return value
-    try:
-        number = int(value)
-    except (TypeError, ValueError, OverflowError, RuntimeError):
-        return None
-    try:
-        return number if number == value else None
-    except Exception:  # noqa: BLE001 - an exotic number type must not break reporting
-        return None
-
-
-def _as_float(value: Any) -> float | None:
-    if value is None or value.__class__ is float:
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError, OverflowError, RuntimeError):
-        return None
-
-
-def _json_safe(value: Any, depth: int = 0) -> Any:
-    """Turn *value* into plain JSON data (unknown objects become their ``str``)."""
-    if value is None or value.__class__ in (str, int, bool):
-        return value
-    if isinstance(value, float):
-        return value if value == value and value not in (_INF, -_INF) else str(value)
-    if depth > 8:
-        return str(value)[:200]
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v, depth + 1) for k, v in list(value.items())[:100]}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_json_safe(v, depth + 1) for v in list(value)[:100]]
-    number = _as_int(value) if isinstance(value, int) else None
-    if number is not None:
-        return number
-    return str(value)[:1000]
-
-
-# -- one sink as the run sees it --------------------------------------------------------
-
-
-class _Route:
-    """One sink as the run sees it: its throttle and its failure buffer.
-
-    The run holds its lock around every method call.
-
-    Counters (see :meth:`TrainingRun.sink_stats`): ``failures`` is the
-    current streak of failed writes (0 when healthy), ``failures_total`` all
-    of them; ``dropped`` is what was dropped and not yet reported by a
-    ``dropped`` event, ``dropped_total`` all of it; ``coalesced`` counts held
-    progress/metrics/heartbeats that a newer one replaced while failing.
-    """
-
-    __slots__ = (
-        "boundaries",
-        "buffer",
-        "coalesced",
-        "dropped",
-        "dropped_total",
-        "failures",
-        "failures_total",
-        "head_attempts",
-        "interval",
-        "last_error",
-        "last_write",
-        "name",
-        "next_at",
-        "opened",
-        "retry_at",
-        "sent_metrics",
-        "sent_progress",
-        "sink",
-        "training_id",
-    )
-
-    def __init__(self, sink: Sink, training_id: str) -> None:
-        self.sink = sink
-        self.training_id = training_id
-        self.name = str(getattr(sink, "name", type(sink).__name__))
-        try:
-            interval = float(getattr(sink, "interval", 0.1))
-        except (TypeError, ValueError):
-            interval = 0.1
-        self.interval = interval if interval >= 0 else 0.0
-        self.boundaries = bool(getattr(sink, "boundaries", False))
-        self.next_at = -_INF
-        self.sent_progress = 0  # generation of the last progress sent
-        self.sent_metrics = 0
-        self.buffer: deque[Event] = deque()
-        self.opened = True
-        self.failures = 0
-        self.failures_total = 0
-        self.head_attempts = 0
-        self.retry_at = 0.0
-        self.dropped = 0
-        self.dropped_total = 0
-        self.coalesced = 0
-        self.last_write = -_INF
-        self.last_error = ""
-
-    @property
-    def degraded(self) -> bool:
-        return bool(self.buffer) or self.failures > 0 or not self.opened or self.dropped > 0
-
-    @property
-    def healthy(self) -> bool:
-        """Open and holding nothing: the next event goes straight to the sink."""
-        return self.opened and not self.buffer
-
-    def open_failed(self, exc: Exception, now: float) -> None:
-        """Record that the sink could not be opened; :meth:`retry` opens it later."""
-        self.opened = False
-        self._failed(exc, now)
-
-    def send(self, event: Event, now: float, always_fits: bool = False) -> bool:
-        """Deliver or buffer *event*; True if the sink took it now.
-
-        With *always_fits* a full buffer takes the event without dropping
-        another (for the few events that end a run or report drops).
-        """
-        self.last_write = now
-        if self.buffer or not self.opened:
-            self.retry(now)
-            if self.buffer or not self.opened:
-                self._hold(event, always_fits)
-                return False
-        try:
-            self.sink.write(event)
-        except Exception as exc:  # noqa: BLE001 - any sink failure is contained
-            self._failed(exc, now)
-            self._hold(event, always_fits)
-            self.head_attempts = 0 if isinstance(exc, OSError) else 1
-            return False
-        return True
-
-    def retry(self, now: float, force: bool = False) -> None:
-        """Reopen the sink if needed and drain the buffer (when a retry is due).
-
-        The run reports drops (a ``dropped`` event) once the route is healthy.
-        """
-        if (not self.buffer and self.opened) or (now < self.retry_at and not force):
-            return
-        if not self.opened and not self._reopen(now):
-            return
-        buffer = self.buffer
-        while buffer:
-            try:
-                self.sink.write(buffer[0])
-            except Exception as exc:  # noqa: BLE001 - contained, retried later
-                if not isinstance(exc, OSError):
-                    # Not an I/O condition that may pass: the sink may never
-                    # take this event. Give it a few tries, then drop it so
-                    # the events behind it are not stuck forever.
-                    self.head_attempts += 1
-                    if self.head_attempts >= POISON_ATTEMPTS:
-                        victim = buffer.popleft()
-                        self.head_attempts = 0
-                        self._drop(victim, exc)
-                        continue
-                self._failed(exc, now)
-                return
-            buffer.popleft()
-            self.head_attempts = 0
-        if self.failures:
-            log.info(
-                "pulse sink recovered",
-                sink=self.name,
-                training_id=self.training_id,
-                failures=self.failures,
-                dropped=self.dropped,
-            )
-        self.failures = 0
-        self.retry_at = 0.0
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "failures": self.failures,
-            "failures_total": self.failures_total,
-            "buffered": len(self.buffer),
-            "dropped": self.dropped,
-            "dropped_total": self.dropped_total,
-            "coalesced": self.coalesced,
-            "opened": self.opened,
-            "degraded": self.degraded,
-            "last_error": self.last_error,
-        }
-
-    def _reopen(self, now: float) -> bool:
-        try:
-            held = self.sink.open(self.training_id)
-        except Exception as exc:  # noqa: BLE001 - still unavailable: retried later
-            self._failed(exc, now)
-            return False
-        self.opened = True
-        log.info("pulse sink opened after failing", sink=self.name, training_id=self.training_id)
-        if isinstance(held, int) and not isinstance(held, bool) and held > 0:
-            log.warning(
-                "pulse sink opened late on a log that already has events; "
-                "readers may skip this run's early events as duplicates",
-                sink=self.name,
-                training_id=self.training_id,
-                last_seq=held,
-            )
-        return True
-
-    def _failed(self, exc: Exception, now: float) -> None:
-        self.failures += 1
-        self.failures_total += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-        self.retry_at = now + retry_delay(self.failures)
-        if self.failures == 1 or self.failures % LOG_EVERY == 0:
-            log.warning(
-                "pulse sink failed; buffering and retrying",
-                sink=self.name,
-                training_id=self.training_id,
-                error=self.last_error,
-                failures=self.failures,
-                buffered=len(self.buffer),
-            )
-
-    def _drop(self, event: Event, exc: Exception | None = None) -> None:
-        self.dropped += 1
-        self.dropped_total += 1
-        if self.dropped_total == 1 or self.dropped_total % LOG_EVERY == 0:
-            log.warning(
-                "pulse sink dropped an event",
-                sink=self.name,
-                training_id=self.training_id,
-                kind=type(event).__name__,
-                seq=event.seq,
-                reason=(
-                    f"the sink rejected it {POISON_ATTEMPTS} times: {type(exc).__name__}: {exc}"
-                    if exc is not None
-                    else f"the buffer of a failing sink is full ({BUFFER_EVENTS} events)"
-                )[:300],
-                dropped_total=self.dropped_total,
-            )
-
-    def _hold(self, event: Event, always_fits: bool = False) -> None:
-        buffer = self.buffer
-        if isinstance(event, _SAMPLE_TYPES):
-            # Coalesce: a newer value supersedes the same kind held since the
-            # last status/error/meta event (order of those is kept).
-            for index in range(len(buffer) - 1, -1, -1):
-                held = buffer[index]
-                if held.__class__ is event.__class__:
-                    del buffer[index]
-                    self.coalesced += 1
-                    if index == 0:
-                        self.head_attempts = 0
-                    break
-                if not isinstance(held, _SAMPLE_TYPES):
-                    break
-        if len(buffer) >= BUFFER_EVENTS and not always_fits:
-            victim = next(
-                (i for i, e in enumerate(buffer) if isinstance(e, _SAMPLE_TYPES)),
-                None,
-            )
-            if victim is None:
-                if isinstance(event, _SAMPLE_TYPES):
-                    # Only statuses/errors are held: the new sample gives way,
-                    # never one of them.
-                    self._drop(event)
-                    return
-                victim = 0
-            if victim == 0:
-                self.head_attempts = 0
-            dropped = buffer[victim]
-            del buffer[victim]
-            self._drop(dropped)
-        buffer.append(event)
 
 
 # -- the run -------------------------------------------------------------------------
@@ -1090,170 +823,3 @@ class TrainingRun:
                 self.tick()
             except Exception:
                 log.exception("pulse background tick failed", training_id=self.training_id)
-
-
-# -- process-wide safety nets ------------------------------------------------------
-
-_open_runs: set[TrainingRun] = set()
-_nets_lock = threading.Lock()
-_hooks_installed = False
-_previous_excepthook = sys.excepthook
-_signal_runs: set[TrainingRun] = set()
-_previous_handlers: dict[int, Any] = {}
-
-
-def _register(run: TrainingRun) -> None:
-    global _hooks_installed, _previous_excepthook  # noqa: PLW0603 - one process-wide hook
-    with _nets_lock:
-        _open_runs.add(run)
-        if not _hooks_installed:
-            _hooks_installed = True
-            _previous_excepthook = sys.excepthook
-            sys.excepthook = _excepthook
-            atexit.register(_at_exit)
-
-
-def _unregister(run: TrainingRun) -> None:
-    with _nets_lock:
-        _open_runs.discard(run)
-
-
-def open_runs() -> list[TrainingRun]:
-    """The runs of this process that are open (created and not yet closed)."""
-    with _nets_lock:
-        return list(_open_runs)
-
-
-def _excepthook(
-    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-) -> None:
-    """An uncaught exception ends every open run as error (or cancelled), then is printed."""
-    with _nets_lock:
-        runs = list(_open_runs)
-    for run in runs:
-        _quietly(functools.partial(run.fail_with, exc))
-        _quietly(run.close)
-    _previous_excepthook(exc_type, exc, tb)
-
-
-def _at_exit() -> None:
-    """The interpreter is exiting with runs open: record an honest end for each."""
-    with _nets_lock:
-        runs = list(_open_runs)
-    for run in runs:
-        if run.cancel_requested:
-            _quietly(functools.partial(run.cancel, run._cancel_reason or "cancelled"))
-        elif run.current_status not in TERMINAL_STATUSES:
-            _quietly(
-                functools.partial(
-                    run.error,
-                    "PROCESS_EXITED_WITHOUT_RESULT",
-                    "the interpreter exited while the run was still open",
-                )
-            )
-        _quietly(run.close)
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    name = signal.Signals(signum).name
-    with _nets_lock:
-        runs = list(_signal_runs)
-    for run in runs:
-        run.request_cancel(f"cancelled by {name}")
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise SystemExit(128 + signum)
-
-
-def _watch_signals(run: TrainingRun) -> bool:
-    """Turn SIGTERM/SIGINT into a cancel of *run*; False outside the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        log.warning("pulse: handle_signals ignored outside the main thread")
-        return False
-    with _nets_lock:
-        if not _signal_runs:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                _previous_handlers[signum] = signal.signal(signum, _on_signal)
-        _signal_runs.add(run)
-    return True
-
-
-def _unwatch_signals(run: TrainingRun) -> None:
-    """Stop watching for *run*; the last one restores the previous handlers."""
-    with _nets_lock:
-        _signal_runs.discard(run)
-        if _signal_runs or not _previous_handlers:
-            return
-        if threading.current_thread() is not threading.main_thread():
-            return  # only the main thread may set handlers; ours stays harmless
-        for signum, previous in list(_previous_handlers.items()):
-            if signal.getsignal(signum) is _on_signal:
-                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        _previous_handlers.clear()
-
-
-def _quietly(call: Callable[[], object]) -> None:
-    try:
-        call()
-    except Exception:
-        log.exception("pulse cleanup step failed")
-
-
-def _env_flag(environ: Mapping[str, str], name: str) -> bool:
-    return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _env_int(environ: Mapping[str, str], name: str) -> int | None:
-    text = environ.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        log.warning("pulse: ignoring a bad setting", setting=name, value=text[:60])
-        return None
-
-
-def _positive(value: Any, default: float, what: str) -> float:
-    if value is None or value == "":
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if not number > 0 or number == _INF:
-        log.warning("pulse: ignoring a bad setting", setting=what, value=repr(value)[:60])
-        return default
-    return number
-
-
-def _entry_point(name: str) -> Any:
-    # Imported here: importlib.metadata costs milliseconds that a run started
-    # with explicit sinks and settings should not pay.
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="pulse.config"):
-        if ep.name == name:
-            return ep.load()
-    return None
-
-
-def _run_defaults(environ: Mapping[str, str]) -> Mapping[str, Any]:
-    """Run settings from configuration (``pulse.config`` entry point ``run_defaults``)."""
-    factory = _entry_point("run_defaults")
-    if factory is None:
-        return {}
-    defaults: Mapping[str, Any] = factory(environ)
-    return defaults
-
-
-def _default_sinks(environ: Mapping[str, str]) -> list[Sink]:
-    """Sinks from configuration, via the ``pulse.config`` entry point."""
-    factory = _entry_point("default_sinks")
-    if factory is None:
-        raise PulseError(
-            "no sinks given and no 'pulse.config' entry point installed; "
-            "pass sinks=[...] or install pulse-v2 with its transports"
-        )
-    sinks: list[Sink] = factory(environ)
-    return sinks

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pulse_core import emitter
+from pulse_core import _defaults, _route, _safety, emitter
 from pulse_core.emitter import TrainingRun
 from pulse_core.testing import FakeClock
 
@@ -45,7 +45,8 @@ class LogRecorder:
 def logs(monkeypatch: pytest.MonkeyPatch) -> LogRecorder:
     """What the emitter logs through structlog, whatever structlog's configuration."""
     recorder = LogRecorder()
-    monkeypatch.setattr(emitter, "log", recorder)
+    for module in (emitter, _route, _safety, _defaults):  # each logs through its own `log`
+        monkeypatch.setattr(module, "log", recorder)
     return recorder
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pulse_core import emitter
+from pulse_core import _defaults, _route, _safety, emitter
 from pulse_core.emitter import TrainingRun
 from pulse_core.errors import RunLocked
 from pulse_core.events import (
@@ -46,7 +46,8 @@ class Recorder:
 def logs(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     """The emitter's log records."""
     recorder = Recorder()
-    monkeypatch.setattr(emitter, "log", recorder)
+    for module in (emitter, _route, _safety, _defaults):  # each logs through its own `log`
+        monkeypatch.setattr(module, "log", recorder)
     return recorder
 
 
@@ -171,7 +172,7 @@ class TestFailingSink:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """A full buffer drops (counts) events; a dropped event reports them on recovery."""
-        monkeypatch.setattr(emitter, "BUFFER_EVENTS", 20)
+        monkeypatch.setattr(_route, "BUFFER_EVENTS", 20)
         bad = FailingSink(interval=0.0)
         run = make_run("fault-4", sinks=[bad])
         bad.failing = True
@@ -205,7 +206,7 @@ class TestFailingSink:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """A buffer full of statuses drops a new progress value, never a held status."""
-        monkeypatch.setattr(emitter, "BUFFER_EVENTS", 10)
+        monkeypatch.setattr(_route, "BUFFER_EVENTS", 10)
         bad = FailingSink(interval=0.0)
         run = make_run("fault-4b", sinks=[bad])
         bad.failing = True
@@ -231,7 +232,7 @@ class TestFailingSink:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Still failing when the run ends: the dropped event is queued before the end status."""
-        monkeypatch.setattr(emitter, "BUFFER_EVENTS", 10)
+        monkeypatch.setattr(_route, "BUFFER_EVENTS", 10)
         bad = FailingSink(interval=0.0)
         run = make_run("fault-5", sinks=[bad])
         bad.failing = True

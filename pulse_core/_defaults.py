@@ -1,0 +1,82 @@
+"""Where a run's defaults come from: the environment and the ``pulse.config`` entry points.
+
+This module owns reading the run settings the emitter is not given: the
+``PULSE_*`` flags and numbers (a bad value is logged and ignored), and the
+default sinks and run settings from configuration, through the
+``pulse.config`` entry points that ``pulse_transports`` installs -- so
+:mod:`pulse_core` never imports :mod:`pulse_transports`, and must not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import structlog
+
+from pulse_core.errors import PulseError
+from pulse_core.ports import Sink
+
+log = structlog.get_logger("pulse.emitter")
+
+_INF: Final = float("inf")
+
+
+def _env_flag(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int | None:
+    text = environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        log.warning("pulse: ignoring a bad setting", setting=name, value=text[:60])
+        return None
+
+
+def _positive(value: Any, default: float, what: str) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not number > 0 or number == _INF:
+        log.warning("pulse: ignoring a bad setting", setting=what, value=repr(value)[:60])
+        return default
+    return number
+
+
+def _entry_point(name: str) -> Any:
+    # Imported here: importlib.metadata costs milliseconds that a run started
+    # with explicit sinks and settings should not pay.
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="pulse.config"):
+        if ep.name == name:
+            return ep.load()
+    return None
+
+
+def _run_defaults(environ: Mapping[str, str]) -> Mapping[str, Any]:
+    """Run settings from configuration (``pulse.config`` entry point ``run_defaults``)."""
+    factory = _entry_point("run_defaults")
+    if factory is None:
+        return {}
+    defaults: Mapping[str, Any] = factory(environ)
+    return defaults
+
+
+def _default_sinks(environ: Mapping[str, str]) -> list[Sink]:
+    """Sinks from configuration, via the ``pulse.config`` entry point."""
+    factory = _entry_point("default_sinks")
+    if factory is None:
+        raise PulseError(
+            "no sinks given and no 'pulse.config' entry point installed; "
+            "pass sinks=[...] or install pulse-v2 with its transports"
+        )
+    sinks: list[Sink] = factory(environ)
+    return sinks

@@ -1,0 +1,260 @@
+"""One sink as a run sees it: its throttle and its failure buffer.
+
+This module owns :class:`_Route`, the emitter's per-sink state: when the
+sink is next due (its rate limit), the bounded buffer of events a failing
+sink could not take (coalescing progress/metrics/heartbeats, dropping the
+oldest samples first, never statuses or errors while samples remain),
+retries with backoff, poison events given up after a few tries, and the
+drop and failure counters behind :meth:`~pulse_core.emitter.TrainingRun.sink_stats`.
+Limits come from :mod:`pulse_core.policy`. Uses structlog like the emitter;
+must never import :mod:`pulse_transports`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Final
+
+import structlog
+
+from pulse_core.events import Event, Heartbeat, Metrics, Progress
+from pulse_core.policy import BUFFER_EVENTS, LOG_EVERY, POISON_ATTEMPTS, retry_delay
+from pulse_core.ports import Sink
+
+log = structlog.get_logger("pulse.emitter")
+
+_INF: Final = float("inf")
+_SAMPLE_TYPES: Final = (Progress, Metrics, Heartbeat)
+
+
+class _Route:
+    """One sink as the run sees it: its throttle and its failure buffer.
+
+    The run holds its lock around every method call.
+
+    Counters (see :meth:`TrainingRun.sink_stats`): ``failures`` is the
+    current streak of failed writes (0 when healthy), ``failures_total`` all
+    of them; ``dropped`` is what was dropped and not yet reported by a
+    ``dropped`` event, ``dropped_total`` all of it; ``coalesced`` counts held
+    progress/metrics/heartbeats that a newer one replaced while failing.
+    """
+
+    __slots__ = (
+        "boundaries",
+        "buffer",
+        "coalesced",
+        "dropped",
+        "dropped_total",
+        "failures",
+        "failures_total",
+        "head_attempts",
+        "interval",
+        "last_error",
+        "last_write",
+        "name",
+        "next_at",
+        "opened",
+        "retry_at",
+        "sent_metrics",
+        "sent_progress",
+        "sink",
+        "training_id",
+    )
+
+    def __init__(self, sink: Sink, training_id: str) -> None:
+        self.sink = sink
+        self.training_id = training_id
+        self.name = str(getattr(sink, "name", type(sink).__name__))
+        try:
+            interval = float(getattr(sink, "interval", 0.1))
+        except (TypeError, ValueError):
+            interval = 0.1
+        self.interval = interval if interval >= 0 else 0.0
+        self.boundaries = bool(getattr(sink, "boundaries", False))
+        self.next_at = -_INF
+        self.sent_progress = 0  # generation of the last progress sent
+        self.sent_metrics = 0
+        self.buffer: deque[Event] = deque()
+        self.opened = True
+        self.failures = 0
+        self.failures_total = 0
+        self.head_attempts = 0
+        self.retry_at = 0.0
+        self.dropped = 0
+        self.dropped_total = 0
+        self.coalesced = 0
+        self.last_write = -_INF
+        self.last_error = ""
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.buffer) or self.failures > 0 or not self.opened or self.dropped > 0
+
+    @property
+    def healthy(self) -> bool:
+        """Open and holding nothing: the next event goes straight to the sink."""
+        return self.opened and not self.buffer
+
+    def open_failed(self, exc: Exception, now: float) -> None:
+        """Record that the sink could not be opened; :meth:`retry` opens it later."""
+        self.opened = False
+        self._failed(exc, now)
+
+    def send(self, event: Event, now: float, always_fits: bool = False) -> bool:
+        """Deliver or buffer *event*; True if the sink took it now.
+
+        With *always_fits* a full buffer takes the event without dropping
+        another (for the few events that end a run or report drops).
+        """
+        self.last_write = now
+        if self.buffer or not self.opened:
+            self.retry(now)
+            if self.buffer or not self.opened:
+                self._hold(event, always_fits)
+                return False
+        try:
+            self.sink.write(event)
+        except Exception as exc:  # noqa: BLE001 - any sink failure is contained
+            self._failed(exc, now)
+            self._hold(event, always_fits)
+            self.head_attempts = 0 if isinstance(exc, OSError) else 1
+            return False
+        return True
+
+    def retry(self, now: float, force: bool = False) -> None:
+        """Reopen the sink if needed and drain the buffer (when a retry is due).
+
+        The run reports drops (a ``dropped`` event) once the route is healthy.
+        """
+        if (not self.buffer and self.opened) or (now < self.retry_at and not force):
+            return
+        if not self.opened and not self._reopen(now):
+            return
+        buffer = self.buffer
+        while buffer:
+            try:
+                self.sink.write(buffer[0])
+            except Exception as exc:  # noqa: BLE001 - contained, retried later
+                if not isinstance(exc, OSError):
+                    # Not an I/O condition that may pass: the sink may never
+                    # take this event. Give it a few tries, then drop it so
+                    # the events behind it are not stuck forever.
+                    self.head_attempts += 1
+                    if self.head_attempts >= POISON_ATTEMPTS:
+                        victim = buffer.popleft()
+                        self.head_attempts = 0
+                        self._drop(victim, exc)
+                        continue
+                self._failed(exc, now)
+                return
+            buffer.popleft()
+            self.head_attempts = 0
+        if self.failures:
+            log.info(
+                "pulse sink recovered",
+                sink=self.name,
+                training_id=self.training_id,
+                failures=self.failures,
+                dropped=self.dropped,
+            )
+        self.failures = 0
+        self.retry_at = 0.0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "failures": self.failures,
+            "failures_total": self.failures_total,
+            "buffered": len(self.buffer),
+            "dropped": self.dropped,
+            "dropped_total": self.dropped_total,
+            "coalesced": self.coalesced,
+            "opened": self.opened,
+            "degraded": self.degraded,
+            "last_error": self.last_error,
+        }
+
+    def _reopen(self, now: float) -> bool:
+        try:
+            held = self.sink.open(self.training_id)
+        except Exception as exc:  # noqa: BLE001 - still unavailable: retried later
+            self._failed(exc, now)
+            return False
+        self.opened = True
+        log.info("pulse sink opened after failing", sink=self.name, training_id=self.training_id)
+        if isinstance(held, int) and not isinstance(held, bool) and held > 0:
+            log.warning(
+                "pulse sink opened late on a log that already has events; "
+                "readers may skip this run's early events as duplicates",
+                sink=self.name,
+                training_id=self.training_id,
+                last_seq=held,
+            )
+        return True
+
+    def _failed(self, exc: Exception, now: float) -> None:
+        self.failures += 1
+        self.failures_total += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.retry_at = now + retry_delay(self.failures)
+        if self.failures == 1 or self.failures % LOG_EVERY == 0:
+            log.warning(
+                "pulse sink failed; buffering and retrying",
+                sink=self.name,
+                training_id=self.training_id,
+                error=self.last_error,
+                failures=self.failures,
+                buffered=len(self.buffer),
+            )
+
+    def _drop(self, event: Event, exc: Exception | None = None) -> None:
+        self.dropped += 1
+        self.dropped_total += 1
+        if self.dropped_total == 1 or self.dropped_total % LOG_EVERY == 0:
+            log.warning(
+                "pulse sink dropped an event",
+                sink=self.name,
+                training_id=self.training_id,
+                kind=type(event).__name__,
+                seq=event.seq,
+                reason=(
+                    f"the sink rejected it {POISON_ATTEMPTS} times: {type(exc).__name__}: {exc}"
+                    if exc is not None
+                    else f"the buffer of a failing sink is full ({BUFFER_EVENTS} events)"
+                )[:300],
+                dropped_total=self.dropped_total,
+            )
+
+    def _hold(self, event: Event, always_fits: bool = False) -> None:
+        buffer = self.buffer
+        if isinstance(event, _SAMPLE_TYPES):
+            # Coalesce: a newer value supersedes the same kind held since the
+            # last status/error/meta event (order of those is kept).
+            for index in range(len(buffer) - 1, -1, -1):
+                held = buffer[index]
+                if held.__class__ is event.__class__:
+                    del buffer[index]
+                    self.coalesced += 1
+                    if index == 0:
+                        self.head_attempts = 0
+                    break
+                if not isinstance(held, _SAMPLE_TYPES):
+                    break
+        if len(buffer) >= BUFFER_EVENTS and not always_fits:
+            victim = next(
+                (i for i, e in enumerate(buffer) if isinstance(e, _SAMPLE_TYPES)),
+                None,
+            )
+            if victim is None:
+                if isinstance(event, _SAMPLE_TYPES):
+                    # Only statuses/errors are held: the new sample gives way,
+                    # never one of them.
+                    self._drop(event)
+                    return
+                victim = 0
+            if victim == 0:
+                self.head_attempts = 0
+            dropped = buffer[victim]
+            del buffer[victim]
+            self._drop(dropped)
+        buffer.append(event)

@@ -1,0 +1,135 @@
+"""The emitter's process-wide safety nets and the registry of open runs.
+
+This module owns what makes a run end honestly when training code does not
+end it: the registry of the process's open runs (:func:`open_runs`), the
+``sys.excepthook`` that ends them as error (or cancelled) on an uncaught
+exception, the ``atexit`` hook that ends runs still open at interpreter exit,
+and the opted-in SIGTERM/SIGINT handlers that turn a signal into a cancel.
+The hooks are installed once, by the first run (:func:`_register`). Uses
+threading, signal and structlog like the emitter; must never import
+:mod:`pulse_transports`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from pulse_core.events import TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from pulse_core.emitter import TrainingRun
+
+log = structlog.get_logger("pulse.emitter")
+
+_open_runs: set[TrainingRun] = set()
+_nets_lock = threading.Lock()
+_hooks_installed = False
+_previous_excepthook = sys.excepthook
+_signal_runs: set[TrainingRun] = set()
+_previous_handlers: dict[int, Any] = {}
+
+
+def _register(run: TrainingRun) -> None:
+    global _hooks_installed, _previous_excepthook  # noqa: PLW0603 - one process-wide hook
+    with _nets_lock:
+        _open_runs.add(run)
+        if not _hooks_installed:
+            _hooks_installed = True
+            _previous_excepthook = sys.excepthook
+            sys.excepthook = _excepthook
+            atexit.register(_at_exit)
+
+
+def _unregister(run: TrainingRun) -> None:
+    with _nets_lock:
+        _open_runs.discard(run)
+
+
+def open_runs() -> list[TrainingRun]:
+    """The runs of this process that are open (created and not yet closed)."""
+    with _nets_lock:
+        return list(_open_runs)
+
+
+def _excepthook(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """An uncaught exception ends every open run as error (or cancelled), then is printed."""
+    with _nets_lock:
+        runs = list(_open_runs)
+    for run in runs:
+        _quietly(functools.partial(run.fail_with, exc))
+        _quietly(run.close)
+    _previous_excepthook(exc_type, exc, tb)
+
+
+def _at_exit() -> None:
+    """The interpreter is exiting with runs open: record an honest end for each."""
+    with _nets_lock:
+        runs = list(_open_runs)
+    for run in runs:
+        if run.cancel_requested:
+            _quietly(functools.partial(run.cancel, run._cancel_reason or "cancelled"))
+        elif run.current_status not in TERMINAL_STATUSES:
+            _quietly(
+                functools.partial(
+                    run.error,
+                    "PROCESS_EXITED_WITHOUT_RESULT",
+                    "the interpreter exited while the run was still open",
+                )
+            )
+        _quietly(run.close)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    with _nets_lock:
+        runs = list(_signal_runs)
+    for run in runs:
+        run.request_cancel(f"cancelled by {name}")
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _watch_signals(run: TrainingRun) -> bool:
+    """Turn SIGTERM/SIGINT into a cancel of *run*; False outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("pulse: handle_signals ignored outside the main thread")
+        return False
+    with _nets_lock:
+        if not _signal_runs:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                _previous_handlers[signum] = signal.signal(signum, _on_signal)
+        _signal_runs.add(run)
+    return True
+
+
+def _unwatch_signals(run: TrainingRun) -> None:
+    """Stop watching for *run*; the last one restores the previous handlers."""
+    with _nets_lock:
+        _signal_runs.discard(run)
+        if _signal_runs or not _previous_handlers:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; ours stays harmless
+        for signum, previous in list(_previous_handlers.items()):
+            if signal.getsignal(signum) is _on_signal:
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        _previous_handlers.clear()
+
+
+def _quietly(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except Exception:
+        log.exception("pulse cleanup step failed")
