@@ -17,14 +17,19 @@ from typing import Any, Final
 
 import structlog
 
-from pulse_core.events import Event, Heartbeat, Metrics, Progress
-from pulse_core.policy import BUFFER_EVENTS, LOG_EVERY, POISON_ATTEMPTS, retry_delay
+from pulse_core.events import Event
+from pulse_core.policy import (
+    BUFFER_EVENTS,
+    LOG_EVERY,
+    POISON_ATTEMPTS,
+    hold_event,
+    retry_delay,
+)
 from pulse_core.ports import Sink
 
 log = structlog.get_logger("pulse.emitter")
 
 _INF: Final = float("inf")
-_SAMPLE_TYPES: Final = (Progress, Metrics, Heartbeat)
 
 
 class _Route:
@@ -226,35 +231,10 @@ class _Route:
             )
 
     def _hold(self, event: Event, always_fits: bool = False) -> None:
-        buffer = self.buffer
-        if isinstance(event, _SAMPLE_TYPES):
-            # Coalesce: a newer value supersedes the same kind held since the
-            # last status/error/meta event (order of those is kept).
-            for index in range(len(buffer) - 1, -1, -1):
-                held = buffer[index]
-                if held.__class__ is event.__class__:
-                    del buffer[index]
-                    self.coalesced += 1
-                    if index == 0:
-                        self.head_attempts = 0
-                    break
-                if not isinstance(held, _SAMPLE_TYPES):
-                    break
-        if len(buffer) >= BUFFER_EVENTS and not always_fits:
-            victim = next(
-                (i for i, e in enumerate(buffer) if isinstance(e, _SAMPLE_TYPES)),
-                None,
-            )
-            if victim is None:
-                if isinstance(event, _SAMPLE_TYPES):
-                    # Only statuses/errors are held: the new sample gives way,
-                    # never one of them.
-                    self._drop(event)
-                    return
-                victim = 0
-            if victim == 0:
-                self.head_attempts = 0
-            dropped = buffer[victim]
-            del buffer[victim]
+        held = hold_event(self.buffer, event, BUFFER_EVENTS, always_fits=always_fits)
+        if held.coalesced:
+            self.coalesced += 1
+        if held.head_changed:
+            self.head_attempts = 0
+        for dropped in held.dropped:
             self._drop(dropped)
-        buffer.append(event)

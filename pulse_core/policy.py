@@ -16,9 +16,15 @@ progress and one metrics event per interval.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Final
 
 import attrs
+
+from pulse_core.events import Event, Heartbeat, Metrics, Progress
+
+#: Events a newer one of the same kind supersedes (the latest value is enough).
+SAMPLE_TYPES: Final = (Progress, Metrics, Heartbeat)
 
 #: Default interval of live sinks (UI, socket, v1 snapshot): 10 updates/s.
 LIVE_INTERVAL: Final = 0.1
@@ -94,3 +100,61 @@ class Throttle:
     def next_due(self) -> float | None:
         """When a held value becomes due, or None if nothing is held."""
         return self.last + self.interval if self.pending else None
+
+
+@attrs.frozen
+class Held:
+    """What :func:`hold_event` did besides appending.
+
+    Attributes:
+        coalesced: a waiting sample of the same kind was replaced.
+        dropped: events removed (or the new one refused) to stay in the bound.
+        head_changed: the first waiting event was removed.
+    """
+
+    coalesced: bool
+    dropped: tuple[Event, ...]
+    head_changed: bool
+
+
+def hold_event(
+    buffer: deque[Event], event: Event, limit: int, *, always_fits: bool = False
+) -> Held:
+    """Queue *event* in a bounded buffer of a sink that cannot send right now.
+
+    A progress, metrics or heartbeat event replaces the same kind still
+    waiting since the last status/error/meta event (so the order of those is
+    kept and the latest value wins). When the buffer is full, the oldest
+    waiting sample is dropped; if only statuses and errors wait, a new sample
+    is refused instead, and a new status pushes out the oldest event.
+    *always_fits* appends past the bound (the run's end must get in).
+    """
+    coalesced = head_changed = False
+    if isinstance(event, SAMPLE_TYPES):
+        for index in range(len(buffer) - 1, -1, -1):
+            held = buffer[index]
+            if held.__class__ is event.__class__:
+                del buffer[index]
+                coalesced = True
+                head_changed = index == 0
+                break
+            if not isinstance(held, SAMPLE_TYPES):
+                break
+    dropped: tuple[Event, ...] = ()
+    if len(buffer) >= limit and not always_fits:
+        if isinstance(event, SAMPLE_TYPES) and not any(isinstance(e, SAMPLE_TYPES) for e in buffer):
+            return Held(coalesced, (event,), head_changed)
+        dropped = trim_events(buffer, len(buffer) + 1 - limit)
+        head_changed = head_changed or bool(dropped)
+    buffer.append(event)
+    return Held(coalesced, dropped, head_changed)
+
+
+def trim_events(buffer: deque[Event], excess: int) -> tuple[Event, ...]:
+    """Remove *excess* events, the oldest samples first, then the oldest others."""
+    dropped = []
+    for _ in range(max(0, excess)):
+        victim = next((i for i, e in enumerate(buffer) if isinstance(e, SAMPLE_TYPES)), 0)
+        dropped.append(buffer[victim])
+        del buffer[victim]
+    return tuple(dropped)

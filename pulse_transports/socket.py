@@ -38,8 +38,8 @@ import structlog
 
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
-from pulse_core.events import ErrorReported, Event, Heartbeat, Metrics, Progress
-from pulse_core.policy import LIVE_INTERVAL, RETRY_FIRST
+from pulse_core.events import ErrorReported, Event
+from pulse_core.policy import LIVE_INTERVAL, RETRY_FIRST, hold_event, trim_events
 from pulse_transports.wire import (
     ENV_TOKEN,
     MAX_FRAME,
@@ -72,7 +72,6 @@ RETRY_MAX: Final = 2.0
 SEND_TIMEOUT: Final = 5.0
 #: Events sent per write.
 _BATCH: Final = 512
-_COALESCED: Final = (Progress, Metrics, Heartbeat)
 
 
 class SocketSink:
@@ -236,34 +235,15 @@ class SocketSink:
     # -- the queue -----------------------------------------------------------------
 
     def _hold(self, event: Event) -> None:
-        """Append, coalescing progress/metrics/heartbeat, within the bound.
-
-        A newer value replaces the same kind still waiting since the last
-        status/error/meta event, so the order of those is kept.
-        """
-        queue = self._queue
-        if isinstance(event, _COALESCED):
-            for index in range(len(queue) - 1, -1, -1):
-                held = queue[index]
-                if held.__class__ is event.__class__:
-                    del queue[index]
-                    self.coalesced += 1
-                    break
-                if not isinstance(held, _COALESCED):
-                    break
-        if len(queue) >= self.queue_limit:
-            if isinstance(event, _COALESCED) and not any(isinstance(e, _COALESCED) for e in queue):
-                self._count_drop()  # a full queue of statuses keeps them all
-                return
-            self._trim(len(queue) + 1 - self.queue_limit)
-        queue.append(event)
+        """Append within the bound, coalescing samples (see ``hold_event``)."""
+        held = hold_event(self._queue, event, self.queue_limit)
+        self.coalesced += held.coalesced
+        for _ in held.dropped:
+            self._count_drop()
 
     def _trim(self, excess: int) -> None:
         """Drop *excess* events: the oldest progress/metrics first."""
-        queue = self._queue
-        for _ in range(max(0, excess)):
-            victim = next((i for i, e in enumerate(queue) if isinstance(e, _COALESCED)), 0)
-            del queue[victim]
+        for _ in trim_events(self._queue, excess):
             self._count_drop()
 
     def _count_drop(self) -> None:
