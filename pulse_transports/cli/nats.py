@@ -469,10 +469,9 @@ def serve_command(
       pulse nats serve --url nats://127.0.0.1:4222
       pulse nats serve --tcp 127.0.0.1:7433
     """
-    from pulse_core.errors import ConfigError
-    from pulse_transports.cli.serve import _raise_open_files, _table
-    from pulse_transports.hub import HubAddressInUse, HubSettings, run_hub
-    from pulse_transports.wire import Address, default_socket_path, parse_hostport
+    from pulse_transports.cli.serve import _raise_open_files, _table, hub_settings
+    from pulse_transports.hub import HubAddressInUse, run_hub
+    from pulse_transports.wire import Address
 
     source = make_source(home, connection)
     module = _module()
@@ -485,25 +484,7 @@ def serve_command(
         "allow_remote": True if allow_remote else None,
         "rate": rate,
     }
-    merged = {**table, **{k: v for k, v in given.items() if v is not None}}
-    address = None
-    if merged.get("tcp"):
-        try:
-            address = parse_hostport(str(merged["tcp"]))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--tcp") from None
-    socket_text = merged.pop("socket", None)
-    merged.pop("tcp", None)
-    settings = HubSettings(
-        home=config.home,
-        socket_path=Path(socket_text) if socket_text else default_socket_path(config.home),
-        tcp=address,
-        **merged,
-    )
-    try:
-        settings.check()
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    settings = hub_settings(config.home, table, given)
     _raise_open_files(settings.max_connections + 64)
     feed = module.NatsFeed(source.options, source.store)
 

@@ -208,31 +208,13 @@ def serve(
         "subscriber_limit": subscriber_limit,
         "max_connections": max_connections,
     }
-    merged = {**table, **{k: v for k, v in given.items() if v is not None}}
-    tcp_address = None
-    if merged.get("tcp"):
-        try:
-            tcp_address = parse_hostport(str(merged["tcp"]))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--tcp") from None
     http_address = None
     if http:
         try:
             http_address = parse_http(http)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--http") from None
-    socket_text = merged.pop("socket", None)
-    merged.pop("tcp", None)
-    settings = HubSettings(
-        home=config.home,
-        socket_path=Path(socket_text) if socket_text else default_socket_path(config.home),
-        tcp=tcp_address,
-        **merged,
-    )
-    try:
-        settings.check()
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    settings = hub_settings(config.home, table, given)
     if http_address is not None:
         _check_http(http_address[0], settings)
         try:
@@ -263,6 +245,35 @@ def serve(
     except OSError as exc:
         click.echo(f"pulse serve: cannot listen: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def hub_settings(home: Path, table: Mapping[str, Any], given: Mapping[str, Any]) -> HubSettings:
+    """Hub settings from the configuration table and the flags given (flags win).
+
+    Raises:
+        click.BadParameter: for a bad ``--tcp`` address.
+        click.UsageError: for settings the hub refuses.
+    """
+    merged = {**table, **{k: v for k, v in given.items() if v is not None}}
+    tcp_address = None
+    if merged.get("tcp"):
+        try:
+            tcp_address = parse_hostport(str(merged["tcp"]))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tcp") from None
+    socket_text = merged.pop("socket", None)
+    merged.pop("tcp", None)
+    settings = HubSettings(
+        home=home,
+        socket_path=Path(socket_text) if socket_text else default_socket_path(home),
+        tcp=tcp_address,
+        **merged,
+    )
+    try:
+        settings.check()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    return settings
 
 
 def _check_http(host: str, settings: HubSettings) -> None:
