@@ -9,10 +9,15 @@ examples, ``fast`` a few for a quick local loop, ``dev`` (the default) 100.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from pulse_core.emitter import TrainingRun
+from pulse_core.testing import FakeClock
 
 settings.register_profile(
     "ci",
@@ -34,3 +39,30 @@ def tmp_home(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     return home
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock for monotonic and wall time."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_run(clock: FakeClock) -> Iterator[Callable[..., TrainingRun]]:
+    """Build runs on the fake clock without a background thread; all closed at the end."""
+    made: list[TrainingRun] = []
+
+    def build(*args: Any, **kwargs: Any) -> TrainingRun:
+        kwargs.setdefault("clock", clock.monotonic)
+        kwargs.setdefault("wall", clock.time)
+        kwargs.setdefault("background", False)
+        kwargs.setdefault("env", {})
+        kwargs.setdefault("strict", False)
+        kwargs.setdefault("heartbeat_interval", 5.0)
+        run = TrainingRun(*args, **kwargs)
+        made.append(run)
+        return run
+
+    yield build
+    for run in made:
+        run.close()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from pulse_core import _defaults, _route, _safety, emitter
-from pulse_core.emitter import TrainingRun
-from pulse_core.testing import FakeClock
 
 
 class LogRecorder:
@@ -48,30 +45,3 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> LogRecorder:
     for module in (emitter, _route, _safety, _defaults):  # each logs through its own `log`
         monkeypatch.setattr(module, "log", recorder)
     return recorder
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock for monotonic and wall time."""
-    return FakeClock()
-
-
-@pytest.fixture
-def make_run(clock: FakeClock) -> Iterator[Callable[..., TrainingRun]]:
-    """Build runs on the fake clock without a background thread; all closed at the end."""
-    made: list[TrainingRun] = []
-
-    def build(*args: Any, **kwargs: Any) -> TrainingRun:
-        kwargs.setdefault("clock", clock.monotonic)
-        kwargs.setdefault("wall", clock.time)
-        kwargs.setdefault("background", False)
-        kwargs.setdefault("env", {})
-        kwargs.setdefault("strict", False)
-        kwargs.setdefault("heartbeat_interval", 5.0)
-        run = TrainingRun(*args, **kwargs)
-        made.append(run)
-        return run
-
-    yield build
-    for run in made:
-        run.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -49,33 +49,6 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     for module in (emitter, _route, _safety, _defaults):  # each logs through its own `log`
         monkeypatch.setattr(module, "log", recorder)
     return recorder
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock."""
-    return FakeClock()
-
-
-@pytest.fixture
-def make_run(clock: FakeClock) -> Iterator[Callable[..., TrainingRun]]:
-    """Runs on the fake clock, driven by tick(), closed at the end."""
-    made: list[TrainingRun] = []
-
-    def build(*args: Any, **kwargs: Any) -> TrainingRun:
-        kwargs.setdefault("clock", clock.monotonic)
-        kwargs.setdefault("wall", clock.time)
-        kwargs.setdefault("background", False)
-        kwargs.setdefault("env", {})
-        kwargs.setdefault("strict", False)
-        kwargs.setdefault("heartbeat_interval", 5.0)
-        run = TrainingRun(*args, **kwargs)
-        made.append(run)
-        return run
-
-    yield build
-    for run in made:
-        run.close()
 
 
 def train(run: TrainingRun, clock: FakeClock, steps: int, start: int = 0) -> None:

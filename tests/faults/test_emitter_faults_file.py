@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,30 +83,6 @@ class Disk:
 def disk(monkeypatch: pytest.MonkeyPatch, tmp_home: Path) -> Disk:
     """Fault injection on files under the test's home."""
     return Disk(monkeypatch, tmp_home)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock."""
-    return FakeClock()
-
-
-@pytest.fixture
-def make_run(clock: FakeClock) -> Iterator[Callable[..., TrainingRun]]:
-    """Runs on the fake clock, driven by tick(), closed at the end."""
-    made: list[TrainingRun] = []
-
-    def build(*args: Any, **kwargs: Any) -> TrainingRun:
-        kwargs.update(clock=clock.monotonic, wall=clock.time, background=False, env={})
-        kwargs.setdefault("strict", False)
-        kwargs.setdefault("heartbeat_interval", 5.0)
-        run = TrainingRun(*args, **kwargs)
-        made.append(run)
-        return run
-
-    yield build
-    for run in made:
-        run.close()
 
 
 def read_lines(path: Path) -> tuple[list[Event], int]:

@@ -53,11 +53,6 @@ class Recorder:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def bus(clock: FakeClock) -> Bus:
     return Bus(clock=clock.monotonic, timer=False)
 

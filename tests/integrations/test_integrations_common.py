@@ -22,12 +22,6 @@ TID = "20261129-000000-000-bbbbbbbbbb"
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock for the binding and its run."""
-    return FakeClock()
-
-
-@pytest.fixture
 def bound(clock: FakeClock) -> Iterator[tuple[RunBinding, RecordingSink]]:
     """A binding that owns a run on a recording sink, both on the fake clock."""
     sink = RecordingSink()
