@@ -52,6 +52,7 @@ from pulse_transports.cli.ls import (
     render_table,
     select_rows,
 )
+from pulse_transports.cli.serve import listen_options, rate_option
 
 if TYPE_CHECKING:
     from pulse_core.events import Event
@@ -419,21 +420,7 @@ def watch_command(
 
 
 @nats_group.command("serve")
-@click.option(
-    "--socket",
-    "socket_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    envvar="PULSE_HUB_SOCKET",
-    help="Unix socket to listen on [default: <home>/pulse.sock; env PULSE_HUB_SOCKET].",
-)
-@click.option(
-    "--tcp",
-    metavar="HOST:PORT",
-    default=None,
-    envvar="PULSE_HUB_TCP",
-    help="Also listen on TCP (loopback unless --allow-remote) [env PULSE_HUB_TCP].",
-)
+@listen_options
 @click.option("--allow-remote", is_flag=True, default=None, help="Permit a non-loopback --tcp.")
 @click.option(
     "--hub-token",
@@ -441,12 +428,7 @@ def watch_command(
     envvar="PULSE_HUB_TOKEN",
     help="Shared secret the hub's TCP clients must send [env PULSE_HUB_TOKEN].",
 )
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0.01),
-    default=None,
-    help="Most updates per second per run and stream a subscriber gets [default: 10].",
-)
+@rate_option
 @nats_options
 def serve_command(
     socket_path: Path | None,

@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import click
 
@@ -93,23 +93,43 @@ def _raise_open_files(wanted: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def listen_options(func: F) -> F:
+    """``--socket`` and ``--tcp``: where a hub listens (shared by the serve commands)."""
+    func = click.option(
+        "--tcp",
+        metavar="HOST:PORT",
+        default=None,
+        envvar="PULSE_HUB_TCP",
+        help="Also listen on TCP (loopback unless --allow-remote; port 0: any) "
+        "[env PULSE_HUB_TCP].",
+    )(func)
+    return click.option(
+        "--socket",
+        "socket_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        envvar="PULSE_HUB_SOCKET",
+        help="Unix socket to listen on (mode 0600) [default: <home>/pulse.sock; "
+        "env PULSE_HUB_SOCKET].",
+    )(func)
+
+
+def rate_option(func: F) -> F:
+    """``--rate``: the per-subscriber update limit (shared by the serve commands)."""
+    return click.option(
+        "--rate",
+        type=click.FloatRange(min=0.01, min_open=False),
+        default=None,
+        help="Most updates per second per run and stream a subscriber gets [default: 10].",
+    )(func)
+
+
 @main.command()
 @home_option
-@click.option(
-    "--socket",
-    "socket_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    envvar="PULSE_HUB_SOCKET",
-    help="Unix socket to listen on (mode 0600) [default: <home>/pulse.sock; env PULSE_HUB_SOCKET].",
-)
-@click.option(
-    "--tcp",
-    metavar="HOST:PORT",
-    default=None,
-    envvar="PULSE_HUB_TCP",
-    help="Also listen on TCP (loopback unless --allow-remote; port 0: any) [env PULSE_HUB_TCP].",
-)
+@listen_options
 @click.option(
     "--http",
     metavar="[HOST:]PORT",
@@ -131,12 +151,7 @@ def _raise_open_files(wanted: int) -> None:
     help="Shared secret TCP clients send in their hello and HTTP clients as a Bearer "
     "token [env PULSE_HUB_TOKEN].",
 )
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0.01, min_open=False),
-    default=None,
-    help="Most updates per second per run and stream a subscriber gets [default: 10].",
-)
+@rate_option
 @click.option(
     "--max-frame",
     type=click.IntRange(min=1024),
