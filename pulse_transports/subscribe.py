@@ -68,15 +68,15 @@ class _Client:
     def __init__(
         self,
         *,
-        home: Path | str | None,
-        path: Path | str | None,
-        tcp: str | None,
-        token: str | None,
-        training_id: str | None,
-        resume: Mapping[str, int] | None,
-        rate: float | None,
-        timeout: float,
-        reconnect: bool,
+        home: Path | str | None = None,
+        path: Path | str | None = None,
+        tcp: str | None = None,
+        token: str | None = None,
+        training_id: str | None = None,
+        resume: Mapping[str, int] | None = None,
+        rate: float | None = None,
+        timeout: float = 10.0,
+        reconnect: bool = False,
     ) -> None:
         if tcp:
             host, port = parse_hostport(tcp)
@@ -137,32 +137,9 @@ class Subscriber(_Client):
             backoff) and resume instead of ending.
     """
 
-    def __init__(
-        self,
-        *,
-        home: Path | str | None = None,
-        path: Path | str | None = None,
-        tcp: str | None = None,
-        token: str | None = None,
-        training_id: str | None = None,
-        resume: Mapping[str, int] | None = None,
-        rate: float | None = None,
-        timeout: float = 10.0,
-        reconnect: bool = False,
-    ) -> None:
-        super().__init__(
-            home=home,
-            path=path,
-            tcp=tcp,
-            token=token,
-            training_id=training_id,
-            resume=resume,
-            rate=rate,
-            timeout=timeout,
-            reconnect=reconnect,
-        )
-        self._reader: LineReader | None = None
-        self._closed = False
+    # The connection, set by connect(); the constructor is _Client's.
+    _reader: LineReader | None = None
+    _closed = False
 
     def connect(self) -> dict[str, Any]:
         """Connect and say hello (resuming from :attr:`last_seq`).
@@ -282,33 +259,10 @@ class Subscriber(_Client):
 class AsyncSubscriber(_Client):
     """An asyncio hub subscriber; the same arguments as :class:`Subscriber`."""
 
-    def __init__(
-        self,
-        *,
-        home: Path | str | None = None,
-        path: Path | str | None = None,
-        tcp: str | None = None,
-        token: str | None = None,
-        training_id: str | None = None,
-        resume: Mapping[str, int] | None = None,
-        rate: float | None = None,
-        timeout: float = 10.0,
-        reconnect: bool = False,
-    ) -> None:
-        super().__init__(
-            home=home,
-            path=path,
-            tcp=tcp,
-            token=token,
-            training_id=training_id,
-            resume=resume,
-            rate=rate,
-            timeout=timeout,
-            reconnect=reconnect,
-        )
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._closed = False
+    # The connection, set by connect(); the constructor is _Client's.
+    _reader: asyncio.StreamReader | None = None
+    _writer: asyncio.StreamWriter | None = None
+    _closed = False
 
     async def connect(self) -> dict[str, Any]:
         """Connect and say hello; see :meth:`Subscriber.connect`."""
