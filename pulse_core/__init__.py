@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         IllegalTransition,
         InvalidTrainingId,
         PulseError,
+        RunExists,
         RunLocked,
     )
     from pulse_core.events import (
@@ -49,6 +50,7 @@ _WHERE = {
     "IllegalTransition": "errors",
     "InvalidTrainingId": "errors",
     "PulseError": "errors",
+    "RunExists": "errors",
     "RunLocked": "errors",
     "PROTOCOL_VERSION": "events",
     "Dropped": "events",
@@ -88,6 +90,7 @@ __all__ = [
     "Metrics",
     "Progress",
     "PulseError",
+    "RunExists",
     "RunLocked",
     "RunMeta",
     "RunState",

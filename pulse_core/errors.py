@@ -42,3 +42,19 @@ class ConfigError(PulseError, ValueError):
 
 class RunLocked(PulseError):
     """Another writer already holds the log of this training_id."""
+
+
+class RunExists(PulseError):
+    """The training_id names a run that already ended; a new run needs a new id.
+
+    Attributes:
+        training_id: the id asked for.
+        status: how that run ended (``done``, ``error`` or ``cancelled``).
+        path: its log file (delete it to reuse the id), as text.
+    """
+
+    def __init__(self, message: str, *, training_id: str, status: str, path: str) -> None:
+        super().__init__(message)
+        self.training_id = training_id
+        self.status = status
+        self.path = path

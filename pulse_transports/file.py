@@ -26,6 +26,26 @@ crash leaves either file whole (a leftover ``<id>.jsonl.tmp`` is removed by
 the next writer). A compaction that fails leaves the old log whole, the line
 is appended anyway, and compaction is tried again after a little growth.
 
+Ended runs: opening the id of a run whose log ends in a terminal status
+(done, error, cancelled) is refused with :class:`~pulse_core.errors.RunExists`
+-- events appended after the end would be shown by no reader. The message
+names the id, how it ended and the two ways out (a new id, or deleting the
+log). A run whose log has no terminal status and whose writer is gone (a
+*lost* run) may be continued. A supervisor appending its verdict after its
+child (``pulse run``) passes ``reopen_ended=True``; it appends nothing to a
+run that already ended.
+
+Deleted or replaced log: before every meta/status/error/dropped line, and at
+least every :data:`CHECK_INTERVAL` seconds otherwise, the writer compares the
+path's ``(st_dev, st_ino)`` with its open file's. If the log (or its whole
+folder) was deleted or replaced, the folder and log are recreated and the
+run's meta and latest status, progress and metrics are restated with their
+original seqs, followed by a ``dropped`` line counting the other lines that
+were written into the lost file; the lock file is taken again, and one
+warning is logged. If a directory now sits at the log's path, the write
+fails with ``EISDIR`` (warned once): the emitter keeps the events and
+retries, and the log is recreated once the path is free again.
+
 Torn lines: a write that fails part-way leaves a fragment; the next line
 then starts with a newline, so the fragment is one bad line readers skip.
 
@@ -43,6 +63,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -53,8 +74,9 @@ import orjson
 import structlog
 
 from pulse_core.codec import decode, encode
-from pulse_core.errors import DecodeError, RunLocked
+from pulse_core.errors import DecodeError, RunExists, RunLocked
 from pulse_core.events import (
+    TERMINAL_STATUSES,
     Dropped,
     ErrorReported,
     Event,
@@ -67,6 +89,7 @@ from pulse_core.events import (
 from pulse_core.policy import LIVE_INTERVAL, LOG_INTERVAL
 from pulse_core.projections import to_v1
 from pulse_core.reducer import Folder
+from pulse_core.state import RunState
 
 log = structlog.get_logger("pulse.file")
 
@@ -76,6 +99,11 @@ DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
 MIN_MAX_BYTES: Final = 4096
 _DURABLE: Final[frozenset[type[Any]]] = frozenset({RunMeta, StatusChanged, ErrorReported, Dropped})
 _SAMPLES: Final = (Progress, Metrics)
+#: Seconds between two checks that the log is still at its path (also checked
+#: before every meta/status/error/dropped line).
+CHECK_INTERVAL: Final = 1.0
+#: Seqs of recent lines remembered, to give a ``dropped`` note a seq of its own.
+_RECENT: Final = 16
 
 
 def log_dir(home: Path) -> Path:
@@ -160,12 +188,17 @@ class FileSink:
         fsync: fsync status/error/meta lines (turn off only for benchmarks).
         lock_wait: seconds to wait for the run's lock before RunLocked (a supervisor
             holds it for milliseconds while it appends its own lines).
+        reopen_ended: open the log of a run that already ended instead of
+            refusing with RunExists (a supervisor reading and appending its
+            verdict after its child; it must not append events to an ended run).
 
     Attributes:
         path: the log file, once open.
         compactions: how many times the log was compacted.
         compaction_failures: compactions that failed (the log was left whole
             and the line appended; compaction is tried again a little later).
+        recreations: how many times the log was found deleted or replaced and
+            recreated with the run's state restated.
     """
 
     name = "file"
@@ -185,6 +218,7 @@ class FileSink:
         interval: float = LOG_INTERVAL,
         fsync: bool = True,
         lock_wait: float = LOCK_WAIT,
+        reopen_ended: bool = False,
     ) -> None:
         if max_bytes < MIN_MAX_BYTES:
             raise ValueError(f"max_bytes must be at least {MIN_MAX_BYTES}, got {max_bytes}")
@@ -195,9 +229,22 @@ class FileSink:
         self.interval = interval
         self.fsync = fsync
         self.lock_wait = lock_wait
+        self.reopen_ended = reopen_ended
         self.path: Path | None = None
         self.compactions = 0
         self.compaction_failures = 0
+        self.recreations = 0
+        self.training_id = ""
+        self._lines = 0  # lines in the current file (for the dropped count)
+        self._next_check = 0.0  # monotonic time of the next path check
+        self._dir_warned = False
+        # What a recreated log restates: the run's meta and latest state.
+        self._meta: RunMeta | None = None
+        self._statuses: list[StatusChanged] = []
+        self._errors: list[ErrorReported] = []
+        self._progress: Progress | None = None
+        self._metrics: Metrics | None = None
+        self._recent: list[int] = []  # seqs of the latest lines written
         self._fd = -1
         self._lock_fd = -1
         self._lock_path = Path()
@@ -214,6 +261,8 @@ class FileSink:
 
         Raises:
             RunLocked: if another live writer holds this training_id.
+            RunExists: if the log holds a run that already ended (unless
+                ``reopen_ended``).
             OSError: if the folder or files cannot be created (the emitter
                 retries later).
         """
@@ -231,8 +280,17 @@ class FileSink:
             with contextlib.suppress(FileNotFoundError):
                 _tmp_path(path).unlink()  # left by a crash during compaction
             self.path = path
+            self.training_id = training_id
             self._open_log()
-            held = last_seq(path) if self._size else None
+            held = None
+            if self._size:
+                data = path.read_bytes()
+                self._lines = data.count(b"\n")
+                if not self.reopen_ended:
+                    _refuse_ended(data, training_id, path)
+                held = last_seq(path)
+                if held is not None:
+                    self._recent.append(held)
         except BaseException:
             with contextlib.suppress(OSError):
                 lock.unlink()
@@ -263,6 +321,8 @@ class FileSink:
             if self._lock_fd < 0 or self.path is None:
                 raise OSError(errno.EBADF, f"the log of {self.path} is not open")
             self._open_log()  # reopening after compaction failed: try again now
+        durable = type(event) in _DURABLE
+        self._check_path(durable)
         if event is self._unsynced:
             os.fsync(self._fd)
             self._unsynced = None
@@ -273,12 +333,151 @@ class FileSink:
         if self._torn:
             line = b"\n" + line
         self._append(line)
-        if self.fsync and type(event) in _DURABLE:
+        self._lines += 1
+        self._remember(event)
+        if self.fsync and durable:
             try:
                 os.fsync(self._fd)
             except OSError:
                 self._unsynced = event
                 raise
+
+    def _remember(self, event: Event) -> None:
+        """Keep what a recreated log must restate (see _recreate)."""
+        recent = self._recent
+        recent.append(event.seq)
+        if len(recent) > _RECENT:
+            del recent[0]
+        if isinstance(event, Progress):
+            self._progress = event
+        elif isinstance(event, Metrics):
+            self._metrics = event
+        elif isinstance(event, StatusChanged):
+            self._statuses.append(event)
+            if len(self._statuses) > 64:
+                del self._statuses[1]  # keep the first: the path from idle
+        elif isinstance(event, ErrorReported):
+            self._errors.append(event)
+            if len(self._errors) > 8:
+                del self._errors[0]
+        elif isinstance(event, RunMeta):
+            self._meta = event
+
+    # -- a log deleted or replaced under the writer -------------------------------
+
+    def _check_path(self, durable: bool) -> None:
+        """Make sure the path still names the open log; recreate it if not.
+
+        Runs before every durable line and every CHECK_INTERVAL seconds (two
+        stat calls, a few microseconds).
+
+        Raises:
+            IsADirectoryError: a directory sits at the log's path (the
+                emitter keeps the event and retries).
+        """
+        now = time.monotonic()
+        if not durable and now < self._next_check:
+            return
+        self._next_check = now + CHECK_INTERVAL
+        assert self.path is not None
+        try:
+            st: os.stat_result | None = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            self._next_check = 0.0  # check again on the next line
+            if not self._dir_warned:
+                self._dir_warned = True
+                log.warning(
+                    "pulse log path is now a directory; lines are held back until it is free",
+                    path=str(self.path),
+                    training_id=self.training_id,
+                )
+            raise IsADirectoryError(errno.EISDIR, f"the log path {self.path} is a directory")
+        if st is not None:
+            mine = os.fstat(self._fd)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return
+        self._recreate(replaced=st is not None)
+
+    def _recreate(self, *, replaced: bool) -> None:
+        """Open a new log at the path and restate the run in it (see the module doc)."""
+        assert self.path is not None
+        lost_lines = self._lines
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._retake_lock()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        old, self._fd = self._fd, fd
+        with contextlib.suppress(OSError):
+            os.close(old)
+        self._size = os.fstat(fd).st_size
+        self._torn = self._size > 0 and not _ends_with_newline(self.path)
+        self._lines = 0
+        self._unsynced = None  # its line was in the lost file: written again below
+        self._dir_warned = False
+        restated: list[Event] = [*self._statuses, *self._errors]
+        restated += [e for e in (self._meta, self._progress, self._metrics) if e is not None]
+        dropped = max(0, lost_lines - len(restated))
+        taken = {e.seq for e in restated}
+        free = [seq for seq in self._recent if seq not in taken]
+        if dropped and free:
+            restated.append(
+                Dropped(
+                    training_id=self.training_id,
+                    seq=max(free),
+                    timestamp=time.time(),
+                    count=dropped,
+                    reason=(
+                        "the log was deleted or replaced while the run was writing; "
+                        "lines other than the restated meta and latest state may be lost"
+                    ),
+                )
+            )
+        restated.sort(key=lambda e: e.seq)
+        body = b"".join(encode(e) for e in restated)
+        if body:
+            self._append(b"\n" + body if self._torn else body)
+            self._lines += len(restated)
+        if self.fsync:
+            os.fsync(fd)
+            _fsync_dir(self.path.parent)
+        self.recreations += 1
+        if self.recreations == 1:
+            log.warning(
+                "pulse log was deleted or replaced while the run was writing; "
+                "recreated it with the run's meta and latest state restated",
+                path=str(self.path),
+                training_id=self.training_id,
+                replaced=replaced,
+                lines_maybe_lost=dropped,
+            )
+
+    def _retake_lock(self) -> None:
+        """Hold the lock at the lock file's path again if it was deleted or replaced."""
+        lock = self._lock_path
+        try:
+            there = os.stat(lock)
+            mine = os.fstat(self._lock_fd)
+            if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            log.warning(
+                "pulse log lock was replaced and another writer holds it",
+                lock=str(lock),
+                training_id=self.training_id,
+            )
+            return
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.write(fd, orjson.dumps(info))
+        old, self._lock_fd = self._lock_fd, fd
+        os.close(old)
 
     def _append(self, line: bytes) -> None:
         done = 0
@@ -369,6 +568,7 @@ class FileSink:
         old, self._fd = self._fd, -1
         os.close(old)
         self._open_log()
+        self._lines = len(kept)
         if self._size > self.max_bytes * 3 // 4:
             # Status/error/meta lines alone fill the log (they are never
             # dropped): do not compact again on every line.
@@ -386,6 +586,39 @@ class FileSink:
             after=self._size,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+
+def _refuse_ended(data: bytes, training_id: str, path: Path) -> None:
+    """Raise RunExists if the log *data* holds a run that already ended.
+
+    Only status lines are decoded (a byte search skips the rest), folded from a
+    state owned by *training_id* so foreign lines do not count.
+    """
+    folder = Folder(RunState(training_id=training_id))
+    for line in data.splitlines():
+        if b'"status"' not in line:
+            continue
+        try:
+            event = decode(line)
+        except DecodeError:
+            continue
+        if isinstance(event, StatusChanged):
+            folder.apply(event)
+    state = folder.state
+    if state.status not in TERMINAL_STATUSES:
+        return
+    when = ""
+    if state.finished_at is not None:
+        when = time.strftime(" at %Y-%m-%d %H:%M:%S", time.localtime(state.finished_at))
+    how = f"{state.status}: {state.message}" if state.message else state.status
+    raise RunExists(
+        f"training_id {training_id!r} is a run that already ended ({how}){when}; "
+        f"events of a new run under this id would be shown by no reader. Use a new "
+        f"training_id, or delete its log {path} to reuse the id.",
+        training_id=training_id,
+        status=state.status,
+        path=str(path),
+    )
 
 
 def _tmp_path(path: Path) -> Path:

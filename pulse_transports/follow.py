@@ -16,6 +16,11 @@ This module owns the reading side of the file transport:
   size with the open file: the old file is drained to its end, then the new
   one is read from its start while events with a seq at or below the last one
   applied are skipped -- so the state ends the same as if nothing happened.
+* The run's owner: a follower given the ``training_id`` (a run log's file
+  name is its id) folds from a state owned by that id, so lines of another
+  run are ``foreign_event`` anomalies -- even the first line -- and are not
+  returned as the run's events. Without it (an arbitrary file) the first
+  line's id is the owner.
 * :class:`Checkpoint` (a :class:`Position` plus the state) lets a follower
   stop and resume later, even in another process (serialised by
   :mod:`pulse_transports.history`).
@@ -159,6 +164,8 @@ class LogFollower:
         path: the log file (it may not exist yet, or be deleted later).
         checkpoint: where a previous follower stopped (resume from there).
         max_line: lines longer than this many bytes are skipped unread.
+        training_id: the run the log belongs to (its file name); lines of
+            any other run are anomalies. None: the first line's run.
 
     Attributes:
         bad_lines: lines skipped because they are not decodable events
@@ -179,8 +186,10 @@ class LogFollower:
         *,
         checkpoint: Checkpoint | None = None,
         max_line: int = MAX_LINE,
+        training_id: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.training_id = training_id
         self.max_line = max_line
         self.bad_lines = 0
         self.blank_lines = 0
@@ -188,7 +197,19 @@ class LogFollower:
         self.replaced = 0
         self.deleted = False
         self.bad: list[BadLine] = []
-        self._folder = Folder(checkpoint.state if checkpoint else RunState())
+        if checkpoint is not None and training_id is not None:
+            owner = checkpoint.state.training_id
+            if owner is None:
+                checkpoint = Checkpoint(
+                    checkpoint.position, attrs.evolve(checkpoint.state, training_id=training_id)
+                )
+            elif owner != training_id:
+                checkpoint = None  # folded under another owner: read the log again
+        if checkpoint is not None:
+            start = checkpoint.state
+        else:
+            start = RunState(training_id=training_id) if training_id is not None else RunState()
+        self._folder = Folder(start)
         self._resume = checkpoint.position if checkpoint else None
         self._skip_upto = 0  # events with seq <= this are already applied
         self._fd = -1
@@ -435,6 +456,9 @@ class LogFollower:
             out.append(event)
 
     def _apply(self, event: Event) -> bool:
+        if self.training_id is not None and event.training_id != self.training_id:
+            self._folder.apply(event)  # recorded as a foreign_event anomaly
+            return False
         if event.seq <= self._skip_upto:
             self.skipped += 1
             return False
@@ -457,18 +481,25 @@ class LogFollower:
             )
 
 
-def read_log(path: Path | str, *, final: bool = True, max_line: int = MAX_LINE) -> LogFollower:
+def read_log(
+    path: Path | str,
+    *,
+    final: bool = True,
+    max_line: int = MAX_LINE,
+    training_id: str | None = None,
+) -> LogFollower:
     """Read a whole log file once.
 
     Args:
         path: the file.
         final: settle a partial last line (the file is complete).
         max_line: the over-long line limit.
+        training_id: the run the log belongs to (see :class:`LogFollower`).
 
     Returns:
         The follower after reading (its ``state``, ``bad_lines``, ...).
     """
-    follower = LogFollower(path, max_line=max_line)
+    follower = LogFollower(path, max_line=max_line, training_id=training_id)
     try:
         if final:
             follower.settle()
@@ -584,6 +615,7 @@ def follow(
     stop: threading.Event | None = None,
     tick: float = 1.0,
     notifier: Notifier | None = None,
+    training_id: str | None = None,
 ) -> Iterator[tuple[LogFollower, list[Event]]]:
     """Follow a log: yield ``(follower, new_events)`` as events arrive.
 
@@ -596,11 +628,12 @@ def follow(
         stop: set it to end the iteration.
         tick: the longest wait between two yields.
         notifier: a shared notifier on the log's folder (one is made if None).
+        training_id: the run the log belongs to (see :class:`LogFollower`).
     """
     stop = stop or threading.Event()
     own = notifier is None
     watcher = notifier if notifier is not None else Notifier(Path(path).parent)
-    follower = LogFollower(path, checkpoint=checkpoint)
+    follower = LogFollower(path, checkpoint=checkpoint, training_id=training_id)
     try:
         yield follower, follower.poll()
         while not stop.is_set():

@@ -23,6 +23,10 @@ This module owns what a reader knows about all runs of a home at once:
   cannot be written (read-only home, locked) recovery still answers, from
   the logs.
 
+Owner: a log's file name is its run's id. Folds start from a state owned by
+that id, so a line of another run -- even the first -- is a ``foreign_event``
+anomaly and never makes ``ls``/``show`` report the other run.
+
 Liveness rules (see :func:`run_liveness`): ``ended`` once the run is done,
 error or cancelled; ``lost`` when the writer's lock is free (or its pid is
 not running on this host when the lock cannot be checked) or when nothing
@@ -73,7 +77,9 @@ class RunNotFound(PulseError):
 
 #: Changes whenever the RunState field list does, so stored states of another
 #: shape are never read back (the index then rebuilds them from the logs).
-STATE_FORMAT: Final = "1:" + ",".join(f.name for f in attrs.fields(RunState))
+#: Format 2: states are owned by the log's file name (format 1 took the owner
+#: from the first line).
+STATE_FORMAT: Final = "2:" + ",".join(f.name for f in attrs.fields(RunState))
 
 
 def _event_obj(event: RunMeta | ErrorReported) -> dict[str, Any]:
@@ -542,7 +548,7 @@ def _fold(tid: str, st: os.stat_result, row: _Row | None, cfg: _Settings) -> tup
             if position_matches(path, position):
                 checkpoint = Checkpoint(position, decode_state(row.state))
                 bad_before = row.bad_lines
-    follower = LogFollower(path, checkpoint=checkpoint)
+    follower = LogFollower(path, checkpoint=checkpoint, training_id=tid)
     try:
         follower.poll()
         state = follower.state

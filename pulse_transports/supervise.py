@@ -156,13 +156,18 @@ class LogWriter:
         self.training_id = training_id
         self.lock_wait = lock_wait
 
-    def append(self, build: Callable[[int, float], list[Event]]) -> RunState:
+    def append(
+        self, build: Callable[[int, float], list[Event]], *, reopen_ended: bool = True
+    ) -> RunState:
         """Append ``build(next_seq, now)``'s events; return the state after them.
 
         ``build`` sees the log's state through the returned list only; it is
-        called with the lock held, so no other writer can interleave.
+        called with the lock held, so no other writer can interleave. With
+        ``reopen_ended=False`` (the run's start) the id of a run that already
+        ended is refused with RunExists; later appends read an ended run and
+        add nothing.
         """
-        sink = FileSink(home=self.home)
+        sink = FileSink(home=self.home, reopen_ended=reopen_ended)
         deadline = time.monotonic() + self.lock_wait
         while True:
             try:
@@ -279,7 +284,8 @@ class Supervisor:
                     status="preparing",
                     message=f"launching {self.command[0] if self.command else '?'}",
                 ),
-            ]
+            ],
+            reopen_ended=False,
         )
         env = child_environment(self.env, tid, self.home, link, self.total_epochs)
         try:

@@ -44,6 +44,7 @@ id); 3 not found (unknown id, missing home, no run); 4 unreadable file
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from datetime import datetime
@@ -130,8 +131,8 @@ def print_json(value: Any) -> None:
 
 
 def fmt_duration(seconds: float | None) -> str:
-    """``1h02m``, ``3m05s``, ``12.3s``; ``-`` when unknown."""
-    if seconds is None:
+    """``1h02m``, ``3m05s``, ``12.3s``; ``-`` when unknown (or not a finite number)."""
+    if seconds is None or not math.isfinite(seconds):
         return "-"
     if seconds < 60:
         return f"{seconds:.1f}s"
@@ -145,10 +146,23 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_time(timestamp: float | None) -> str:
-    """Local time ``2026-11-29 01:37:24``; ``-`` when unknown."""
+    """Local time ``2026-11-29 01:37:24``; ``-`` when unknown.
+
+    A timestamp no calendar can show (milliseconds written as seconds,
+    1.7e12, is year 55840) is shown raw: ``@1700000000000 (not a time)``.
+    """
     if timestamp is None:
         return "-"
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return f"@{timestamp:.15g} (not a time)"
+
+
+def fmt_clock(timestamp: float) -> str:
+    """Local time of day ``01:37:24``; a raw timestamp when it is not a time."""
+    text = fmt_time(timestamp)
+    return text[11:] if text[:1].isdigit() else text
 
 
 def fmt_progress(fraction: float | None) -> str:
@@ -236,8 +250,8 @@ def render_table(rows: list[dict[str, Any]], home: Path) -> None:
     for row in rows:
         started = row["started_at"] if row["started_at"] is not None else row["created_at"]
         when = fmt_time(started)
-        if started is not None and now - started < 86400:
-            when = when[11:]  # today: the time is enough
+        if started is not None and 0 <= now - started < 86400:
+            when = fmt_clock(started)  # today: the time is enough
         cells.append(
             (
                 row["training_id"],

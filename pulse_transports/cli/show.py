@@ -116,21 +116,30 @@ def show_command(training_id: str, as_json: bool, home: Path | None) -> None:
 
 
 def render(doc: dict[str, Any]) -> None:
-    """Print a ``show`` document for people."""
+    """Print a ``show`` document for people.
+
+    Everything from the log (ids, names, messages, error codes, details,
+    metric names, anomaly details) is untrusted text: it is escaped, never
+    read as rich markup (gloo's errors contain ``[...]``).
+    """
     from rich.console import Console
+    from rich.markup import escape
+
+    def esc(value: Any) -> str:
+        return escape(str(value))
 
     console = Console(highlight=False)
     view = doc["view"]
     out = console.print
     status, liveness = view["status"], doc["liveness"]
-    name = f"  ({view['run']['name']})" if view["run"]["name"] else ""
-    out(f"[bold]{doc['training_id']}[/bold]{name}")
+    name = f"  ({esc(view['run']['name'])})" if view["run"]["name"] else ""
+    out(f"[bold]{esc(doc['training_id'])}[/bold]{name}")
     out(
-        f"  status    [{STATUS_STYLE.get(status, '')}]{status}[/]  "
-        f"[{LIVENESS_STYLE.get(liveness, '')}]{liveness}[/]  {view['message']}"
+        f"  status    [{STATUS_STYLE.get(status, '')}]{esc(status)}[/]  "
+        f"[{LIVENESS_STYLE.get(liveness, '')}]{esc(liveness)}[/]  {esc(view['message'])}"
     )
     if liveness == "lost":
-        out(f"  v1 shows  [red]{doc['v1']['status']}: {doc['v1']['message']}[/red]")
+        out(f"  v1 shows  [red]{esc(doc['v1']['status'])}: {esc(doc['v1']['message'])}[/red]")
     progress = view["progress"]
     parts = [fmt_progress(progress["fraction"])]
     if progress["epoch"] is not None:
@@ -144,8 +153,8 @@ def render(doc: dict[str, Any]) -> None:
         f"duration {fmt_duration(timings['duration'])}   "
         f"last event {fmt_time(timings['last_event_at'])}"
     )
-    out(f"  flow      {fmt_flow(view['flow'])}")
-    out(f"  log       {doc['log']['path']}  (bad lines: {doc['log']['bad_lines']})")
+    out(f"  flow      {esc(fmt_flow(view['flow']))}")
+    out(f"  log       {esc(doc['log']['path'])}  (bad lines: {doc['log']['bad_lines']})")
 
     out("\n[bold]timeline[/bold]")
     timeline = view["timeline"]
@@ -163,8 +172,8 @@ def render(doc: dict[str, Any]) -> None:
         if current:
             spent += " (lost)" if liveness == "lost" else " so far"
         out(
-            f"  {fmt_time(entry['timestamp'])}  {entry['status']:<13}{spent:>16}  "
-            f"{entry['message']}"
+            f"  {fmt_time(entry['timestamp'])}  {esc(entry['status']):<13}{spent:>16}  "
+            f"{esc(entry['message'])}"
         )
     if not timeline:
         out("  (no status yet)")
@@ -172,7 +181,7 @@ def render(doc: dict[str, Any]) -> None:
     out("\n[bold]metrics[/bold]")
     metrics = view["metrics"]
     for key in sorted(metrics):
-        out(f"  {key:<20} {fmt_number(metrics[key])}")
+        out(f"  {esc(key):<20} {fmt_number(metrics[key])}")
     if view["best_loss"] is not None:
         out(f"  {'best_loss':<20} {fmt_number(view['best_loss'])}")
     loss = doc["metric_history"].get("loss")
@@ -187,18 +196,18 @@ def render(doc: dict[str, Any]) -> None:
         for error in view["errors"]:
             retry = "retryable" if error["is_retryable"] else "not retryable"
             out(
-                f"  {fmt_time(error['timestamp'])}  [red]{error['error_code']}[/red]  "
-                f"{error['message']}  ({retry})"
+                f"  {fmt_time(error['timestamp'])}  [red]{esc(error['error_code'])}[/red]  "
+                f"{esc(error['message'])}  ({retry})"
             )
             for key, value in sorted((error["details"] or {}).items()):
                 text = str(value)
                 if key == "traceback":
                     text = text.strip().splitlines()[-1] if text.strip() else text
-                out(f"      {key}: {text[:200]}")
+                out(f"      {esc(key)}: {esc(text[:200])}")
     if view["anomalies"]:
         out(f"\n[bold]anomalies[/bold] ({view['anomaly_count']})")
         for anomaly in view["anomalies"]:
-            out(f"  seq {anomaly['seq']:<6} {anomaly['kind']:<18} {anomaly['detail']}")
+            out(f"  seq {anomaly['seq']:<6} {esc(anomaly['kind']):<18} {esc(anomaly['detail'])}")
     stats = view["stats"]
     if stats["missing"] or stats["duplicates"] or stats["dropped"]:
         out(

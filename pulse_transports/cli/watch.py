@@ -15,7 +15,11 @@ Exit status: 0 when the run ends ``done``, when ``--timeout`` passes, with
 ``cancelled`` or is lost; 3 for an unknown ID or missing home.
 
 ``pulse watch --json`` prints one JSON object per line (JSON Lines), at most
-~10 a second plus one per status change, error and liveness change::
+~10 a second plus one per status change, error and liveness change. A
+``status`` or ``error`` line shows the run as it was right after that event
+(the events of one read are folded one by one), so ``cooling_down`` then
+``done`` read together print two lines, ``cooling_down`` first; a status
+event the lifecycle refuses (no change) prints none::
 
     {"reason": "start|update|status|error|liveness|end",
      "eta": float | null,       # seconds left, from the progress rate since start
@@ -36,6 +40,7 @@ from pulse_transports.cli.ls import (
     STATUS_STYLE,
     check_id,
     fail,
+    fmt_clock,
     fmt_duration,
     fmt_number,
     fmt_progress,
@@ -74,7 +79,9 @@ class RunWatch:
 
         self.home = home
         self.training_id: str = record.training_id
-        self.follower = LogFollower(record.path, checkpoint=record.checkpoint())
+        self.follower = LogFollower(
+            record.path, checkpoint=record.checkpoint(), training_id=record.training_id
+        )
         self.notifier = Notifier(record.path.parent)
         self.stale_after = stale_after
         self.lost_after = lost_after
@@ -82,12 +89,18 @@ class RunWatch:
         self.writer: bool | None = record.writer
         self._checked = 0.0
         self._settled = False
+        #: The state right after each status/error event of the last step
+        #: (by the event's id), for lines that tell the run as it was then.
+        self.after: dict[int, Any] = {}
+        #: Status events of the last step that changed the status.
+        self.changed_status: set[int] = set()
 
     def step(self, timeout: float) -> tuple[list[Any], str | None]:
         """Wait up to *timeout* for news; return new events and a new liveness (or None)."""
         from pulse_transports.history import check_writer, run_liveness
 
         self.notifier.wait(timeout)
+        before = self.follower.state
         events = self.follower.poll()
         now = time.time()
         state = self.follower.state
@@ -109,14 +122,35 @@ class RunWatch:
         )
         changed = liveness if liveness != self.liveness else None
         self.liveness = liveness
+        self._fold_one_by_one(before, events)
         return events, changed
 
-    def row(self, now: float) -> dict[str, Any]:
-        """The run's ``ls`` row as of now."""
+    def _fold_one_by_one(self, before: Any, events: list[Any]) -> None:
+        """Keep the state after each status/error event of *events* (see ``after``)."""
+        from pulse_core.events import ErrorReported, StatusChanged
+        from pulse_core.reducer import Folder
+
+        self.after = {}
+        self.changed_status = set()
+        if not any(isinstance(e, StatusChanged | ErrorReported) for e in events):
+            return
+        folder = Folder(before)
+        status = before.status
+        for event in events:
+            folder.apply(event)
+            if isinstance(event, StatusChanged | ErrorReported):
+                state = folder.state
+                self.after[id(event)] = state
+                if isinstance(event, StatusChanged) and state.status != status:
+                    self.changed_status.add(id(event))
+                status = state.status
+
+    def row(self, now: float, state: Any = None) -> dict[str, Any]:
+        """The run's ``ls`` row as of now (of *state*, default the latest)."""
         from pulse_transports.history import summarize
 
         return summarize(
-            self.follower.state,
+            self.follower.state if state is None else state,
             liveness=self.liveness,  # type: ignore[arg-type]
             now=now,
             path=self.follower.path,
@@ -278,14 +312,16 @@ class _Screen:
             self.live = None
 
     def say(self, text: str) -> None:
-        """Print a line above the live panel."""
+        """Print a line above the live panel (untrusted parts must be escaped)."""
         if not self.as_json:
             self.console.print(text)
 
-    def emit(self, reason: str) -> None:
-        """Report a change: a JSON line, or a printed line."""
+    def emit(self, reason: str, state: Any = None) -> None:
+        """Report a change: a JSON line, or a printed line (*state*: the run as of then)."""
+        from rich.markup import escape
+
         now = time.time()
-        row = self.watch.row(now)
+        row = self.watch.row(now, state)
         if self.as_json:
             print_json_line({"reason": reason, "eta": eta_of(row, now), "run": row})
             return
@@ -293,8 +329,8 @@ class _Screen:
         style = LIVENESS_STYLE.get(liveness, "")
         if reason == "start":
             self.say(
-                f"watching [bold]{row['training_id']}[/bold]: {row['status']} "
-                f"([{style}]{liveness}[/])  log {row['log']}"
+                f"watching [bold]{escape(row['training_id'])}[/bold]: {escape(row['status'])} "
+                f"([{style}]{liveness}[/])  log {escape(row['log'])}"
             )
         elif reason == "liveness":
             if liveness == "stale":
@@ -307,25 +343,35 @@ class _Screen:
         self._redraw(force=True)
 
     def event(self, event: Any) -> None:
-        """Report one new event if it matters (status change, error)."""
+        """Report one new event if it matters (a status change, an error).
+
+        Untrusted text from the log is escaped, never read as markup.
+        """
+        from rich.markup import escape
+
         from pulse_core.events import ErrorReported, StatusChanged
 
         if isinstance(event, StatusChanged):
-            if self.as_json:
-                self.emit("status")
+            if id(event) not in self.watch.changed_status:
+                pass  # refused by the lifecycle (or a repeat): not a change
+            elif self.as_json:
+                self.emit("status", self.watch.after.get(id(event)))
             else:
                 style = STATUS_STYLE.get(event.status, "")
-                message = f"  {event.message}" if event.message else ""
+                message = f"  {escape(event.message)}" if event.message else ""
                 self.say(
-                    f"{time.strftime('%H:%M:%S', time.localtime(event.timestamp))} "
-                    f"status [{style}]{event.status}[/]{message}"
+                    f"{escape(fmt_clock(event.timestamp))} "
+                    f"status [{style}]{escape(event.status)}[/]{message}"
                 )
         elif isinstance(event, ErrorReported):
             if self.as_json:
-                self.emit("error")
+                self.emit("error", self.watch.after.get(id(event)))
             else:
                 retry = "retryable" if event.is_retryable else "not retryable"
-                self.say(f"[red]error {event.error_code}[/red]: {event.message} ({retry})")
+                self.say(
+                    f"[red]error {escape(event.error_code)}[/red]: "
+                    f"{escape(event.message)} ({retry})"
+                )
         self._dirty = True
 
     def tick(self, news: bool) -> None:
@@ -350,6 +396,7 @@ class _Screen:
         from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
+        from rich.text import Text
 
         now = time.time()
         row = self.watch.row(now)
@@ -369,7 +416,8 @@ class _Screen:
         parts.append(f"elapsed {fmt_duration(row['duration'])}")
         metrics = self.watch.follower.state.metrics
         shown = [f"{k} {fmt_number(v)}" for k, v in sorted(metrics.items())[:8]]
-        return Group(grid, "  ".join(parts), "  ".join(shown) or "no metrics yet")
+        # Text, not str: metric names come from the log and are never markup.
+        return Group(grid, Text("  ".join(parts)), Text("  ".join(shown) or "no metrics yet"))
 
     def finish(self) -> int:
         """Say how the run ended (or that it is lost); return the exit status."""
@@ -379,13 +427,16 @@ class _Screen:
             print_json_line({"reason": "end", "eta": None, "run": row})
         else:
             self.console.print(self._render())
+            from rich.markup import escape
+
+            tid = escape(row["training_id"])
             if row["liveness"] == "lost":
                 self.say(
-                    f"[red]run {row['training_id']} is lost: the training process is gone "
-                    f"and the run never ended (last status {row['status']})[/red]"
+                    f"[red]run {tid} is lost: the training process is gone "
+                    f"and the run never ended (last status {escape(row['status'])})[/red]"
                 )
             elif row["liveness"] == "ended":
-                self.say(f"run {row['training_id']} ended: {row['status']}  {row['message']}")
+                self.say(f"run {tid} ended: {escape(row['status'])}  {escape(row['message'])}")
         if row["liveness"] == "lost" or row["status"] in ("error", "cancelled"):
             return EXIT_FAILED
         return 0

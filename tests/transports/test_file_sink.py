@@ -208,15 +208,17 @@ class TestContinuedLog:
     """A log that already has events is continued after its last seq."""
 
     def test_open_returns_last_seq_and_run_continues(self, tmp_home: Path) -> None:
-        """A second run on the same id starts at last seq + 1; the whole log replays cleanly."""
-        with TrainingRun(TID, sinks=[FileSink(home=tmp_home)], env={}, background=False) as run:
-            run.status("running")
-            run.progress(epoch=1, step=5)
+        """A second run on a lost run's id starts at last seq + 1; the log replays cleanly."""
+        sink = FileSink(home=tmp_home)
+        sink.open(TID)
+        for event in sample_events()[:5]:  # no terminal status: the writer was lost
+            sink.write(event)
+        sink.close()
         first = events_of(log_path(tmp_home, TID))
         sink = FileSink(home=tmp_home)
         assert sink.open(TID) == first[-1].seq
         sink.close()
-        with TrainingRun(TID, sinks=[FileSink(home=tmp_home)], env={}, background=False) as run:
+        with TrainingRun(TID, sinks=[FileSink(home=tmp_home)], env={}, background=False):
             pass
         everything = events_of(log_path(tmp_home, TID))
         seqs = [e.seq for e in everything]
