@@ -36,6 +36,10 @@ happen inside the commands, so ``pulse --help`` stays fast.
       ]
     }
 
+Every command here that judges liveness (``ls``, ``show``, ``v1``, ``watch``)
+also heals the home's ``training_status.json`` when it shows a run that is
+lost or ended (:func:`heal_v1`), so raw v1 pollers agree with these commands.
+
 Exit codes (all commands): 0 ok; 1 the checked thing failed (``validate``
 found errors; ``watch`` saw the run end badly); 2 usage (bad option, malformed
 id); 3 not found (unknown id, missing home, no run); 4 unreadable file
@@ -47,14 +51,18 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+import structlog
 
 from pulse_transports.cli._common import EXIT_NOT_FOUND, home_option, main, resolve_config
 from pulse_transports.config import Config
+
+log = structlog.get_logger("pulse.cli")
 
 STATUS_CHOICES = (
     "idle",
@@ -105,6 +113,31 @@ def open_home(home: Path | None) -> Config:
             EXIT_NOT_FOUND,
         )
     return config
+
+
+def heal_v1(config: Config, records: Sequence[Any] | None = None) -> None:
+    """Make the home's v1 snapshot honest if it shows a run that is lost or ended.
+
+    Every command that judges liveness calls it, so a raw ``training_status.json``
+    never says ``running`` for a dead writer once anyone has looked
+    (:func:`pulse_transports.hybrid.heal_v1_snapshot`). Cheap: a file read,
+    and runs are recovered only when the slot shows an unfinished status and
+    *records* (the home's runs) were not given. Never fails the command.
+    """
+    from pulse_transports.hybrid import heal_v1_snapshot
+
+    option = (config.transport_options.get("v1") or {}).get("path")
+    path = config.home / str(option) if option else None
+    try:
+        heal_v1_snapshot(
+            config.home,
+            path,
+            stale_after=config.stale_after,
+            lost_after=config.lost_after,
+            records=records,
+        )
+    except Exception as exc:  # noqa: BLE001 - a repair must never break a read
+        log.warning("pulse could not check the v1 snapshot", error=f"{type(exc).__name__}: {exc}")
 
 
 def check_id(training_id: str) -> str:
@@ -228,6 +261,7 @@ def ls_command(
 
     config = open_home(home)
     records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
+    heal_v1(config, records)
     rows = select_rows([r.summary for r in records], status, flow_run_id, limit)
     if as_json:
         print_json({"home": str(config.home), "runs": rows})

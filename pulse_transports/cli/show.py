@@ -39,6 +39,7 @@ from pulse_transports.cli.ls import (
     fmt_number,
     fmt_progress,
     fmt_time,
+    heal_v1,
     open_home,
     print_json,
 )
@@ -108,6 +109,7 @@ def show_command(training_id: str, as_json: bool, home: Path | None) -> None:
         )
     except RunNotFound as exc:
         fail(str(exc), EXIT_NOT_FOUND)
+    heal_v1(config)  # the v1 slot may show this run, now lost or ended
     document = run_document(record, time.time())
     if as_json:
         print_json(document)

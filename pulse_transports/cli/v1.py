@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from pulse_transports.cli._common import EXIT_NOT_FOUND, home_option, main
-from pulse_transports.cli.ls import check_id, fail, open_home, print_json
+from pulse_transports.cli.ls import check_id, fail, heal_v1, open_home, print_json
 
 
 @main.command("v1")
@@ -47,7 +47,9 @@ def v1_command(training_id: str | None, as_json: bool, home: Path | None) -> Non
     config = open_home(home)
     stale_after, lost_after = config.stale_after, config.lost_after
     if training_id is None:
-        record = v1_choice(recover(config.home, stale_after=stale_after, lost_after=lost_after))
+        records = recover(config.home, stale_after=stale_after, lost_after=lost_after)
+        heal_v1(config, records)
+        record = v1_choice(records)
         if record is None:
             fail(f"no runs under {config.home}", EXIT_NOT_FOUND)
     else:
@@ -57,6 +59,7 @@ def v1_command(training_id: str | None, as_json: bool, home: Path | None) -> Non
             )
         except RunNotFound as exc:
             fail(str(exc), EXIT_NOT_FOUND)
+        heal_v1(config)
     snapshot = to_v1(record.state, liveness=record.liveness)
     if as_json:
         print_json(snapshot)

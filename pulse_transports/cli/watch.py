@@ -44,6 +44,7 @@ from pulse_transports.cli.ls import (
     fmt_duration,
     fmt_number,
     fmt_progress,
+    heal_v1,
     open_home,
 )
 
@@ -241,7 +242,10 @@ def watch_command(
             record = _pick(config.home, wait=0 if once else timeout, **thresholds)
             if record is None:
                 fail(f"no live run under {config.home} (see pulse ls)", EXIT_NOT_FOUND)
+        heal_v1(config)
         code = _watch(config.home, record, once, timeout, as_json, thresholds)
+        if code == EXIT_FAILED:
+            heal_v1(config)  # it ended badly or was lost while watched
     except KeyboardInterrupt:
         code = 0
     raise SystemExit(code)
