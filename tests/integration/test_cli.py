@@ -507,3 +507,155 @@ class TestWatchInterrupt:
             assert b"Traceback" not in err
         finally:
             sink.close()
+
+
+GLOO = (
+    "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] "
+    "Connection closed by peer [127.0.0.1]:29500"
+)
+
+
+PULSE = (sys.executable, "-m", "pulse_transports.cli")
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a subprocess with ``--home``."""
+    return subprocess.run(
+        [*PULSE, *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def hostile_run(home: Path, tid: str, *, end: str | None) -> Path:
+    """A run with millisecond timestamps and gloo-style ``[...]`` text everywhere."""
+    start = 1.7e12  # milliseconds written as seconds: year 55840
+    evs: list[Event] = [
+        RunMeta(training_id=tid, seq=1, timestamp=start, name="[bold]gloo[/]", total_epochs=2),
+        StatusChanged(training_id=tid, seq=2, timestamp=start + 1, status="running", message=GLOO),
+        Progress(training_id=tid, seq=3, timestamp=start + 2, epoch=1, total_epochs=2),
+        Metrics(training_id=tid, seq=4, timestamp=start + 3, loss=0.5, extra={"acc[/x]": 0.9}),
+        ErrorReported(
+            training_id=tid,
+            seq=5,
+            timestamp=start + 4,
+            error_code="DIST_PEER_CLOSED",
+            message=GLOO,
+            details={"[/k]": "[/v] " + GLOO},
+        ),
+    ]
+    if end is not None:
+        evs.append(StatusChanged(training_id=tid, seq=6, timestamp=start + 5, status=end))
+    return write(home, evs)
+
+
+class TestUntrustedText:
+    """Text from the log is never rich markup, and any timestamp renders (real processes)."""
+
+    @pytest.mark.parametrize("end", ["error", None])
+    def test_show_renders_gloo_errors_and_millisecond_timestamps(
+        self, tmp_home: Path, end: str | None
+    ) -> None:
+        """pulse show prints the literal text and the raw timestamp, no traceback."""
+        hostile_run(tmp_home, "gloo-run", end=end)
+        assert cli(tmp_home, "validate", str(log_path(tmp_home, "gloo-run"))).returncode == 0
+        done = cli(tmp_home, "show", "gloo-run")
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        flat = " ".join(done.stdout.split())
+        assert "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534]" in flat
+        assert "[127.0.0.1]:29500" in flat
+        assert "[/k]: [/v]" in flat
+        assert "[bold]gloo[/]" in flat
+        assert "@1700000000001 (not a time)" in flat
+
+    def test_watch_once_and_ls(self, tmp_home: Path) -> None:
+        """pulse watch --once and pulse ls print such a run without crashing."""
+        hostile_run(tmp_home, "gloo-run", end="error")
+        watched = cli(tmp_home, "watch", "gloo-run", "--once")
+        assert watched.returncode == 0, watched.stderr
+        assert "Traceback" not in watched.stderr
+        assert "acc[/x]" in watched.stdout
+        listed = cli(tmp_home, "ls")
+        assert listed.returncode == 0, listed.stderr
+        assert "@1700000000001 (not a time)" in listed.stdout
+
+    def test_watch_prints_gloo_lines_as_they_come(self, tmp_home: Path) -> None:
+        """A followed run's status and error lines with ``[...]`` print literally."""
+        sink = FileSink(home=tmp_home, fsync=False)
+        sink.open("live-gloo")
+        now = time.time()
+        sink.write(RunMeta(training_id="live-gloo", seq=1, timestamp=now))
+        try:
+            proc = subprocess.Popen(
+                [*PULSE, "watch", "live-gloo", "--timeout", "60", "--home", str(tmp_home)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdout is not None
+            assert "watching" in proc.stdout.readline()
+            for event in (
+                StatusChanged(training_id="live-gloo", seq=2, timestamp=now, status="running"),
+                ErrorReported(
+                    training_id="live-gloo",
+                    seq=3,
+                    timestamp=now,
+                    error_code="DIST",
+                    message=GLOO,
+                ),
+                StatusChanged(
+                    training_id="live-gloo", seq=4, timestamp=now, status="error", message=GLOO
+                ),
+            ):
+                sink.write(event)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            sink.close()
+        assert proc.returncode == 1, err
+        assert "Traceback" not in err
+        assert "[127.0.0.1]:29500" in " ".join(out.split())
+
+
+class TestWatchJsonStatusLines:
+    """pulse watch --json prints one line per status change, in order, as of that change."""
+
+    def test_statuses_read_together_each_get_their_line(self, tmp_home: Path) -> None:
+        """cooling_down then done in one read: two status lines, cooling_down first."""
+        tid = "batched-run"
+        sink = FileSink(home=tmp_home, fsync=False)
+        sink.open(tid)
+        now = time.time()
+        for event in run_events(tid, now, end=None):
+            sink.write(event)
+        try:
+            proc = subprocess.Popen(
+                [*PULSE, "watch", tid, "--json", "--timeout", "60", "--home", str(tmp_home)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert proc.stdout is not None
+            assert orjson.loads(proc.stdout.readline())["reason"] == "start"
+            # One write(2): the watcher reads the three lines in one batch.
+            batch = b"".join(
+                encode(e)
+                for e in (
+                    StatusChanged(tid, 15, now + 10, "cooling_down", "saving"),
+                    StatusChanged(tid, 16, now + 11, "cooling_down", "refused: no change"),
+                    StatusChanged(tid, 17, now + 12, "done", "finished"),
+                )
+            )
+            with log_path(tmp_home, tid).open("ab") as handle:
+                handle.write(batch)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            sink.close()
+        assert proc.returncode == 0, err
+        lines = [orjson.loads(line) for line in out.splitlines()]
+        status_lines = [
+            (x["run"]["status"], x["run"]["message"]) for x in lines if x["reason"] == "status"
+        ]
+        assert status_lines == [("cooling_down", "saving"), ("done", "finished")]
+        assert lines[-1]["reason"] == "end"
