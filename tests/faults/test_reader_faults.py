@@ -250,6 +250,72 @@ class TestKilledWriter:
         assert (row["liveness"], row["bad_lines"]) == ("lost", 1)
 
 
+V1_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pulse_core.emitter import TrainingRun
+    from pulse_transports.file import FileSink, V1SnapshotSink
+
+    home, tid = sys.argv[1:3]
+    sinks = [FileSink(home=home, interval=0.0, fsync=False),
+             V1SnapshotSink(home=home, interval=0.05)]
+    run = TrainingRun(tid, sinks=sinks, env={}, total_epochs=1000, heartbeat_interval=0.2)
+    run.status("running", "training")
+    epoch = 0
+    while True:
+        epoch += 1
+        run.progress(epoch=epoch, step=1)
+        run.metrics(loss=1.0 / epoch)
+        time.sleep(0.02)
+    """
+)
+
+
+class TestV1FileHealedByReaders:
+    """Every reading command that judges liveness heals a raw v1 file left running."""
+
+    @pytest.mark.parametrize(
+        "command", [("ls",), ("show", "{tid}"), ("v1",), ("watch", "{tid}", "--once")]
+    )
+    def test_sigkilled_writer_then_command(
+        self,
+        home: Path,
+        tmp_path: Path,
+        procs: list[subprocess.Popen[str]],
+        command: tuple[str, ...],
+    ) -> None:
+        """SIGKILLed writer, then the command: training_status.json no longer says running."""
+        tid = "v1-killed"
+        script = tmp_path / "v1_writer.py"
+        script.write_text(V1_WRITER)
+        writer = subprocess.Popen(
+            [sys.executable, str(script), str(home), tid],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(writer)
+        raw = home / "training_status.json"
+
+        def says_running() -> bool:
+            try:
+                snapshot = orjson.loads(raw.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                return False
+            return bool(snapshot.get("status") == "running" and snapshot.get("epoch", 0) >= 3)
+
+        wait_for(says_running, what="the v1 file to say running")
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=10)
+        assert orjson.loads(raw.read_bytes())["status"] == "running"  # the writer cannot fix it
+        done = pulse(home, *(part.format(tid=tid) for part in command))
+        assert done.returncode in (0, 1), done.stderr  # watch exits 1 for a lost run
+        healed = orjson.loads(raw.read_bytes())
+        assert healed["status"] == "error"
+        assert healed["message"].startswith("training process lost")
+        assert healed["epoch"] >= 3
+
+
 class TestHungWriter:
     """A stopped (hung) writer goes stale, then lost; its heartbeats revive it."""
 
