@@ -39,10 +39,12 @@ Deleted or replaced log: before every meta/status/error/dropped line, and at
 least every :data:`CHECK_INTERVAL` seconds otherwise, the writer compares the
 path's ``(st_dev, st_ino)`` with its open file's. If the log (or its whole
 folder) was deleted or replaced, the folder and log are recreated and the
-run's meta and latest status, progress and metrics are restated with their
-original seqs, followed by a ``dropped`` line counting the other lines that
-were written into the lost file; the lock file is taken again, and one
-warning is logged. If a directory now sits at the log's path, the write
+run is restated with the original seqs, in seq order: its meta, its status
+lines (the lifecycle path, so a fresh fold reaches the same status), its
+last errors and its latest progress and metrics, plus a ``dropped`` line
+(with the seq of a lost line) counting the other lines written into the lost
+file. The lock file is taken again (readers would otherwise call the run
+lost), and one warning is logged. If a directory now sits at the log's path, the write
 fails with ``EISDIR`` (warned once): the emitter keeps the events and
 retries, and the log is recreated once the path is free again.
 
