@@ -325,7 +325,8 @@ class _Screen:
         from rich.markup import escape
 
         now = time.time()
-        row = self.watch.row(now, state)
+        # (A watch without per-event states, e.g. pulse nats watch, takes no state.)
+        row = self.watch.row(now) if state is None else self.watch.row(now, state)
         if self.as_json:
             print_json_line({"reason": reason, "eta": eta_of(row, now), "run": row})
             return
@@ -355,11 +356,13 @@ class _Screen:
 
         from pulse_core.events import ErrorReported, StatusChanged
 
+        after: dict[int, Any] = getattr(self.watch, "after", {})
+        changed: set[int] | None = getattr(self.watch, "changed_status", None)
         if isinstance(event, StatusChanged):
-            if id(event) not in self.watch.changed_status:
+            if changed is not None and id(event) not in changed:
                 pass  # refused by the lifecycle (or a repeat): not a change
             elif self.as_json:
-                self.emit("status", self.watch.after.get(id(event)))
+                self.emit("status", after.get(id(event)))
             else:
                 style = STATUS_STYLE.get(event.status, "")
                 message = f"  {escape(event.message)}" if event.message else ""
@@ -369,7 +372,7 @@ class _Screen:
                 )
         elif isinstance(event, ErrorReported):
             if self.as_json:
-                self.emit("error", self.watch.after.get(id(event)))
+                self.emit("error", after.get(id(event)))
             else:
                 retry = "retryable" if event.is_retryable else "not retryable"
                 self.say(
