@@ -2,21 +2,49 @@
 
 This module owns running a training command as a PULSE run on behalf of a
 Flow Manager step or ``pulse run``. The supervisor and the child share the
-run's log, one writer at a time (the file lock decides):
+run's log, one writer at a time (the ``flock`` on ``<id>.lock`` decides), and
+the supervisor holds the run's liveness whenever the child does not:
 
-1. Before launch the supervisor writes the run's ``meta`` (the flow link) and
-   ``preparing``, then releases the lock.
+1. Before launch the supervisor takes the run's lock (its own FileSink) and
+   writes ``meta`` (the flow link, ``launched_by: pulse-supervisor``) and
+   ``preparing``; once the process started it writes ``running`` -- a child
+   that never reports shows ``running`` at once, not after a timeout.
 2. The child is started with ``PULSE_*`` variables (training id, flow link,
-   home, attempt) so a ``TrainingRun`` in it continues the same log without
-   code changes. A child that does not take the log within
-   ``claim_timeout`` seconds is taken not to report; the supervisor then
-   writes ``running`` for it.
-3. When the child exits the supervisor reads the log. If the run did not end,
-   it appends what happened: ``done`` for a non-reporting child that exited
-   0; otherwise an ``error`` event -- ``PROCESS_CRASHED`` (a signal or a
-   non-zero exit), ``PROCESS_EXITED_WITHOUT_RESULT`` (a reporting child that
-   exited 0 without ``done``) -- then ``status: error``; or ``cancelled`` if
-   the step was cancelled. A command that cannot start gets ``LAUNCH_FAILED``.
+   home, attempt, ``PULSE_SUPERVISED=1``) so a ``TrainingRun`` in it continues
+   the same log without code changes; under ``PULSE_SUPERVISED`` it continues
+   from ``running`` (one ``preparing`` in the timeline). Its file sink gets
+   ``lock_wait`` 5 s and a 0.25 s progress interval through
+   ``PULSE_TRANSPORT_OPTIONS`` (Flow updates within 500 ms).
+3. Hand-over: while it holds the lock the supervisor watches the child's
+   process tree (``/proc/<pid>/fd``, every 50 ms for ``claim_timeout`` seconds,
+   then every 250 ms for the child's whole life). As soon as a process of the
+   tree opens the lock file -- a ``TrainingRun`` about to take it -- the
+   supervisor lets the lock go, and the child, waiting up to ``lock_wait``,
+   takes it within its 20 ms retry. A reporting child is never refused, late
+   claims included. The lock is free only for that retry gap (<= ~20 ms once
+   per run). Without ``/proc`` (not Linux) the supervisor lets go right after
+   ``running`` and a non-reporting child is judged by silence.
+4. While it holds the run, the supervisor writes heartbeats (the configured
+   interval) and the v1 snapshot (``training_status.json``, when the ``v1``
+   transport is configured). If the lock is found free for a few seconds
+   while the child lives and the run has not ended (the child closed its run
+   or never managed to take it), the supervisor holds it again.
+5. The child's stderr is passed through unchanged by a thread reading a pipe,
+   which keeps its last 40 lines / 8 KiB.
+6. When the child exits the supervisor takes the lock and reads the log. If
+   the run did not end, it appends what happened: ``done`` for a
+   non-reporting child that exited 0; otherwise an ``error`` event, then
+   ``status: error``; or ``cancelled`` if the step was cancelled. A command
+   that cannot start gets ``LAUNCH_FAILED``. Then it always writes the final
+   v1 snapshot (the child's own may say ``running`` after a SIGKILL).
+
+Error codes written by the supervisor: a signal is ``PROCESS_CRASHED``
+(retryable for SIGKILL) with the stderr tail's classification in
+``details.cause``; a non-zero exit takes the code :func:`classify_text` finds
+in the stderr tail (``CUDA_OOM``, ``DATASET_NOT_FOUND``, ``OUT_OF_MEMORY``,
+``UNHANDLED_EXCEPTION`` for another Python traceback) or ``PROCESS_CRASHED``;
+exit 0 of a reporting child without ``done`` is
+``PROCESS_EXITED_WITHOUT_RESULT``. ``details.stderr_tail`` holds the tail.
 
 So History always shows an honest end, whatever the child did.
 """
@@ -24,10 +52,13 @@ So History always shows an honest end, whatever the child did.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,15 +73,24 @@ from pulse_core.emitter import (
     ENV_FLOW_ID,
     ENV_FLOW_RUN_ID,
     ENV_FLOW_STEP_ID,
+    ENV_SUPERVISED,
     ENV_TOTAL_EPOCHS,
     ENV_TRAINING_ID,
     new_training_id,
 )
 from pulse_core.errors import RunLocked
-from pulse_core.events import ErrorReported, Event, RunMeta, StatusChanged, validate_training_id
-from pulse_core.projections import to_history_record
+from pulse_core.events import (
+    ErrorReported,
+    Event,
+    Heartbeat,
+    RunMeta,
+    StatusChanged,
+    validate_training_id,
+)
+from pulse_core.projections import to_history_record, to_v1
 from pulse_core.state import RunState
-from pulse_transports.file import FileSink, log_path, writer_alive
+from pulse_transports.config import ENV_TRANSPORT_OPTIONS, Config, load_config
+from pulse_transports.file import FileSink, lock_path, log_path, write_json_atomic, writer_alive
 from pulse_transports.follow import read_log
 
 log = structlog.get_logger("pulse.supervise")
@@ -60,6 +100,23 @@ SUPERVISOR_LABEL: Final = "pulse-supervisor"
 CLAIM_TIMEOUT: Final = 5.0
 #: Seconds a cancelled child gets between SIGTERM and SIGKILL.
 GRACE_PERIOD: Final = 10.0
+#: Claim scans of the child's process tree: while a claim is likely, and later.
+SCAN_FAST: Final = 0.05
+SCAN_SLOW: Final = 0.25
+#: Seconds the child's file sink waits for the lock (set in its environment);
+#: far above SCAN_SLOW, so a claim is always seen and let through in time.
+CHILD_LOCK_WAIT: Final = 5.0
+#: Least seconds between the child's progress lines in the log (Flow updates
+#: within 500 ms; the library default is 1 s).
+CHILD_LOG_INTERVAL: Final = 0.25
+#: Seconds the lock may stay free while the child lives before the supervisor holds it again.
+REHOLD_AFTER: Final = CHILD_LOCK_WAIT + 1.0
+#: The stderr tail kept for the error's details.
+TAIL_LINES: Final = 40
+TAIL_BYTES: Final = 8192
+#: Seconds to wait for the stderr pipe to drain after the child exited (a
+#: grandchild may keep it open).
+DRAIN_WAIT: Final = 2.0
 
 
 @attrs.frozen
@@ -127,12 +184,18 @@ def child_environment(
     home: Path,
     link: FlowLink,
     total_epochs: int | None = None,
+    file_options: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The environment that lets a child's TrainingRun continue this run."""
+    """The environment that lets a child's TrainingRun continue this run.
+
+    *file_options* are the ``file`` transport options already configured;
+    the child's ``lock_wait`` and ``interval`` default to the supervisor's
+    (:data:`CHILD_LOCK_WAIT`, :data:`CHILD_LOG_INTERVAL`) unless set there.
+    """
     env = dict(base)
     env[ENV_TRAINING_ID] = training_id
     env["PULSE_HOME"] = str(home.resolve())
-    env["PULSE_SUPERVISED"] = "1"
+    env[ENV_SUPERVISED] = "1"
     env["PULSE_HANDLE_SIGNALS"] = "1"
     for name, value in (
         (ENV_FLOW_ID, link.flow_id),
@@ -145,25 +208,228 @@ def child_environment(
             env.pop(name, None)
         else:
             env[name] = value
+    tables: dict[str, Any] = {}
+    with contextlib.suppress(ValueError):
+        given = json.loads(env.get(ENV_TRANSPORT_OPTIONS) or "{}")
+        if isinstance(given, dict):
+            tables = given
+    given_file = tables.get("file")
+    file_table: dict[str, Any] = given_file if isinstance(given_file, dict) else {}
+    tables["file"] = {
+        "lock_wait": CHILD_LOCK_WAIT,
+        "interval": CHILD_LOG_INTERVAL,
+        **dict(file_options or {}),
+        **file_table,
+    }
+    env[ENV_TRANSPORT_OPTIONS] = json.dumps(tables)
     return env
 
 
-class LogWriter:
-    """Appends supervisor events to a run's log, taking its lock briefly."""
+# -- the stderr tail -----------------------------------------------------------------
 
-    def __init__(self, home: Path, training_id: str, lock_wait: float = 30.0) -> None:
+_CUDA_OOM = re.compile(
+    r"CUDA out of memory|OutOfMemoryError|ResourceExhaustedError|"
+    r"RuntimeError:.*out of memory|CUBLAS_STATUS_ALLOC_FAILED",
+    re.IGNORECASE,
+)
+_NOT_FOUND = re.compile(
+    r"FileNotFoundError|DatasetNotFoundError|DataFileNotFound|No such file or directory"
+)
+_MEMORY = re.compile(r"\bMemoryError\b")
+_TRACEBACK = "Traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*$")
+
+
+def classify_text(tail: str) -> tuple[str, bool]:
+    """Map a crashed process's stderr tail to ``(error_code, is_retryable)``.
+
+    The rules of :func:`pulse_core.emitter.classify_exception`, applied to
+    text, newest line first (the last exception decides): CUDA/torch/TF
+    out-of-memory -> ``CUDA_OOM`` (retryable); a missing file ->
+    ``DATASET_NOT_FOUND``; ``MemoryError`` -> ``OUT_OF_MEMORY`` (retryable);
+    another Python traceback -> ``UNHANDLED_EXCEPTION``; nothing recognised ->
+    ``PROCESS_CRASHED``.
+    """
+    for line in reversed(tail.splitlines()):
+        if _CUDA_OOM.search(line):
+            return "CUDA_OOM", True
+        if _NOT_FOUND.search(line):
+            return "DATASET_NOT_FOUND", False
+        if _MEMORY.search(line):
+            return "OUT_OF_MEMORY", True
+    if _TRACEBACK in tail:
+        return "UNHANDLED_EXCEPTION", False
+    return "PROCESS_CRASHED", False
+
+
+def last_words(tail: str) -> str:
+    """The line of a stderr tail that says most: the last exception line, else the last line."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line
+    return lines[-1] if lines else ""
+
+
+def bounded_tail(data: bytes, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:
+    """The last *lines* lines of *data*, at most *limit* bytes, decoded with replacement."""
+    kept = data[-limit:].decode("utf-8", errors="replace")
+    if len(data) > limit:
+        kept = kept.split("\n", 1)[-1] if "\n" in kept else kept  # drop a cut first line
+    return "\n".join(kept.rstrip("\n").split("\n")[-lines:])
+
+
+class StderrTee:
+    """Pass a child's stderr through unchanged and keep its tail.
+
+    A daemon thread reads the pipe and writes every chunk to *target* (a file
+    descriptor; None: keep the tail only), keeping the last bytes for
+    :meth:`tail`.
+    """
+
+    def __init__(self, source: int, target: int | None) -> None:
+        self._source = source
+        self._target = target
+        self._buffer = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, name="pulse-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                try:
+                    chunk = os.read(self._source, 65536)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self._forward(chunk)
+                with self._lock:
+                    self._buffer += chunk
+                    if len(self._buffer) > 2 * TAIL_BYTES:
+                        del self._buffer[: -TAIL_BYTES - 1]
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self._source)
+
+    def _forward(self, chunk: bytes) -> None:
+        if self._target is None:
+            return
+        view = memoryview(chunk)
+        try:
+            while view:
+                view = view[os.write(self._target, view) :]
+        except OSError:
+            self._target = None  # the terminal went away: keep the tail only
+
+    def drain(self, timeout: float = DRAIN_WAIT) -> None:
+        """Wait for the pipe to close (every writer gone), at most *timeout* s."""
+        self._thread.join(timeout)
+
+    def tail(self) -> str:
+        """The last lines of what the child wrote to stderr so far."""
+        with self._lock:
+            data = bytes(self._buffer)
+        return bounded_tail(data)
+
+
+def _tee_target(stderr: Any) -> tuple[bool, int | None]:
+    """Whether to tee a Popen ``stderr`` argument, and the descriptor to pass it to."""
+    if stderr is None:
+        try:
+            return True, sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):
+            return True, 2
+    if stderr == subprocess.DEVNULL:
+        return True, None
+    if isinstance(stderr, int):
+        return (True, stderr) if stderr >= 0 else (False, None)  # PIPE, STDOUT: the caller's
+    fileno = getattr(stderr, "fileno", None)
+    if fileno is not None:
+        with contextlib.suppress(OSError, ValueError):
+            return True, int(fileno())
+    return False, None
+
+
+# -- the process tree ----------------------------------------------------------------
+
+PROC_AVAILABLE: Final = Path("/proc/self/fd").is_dir()
+
+
+def process_tree(root: int, limit: int = 256) -> list[int]:
+    """The pids of *root* and its descendants (Linux ``/proc``), at most *limit*."""
+    pids: list[int] = []
+    queue = [root]
+    while queue and len(pids) < limit:
+        pid = queue.pop()
+        pids.append(pid)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as handle:
+                    queue.extend(int(child) for child in handle.read().split())
+            except (OSError, ValueError):
+                continue
+    return pids
+
+
+def tree_opened(root: int, target: str) -> bool:
+    """True if a process of *root*'s tree has the file *target* open."""
+    for pid in process_tree(root):
+        folder = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if os.readlink(f"{folder}/{name}") == target:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+# -- holding the run -----------------------------------------------------------------
+
+
+class RunHolder:
+    """The supervisor's own writer on a run's log: the lock, its lines and the v1 snapshot.
+
+    Args:
+        home: the PULSE home.
+        training_id: the run.
+        v1_path: the v1 snapshot to keep, or None.
+        lock_wait: seconds :meth:`hold` waits for the lock.
+    """
+
+    def __init__(
+        self, home: Path, training_id: str, v1_path: Path | None, lock_wait: float = 30.0
+    ) -> None:
         self.home = home
         self.training_id = training_id
+        self.v1_path = v1_path
         self.lock_wait = lock_wait
+        self._sink: FileSink | None = None
+        self._seq = 0
 
-    def append(self, build: Callable[[int, float], list[Event]]) -> RunState:
-        """Append ``build(next_seq, now)``'s events; return the state after them.
+    @property
+    def holding(self) -> bool:
+        """True while the supervisor holds the run's lock."""
+        return self._sink is not None
 
-        ``build`` sees the log's state through the returned list only; it is
-        called with the lock held, so no other writer can interleave.
-        """
-        sink = FileSink(home=self.home)
-        deadline = time.monotonic() + self.lock_wait
+    def hold(self, wait: float | None = None) -> None:
+        """Take the run's lock (waiting up to *wait* s); RunLocked if it stays held."""
+        if self._sink is not None:
+            return
+        sink = FileSink(home=self.home, lock_wait=0.0)
+        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
         while True:
             try:
                 last = sink.open(self.training_id) or 0
@@ -171,13 +437,53 @@ class LogWriter:
             except RunLocked:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.05)
-        try:
-            for event in build(last + 1, time.time()):
-                sink.write(event)
-        finally:
+                time.sleep(0.02)
+        self._sink, self._seq = sink, last
+
+    def release(self) -> None:
+        """Let the lock go (a child takes it over)."""
+        sink, self._sink = self._sink, None
+        if sink is not None:
             sink.close()
-        return read_state(self.home, self.training_id)
+
+    def append(self, build: Callable[[int, float], list[Event]]) -> RunState:
+        """Append ``build(next_seq, now)``'s events (holding the lock); the state after them.
+
+        Also rewrites the v1 snapshot. Holds the lock first if needed (and
+        keeps it).
+        """
+        self.hold()
+        assert self._sink is not None
+        for event in build(self._seq + 1, time.time()):
+            self._sink.write(event)
+            self._seq = max(self._seq, event.seq)
+        state = read_state(self.home, self.training_id)
+        self.write_v1(state)
+        return state
+
+    def heartbeat(self) -> None:
+        """Append a heartbeat (only while holding)."""
+        if self._sink is not None:
+            tid = self.training_id
+            self.append(lambda seq, now: [Heartbeat(training_id=tid, seq=seq, timestamp=now)])
+
+    def write_v1(self, state: RunState) -> None:
+        """Write the v1 snapshot of *state* (never raises: a v1 failure must not stop the run)."""
+        if self.v1_path is None:
+            return
+        try:
+            self.v1_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.v1_path, to_v1(state))
+        except OSError as exc:
+            log.warning("pulse: v1 snapshot write failed", path=str(self.v1_path), error=str(exc))
+
+
+def v1_snapshot_path(config: Config) -> Path | None:
+    """Where the configured ``v1`` transport writes, or None when it is not configured."""
+    if "v1" not in config.transports:
+        return None
+    given = config.transport_options.get("v1", {}).get("path")
+    return config.home / str(given) if given else config.home / "training_status.json"
 
 
 def _meta(
@@ -226,8 +532,13 @@ class Supervisor:
         total_epochs: passed to the child as ``PULSE_TOTAL_EPOCHS``.
         env: the base environment for the child (default ``os.environ``).
         cwd: the child's working folder.
-        claim_timeout: seconds for the child to open its log.
-        stdout, stderr: passed to ``subprocess.Popen``.
+        claim_timeout: seconds of fast claim scans after launch (a child
+            claiming later is let through too, a little slower).
+        stdout, stderr: passed to ``subprocess.Popen``; stderr None (the
+            terminal), a file, a descriptor or DEVNULL is passed through a
+            pipe that keeps the tail; PIPE and STDOUT are left to the caller.
+        config: the configuration (heartbeat interval, the v1 snapshot);
+            default: loaded for *home*.
     """
 
     def __init__(
@@ -244,6 +555,7 @@ class Supervisor:
         claim_timeout: float = CLAIM_TIMEOUT,
         stdout: Any = None,
         stderr: Any = None,
+        config: Config | None = None,
     ) -> None:
         self.command = list(command)
         self.home = Path(home)
@@ -256,9 +568,12 @@ class Supervisor:
         self.claim_timeout = claim_timeout
         self.stdout = stdout
         self.stderr = stderr
+        self.config = config or load_config(home=self.home)
         self.process: subprocess.Popen[bytes] | None = None
         self.outcome: Outcome | None = None
-        self._writer = LogWriter(self.home, self.training_id)
+        self.tee: StderrTee | None = None
+        self._holder = RunHolder(self.home, self.training_id, v1_snapshot_path(self.config))
+        self._lock_target = os.path.realpath(lock_path(self.home, self.training_id))
         self._cancel_requested = False
         self._cancel_message = "cancelled"
         self._done = threading.Event()
@@ -267,9 +582,13 @@ class Supervisor:
     # -- life ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Write meta + preparing, then launch the child (never raises for launch errors)."""
+        """Write meta + preparing, launch the child, write running (launch errors end the run).
+
+        Raises:
+            RunLocked: another live writer holds this training_id.
+        """
         tid, link = self.training_id, self.link
-        self._writer.append(
+        self._holder.append(
             lambda seq, now: [
                 _meta(tid, seq, now, link, self.name, self.total_epochs, self.command),
                 StatusChanged(
@@ -281,19 +600,50 @@ class Supervisor:
                 ),
             ]
         )
-        env = child_environment(self.env, tid, self.home, link, self.total_epochs)
+        env = child_environment(
+            self.env,
+            tid,
+            self.home,
+            link,
+            self.total_epochs,
+            self.config.transport_options.get("file"),
+        )
+        tee, target = _tee_target(self.stderr)
+        read_end = write_end = -1
+        if tee:
+            read_end, write_end = os.pipe()
         try:
             self.process = subprocess.Popen(
                 self.command,
                 env=env,
                 cwd=self.cwd,
                 stdout=self.stdout,
-                stderr=self.stderr,
+                stderr=write_end if tee else self.stderr,
                 start_new_session=True,
             )
         except (OSError, ValueError) as exc:
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    os.close(fd)
             self._launch_failed(exc)
             return
+        if tee:
+            os.close(write_end)
+            self.tee = StderrTee(read_end, target)
+        pid = self.process.pid
+        self._holder.append(
+            lambda seq, now: [
+                StatusChanged(
+                    training_id=tid,
+                    seq=seq,
+                    timestamp=now,
+                    status="running",
+                    message=f"process {pid} started",
+                )
+            ]
+        )
+        if not PROC_AVAILABLE:
+            self._holder.release()  # no way to see a claim: never block one
         threading.Thread(target=self._watch, name=f"pulse-supervise-{tid}", daemon=True).start()
 
     def wait(self, timeout: float | None = None) -> Outcome | None:
@@ -306,6 +656,12 @@ class Supervisor:
     def finished(self) -> bool:
         """True once the outcome is known."""
         return self._done.is_set()
+
+    @property
+    def child_running(self) -> bool:
+        """True while the child process lives."""
+        process = self.process
+        return process is not None and process.poll() is None
 
     def send_signal(self, signum: int) -> None:
         """Send *signum* to the child's process group (if it still runs)."""
@@ -364,37 +720,75 @@ class Supervisor:
                 ),
             ]
 
-        self._finish(self._writer.append(build), None)
+        try:
+            state = self._holder.append(build)
+        finally:
+            self._holder.release()
+        self._finish(state, None)
 
     def _watch(self) -> None:
+        try:
+            self._hold_while_running()
+        except Exception as exc:  # noqa: BLE001 - the end must still be written
+            log.warning(
+                "pulse: supervising the run failed; writing its end",
+                training_id=self.training_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         process = self.process
         assert process is not None
-        deadline = time.monotonic() + self.claim_timeout
-        claimed = False
-        while process.poll() is None and time.monotonic() < deadline:
-            if writer_alive(self.home, self.training_id):
-                claimed = True
-                break
-            time.sleep(0.05)
-        if not claimed and process.poll() is None and not child_reported(self._state()):
-            tid = self.training_id
-            self._writer.append(
-                lambda seq, now: (
-                    [
-                        StatusChanged(
-                            training_id=tid,
-                            seq=seq,
-                            timestamp=now,
-                            status="running",
-                            message=f"process {process.pid} started; it does not report",
-                        )
-                    ]
-                    if self._state().status in ("idle", "preparing")
-                    else []
-                )
-            )
         code = process.wait()
-        self._finish(self._writer.append(lambda seq, now: self._ending(seq, now, code)), code)
+        if self.tee is not None:
+            self.tee.drain()
+        state: RunState | None = None
+        try:
+            self._holder.hold()
+            state = self._holder.append(lambda seq, now: self._ending(seq, now, code))
+        except Exception as exc:  # noqa: BLE001 - e.g. a grandchild still holds the lock
+            log.warning(
+                "pulse: could not write the run's end",
+                training_id=self.training_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            self._holder.release()
+        if state is None:
+            state = self._state()
+            self._holder.write_v1(state)
+        self._finish(state, code)
+
+    def _hold_while_running(self) -> None:
+        """Hold the run for the child until it claims the log; hold it again if it lets go."""
+        process = self.process
+        assert process is not None
+        holder = self._holder
+        fast_until = time.monotonic() + self.claim_timeout
+        beat = self.config.heartbeat_interval
+        next_beat = time.monotonic() + beat
+        free_since: float | None = None
+        while process.poll() is None:
+            now = time.monotonic()
+            if holder.holding:
+                if tree_opened(process.pid, self._lock_target):
+                    holder.release()  # the child is taking the log over
+                    free_since = None
+                elif now >= next_beat:
+                    holder.heartbeat()
+                    next_beat = now + beat
+            elif PROC_AVAILABLE:
+                # The child holds the run. If it lets go while it lives (its run
+                # closed without an end, or it never took the lock), hold it again.
+                if writer_alive(self.home, self.training_id) is False:
+                    free_since = now if free_since is None else free_since
+                    if now - free_since >= REHOLD_AFTER and not self._state().is_terminal:
+                        with contextlib.suppress(RunLocked):
+                            holder.hold(wait=0.0)
+                            holder.heartbeat()
+                            next_beat = now + beat
+                        free_since = None
+                else:
+                    free_since = None
+            time.sleep(SCAN_FAST if now < fast_until else SCAN_SLOW)
 
     def _state(self) -> RunState:
         return read_state(self.home, self.training_id)
@@ -438,35 +832,43 @@ class Supervisor:
                 )
             )
             return events
+        tail = self.tee.tail() if self.tee is not None else ""
+        cause, cause_retryable = classify_text(tail)
+        words = last_words(tail)
+        details: dict[str, Any] = {"exit_code": code}
         if code < 0:
             signame = _signal_name(-code)
             error_code, retryable = "PROCESS_CRASHED", -code == signal.SIGKILL
             message = f"training process killed by {signame} without reporting an end"
-            details: dict[str, Any] = {"signal": signame, "exit_code": code}
+            details["signal"] = signame
+            if cause != "PROCESS_CRASHED":
+                details["cause"] = cause
         elif code == 0:
             error_code, retryable = "PROCESS_EXITED_WITHOUT_RESULT", False
             message = "training process exited with status 0 without reporting done"
-            details = {"exit_code": 0}
         else:
-            error_code, retryable = "PROCESS_CRASHED", False
+            error_code, retryable = cause, cause_retryable
             message = f"training process exited with status {code} without reporting an end"
-            details = {"exit_code": code}
+        if words:
+            message = f"{message}: {words}"
         details["pid"] = self.process.pid if self.process else None
         details["last_status"] = state.status
+        if tail:
+            details["stderr_tail"] = tail
         return [
             ErrorReported(
                 training_id=tid,
                 seq=seq,
                 timestamp=now,
                 error_code=error_code,
-                message=message,
+                message=message[:500],
                 is_retryable=retryable,
                 details=details,
                 epoch=state.epoch,
                 step=state.step,
             ),
             StatusChanged(
-                training_id=tid, seq=seq + 1, timestamp=now, status="error", message=message
+                training_id=tid, seq=seq + 1, timestamp=now, status="error", message=message[:500]
             ),
         ]
 

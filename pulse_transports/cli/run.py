@@ -35,7 +35,13 @@ def _validated_id(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--flow-id", default=None, help="Flow this run belongs to.")
 @click.option("--flow-run-id", default=None, help="Flow run this run belongs to.")
 @click.option("--flow-step-id", default=None, help="Flow step (TRAIN) this run belongs to.")
-@click.option("--attempt", type=click.IntRange(1), default=None, help="Attempt number of the step.")
+@click.option(
+    "--attempt",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Attempt number of the step.",
+)
 @click.option("--total-epochs", type=click.IntRange(1), default=None, help="Epochs planned.")
 @click.option("--name", default=None, help="A short human name for the run.")
 @click.option(
