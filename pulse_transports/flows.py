@@ -247,6 +247,7 @@ class FlowTrainer:
             cwd=cwd,
             stdout=stdout,
             stderr=stderr,
+            config=self.config,
             **kwargs,
         )
         step = TrainStep(self, supervisor.training_id, link)

@@ -58,7 +58,7 @@ def run(
     flow_id: str | None,
     flow_run_id: str | None,
     flow_step_id: str | None,
-    attempt: int | None,
+    attempt: int,
     total_epochs: int | None,
     name: str | None,
     claim_timeout: float,
@@ -70,8 +70,11 @@ def run(
     The command gets PULSE_TRAINING_ID, PULSE_HOME and the flow link in its
     environment, so a TrainingRun inside it reports into this run without
     code changes. A command that never reports still gets an honest run:
-    preparing on launch, running once started, done or error from its exit
-    status. Ctrl-C (or SIGTERM) is forwarded to the command and the run ends
+    preparing on launch, running once started (kept alive by pulse run's
+    heartbeats and the v1 snapshot), done or error from its exit status. The
+    command's stderr passes through; its last 40 lines are kept in the
+    error's details and classified (CUDA_OOM, DATASET_NOT_FOUND, ...).
+    Ctrl-C (or SIGTERM) is forwarded to the command and the run ends
     cancelled; a second Ctrl-C sends SIGTERM, a third SIGKILL.
 
     \b
@@ -88,6 +91,7 @@ def run(
         name=name,
         total_epochs=total_epochs,
         claim_timeout=claim_timeout,
+        config=config,
     )
     interrupts = 0
 

@@ -16,7 +16,9 @@ import orjson
 import pytest
 
 from pulse_core.codec import decode
+from pulse_core.errors import ConfigError
 from pulse_core.events import Progress
+from pulse_transports.config import load_config
 from pulse_transports.file import log_path, writer_alive
 from pulse_transports.flows import FlowTrainer
 from pulse_transports.supervise import (
@@ -380,3 +382,20 @@ class TestFlowUpdates:
         timeline = [t["status"] for t in trainer.drill_down(step.training_id)["view"]["timeline"]]
         assert timeline == ["preparing", "running", "done"]
         assert step.record()["attempt"] == 1
+
+
+class TestTransportOptionsEnv:
+    """PULSE_TRANSPORT_OPTIONS carries option tables to a child's configuration."""
+
+    def test_merged_over_file_tables(self, tmp_path: Path) -> None:
+        """The variable's keys win; the file's other keys stay."""
+        (tmp_path / "pulse.toml").write_text("[pulse.file]\nmax_bytes = 65536\ninterval = 2.0\n")
+        env = {"PULSE_TRANSPORT_OPTIONS": json.dumps({"file": {"interval": 0.25}})}
+        config = load_config(env=env, start=tmp_path)
+        assert config.transport_options["file"] == {"max_bytes": 65536, "interval": 0.25}
+
+    def test_bad_value_is_a_config_error(self) -> None:
+        """A value that is not a JSON object of tables fails with the variable's name."""
+        for bad in ("{not json", '["file"]', '{"file": 3}'):
+            with pytest.raises(ConfigError, match="PULSE_TRANSPORT_OPTIONS"):
+                load_config(env={"PULSE_TRANSPORT_OPTIONS": bad})
