@@ -26,7 +26,7 @@ the supervisor holds the run's liveness whenever the child does not:
    ``running`` and a non-reporting child is judged by silence.
 4. While it holds the run, the supervisor writes heartbeats (the configured
    interval) and the v1 snapshot (``training_status.json``, when the ``v1``
-   transport is configured). If the lock is found free for a few seconds
+   transport is configured). If the lock is found free for a second
    while the child lives and the run has not ended (the child closed its run
    or never managed to take it), the supervisor holds it again.
 5. The child's stderr is passed through unchanged by a thread reading a pipe,
@@ -109,8 +109,9 @@ CHILD_LOCK_WAIT: Final = 5.0
 #: Least seconds between the child's progress lines in the log (Flow updates
 #: within 500 ms; the library default is 1 s).
 CHILD_LOG_INTERVAL: Final = 0.25
-#: Seconds the lock may stay free while the child lives before the supervisor holds it again.
-REHOLD_AFTER: Final = CHILD_LOCK_WAIT + 1.0
+#: Seconds the lock may stay free while the child lives before the supervisor
+#: holds it again (a claiming child takes it within its 20 ms retry).
+REHOLD_AFTER: Final = 1.0
 #: The stderr tail kept for the error's details.
 TAIL_LINES: Final = 40
 TAIL_BYTES: Final = 8192
@@ -773,18 +774,25 @@ class Supervisor:
                     holder.release()  # the child is taking the log over
                     free_since = None
                 elif now >= next_beat:
-                    holder.heartbeat()
                     next_beat = now + beat
+                    try:
+                        holder.heartbeat()
+                    except OSError as exc:  # a full disk: keep the lock, try again next beat
+                        log.warning(
+                            "pulse: heartbeat write failed",
+                            training_id=self.training_id,
+                            error=str(exc),
+                        )
             elif PROC_AVAILABLE:
                 # The child holds the run. If it lets go while it lives (its run
                 # closed without an end, or it never took the lock), hold it again.
                 if writer_alive(self.home, self.training_id) is False:
                     free_since = now if free_since is None else free_since
                     if now - free_since >= REHOLD_AFTER and not self._state().is_terminal:
-                        with contextlib.suppress(RunLocked):
+                        with contextlib.suppress(RunLocked, OSError):
                             holder.hold(wait=0.0)
-                            holder.heartbeat()
                             next_beat = now + beat
+                            holder.heartbeat()
                         free_since = None
                 else:
                     free_since = None

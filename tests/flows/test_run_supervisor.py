@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,40 @@ def readers(home: Path, training_id: str, env: Mapping[str, str]) -> dict[str, A
     }
 
 
+def web_row(home: Path, training_id: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """What ``GET /api/runs`` of a real ``pulse serve --http`` says about one run."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = home.parent / "hub.out"
+    with out.open("wb") as sink:
+        hub = subprocess.Popen(
+            [
+                PULSE,
+                "serve",
+                "--home",
+                str(home),
+                "--socket",
+                str(home.parent / "h.sock"),
+                "--http",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+        )
+    try:
+        wait_for(lambda: "listening on" in out.read_text(), timeout=30)
+        url = f"http://127.0.0.1:{port}/api/runs"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            rows = json.loads(response.read())["runs"]
+    finally:
+        hub.terminate()
+        hub.wait(timeout=10)
+    row = next(r for r in rows if r["training_id"] == training_id)
+    return row["status"], row["liveness"]
+
+
 @pytest.fixture
 def launched(tmp_path: Path, env: dict[str, str]) -> Iterator[list[subprocess.Popen[str]]]:
     """`pulse run` processes a test starts; killed by pid if the test leaves them running."""
@@ -170,9 +206,12 @@ class TestNonReportingChild:
     def test_alive_and_running_while_it_lives(
         self, tmp_path: Path, env: dict[str, str], launched: list[subprocess.Popen[str]]
     ) -> None:
-        """While `sleep` runs every reader says running/alive, past the stale threshold too."""
+        """While a silent child runs every reader says running/alive, past the stale threshold."""
         home = tmp_path / "home"
-        proc = start(launched, home, "plain-alive", ["sleep", "6"], env, "--claim-timeout", "5")
+        flag = tmp_path / "stop"
+        until = f"import os, time\nwhile not os.path.exists({str(flag)!r}): time.sleep(0.05)"
+        command = [sys.executable, "-c", until]  # never imports PULSE; exits 0 when told
+        proc = start(launched, home, "plain-alive", command, env, "--claim-timeout", "5")
         wait_for(lambda: read_state(home, "plain-alive").status == "running", timeout=10)
         assert writer_alive(home, "plain-alive") is True  # the supervisor holds the lock
         time.sleep(3.0)  # longer than PULSE_STALE_AFTER: only heartbeats keep it alive
@@ -183,9 +222,11 @@ class TestNonReportingChild:
         assert said["raw"] == "running"
         assert said["record"][1] == "alive"
         assert said["record"][0] not in ("lost", "error")
+        assert web_row(home, "plain-alive", env) == ("running", "alive")
         watch = pulse(home, "watch", "plain-alive", "--timeout", "1", env=env)
         assert watch.returncode == 0, watch.stdout + watch.stderr
         assert "gone" not in watch.stdout + watch.stderr
+        flag.touch()
         assert proc.wait(timeout=30) == 0
         said = readers(home, "plain-alive", env)
         assert said["ls"] == ("done", "ended")
@@ -230,6 +271,30 @@ class TestNonReportingChild:
         assert said["record"][0] == "error"
         assert said["error"]["error_code"] == "PROCESS_CRASHED"
         assert said["error"]["details"]["signal"] == "SIGKILL"
+
+    def test_lock_let_go_is_held_again(
+        self, tmp_path: Path, env: dict[str, str], launched: list[subprocess.Popen[str]]
+    ) -> None:
+        """A child that takes the lock and lets it go while it lives is not shown lost."""
+        home = tmp_path / "home"
+        flag = tmp_path / "stop"
+        script = (
+            "import os, time\n"
+            "from pulse_transports.file import FileSink\n"
+            "sink = FileSink(home=os.environ['PULSE_HOME'])\n"
+            "sink.open(os.environ['PULSE_TRAINING_ID'])\n"
+            "sink.close()\n"
+            f"while not os.path.exists({str(flag)!r}): time.sleep(0.05)\n"
+        )
+        proc = start(launched, home, "plain-letgo", [sys.executable, "-c", script], env)
+        wait_for(lambda: read_state(home, "plain-letgo").status == "running")
+        time.sleep(2.5)  # the child has come and gone; the supervisor holds the run again
+        assert writer_alive(home, "plain-letgo") is True
+        said = readers(home, "plain-letgo", env)
+        assert said["ls"] == ("running", "alive")
+        flag.touch()
+        assert proc.wait(timeout=30) == 0
+        assert readers(home, "plain-letgo", env)["ls"] == ("done", "ended")
 
 
 class TestReportingChild:
