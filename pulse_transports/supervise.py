@@ -29,8 +29,9 @@ the supervisor holds the run's liveness whenever the child does not:
    transport is configured). If the lock is found free for a second
    while the child lives and the run has not ended (the child closed its run
    or never managed to take it), the supervisor holds it again.
-5. The child's stderr is passed through unchanged by a thread reading a pipe,
-   which keeps its last 40 lines / 8 KiB.
+5. The child's stderr is passed through unchanged by a thread reading a pipe
+   (a pseudo-terminal when the supervisor's stderr is a terminal, so the child
+   still sees one), which keeps its last 40 lines / 8 KiB.
 6. When the child exits the supervisor takes the lock and reads the log. If
    the run did not end, it appends what happened: ``done`` for a
    non-reporting child that exited 0; otherwise an ``error`` event, then
@@ -52,6 +53,7 @@ So History always shows an honest end, whatever the child did.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -59,6 +61,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -272,12 +275,22 @@ def last_words(tail: str) -> str:
     return lines[-1] if lines else ""
 
 
-def bounded_tail(data: bytes, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:
-    """The last *lines* lines of *data*, at most *limit* bytes, decoded with replacement."""
-    kept = data[-limit:].decode("utf-8", errors="replace")
-    if len(data) > limit:
-        kept = kept.split("\n", 1)[-1] if "\n" in kept else kept  # drop a cut first line
-    return "\n".join(kept.rstrip("\n").split("\n")[-lines:])
+def bounded_tail(
+    data: bytes, lines: int = TAIL_LINES, limit: int = TAIL_BYTES, cut: bool = False
+) -> str:
+    """The last *lines* lines of *data*, at most *limit* bytes, decoded with replacement.
+
+    *cut* says *data* lost its beginning: its first line is partial and dropped.
+    """
+    if cut and b"\n" in data:
+        data = data.split(b"\n", 1)[1]
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    # A line redrawn with "\r" (a progress bar) counts as what a terminal shows last.
+    shown = [line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")][-lines:]
+    while len(shown) > 1 and len("\n".join(shown).encode()) > limit:
+        shown.pop(0)
+    tail = "\n".join(shown)
+    return tail.encode()[-limit:].decode("utf-8", errors="ignore") if shown else ""
 
 
 class StderrTee:
@@ -292,6 +305,7 @@ class StderrTee:
         self._source = source
         self._target = target
         self._buffer = bytearray()
+        self._cut = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._pump, name="pulse-stderr", daemon=True)
         self._thread.start()
@@ -310,8 +324,9 @@ class StderrTee:
                 self._forward(chunk)
                 with self._lock:
                     self._buffer += chunk
-                    if len(self._buffer) > 2 * TAIL_BYTES:
-                        del self._buffer[: -TAIL_BYTES - 1]
+                    if len(self._buffer) > 4 * TAIL_BYTES:
+                        del self._buffer[: -2 * TAIL_BYTES]
+                        self._cut = True
         finally:
             with contextlib.suppress(OSError):
                 os.close(self._source)
@@ -333,8 +348,8 @@ class StderrTee:
     def tail(self) -> str:
         """The last lines of what the child wrote to stderr so far."""
         with self._lock:
-            data = bytes(self._buffer)
-        return bounded_tail(data)
+            data, cut = bytes(self._buffer), self._cut
+        return bounded_tail(data, cut=cut)
 
 
 def _tee_target(stderr: Any) -> tuple[bool, int | None]:
@@ -353,6 +368,31 @@ def _tee_target(stderr: Any) -> tuple[bool, int | None]:
         with contextlib.suppress(OSError, ValueError):
             return True, int(fileno())
     return False, None
+
+
+def tee_channel(target: int | None) -> tuple[int, int]:
+    """The ``(read, write)`` descriptors the child's stderr goes through.
+
+    A pipe; a pseudo-terminal when *target* is a terminal, so the child still
+    sees one (colours, progress bars) -- with output translation off and the
+    terminal's size, so every byte reaches *target* unchanged.
+    """
+    if target is not None and os.isatty(target):
+        with contextlib.suppress(OSError):
+            read_end, write_end = os.openpty()
+            try:
+                attributes = termios.tcgetattr(write_end)
+                attributes[1] &= ~termios.OPOST  # no "\n" -> "\r\n": bytes pass unchanged
+                termios.tcsetattr(write_end, termios.TCSANOW, attributes)
+                with contextlib.suppress(OSError):
+                    size = fcntl.ioctl(target, termios.TIOCGWINSZ, b"\0" * 8)
+                    fcntl.ioctl(write_end, termios.TIOCSWINSZ, size)
+            except (OSError, termios.error):
+                os.close(read_end)
+                os.close(write_end)
+            else:
+                return read_end, write_end
+    return os.pipe()
 
 
 # -- the process tree ----------------------------------------------------------------
@@ -612,7 +652,7 @@ class Supervisor:
         tee, target = _tee_target(self.stderr)
         read_end = write_end = -1
         if tee:
-            read_end, write_end = os.pipe()
+            read_end, write_end = tee_channel(target)
         try:
             self.process = subprocess.Popen(
                 self.command,

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -256,6 +257,48 @@ class TestNonReportingChild:
         assert "epoch 1 loss 0.5" in error["details"]["stderr_tail"]
         assert error["details"]["stderr_tail"].rstrip().endswith("'/no/such/data/train.csv'")
 
+    def test_stderr_on_a_terminal_stays_a_terminal(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """With `pulse run` on a terminal the child's stderr is one too, bytes unchanged."""
+        master, slave = os.openpty()
+        attributes = termios.tcgetattr(slave)
+        attributes[1] &= ~termios.OPOST  # read back exactly what `pulse run` wrote
+        termios.tcsetattr(slave, termios.TCSANOW, attributes)
+        script = (
+            "import os, sys\n"
+            "sys.stderr.write(f'isatty={os.isatty(2)}\\n')\n"
+            "sys.stderr.write('bar 50%\\rbar 100%\\n\\x1b[31mred\\x1b[0m\\n')\n"
+            "sys.exit(2)\n"
+        )
+        home = tmp_path / "home"
+        command = [PULSE, "run", "--home", str(home), "--training-id", "tty-1"]
+        proc = subprocess.Popen(
+            [*command, "--", sys.executable, "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            env=dict(env),
+        )
+        os.close(slave)
+        received = b""
+        try:
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer closed the terminal
+                    break
+                if not chunk:
+                    break
+                received += chunk
+        finally:
+            os.close(master)
+        assert proc.wait(timeout=30) == 2
+        assert b"isatty=True\n" in received
+        assert b"bar 50%\rbar 100%\n\x1b[31mred\x1b[0m\n" in received
+        tail = read_state(home, "tty-1").errors[-1].details["stderr_tail"]
+        assert tail.splitlines()[-2:] == ["bar 100%", "\x1b[31mred\x1b[0m"]
+
     def test_sigkill_of_the_child(
         self, tmp_path: Path, env: dict[str, str], launched: list[subprocess.Popen[str]]
     ) -> None:
@@ -383,6 +426,12 @@ class TestClassifyText:
         assert len(text.encode()) <= TAIL_BYTES
         assert text.split("\n")[-1].startswith("29:")
         assert all(line.endswith("y" * 1000) for line in text.split("\n"))  # no cut line
+
+    def test_redrawn_lines_and_cut_start(self) -> None:
+        """A progress bar redrawn with CR counts as its last drawing; a cut first line goes."""
+        data = b"tail of a cut line\nepoch 1\r 10%\r 50%\r100%\nRuntimeError: boom\n"
+        assert bounded_tail(data, cut=True) == "100%\nRuntimeError: boom"
+        assert bounded_tail(b"a\r\nb\r\n") == "a\nb"
 
 
 class TestChildEnvironment:
