@@ -231,7 +231,13 @@ class FlowTrainer:
         stdout: Any = None,
         stderr: Any = None,
     ) -> TrainStep:
-        """Start a training command for a flow step and return its handle."""
+        """Start a training command for a flow step and return its handle.
+
+        The command runs under a :class:`~pulse_transports.supervise.Supervisor`:
+        its run shows ``running`` once it started and stays alive while it
+        lives, whether or not it reports; its stderr (unless ``PIPE`` or
+        ``STDOUT``) is passed through and its tail kept for the error.
+        """
         link = FlowLink(flow_id, flow_run_id, flow_step_id, attempt)
         kwargs: dict[str, Any] = {}
         if claim_timeout is not None:

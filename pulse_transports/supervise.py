@@ -53,18 +53,14 @@ So History always shows an honest end, whatever the child did.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
-import sys
-import termios
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -85,16 +81,55 @@ from pulse_core.errors import RunLocked
 from pulse_core.events import (
     ErrorReported,
     Event,
-    Heartbeat,
     RunMeta,
     StatusChanged,
     validate_training_id,
 )
-from pulse_core.projections import to_history_record, to_v1
+from pulse_core.projections import to_history_record
 from pulse_core.state import RunState
+from pulse_transports._holder import RunHolder, read_state, v1_snapshot_path
+from pulse_transports._proctree import PROC_AVAILABLE, process_tree, tree_opened
+from pulse_transports._stderr import (
+    DRAIN_WAIT,
+    TAIL_BYTES,
+    TAIL_LINES,
+    StderrTee,
+    bounded_tail,
+    classify_text,
+    last_words,
+    tee_channel,
+    tee_target,
+)
 from pulse_transports.config import ENV_TRANSPORT_OPTIONS, Config, load_config
-from pulse_transports.file import FileSink, lock_path, log_path, write_json_atomic, writer_alive
-from pulse_transports.follow import read_log
+from pulse_transports.file import lock_path, writer_alive
+
+__all__ = [
+    "CHILD_LOCK_WAIT",
+    "CHILD_LOG_INTERVAL",
+    "CLAIM_TIMEOUT",
+    "DRAIN_WAIT",
+    "GRACE_PERIOD",
+    "PROC_AVAILABLE",
+    "SUPERVISOR_LABEL",
+    "TAIL_BYTES",
+    "TAIL_LINES",
+    "FlowLink",
+    "Outcome",
+    "RunHolder",
+    "StderrTee",
+    "Supervisor",
+    "bounded_tail",
+    "child_environment",
+    "child_reported",
+    "classify_text",
+    "last_words",
+    "process_tree",
+    "read_state",
+    "tee_channel",
+    "tee_target",
+    "tree_opened",
+    "v1_snapshot_path",
+]
 
 log = structlog.get_logger("pulse.supervise")
 
@@ -115,12 +150,6 @@ CHILD_LOG_INTERVAL: Final = 0.25
 #: Seconds the lock may stay free while the child lives before the supervisor
 #: holds it again (a claiming child takes it within its 20 ms retry).
 REHOLD_AFTER: Final = 1.0
-#: The stderr tail kept for the error's details.
-TAIL_LINES: Final = 40
-TAIL_BYTES: Final = 8192
-#: Seconds to wait for the stderr pipe to drain after the child exited (a
-#: grandchild may keep it open).
-DRAIN_WAIT: Final = 2.0
 
 
 @attrs.frozen
@@ -177,11 +206,6 @@ class Outcome:
         )
 
 
-def read_state(home: Path, training_id: str) -> RunState:
-    """Fold a run's log as it is now (bad lines skipped); empty if there is none."""
-    return read_log(log_path(home, training_id)).state
-
-
 def child_environment(
     base: Mapping[str, str],
     training_id: str,
@@ -227,304 +251,6 @@ def child_environment(
     }
     env[ENV_TRANSPORT_OPTIONS] = json.dumps(tables)
     return env
-
-
-# -- the stderr tail -----------------------------------------------------------------
-
-_CUDA_OOM = re.compile(
-    r"CUDA out of memory|OutOfMemoryError|ResourceExhaustedError|"
-    r"RuntimeError:.*out of memory|CUBLAS_STATUS_ALLOC_FAILED",
-    re.IGNORECASE,
-)
-_NOT_FOUND = re.compile(
-    r"FileNotFoundError|DatasetNotFoundError|DataFileNotFound|No such file or directory"
-)
-_MEMORY = re.compile(r"\bMemoryError\b")
-_TRACEBACK = "Traceback (most recent call last):"
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*$")
-
-
-def classify_text(tail: str) -> tuple[str, bool]:
-    """Map a crashed process's stderr tail to ``(error_code, is_retryable)``.
-
-    The rules of :func:`pulse_core.emitter.classify_exception`, applied to
-    text, newest line first (the last exception decides): CUDA/torch/TF
-    out-of-memory -> ``CUDA_OOM`` (retryable); a missing file ->
-    ``DATASET_NOT_FOUND``; ``MemoryError`` -> ``OUT_OF_MEMORY`` (retryable);
-    another Python traceback -> ``UNHANDLED_EXCEPTION``; nothing recognised ->
-    ``PROCESS_CRASHED``.
-    """
-    for line in reversed(tail.splitlines()):
-        if _CUDA_OOM.search(line):
-            return "CUDA_OOM", True
-        if _NOT_FOUND.search(line):
-            return "DATASET_NOT_FOUND", False
-        if _MEMORY.search(line):
-            return "OUT_OF_MEMORY", True
-    if _TRACEBACK in tail:
-        return "UNHANDLED_EXCEPTION", False
-    return "PROCESS_CRASHED", False
-
-
-def last_words(tail: str) -> str:
-    """The line of a stderr tail that says most: the last exception line, else the last line."""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if _EXCEPTION_LINE.match(line):
-            return line
-    return lines[-1] if lines else ""
-
-
-def bounded_tail(
-    data: bytes, lines: int = TAIL_LINES, limit: int = TAIL_BYTES, cut: bool = False
-) -> str:
-    """The last *lines* lines of *data*, at most *limit* bytes, decoded with replacement.
-
-    *cut* says *data* lost its beginning: its first line is partial and dropped.
-    """
-    if cut and b"\n" in data:
-        data = data.split(b"\n", 1)[1]
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
-    # A line redrawn with "\r" (a progress bar) counts as what a terminal shows last.
-    shown = [line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")][-lines:]
-    while len(shown) > 1 and len("\n".join(shown).encode()) > limit:
-        shown.pop(0)
-    tail = "\n".join(shown)
-    return tail.encode()[-limit:].decode("utf-8", errors="ignore") if shown else ""
-
-
-class StderrTee:
-    """Pass a child's stderr through unchanged and keep its tail.
-
-    A daemon thread reads the pipe and writes every chunk to *target* (a file
-    descriptor; None: keep the tail only), keeping the last bytes for
-    :meth:`tail`.
-    """
-
-    def __init__(self, source: int, target: int | None) -> None:
-        self._source = source
-        self._target = target
-        self._buffer = bytearray()
-        self._cut = False
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._pump, name="pulse-stderr", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            while True:
-                try:
-                    chunk = os.read(self._source, 65536)
-                except InterruptedError:
-                    continue
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                self._forward(chunk)
-                with self._lock:
-                    self._buffer += chunk
-                    if len(self._buffer) > 4 * TAIL_BYTES:
-                        del self._buffer[: -2 * TAIL_BYTES]
-                        self._cut = True
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(self._source)
-
-    def _forward(self, chunk: bytes) -> None:
-        if self._target is None:
-            return
-        view = memoryview(chunk)
-        try:
-            while view:
-                view = view[os.write(self._target, view) :]
-        except OSError:
-            self._target = None  # the terminal went away: keep the tail only
-
-    def drain(self, timeout: float = DRAIN_WAIT) -> None:
-        """Wait for the pipe to close (every writer gone), at most *timeout* s."""
-        self._thread.join(timeout)
-
-    def tail(self) -> str:
-        """The last lines of what the child wrote to stderr so far."""
-        with self._lock:
-            data, cut = bytes(self._buffer), self._cut
-        return bounded_tail(data, cut=cut)
-
-
-def _tee_target(stderr: Any) -> tuple[bool, int | None]:
-    """Whether to tee a Popen ``stderr`` argument, and the descriptor to pass it to."""
-    if stderr is None:
-        try:
-            return True, sys.stderr.fileno()
-        except (AttributeError, OSError, ValueError):
-            return True, 2
-    if stderr == subprocess.DEVNULL:
-        return True, None
-    if isinstance(stderr, int):
-        return (True, stderr) if stderr >= 0 else (False, None)  # PIPE, STDOUT: the caller's
-    fileno = getattr(stderr, "fileno", None)
-    if fileno is not None:
-        with contextlib.suppress(OSError, ValueError):
-            return True, int(fileno())
-    return False, None
-
-
-def tee_channel(target: int | None) -> tuple[int, int]:
-    """The ``(read, write)`` descriptors the child's stderr goes through.
-
-    A pipe; a pseudo-terminal when *target* is a terminal, so the child still
-    sees one (colours, progress bars) -- with output translation off and the
-    terminal's size, so every byte reaches *target* unchanged.
-    """
-    if target is not None and os.isatty(target):
-        with contextlib.suppress(OSError):
-            read_end, write_end = os.openpty()
-            try:
-                attributes = termios.tcgetattr(write_end)
-                attributes[1] &= ~termios.OPOST  # no "\n" -> "\r\n": bytes pass unchanged
-                termios.tcsetattr(write_end, termios.TCSANOW, attributes)
-                with contextlib.suppress(OSError):
-                    size = fcntl.ioctl(target, termios.TIOCGWINSZ, b"\0" * 8)
-                    fcntl.ioctl(write_end, termios.TIOCSWINSZ, size)
-            except (OSError, termios.error):
-                os.close(read_end)
-                os.close(write_end)
-            else:
-                return read_end, write_end
-    return os.pipe()
-
-
-# -- the process tree ----------------------------------------------------------------
-
-PROC_AVAILABLE: Final = Path("/proc/self/fd").is_dir()
-
-
-def process_tree(root: int, limit: int = 256) -> list[int]:
-    """The pids of *root* and its descendants (Linux ``/proc``), at most *limit*."""
-    pids: list[int] = []
-    queue = [root]
-    while queue and len(pids) < limit:
-        pid = queue.pop()
-        pids.append(pid)
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as handle:
-                    queue.extend(int(child) for child in handle.read().split())
-            except (OSError, ValueError):
-                continue
-    return pids
-
-
-def tree_opened(root: int, target: str) -> bool:
-    """True if a process of *root*'s tree has the file *target* open."""
-    for pid in process_tree(root):
-        folder = f"/proc/{pid}/fd"
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        for name in names:
-            try:
-                if os.readlink(f"{folder}/{name}") == target:
-                    return True
-            except OSError:
-                continue
-    return False
-
-
-# -- holding the run -----------------------------------------------------------------
-
-
-class RunHolder:
-    """The supervisor's own writer on a run's log: the lock, its lines and the v1 snapshot.
-
-    Args:
-        home: the PULSE home.
-        training_id: the run.
-        v1_path: the v1 snapshot to keep, or None.
-        lock_wait: seconds :meth:`hold` waits for the lock.
-    """
-
-    def __init__(
-        self, home: Path, training_id: str, v1_path: Path | None, lock_wait: float = 30.0
-    ) -> None:
-        self.home = home
-        self.training_id = training_id
-        self.v1_path = v1_path
-        self.lock_wait = lock_wait
-        self._sink: FileSink | None = None
-        self._seq = 0
-
-    @property
-    def holding(self) -> bool:
-        """True while the supervisor holds the run's lock."""
-        return self._sink is not None
-
-    def hold(self, wait: float | None = None) -> None:
-        """Take the run's lock (waiting up to *wait* s); RunLocked if it stays held."""
-        if self._sink is not None:
-            return
-        sink = FileSink(home=self.home, lock_wait=0.0)
-        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
-        while True:
-            try:
-                last = sink.open(self.training_id) or 0
-                break
-            except RunLocked:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        self._sink, self._seq = sink, last
-
-    def release(self) -> None:
-        """Let the lock go (a child takes it over)."""
-        sink, self._sink = self._sink, None
-        if sink is not None:
-            sink.close()
-
-    def append(self, build: Callable[[int, float], list[Event]]) -> RunState:
-        """Append ``build(next_seq, now)``'s events (holding the lock); the state after them.
-
-        Also rewrites the v1 snapshot. Holds the lock first if needed (and
-        keeps it).
-        """
-        self.hold()
-        assert self._sink is not None
-        for event in build(self._seq + 1, time.time()):
-            self._sink.write(event)
-            self._seq = max(self._seq, event.seq)
-        state = read_state(self.home, self.training_id)
-        self.write_v1(state)
-        return state
-
-    def heartbeat(self) -> None:
-        """Append a heartbeat (only while holding)."""
-        if self._sink is not None:
-            tid = self.training_id
-            self.append(lambda seq, now: [Heartbeat(training_id=tid, seq=seq, timestamp=now)])
-
-    def write_v1(self, state: RunState) -> None:
-        """Write the v1 snapshot of *state* (never raises: a v1 failure must not stop the run)."""
-        if self.v1_path is None:
-            return
-        try:
-            self.v1_path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.v1_path, to_v1(state))
-        except OSError as exc:
-            log.warning("pulse: v1 snapshot write failed", path=str(self.v1_path), error=str(exc))
-
-
-def v1_snapshot_path(config: Config) -> Path | None:
-    """Where the configured ``v1`` transport writes, or None when it is not configured."""
-    if "v1" not in config.transports:
-        return None
-    given = config.transport_options.get("v1", {}).get("path")
-    return config.home / str(given) if given else config.home / "training_status.json"
 
 
 def _meta(
@@ -649,7 +375,7 @@ class Supervisor:
             self.total_epochs,
             self.config.transport_options.get("file"),
         )
-        tee, target = _tee_target(self.stderr)
+        tee, target = tee_target(self.stderr)
         read_end = write_end = -1
         if tee:
             read_end, write_end = tee_channel(target)
@@ -672,17 +398,20 @@ class Supervisor:
             os.close(write_end)
             self.tee = StderrTee(read_end, target)
         pid = self.process.pid
-        self._holder.append(
-            lambda seq, now: [
-                StatusChanged(
-                    training_id=tid,
-                    seq=seq,
-                    timestamp=now,
-                    status="running",
-                    message=f"process {pid} started",
-                )
-            ]
-        )
+        try:
+            self._holder.append(
+                lambda seq, now: [
+                    StatusChanged(
+                        training_id=tid,
+                        seq=seq,
+                        timestamp=now,
+                        status="running",
+                        message=f"process {pid} started",
+                    )
+                ]
+            )
+        except OSError as exc:  # the child runs: supervise it whatever the disk says
+            log.warning("pulse: could not write running", training_id=tid, error=str(exc))
         if not PROC_AVAILABLE:
             self._holder.release()  # no way to see a claim: never block one
         threading.Thread(target=self._watch, name=f"pulse-supervise-{tid}", daemon=True).start()
