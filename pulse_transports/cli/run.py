@@ -49,7 +49,7 @@ def _validated_id(ctx: click.Context, param: click.Parameter, value: str | None)
     type=click.FloatRange(0.0),
     default=CLAIM_TIMEOUT,
     show_default=True,
-    help="Seconds the command has to start reporting before PULSE reports for it.",
+    help="Seconds of checks every 50 ms for the command taking its run over (then 250 ms).",
 )
 @home_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
