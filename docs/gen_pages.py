@@ -74,7 +74,11 @@ ENV_HELP = {
     "PULSE_HANDLE_SIGNALS": "`1`: a TrainingRun ends `cancelled` on SIGTERM/SIGINT "
     "(set for supervised children).",
     "PULSE_SUPERVISED": "Set to `1` by the supervisor (`pulse run`, Flow steps) in the "
-    "child's environment.",
+    "child's environment: it already wrote `preparing` and `running`, so a TrainingRun "
+    "continuing its log starts from `running`.",
+    "PULSE_TRANSPORT_OPTIONS": "Per-transport option tables as a JSON object, merged over "
+    'the tables of the configuration file, e.g. `{"file": {"interval": 0.25}}` (the '
+    "supervisor sets the child's `file` `lock_wait` and `interval` this way).",
     "PULSE_FOLLOW_POLLING": "`1`: readers poll log folders instead of using OS file notifications.",
     "PULSE_HUB_TOKEN": "The hub's shared secret (the `socket` sink, `pulse serve`).",
     "PULSE_HUB_SOCKET": "The hub's Unix socket (default `<home>/pulse.sock`).",

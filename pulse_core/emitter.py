@@ -100,6 +100,8 @@ ENV_TOTAL_EPOCHS: Final = "PULSE_TOTAL_EPOCHS"
 ENV_HANDLE_SIGNALS: Final = "PULSE_HANDLE_SIGNALS"
 ENV_STRICT: Final = "PULSE_STRICT"
 ENV_HEARTBEAT_INTERVAL: Final = "PULSE_HEARTBEAT_INTERVAL"
+#: Set to 1 by a supervisor that already wrote ``preparing`` and ``running``.
+ENV_SUPERVISED: Final = "PULSE_SUPERVISED"
 
 _METRIC_NAMES_MAX: Final = 64
 _INF: Final = float("inf")
@@ -292,6 +294,7 @@ class TrainingRun:
                 _quietly(sink.close)
             raise
 
+        continued = self._seq > 0  # the log already holds events (e.g. a supervisor's)
         self.meta = RunMeta(
             training_id=self.training_id,
             seq=self._next_seq(),
@@ -314,7 +317,12 @@ class TrainingRun:
         _register(self)
         if handle_signals:
             self._signals = _watch_signals(self)
-        self.status("preparing", "starting")
+        if continued and _env_flag(environ, ENV_SUPERVISED):
+            # A supervisor (``pulse run``, a Flow step) already wrote preparing
+            # and running for this process: continue from running, no restating.
+            self._status = "running"
+        else:
+            self.status("preparing", "starting")
         if background:
             self._thread = threading.Thread(
                 target=self._background, name=f"pulse-run-{self.training_id}", daemon=True

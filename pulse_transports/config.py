@@ -14,6 +14,7 @@ default, so the documentation is generated from this table.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -132,6 +133,27 @@ def _coerce(key: Key, value: Any, where: str) -> Any:
         raise ConfigError(f"bad value {value!r:.60} for {key.name!r} in {where}: {exc}") from None
 
 
+#: Per-transport option tables as a JSON object, merged over the file's tables
+#: (e.g. ``{"file": {"interval": 0.25}}``; supervisors set it for their children).
+ENV_TRANSPORT_OPTIONS: Final = "PULSE_TRANSPORT_OPTIONS"
+
+
+def _env_tables(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    text = environ.get(ENV_TRANSPORT_OPTIONS, "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"${ENV_TRANSPORT_OPTIONS} is not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+        raise ConfigError(
+            f"${ENV_TRANSPORT_OPTIONS} must be a JSON object of option tables, "
+            f'e.g. {{"file": {{"interval": 0.25}}}}; got {text!r:.80}'
+        )
+    return {str(name): dict(table) for name, table in value.items()}
+
+
 def load_config(
     home: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -160,6 +182,8 @@ def load_config(
         else:
             valid = ", ".join(sorted(_BY_NAME))
             raise ConfigError(f"unknown key {name!r} in {where_file}; valid keys: {valid}")
+    for name, table in _env_tables(environ).items():
+        options[name] = {**options.get(name, {}), **table}
     for key in KEYS:
         if key.env and environ.get(key.env) not in (None, ""):
             values[key.name] = _coerce(key, environ[key.env], f"${key.env}")

@@ -33,7 +33,14 @@ from pulse_transports.file import FileSink, log_path
 from pulse_transports.follow import follow
 from pulse_transports.history import HomeNotFound, check_writer, recover, run_liveness
 from pulse_transports.registry import make_sinks
-from pulse_transports.supervise import GRACE_PERIOD, FlowLink, Outcome, Supervisor, read_state
+from pulse_transports.supervise import (
+    CHILD_LOG_INTERVAL,
+    GRACE_PERIOD,
+    FlowLink,
+    Outcome,
+    Supervisor,
+    read_state,
+)
 
 log = structlog.get_logger("pulse.flows")
 
@@ -71,8 +78,9 @@ class TrainStep:
 
     def _view(self, state: RunState) -> dict[str, Any]:
         now = time.time()
-        if self._supervisor is not None and not self.finished:
-            writer = None  # between supervisor and child the lock may be free: time decides
+        supervisor = self._supervisor
+        if supervisor is not None and not self.finished and supervisor.child_running:
+            writer: bool | None = True  # the OS says the process lives (supervisor or child write)
         else:
             writer = check_writer(self.trainer.home, self.training_id, state)
         return to_view(state, now=now, liveness=liveness_of(state, now=now, writer_alive=writer))
@@ -82,9 +90,11 @@ class TrainStep:
     ) -> Iterator[dict[str, Any]]:
         """Yield the run's v2 view when it changed, at most every *interval* s.
 
-        Follows the run's log (OS notifications, polling fallback); the last
-        value always comes out (trailing edge), and the iteration ends after
-        the final view of the ended run (or at *timeout*).
+        Follows the run's log (OS notifications, polling fallback) as its
+        lines land; a supervised child writes progress to the log every
+        0.25 s, so updates come within 500 ms. The last value always comes
+        out (trailing edge); the final view of the ended run comes out once,
+        and the iteration ends after it (or at *timeout*).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         stop = threading.Event()
@@ -98,11 +108,14 @@ class TrainStep:
                     follower.poll()  # the supervisor's last lines
                 now = time.monotonic()
                 seq = follower.last_seq
-                if (seq != shown and now - last_shown >= interval) or finished:
+                ended = follower.state.is_terminal
+                if seq != shown and (now - last_shown >= interval or finished or ended):
                     shown, last_shown = seq, now
                     yield self._view(follower.state)
-                if finished or (deadline is not None and now > deadline):
+                if (finished and seq == shown) or (deadline is not None and now > deadline):
                     return
+                if ended and seq == shown and self._done.wait(interval):
+                    return  # the final view is out; the outcome is known now too
         finally:
             stop.set()
             close = getattr(stream, "close", None)
@@ -218,7 +231,13 @@ class FlowTrainer:
         stdout: Any = None,
         stderr: Any = None,
     ) -> TrainStep:
-        """Start a training command for a flow step and return its handle."""
+        """Start a training command for a flow step and return its handle.
+
+        The command runs under a :class:`~pulse_transports.supervise.Supervisor`:
+        its run shows ``running`` once it started and stays alive while it
+        lives, whether or not it reports; its stderr (unless ``PIPE`` or
+        ``STDOUT``) is passed through and its tail kept for the error.
+        """
         link = FlowLink(flow_id, flow_run_id, flow_step_id, attempt)
         kwargs: dict[str, Any] = {}
         if claim_timeout is not None:
@@ -234,6 +253,7 @@ class FlowTrainer:
             cwd=cwd,
             stdout=stdout,
             stderr=stderr,
+            config=self.config,
             **kwargs,
         )
         step = TrainStep(self, supervisor.training_id, link)
@@ -269,9 +289,12 @@ class FlowTrainer:
         link = FlowLink(flow_id, flow_run_id, flow_step_id, attempt)
         tid = training_id or new_training_id()
         if sinks is None:
-            sinks = make_sinks(self.config.transports, self.home, self.config.transport_options)
+            options = dict(self.config.transport_options)
+            # The log is what updates() follows: progress in it every 0.25 s.
+            options["file"] = {"interval": CHILD_LOG_INTERVAL, **options.get("file", {})}
+            sinks = make_sinks(self.config.transports, self.home, options)
         if not any(isinstance(s, FileSink) for s in sinks):
-            sinks = [*sinks, FileSink(home=self.home)]
+            sinks = [*sinks, FileSink(home=self.home, interval=CHILD_LOG_INTERVAL)]
         run = TrainingRun(
             tid,
             name=name,

@@ -2,21 +2,50 @@
 
 This module owns running a training command as a PULSE run on behalf of a
 Flow Manager step or ``pulse run``. The supervisor and the child share the
-run's log, one writer at a time (the file lock decides):
+run's log, one writer at a time (the ``flock`` on ``<id>.lock`` decides), and
+the supervisor holds the run's liveness whenever the child does not:
 
-1. Before launch the supervisor writes the run's ``meta`` (the flow link) and
-   ``preparing``, then releases the lock.
+1. Before launch the supervisor takes the run's lock (its own FileSink) and
+   writes ``meta`` (the flow link, ``launched_by: pulse-supervisor``) and
+   ``preparing``; once the process started it writes ``running`` -- a child
+   that never reports shows ``running`` at once, not after a timeout.
 2. The child is started with ``PULSE_*`` variables (training id, flow link,
-   home, attempt) so a ``TrainingRun`` in it continues the same log without
-   code changes. A child that does not take the log within
-   ``claim_timeout`` seconds is taken not to report; the supervisor then
-   writes ``running`` for it.
-3. When the child exits the supervisor reads the log. If the run did not end,
-   it appends what happened: ``done`` for a non-reporting child that exited
-   0; otherwise an ``error`` event -- ``PROCESS_CRASHED`` (a signal or a
-   non-zero exit), ``PROCESS_EXITED_WITHOUT_RESULT`` (a reporting child that
-   exited 0 without ``done``) -- then ``status: error``; or ``cancelled`` if
-   the step was cancelled. A command that cannot start gets ``LAUNCH_FAILED``.
+   home, attempt, ``PULSE_SUPERVISED=1``) so a ``TrainingRun`` in it continues
+   the same log without code changes; under ``PULSE_SUPERVISED`` it continues
+   from ``running`` (one ``preparing`` in the timeline). Its file sink gets
+   ``lock_wait`` 5 s and a 0.25 s progress interval through
+   ``PULSE_TRANSPORT_OPTIONS`` (Flow updates within 500 ms).
+3. Hand-over: while it holds the lock the supervisor watches the child's
+   process tree (``/proc/<pid>/fd``, every 50 ms for ``claim_timeout`` seconds,
+   then every 250 ms for the child's whole life). As soon as a process of the
+   tree opens the lock file -- a ``TrainingRun`` about to take it -- the
+   supervisor lets the lock go, and the child, waiting up to ``lock_wait``,
+   takes it within its 20 ms retry. A reporting child is never refused, late
+   claims included. The lock is free only for that retry gap (<= ~20 ms once
+   per run). Without ``/proc`` (not Linux) the supervisor lets go right after
+   ``running`` and a non-reporting child is judged by silence.
+4. While it holds the run, the supervisor writes heartbeats (the configured
+   interval) and the v1 snapshot (``training_status.json``, when the ``v1``
+   transport is configured). If the lock is found free for a second
+   while the child lives and the run has not ended (the child closed its run
+   or never managed to take it), the supervisor holds it again.
+5. The child's stderr is passed through unchanged by a thread reading a pipe
+   (a pseudo-terminal when the supervisor's stderr is a terminal, so the child
+   still sees one), which keeps its last 40 lines / 8 KiB.
+6. When the child exits the supervisor takes the lock and reads the log. If
+   the run did not end, it appends what happened: ``done`` for a
+   non-reporting child that exited 0; otherwise an ``error`` event, then
+   ``status: error``; or ``cancelled`` if the step was cancelled. A command
+   that cannot start gets ``LAUNCH_FAILED``. Then it always writes the final
+   v1 snapshot (the child's own may say ``running`` after a SIGKILL).
+
+Error codes written by the supervisor: a signal is ``PROCESS_CRASHED``
+(retryable for SIGKILL) with the stderr tail's classification in
+``details.cause``; a non-zero exit takes the code :func:`classify_text` finds
+in the stderr tail (``CUDA_OOM``, ``DATASET_NOT_FOUND``, ``OUT_OF_MEMORY``,
+``UNHANDLED_EXCEPTION`` for another Python traceback) or ``PROCESS_CRASHED``;
+exit 0 of a reporting child without ``done`` is
+``PROCESS_EXITED_WITHOUT_RESULT``. ``details.stderr_tail`` holds the tail.
 
 So History always shows an honest end, whatever the child did.
 """
@@ -24,13 +53,14 @@ So History always shows an honest end, whatever the child did.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,16 +72,64 @@ from pulse_core.emitter import (
     ENV_FLOW_ID,
     ENV_FLOW_RUN_ID,
     ENV_FLOW_STEP_ID,
+    ENV_SUPERVISED,
     ENV_TOTAL_EPOCHS,
     ENV_TRAINING_ID,
     new_training_id,
 )
 from pulse_core.errors import RunLocked
-from pulse_core.events import ErrorReported, Event, RunMeta, StatusChanged, validate_training_id
+from pulse_core.events import (
+    ErrorReported,
+    Event,
+    RunMeta,
+    StatusChanged,
+    validate_training_id,
+)
 from pulse_core.projections import to_history_record
 from pulse_core.state import RunState
-from pulse_transports.file import FileSink, log_path, writer_alive
-from pulse_transports.follow import read_log
+from pulse_transports._holder import RunHolder, read_state, v1_snapshot_path
+from pulse_transports._proctree import PROC_AVAILABLE, process_tree, tree_opened
+from pulse_transports._stderr import (
+    DRAIN_WAIT,
+    TAIL_BYTES,
+    TAIL_LINES,
+    StderrTee,
+    bounded_tail,
+    classify_text,
+    last_words,
+    tee_channel,
+    tee_target,
+)
+from pulse_transports.config import ENV_TRANSPORT_OPTIONS, Config, load_config
+from pulse_transports.file import lock_path, writer_alive
+
+__all__ = [
+    "CHILD_LOCK_WAIT",
+    "CHILD_LOG_INTERVAL",
+    "CLAIM_TIMEOUT",
+    "DRAIN_WAIT",
+    "GRACE_PERIOD",
+    "PROC_AVAILABLE",
+    "SUPERVISOR_LABEL",
+    "TAIL_BYTES",
+    "TAIL_LINES",
+    "FlowLink",
+    "Outcome",
+    "RunHolder",
+    "StderrTee",
+    "Supervisor",
+    "bounded_tail",
+    "child_environment",
+    "child_reported",
+    "classify_text",
+    "last_words",
+    "process_tree",
+    "read_state",
+    "tee_channel",
+    "tee_target",
+    "tree_opened",
+    "v1_snapshot_path",
+]
 
 log = structlog.get_logger("pulse.supervise")
 
@@ -60,6 +138,18 @@ SUPERVISOR_LABEL: Final = "pulse-supervisor"
 CLAIM_TIMEOUT: Final = 5.0
 #: Seconds a cancelled child gets between SIGTERM and SIGKILL.
 GRACE_PERIOD: Final = 10.0
+#: Claim scans of the child's process tree: while a claim is likely, and later.
+SCAN_FAST: Final = 0.05
+SCAN_SLOW: Final = 0.25
+#: Seconds the child's file sink waits for the lock (set in its environment);
+#: far above SCAN_SLOW, so a claim is always seen and let through in time.
+CHILD_LOCK_WAIT: Final = 5.0
+#: Least seconds between the child's progress lines in the log (Flow updates
+#: within 500 ms; the library default is 1 s).
+CHILD_LOG_INTERVAL: Final = 0.25
+#: Seconds the lock may stay free while the child lives before the supervisor
+#: holds it again (a claiming child takes it within its 20 ms retry).
+REHOLD_AFTER: Final = 1.0
 
 
 @attrs.frozen
@@ -116,23 +206,24 @@ class Outcome:
         )
 
 
-def read_state(home: Path, training_id: str) -> RunState:
-    """Fold a run's log as it is now (bad lines skipped); empty if there is none."""
-    return read_log(log_path(home, training_id)).state
-
-
 def child_environment(
     base: Mapping[str, str],
     training_id: str,
     home: Path,
     link: FlowLink,
     total_epochs: int | None = None,
+    file_options: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The environment that lets a child's TrainingRun continue this run."""
+    """The environment that lets a child's TrainingRun continue this run.
+
+    *file_options* are the ``file`` transport options already configured;
+    the child's ``lock_wait`` and ``interval`` default to the supervisor's
+    (:data:`CHILD_LOCK_WAIT`, :data:`CHILD_LOG_INTERVAL`) unless set there.
+    """
     env = dict(base)
     env[ENV_TRAINING_ID] = training_id
     env["PULSE_HOME"] = str(home.resolve())
-    env["PULSE_SUPERVISED"] = "1"
+    env[ENV_SUPERVISED] = "1"
     env["PULSE_HANDLE_SIGNALS"] = "1"
     for name, value in (
         (ENV_FLOW_ID, link.flow_id),
@@ -145,44 +236,21 @@ def child_environment(
             env.pop(name, None)
         else:
             env[name] = value
+    tables: dict[str, Any] = {}
+    with contextlib.suppress(ValueError):
+        given = json.loads(env.get(ENV_TRANSPORT_OPTIONS) or "{}")
+        if isinstance(given, dict):
+            tables = given
+    given_file = tables.get("file")
+    file_table: dict[str, Any] = given_file if isinstance(given_file, dict) else {}
+    tables["file"] = {
+        "lock_wait": CHILD_LOCK_WAIT,
+        "interval": CHILD_LOG_INTERVAL,
+        **dict(file_options or {}),
+        **file_table,
+    }
+    env[ENV_TRANSPORT_OPTIONS] = json.dumps(tables)
     return env
-
-
-class LogWriter:
-    """Appends supervisor events to a run's log, taking its lock briefly."""
-
-    def __init__(self, home: Path, training_id: str, lock_wait: float = 30.0) -> None:
-        self.home = home
-        self.training_id = training_id
-        self.lock_wait = lock_wait
-
-    def append(
-        self, build: Callable[[int, float], list[Event]], *, reopen_ended: bool = True
-    ) -> RunState:
-        """Append ``build(next_seq, now)``'s events; return the state after them.
-
-        ``build`` sees the log's state through the returned list only; it is
-        called with the lock held, so no other writer can interleave. With
-        ``reopen_ended=False`` (the run's start) the id of a run that already
-        ended is refused with RunExists; later appends read an ended run and
-        add nothing.
-        """
-        sink = FileSink(home=self.home, reopen_ended=reopen_ended)
-        deadline = time.monotonic() + self.lock_wait
-        while True:
-            try:
-                last = sink.open(self.training_id) or 0
-                break
-            except RunLocked:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        try:
-            for event in build(last + 1, time.time()):
-                sink.write(event)
-        finally:
-            sink.close()
-        return read_state(self.home, self.training_id)
 
 
 def _meta(
@@ -231,8 +299,13 @@ class Supervisor:
         total_epochs: passed to the child as ``PULSE_TOTAL_EPOCHS``.
         env: the base environment for the child (default ``os.environ``).
         cwd: the child's working folder.
-        claim_timeout: seconds for the child to open its log.
-        stdout, stderr: passed to ``subprocess.Popen``.
+        claim_timeout: seconds of fast claim scans after launch (a child
+            claiming later is let through too, a little slower).
+        stdout, stderr: passed to ``subprocess.Popen``; stderr None (the
+            terminal), a file, a descriptor or DEVNULL is passed through a
+            pipe that keeps the tail; PIPE and STDOUT are left to the caller.
+        config: the configuration (heartbeat interval, the v1 snapshot);
+            default: loaded for *home*.
     """
 
     def __init__(
@@ -249,6 +322,7 @@ class Supervisor:
         claim_timeout: float = CLAIM_TIMEOUT,
         stdout: Any = None,
         stderr: Any = None,
+        config: Config | None = None,
     ) -> None:
         self.command = list(command)
         self.home = Path(home)
@@ -261,9 +335,12 @@ class Supervisor:
         self.claim_timeout = claim_timeout
         self.stdout = stdout
         self.stderr = stderr
+        self.config = config or load_config(home=self.home)
         self.process: subprocess.Popen[bytes] | None = None
         self.outcome: Outcome | None = None
-        self._writer = LogWriter(self.home, self.training_id)
+        self.tee: StderrTee | None = None
+        self._holder = RunHolder(self.home, self.training_id, v1_snapshot_path(self.config))
+        self._lock_target = os.path.realpath(lock_path(self.home, self.training_id))
         self._cancel_requested = False
         self._cancel_message = "cancelled"
         self._done = threading.Event()
@@ -272,9 +349,13 @@ class Supervisor:
     # -- life ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Write meta + preparing, then launch the child (never raises for launch errors)."""
+        """Write meta + preparing, launch the child, write running (launch errors end the run).
+
+        Raises:
+            RunLocked: another live writer holds this training_id.
+        """
         tid, link = self.training_id, self.link
-        self._writer.append(
+        self._holder.append(
             lambda seq, now: [
                 _meta(tid, seq, now, link, self.name, self.total_epochs, self.command),
                 StatusChanged(
@@ -287,19 +368,53 @@ class Supervisor:
             ],
             reopen_ended=False,
         )
-        env = child_environment(self.env, tid, self.home, link, self.total_epochs)
+        env = child_environment(
+            self.env,
+            tid,
+            self.home,
+            link,
+            self.total_epochs,
+            self.config.transport_options.get("file"),
+        )
+        tee, target = tee_target(self.stderr)
+        read_end = write_end = -1
+        if tee:
+            read_end, write_end = tee_channel(target)
         try:
             self.process = subprocess.Popen(
                 self.command,
                 env=env,
                 cwd=self.cwd,
                 stdout=self.stdout,
-                stderr=self.stderr,
+                stderr=write_end if tee else self.stderr,
                 start_new_session=True,
             )
         except (OSError, ValueError) as exc:
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    os.close(fd)
             self._launch_failed(exc)
             return
+        if tee:
+            os.close(write_end)
+            self.tee = StderrTee(read_end, target)
+        pid = self.process.pid
+        try:
+            self._holder.append(
+                lambda seq, now: [
+                    StatusChanged(
+                        training_id=tid,
+                        seq=seq,
+                        timestamp=now,
+                        status="running",
+                        message=f"process {pid} started",
+                    )
+                ]
+            )
+        except OSError as exc:  # the child runs: supervise it whatever the disk says
+            log.warning("pulse: could not write running", training_id=tid, error=str(exc))
+        if not PROC_AVAILABLE:
+            self._holder.release()  # no way to see a claim: never block one
         threading.Thread(target=self._watch, name=f"pulse-supervise-{tid}", daemon=True).start()
 
     def wait(self, timeout: float | None = None) -> Outcome | None:
@@ -312,6 +427,12 @@ class Supervisor:
     def finished(self) -> bool:
         """True once the outcome is known."""
         return self._done.is_set()
+
+    @property
+    def child_running(self) -> bool:
+        """True while the child process lives."""
+        process = self.process
+        return process is not None and process.poll() is None
 
     def send_signal(self, signum: int) -> None:
         """Send *signum* to the child's process group (if it still runs)."""
@@ -370,37 +491,82 @@ class Supervisor:
                 ),
             ]
 
-        self._finish(self._writer.append(build), None)
+        try:
+            state = self._holder.append(build)
+        finally:
+            self._holder.release()
+        self._finish(state, None)
 
     def _watch(self) -> None:
+        try:
+            self._hold_while_running()
+        except Exception as exc:  # noqa: BLE001 - the end must still be written
+            log.warning(
+                "pulse: supervising the run failed; writing its end",
+                training_id=self.training_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         process = self.process
         assert process is not None
-        deadline = time.monotonic() + self.claim_timeout
-        claimed = False
-        while process.poll() is None and time.monotonic() < deadline:
-            if writer_alive(self.home, self.training_id):
-                claimed = True
-                break
-            time.sleep(0.05)
-        if not claimed and process.poll() is None and not child_reported(self._state()):
-            tid = self.training_id
-            self._writer.append(
-                lambda seq, now: (
-                    [
-                        StatusChanged(
-                            training_id=tid,
-                            seq=seq,
-                            timestamp=now,
-                            status="running",
-                            message=f"process {process.pid} started; it does not report",
-                        )
-                    ]
-                    if self._state().status in ("idle", "preparing")
-                    else []
-                )
-            )
         code = process.wait()
-        self._finish(self._writer.append(lambda seq, now: self._ending(seq, now, code)), code)
+        if self.tee is not None:
+            self.tee.drain()
+        state: RunState | None = None
+        try:
+            self._holder.hold()
+            state = self._holder.append(lambda seq, now: self._ending(seq, now, code))
+        except Exception as exc:  # noqa: BLE001 - e.g. a grandchild still holds the lock
+            log.warning(
+                "pulse: could not write the run's end",
+                training_id=self.training_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            self._holder.release()
+        if state is None:
+            state = self._state()
+            self._holder.write_v1(state)
+        self._finish(state, code)
+
+    def _hold_while_running(self) -> None:
+        """Hold the run for the child until it claims the log; hold it again if it lets go."""
+        process = self.process
+        assert process is not None
+        holder = self._holder
+        fast_until = time.monotonic() + self.claim_timeout
+        beat = self.config.heartbeat_interval
+        next_beat = time.monotonic() + beat
+        free_since: float | None = None
+        while process.poll() is None:
+            now = time.monotonic()
+            if holder.holding:
+                if tree_opened(process.pid, self._lock_target):
+                    holder.release()  # the child is taking the log over
+                    free_since = None
+                elif now >= next_beat:
+                    next_beat = now + beat
+                    try:
+                        holder.heartbeat()
+                    except OSError as exc:  # a full disk: keep the lock, try again next beat
+                        log.warning(
+                            "pulse: heartbeat write failed",
+                            training_id=self.training_id,
+                            error=str(exc),
+                        )
+            elif PROC_AVAILABLE:
+                # The child holds the run. If it lets go while it lives (its run
+                # closed without an end, or it never took the lock), hold it again.
+                if writer_alive(self.home, self.training_id) is False:
+                    free_since = now if free_since is None else free_since
+                    if now - free_since >= REHOLD_AFTER and not self._state().is_terminal:
+                        with contextlib.suppress(RunLocked, OSError):
+                            holder.hold(wait=0.0)
+                            next_beat = now + beat
+                            holder.heartbeat()
+                        free_since = None
+                else:
+                    free_since = None
+            time.sleep(SCAN_FAST if now < fast_until else SCAN_SLOW)
 
     def _state(self) -> RunState:
         return read_state(self.home, self.training_id)
@@ -444,35 +610,43 @@ class Supervisor:
                 )
             )
             return events
+        tail = self.tee.tail() if self.tee is not None else ""
+        cause, cause_retryable = classify_text(tail)
+        words = last_words(tail)
+        details: dict[str, Any] = {"exit_code": code}
         if code < 0:
             signame = _signal_name(-code)
             error_code, retryable = "PROCESS_CRASHED", -code == signal.SIGKILL
             message = f"training process killed by {signame} without reporting an end"
-            details: dict[str, Any] = {"signal": signame, "exit_code": code}
+            details["signal"] = signame
+            if cause != "PROCESS_CRASHED":
+                details["cause"] = cause
         elif code == 0:
             error_code, retryable = "PROCESS_EXITED_WITHOUT_RESULT", False
             message = "training process exited with status 0 without reporting done"
-            details = {"exit_code": 0}
         else:
-            error_code, retryable = "PROCESS_CRASHED", False
+            error_code, retryable = cause, cause_retryable
             message = f"training process exited with status {code} without reporting an end"
-            details = {"exit_code": code}
+        if words:
+            message = f"{message}: {words}"
         details["pid"] = self.process.pid if self.process else None
         details["last_status"] = state.status
+        if tail:
+            details["stderr_tail"] = tail
         return [
             ErrorReported(
                 training_id=tid,
                 seq=seq,
                 timestamp=now,
                 error_code=error_code,
-                message=message,
+                message=message[:500],
                 is_retryable=retryable,
                 details=details,
                 epoch=state.epoch,
                 step=state.step,
             ),
             StatusChanged(
-                training_id=tid, seq=seq + 1, timestamp=now, status="error", message=message
+                training_id=tid, seq=seq + 1, timestamp=now, status="error", message=message[:500]
             ),
         ]
 

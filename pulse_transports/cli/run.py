@@ -35,7 +35,13 @@ def _validated_id(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--flow-id", default=None, help="Flow this run belongs to.")
 @click.option("--flow-run-id", default=None, help="Flow run this run belongs to.")
 @click.option("--flow-step-id", default=None, help="Flow step (TRAIN) this run belongs to.")
-@click.option("--attempt", type=click.IntRange(1), default=None, help="Attempt number of the step.")
+@click.option(
+    "--attempt",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Attempt number of the step.",
+)
 @click.option("--total-epochs", type=click.IntRange(1), default=None, help="Epochs planned.")
 @click.option("--name", default=None, help="A short human name for the run.")
 @click.option(
@@ -43,7 +49,7 @@ def _validated_id(ctx: click.Context, param: click.Parameter, value: str | None)
     type=click.FloatRange(0.0),
     default=CLAIM_TIMEOUT,
     show_default=True,
-    help="Seconds the command has to start reporting before PULSE reports for it.",
+    help="Seconds of checks every 50 ms for the command taking its run over (then 250 ms).",
 )
 @home_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
@@ -52,7 +58,7 @@ def run(
     flow_id: str | None,
     flow_run_id: str | None,
     flow_step_id: str | None,
-    attempt: int | None,
+    attempt: int,
     total_epochs: int | None,
     name: str | None,
     claim_timeout: float,
@@ -64,8 +70,11 @@ def run(
     The command gets PULSE_TRAINING_ID, PULSE_HOME and the flow link in its
     environment, so a TrainingRun inside it reports into this run without
     code changes. A command that never reports still gets an honest run:
-    preparing on launch, running once started, done or error from its exit
-    status. Ctrl-C (or SIGTERM) is forwarded to the command and the run ends
+    preparing on launch, running once started (kept alive by pulse run's
+    heartbeats and the v1 snapshot), done or error from its exit status. The
+    command's stderr passes through; its last 40 lines are kept in the
+    error's details and classified (CUDA_OOM, DATASET_NOT_FOUND, ...).
+    Ctrl-C (or SIGTERM) is forwarded to the command and the run ends
     cancelled; a second Ctrl-C sends SIGTERM, a third SIGKILL.
 
     \b
@@ -82,6 +91,7 @@ def run(
         name=name,
         total_epochs=total_epochs,
         claim_timeout=claim_timeout,
+        config=config,
     )
     interrupts = 0
 
