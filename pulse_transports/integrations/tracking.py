@@ -37,16 +37,22 @@ Imports no framework; nesting is tracked per thread.
 
 from __future__ import annotations
 
+import dis
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Final, Generic, TypeVar
+
+import structlog
 
 from pulse_core import emitter
 from pulse_core.emitter import TrainingRun
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_transports.integrations.distributed import PeerRun, open_run
+
+log = structlog.get_logger("pulse.integrations")
 
 T = TypeVar("T")
 Run = TrainingRun | PeerRun
@@ -89,6 +95,42 @@ def _stack() -> list[track[Any]]:
     if stack is None:
         stack = _local.stack = []
     return stack
+
+
+# The instruction a frame executes when it drops a for loop's iterator on
+# ``break`` or ``return`` (3.11-3.13: POP_TOP; 3.14: POP_ITER). An exception
+# leaving the loop drops it while the frame stands at the raising instruction.
+_DROP_OPS: Final = frozenset(
+    dis.opmap[name] for name in ("POP_TOP", "POP_ITER") if name in dis.opmap
+)
+# Where a generator frame stands when it is closed itself and passes the
+# close on to the loop it iterates (``yield`` / ``yield from``).
+_YIELD_OPS: Final = frozenset(
+    dis.opmap[name] for name in ("YIELD_VALUE", "SEND", "RESUME") if name in dis.opmap
+)
+_GENERATOR_FLAGS: Final = 0x20 | 0x200  # CO_GENERATOR | CO_ASYNC_GENERATOR
+
+
+def _left_normally(frame: FrameType | None) -> bool:
+    """True if the loop whose iterator is being closed was left with break or return.
+
+    *frame* is the frame running when the iterator was closed: the loop's
+    own frame (or a generator around it, being closed in turn). A frame
+    standing on the instruction that drops an iterator left it with break
+    or return; anything else (an exception on its way out, an iterator
+    dropped some other way) is not taken for a normal end.
+    """
+    while frame is not None:
+        code = frame.f_code
+        lasti = frame.f_lasti
+        op = code.co_code[lasti] if 0 <= lasti < len(code.co_code) else -1
+        if op in _DROP_OPS:
+            return True
+        if op in _YIELD_OPS and code.co_flags & _GENERATOR_FLAGS:
+            frame = frame.f_back  # a wrapping generator being closed: ask its closer
+            continue
+        return False
+    return False
 
 
 def _length(iterable: object) -> int | None:
@@ -134,6 +176,12 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
         self.n = 0
         self.role = _EPOCH if unit in _EPOCH_UNITS else _STEP
         self._owned = False
+        #: an exception a loop inside this one's iterable raised (it is
+        #: leaving this loop's body now): the run this loop owns ends with it.
+        self._failure: BaseException | None = None
+        #: a top-level step loop sends total_steps from its second report on:
+        #: it may yet become the epoch loop of a loop started inside it.
+        self._total_due = False
         self._in_with = False  # a with block ends an owned run, not the loop
         self._last_n = 0
         self._last_t = 0.0
@@ -184,16 +232,37 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
                 self._report_end(n)
             finished = True
         except GeneratorExit:
-            # Left with break (or dropped): not a failure of the run; the
-            # iterations done so far are the last word.
-            finished = True
+            # The loop was left before its end: with break/return (the run
+            # we own ends done), or by an exception raised in its body,
+            # which this generator cannot see. Only a positively recognised
+            # break ends the run here; otherwise an exception from a loop
+            # below ends it with its code, else the exception's own way
+            # out does (the emitter's excepthook, or its exit net).
             self._report_end(n)
+            if self._owned and self.run is not None and not self._in_with:
+                failure = self._failure
+                if failure is not None:
+                    self.run.fail_with(failure)
+                    finished = True
+                else:
+                    finished = _left_normally(sys._getframe(1))
+                    if not finished:
+                        log.info(
+                            "pulse: track() loop left by an exception; the run ends with it",
+                            training_id=getattr(self.run, "training_id", None),
+                            step=n,
+                        )
             raise
         except BaseException as exc:
             # The iterable itself raised (a data loader failing): a run we
-            # opened ends with it; a lent run is left to its owner.
+            # opened ends with it; the loop that owns the run learns of it
+            # so that it ends with this error too, not done.
             if self._owned and self.run is not None:
                 self.run.fail_with(exc)
+            else:
+                owner = self._owner(stack)
+                if owner is not None:
+                    owner._failure = exc
             raise
         finally:
             if stack and stack[-1] is self:
@@ -203,6 +272,13 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
             if finished and self._owned and self.run is not None and not self._in_with:
                 self.run.close()
 
+    def _owner(self, stack: list[track[Any]]) -> track[Any] | None:
+        """The enclosing loop that opened this loop's run, if one did."""
+        for outer in stack:
+            if outer._owned and outer.run is self.run:
+                return outer
+        return None
+
     def _start(self, stack: list[track[Any]]) -> None:
         parent = stack[-1] if stack else None
         has_epoch = any(t.role == _EPOCH for t in stack)
@@ -211,6 +287,7 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
                 self.role = _SILENT
         elif parent is None or parent.role == _EPOCH:
             self.role = _STEP
+            self._total_due = parent is None
         elif parent.role == _STEP and not has_epoch:
             parent._promote()
             self.role = _STEP
@@ -233,15 +310,23 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
         run = self.run
         assert run is not None
         self.n = n
+        self._failure = None  # the loop goes on: an exception below was handled
         if self.role == _EPOCH:
             run.progress(epoch=n + 1, total_epochs=self.total, step=0)
             return n + 1
         now = time.monotonic()
         if n == 0:
-            run.progress(step=0, total_steps=self.total)
+            if self._total_due:
+                run.progress(step=0)
+            else:
+                run.progress(step=0, total_steps=self.total)
             self._last_n, self._last_t = 0, now
             return 1
-        run.progress(step=n)
+        if self._total_due:
+            self._total_due = False
+            run.progress(step=n, total_steps=self.total)
+        else:
+            run.progress(step=n)
         done = n - self._last_n
         elapsed = now - self._last_t
         self._last_n, self._last_t = n, now
@@ -252,4 +337,8 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
     def _report_end(self, n: int) -> None:
         self.n = n
         if self.role == _STEP and self.run is not None:
-            self.run.progress(step=n)
+            if self._total_due:
+                self._total_due = False
+                self.run.progress(step=n, total_steps=self.total)
+            else:
+                self.run.progress(step=n)
