@@ -580,7 +580,9 @@ def peer_ending(path: Path) -> PeerEnding | None:
     if status is not None:
         if os.WIFSIGNALED(status):
             name = _signal_name(os.WTERMSIG(status))
-            return PeerEnding(rank, pid, host, name, -os.WTERMSIG(status), stopped=name == "SIGTERM")
+            return PeerEnding(
+                rank, pid, host, name, -os.WTERMSIG(status), stopped=name == "SIGTERM"
+            )
         return PeerEnding(rank, pid, host, None, os.WEXITSTATUS(status), trace=trace[-4000:])
     for text, name in _FATAL_SIGNALS.items():
         if f"Fatal Python error: {text}" in trace:

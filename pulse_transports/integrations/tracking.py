@@ -38,6 +38,7 @@ Imports no framework; nesting is tracked per thread.
 from __future__ import annotations
 
 import dis
+import gc
 import sys
 import threading
 import time
@@ -103,6 +104,12 @@ def _stack() -> list[track[Any]]:
 _DROP_OPS: Final = frozenset(
     dis.opmap[name] for name in ("POP_TOP", "POP_ITER") if name in dis.opmap
 )
+# Where a frame stands when its for loop ends because the iterator it loops
+# over (``zip(track(...), range(n))``) is exhausted -- or because that
+# iterator raised: told apart by the traceback an exception leaves.
+_EXHAUST_OPS: Final = frozenset(
+    dis.opmap[name] for name in ("FOR_ITER", "END_FOR") if name in dis.opmap
+)
 # Where a generator frame stands when it is closed itself and passes the
 # close on to the loop it iterates (``yield`` / ``yield from``).
 _YIELD_OPS: Final = frozenset(
@@ -126,11 +133,28 @@ def _left_normally(frame: FrameType | None) -> bool:
         op = code.co_code[lasti] if 0 <= lasti < len(code.co_code) else -1
         if op in _DROP_OPS:
             return True
+        if op in _EXHAUST_OPS:
+            return not _raising_through(frame)
         if op in _YIELD_OPS and code.co_flags & _GENERATOR_FLAGS:
             frame = frame.f_back  # a wrapping generator being closed: ask its closer
             continue
         return False
     return False
+
+
+def _raising_through(frame: FrameType) -> bool:
+    """True if an exception is passing through *frame* at its current instruction.
+
+    The interpreter adds the frame to the exception's traceback before it
+    drops the frame's iterators, so the traceback entry is there to find.
+    Slow (a look through the collector's objects): asked only for a loop
+    ended by its iterator's end, not for ``break`` or the loop's own end.
+    """
+    lasti = frame.f_lasti
+    return any(
+        isinstance(ref, TracebackType) and ref.tb_frame is frame and ref.tb_lasti == lasti
+        for ref in gc.get_referrers(frame)
+    )
 
 
 def _length(iterable: object) -> int | None:

@@ -297,6 +297,7 @@ class TestEndings:
             ("nested-fnf", "DATASET_NOT_FOUND"),
             ("nested-oom", "CUDA_OOM"),
             ("nested-loader", "DATASET_NOT_FOUND"),
+            ("zip-partner-raises", "DATASET_NOT_FOUND"),
         ],
     )
     def test_uncaught_exception_is_an_error(
@@ -332,12 +333,13 @@ class TestEndings:
             ("nested-break", 2, 2),
             ("nested-return", 2, 2),
             ("wrapped-break", None, 1),
+            ("zip-truncated", 3, 2),
         ],
     )
     def test_break_and_return_end_done(
         self, pulse_home: Path, scenario: str, epoch: int | None, step: int
     ) -> None:
-        """Leaving the loops with break or return (also through a generator) ends the run done."""
+        """Leaving the loops with break, return or a shorter zip() partner ends the run done."""
         status, shown, v1 = _run_script(pulse_home, scenario)
         assert status == 0
         view = shown["view"]

@@ -112,6 +112,20 @@ def nested_unsized() -> None:
             pass
 
 
+def zip_truncated() -> None:
+    """Loops over zip(track(...), range(n)) that end when the range does."""
+    for _ in track(range(EPOCHS)):
+        for _ in zip(track(batches()), range(2), strict=False):
+            pass
+
+
+def zip_partner_raises() -> None:
+    """A loop over zip(track(...), a loader) whose loader raises FileNotFoundError."""
+    for _ in track(range(EPOCHS)):
+        for _ in zip(track(range(STEPS)), batches(fail_at=2), strict=False):
+            pass
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     "nested-loader": nested_loader,
     "single-loader": single_loader,
@@ -120,6 +134,8 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "nested-return": nested_return,
     "wrapped-break": wrapped_break,
     "nested-unsized": nested_unsized,
+    "zip-truncated": zip_truncated,
+    "zip-partner-raises": zip_partner_raises,
     **{f"single-{k}": (lambda k=k: single(k)) for k in ("fnf", "oom", "interrupt", "value")},
     **{f"nested-{k}": (lambda k=k: nested(k)) for k in ("fnf", "oom", "interrupt", "sigint")},
 }
