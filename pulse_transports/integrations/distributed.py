@@ -30,6 +30,16 @@ Accelerate, Lightning strategies, mp.spawn, SLURM/MPI launchers):
   folder once more, waiting up to ``PEER_WAIT`` seconds on a failure, so the
   root cause wins. A reader can fold the same files in for a rank 0 killed
   outright (:func:`read_rank_errors`).
+* **A rank that dies without a word** (SIGKILL, a segfault) writes no error
+  file. While its :class:`PeerRun` is open a rank is registered
+  (``rank-<N>.alive``, see ``_rank_errors``); the watcher checks the
+  registered ranks of its host at every look (``os.kill(pid, 0)``, the
+  start time against pid reuse), and a rank gone without an error file
+  ends the run ``PROCESS_CRASHED`` "rank 1 was killed by SIGKILL" -- by the
+  supervisor's rule (:mod:`pulse_transports.supervise`, restated in
+  :func:`crash_code`), retryable only for SIGKILL. A rank the launcher
+  stopped with SIGTERM is not a crash. So torchrun's SIGTERM to rank 0
+  after a peer was killed no longer ends the run "cancelled by SIGTERM".
 
 The rank files are not ``*.jsonl`` and live in a subfolder, so log readers
 never take them for run logs; they and :class:`PeerRun` are written by the

@@ -19,10 +19,23 @@ The run: the *run* argument; else the run of the enclosing loop; else the
 current run (:func:`set_current_run`, or the only open
 :class:`~pulse_core.emitter.TrainingRun` of the process); else the outermost
 loop opens one (rank-aware, :func:`~pulse_transports.integrations.distributed.open_run`)
-and ends it when its loop ends -- ``done`` when the loop is finished or left
-with ``break``; an uncaught exception ends it ``error``/``cancelled`` through
-the emitter's process-wide hook, and ``with track(...) as t:`` ends it so
-for any exception.
+and ends it when its loop ends. An exception never ends it ``done``:
+
+* ``done`` when the loop is finished, or left with ``break``/``return``;
+* ``error`` with the exception's code at once when the iterable of any of
+  the loops (a data loader) raises;
+* an exception raised in the loop body cannot be seen by the generator,
+  which is only closed: when it is, the frame of the loop is looked at
+  (:func:`_left_normally`) and only a recognised ``break``/``return`` or
+  loop end ends the run ``done``; otherwise the run is left to the
+  exception's own way out -- ``error``/``cancelled`` through the emitter's
+  process-wide excepthook when uncaught, or the emitter's exit net
+  (``error``) when the program caught it and went on.
+
+``with track(...) as t:`` ends the run with any exception leaving the block.
+An outermost step loop sends ``total_steps`` from its second report on: a
+loop started inside it in its first iteration makes it the epoch loop, and
+its length must not stay behind as the inner loop's ``total_steps``.
 
 Cost: the wrapper is a generator that increments a counter and compares it
 with a precomputed threshold; ``run.progress`` is called only every *N*
