@@ -480,6 +480,17 @@ class Registration:
                 folder.rmdir()  # only if empty: other ranks' files stay
         _registrations.discard(self)
 
+    def forget(self) -> None:
+        """In a forked child: leave the parent's registration alone, and its signals to it."""
+        for signum in self._signals:
+            with contextlib.suppress(Exception):
+                faulthandler.unregister(signum)
+        if self._enabled:
+            with contextlib.suppress(Exception):
+                faulthandler.disable()
+        self._removed = True
+        _registrations.discard(self)
+
 
 _registrations: set[Registration] = set()
 
@@ -489,6 +500,16 @@ def _unregister_all() -> None:
     """A process exiting normally ended its ranks normally."""
     for registration in list(_registrations):
         registration.remove()
+
+
+def _forget_all() -> None:
+    """A forked child (a DataLoader worker) is not the rank: its end is not the rank's."""
+    for registration in list(_registrations):
+        registration.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_all)
 
 
 @attrs.frozen

@@ -214,6 +214,17 @@ if sys.argv[4] == "exit":
 if sys.argv[4] == "segfault":
     import ctypes
     ctypes.string_at(0)
+if sys.argv[4] == "fork":
+    import os, signal
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, b"x")  # after the fork hooks ran
+        time.sleep(60)
+    os.read(read, 1)
+    os.kill(child, signal.SIGTERM)
+    os.waitpid(child, 0)
+    print("forked", flush=True)
 time.sleep(60)
 """
 
@@ -279,6 +290,17 @@ class TestPeerDeaths:
         assert ending is not None
         assert (ending.signal, ending.stopped, ending.inferred) == ("SIGSEGV", False, False)
         assert "Segmentation fault" in ending.trace
+
+    def test_forked_child_is_not_the_rank(self, tmp_path: Path) -> None:
+        """A forked worker stopped with SIGTERM leaves no trace: the rank's SIGKILL stays one."""
+        proc = _peer(tmp_path, then="fork")
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "forked"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ending = peer_ending(registration_path(tmp_path, TID, 1))
+        assert ending is not None
+        assert (ending.signal, ending.stopped, ending.trace) == ("SIGKILL", False, "")
 
     def test_watcher_reports_a_killed_peer(self, tmp_path: Path) -> None:
         """Rank 0's watcher ends the run PROCESS_CRASHED, retryable, naming rank 1 and SIGKILL."""
