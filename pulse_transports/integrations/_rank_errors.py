@@ -443,6 +443,12 @@ class Registration:
         registration = cls(path, made, file)
         registration._watch_signals()
         _registrations.add(registration)
+        if "multiprocessing" in sys.modules:
+            # A rank started by multiprocessing with fork ends with os._exit
+            # after its target returns: its finalizers run, atexit does not.
+            import multiprocessing.util  # only if the program uses it
+
+            multiprocessing.util.Finalize(registration, registration.remove, exitpriority=0)
         return registration
 
     def _watch_signals(self) -> None:

@@ -257,6 +257,20 @@ class TestPeerDeaths:
         ended.wait(timeout=30)
         assert not registration_path(tmp_path, TID, 2).exists()
 
+    def test_fork_started_rank_unregisters(self, tmp_path: Path) -> None:
+        """A rank started by multiprocessing with fork that returns unregisters (no atexit)."""
+        code = (
+            "import multiprocessing, sys\n"
+            "from pathlib import Path\n"
+            "from pulse_transports.integrations.distributed import PeerRun\n"
+            "def rank(home):\n"
+            f"    PeerRun({TID!r}, rank=1, world_size=2, home=Path(home))\n"
+            "proc = multiprocessing.get_context('fork').Process(target=rank, args=(sys.argv[1],))\n"
+            "proc.start(); proc.join(); sys.exit(proc.exitcode)\n"
+        )
+        subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+        assert not registration_path(tmp_path, TID, 1).exists()
+
     def test_sigkill_before_and_after_reaping(self, tmp_path: Path) -> None:
         """SIGKILL is read from the zombie's status, and inferred once it is reaped."""
         proc = _peer(tmp_path)
