@@ -277,18 +277,17 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
             # out does (the emitter's excepthook, or its exit net).
             self._report_end(n)
             if self._owned and self.run is not None and not self._in_with:
+                finished = _left_normally(sys._getframe(1))
                 failure = self._failure
-                if failure is not None:
-                    self.run.fail_with(failure)
+                if not finished and failure is not None:
+                    self.run.fail_with(failure)  # a loader's error, on its way out
                     finished = True
-                else:
-                    finished = _left_normally(sys._getframe(1))
-                    if not finished:
-                        log.info(
-                            "pulse: track() loop left by an exception; the run ends with it",
-                            training_id=getattr(self.run, "training_id", None),
-                            step=n,
-                        )
+                elif not finished:
+                    log.info(
+                        "pulse: track() loop left by an exception; the run ends with it",
+                        training_id=getattr(self.run, "training_id", None),
+                        step=n,
+                    )
             raise
         except BaseException as exc:
             # The iterable itself raised (a data loader failing): a run we
