@@ -112,10 +112,25 @@ def _stack() -> list[track[Any]]:
 
 
 # The instruction a frame executes when it drops a for loop's iterator on
-# ``break`` or ``return`` (3.11-3.13: POP_TOP; 3.14: POP_ITER). An exception
-# leaving the loop drops it while the frame stands at the raising instruction.
+# ``break`` or ``return`` (3.11-3.13: POP_TOP; 3.14: POP_ITER), or a
+# generator kept in a variable (a store, a ``del``, a return). None of them
+# raises where it drops a reference, while an exception leaving the loop
+# drops the iterator with the frame standing at the raising instruction.
 _DROP_OPS: Final = frozenset(
-    dis.opmap[name] for name in ("POP_TOP", "POP_ITER") if name in dis.opmap
+    dis.opmap[name]
+    for name in (
+        "POP_TOP",
+        "POP_ITER",
+        "STORE_FAST",
+        "DELETE_FAST",
+        "STORE_NAME",
+        "DELETE_NAME",
+        "STORE_GLOBAL",
+        "DELETE_GLOBAL",
+        "RETURN_VALUE",
+        "RETURN_CONST",
+    )
+    if name in dis.opmap
 )
 # Where a frame stands when its for loop ends because the iterator it loops
 # over (``zip(track(...), range(n))``) is exhausted -- or because that
@@ -153,6 +168,14 @@ def _left_normally(frame: FrameType | None) -> bool:
             continue
         return False
     return False
+
+
+def _closer() -> FrameType | None:
+    """The frame that closed the generator calling this (None: closed with no frame running)."""
+    try:
+        return sys._getframe(2)
+    except ValueError:
+        return None
 
 
 def _raising_through(frame: FrameType) -> bool:
@@ -277,7 +300,7 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
             # out does (the emitter's excepthook, or its exit net).
             self._report_end(n)
             if self._owned and self.run is not None and not self._in_with:
-                finished = _left_normally(sys._getframe(1))
+                finished = _left_normally(_closer())
                 failure = self._failure
                 if not finished and failure is not None:
                     self.run.fail_with(failure)  # a loader's error, on its way out

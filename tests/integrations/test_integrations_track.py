@@ -334,6 +334,7 @@ class TestEndings:
             ("nested-return", 2, 2),
             ("wrapped-break", None, 1),
             ("zip-truncated", 3, 2),
+            ("kept-generator", None, 1),
         ],
     )
     def test_break_and_return_end_done(

@@ -105,6 +105,20 @@ def wrapped_break() -> None:
             break
 
 
+def kept_generator() -> None:
+    """A generator around track() kept in a variable, left with break, then dropped."""
+
+    def epochs() -> Iterator[int]:
+        yield from track(range(EPOCHS))
+
+    loop = epochs()
+    for epoch in loop:
+        if epoch == 1:
+            break
+    loop = iter(())  # the generator is dropped here, not at the break
+    print("after the loop", flush=True)
+
+
 def nested_unsized() -> None:
     """The nested pattern over an outer range and an inner loader without a length."""
     for _ in track(range(2)):
@@ -134,6 +148,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "nested-return": nested_return,
     "wrapped-break": wrapped_break,
     "nested-unsized": nested_unsized,
+    "kept-generator": kept_generator,
     "zip-truncated": zip_truncated,
     "zip-partner-raises": zip_partner_raises,
     **{f"single-{k}": (lambda k=k: single(k)) for k in ("fnf", "oom", "interrupt", "value")},
