@@ -30,6 +30,16 @@ Accelerate, Lightning strategies, mp.spawn, SLURM/MPI launchers):
   folder once more, waiting up to ``PEER_WAIT`` seconds on a failure, so the
   root cause wins. A reader can fold the same files in for a rank 0 killed
   outright (:func:`read_rank_errors`).
+* **A rank that dies without a word** (SIGKILL, a segfault) writes no error
+  file. While its :class:`PeerRun` is open a rank is registered
+  (``rank-<N>.alive``, see ``_rank_errors``); the watcher checks the
+  registered ranks of its host at every look (``os.kill(pid, 0)``, the
+  start time against pid reuse), and a rank gone without an error file
+  ends the run ``PROCESS_CRASHED`` "rank 1 was killed by SIGKILL" -- by the
+  supervisor's rule (:mod:`pulse_transports.supervise`, restated in
+  :func:`crash_code`), retryable only for SIGKILL. A rank the launcher
+  stopped with SIGTERM is not a crash. So torchrun's SIGTERM to rank 0
+  after a peer was killed no longer ends the run "cancelled by SIGTERM".
 
 The rank files are not ``*.jsonl`` and live in a subfolder, so log readers
 never take them for run logs; they and :class:`PeerRun` are written by the
@@ -54,12 +64,16 @@ from pulse_core.emitter import ENV_TRAINING_ID, TrainingRun, new_training_id
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_transports.integrations._rank_errors import (
     MAX_PEER_ERRORS,
+    PeerEnding,
     PeerRun,
     RankError,
+    crash_code,
     describe_exception,
+    peer_ending,
     rank_dir,
     rank_error_path,
     read_rank_errors,
+    registration_path,
     write_rank_error,
 )
 
@@ -72,17 +86,21 @@ __all__ = [
     "POLL",
     "Broadcast",
     "MainRun",
+    "PeerEnding",
     "PeerRun",
     "RankError",
     "RankErrorWatcher",
     "RankInfo",
     "agree_training_id",
+    "crash_code",
     "describe_exception",
     "open_run",
+    "peer_ending",
     "rank_dir",
     "rank_error_path",
     "rank_info",
     "read_rank_errors",
+    "registration_path",
     "report_all_ranks",
     "resolve_broadcast",
     "torch_broadcast",
@@ -299,6 +317,7 @@ class RankErrorWatcher:
         self.reported: list[RankError] = []
         self._folder = rank_dir(home, run.training_id)
         self._seen: set[str] = set()
+        self._alive: list[Path] = []  # rank registrations, listed when the folder changes
         self._mtime: int | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -349,32 +368,91 @@ class RankErrorWatcher:
                 mtime = os.stat(self._folder).st_mtime_ns
             except OSError:
                 return False
-            if mtime == self._mtime:
+            if mtime != self._mtime:
+                self._mtime = mtime
+                if self._report_errors():
+                    return True
+                self._alive = sorted(self._folder.glob("rank-*.alive"))
+            return self._report_deaths()
+
+    def _report_deaths(self) -> bool:
+        """Report a registered rank whose process is gone without an error file."""
+        for path in self._alive:
+            key = path.name.removesuffix(".alive")
+            if key in self._seen:
+                continue
+            ending = peer_ending(path)
+            if ending is None:
+                continue
+            # Gone: an error file it wrote before dying is there by now.
+            if self._report_errors():
+                return True
+            self._seen.add(key)
+            if ending.stopped:
+                continue  # the launcher stopped it: whatever stopped it ends the run
+            if self.run.current_status in TERMINAL_STATUSES or self.run.closed:
                 return False
-            self._mtime = mtime
-            new = [
-                e
-                for e in read_rank_errors(self.home, self.run.training_id)
-                if f"rank-{e.rank}" not in self._seen
-            ]
-            if not new or self.run.current_status in TERMINAL_STATUSES or self.run.closed:
-                return False
-            for index, error in enumerate(new):
-                self._seen.add(f"rank-{error.rank}")
-                self.reported.append(error)
-                self.run.error(
-                    error.error_code,
-                    f"rank {error.rank} failed: {error.message}"[:1000],
-                    is_retryable=error.is_retryable,
-                    details={
-                        **dict(error.details),
-                        "rank": error.rank,
-                        "host": error.host,
-                        "pid": error.pid,
-                    },
-                    fatal=index == len(new) - 1,
+            code, retryable, message = crash_code(ending)
+            details: dict[str, Any] = {
+                "rank": ending.rank,
+                "host": ending.host,
+                "pid": ending.pid,
+                "signal": ending.signal,
+            }
+            if ending.exit_code is not None:
+                details["exit_code"] = ending.exit_code
+            if ending.inferred:
+                details["signal_inferred"] = True
+            if ending.trace:
+                details["trace"] = ending.trace
+            log.error(
+                "pulse: a rank died without reporting; the run ends with it",
+                training_id=self.run.training_id,
+                rank=ending.rank,
+                pid=ending.pid,
+                signal=ending.signal,
+            )
+            self.reported.append(
+                RankError(
+                    rank=ending.rank,
+                    error_code=code,
+                    message=message,
+                    is_retryable=retryable,
+                    details=details,
+                    host=ending.host,
+                    pid=ending.pid,
+                    timestamp=time.time(),
                 )
+            )
+            self.run.error(code, message, is_retryable=retryable, details=details)
             return True
+        return False
+
+    def _report_errors(self) -> bool:
+        """Report rank error files not seen yet."""
+        new = [
+            e
+            for e in read_rank_errors(self.home, self.run.training_id)
+            if f"rank-{e.rank}" not in self._seen
+        ]
+        if not new or self.run.current_status in TERMINAL_STATUSES or self.run.closed:
+            return False
+        for index, error in enumerate(new):
+            self._seen.add(f"rank-{error.rank}")
+            self.reported.append(error)
+            self.run.error(
+                error.error_code,
+                f"rank {error.rank} failed: {error.message}"[:1000],
+                is_retryable=error.is_retryable,
+                details={
+                    **dict(error.details),
+                    "rank": error.rank,
+                    "host": error.host,
+                    "pid": error.pid,
+                },
+                fatal=index == len(new) - 1,
+            )
+        return True
 
 
 # -- opening a run for this rank ---------------------------------------------------------

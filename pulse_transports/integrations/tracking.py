@@ -19,10 +19,23 @@ The run: the *run* argument; else the run of the enclosing loop; else the
 current run (:func:`set_current_run`, or the only open
 :class:`~pulse_core.emitter.TrainingRun` of the process); else the outermost
 loop opens one (rank-aware, :func:`~pulse_transports.integrations.distributed.open_run`)
-and ends it when its loop ends -- ``done`` when the loop is finished or left
-with ``break``; an uncaught exception ends it ``error``/``cancelled`` through
-the emitter's process-wide hook, and ``with track(...) as t:`` ends it so
-for any exception.
+and ends it when its loop ends. An exception never ends it ``done``:
+
+* ``done`` when the loop is finished, or left with ``break``/``return``;
+* ``error`` with the exception's code at once when the iterable of any of
+  the loops (a data loader) raises;
+* an exception raised in the loop body cannot be seen by the generator,
+  which is only closed: when it is, the frame of the loop is looked at
+  (:func:`_left_normally`) and only a recognised ``break``/``return`` or
+  loop end ends the run ``done``; otherwise the run is left to the
+  exception's own way out -- ``error``/``cancelled`` through the emitter's
+  process-wide excepthook when uncaught, or the emitter's exit net
+  (``error``) when the program caught it and went on.
+
+``with track(...) as t:`` ends the run with any exception leaving the block.
+An outermost step loop sends ``total_steps`` from its second report on: a
+loop started inside it in its first iteration makes it the epoch loop, and
+its length must not stay behind as the inner loop's ``total_steps``.
 
 Cost: the wrapper is a generator that increments a counter and compares it
 with a precomputed threshold; ``run.progress`` is called only every *N*
@@ -37,16 +50,23 @@ Imports no framework; nesting is tracked per thread.
 
 from __future__ import annotations
 
+import dis
+import gc
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Final, Generic, TypeVar
+
+import structlog
 
 from pulse_core import emitter
 from pulse_core.emitter import TrainingRun
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_transports.integrations.distributed import PeerRun, open_run
+
+log = structlog.get_logger("pulse.integrations")
 
 T = TypeVar("T")
 Run = TrainingRun | PeerRun
@@ -89,6 +109,88 @@ def _stack() -> list[track[Any]]:
     if stack is None:
         stack = _local.stack = []
     return stack
+
+
+# The instruction a frame executes when it drops a for loop's iterator on
+# ``break`` or ``return`` (3.11-3.13: POP_TOP; 3.14: POP_ITER), or a
+# generator kept in a variable (a store, a ``del``, a return). None of them
+# raises where it drops a reference, while an exception leaving the loop
+# drops the iterator with the frame standing at the raising instruction.
+_DROP_OPS: Final = frozenset(
+    dis.opmap[name]
+    for name in (
+        "POP_TOP",
+        "POP_ITER",
+        "STORE_FAST",
+        "DELETE_FAST",
+        "STORE_NAME",
+        "DELETE_NAME",
+        "STORE_GLOBAL",
+        "DELETE_GLOBAL",
+        "RETURN_VALUE",
+        "RETURN_CONST",
+    )
+    if name in dis.opmap
+)
+# Where a frame stands when its for loop ends because the iterator it loops
+# over (``zip(track(...), range(n))``) is exhausted -- or because that
+# iterator raised: told apart by the traceback an exception leaves.
+_EXHAUST_OPS: Final = frozenset(
+    dis.opmap[name] for name in ("FOR_ITER", "END_FOR") if name in dis.opmap
+)
+# Where a generator frame stands when it is closed itself and passes the
+# close on to the loop it iterates (``yield`` / ``yield from``).
+_YIELD_OPS: Final = frozenset(
+    dis.opmap[name] for name in ("YIELD_VALUE", "SEND", "RESUME") if name in dis.opmap
+)
+_GENERATOR_FLAGS: Final = 0x20 | 0x200  # CO_GENERATOR | CO_ASYNC_GENERATOR
+
+
+def _left_normally(frame: FrameType | None) -> bool:
+    """True if the loop whose iterator is being closed was left with break or return.
+
+    *frame* is the frame running when the iterator was closed: the loop's
+    own frame (or a generator around it, being closed in turn). A frame
+    standing on the instruction that drops an iterator left it with break
+    or return; anything else (an exception on its way out, an iterator
+    dropped some other way) is not taken for a normal end.
+    """
+    while frame is not None:
+        code = frame.f_code
+        lasti = frame.f_lasti
+        op = code.co_code[lasti] if 0 <= lasti < len(code.co_code) else -1
+        if op in _DROP_OPS:
+            return True
+        if op in _EXHAUST_OPS:
+            return not _raising_through(frame)
+        if op in _YIELD_OPS and code.co_flags & _GENERATOR_FLAGS:
+            frame = frame.f_back  # a wrapping generator being closed: ask its closer
+            continue
+        return False
+    return False
+
+
+def _closer() -> FrameType | None:
+    """The frame that closed the generator calling this (None: closed with no frame running)."""
+    try:
+        return sys._getframe(2)
+    except ValueError:
+        return None
+
+
+def _raising_through(frame: FrameType) -> bool:
+    """True if an exception is passing through *frame* at its current instruction.
+
+    The interpreter adds the frame to the exception's traceback before it
+    drops the frame's iterators, so the traceback entry is there to find.
+    Slow (a look through the collector's objects): asked only for a loop
+    ended by its iterator's end, not for ``break`` or the loop's own end.
+    """
+    lasti = frame.f_lasti
+    return any(
+        isinstance(ref, TracebackType) and ref.tb_frame is frame and ref.tb_lasti == lasti
+        for ref in gc.get_referrers(frame)
+    )
 
 
 def _length(iterable: object) -> int | None:
@@ -134,6 +236,12 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
         self.n = 0
         self.role = _EPOCH if unit in _EPOCH_UNITS else _STEP
         self._owned = False
+        #: an exception a loop inside this one's iterable raised (it is
+        #: leaving this loop's body now): the run this loop owns ends with it.
+        self._failure: BaseException | None = None
+        #: a top-level step loop sends total_steps from its second report on:
+        #: it may yet become the epoch loop of a loop started inside it.
+        self._total_due = False
         self._in_with = False  # a with block ends an owned run, not the loop
         self._last_n = 0
         self._last_t = 0.0
@@ -184,16 +292,36 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
                 self._report_end(n)
             finished = True
         except GeneratorExit:
-            # Left with break (or dropped): not a failure of the run; the
-            # iterations done so far are the last word.
-            finished = True
+            # The loop was left before its end: with break/return (the run
+            # we own ends done), or by an exception raised in its body,
+            # which this generator cannot see. Only a positively recognised
+            # break ends the run here; otherwise an exception from a loop
+            # below ends it with its code, else the exception's own way
+            # out does (the emitter's excepthook, or its exit net).
             self._report_end(n)
+            if self._owned and self.run is not None and not self._in_with:
+                finished = _left_normally(_closer())
+                failure = self._failure
+                if not finished and failure is not None:
+                    self.run.fail_with(failure)  # a loader's error, on its way out
+                    finished = True
+                elif not finished:
+                    log.info(
+                        "pulse: track() loop left by an exception; the run ends with it",
+                        training_id=getattr(self.run, "training_id", None),
+                        step=n,
+                    )
             raise
         except BaseException as exc:
             # The iterable itself raised (a data loader failing): a run we
-            # opened ends with it; a lent run is left to its owner.
+            # opened ends with it; the loop that owns the run learns of it
+            # so that it ends with this error too, not done.
             if self._owned and self.run is not None:
                 self.run.fail_with(exc)
+            else:
+                owner = self._owner(stack)
+                if owner is not None:
+                    owner._failure = exc
             raise
         finally:
             if stack and stack[-1] is self:
@@ -203,6 +331,13 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
             if finished and self._owned and self.run is not None and not self._in_with:
                 self.run.close()
 
+    def _owner(self, stack: list[track[Any]]) -> track[Any] | None:
+        """The enclosing loop that opened this loop's run, if one did."""
+        for outer in stack:
+            if outer._owned and outer.run is self.run:
+                return outer
+        return None
+
     def _start(self, stack: list[track[Any]]) -> None:
         parent = stack[-1] if stack else None
         has_epoch = any(t.role == _EPOCH for t in stack)
@@ -211,6 +346,7 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
                 self.role = _SILENT
         elif parent is None or parent.role == _EPOCH:
             self.role = _STEP
+            self._total_due = parent is None
         elif parent.role == _STEP and not has_epoch:
             parent._promote()
             self.role = _STEP
@@ -233,15 +369,23 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
         run = self.run
         assert run is not None
         self.n = n
+        self._failure = None  # the loop goes on: an exception below was handled
         if self.role == _EPOCH:
             run.progress(epoch=n + 1, total_epochs=self.total, step=0)
             return n + 1
         now = time.monotonic()
         if n == 0:
-            run.progress(step=0, total_steps=self.total)
+            if self._total_due:
+                run.progress(step=0)
+            else:
+                run.progress(step=0, total_steps=self.total)
             self._last_n, self._last_t = 0, now
             return 1
-        run.progress(step=n)
+        if self._total_due:
+            self._total_due = False
+            run.progress(step=n, total_steps=self.total)
+        else:
+            run.progress(step=n)
         done = n - self._last_n
         elapsed = now - self._last_t
         self._last_n, self._last_t = n, now
@@ -252,4 +396,8 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
     def _report_end(self, n: int) -> None:
         self.n = n
         if self.role == _STEP and self.run is not None:
-            self.run.progress(step=n)
+            if self._total_due:
+                self._total_due = False
+                self.run.progress(step=n, total_steps=self.total)
+            else:
+                self.run.progress(step=n)

@@ -2,12 +2,14 @@
 
 Started by test_integrations_distributed.py with RANK, WORLD_SIZE, MASTER_ADDR,
 MASTER_PORT and PULSE_HOME set; ``PULSE_TEST_FAIL_RANK`` makes that rank raise
-a CUDA out-of-memory error in epoch 2, step 3. Not a test module.
+a CUDA out-of-memory error in epoch 2, step 3; ``PULSE_TEST_KILL_RANK`` makes
+that rank SIGKILL itself there. Not a test module.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from datetime import timedelta
 
 import torch
@@ -24,6 +26,7 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=30))
     fail_rank = int(os.environ.get("PULSE_TEST_FAIL_RANK", "-1"))
+    kill_rank = int(os.environ.get("PULSE_TEST_KILL_RANK", "-1"))
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     with open_run(name="ddp") as run:
@@ -31,6 +34,8 @@ def main() -> None:
             for step in track(range(STEPS)):
                 if dist.get_rank() == fail_rank and epoch == 1 and step == 2:
                     raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                if dist.get_rank() == kill_rank and epoch == 1 and step == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
                 optimizer.zero_grad()
                 loss = model(torch.randn(8, 4)).pow(2).mean()
                 loss.backward()

@@ -3,12 +3,14 @@
 Started by test_integrations_lightning.py with PULSE_HOME set; Lightning's DDP
 launcher starts the second process by running this script again.
 ``PULSE_TEST_FAIL_RANK`` makes that rank raise a CUDA out-of-memory error at
-global step 3. Not a test module.
+global step 3; ``PULSE_TEST_KILL_RANK`` makes that rank SIGKILL itself there.
+Not a test module.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import lightning
@@ -17,6 +19,7 @@ import torch
 from pulse_transports.integrations.lightning import PulseCallback
 
 FAIL_RANK = int(os.environ.get("PULSE_TEST_FAIL_RANK", "-1"))
+KILL_RANK = int(os.environ.get("PULSE_TEST_KILL_RANK", "-1"))
 
 
 class Linear(lightning.LightningModule):  # type: ignore[misc]
@@ -29,6 +32,8 @@ class Linear(lightning.LightningModule):  # type: ignore[misc]
     def training_step(self, batch: Any, index: int) -> Any:
         if self.global_rank == FAIL_RANK and self.global_step == 3:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.global_rank == KILL_RANK and self.global_step == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
         x, y = batch
         return torch.nn.functional.mse_loss(self.layer(x), y)
 

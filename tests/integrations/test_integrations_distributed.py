@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,9 +24,11 @@ from pulse_transports.integrations.distributed import (
     RankInfo,
     agree_training_id,
     open_run,
+    peer_ending,
     rank_dir,
     rank_info,
     read_rank_errors,
+    registration_path,
     write_rank_error,
 )
 
@@ -104,7 +107,7 @@ class TestOpenRun:
         assert sink.of_type(StatusChanged)[-1].status == "done"
 
     def test_other_rank_is_silent(self, tmp_path: Path) -> None:
-        """Rank 2 reports nothing and writes nothing while it works."""
+        """Rank 2 reports nothing and, once closed, leaves nothing behind."""
         env = {"RANK": "2", "WORLD_SIZE": "4", "PULSE_TRAINING_ID": TID}
         with open_run(env=env, home=tmp_path) as run:
             assert isinstance(run, PeerRun)
@@ -199,6 +202,167 @@ class TestPeerFailures:
         ]
 
 
+PEER = """
+import sys, time
+from pathlib import Path
+from pulse_transports.integrations.distributed import PeerRun
+run = PeerRun(sys.argv[1], rank=int(sys.argv[2]), world_size=2, home=Path(sys.argv[3]))
+print("ready", flush=True)
+if sys.argv[4] == "exit":
+    run.close()
+    sys.exit(0)
+if sys.argv[4] == "segfault":
+    import ctypes
+    ctypes.string_at(0)
+if sys.argv[4] == "fork":
+    import os, signal
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, b"x")  # after the fork hooks ran
+        time.sleep(60)
+    os.read(read, 1)
+    os.kill(child, signal.SIGTERM)
+    os.waitpid(child, 0)
+    print("forked", flush=True)
+time.sleep(60)
+"""
+
+
+def _peer(home: Path, rank: int = 1, then: str = "wait") -> subprocess.Popen[str]:
+    """A real process holding rank *rank*'s PeerRun of run TID; ready when it returns."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PEER, TID, str(rank), str(home), then],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+class TestPeerDeaths:
+    """A rank that dies without a word is told apart from one that ended or was stopped."""
+
+    def test_registered_while_open(self, tmp_path: Path) -> None:
+        """A live peer is registered and not taken for dead; a closed one is unregistered."""
+        proc = _peer(tmp_path)
+        path = registration_path(tmp_path, TID, 1)
+        assert path.exists()
+        assert peer_ending(path) is None
+        proc.kill()
+        proc.wait()
+        ended = _peer(tmp_path, rank=2, then="exit")
+        ended.wait(timeout=30)
+        assert not registration_path(tmp_path, TID, 2).exists()
+
+    def test_fork_started_rank_unregisters(self, tmp_path: Path) -> None:
+        """A rank started by multiprocessing with fork that returns unregisters (no atexit)."""
+        code = (
+            "import multiprocessing, sys\n"
+            "from pathlib import Path\n"
+            "from pulse_transports.integrations.distributed import PeerRun\n"
+            "def rank(home):\n"
+            f"    PeerRun({TID!r}, rank=1, world_size=2, home=Path(home))\n"
+            "proc = multiprocessing.get_context('fork').Process(target=rank, args=(sys.argv[1],))\n"
+            "proc.start(); proc.join(); sys.exit(proc.exitcode)\n"
+        )
+        subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+        assert not registration_path(tmp_path, TID, 1).exists()
+
+    def test_sigkill_before_and_after_reaping(self, tmp_path: Path) -> None:
+        """SIGKILL is read from the zombie's status, and inferred once it is reaped."""
+        proc = _peer(tmp_path)
+        path = registration_path(tmp_path, TID, 1)
+        proc.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (ending := peer_ending(path)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ending is not None
+        assert (ending.rank, ending.pid, ending.signal) == (1, proc.pid, "SIGKILL")
+        assert (ending.exit_code, ending.inferred, ending.stopped) == (-9, False, False)
+        proc.wait()
+        after = peer_ending(path)
+        assert after is not None
+        assert (after.signal, after.inferred, after.stopped) == ("SIGKILL", True, False)
+
+    def test_sigterm_is_a_stop(self, tmp_path: Path) -> None:
+        """A peer stopped with SIGTERM (the launcher's stop) is not a crash, reaped or not."""
+        proc = _peer(tmp_path)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+        ending = peer_ending(registration_path(tmp_path, TID, 1))
+        assert ending is not None
+        assert (ending.signal, ending.stopped) == ("SIGTERM", True)
+
+    def test_segfault_is_named(self, tmp_path: Path) -> None:
+        """A peer dying of SIGSEGV leaves faulthandler's trace, which names the signal."""
+        proc = _peer(tmp_path, then="segfault")
+        assert proc.wait(timeout=30) == -signal.SIGSEGV
+        ending = peer_ending(registration_path(tmp_path, TID, 1))
+        assert ending is not None
+        assert (ending.signal, ending.stopped, ending.inferred) == ("SIGSEGV", False, False)
+        assert "Segmentation fault" in ending.trace
+
+    def test_forked_child_is_not_the_rank(self, tmp_path: Path) -> None:
+        """A forked worker stopped with SIGTERM leaves no trace: the rank's SIGKILL stays one."""
+        proc = _peer(tmp_path, then="fork")
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "forked"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ending = peer_ending(registration_path(tmp_path, TID, 1))
+        assert ending is not None
+        assert (ending.signal, ending.stopped, ending.trace) == ("SIGKILL", False, "")
+
+    def test_watcher_reports_a_killed_peer(self, tmp_path: Path) -> None:
+        """Rank 0's watcher ends the run PROCESS_CRASHED, retryable, naming rank 1 and SIGKILL."""
+        sink = RecordingSink()
+        run = MainRun(TID, sinks=[sink], background=False, ranks_home=tmp_path, poll=0.01)
+        proc = _peer(tmp_path)
+        run.progress(epoch=1, step=2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while run.current_status != "error" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        run.close()
+        (event,) = sink.of_type(ErrorReported)
+        assert (event.error_code, event.is_retryable) == ("PROCESS_CRASHED", True)
+        assert event.message.startswith("rank 1 was killed by SIGKILL")
+        assert event.details is not None
+        assert (event.details["rank"], event.details["pid"]) == (1, proc.pid)
+        assert [s.status for s in sink.of_type(StatusChanged)][-1] == "error"
+
+    def test_stopped_peer_leaves_the_cancel(self, tmp_path: Path) -> None:
+        """Peers stopped with rank 0 by the launcher's SIGTERM leave rank 0's cancel standing."""
+        sink = RecordingSink()
+        run = MainRun(
+            TID, sinks=[sink], background=False, ranks_home=tmp_path, poll=60, peer_wait=0.2
+        )
+        run.status("running")
+        proc = _peer(tmp_path)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        run.request_cancel("cancelled by SIGTERM")
+        run.close()
+        assert sink.of_type(ErrorReported) == []
+        assert [s.status for s in sink.of_type(StatusChanged)][-1] == "cancelled"
+
+    def test_non_retryable_crash(self, tmp_path: Path) -> None:
+        """A peer killed by another signal than SIGKILL is a crash that is not retryable."""
+        sink = RecordingSink()
+        run = MainRun(TID, sinks=[sink], background=False, ranks_home=tmp_path, poll=60)
+        proc = _peer(tmp_path, then="segfault")
+        proc.wait(timeout=30)
+        run.fail_with(RuntimeError("Connection closed by peer"))
+        run.close()
+        (event,) = sink.of_type(ErrorReported)
+        assert (event.error_code, event.is_retryable) == ("PROCESS_CRASHED", False)
+        assert event.message == "rank 1 was killed by SIGSEGV"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -206,7 +370,9 @@ def _free_port() -> int:
         return port
 
 
-def _launch(home: Path, fail_rank: int | None = None) -> list[subprocess.CompletedProcess[str]]:
+def _launch(
+    home: Path, fail_rank: int | None = None, kill_rank: int | None = None
+) -> list[subprocess.CompletedProcess[str]]:
     """Run the 2-process gloo worker; returns both ranks' results."""
     port = _free_port()
     procs = []
@@ -220,6 +386,7 @@ def _launch(home: Path, fail_rank: int | None = None) -> list[subprocess.Complet
             "MASTER_PORT": str(port),
             "PULSE_HOME": str(home),
             "PULSE_TEST_FAIL_RANK": str(-1 if fail_rank is None else fail_rank),
+            "PULSE_TEST_KILL_RANK": str(-1 if kill_rank is None else kill_rank),
         }
         procs.append(
             subprocess.Popen(
@@ -284,3 +451,41 @@ class TestTwoProcesses:
         assert state.meta is not None
         assert state.meta.world_size == 2
         assert (state.status, state.errors[0].error_code) == ("error", "CUDA_OOM")
+
+    def test_sigkill_of_rank_one(
+        self, pulse_home: Path, read_runs: Callable[[], list[RunState]]
+    ) -> None:
+        """Rank 1 SIGKILLed: rank 0 ends the run PROCESS_CRASHED naming rank 1 and the signal."""
+        results = _launch(pulse_home, kill_rank=1)
+        assert results[1].returncode == -signal.SIGKILL
+        (state,) = read_runs()
+        assert state.status == "error"
+        (error,) = state.errors
+        assert (error.error_code, error.is_retryable) == ("PROCESS_CRASHED", True)
+        assert error.message.startswith("rank 1 was killed by SIGKILL")
+        assert error.details is not None
+        assert (error.details["rank"], error.details["signal"]) == (1, "SIGKILL")
+
+    def test_torchrun_sigkill_of_rank_one(
+        self, pulse_home: Path, read_runs: Callable[[], list[RunState]]
+    ) -> None:
+        """Under torchrun, rank 1's SIGKILL is the run's error, not rank 0's cancel by SIGTERM."""
+        env = {**os.environ, "PULSE_HOME": str(pulse_home), "PULSE_TEST_KILL_RANK": "1"}
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        result = subprocess.run(
+            [*command, "--nproc-per-node", "2", str(WORKER)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode != 0
+        (state,) = read_runs()
+        assert state.status == "error"
+        (error,) = state.errors
+        assert (error.error_code, error.is_retryable) == ("PROCESS_CRASHED", True)
+        assert error.message.startswith("rank 1 was killed by SIGKILL")
+        assert error.details is not None
+        assert error.details["rank"] == 1
+        assert all("SIGTERM" not in entry.message for entry in state.timeline)

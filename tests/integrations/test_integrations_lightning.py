@@ -273,9 +273,16 @@ class TestRuns:
 class TestDistributed:
     """A 2-process Lightning DDP fit (CPU, gloo) reports one run from global rank 0."""
 
-    def _fit(self, home: Path, tmp_path: Path, fail_rank: int | None = None) -> int:
+    def _fit(
+        self,
+        home: Path,
+        tmp_path: Path,
+        fail_rank: int | None = None,
+        kill_rank: int | None = None,
+    ) -> int:
         env = {**os.environ, "PULSE_HOME": str(home)}
         env["PULSE_TEST_FAIL_RANK"] = str(-1 if fail_rank is None else fail_rank)
+        env["PULSE_TEST_KILL_RANK"] = str(-1 if kill_rank is None else kill_rank)
         for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "PULSE_TRAINING_ID"):
             env.pop(name, None)
         result = subprocess.run(
@@ -308,5 +315,18 @@ class TestDistributed:
         assert state.status == "error"
         (error,) = state.errors
         assert error.error_code == "CUDA_OOM"
+        assert error.details is not None
+        assert error.details["rank"] == 1
+
+    def test_sigkill_of_rank_one(
+        self, pulse_home: Path, tmp_path: Path, read_runs: Callable[[], list[RunState]]
+    ) -> None:
+        """Rank 1 SIGKILLed mid-fit: the run's error names rank 1 and the signal."""
+        assert self._fit(pulse_home, tmp_path, kill_rank=1) != 0
+        (state,) = read_runs()
+        assert state.status == "error"
+        (error,) = state.errors
+        assert (error.error_code, error.is_retryable) == ("PROCESS_CRASHED", True)
+        assert error.message.startswith("rank 1 was killed by SIGKILL")
         assert error.details is not None
         assert error.details["rank"] == 1

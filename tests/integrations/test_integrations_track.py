@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -9,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from pulse_core.emitter import TrainingRun
@@ -236,6 +239,122 @@ class TestRunChoice:
         assert roles == ["step", "step"]
         assert outer.role == "step"
         assert tracking._stack() == []
+
+
+TRACK_WORKER = Path(__file__).with_name("track_worker.py")
+
+
+def _pulse(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``pulse`` command line on *home*."""
+    script = Path(sys.executable).with_name("pulse")
+    command = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "from pulse_transports.cli import main; main()"]
+    )
+    env = {**os.environ, "PULSE_HOME": str(home)}
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=60, env=env, check=True
+    )
+
+
+def _run_script(home: Path, scenario: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Run track_worker.py's *scenario* with the default sinks (file + v1).
+
+    Returns:
+        The exit status, ``pulse show --json`` of the one run, and the v1 file.
+    """
+    env = {**os.environ, "PULSE_HOME": str(home)}
+    env.pop("PULSE_TRANSPORTS", None)  # the default sinks, v1 snapshot included
+    proc = subprocess.Popen(
+        [sys.executable, str(TRACK_WORKER), scenario],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if scenario.endswith("sigint"):
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    (log,) = (home / "logs" / "training").glob("*.jsonl")
+    shown = orjson.loads(_pulse(home, "show", log.stem, "--json").stdout)
+    v1 = orjson.loads((home / "training_status.json").read_bytes())
+    return proc.returncode, shown, v1
+
+
+class TestEndings:
+    """A script using track() ends its run the way the script really ended (real processes)."""
+
+    @pytest.mark.parametrize(
+        ("scenario", "code"),
+        [
+            ("single-fnf", "DATASET_NOT_FOUND"),
+            ("single-oom", "CUDA_OOM"),
+            ("single-value", "UNHANDLED_EXCEPTION"),
+            ("single-loader", "DATASET_NOT_FOUND"),
+            ("nested-fnf", "DATASET_NOT_FOUND"),
+            ("nested-oom", "CUDA_OOM"),
+            ("nested-loader", "DATASET_NOT_FOUND"),
+            ("zip-partner-raises", "DATASET_NOT_FOUND"),
+        ],
+    )
+    def test_uncaught_exception_is_an_error(
+        self, pulse_home: Path, scenario: str, code: str
+    ) -> None:
+        """An exception from the loop body or the loader ends the run error with its code."""
+        status, shown, v1 = _run_script(pulse_home, scenario)
+        assert status == 1
+        view = shown["view"]
+        assert (view["status"], view["last_error"]["error_code"]) == ("error", code)
+        assert shown["history"]["outcome"] == "error"
+        assert v1["status"] == "error"
+
+    @pytest.mark.parametrize("scenario", ["single-interrupt", "nested-interrupt", "nested-sigint"])
+    def test_interrupt_is_cancelled(self, pulse_home: Path, scenario: str) -> None:
+        """KeyboardInterrupt (raised, or a real SIGINT) in the loop body ends the run cancelled."""
+        status, shown, v1 = _run_script(pulse_home, scenario)
+        assert status != 0
+        assert shown["view"]["status"] == "cancelled"
+        assert shown["view"]["errors"] == []
+        assert v1["status"] == "cancelled"
+
+    def test_caught_exception_is_never_done(self, pulse_home: Path) -> None:
+        """A body exception the script catches outside the loops still does not end it done."""
+        status, shown, v1 = _run_script(pulse_home, "caught-outside")
+        assert status == 0
+        assert shown["view"]["status"] == "error"
+        assert v1["status"] == "error"
+
+    @pytest.mark.parametrize(
+        ("scenario", "epoch", "step"),
+        [
+            ("nested-break", 2, 2),
+            ("nested-return", 2, 2),
+            ("wrapped-break", None, 1),
+            ("zip-truncated", 3, 2),
+            ("kept-generator", None, 1),
+        ],
+    )
+    def test_break_and_return_end_done(
+        self, pulse_home: Path, scenario: str, epoch: int | None, step: int
+    ) -> None:
+        """Leaving the loops with break, return or a shorter zip() partner ends the run done."""
+        status, shown, v1 = _run_script(pulse_home, scenario)
+        assert status == 0
+        view = shown["view"]
+        assert view["status"] == "done"
+        assert (view["progress"]["epoch"], view["progress"]["step"]) == (epoch, step)
+        assert v1["status"] == "done"
+
+    def test_unsized_inner_loop_has_no_total(self, pulse_home: Path) -> None:
+        """An inner loader without a length never shows the outer loop's length as total_steps."""
+        status, shown, _ = _run_script(pulse_home, "nested-unsized")
+        assert status == 0
+        progress = shown["view"]["progress"]
+        assert (progress["epoch"], progress["total_epochs"]) == (2, 2)
+        assert (progress["step"], progress["total_steps"]) == (4, None)
 
 
 class TestImports:
