@@ -52,9 +52,10 @@ from pulse_core.projections import to_history_record, to_metric_history, to_v1, 
 from pulse_core.state import RunState
 from pulse_transports.file import log_path
 from pulse_transports.history import HomeNotFound, RunNotFound, load_run, recover, summarize
+from pulse_transports.hub import liveness_now
 from pulse_transports.inprocess import Bus
 from pulse_transports.web.cursor import parse_cursor
-from pulse_transports.web.monitor import LivenessMonitor, liveness_now
+from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
 from pulse_transports.web.stream import EncodedEvents, EventStream
 

@@ -97,7 +97,7 @@ def thread_death() -> None:
     keeper_stop = threading.Event()
 
     def keeper() -> None:
-        keeper_stop.wait(8.0)
+        keeper_stop.wait(60.0)
 
     def trainer() -> None:
         run = opened()
@@ -109,7 +109,7 @@ def thread_death() -> None:
     worker.start()
     worker.join()
     ready()  # the process lives on: readers are checked now
-    keeper_stop.wait(8.0)
+    keeper_stop.wait(60.0)
     keeper_stop.set()
 
 

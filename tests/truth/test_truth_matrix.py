@@ -9,24 +9,18 @@ is skipped or marked expected-to-fail.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 from matrix import READERS, SCENARIOS, Scenario, cell, markdown
-from truthkit import Outcome, matrix_root, run_scenario
+from truthkit import Outcome, play_all
 
 #: Scenario processes at a time (the machine is small; torchrun alone is three).
 WORKERS = 4
 
 
 @pytest.fixture(scope="module")
-def outcomes() -> Iterator[dict[str, Outcome]]:
-    """Every scenario played once, against one hub; torchrun first (it is the slowest)."""
-    order = sorted(SCENARIOS, key=lambda s: s.kind != "torchrun")
-    with matrix_root() as (root, hub), ThreadPoolExecutor(WORKERS) as pool:
-        futures = {s.name: pool.submit(run_scenario, s, hub, root) for s in order}
-        yield {name: future.result() for name, future in futures.items()}
+def outcomes() -> dict[str, Outcome]:
+    """Every scenario played once, against one hub, four at a time."""
+    return {o.scenario.name: o for o in play_all(WORKERS)}
 
 
 class TestTruthMatrix:

@@ -493,3 +493,35 @@ def matrix_root() -> Iterator[tuple[Path, HubServer]]:
     finally:
         hub.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def play_all(workers: int = 4, names: tuple[str, ...] = ()) -> list[Outcome]:
+    """Play every scenario (or those *names*) against one hub, *workers* at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from matrix import SCENARIOS
+
+    chosen = [s for s in SCENARIOS if not names or s.name in names]
+    order = sorted(chosen, key=lambda s: s.kind != "torchrun")  # the slowest first
+    with matrix_root() as (root, hub), ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(run_scenario, s, hub, root) for s in order]
+        done = {f.result().scenario.name: f.result() for f in futures}
+    return [done[s.name] for s in chosen]
+
+
+def report(outcomes: list[Outcome]) -> str:
+    """A plain-text table of every cell: ``ok`` or what the reader showed instead."""
+    lines = []
+    for outcome in outcomes:
+        lines.append(f"{outcome.scenario.name} ({outcome.training_id})")
+        for reader, (want, got) in outcome.cells.items():
+            verdict = "ok  " if matches(want, got) else "FAIL"
+            detail = "" if verdict == "ok  " else f" want {want} got {got}"
+            lines.append(f"  {verdict} {reader}{detail}")
+        lines.extend(f"  FAIL {note}" for note in outcome.notes)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # python tests/truth/truthkit.py [SCENARIO...]: the matrix's cells as text.
+    sys.stdout.write(report(play_all(names=tuple(sys.argv[1:]))) + "\n")
