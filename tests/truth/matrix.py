@@ -251,11 +251,15 @@ def cell(scenario: Scenario, reader: str) -> str:
         return f"{text} (lost)" if want.get("lost_message") else text
     if reader == FLOW:
         code = want["error_code"]
-        return f"{want['outcome']} `{code}`" if code and code != ANY else str(want["outcome"])
+        if code:
+            return f"{want['outcome']} " + ("(any code)" if code == ANY else f"`{code}`")
+        return str(want["outcome"])
     text = f"{want['status']} / {want['liveness']}"
     code = want.get("error_code")
-    if code and code != ANY:
-        text += f" `{code}`"
+    if code:
+        text += " (any code)" if code == ANY else f" `{code}`"
+    if reader == SHOW:
+        text += f", outcome {want['outcome']}"
     return text
 
 

@@ -9,10 +9,14 @@ is skipped or marked expected-to-fail.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from matrix import READERS, SCENARIOS, Scenario, cell, markdown
 from truthkit import Outcome, play_all
 
+ROOT = Path(__file__).resolve().parents[2]
 #: Scenario processes at a time (the machine is small; torchrun alone is three).
 WORKERS = 4
 
@@ -49,3 +53,21 @@ class TestMatrixTable:
         lost = [s for s in SCENARIOS if s.truth.liveness == "lost"]
         assert lost
         assert {cell(s, "pulse v1") for s in lost} == {"error (lost)"}
+
+
+class TestMatrixDocs:
+    """The docs' matrix is generated from this test's table."""
+
+    def test_liveness_page_has_the_marker(self) -> None:
+        """docs/concepts/liveness.md asks for the generated table."""
+        page = ROOT / "docs" / "concepts" / "liveness.md"
+        assert "<!-- pulse:truth-matrix -->" in page.read_text()
+
+    def test_generator_renders_the_table(self) -> None:
+        """The docs hook renders exactly the table this test checks."""
+        sys.path.insert(0, str(ROOT / "docs"))
+        try:
+            import gen_pages
+        finally:
+            sys.path.remove(str(ROOT / "docs"))
+        assert gen_pages.GENERATORS["truth-matrix"]() == markdown()
