@@ -618,6 +618,8 @@ class Hub:
     def _to_check(self, only: str | None = None) -> dict[str, RunState]:
         """The held runs whose writer may have died since the last check."""
         runs = self.bus.states()
+        for gone in self.liveness.keys() - runs.keys():
+            del self.liveness[gone]  # the bus forgot the run: so do we
         if only is not None:
             runs = {only: runs[only]} if only in runs else {}
         out = {}
