@@ -149,6 +149,11 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         Truth("cancelled", "ended"),
     ),
     Scenario(
+        "track_single",
+        "`track()`, one loop, the body raises `RuntimeError`",
+        Truth("error", "ended", "UNHANDLED_EXCEPTION"),
+    ),
+    Scenario(
         "run_alive",
         "`pulse run -- CMD`, CMD does not report, read while it runs",
         Truth("running", "alive"),

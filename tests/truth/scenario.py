@@ -174,6 +174,15 @@ def track_interrupt() -> None:
                 raise KeyboardInterrupt
 
 
+def track_single() -> None:
+    from pulse_transports.integrations import track
+
+    for step in track(range(STEPS * 2)):
+        time.sleep(0.01)
+        if step == STEPS:
+            raise RuntimeError("diverged: loss is nan")
+
+
 def log_deleted() -> None:
     """The run's log is deleted mid-run; the run goes on and ends done."""
     with opened() as run:
@@ -214,6 +223,7 @@ SCENARIOS: dict[str, Callable[[], None]] = {
     "track_body": track_body,
     "track_loader": track_loader,
     "track_interrupt": track_interrupt,
+    "track_single": track_single,
     "log_deleted": log_deleted,
     "id_reuse": id_reuse,
 }
