@@ -271,9 +271,8 @@ class WebApp:
         return sorted(rows.values(), key=newest, reverse=True)[:limit]
 
     def _liveness(self, tid: str, state: RunState, now: float) -> Liveness:
-        known = self.monitor.liveness.get(tid)
-        if known is not None and not state.is_terminal:
-            return known
+        # Checked now, not taken from the monitor's last tick: a lock check is
+        # cheap, and a writer killed since that tick is lost at once here.
         s = self.settings
         return liveness_now(
             s.home, tid, state, now=now, stale_after=s.stale_after, lost_after=s.lost_after
