@@ -196,6 +196,8 @@ class HubSettings:
                 )
         if not self.rate > 0:
             raise ConfigError(f"rate must be positive, got {self.rate}")
+        if not self.liveness_tick > 0:
+            raise ConfigError(f"liveness_tick must be positive, got {self.liveness_tick}")
         if self.max_frame < 1024:
             raise ConfigError(f"max_frame must be at least 1024 bytes, got {self.max_frame}")
         if not 1 <= self.subscriber_buffer <= self.subscriber_limit:
