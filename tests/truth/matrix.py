@@ -11,9 +11,9 @@ version of the code happens to print. Each reader is checked in its own
 vocabulary:
 
 * ``pulse ls --json``, ``/api/runs``: the row's ``status``, ``liveness`` and
-  ``error.error_code``;
+  ``error.error_code`` (and ``progress``: 1.0 for a run that is done);
 * ``pulse show --json``: ``view.status``, ``liveness``, ``history.outcome``
-  and ``v1.status``;
+  and ``v1.status`` (and ``view.progress.fraction``: 1.0 for a run that is done);
 * ``pulse v1 --json`` and the raw ``training_status.json``: the v1
   ``status`` (a lost run is ``error`` with a message starting
   ``training process lost``);
@@ -54,11 +54,14 @@ class Truth:
         liveness: ``alive``, ``lost`` or ``ended``.
         error_code: the last error's code for an ``error`` run (:data:`ANY`:
             any code), else None.
+        error_mentions: text the last error's message must contain (checked
+            in ``pulse ls``), or None.
     """
 
     status: str
     liveness: str
     error_code: str | None = None
+    error_mentions: str | None = None
 
     @property
     def outcome(self) -> str:
@@ -191,7 +194,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario(
         "torchrun_rank_sigkill",
         "torchrun, 2 CPU ranks (gloo): rank 1 is SIGKILLed",
-        Truth("error", "ended", ANY),
+        Truth("error", "ended", ANY, error_mentions="rank 1"),
         kind="torchrun",
         action="kill",
         signal=signal.SIGKILL,
@@ -214,17 +217,28 @@ def expected(scenario: Scenario, reader: str) -> dict[str, object]:
     """What *reader* must show for *scenario*, in the reader's own fields."""
     t = scenario.truth
     code = t.error_code if t.status == "error" else None
+    # A run that is done is at 100 % wherever progress is shown.
+    done = {"progress": 1.0} if t.status == "done" else {}
     if reader in (LS, API):
-        return {"status": t.status, "liveness": t.liveness, "error_code": code}
+        out: dict[str, object] = {
+            "status": t.status,
+            "liveness": t.liveness,
+            "error_code": code,
+            **done,
+        }
+        if reader == LS and t.error_mentions is not None:
+            out["error_mentions"] = t.error_mentions
+        return out
     if reader == SHOW:
         return {
             "status": t.status,
             "liveness": t.liveness,
             "outcome": t.outcome,
             "v1_status": t.v1_status,
+            **done,
         }
     if reader in (V1, V1_FILE):
-        out: dict[str, object] = {"status": t.v1_status}
+        out = {"status": t.v1_status}
         if t.liveness == "lost":
             out["lost_message"] = True
         return out
@@ -236,9 +250,16 @@ def expected(scenario: Scenario, reader: str) -> dict[str, object]:
 
 
 def matches(want: dict[str, object], got: dict[str, object]) -> bool:
-    """True if every expected field is what the reader showed (:data:`ANY` matches a code)."""
+    """True if every expected field is what the reader showed.
+
+    :data:`ANY` matches any code; ``error_mentions`` is looked for in the
+    reader's ``error_message``.
+    """
     for key, value in want.items():
-        if value == ANY:
+        if key == "error_mentions":
+            if str(value) not in str(got.get("error_message") or ""):
+                return False
+        elif value == ANY:
             if not got.get(key):
                 return False
         elif got.get(key) != value:
@@ -259,10 +280,12 @@ def cell(scenario: Scenario, reader: str) -> str:
         if code:
             return f"{want['outcome']} " + ("(any code)" if code == ANY else f"`{code}`")
         return str(want["outcome"])
-    text = f"{want['status']} / {want['liveness']}"
+    text = f"{want['status']}{' 100 %' if 'progress' in want else ''} / {want['liveness']}"
     code = want.get("error_code")
     if code:
         text += " (any code)" if code == ANY else f" `{code}`"
+    if "error_mentions" in want:
+        text += f", naming {want['error_mentions']}"
     if reader == SHOW:
         text += f", outcome {want['outcome']}"
     return text

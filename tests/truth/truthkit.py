@@ -259,6 +259,8 @@ def read_ls(ctx: Context) -> dict[str, object]:
                 "status": row["status"],
                 "liveness": row["liveness"],
                 "error_code": _code(row.get("error")),
+                "error_message": (row.get("error") or {}).get("message"),
+                "progress": row.get("progress"),
             }
     return {"error": "no such row"}
 
@@ -272,6 +274,7 @@ def read_show(ctx: Context) -> dict[str, object]:
         "liveness": doc["liveness"],
         "outcome": doc["history"]["outcome"],
         "v1_status": doc["v1"]["status"],
+        "progress": doc["view"]["progress"]["fraction"],
     }
 
 
@@ -310,6 +313,7 @@ def read_api(ctx: Context) -> dict[str, object]:
                 "status": row["status"],
                 "liveness": row["liveness"],
                 "error_code": _code(row.get("error")),
+                "progress": row.get("progress"),
             }
     return {"error": "no such row"}
 
