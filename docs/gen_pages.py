@@ -23,6 +23,7 @@ This module owns everything in the docs that is derived from code or from
       <!-- pulse:line-sizes -->          bytes per log line, measured with the encoder
       <!-- pulse:state-bounds -->        the limits of a folded RunState
       <!-- pulse:v1-status-words -->     the v1 status words the bridge understands
+      <!-- pulse:truth-matrix -->        scenario x reader, from tests/truth/matrix.py
 
 An unknown marker, or a generator that fails, stops the build.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import html
 import importlib
+import importlib.util
 import inspect
 import json
 import re
@@ -51,6 +53,8 @@ from mkdocs.structure.pages import Page
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
+#: The truth matrix's table: the test's own data, the docs' table.
+TRUTH_MATRIX = ROOT / "tests" / "truth" / "matrix.py"
 MARKER = re.compile(r"<!-- pulse:([a-z0-9-]+) -->")
 
 #: Published spec files: source under specs/ -> place in the site.
@@ -739,7 +743,27 @@ def v1_status_words() -> str:
     return "\n".join(out)
 
 
+def truth_matrix() -> str:
+    """What every reader shows for every way a run ends: ``tests/truth/matrix.py``'s table.
+
+    The module is plain data (standard library only) and is loaded by path,
+    so the docs show exactly what the truth-matrix test checks.
+    """
+    name = "pulse_docs_truth_matrix"
+    spec = importlib.util.spec_from_file_location(name, TRUTH_MATRIX)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"pulse docs: cannot load {TRUTH_MATRIX}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        return str(module.markdown())
+    finally:
+        sys.modules.pop(name, None)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
+    "truth-matrix": truth_matrix,
     "example-log": example_log,
     "sink-intervals": sink_intervals,
     "line-sizes": line_sizes,

@@ -21,6 +21,15 @@ Guarantees (specs/hub-protocol.md):
   told to ``resync`` and dropped.
 * Nothing here blocks the event loop on disk: run logs are read in a
   worker thread.
+* Liveness is the hub's to tell: it checks the writer of every run it holds
+  and does not consider ended or lost (the ``<id>.lock`` flock, as
+  ``pulse ls`` does) when the run's producer connection drops and every
+  ``liveness_tick`` seconds. Snapshots carry that liveness, and a change is
+  pushed to the run's subscribers at once as a fresh snapshot, so a killed
+  writer is ``lost`` for them within about a second, not after
+  ``lost_after``. When a run turns lost and the home's
+  ``training_status.json`` still shows it running, the hub heals the file
+  (:func:`pulse_transports.hybrid.heal_v1_snapshot`).
 
 Feeds bring events from elsewhere (e.g. :class:`pulse_transports.nats.NatsFeed`,
 ``pulse nats serve``): each is a coroutine function given the bus, run as a
@@ -49,8 +58,11 @@ import structlog
 from pulse_core.codec import decode, encode
 from pulse_core.errors import ConfigError, DecodeError, PulseError
 from pulse_core.events import Event
+from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
 from pulse_core.projections import to_view
-from pulse_transports.file import log_dir, log_path, writer_alive
+from pulse_core.state import RunState
+from pulse_transports.file import lock_path, log_dir, log_path, writer_alive
+from pulse_transports.history import check_writer, run_liveness
 from pulse_transports.inprocess import (
     BUFFER,
     LIMIT,
@@ -90,6 +102,36 @@ _BATCH: Final = 256
 #: Seconds a closing connection may take to flush before it is cut: long
 #: enough for a paused subscriber to still read its ``resync`` line.
 _GRACE: Final = 10.0
+#: Default seconds between two checks of the held runs' writers.
+LIVENESS_TICK: Final = 1.0
+#: Seconds after a producer's disconnection at which its run's writer is
+#: checked again: the kernel closes a dead process's socket and releases its
+#: lock in no fixed order.
+_RECHECKS: Final = (0.0, 0.1, 0.3)
+
+
+def liveness_now(
+    home: Path,
+    training_id: str,
+    state: RunState,
+    *,
+    now: float,
+    stale_after: float = STALE_AFTER,
+    lost_after: float = LOST_AFTER,
+) -> Liveness:
+    """One run's liveness, checking its writer's lock when it has one (blocking).
+
+    A run reported only over the socket has no lock file: its writer is then
+    unknown and silence alone decides.
+    """
+    if state.is_terminal:
+        return ENDED
+    writer = (
+        check_writer(home, training_id, state) if lock_path(home, training_id).exists() else None
+    )
+    return run_liveness(
+        state, now=now, writer=writer, stale_after=stale_after, lost_after=lost_after
+    )
 
 
 @attrs.frozen
@@ -113,6 +155,8 @@ class HubSettings:
         max_connections: connections beyond this are refused.
         recent: events kept in memory per run for resuming subscribers.
         max_runs: runs kept in memory.
+        stale_after, lost_after: the liveness thresholds, seconds.
+        liveness_tick: seconds between two checks of the held runs' writers.
     """
 
     home: Path
@@ -128,6 +172,9 @@ class HubSettings:
     max_connections: int = MAX_CONNECTIONS
     recent: int = RECENT
     max_runs: int = MAX_RUNS
+    stale_after: float = STALE_AFTER
+    lost_after: float = LOST_AFTER
+    liveness_tick: float = LIVENESS_TICK
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings.
@@ -149,6 +196,8 @@ class HubSettings:
                 )
         if not self.rate > 0:
             raise ConfigError(f"rate must be positive, got {self.rate}")
+        if not self.liveness_tick > 0:
+            raise ConfigError(f"liveness_tick must be positive, got {self.liveness_tick}")
         if self.max_frame < 1024:
             raise ConfigError(f"max_frame must be at least 1024 bytes, got {self.max_frame}")
         if not 1 <= self.subscriber_buffer <= self.subscriber_limit:
@@ -253,6 +302,11 @@ class Hub:
         self.refused = 0
         self._feeds = tuple(feeds)
         self._feed_tasks: list[asyncio.Task[None]] = []
+        #: training id -> (its liveness at the last check, its last seq then).
+        self.liveness: dict[str, tuple[Liveness, int]] = {}
+        self._liveness_task: asyncio.Task[None] | None = None
+        self._checks: set[asyncio.Task[None]] = set()
+        self._check_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -279,6 +333,7 @@ class Hub:
                 host, port = sock.getsockname()[:2]
                 self.addresses.append(Address(host=host, port=port))
         self._feed_tasks = [asyncio.create_task(self._run_feed(feed)) for feed in self._feeds]
+        self._liveness_task = asyncio.create_task(self._watch_liveness())
         log.info("pulse hub listening", addresses=[str(a) for a in self.addresses])
         return self.addresses
 
@@ -339,6 +394,11 @@ class Hub:
             task.cancel()
         if self._feed_tasks:
             await asyncio.wait(self._feed_tasks, timeout=2.0)
+        background = [t for t in (self._liveness_task, *self._checks) if t is not None]
+        for task in background:
+            task.cancel()
+        if background:
+            await asyncio.wait(background, timeout=2.0)
         goodbye = error_line("hub_closing", "the hub is shutting down")
         tasks = []
         for conn in list(self._conns):
@@ -505,6 +565,8 @@ class Hub:
         finally:
             if self._producers.get(tid) is conn:
                 del self._producers[tid]
+                if not self._closing:
+                    self._spawn_check(tid)
             log.info("pulse producer disconnected", training_id=tid, peer=conn.peer)
 
     async def _read_events(self, conn: _Conn, reader: asyncio.StreamReader, tid: str) -> None:
@@ -552,6 +614,107 @@ class Hub:
             )
         if n <= _ERRORS_SENT:
             conn.send(error_line(code, message, **extra))
+
+    # -- liveness ----------------------------------------------------------------
+
+    def _to_check(self, only: str | None = None) -> dict[str, RunState]:
+        """The held runs whose writer may have died since the last check."""
+        runs = self.bus.states()
+        for gone in self.liveness.keys() - runs.keys():
+            del self.liveness[gone]  # the bus forgot the run: so do we
+        if only is not None:
+            runs = {only: runs[only]} if only in runs else {}
+        out = {}
+        for tid, state in runs.items():
+            if state.is_terminal:
+                self.liveness.pop(tid, None)
+                continue
+            known = self.liveness.get(tid)
+            if known is not None and known[0] == LOST and known[1] == state.last_seq:
+                continue  # lost and silent since: nothing can have changed
+            out[tid] = state
+        return out
+
+    def _measure(self, runs: dict[str, RunState]) -> dict[str, Liveness]:
+        """Each run's liveness now (blocking: reads lock files)."""
+        s = self.settings
+        now = time.time()
+        return {
+            tid: liveness_now(
+                s.home, tid, state, now=now, stale_after=s.stale_after, lost_after=s.lost_after
+            )
+            for tid, state in runs.items()
+        }
+
+    async def check_liveness(self, training_id: str | None = None) -> dict[str, Liveness]:
+        """Check the writers of the held runs (or of one); push and heal what changed.
+
+        Returns:
+            The runs whose liveness changed, with their new liveness.
+        """
+        async with self._check_lock:
+            runs = self._to_check(training_id)
+            if not runs:
+                return {}
+            fresh = await asyncio.to_thread(self._measure, runs)
+            changed: dict[str, Liveness] = {}
+            states = self.bus.states()
+            for tid, live in fresh.items():
+                state = states.get(tid)
+                if state is None or state.is_terminal:
+                    continue  # it ended (or left) while we looked
+                old = self.liveness.get(tid)
+                self.liveness[tid] = (live, runs[tid].last_seq)
+                # A run first seen alive is no news: its subscribers assume it.
+                if (old[0] if old is not None else ALIVE) != live:
+                    changed[tid] = live
+            for tid, live in changed.items():
+                told = self.bus.restate(tid)
+                log.info(
+                    "pulse hub: run liveness changed", training_id=tid, liveness=live, told=told
+                )
+            if any(live == LOST for live in changed.values()):
+                await asyncio.to_thread(self._heal_v1)
+            return changed
+
+    def _heal_v1(self) -> None:
+        """Make the home's v1 snapshot honest about a run that turned lost (blocking)."""
+        from pulse_transports.hybrid import heal_v1_snapshot
+
+        s = self.settings
+        try:
+            healed = heal_v1_snapshot(s.home, stale_after=s.stale_after, lost_after=s.lost_after)
+        except Exception:  # a repair's failure must never stop the hub
+            log.exception("pulse hub could not heal the v1 snapshot")
+            return
+        if healed:
+            log.info("pulse hub healed the v1 snapshot of a lost run", home=str(s.home))
+
+    def _spawn_check(self, training_id: str) -> None:
+        """Check one run's writer now and a little later (its producer left)."""
+
+        async def recheck() -> None:
+            last = 0.0
+            for at in _RECHECKS:
+                await asyncio.sleep(at - last)
+                last = at
+                if await self.check_liveness(training_id) or training_id not in self.bus.states():
+                    return
+
+        task = asyncio.create_task(recheck())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _watch_liveness(self) -> None:
+        """Check the held runs' writers every tick, for the hub's life."""
+        while True:
+            try:
+                await self.check_liveness()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the watch must outlive one bad check
+                log.exception("pulse hub liveness check failed")
+            await asyncio.sleep(self.settings.liveness_tick)
 
     # -- subscribers -------------------------------------------------------------
 
@@ -613,7 +776,10 @@ class Hub:
 
     def _line(self, item: Item) -> bytes:
         if isinstance(item, StateSnapshot):
-            return snapshot_line(item.training_id, to_view(item.state, now=time.time()))
+            known = self.liveness.get(item.training_id)
+            live = known[0] if known is not None and not item.state.is_terminal else None
+            view = to_view(item.state, now=time.time(), liveness=live)
+            return snapshot_line(item.training_id, view)
         if isinstance(item, Live):
             return live_line(item.runs, item.time or time.time())
         if isinstance(item, Resync):

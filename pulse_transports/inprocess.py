@@ -595,6 +595,27 @@ class Bus:
 
     # -- reading ---------------------------------------------------------------
 
+    def restate(self, training_id: str) -> int:
+        """Send the run's current state as a snapshot to every subscriber in scope.
+
+        For news about a run that is not an event (the hub found its writer
+        gone): subscribers learn it without waiting for an event that will
+        never come. Returns how many subscribers were told.
+        """
+        woken: list[_Subscription] = []
+        with self._lock:
+            run = self._runs.get(training_id)
+            if run is None:
+                return 0
+            for sub in self._subs:
+                mailbox = sub.mailbox
+                if mailbox.wants(training_id) and not mailbox.overflowed:
+                    mailbox.push(StateSnapshot(training_id, run.folder.state))
+                    woken.append(sub)
+        for sub in woken:
+            sub.wake()
+        return len(woken)
+
     def last_seq(self, training_id: str) -> int | None:
         """The highest seq applied for a run, or None if the bus does not hold it."""
         with self._lock:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import attrs
 import click
 
 from pulse_core.errors import ConfigError
@@ -315,7 +316,7 @@ async def _run(
     ready: Callable[[list[Address], str | None], None],
 ) -> None:
     """Run the hub (and its web view, if asked) until *stop* is set."""
-    hub = Hub(settings)
+    hub = Hub(attrs.evolve(settings, stale_after=stale_after, lost_after=lost_after))
     web = None
     try:
         addresses = await hub.start()

@@ -52,9 +52,10 @@ from pulse_core.projections import to_history_record, to_metric_history, to_v1, 
 from pulse_core.state import RunState
 from pulse_transports.file import log_path
 from pulse_transports.history import HomeNotFound, RunNotFound, load_run, recover, summarize
+from pulse_transports.hub import liveness_now
 from pulse_transports.inprocess import Bus
 from pulse_transports.web.cursor import parse_cursor
-from pulse_transports.web.monitor import LivenessMonitor, liveness_now
+from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
 from pulse_transports.web.stream import EncodedEvents, EventStream
 
@@ -270,9 +271,8 @@ class WebApp:
         return sorted(rows.values(), key=newest, reverse=True)[:limit]
 
     def _liveness(self, tid: str, state: RunState, now: float) -> Liveness:
-        known = self.monitor.liveness.get(tid)
-        if known is not None and not state.is_terminal:
-            return known
+        # Checked now, not taken from the monitor's last tick: a lock check is
+        # cheap, and a writer killed since that tick is lost at once here.
         s = self.settings
         return liveness_now(
             s.home, tid, state, now=now, stale_after=s.stale_after, lost_after=s.lost_after

@@ -11,7 +11,9 @@ SIGKILLed producer shows as ``lost`` within a tick, and a silent one as
 The writer check reads the run's lock file (``<id>.lock``, held by the
 ``file`` sink). A run reported only over the socket has no lock; its writer
 is then "unknown" and silence alone decides. The checks touch the disk, so
-they run in a worker thread. Must not be imported by :mod:`pulse_core`.
+they run in a worker thread. (The hub itself watches the same way for its
+socket subscribers: :func:`pulse_transports.hub.liveness_now` is shared.)
+Must not be imported by :mod:`pulse_core`.
 """
 
 from __future__ import annotations
@@ -23,33 +25,11 @@ from pathlib import Path
 
 import structlog
 
-from pulse_core.liveness import ENDED, Liveness
-from pulse_core.state import RunState
-from pulse_transports.file import lock_path
-from pulse_transports.history import check_writer, run_liveness
+from pulse_core.liveness import Liveness
+from pulse_transports.hub import liveness_now
 from pulse_transports.inprocess import Bus
 
 log = structlog.get_logger("pulse.web")
-
-
-def liveness_now(
-    home: Path,
-    training_id: str,
-    state: RunState,
-    *,
-    now: float,
-    stale_after: float,
-    lost_after: float,
-) -> Liveness:
-    """One run's liveness, checking its writer's lock when it has one (blocking)."""
-    if state.is_terminal:
-        return ENDED
-    writer = (
-        check_writer(home, training_id, state) if lock_path(home, training_id).exists() else None
-    )
-    return run_liveness(
-        state, now=now, writer=writer, stale_after=stale_after, lost_after=lost_after
-    )
 
 
 class LivenessMonitor:
