@@ -26,7 +26,7 @@ log = structlog.get_logger("pulse.supervise")
 
 def read_state(home: Path, training_id: str) -> RunState:
     """Fold a run's log as it is now (bad lines skipped); empty if there is none."""
-    return read_log(log_path(home, training_id)).state
+    return read_log(log_path(home, training_id), training_id=training_id).state
 
 
 class RunHolder:

@@ -100,7 +100,7 @@ class TrainStep:
         stop = threading.Event()
         path = log_path(self.trainer.home, self.training_id)
         shown, last_shown = -1, float("-inf")
-        stream = follow(path, stop=stop, tick=interval)
+        stream = follow(path, stop=stop, tick=interval, training_id=self.training_id)
         try:
             for follower, _events in stream:
                 finished = self.finished

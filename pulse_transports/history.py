@@ -183,6 +183,11 @@ def checkpoint_from_bytes(data: bytes) -> Checkpoint:
 # -- liveness ----------------------------------------------------------------------
 
 
+#: Seconds after a run's last event during which a free lock whose last
+#: holder still lives is taken for a lock hand-over, not a dead writer.
+HANDOVER_GRACE = 5.0
+
+
 def _pid_running(pid: int) -> bool | None:
     try:
         os.kill(pid, 0)
@@ -205,14 +210,30 @@ def check_writer(home: Path, training_id: str, state: RunState | None = None) ->
         host; None when neither can tell (a running pid may be a reused one).
     """
     alive = writer_alive(home, training_id)
-    if alive is not None:
-        return alive
+    if alive is True:
+        return True
     pid: Any = None
     host: Any = None
     with contextlib.suppress(OSError, orjson.JSONDecodeError):
         holder = orjson.loads(lock_path(home, training_id).read_bytes())
         if isinstance(holder, dict):
             pid, host = holder.get("pid"), holder.get("host")
+    if alive is False:
+        # A free lock whose last holder still lives, on a run that wrote a
+        # moment ago, is a hand-over (a supervisor letting its child take the
+        # lock: a few ms): not proof of death. Heartbeat age decides instead.
+        if (
+            state is not None
+            and not state.is_terminal
+            and state.last_event_at is not None
+            and time.time() - state.last_event_at < HANDOVER_GRACE
+            and isinstance(pid, int)
+            and pid > 0
+            and host == socket.gethostname()
+            and _pid_running(pid) is True
+        ):
+            return None
+        return False
     if pid is None and state is not None and state.meta is not None:
         pid, host = state.meta.pid, state.meta.host
     if (

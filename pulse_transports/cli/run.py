@@ -11,10 +11,10 @@ from types import FrameType
 
 import click
 
-from pulse_core.errors import InvalidTrainingId
+from pulse_core.errors import InvalidTrainingId, PulseError
 from pulse_core.events import validate_training_id
 from pulse_core.projections import to_view
-from pulse_transports.cli._common import home_option, main, resolve_config
+from pulse_transports.cli._common import EXIT_USAGE, home_option, main, resolve_config
 from pulse_transports.supervise import CLAIM_TIMEOUT, FlowLink, Supervisor, read_state
 
 #: Exit status when the command could not be started (as a shell does).
@@ -104,7 +104,11 @@ def run(
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        supervisor.start()
+        try:
+            supervisor.start()
+        except PulseError as exc:  # RunExists, RunLocked: nothing was launched
+            click.echo(f"pulse: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
         click.echo(f"pulse: run {supervisor.training_id}", err=True)
         live = sys.stderr.isatty()
         stop = threading.Event()

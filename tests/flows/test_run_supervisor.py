@@ -513,3 +513,36 @@ class TestTransportOptionsEnv:
         for bad in ("{not json", '["file"]', '{"file": 3}'):
             with pytest.raises(ConfigError, match="PULSE_TRANSPORT_OPTIONS"):
                 load_config(env={"PULSE_TRANSPORT_OPTIONS": bad})
+
+
+class TestReusedId:
+    """`pulse run` with the id of a run that already ended."""
+
+    def test_refused_with_one_line_and_nothing_written(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        """The second `pulse run` exits 2 with one line naming the id, and the log is unchanged."""
+        home = tmp_path / "home"
+        first = subprocess.run(
+            [PULSE, "run", "--home", str(home), "--training-id", "reused", "--", "true"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env=env,
+        )
+        assert first.returncode == 0, first.stderr
+        log = home / "logs" / "training" / "reused.jsonl"
+        before = log.read_bytes()
+        second = subprocess.run(
+            [PULSE, "run", "--home", str(home), "--training-id", "reused", "--", "true"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env=env,
+        )
+        assert second.returncode == 2
+        assert "reused" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert log.read_bytes() == before
