@@ -7,7 +7,8 @@ This module owns :class:`TrainingRun`. Its promises:
   forwarded (a few tenths of a microsecond for a coalesced call).
 * **Never harms training**: no sink failure raises into the caller. Failing
   sinks are buffered within a bounded budget, retried with backoff, counted,
-  logged through structlog, and what had to be dropped is reported as a
+  logged (one short line on stderr, :mod:`pulse_core._log`), and what
+  had to be dropped is reported as a
   ``dropped`` event once the sink recovers.
 * **Ordered**: status changes and errors are never dropped or delayed by the
   rate limiter, and pending progress/metrics are flushed before them.
@@ -49,8 +50,6 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, SupportsFloat, SupportsInt
 
-import structlog
-
 from pulse_core._defaults import (
     _default_sinks,
     _env_flag,
@@ -58,6 +57,7 @@ from pulse_core._defaults import (
     _positive,
     _run_defaults,
 )
+from pulse_core._log import get_logger
 from pulse_core._route import _Route
 from pulse_core._safety import (
     _quietly,
@@ -87,7 +87,7 @@ from pulse_core.lifecycle import next_status
 from pulse_core.policy import HEARTBEAT_INTERVAL, background_tick
 from pulse_core.ports import Sink
 
-log = structlog.get_logger("pulse.emitter")
+log = get_logger("pulse.emitter")
 
 #: Environment variables a run reads when the argument is not given (set by
 #: ``pulse run`` and the Flow Manager for child processes).
@@ -557,8 +557,7 @@ class TrainingRun:
                 error_code=error_code,
                 exception_type=kind,
                 trace_id=trace_id,
-                traceback=text,
-            )
+            )  # no traceback: Python prints the user's exception itself
             self.error(
                 error_code,
                 f"{type(exc).__name__}: {exc}"[:500],
