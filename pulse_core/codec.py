@@ -57,6 +57,8 @@ TAGS: Final[Mapping[str, type[Any]]] = {
 }
 TAG_OF: Final[Mapping[type[Any], str]] = {cls: tag for tag, cls in TAGS.items()}
 _ENVELOPE: Final = ("v", "type", "training_id", "seq", "timestamp")
+#: Mapping fields left off the line when empty.
+_EMPTY_LEFT_OUT: Final = frozenset({"extra", "labels", "min", "max"})
 
 
 def _strict_int(value: Any, _: Any) -> int:
@@ -209,7 +211,7 @@ def to_dict(event: Event) -> dict[str, Any]:
     body = _UNSTRUCTURE[cls](event)
     out = {"type": TAG_OF[cls]}
     for key, value in body.items():
-        if value is None or (value == {} and key in ("extra", "labels")):
+        if value is None or (value == {} and key in _EMPTY_LEFT_OUT):
             continue
         out[key] = value
     if cls is Metrics:
@@ -234,13 +236,14 @@ def _drop_non_finite(out: dict[str, Any]) -> None:
     for key in ("loss", "time_per_epoch", "samples_per_second", "tokens_per_second"):
         if key in out and not _finite(out[key]):
             del out[key]
-    extra = out.get("extra")
-    if extra and not all(_finite(value) for value in extra.values()):
-        kept = {name: value for name, value in extra.items() if _finite(value)}
-        if kept:
-            out["extra"] = kept
-        else:
-            del out["extra"]
+    for field in ("extra", "min", "max"):
+        values = out.get(field)
+        if values and not all(_finite(value) for value in values.values()):
+            kept = {name: value for name, value in values.items() if _finite(value)}
+            if kept:
+                out[field] = kept
+            else:
+                del out[field]
 
 
 def encode(event: Event) -> bytes:

@@ -147,7 +147,13 @@ class Progress:
 
 @attrs.frozen(slots=True)
 class Metrics:
-    """Measured values; every one optional. ``extra`` holds named numbers."""
+    """Measured values; every one optional. ``extra`` holds named numbers.
+
+    ``min`` and ``max`` (optional, protocol 2.1) are the exact lowest and
+    highest value of each metric over every call the emitter saw, not only
+    the forwarded samples; ``names_dropped`` (optional) counts the distinct
+    extra metric names the emitter left out past its cap (64).
+    """
 
     training_id: str
     seq: int
@@ -158,6 +164,9 @@ class Metrics:
     tokens_per_second: float | None = None
     extra: Mapping[str, float] = attrs.field(factory=dict)
     v: int = PROTOCOL_VERSION
+    min: Mapping[str, float] = attrs.field(factory=dict)
+    max: Mapping[str, float] = attrs.field(factory=dict)
+    names_dropped: int | None = None
 
 
 @attrs.frozen(slots=True)

@@ -50,6 +50,7 @@ from pulse_core.state import (
     MAX_SERIES,
     MAX_TIMELINE,
     MAX_WINDOWS,
+    PROTOCOL_METRICS,
     Anomaly,
     RunState,
     Series,
@@ -140,6 +141,9 @@ class _Acc:
         "message",
         "meta",
         "metrics",
+        "metrics_dropped",
+        "metrics_max",
+        "metrics_min",
         "missing",
         "started_at",
         "status",
@@ -165,6 +169,9 @@ class _Acc:
         self.total_steps = s.total_steps
         self.metrics = dict(s.metrics)
         self.best_loss = s.best_loss
+        self.metrics_min = dict(s.metrics_min)
+        self.metrics_max = dict(s.metrics_max)
+        self.metrics_dropped = s.metrics_dropped
         self.history = {name: _SeriesAcc(series) for name, series in s.history.items()}
         self.errors = list(s.errors)
         self.error_count = s.error_count
@@ -198,6 +205,9 @@ class _Acc:
             total_steps=self.total_steps,
             metrics=dict(self.metrics),
             best_loss=self.best_loss,
+            metrics_min=dict(self.metrics_min),
+            metrics_max=dict(self.metrics_max),
+            metrics_dropped=self.metrics_dropped,
             history={name: acc.freeze() for name, acc in self.history.items()},
             errors=tuple(self.errors),
             error_count=self.error_count,
@@ -316,22 +326,44 @@ class _Acc:
             values.extend(event.extra.items())
         metrics = self.metrics
         history = self.history
+        lows, highs = self.metrics_min, self.metrics_max
         for name, value in values:
             if value is None or value != value:  # None or NaN: nothing said
                 continue
-            if name not in metrics and len(metrics) >= MAX_METRIC_NAMES:
-                self.anomaly(event.seq, "too_many_metrics", f"metric {name!r:.80} not kept")
-                continue
+            if name not in metrics and name not in PROTOCOL_METRICS:
+                kept = len(metrics) - len(PROTOCOL_METRICS.intersection(metrics))
+                if kept >= MAX_METRIC_NAMES:
+                    self.anomaly(event.seq, "too_many_metrics", f"metric {name!r:.80} not kept")
+                    continue
             metrics[name] = value
+            low = lows.get(name)
+            if low is None or value < low:
+                lows[name] = value
+            high = highs.get(name)
+            if high is None or value > high:
+                highs[name] = value
             series = history.get(name)
             if series is None:
-                if len(history) >= MAX_SERIES:
-                    continue
+                if name not in PROTOCOL_METRICS:
+                    extra = len(history) - len(PROTOCOL_METRICS.intersection(history))
+                    if extra >= MAX_SERIES:
+                        continue
                 series = history[name] = _SeriesAcc()
             series.add(value, ts)
-        loss = event.loss
-        if loss is not None and loss == loss and (self.best_loss is None or loss < self.best_loss):
-            self.best_loss = loss
+        # Exact bounds from the writer (every call, not only these samples).
+        if event.min:
+            for name, value in event.min.items():
+                if name in metrics and (name not in lows or value < lows[name]):
+                    lows[name] = value
+        if event.max:
+            for name, value in event.max.items():
+                if name in metrics and (name not in highs or value > highs[name]):
+                    highs[name] = value
+        if event.names_dropped is not None and event.names_dropped > self.metrics_dropped:
+            self.metrics_dropped = min(event.names_dropped, MAX_COUNT)
+        best = lows.get("loss")
+        if best is not None and (self.best_loss is None or best < self.best_loss):
+            self.best_loss = best
 
     def _status(self, event: StatusChanged, ts: float) -> None:
         target = event.status
