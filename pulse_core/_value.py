@@ -73,7 +73,7 @@ def _as_bool(value: Any, default: bool = False) -> bool:
     """*value*'s truth, or *default* when it has none (an array, a raising ``__bool__``)."""
     if value is True or value is False:
         return value
-    if value is None:
+    if value is None or value is NotImplemented:
         return default
     try:
         return bool(_scalar(value))

@@ -494,8 +494,16 @@ class TrainingRun:
                 named = {**named, **extra}  # copied: a reader may hold the old one
                 if len(named) > _METRIC_NAMES_MAX:
                     named = self._cap_names(named)
+                bounds = self._bounds
                 for key, value in extra.items():
-                    self._bound(key, value)
+                    pair = bounds.get(key)
+                    if pair is None or value.__class__ is not float:
+                        self._bound(key, value)  # a new name, or not a plain float
+                    else:
+                        if value < pair[0]:  # noqa: PLR1730 - no min() call per value
+                            pair[0] = value
+                        if value > pair[1]:  # noqa: PLR1730
+                            pair[1] = value
             self._m = (loss, time_per_epoch, samples_per_second, tokens_per_second, named)
             self._mdirty = True
             if self._clock() >= self._next_at:
@@ -841,17 +849,17 @@ class TrainingRun:
         highs: dict[str, float] = {}
         bounds = self._bounds
         for name, value in values.items():
-            if value is None or value != value:
-                continue
             pair = bounds.get(name)
-            if pair is None:
-                if len(bounds) > _METRIC_NAMES_MAX + 4:
-                    continue
-                pair = bounds[name] = [value, value]
-            # A numpy/torch value the hot path did not compare is folded in here.
-            pair[0] = min(pair[0], value)
-            pair[1] = max(pair[1], value)
-            lows[name], highs[name] = pair[0], pair[1]
+            if value is not None and value == value:
+                if pair is None:
+                    if len(bounds) > _METRIC_NAMES_MAX + 4:
+                        continue
+                    pair = bounds[name] = [value, value]
+                # A numpy/torch value the hot path did not compare is folded in here.
+                pair[0] = min(pair[0], value)
+                pair[1] = max(pair[1], value)
+            if pair is not None and pair[0] <= pair[1]:  # not the empty [inf, -inf]
+                lows[name], highs[name] = pair[0], pair[1]
         return lows, highs
 
     def _transition_ok(self, state: str) -> bool:
