@@ -163,10 +163,10 @@ class Metrics:
     samples_per_second: float | None = None
     tokens_per_second: float | None = None
     extra: Mapping[str, float] = attrs.field(factory=dict)
-    v: int = PROTOCOL_VERSION
     min: Mapping[str, float] = attrs.field(factory=dict)
     max: Mapping[str, float] = attrs.field(factory=dict)
     names_dropped: int | None = None
+    v: int = PROTOCOL_VERSION
 
 
 @attrs.frozen(slots=True)
