@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import Hostile, hostile_objects
 
 from pulse_core import _safety
 from pulse_core.codec import MAX_LINE_BYTES, decode, encode
@@ -24,7 +25,6 @@ from pulse_core.events import ErrorReported, Metrics, Progress, RunMeta, StatusC
 from pulse_core.projections import to_history_record, to_view
 from pulse_core.reducer import replay
 from pulse_core.testing import FakeClock, RecordingSink
-from tests.strategies import Hostile, hostile_objects
 
 _INIT_ARGS = (
     "name",

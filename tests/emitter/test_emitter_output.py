@@ -57,7 +57,7 @@ def run(
         env={**os.environ, "PULSE_HOME": str(home)},
         timeout=60,
         check=False,
-        preexec_fn=preexec,  # noqa: PLW1509 - closes a descriptor in the child only
+        preexec_fn=preexec,
     )
 
 
@@ -134,7 +134,9 @@ class TestTrainingProcessOutput:
         assert done.returncode == 1
         assert done.stdout == b""
         assert err.count("Traceback (most recent call last)") == 1
-        assert err.count("ValueError: bad shape (3, 4)") == 1  # the trace id line names only the type
+        assert (
+            err.count("ValueError: bad shape (3, 4)") == 1
+        )  # the trace id line names only the type
         logged = [line for line in err.splitlines() if "training raised" in line]
         assert len(logged) == 1
         assert "trace_id=" in logged[0]
