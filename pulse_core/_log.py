@@ -181,7 +181,12 @@ class PulseLogger:
             safe = {
                 key: _short(value) if not _plain(value) else value for key, value in fields.items()
             }
-            getattr(logger, "error" if level == "exception" else level)(text, **safe)
+            if level == "exception":
+                level = "error"
+                check = getattr(logger, "is_enabled_for", None)
+                if check is not None and check(logging.DEBUG):
+                    safe["exc_info"] = True  # details only when debugging (pulse -v)
+            getattr(logger, level)(text, **safe)
             return
         exc_info = level == "exception" and std.isEnabledFor(logging.DEBUG)
         std.log(number, format_line(text, fields), exc_info=exc_info)

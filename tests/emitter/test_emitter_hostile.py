@@ -304,3 +304,46 @@ class TestExactMinMax:
         last = sink.of_type(Metrics)[-1]
         assert last.min["loss"] == 0.25
         assert not math.isnan(last.max["loss"])
+
+
+_H4 = "tracking.py is h4's: reported to the lead, not fixed on this branch"
+_TRACK_CASES = [
+    pytest.param({"total": Hostile()}, id="total-hostile"),
+    pytest.param({"total": "3"}, id="total-str"),
+    pytest.param({"total": np.array([1, 2])}, id="total-array"),
+    pytest.param({"desc": Hostile()}, id="desc-hostile"),
+    pytest.param(
+        {"unit": Hostile()}, id="unit-hostile", marks=pytest.mark.xfail(strict=True, reason=_H4)
+    ),
+    pytest.param({"unit": [1]}, id="unit-list", marks=pytest.mark.xfail(strict=True, reason=_H4)),
+    pytest.param(
+        {"run": Hostile()}, id="run-hostile", marks=pytest.mark.xfail(strict=True, reason=_H4)
+    ),
+    pytest.param({"run": 5}, id="run-int", marks=pytest.mark.xfail(strict=True, reason=_H4)),
+    pytest.param(
+        {"interval": Hostile()},
+        id="interval-hostile",
+        marks=pytest.mark.xfail(strict=True, reason=_H4),
+    ),
+    pytest.param(
+        {"interval": "x"}, id="interval-str", marks=pytest.mark.xfail(strict=True, reason=_H4)
+    ),
+    pytest.param(
+        {"interval": float("nan")},
+        id="interval-nan",
+        marks=pytest.mark.xfail(strict=True, reason=_H4),
+    ),
+]
+
+
+class TestTrackArguments:
+    """``track()`` with any argument still iterates and reports (issue 14.4)."""
+
+    @pytest.mark.parametrize("kwargs", _TRACK_CASES)
+    def test_loop_runs(self, kwargs: dict[str, Any], make_run: Any) -> None:
+        """The loop body runs for every item and nothing escapes."""
+        from pulse_transports.integrations.tracking import track
+
+        kwargs = {"run": make_run(sinks=[RecordingSink()]), **kwargs}
+        seen = [item for item in track(range(3), **kwargs)]
+        assert seen == [0, 1, 2]
