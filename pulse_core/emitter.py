@@ -494,16 +494,9 @@ class TrainingRun:
                 named = {**named, **extra}  # copied: a reader may hold the old one
                 if len(named) > _METRIC_NAMES_MAX:
                     named = self._cap_names(named)
-                bounds = self._bounds
-                for key, value in extra.items():
-                    pair = bounds.get(key)
-                    if pair is None or value.__class__ is not float:
-                        self._bound(key, value)  # a new name, or not a plain float
-                    else:
-                        if value < pair[0]:  # noqa: PLR1730 - no min() call per value
-                            pair[0] = value
-                        if value > pair[1]:  # noqa: PLR1730
-                            pair[1] = value
+                # Extra names' min/max are folded in when events are built (a
+                # loop here would cost ~0.17 us a call): exact for names set
+                # less often than the forwarding rate (val_loss per epoch).
             self._m = (loss, time_per_epoch, samples_per_second, tokens_per_second, named)
             self._mdirty = True
             if self._clock() >= self._next_at:

@@ -149,9 +149,9 @@ class Progress:
 class Metrics:
     """Measured values; every one optional. ``extra`` holds named numbers.
 
-    ``min`` and ``max`` (optional, protocol 2.1) are the exact lowest and
-    highest value of each metric over every call the emitter saw, not only
-    the forwarded samples; ``names_dropped`` (optional) counts the distinct
+    ``min`` and ``max`` (optional, protocol 2.1) are the lowest and highest
+    value of each metric the emitter saw -- for the four named metrics every
+    call, not only the forwarded samples; ``names_dropped`` (optional) counts the distinct
     extra metric names the emitter left out past its cap (64).
     """
 
