@@ -149,6 +149,9 @@ def _float_map(value: Any) -> dict[str, float]:
     return out
 
 
+_ABSENT: Final = object()
+
+
 def _compile_structure(cls: type[Any]) -> Callable[[dict[str, Any]], Any]:
     """Generate the fast structure function of one attrs event class."""
     attrs.resolve_types(cls)
@@ -167,7 +170,15 @@ def _compile_structure(cls: type[Any]) -> Callable[[dict[str, Any]], Any]:
             lines.append(f"    {check}")
             continue
         factory = isinstance(field.default, attrs.Factory)  # type: ignore[arg-type]
-        default = "{}" if factory else repr(field.default)
+        if factory:
+            # Absent (the common case): a fresh {} with no check; present: checked.
+            lines.append(f"    {x} = o.get({field.name!r}, _ABSENT)")
+            lines.append(f"    if {x} is _ABSENT:")
+            lines.append(f"        {x} = {{}}")
+            lines.append("    else:")
+            lines.append("    " + "    " + check.replace("\n", "\n    "))
+            continue
+        default = repr(field.default)
         lines.append(f"    {x} = o.get({field.name!r}, {default})")
         guard = f"{x} is not None and " if optional or field.default is None else ""
         if guard:
@@ -175,8 +186,22 @@ def _compile_structure(cls: type[Any]) -> Callable[[dict[str, Any]], Any]:
             lines.append("    " + "    " + check.replace("\n", "\n    "))
         else:
             lines.append(f"    {check}")
-    lines.append(f"    return cls({', '.join(args)})")
-    namespace: dict[str, Any] = {"cls": cls, "_check_map": _check_map, "_float_map": _float_map}
+    # Build the frozen instance through its slot descriptors: attrs' __init__
+    # goes through object.__setattr__ per field, about twice the cost.
+    lines.append("    e = _new(cls)")
+    setters: dict[str, Any] = {}
+    for index, (x, field) in enumerate(zip(args, attrs.fields(cls), strict=True)):
+        setters[f"_set{index}"] = cls.__dict__[field.name].__set__
+        lines.append(f"    _set{index}(e, {x})")
+    lines.append("    return e")
+    namespace: dict[str, Any] = {
+        "cls": cls,
+        "_new": object.__new__,
+        "_check_map": _check_map,
+        "_float_map": _float_map,
+        "_ABSENT": _ABSENT,
+        **setters,
+    }
     exec("\n".join(lines), namespace)  # noqa: S102 - source built from our own attrs fields
     return namespace["structure"]  # type: ignore[no-any-return]
 

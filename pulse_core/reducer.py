@@ -141,9 +141,8 @@ class _Acc:
         "message",
         "meta",
         "metrics",
+        "metrics_bounds",
         "metrics_dropped",
-        "metrics_max",
-        "metrics_min",
         "missing",
         "started_at",
         "status",
@@ -169,8 +168,11 @@ class _Acc:
         self.total_steps = s.total_steps
         self.metrics = dict(s.metrics)
         self.best_loss = s.best_loss
-        self.metrics_min = dict(s.metrics_min)
-        self.metrics_max = dict(s.metrics_max)
+        # name -> [min, max]: one lookup per value in the fold.
+        highs = s.metrics_max
+        self.metrics_bounds = {
+            name: [low, highs.get(name, low)] for name, low in s.metrics_min.items()
+        }
         self.metrics_dropped = s.metrics_dropped
         self.history = {name: _SeriesAcc(series) for name, series in s.history.items()}
         self.errors = list(s.errors)
@@ -205,8 +207,8 @@ class _Acc:
             total_steps=self.total_steps,
             metrics=dict(self.metrics),
             best_loss=self.best_loss,
-            metrics_min=dict(self.metrics_min),
-            metrics_max=dict(self.metrics_max),
+            metrics_min={name: pair[0] for name, pair in self.metrics_bounds.items()},
+            metrics_max={name: pair[1] for name, pair in self.metrics_bounds.items()},
             metrics_dropped=self.metrics_dropped,
             history={name: acc.freeze() for name, acc in self.history.items()},
             errors=tuple(self.errors),
@@ -326,7 +328,7 @@ class _Acc:
             values.extend(event.extra.items())
         metrics = self.metrics
         history = self.history
-        lows, highs = self.metrics_min, self.metrics_max
+        bounds = self.metrics_bounds
         for name, value in values:
             if value is None or value != value:  # None or NaN: nothing said
                 continue
@@ -336,12 +338,13 @@ class _Acc:
                     self.anomaly(event.seq, "too_many_metrics", f"metric {name!r:.80} not kept")
                     continue
             metrics[name] = value
-            low = lows.get(name)
-            if low is None or value < low:
-                lows[name] = value
-            high = highs.get(name)
-            if high is None or value > high:
-                highs[name] = value
+            pair = bounds.get(name)
+            if pair is None:
+                bounds[name] = [value, value]
+            elif value < pair[0]:
+                pair[0] = value
+            elif value > pair[1]:
+                pair[1] = value
             series = history.get(name)
             if series is None:
                 if name not in PROTOCOL_METRICS:
@@ -353,17 +356,19 @@ class _Acc:
         # Exact bounds from the writer (every call, not only these samples).
         if event.min:
             for name, value in event.min.items():
-                if name in metrics and (name not in lows or value < lows[name]):
-                    lows[name] = value
+                pair = bounds.get(name)
+                if pair is not None and value < pair[0]:  # kept names only
+                    pair[0] = value
         if event.max:
             for name, value in event.max.items():
-                if name in metrics and (name not in highs or value > highs[name]):
-                    highs[name] = value
+                pair = bounds.get(name)
+                if pair is not None and value > pair[1]:
+                    pair[1] = value
         if event.names_dropped is not None and event.names_dropped > self.metrics_dropped:
             self.metrics_dropped = min(event.names_dropped, MAX_COUNT)
-        best = lows.get("loss")
-        if best is not None and (self.best_loss is None or best < self.best_loss):
-            self.best_loss = best
+        pair = bounds.get("loss")
+        if pair is not None and (self.best_loss is None or pair[0] < self.best_loss):
+            self.best_loss = pair[0]
 
     def _status(self, event: StatusChanged, ts: float) -> None:
         target = event.status
