@@ -351,6 +351,17 @@ def _cut(value: str, limit: int) -> str:
     return head + _marker(len(data) - len(head.encode("utf-8")))
 
 
+def bound_text(value: str, limit: int = 16 * 1024) -> str:
+    """*value* as valid Unicode (U+FFFD for lone surrogates) in at most about *limit* bytes.
+
+    Longer text is cut at a character boundary and ends with the visible
+    marker ``…[truncated N bytes]``.
+    """
+    if len(value) * 4 <= limit and value.isascii():
+        return value
+    return _cut(_text(value), limit)
+
+
 def _clean(value: Any, depth: int = 0) -> Any:
     """Plain JSON data orjson can always write (or :data:`_DROP`)."""
     cls = value.__class__

@@ -76,7 +76,7 @@ from pulse_core._value import (
     _as_opt_text,
     _as_text,
 )
-from pulse_core.codec import bound_event
+from pulse_core.codec import bound_event, bound_text
 from pulse_core.errors import IllegalTransition, PulseError
 from pulse_core.events import (
     STATUSES,
@@ -517,7 +517,7 @@ class TrainingRun:
                 not allow (e.g. ``running`` after ``done``). Otherwise such a
                 request is logged as a warning and nothing is sent.
         """
-        state, message = _as_text(state), _as_text(message)
+        state, message = _as_text(state), bound_text(_as_text(message))
         with self._lock:
             if not self._transition_ok(state):
                 return
@@ -550,7 +550,7 @@ class TrainingRun:
         Raises:
             IllegalTransition: in strict mode, if the run already ended.
         """
-        code, message = _as_text(error_code), _as_text(message)
+        code, message = _as_text(error_code), bound_text(_as_text(message))
         is_retryable, fatal = _as_bool(is_retryable), _as_bool(fatal, True)
         info = _as_details(details)  # a string -> {"text": ...}, a list -> {"items": ...}
         with self._lock:

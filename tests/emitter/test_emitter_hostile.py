@@ -349,3 +349,18 @@ class TestTrackArguments:
         kwargs = {"run": make_run(sinks=[RecordingSink()]), **kwargs}
         seen = [item for item in track(range(3), **kwargs)]
         assert seen == [0, 1, 2]
+
+
+class TestInProcessText:
+    """In-process sinks see the same bounded, valid text the log holds."""
+
+    def test_status_and_error_messages_bounded(self, make_run: Any) -> None:
+        """A 2 MB message with a lone surrogate reaches a sink as ≤ 16 KiB of valid text."""
+        sink = RecordingSink()
+        run = make_run(sinks=[sink])
+        run.status("running", "\udc80" + "m" * 2_000_000)
+        run.error("BOOM", "e" * 2_000_000)
+        for event in sink.of_type(StatusChanged)[1:] + sink.of_type(ErrorReported):
+            data = event.message.encode("utf-8")  # valid: would raise on a surrogate
+            assert len(data) <= 16 * 1024
+            assert "…[truncated" in event.message
