@@ -59,14 +59,13 @@ from collections.abc import Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import Any, Final, Generic, TypeVar
 
-import structlog
-
 from pulse_core import emitter
+from pulse_core._log import get_logger
 from pulse_core.emitter import TrainingRun
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_transports.integrations.distributed import PeerRun, open_run
 
-log = structlog.get_logger("pulse.integrations")
+log = get_logger("pulse.integrations")
 
 T = TypeVar("T")
 Run = TrainingRun | PeerRun
