@@ -125,6 +125,8 @@ ENV_HEARTBEAT_INTERVAL: Final = "PULSE_HEARTBEAT_INTERVAL"
 ENV_CLOSE_TIMEOUT: Final = "PULSE_CLOSE_TIMEOUT"
 
 _METRIC_NAMES_MAX: Final = 64
+#: Named metrics the run holds between builds; names past it are not kept.
+_NAMES_HELD_MAX: Final = 4 * _METRIC_NAMES_MAX
 _INF: Final = float("inf")
 _NOT_STARTED: Final = frozenset({"idle", "preparing"})
 
@@ -181,6 +183,15 @@ def classify_exception(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, MemoryError):
         return "OUT_OF_MEMORY", True
     return "UNHANDLED_EXCEPTION", False
+
+
+def _bounded_names(held: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """*held* updated with *extra*, new names only while under the bound."""
+    named = dict(held)
+    for key, value in extra.items():
+        if key in named or len(named) < _NAMES_HELD_MAX:
+            named[key] = value
+    return named
 
 
 # -- the run -------------------------------------------------------------------------
@@ -419,6 +430,8 @@ class TrainingRun:
         if tokens_per_second is None:
             tokens_per_second = m[3]
         named = {**m[4], **extra} if extra else m[4]  # copied: a reader may hold the old one
+        if len(named) > _NAMES_HELD_MAX:
+            named = _bounded_names(m[4], extra)  # memory stays bounded whatever the names
         self._m = (loss, time_per_epoch, samples_per_second, tokens_per_second, named)
         self._mdirty = True
         if self._clock() >= self._next_at:
