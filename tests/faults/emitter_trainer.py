@@ -20,8 +20,8 @@ Scenarios:
 * ``compact``: the loop on a FileSink with a small cap (``max_bytes``), the
   log interval 0 so it fills fast, compaction slowed by ``delay`` s.
 * ``flood``: ``steps`` steps each with a status note and a non-fatal error.
-* ``epochs``: ``epochs`` epochs of ``per_epoch`` steps as fast as possible
-  with the default sinks (file + v1).
+* ``epochs``: ``epochs`` epochs of ``per_epoch`` steps, ``step_sleep`` s
+  each (the v1 snapshot is due about every other step), default sinks.
 * ``thread_death``: a thread opens a run and dies of FileNotFoundError; the
   main thread lives on until killed.
 * ``fork_exit`` / ``fork_raise``: a run is open, the process forks; the child
@@ -203,9 +203,11 @@ def scenario_flood(home: Path, opts: dict[str, str]) -> dict[str, Any]:
 def scenario_epochs(home: Path, opts: dict[str, str]) -> dict[str, Any]:
     epochs = int(opts.get("epochs", "20"))
     per_epoch = int(opts.get("per_epoch", "3"))
+    step_sleep = float(opts.get("step_sleep", "0.04"))
     with TrainingRun("epochs-run", total_epochs=epochs) as run:
         for epoch in range(1, epochs + 1):
             for step in range(1, per_epoch + 1):
+                time.sleep(step_sleep)
                 run.progress(epoch=epoch, step=step, total_steps=per_epoch)
                 run.metrics(loss=epoch + step / 10)
     return {"epochs": epochs, "per_epoch": per_epoch}
