@@ -128,6 +128,8 @@ _METRIC_NAMES_MAX: Final = 64
 #: Named metrics the run holds between builds; names past it are not kept.
 _NAMES_HELD_MAX: Final = 4 * _METRIC_NAMES_MAX
 _INF: Final = float("inf")
+#: Seconds the writer lets hand-overs gather after a wake-up before writing.
+_BATCH_WAIT: Final = 0.005
 _NOT_STARTED: Final = frozenset({"idle", "preparing"})
 
 # -- training ids ------------------------------------------------------------------
@@ -797,7 +799,10 @@ class TrainingRun:
     def _background(self) -> None:
         tick = background_tick([r.interval for r in self._routes], self._heartbeat)
         while not self._stop.is_set():
-            self._wake.wait(tick)
+            if self._wake.wait(tick) and not self._stop.is_set():
+                # Let a burst of hand-overs gather: one wake-up per batch, not
+                # per event, keeps GIL hand-offs with the training thread rare.
+                time.sleep(_BATCH_WAIT)
             self._wake.clear()
             if self._inert:
                 return
