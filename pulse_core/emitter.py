@@ -187,6 +187,21 @@ def classify_exception(exc: BaseException) -> tuple[str, bool]:
     return "UNHANDLED_EXCEPTION", False
 
 
+def _then_await_writer(
+    method: Callable[[TrainingRun, BaseException], None],
+) -> Callable[[TrainingRun, BaseException], None]:
+    """Run *method*, then wait (bounded) until the writer wrote what it was handed."""
+
+    @functools.wraps(method)
+    def wrapper(self: TrainingRun, exc: BaseException) -> None:
+        try:
+            method(self, exc)
+        finally:
+            self._await_writer(self._close_timeout)
+
+    return wrapper
+
+
 def _bounded_names(held: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """*held* updated with *extra*, new names only while under the bound."""
     named = dict(held)
@@ -276,6 +291,7 @@ class TrainingRun:
         self._io_lock = threading.Lock()  # one thread at a time does sink I/O
         self._thread: threading.Thread | None = None
         self._finished = False
+        self._writing = False  # the writer is writing (for a bounded wait on it)
         self._inert = False  # a forked child's copy: every call a no-op
         self._owner = threading.get_ident()  # the thread that opened the run
         self._held_note: tuple[str, str] | None = None  # (state, message) held back
@@ -601,6 +617,7 @@ class TrainingRun:
         finally:
             self.close()
 
+    @_then_await_writer
     def fail_with(self, exc: BaseException) -> None:
         """End the run because of *exc* (error or cancelled; never done).
 
@@ -609,6 +626,10 @@ class TrainingRun:
         any other exception is classified (:func:`classify_exception`) and
         reported as an error whose details carry the exception type, a trace
         id (also logged with the traceback) and the traceback's end.
+
+        Training is over when this is called (an exception is on its way
+        out, and the process may end with it), so unlike ``status()`` it
+        waits for the writer to write the end, at most ``close_timeout``.
         """
         if self._inert:
             return
@@ -747,6 +768,19 @@ class TrainingRun:
 
     # -- the writer --------------------------------------------------------------
 
+    def _await_writer(self, timeout: float) -> bool:
+        """Wait until the writer has written everything handed over; False on timeout."""
+        thread = self._thread
+        if self._inert or thread is None or thread is threading.current_thread():
+            return True  # inline: already written
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while thread.is_alive() and (self._writing or any(r.outbox for r in self._routes)):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
     def _kick(self) -> None:
         """Events were handed over: wake the writer, or write inline without one."""
         if self._thread is not None:
@@ -806,12 +840,15 @@ class TrainingRun:
             self._wake.clear()
             if self._inert:
                 return
+            self._writing = True
             try:
                 if not self._stop.is_set():
                     self._tick_locked()
                 self._drain()
             except Exception:
                 log.exception("pulse writer step failed", training_id=self.training_id)
+            finally:
+                self._writing = False
         try:
             self._finish()
         except Exception:
