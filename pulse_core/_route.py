@@ -162,14 +162,19 @@ class _Route:
                 return
             held = hold_event(outbox, event, OUTBOX_EVENTS, always_fits=always_fits)
             victims = list(held.dropped)
-            self.outbox_bytes += size - sum(_size(e) for e in victims if e is not event)
+            if not any(v is event for v in victims):
+                self.outbox_bytes += size
+            if held.coalesced:
+                self.outbox_bytes -= size  # a sample of the same kind (and size) made way
+            for victim in victims:
+                if victim is not event:
+                    self.outbox_bytes -= _size(victim)
             while self.outbox_bytes > OUTBOX_BYTES and len(outbox) > 1 and not always_fits:
                 for victim in trim_events(outbox, 1):
                     self.outbox_bytes -= _size(victim)
                     victims.append(victim)
             if held.coalesced:
                 self.coalesced += 1
-                self.outbox_bytes = sum(_size(e) for e in outbox)
             for victim in victims:
                 self._count_drop(victim, None)
 
