@@ -447,9 +447,13 @@ class TrainingRun:
             samples_per_second = m[2]
         if tokens_per_second is None:
             tokens_per_second = m[3]
-        named = {**m[4], **extra} if extra else m[4]  # copied: a reader may hold the old one
-        if len(named) > _NAMES_HELD_MAX:
-            named = _bounded_names(m[4], extra)  # memory stays bounded whatever the names
+        named: Mapping[str, Any]
+        if extra:
+            named = {**m[4], **extra}  # copied: a reader may hold the old one
+            if len(named) > _NAMES_HELD_MAX:
+                named = _bounded_names(m[4], extra)  # memory stays bounded whatever the names
+        else:
+            named = m[4]
         self._m = (loss, time_per_epoch, samples_per_second, tokens_per_second, named)
         self._mdirty = True
         if self._clock() >= self._next_at:
