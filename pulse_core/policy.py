@@ -299,6 +299,9 @@ class BoundedBuffer(Generic[T]):
     def __iter__(self) -> Iterator[T]:
         return iter(self.items)
 
+    def __getitem__(self, index: int) -> T:
+        return self.items[index]
+
     def _weight(self, item: T) -> int:
         return self.size(item) if self.size is not None else 0
 
