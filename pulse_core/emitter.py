@@ -582,6 +582,21 @@ class TrainingRun:
             self._broadcast(beat, self._clock())
         self._kick()
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the writer has written every event handed over so far.
+
+        Training code never needs this (the writer delivers on its own, and
+        :meth:`close` waits for the end); it is for code that must read a
+        sink right after a call, e.g. tests. Waits at most *timeout* seconds
+        (default ``close_timeout``).
+
+        Returns:
+            True if everything was written, False if the wait timed out.
+        """
+        if self._inert:
+            return True
+        return self._await_writer(self._close_timeout if timeout is None else timeout)
+
     # -- state ------------------------------------------------------------------
 
     @property

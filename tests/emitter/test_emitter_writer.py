@@ -85,6 +85,17 @@ class TestWriterThread:
         assert sink.closed
         assert sink.flushes >= 1
 
+    def test_flush_waits_for_the_writer(self) -> None:
+        """flush() times out while the sink is stuck, then returns with everything written."""
+        sink = BlockingSink()
+        run = TrainingRun("writer-5", sinks=[sink], env={}, strict=False, close_timeout=5)
+        run.status("running", "go")
+        assert run.flush(0.1) is False
+        sink.release.set()
+        assert run.flush() is True
+        assert [e.status for e in sink.of_type(StatusChanged)] == ["preparing", "running"]
+        run.close()
+
     def test_outbox_bounded_while_stuck(self, stuck: BlockingSink) -> None:
         """A stuck sink holds at most OUTBOX_EVENTS events and OUTBOX_BYTES bytes."""
         run = TrainingRun("writer-4", sinks=[stuck], env={}, strict=False, close_timeout=0.1)
