@@ -510,6 +510,22 @@ def read_log(
     return follower
 
 
+def read_events(path: Path | str, training_id: str, after: int = 0) -> list[Event] | None:
+    """The run's events in its log with seq > *after*, in file order; None if no log.
+
+    Read by a :class:`LogFollower` (the log's rules: bad, over-long and
+    foreign lines skipped, a torn last line settled). Blocking.
+    """
+    if not Path(path).is_file():
+        return None
+    follower = LogFollower(path, training_id=training_id)
+    try:
+        events = follower.settle()
+    finally:
+        follower.close()
+    return [e for e in events if e.seq > after]
+
+
 # -- change notifications ----------------------------------------------------------
 
 

@@ -51,11 +51,12 @@ import attrs
 import orjson
 import structlog
 
-from pulse_core.errors import PulseError
-from pulse_core.events import ErrorReported, RunMeta, validate_training_id
+from pulse_core.errors import PulseError, RunNotFound
+from pulse_core.events import validate_training_id
 from pulse_core.liveness import ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness, liveness_of
-from pulse_core.projections import progress_fraction
-from pulse_core.state import Anomaly, RunState, Series, StatusEntry
+from pulse_core.projections import to_summary
+from pulse_core.state import RunState
+from pulse_core.statecodec import STATE_FORMAT, decode_state, encode_state, state_from_obj
 from pulse_transports.file import lock_path, log_dir, log_path, writer_alive
 from pulse_transports.follow import Checkpoint, LogFollower, Position, position_matches
 
@@ -69,89 +70,7 @@ class HomeNotFound(PulseError):
     """The PULSE home folder does not exist."""
 
 
-class RunNotFound(PulseError):
-    """No log exists for a training id."""
-
-
-# -- state as JSON ---------------------------------------------------------------
-
-#: Changes whenever the RunState field list does, so stored states of another
-#: shape are never read back (the index then rebuilds them from the logs).
-#: Format 2: states are owned by the log's file name (format 1 took the owner
-#: from the first line).
-STATE_FORMAT: Final = "2:" + ",".join(f.name for f in attrs.fields(RunState))
-
-
-def _event_obj(event: RunMeta | ErrorReported) -> dict[str, Any]:
-    out = attrs.asdict(event, recurse=False)
-    for key in ("labels", "details"):
-        if out.get(key) is not None:
-            out[key] = dict(out[key])
-    return out
-
-
-def state_to_obj(state: RunState) -> dict[str, Any]:
-    """Turn a RunState into JSON-ready data (inverse: :func:`state_from_obj`)."""
-    out: dict[str, Any] = {}
-    for field in attrs.fields(RunState):
-        value = getattr(state, field.name)
-        if field.name == "meta":
-            value = _event_obj(value) if value is not None else None
-        elif field.name == "errors":
-            value = [_event_obj(e) for e in value]
-        elif field.name == "history":
-            value = {name: [s.width, s.count, s.windows] for name, s in value.items()}
-        elif field.name == "timeline":
-            value = [[t.status, t.message, t.timestamp, t.seq] for t in value]
-        elif field.name == "anomalies":
-            value = [[a.seq, a.kind, a.detail] for a in value]
-        elif hasattr(value, "items"):
-            value = dict(value)
-        out[field.name] = value
-    return out
-
-
-def state_from_obj(obj: Any) -> RunState:
-    """Rebuild a RunState from :func:`state_to_obj` data.
-
-    Raises:
-        ValueError: if *obj* does not have the shape of a stored state.
-    """
-    if not isinstance(obj, dict):
-        raise ValueError("a stored state must be an object")
-    try:
-        kwargs = dict(obj)
-        meta = kwargs.get("meta")
-        kwargs["meta"] = RunMeta(**meta) if meta is not None else None
-        kwargs["errors"] = tuple(ErrorReported(**e) for e in kwargs.get("errors", ()))
-        kwargs["history"] = {
-            name: Series(width=w, count=c, windows=tuple(tuple(x) for x in windows))
-            for name, (w, c, windows) in kwargs.get("history", {}).items()
-        }
-        kwargs["timeline"] = tuple(StatusEntry(*t) for t in kwargs.get("timeline", ()))
-        kwargs["anomalies"] = tuple(Anomaly(*a) for a in kwargs.get("anomalies", ()))
-        kwargs["gaps"] = tuple(tuple(g) for g in kwargs.get("gaps", ()))
-        return RunState(**kwargs)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"stored state does not fit RunState: {exc}") from None
-
-
-def encode_state(state: RunState) -> bytes:
-    """Serialise a RunState as compact JSON (never pickle: homes may be shared)."""
-    return orjson.dumps(state_to_obj(state))
-
-
-def decode_state(data: bytes | str) -> RunState:
-    """Read a RunState written by :func:`encode_state`.
-
-    Raises:
-        ValueError: if *data* is not a stored state.
-    """
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"stored state is not JSON: {exc}") from None
-    return state_from_obj(obj)
+# -- checkpoints ---------------------------------------------------------------------
 
 
 def checkpoint_to_bytes(checkpoint: Checkpoint) -> bytes:
@@ -270,58 +189,16 @@ def run_liveness(
 
 
 def summarize(state: RunState, *, liveness: Liveness, now: float, path: Path) -> dict[str, Any]:
-    """The ``pulse ls`` row of a run (see :mod:`pulse_transports.cli.ls` for the shape).
+    """The ``pulse ls`` row of a run read from the log at *path*.
 
-    The duration of a lost run ends at its last event, not at *now*.
+    :func:`pulse_core.projections.to_summary` plus ``log``; the run's id
+    is the log's file name while the state has none.
     """
-    meta = state.meta
-    start = state.started_at if state.started_at is not None else state.created_at
-    if state.finished_at is not None:
-        end: float | None = state.finished_at
-    elif liveness == LOST:
-        end = state.last_event_at
-    else:
-        end = now
-    last_error = state.errors[-1] if state.errors else None
-    flow = None
-    if meta is not None and (meta.flow_id or meta.flow_run_id or meta.flow_step_id):
-        flow = {
-            "flow_id": meta.flow_id,
-            "flow_run_id": meta.flow_run_id,
-            "flow_step_id": meta.flow_step_id,
-            "attempt": meta.attempt,
-        }
-    return {
-        "training_id": state.training_id or path.name[: -len(LOG_SUFFIX)],
-        "name": meta.name if meta else None,
-        "status": state.status,
-        "liveness": liveness,
-        "message": state.message,
-        "progress": progress_fraction(state),
-        "epoch": state.epoch,
-        "total_epochs": state.total_epochs,
-        "step": state.step,
-        "total_steps": state.total_steps,
-        "loss": state.metrics.get("loss"),
-        "best_loss": state.best_loss,
-        "created_at": state.created_at,
-        "started_at": state.started_at,
-        "finished_at": state.finished_at,
-        "last_event_at": state.last_event_at,
-        "duration": max(0.0, end - start) if start is not None and end is not None else None,
-        "error": (
-            {
-                "error_code": last_error.error_code,
-                "message": last_error.message,
-                "is_retryable": last_error.is_retryable,
-            }
-            if last_error is not None
-            else None
-        ),
-        "error_count": state.error_count,
-        "flow": flow,
-        "log": str(path),
-    }
+    summary = to_summary(
+        state, liveness=liveness, now=now, training_id=path.name[: -len(LOG_SUFFIX)]
+    )
+    summary["log"] = str(path)
+    return summary
 
 
 @attrs.define(eq=False)

@@ -286,13 +286,13 @@ class NatsWatch:
 
     def row(self, now: float) -> dict[str, Any]:
         """The run's ``ls`` row as of now."""
-        from pulse_transports.history import summarize
+        from pulse_core.projections import to_summary
 
-        row = summarize(
+        row = to_summary(
             self.state,
             liveness=self.liveness,  # type: ignore[arg-type]
             now=now,
-            path=Path(self.training_id),
+            training_id=self.training_id,
         )
         row["log"] = self.log
         row["source"] = "nats"

@@ -96,7 +96,8 @@ def show_command(training_id: str, as_json: bool, home: Path | None) -> None:
       pulse show 20261129-013724-123-9f2c41d07b
       pulse show my-run --json | jq .view.progress
     """
-    from pulse_transports.history import RunNotFound, load_run
+    from pulse_core.errors import RunNotFound
+    from pulse_transports.history import load_run
 
     check_id(training_id)
     config = open_home(home)

@@ -221,7 +221,8 @@ def watch_command(
       pulse watch my-run --once
       pulse watch --json --timeout 60 > progress.jsonl
     """
-    from pulse_transports.history import RunNotFound, load_run
+    from pulse_core.errors import RunNotFound
+    from pulse_transports.history import load_run
 
     if training_id is not None:
         check_id(training_id)
