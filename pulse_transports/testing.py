@@ -57,7 +57,8 @@ class RunSourceContract:
     def test_is_a_run_source(self, source: RunSource) -> None:
         """The source satisfies the protocol and has a name."""
         assert isinstance(source, RunSource)
-        assert isinstance(source.name, str) and source.name
+        assert isinstance(source.name, str)
+        assert source.name
 
     def test_runs_lists_every_written_run_newest_first(
         self, source: RunSource, make_sink: MakeSink
@@ -70,7 +71,8 @@ class RunSourceContract:
         assert [r.training_id for r in records][:2] == ["contract-b", "contract-a"]
         for record in records:
             assert isinstance(record, RunRecord)
-            assert record.terminal and record.liveness == "ended"
+            assert record.terminal
+            assert record.liveness == "ended"
             assert record.summary["training_id"] == record.training_id
             assert record.summary["status"] == "done"
             assert record.cursor == record.state.last_seq > 0
@@ -99,9 +101,11 @@ class RunSourceContract:
         write_run(make_sink, "contract-events")
         events = source.events("contract-events")
         seqs = [e.seq for e in events]
-        assert seqs == sorted(set(seqs)) and seqs[0] == 1
+        assert seqs == sorted(set(seqs))
+        assert seqs[0] == 1
         assert all(e.training_id == "contract-events" for e in events)
-        assert isinstance(events[-1], StatusChanged) and events[-1].status == "done"
+        assert isinstance(events[-1], StatusChanged)
+        assert events[-1].status == "done"
         middle = seqs[len(seqs) // 2]
         assert [e.seq for e in source.events("contract-events", after=middle)] == [
             s for s in seqs if s > middle
@@ -116,9 +120,7 @@ class RunSourceContract:
         followed = [e.seq for e in source.follow("contract-ended", idle=PATIENCE)]
         assert followed == held
 
-    def test_follow_a_live_run_until_it_ends(
-        self, source: RunSource, make_sink: MakeSink
-    ) -> None:
+    def test_follow_a_live_run_until_it_ends(self, source: RunSource, make_sink: MakeSink) -> None:
         """Events written after following began arrive, and the iteration ends with the run."""
         run = TrainingRun(
             "contract-live", sinks=[make_sink()], heartbeat_interval=60, handle_signals=False
@@ -135,9 +137,11 @@ class RunSourceContract:
         run.close()
         reader.join(PATIENCE)
         assert not reader.is_alive(), "follow did not end after the terminal event"
-        assert [e.seq for e in seen] == sorted({e.seq for e in seen}) and seen[0].seq == 2
+        assert [e.seq for e in seen] == sorted({e.seq for e in seen})
+        assert seen[0].seq == 2
         assert "second" in [e.message for e in seen if isinstance(e, StatusChanged)]
-        assert isinstance(seen[-1], StatusChanged) and seen[-1].status == "done"
+        assert isinstance(seen[-1], StatusChanged)
+        assert seen[-1].status == "done"
 
     def test_follow_stops_when_idle(self, source: RunSource, make_sink: MakeSink) -> None:
         """A quiet live run ends the iteration after ``idle`` seconds."""
@@ -150,7 +154,8 @@ class RunSourceContract:
             started = time.monotonic()
             followed = list(source.follow("contract-quiet", idle=0.5))
             assert time.monotonic() - started < PATIENCE
-            assert followed and followed[-1].seq >= 2
+            assert followed
+            assert followed[-1].seq >= 2
         finally:
             run.close()
 

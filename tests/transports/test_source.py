@@ -44,12 +44,13 @@ class TestRegistry:
         """The file source is built on the configured home."""
         config = load_config(env={"PULSE_HOME": str(tmp_home)})
         source = make_source("file", config)
-        assert isinstance(source, RunSource) and isinstance(source, FileSource)
+        assert isinstance(source, RunSource)
+        assert isinstance(source, FileSource)
         assert source.home == tmp_home
 
     def test_unknown_source(self) -> None:
         """An unknown name is a ConfigError listing the valid ones."""
-        with pytest.raises(ConfigError, match="valid choices: .*file"):
+        with pytest.raises(ConfigError, match=r"valid choices: .*file"):
             load_source("carrier-pigeon")
 
     def test_a_bridge_is_not_a_run_source(self, tmp_home: Path) -> None:
