@@ -29,7 +29,7 @@ Guarantees (specs/hub-protocol.md):
   writer is ``lost`` for them within about a second, not after
   ``lost_after``. When a run turns lost and the home's
   ``training_status.json`` still shows it running, the hub heals the file
-  (:func:`pulse_transports.hybrid.heal_v1_snapshot`).
+  (:func:`pulse_transports.v1.heal_v1_snapshot`).
 
 Feeds bring events from elsewhere (e.g. :class:`pulse_transports.nats.NatsFeed`,
 ``pulse nats serve``): each is a coroutine function given the bus, run as a
@@ -658,7 +658,7 @@ class Hub:
 
     def _heal_v1(self) -> None:
         """Make the home's v1 snapshot honest about a run that turned lost (blocking)."""
-        from pulse_transports.hybrid import heal_v1_snapshot
+        from pulse_transports.v1 import heal_v1_snapshot
 
         s = self.settings
         try:

@@ -121,11 +121,11 @@ def heal_v1(config: Config, records: Sequence[Any] | None = None) -> None:
 
     Every command that judges liveness calls it, so a raw ``training_status.json``
     never says ``running`` for a dead writer once anyone has looked
-    (:func:`pulse_transports.hybrid.heal_v1_snapshot`). Cheap: a file read,
+    (:func:`pulse_transports.v1.heal_v1_snapshot`). Cheap: a file read,
     and runs are recovered only when the slot shows an unfinished status and
     *records* (the home's runs) were not given. Never fails the command.
     """
-    from pulse_transports.hybrid import heal_v1_snapshot
+    from pulse_transports.v1 import heal_v1_snapshot
 
     option = (config.transport_options.get("v1") or {}).get("path")
     path = config.home / str(option) if option else None

@@ -254,7 +254,8 @@ V1_WRITER = textwrap.dedent(
     """
     import sys, time
     from pulse_core.emitter import TrainingRun
-    from pulse_transports.file import FileSink, V1SnapshotSink
+    from pulse_transports.file import FileSink
+    from pulse_transports.v1 import V1SnapshotSink
 
     home, tid = sys.argv[1:3]
     sinks = [FileSink(home=home, interval=0.0, fsync=False),
