@@ -31,7 +31,8 @@ from pulse_core.state import RunState
 from pulse_transports.config import load_config
 from pulse_transports.file import FileSink, log_path
 from pulse_transports.follow import follow
-from pulse_transports.history import HomeNotFound, check_writer, recover, run_liveness
+from pulse_transports.history import HomeNotFound, recover
+from pulse_transports.liveness import check_writer, run_liveness
 from pulse_transports.registry import make_sinks
 from pulse_transports.supervise import (
     CHILD_LOG_INTERVAL,

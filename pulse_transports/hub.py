@@ -63,7 +63,6 @@ from pulse_core.projections import to_view
 from pulse_core.state import RunState
 from pulse_transports.file import lock_path, log_dir, log_path, writer_alive
 from pulse_transports.follow import read_events
-from pulse_transports.history import check_writer, run_liveness
 from pulse_transports.inprocess import (
     BUFFER,
     LIMIT,
@@ -73,6 +72,7 @@ from pulse_transports.inprocess import (
     Item,
     StateSnapshot,
 )
+from pulse_transports.liveness import check_writer, run_liveness
 from pulse_transports.wire import (
     HANDSHAKE_TIMEOUT,
     MAX_FRAME,

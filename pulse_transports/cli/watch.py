@@ -99,7 +99,7 @@ class RunWatch:
 
     def step(self, timeout: float) -> tuple[list[Any], str | None]:
         """Wait up to *timeout* for news; return new events and a new liveness (or None)."""
-        from pulse_transports.history import check_writer, run_liveness
+        from pulse_transports.liveness import check_writer, run_liveness
 
         self.notifier.wait(timeout)
         before = self.follower.state

@@ -14,7 +14,7 @@ from hypothesis import given
 from strategies import run_events
 
 from pulse_core.codec import encode
-from pulse_core.errors import InvalidTrainingId
+from pulse_core.errors import InvalidTrainingId, RunNotFound
 from pulse_core.events import (
     ErrorReported,
     Event,
@@ -25,23 +25,19 @@ from pulse_core.events import (
     StatusChanged,
 )
 from pulse_core.reducer import replay
+from pulse_core.statecodec import decode_state, encode_state
 from pulse_transports.file import FileSink, lock_path, log_dir, log_path
 from pulse_transports.follow import Checkpoint, LogFollower
 from pulse_transports.history import (
-    INDEX_FILE,
     HomeNotFound,
-    RunIndex,
-    RunNotFound,
-    check_writer,
     checkpoint_from_bytes,
     checkpoint_to_bytes,
-    decode_state,
-    encode_state,
     load_run,
     recover,
-    run_liveness,
     v1_choice,
 )
+from pulse_transports.index import INDEX_FILE, RunIndex
+from pulse_transports.liveness import check_writer, run_liveness
 
 T0 = 1_800_000_000.0
 
