@@ -6,7 +6,7 @@ over ``<home>/logs/training/*.jsonl``: :meth:`~FileSource.runs` and
 :func:`~pulse_transports.history.load_run` (through the index, with the
 writer's lock checked), :meth:`~FileSource.events` is
 :func:`~pulse_transports.follow.read_events` and :meth:`~FileSource.follow`
-follows the log with a :class:`~pulse_transports.follow.Notifier`.
+follows the log with a :class:`~pulse_transports.notify.Notifier`.
 Must never import :mod:`pulse_transports.cli`.
 """
 

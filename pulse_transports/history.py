@@ -47,9 +47,10 @@ from pulse_core.projections import to_summary
 from pulse_core.state import RunState
 from pulse_core.statecodec import STATE_FORMAT, decode_state, encode_state, state_from_obj
 from pulse_transports.file import log_dir, log_path
-from pulse_transports.follow import Checkpoint, LogFollower, Position, position_matches
+from pulse_transports.follow import LogFollower
 from pulse_transports.index import IndexRow, RunIndex
 from pulse_transports.liveness import check_writer, run_liveness
+from pulse_transports.position import Checkpoint, Position, position_matches
 
 log = structlog.get_logger("pulse.history")
 

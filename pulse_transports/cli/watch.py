@@ -77,7 +77,8 @@ class RunWatch:
     """
 
     def __init__(self, home: Path, record: Any, *, stale_after: float, lost_after: float) -> None:
-        from pulse_transports.follow import LogFollower, Notifier
+        from pulse_transports.follow import LogFollower
+        from pulse_transports.notify import Notifier
 
         self.home = home
         self.training_id: str = record.training_id
@@ -167,8 +168,8 @@ class RunWatch:
 def _pick(home: Path, stale_after: float, lost_after: float, wait: float | None) -> Any:
     """The most recently active live run, waiting up to *wait* seconds for one."""
     from pulse_transports.file import log_dir
-    from pulse_transports.follow import Notifier
     from pulse_transports.history import recover, v1_choice
+    from pulse_transports.notify import Notifier
 
     deadline = None if wait is None else time.monotonic() + wait
     notifier: Notifier | None = None

@@ -56,7 +56,8 @@ FOLLOWER = textwrap.dedent(
     from pathlib import Path
     import orjson
     from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
-    from pulse_transports.follow import LogFollower, Notifier
+    from pulse_transports.follow import LogFollower
+    from pulse_transports.notify import Notifier
     from pulse_transports.history import checkpoint_from_bytes, checkpoint_to_bytes
 
     log, saved, out = (Path(a) for a in sys.argv[1:4])

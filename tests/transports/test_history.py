@@ -27,7 +27,7 @@ from pulse_core.events import (
 from pulse_core.reducer import replay
 from pulse_core.statecodec import decode_state, encode_state
 from pulse_transports.file import FileSink, lock_path, log_dir, log_path
-from pulse_transports.follow import Checkpoint, LogFollower
+from pulse_transports.follow import LogFollower
 from pulse_transports.history import (
     HomeNotFound,
     checkpoint_from_bytes,
@@ -38,6 +38,7 @@ from pulse_transports.history import (
 )
 from pulse_transports.index import INDEX_FILE, RunIndex
 from pulse_transports.liveness import check_writer, run_liveness
+from pulse_transports.position import Checkpoint
 
 T0 = 1_800_000_000.0
 
