@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-import structlog
-
+from pulse_core._log import get_logger
 from pulse_core.errors import PulseError
 from pulse_core.ports import Sink
 
-log = structlog.get_logger("pulse.emitter")
+log = get_logger("pulse.emitter")
 
 _INF: Final = float("inf")
 

@@ -6,8 +6,9 @@ sink could not take (coalescing progress/metrics/heartbeats, dropping the
 oldest samples first, never statuses or errors while samples remain),
 retries with backoff, poison events given up after a few tries, and the
 drop and failure counters behind :meth:`~pulse_core.emitter.TrainingRun.sink_stats`.
-Limits come from :mod:`pulse_core.policy`. Uses structlog like the emitter;
-must never import :mod:`pulse_transports`.
+Limits come from :mod:`pulse_core.policy`. Uses the library logger
+(:mod:`pulse_core._log`) like the emitter; must never import
+:mod:`pulse_transports`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Final
 
-import structlog
-
+from pulse_core._log import get_logger
 from pulse_core.events import Event
 from pulse_core.policy import (
     BUFFER_EVENTS,
@@ -27,7 +27,7 @@ from pulse_core.policy import (
 )
 from pulse_core.ports import Sink
 
-log = structlog.get_logger("pulse.emitter")
+log = get_logger("pulse.emitter")
 
 _INF: Final = float("inf")
 

@@ -6,8 +6,8 @@ end it: the registry of the process's open runs (:func:`open_runs`), the
 exception, the ``atexit`` hook that ends runs still open at interpreter exit,
 and the opted-in SIGTERM/SIGINT handlers that turn a signal into a cancel.
 The hooks are installed once, by the first run (:func:`_register`). Uses
-threading, signal and structlog like the emitter; must never import
-:mod:`pulse_transports`.
+threading, signal and the library logger (:mod:`pulse_core._log`) like
+the emitter; must never import :mod:`pulse_transports`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from pulse_core._log import get_logger
 from pulse_core.events import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
     from pulse_core.emitter import TrainingRun
 
-log = structlog.get_logger("pulse.emitter")
+log = get_logger("pulse.emitter")
 
 _open_runs: set[TrainingRun] = set()
 _nets_lock = threading.Lock()

@@ -7,7 +7,8 @@ This module owns :class:`TrainingRun`. Its promises:
   forwarded (a few tenths of a microsecond for a coalesced call).
 * **Never harms training**: no sink failure raises into the caller. Failing
   sinks are buffered within a bounded budget, retried with backoff, counted,
-  logged through structlog, and what had to be dropped is reported as a
+  logged (one short line on stderr, :mod:`pulse_core._log`), and what
+  had to be dropped is reported as a
   ``dropped`` event once the sink recovers.
 * **Ordered**: status changes and errors are never dropped or delayed by the
   rate limiter, and pending progress/metrics are flushed before them.
@@ -49,8 +50,6 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, SupportsFloat, SupportsInt
 
-import structlog
-
 from pulse_core._defaults import (
     _default_sinks,
     _env_flag,
@@ -58,6 +57,7 @@ from pulse_core._defaults import (
     _positive,
     _run_defaults,
 )
+from pulse_core._log import get_logger
 from pulse_core._route import _Route
 from pulse_core._safety import (
     _quietly,
@@ -67,7 +67,16 @@ from pulse_core._safety import (
     _watch_signals,
 )
 from pulse_core._safety import open_runs as open_runs  # noqa: PLC0414 - public, re-exported
-from pulse_core._value import _as_float, _as_int, _json_safe
+from pulse_core._value import (
+    _as_bool,
+    _as_details,
+    _as_float,
+    _as_int,
+    _as_labels,
+    _as_opt_text,
+    _as_text,
+)
+from pulse_core.codec import bound_event, bound_text
 from pulse_core.errors import IllegalTransition, PulseError
 from pulse_core.events import (
     STATUSES,
@@ -87,7 +96,7 @@ from pulse_core.lifecycle import next_status
 from pulse_core.policy import HEARTBEAT_INTERVAL, background_tick
 from pulse_core.ports import Sink
 
-log = structlog.get_logger("pulse.emitter")
+log = get_logger("pulse.emitter")
 
 #: Environment variables a run reads when the argument is not given (set by
 #: ``pulse run`` and the Flow Manager for child processes).
@@ -103,7 +112,9 @@ ENV_HEARTBEAT_INTERVAL: Final = "PULSE_HEARTBEAT_INTERVAL"
 #: Set to 1 by a supervisor that already wrote ``preparing`` and ``running``.
 ENV_SUPERVISED: Final = "PULSE_SUPERVISED"
 
-_METRIC_NAMES_MAX: Final = 64
+_METRIC_NAMES_MAX: Final = 64  # extra names; loss and the protocol's named metrics always kept
+_DROPPED_NAMES_MAX: Final = 10_000  # distinct dropped names counted (bounded memory)
+_PROGRESS_FIELDS: Final = ("epoch", "total_epochs", "step", "total_steps")
 _INF: Final = float("inf")
 _NOT_STARTED: Final = frozenset({"idle", "preparing"})
 
@@ -160,6 +171,49 @@ def classify_exception(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, MemoryError):
         return "OUT_OF_MEMORY", True
     return "UNHANDLED_EXCEPTION", False
+
+
+# -- arguments: any object in, never an exception out (issue 14.4) ----------------
+
+
+def _guarded(method: Callable[..., None]) -> Callable[..., None]:
+    """Make a public method total: nothing escapes but strict mode's IllegalTransition.
+
+    Arguments are coerced inside the methods; this is the net for what is
+    left (a hostile object deep inside a value, a bug): the call is logged
+    as one warning and returns. Costs nothing while nothing raises.
+    """
+
+    @functools.wraps(method)
+    def call(self: TrainingRun, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except IllegalTransition:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reporting never raises into training
+            _swallowed(method.__name__, exc)
+
+    return call
+
+
+def _swallowed(where: str, exc: BaseException) -> None:
+    log.warning(
+        "pulse: a reporting call failed and was ignored",
+        call=where,
+        error=f"{type(exc).__name__}: {_as_text(exc)[:200]}",
+    )
+
+
+def _as_env(env: Any) -> Mapping[str, str]:
+    if env is None:
+        return os.environ
+    try:
+        if isinstance(env, Mapping):
+            return {_as_text(k): _as_text(v) for k, v in list(env.items())}
+    except Exception:  # noqa: BLE001, S110 - a hostile mapping: the real environment
+        pass
+    log.warning("pulse: ignoring env that is not a mapping", type=type(env).__name__)
+    return os.environ
 
 
 # -- the run -------------------------------------------------------------------------
@@ -228,7 +282,41 @@ class TrainingRun:
         background: bool = True,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        environ = os.environ if env is None else env
+        # Arguments, coerced (any object in; documented exceptions only).
+        environ = _as_env(env)
+        if not callable(clock):
+            log.warning("pulse: clock is not callable; using time.monotonic")
+            clock = time.monotonic
+        if not callable(wall):
+            log.warning("pulse: wall is not callable; using time.time")
+            wall = time.time
+        name = _as_opt_text(name)
+        flow_id, flow_run_id = _as_opt_text(flow_id), _as_opt_text(flow_run_id)
+        flow_step_id = _as_opt_text(flow_step_id)
+        attempt, world_size = _as_int(attempt), _as_int(world_size)
+        total_epochs, total_steps = _as_int(total_epochs), _as_int(total_steps)
+        if strict is not None:
+            strict = _as_bool(strict)
+        if handle_signals is not None:
+            handle_signals = _as_bool(handle_signals)
+        if heartbeat_interval is not None:
+            given = heartbeat_interval
+            heartbeat_interval = _as_float(given)
+            if heartbeat_interval is None:
+                heartbeat_interval = float("nan")  # warned about and replaced below
+        background = _as_bool(background, True)
+        label_map = _as_labels(labels)
+        if label_map is None:
+            log.warning("pulse: labels must be a mapping; ignored", type=type(labels).__name__)
+            label_map = {}
+        if training_id is not None and training_id.__class__ is str and not training_id:
+            training_id = None  # "" means "not given", as before
+        if sinks is not None:
+            try:
+                sinks = list(sinks)
+            except Exception:  # noqa: BLE001 - not iterable: the configured sinks
+                log.warning("pulse: sinks is not iterable; using the configured sinks")
+                sinks = None
         self._clock = clock
         self._wall = wall
         self._lock = threading.RLock()
@@ -240,7 +328,9 @@ class TrainingRun:
         self._status = "idle"
         self._cancel_reason: str | None = None
         self._signals = False
-        tid = training_id or environ.get(ENV_TRAINING_ID) or new_training_id(wall())
+        tid = training_id
+        if tid is None:
+            tid = environ.get(ENV_TRAINING_ID) or new_training_id(wall())
         self.training_id: str = validate_training_id(tid)
 
         defaults: Mapping[str, Any] = {}
@@ -269,6 +359,11 @@ class TrainingRun:
         self._mdirty = False
         self._pgen = 0
         self._mgen = 0
+        # Exact min/max of every metrics() call, per metric name (13.14);
+        # names past the cap are counted, not kept (13.10).
+        self._loss_bounds: list[float] = [_INF, -_INF]
+        self._bounds: dict[str, list[float]] = {"loss": self._loss_bounds}
+        self._names_dropped: set[str] = set()
         self._latest_progress: Progress | None = None
         self._latest_metrics: Metrics | None = None
         self._next_at = -_INF
@@ -303,14 +398,15 @@ class TrainingRun:
             flow_id=flow_id or environ.get(ENV_FLOW_ID) or None,
             flow_run_id=flow_run_id or environ.get(ENV_FLOW_RUN_ID) or None,
             flow_step_id=flow_step_id or environ.get(ENV_FLOW_STEP_ID) or None,
-            attempt=_as_int(attempt) if attempt is not None else _env_int(environ, ENV_ATTEMPT),
+            attempt=attempt if attempt is not None else _env_int(environ, ENV_ATTEMPT),
             total_epochs=_as_int(total_epochs),
             total_steps=_as_int(total_steps),
             pid=os.getpid(),
             host=socket.gethostname(),
             world_size=world_size,
-            labels={str(k): str(v) for k, v in (labels or {}).items()},
+            labels=label_map,
         )
+        self.meta = bound_event(self.meta)  # type: ignore[assignment] # text fits a line
         with self._lock:
             for route in self._routes:
                 route.send(self.meta, now)
@@ -344,21 +440,24 @@ class TrainingRun:
         it (``total_steps`` per epoch). Cheap enough to call every step; the
         values are converted only when forwarded (numpy/torch scalars are fine).
         """
-        p = self._p
-        if epoch is None:
-            epoch = p[0]
-        elif p[0] is not None and epoch != p[0]:
-            self._epoch_boundary()
-        if total_epochs is None:
-            total_epochs = p[1]
-        if step is None:
-            step = p[2]
-        if total_steps is None:
-            total_steps = p[3]
-        self._p = (epoch, total_epochs, step, total_steps)
-        self._pdirty = True
-        if self._clock() >= self._next_at:
-            self._pump_soon()
+        try:
+            p = self._p
+            if epoch is None:
+                epoch = p[0]
+            elif p[0] is not None and epoch != p[0]:
+                self._epoch_boundary()
+            if total_epochs is None:
+                total_epochs = p[1]
+            if step is None:
+                step = p[2]
+            if total_steps is None:
+                total_steps = p[3]
+            self._p = (epoch, total_epochs, step, total_steps)
+            self._pdirty = True
+            if self._clock() >= self._next_at:
+                self._pump_soon()
+        except Exception:  # noqa: BLE001 - free while nothing raises (3.11)
+            self._progress_coerced(epoch, total_epochs, step, total_steps)
 
     def metrics(
         self,
@@ -374,23 +473,48 @@ class TrainingRun:
         may be any number-like object (numpy, torch scalars); they are
         converted only when forwarded.
         """
-        m = self._m
-        if loss is None:
-            loss = m[0]
-        if time_per_epoch is None:
-            time_per_epoch = m[1]
-        if samples_per_second is None:
-            samples_per_second = m[2]
-        if tokens_per_second is None:
-            tokens_per_second = m[3]
-        named = {**m[4], **extra} if extra else m[4]  # copied: a reader may hold the old one
-        self._m = (loss, time_per_epoch, samples_per_second, tokens_per_second, named)
-        self._mdirty = True
-        if self._clock() >= self._next_at:
-            self._pump_soon()
+        try:
+            m = self._m
+            if loss is None:
+                loss = m[0]
+            elif loss.__class__ is float or loss.__class__ is int:
+                # Exact best/worst of every call (13.14): two compares; NaN
+                # compares false. Other number types are compared in _build.
+                b = self._loss_bounds
+                if loss < b[0]:  # noqa: PLR1730 - min() costs a call on the hot path
+                    b[0] = loss
+                if loss > b[1]:  # noqa: PLR1730
+                    b[1] = loss
+            if time_per_epoch is None:
+                time_per_epoch = m[1]
+            else:
+                self._bound("time_per_epoch", time_per_epoch)
+            if samples_per_second is None:
+                samples_per_second = m[2]
+            else:
+                self._bound("samples_per_second", samples_per_second)
+            if tokens_per_second is None:
+                tokens_per_second = m[3]
+            else:
+                self._bound("tokens_per_second", tokens_per_second)
+            named = m[4]
+            if extra:
+                named = {**named, **extra}  # copied: a reader may hold the old one
+                if len(named) > _METRIC_NAMES_MAX:
+                    named = self._cap_names(named)
+                # Extra names' min/max are folded in when events are built (a
+                # loop here would cost ~0.17 us a call): exact for names set
+                # less often than the forwarding rate (val_loss per epoch).
+            self._m = (loss, time_per_epoch, samples_per_second, tokens_per_second, named)
+            self._mdirty = True
+            if self._clock() >= self._next_at:
+                self._pump_soon()
+        except Exception as exc:  # noqa: BLE001 - free while nothing raises (3.11)
+            _swallowed("metrics", exc)
 
     # -- status, errors ---------------------------------------------------------
 
+    @_guarded
     def status(self, state: str, message: str = "") -> None:
         """Move the run to lifecycle *state* (or restate it with a new message).
 
@@ -401,13 +525,15 @@ class TrainingRun:
                 not allow (e.g. ``running`` after ``done``). Otherwise such a
                 request is logged as a warning and nothing is sent.
         """
+        state, message = _as_text(state), bound_text(_as_text(message))
         with self._lock:
             if not self._transition_ok(state):
                 return
             now = self._clock()
             self._pump(now, force=True, auto_start=False)
-            self._status_locked(state, str(message), now)
+            self._status_locked(state, message, now)
 
+    @_guarded
     def error(
         self,
         error_code: str,
@@ -432,15 +558,16 @@ class TrainingRun:
         Raises:
             IllegalTransition: in strict mode, if the run already ended.
         """
+        code, message = _as_text(error_code), bound_text(_as_text(message))
+        is_retryable, fatal = _as_bool(is_retryable), _as_bool(fatal, True)
+        info = _as_details(details)  # a string -> {"text": ...}, a list -> {"items": ...}
         with self._lock:
             if self._status in TERMINAL_STATUSES or self._closed:
                 self._illegal(self._status, "error", "the run already ended")
                 return
             now = self._clock()
             self._pump(now, force=True, auto_start=False)
-            info: dict[str, Any] | None = _json_safe(dict(details)) if details else None
-            code = str(error_code)
-            if not is_error_code(code):
+            if len(code) > 64 or not is_error_code(code):
                 info = {**(info or {}), "given_code": code[:200]}
                 code = "UNHANDLED_EXCEPTION"
             p = self._p
@@ -449,20 +576,23 @@ class TrainingRun:
                 seq=self._next_seq(),
                 timestamp=self._wall(),
                 error_code=code,
-                message=str(message),
-                is_retryable=bool(is_retryable),
+                message=message,
+                is_retryable=is_retryable,
                 details=info,
                 epoch=_as_int(p[0]),
                 step=_as_int(p[2]),
             )
+            event = bound_event(event)  # type: ignore[assignment] # fits one line, valid text
             self._broadcast(event, now)
             if fatal:
-                self._status_locked("error", str(message), now)
+                self._status_locked("error", message, now)
 
+    @_guarded
     def cancel(self, message: str = "") -> None:
         """End the run as ``cancelled`` (stopped by the user)."""
-        self.status("cancelled", message or "cancelled")
+        self.status("cancelled", _as_text(message) or "cancelled")
 
+    @_guarded
     def request_cancel(self, message: str = "cancelled") -> None:
         """Ask the training code to stop; the run then ends ``cancelled``.
 
@@ -470,7 +600,7 @@ class TrainingRun:
         after this (``with`` left normally, ``close()``) ends ``cancelled``
         with *message*, never ``done``. Safe from any thread.
         """
-        self._cancel_reason = message or "cancelled"
+        self._cancel_reason = _as_text(message) or "cancelled"
 
     @property
     def cancel_requested(self) -> bool:
@@ -526,6 +656,7 @@ class TrainingRun:
         finally:
             self.close()
 
+    @_guarded
     def fail_with(self, exc: BaseException) -> None:
         """End the run because of *exc* (error or cancelled; never done).
 
@@ -546,18 +677,26 @@ class TrainingRun:
                 return
             if isinstance(exc, SystemExit):
                 code = exc.code
-                if code in (None, 0):
+                if code is None or (code.__class__ is int and code == 0):
                     self.cancel("the process exited before the run finished")
                 else:
                     self.error(
                         "PROCESS_EXITED_WITHOUT_RESULT",
                         f"the process exited with status {code!r} before the run finished",
-                        details={"exit_code": code if isinstance(code, int) else str(code)},
+                        details={
+                            "exit_code": _as_int(code) if code.__class__ is int else _as_text(code)
+                        },
                     )
                 return
-            error_code, retryable = classify_exception(exc)
+            try:
+                error_code, retryable = classify_exception(exc)
+            except Exception:  # noqa: BLE001 - a hostile exception's __str__
+                error_code, retryable = "UNHANDLED_EXCEPTION", False
             trace_id = secrets.token_hex(8)
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            try:
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            except Exception:  # noqa: BLE001 - not an exception, or a broken one
+                text = ""
             kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
             log.error(
                 "pulse: training raised; the run ends with an error",
@@ -565,11 +704,10 @@ class TrainingRun:
                 error_code=error_code,
                 exception_type=kind,
                 trace_id=trace_id,
-                traceback=text,
-            )
+            )  # no traceback: Python prints the user's exception itself
             self.error(
                 error_code,
-                f"{type(exc).__name__}: {exc}"[:500],
+                f"{type(exc).__name__}: {_as_text(exc)}"[:500],
                 is_retryable=retryable,
                 details={"exception_type": kind, "trace_id": trace_id, "traceback": text[-4000:]},
             )
@@ -646,6 +784,84 @@ class TrainingRun:
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
+
+    # -- argument coercion and metric bookkeeping (issues 14.4, 13.10, 13.14) --
+
+    def _progress_coerced(self, *given: Any) -> None:
+        """progress() whose arguments raised: whole numbers kept, the rest dropped."""
+        try:
+            values = [_as_int(value) for value in given]
+            for field, value, number in zip(_PROGRESS_FIELDS, given, values, strict=True):
+                if number is None and value is not None:
+                    log.warning(
+                        "pulse: progress value is not a whole number; ignored",
+                        field=field,
+                        type=type(value).__name__,
+                    )
+            old = tuple(_as_int(value) for value in self._p)
+            merged = tuple(o if v is None else v for v, o in zip(values, old, strict=True))
+            if old[0] is not None and merged[0] != old[0]:
+                self._epoch_boundary()
+            self._p = merged  # type: ignore[assignment]
+            self._pdirty = True
+            if self._clock() >= self._next_at:
+                self._pump_soon()
+        except Exception as exc:  # noqa: BLE001 - reporting never raises into training
+            _swallowed("progress", exc)
+
+    def _bound(self, name: str, value: Any) -> None:
+        # Plain floats and ints only (cheap, exact); others are compared when
+        # the event is built. NaN compares false and never becomes a bound.
+        if value.__class__ is not float and value.__class__ is not int:
+            return
+        bounds = self._bounds.get(name)
+        if bounds is None:
+            if len(self._bounds) > _METRIC_NAMES_MAX + 4 or value != value:
+                return
+            self._bounds[name] = [value, value]
+            return
+        if value < bounds[0]:  # noqa: PLR1730 - called per metrics() argument: no min() call
+            bounds[0] = value
+        if value > bounds[1]:  # noqa: PLR1730
+            bounds[1] = value
+
+    def _cap_names(self, named: dict[str, Any]) -> dict[str, Any]:
+        """Keep the first ``_METRIC_NAMES_MAX`` names; count (and warn once about) the rest."""
+        kept = dict(list(named.items())[:_METRIC_NAMES_MAX])
+        dropped = self._names_dropped
+        first = not dropped
+        for key in named:
+            if key not in kept and len(dropped) < _DROPPED_NAMES_MAX:
+                dropped.add(key)
+        if first and dropped:
+            log.warning(
+                "pulse: too many metric names; new names are not reported",
+                training_id=self.training_id,
+                limit=_METRIC_NAMES_MAX,
+                first_dropped=next(iter(dropped))[:80],
+            )
+        return kept
+
+    def _min_max(
+        self, values: Mapping[str, float | None]
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """The run's min and max per metric, folding in the values about to be sent."""
+        lows: dict[str, float] = {}
+        highs: dict[str, float] = {}
+        bounds = self._bounds
+        for name, value in values.items():
+            pair = bounds.get(name)
+            if value is not None and value == value:
+                if pair is None:
+                    if len(bounds) > _METRIC_NAMES_MAX + 4:
+                        continue
+                    pair = bounds[name] = [value, value]
+                # A numpy/torch value the hot path did not compare is folded in here.
+                pair[0] = min(pair[0], value)
+                pair[1] = max(pair[1], value)
+            if pair is not None and pair[0] <= pair[1]:  # not the empty [inf, -inf]
+                lows[name], highs[name] = pair[0], pair[1]
+        return lows, highs
 
     def _transition_ok(self, state: str) -> bool:
         if self._closed:
@@ -735,16 +951,26 @@ class TrainingRun:
             for key, value in list(named.items())[:_METRIC_NAMES_MAX]:
                 number = _as_float(value)
                 if number is not None:
-                    extra[str(key)] = number
+                    extra[_as_text(key)[:200]] = number
+            given = {
+                "loss": _as_float(loss),
+                "time_per_epoch": _as_float(tpe),
+                "samples_per_second": _as_float(sps),
+                "tokens_per_second": _as_float(tps),
+            }
+            lows, highs = self._min_max({**given, **extra})
             self._latest_metrics = Metrics(
                 training_id=self.training_id,
                 seq=self._next_seq(),
                 timestamp=self._wall(),
-                loss=_as_float(loss),
-                time_per_epoch=_as_float(tpe),
-                samples_per_second=_as_float(sps),
-                tokens_per_second=_as_float(tps),
+                loss=given["loss"],
+                time_per_epoch=given["time_per_epoch"],
+                samples_per_second=given["samples_per_second"],
+                tokens_per_second=given["tokens_per_second"],
                 extra=extra,
+                min=lows,
+                max=highs,
+                names_dropped=len(self._names_dropped) or None,
             )
 
     def _send_latest(self, route: _Route, now: float) -> bool:

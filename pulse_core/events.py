@@ -147,7 +147,13 @@ class Progress:
 
 @attrs.frozen(slots=True)
 class Metrics:
-    """Measured values; every one optional. ``extra`` holds named numbers."""
+    """Measured values; every one optional. ``extra`` holds named numbers.
+
+    ``min`` and ``max`` (optional, protocol 2.1) are the lowest and highest
+    value of each metric the emitter saw -- for the four named metrics every
+    call, not only the forwarded samples; ``names_dropped`` (optional) counts the distinct
+    extra metric names the emitter left out past its cap (64).
+    """
 
     training_id: str
     seq: int
@@ -157,6 +163,9 @@ class Metrics:
     samples_per_second: float | None = None
     tokens_per_second: float | None = None
     extra: Mapping[str, float] = attrs.field(factory=dict)
+    min: Mapping[str, float] = attrs.field(factory=dict)
+    max: Mapping[str, float] = attrs.field(factory=dict)
+    names_dropped: int | None = None
     v: int = PROTOCOL_VERSION
 
 

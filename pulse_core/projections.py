@@ -165,6 +165,8 @@ def to_view(state: RunState, *, now: float, liveness: Liveness | None = None) ->
             "fraction": progress_fraction(state),
         },
         "metrics": dict(state.metrics),
+        "metrics_min": dict(state.metrics_min),
+        "metrics_max": dict(state.metrics_max),
         "best_loss": state.best_loss,
         "errors": [_error_dict(e) for e in state.errors],
         "error_count": state.error_count,
@@ -201,6 +203,7 @@ def to_view(state: RunState, *, now: float, liveness: Liveness | None = None) ->
             "unknown_events": state.unknown_events,
             "dropped": state.dropped,
             "timeline_count": state.timeline_count,
+            "metrics_dropped": state.metrics_dropped,
         },
     }
 

@@ -50,6 +50,7 @@ from pulse_core.state import (
     MAX_SERIES,
     MAX_TIMELINE,
     MAX_WINDOWS,
+    PROTOCOL_METRICS,
     Anomaly,
     RunState,
     Series,
@@ -140,6 +141,8 @@ class _Acc:
         "message",
         "meta",
         "metrics",
+        "metrics_bounds",
+        "metrics_dropped",
         "missing",
         "started_at",
         "status",
@@ -165,6 +168,12 @@ class _Acc:
         self.total_steps = s.total_steps
         self.metrics = dict(s.metrics)
         self.best_loss = s.best_loss
+        # name -> [min, max]: one lookup per value in the fold.
+        highs = s.metrics_max
+        self.metrics_bounds = {
+            name: [low, highs.get(name, low)] for name, low in s.metrics_min.items()
+        }
+        self.metrics_dropped = s.metrics_dropped
         self.history = {name: _SeriesAcc(series) for name, series in s.history.items()}
         self.errors = list(s.errors)
         self.error_count = s.error_count
@@ -198,6 +207,9 @@ class _Acc:
             total_steps=self.total_steps,
             metrics=dict(self.metrics),
             best_loss=self.best_loss,
+            metrics_min={name: pair[0] for name, pair in self.metrics_bounds.items()},
+            metrics_max={name: pair[1] for name, pair in self.metrics_bounds.items()},
+            metrics_dropped=self.metrics_dropped,
             history={name: acc.freeze() for name, acc in self.history.items()},
             errors=tuple(self.errors),
             error_count=self.error_count,
@@ -316,22 +328,47 @@ class _Acc:
             values.extend(event.extra.items())
         metrics = self.metrics
         history = self.history
+        bounds = self.metrics_bounds
         for name, value in values:
             if value is None or value != value:  # None or NaN: nothing said
                 continue
-            if name not in metrics and len(metrics) >= MAX_METRIC_NAMES:
-                self.anomaly(event.seq, "too_many_metrics", f"metric {name!r:.80} not kept")
-                continue
+            if name not in metrics and name not in PROTOCOL_METRICS:
+                kept = len(metrics) - len(PROTOCOL_METRICS.intersection(metrics))
+                if kept >= MAX_METRIC_NAMES:
+                    self.anomaly(event.seq, "too_many_metrics", f"metric {name!r:.80} not kept")
+                    continue
             metrics[name] = value
+            pair = bounds.get(name)
+            if pair is None:
+                bounds[name] = [value, value]
+            elif value < pair[0]:
+                pair[0] = value
+            elif value > pair[1]:
+                pair[1] = value
             series = history.get(name)
             if series is None:
-                if len(history) >= MAX_SERIES:
-                    continue
+                if name not in PROTOCOL_METRICS:
+                    extra = len(history) - len(PROTOCOL_METRICS.intersection(history))
+                    if extra >= MAX_SERIES:
+                        continue
                 series = history[name] = _SeriesAcc()
             series.add(value, ts)
-        loss = event.loss
-        if loss is not None and loss == loss and (self.best_loss is None or loss < self.best_loss):
-            self.best_loss = loss
+        # Exact bounds from the writer (every call, not only these samples).
+        if event.min:
+            for name, value in event.min.items():
+                pair = bounds.get(name)
+                if pair is not None and value < pair[0]:  # kept names only
+                    pair[0] = value
+        if event.max:
+            for name, value in event.max.items():
+                pair = bounds.get(name)
+                if pair is not None and value > pair[1]:
+                    pair[1] = value
+        if event.names_dropped is not None and event.names_dropped > self.metrics_dropped:
+            self.metrics_dropped = min(event.names_dropped, MAX_COUNT)
+        pair = bounds.get("loss")
+        if pair is not None and (self.best_loss is None or pair[0] < self.best_loss):
+            self.best_loss = pair[0]
 
     def _status(self, event: StatusChanged, ts: float) -> None:
         target = event.status

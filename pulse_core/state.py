@@ -28,10 +28,16 @@ from pulse_core.events import ErrorReported, RunMeta
 
 #: Windows kept per metric series (each 8 numbers).
 MAX_WINDOWS: Final = 128
-#: Metric names with a history; later names only update the latest values.
+#: Extra metric names with a history; later names only update the latest
+#: values. The protocol's named metrics (:data:`PROTOCOL_METRICS`) always have one.
 MAX_SERIES: Final = 16
-#: Distinct metric names kept in the latest values.
+#: Distinct extra metric names kept in the latest values; the protocol's
+#: named metrics are always kept on top of these.
 MAX_METRIC_NAMES: Final = 64
+#: The metrics the protocol names: never refused by a cap.
+PROTOCOL_METRICS: Final = frozenset(
+    {"loss", "time_per_epoch", "samples_per_second", "tokens_per_second"}
+)
 #: Errors kept (the first ``HEAD_KEPT`` and the most recent rest).
 MAX_ERRORS: Final = 32
 #: Status timeline entries kept (first ``HEAD_KEPT`` and the most recent rest).
@@ -94,6 +100,12 @@ class RunState:
     #: latest value of every metric (loss, time_per_epoch, ..., extra names).
     metrics: Mapping[str, float] = attrs.field(factory=dict)
     best_loss: float | None = None
+    #: lowest and highest value of every kept metric: exact when the writer
+    #: sends ``min``/``max`` (every call), else of the values seen.
+    metrics_min: Mapping[str, float] = attrs.field(factory=dict)
+    metrics_max: Mapping[str, float] = attrs.field(factory=dict)
+    #: distinct metric names the writer left out past its cap (``names_dropped``).
+    metrics_dropped: int = 0
     history: Mapping[str, Series] = attrs.field(factory=dict)
     errors: tuple[ErrorReported, ...] = ()
     error_count: int = 0

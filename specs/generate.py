@@ -543,6 +543,34 @@ def downsampled_metrics() -> Vector:
     )
 
 
+def exact_min_max() -> Vector:
+    c = Clock("minmax")
+    lines: list[Line] = [
+        c.meta(total_epochs=1),
+        c.status("running", "training"),
+        # The writer forwards a sample about once a second but sends the exact
+        # min/max of every call: the best loss (0.5955) was never a sample.
+        c.metrics(loss=0.9, extra={"acc": 0.1}, min={"loss": 0.9, "acc": 0.1}),
+        c.metrics(
+            loss=0.6117,
+            extra={"acc": 0.5},
+            min={"loss": 0.5955, "acc": 0.1},
+            max={"loss": 0.9, "acc": 0.95},
+        ),
+        # Past the writer's cap of 64 extra names, new names are counted, not sent;
+        # a min for a name the reader does not keep is ignored.
+        c.metrics(loss=0.7, names_dropped=3, min={"loss": 0.61, "ghost": -5.0}),
+        c.status("done", "finished"),
+    ]
+    return Vector(
+        "exact_min_max",
+        "metrics carrying the writer's exact min/max (best_loss below every sample) "
+        "and names_dropped (metrics_dropped in the state)",
+        lines,
+        c.t + 1.0,
+    )
+
+
 def never_started() -> Vector:
     c = Clock("never-started")
     lines: list[Line] = [c.meta(name="queued", total_epochs=5), c.heartbeat(), c.heartbeat()]
@@ -616,6 +644,7 @@ VECTOR_BUILDERS: tuple[Callable[[], Vector], ...] = (
     broken_lines,
     flow_linked,
     downsampled_metrics,
+    exact_min_max,
     never_started,
     abandoned_run,
     foreign_event,

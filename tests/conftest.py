@@ -33,6 +33,14 @@ settings.load_profile(
 )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_log_rate_limits() -> None:
+    """Each test sees the library's first warning of a kind (the limiter is process-wide)."""
+    from pulse_core._log import reset_rate_limits
+
+    reset_rate_limits()
+
+
 @pytest.fixture
 def tmp_home(tmp_path: Path) -> Path:
     """A fresh, empty directory to use as a home or data directory."""

@@ -396,3 +396,93 @@ def final_status(run: list[Event]) -> str:
     """The status a well-formed run ends in (the last status event's)."""
     statuses = [e.status for e in run if isinstance(e, StatusChanged)]
     return statuses[-1] if statuses else "idle"
+
+
+# --- hostile arguments for the emitter's public methods (issue 14.4) ---------
+
+
+def _raise(*_: Any, **__: Any) -> Any:
+    raise RuntimeError("hostile dunder")
+
+
+class Hostile:
+    """An object every conversion and comparison of which raises."""
+
+    __str__ = __repr__ = __float__ = __int__ = __index__ = __bool__ = _raise
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __len__ = __iter__ = _raise  # type: ignore[assignment]
+    __hash__ = _raise  # type: ignore[assignment]
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"hostile attribute {name}")
+
+
+class HashableHostile(Hostile):
+    """Like :class:`Hostile` but usable as a dict key."""
+
+    def __hash__(self) -> int:
+        return 7
+
+
+class HostileNumber(float):
+    """A float subclass whose comparisons raise (numbers that are not quite numbers)."""
+
+    __eq__ = __ne__ = __lt__ = __gt__ = _raise  # type: ignore[assignment]
+    __hash__ = float.__hash__
+
+
+def _deep(depth: int) -> list[Any]:
+    top: list[Any] = []
+    current = top
+    for _ in range(depth):
+        nxt: list[Any] = []
+        current.append(nxt)
+        current = nxt
+    return top
+
+
+def _self_ref() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+def _numpy_values() -> list[Any]:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy comes with the dev extras
+        return []
+    return [
+        np.array([1, 2]),
+        np.array(3),
+        np.array([4.5]),
+        np.array([]),
+        np.float32("nan"),
+        np.float64(0.25),
+        np.int64(7),
+        np.array([[1.0, 2.0], [3.0, 4.0]]),
+    ]
+
+
+_BIG_TEXT = "x" * (2 * 1024 * 1024)  # a 2 MB message, name or details value
+
+#: Any Python object a training script might pass by mistake, hostile ones included.
+hostile_objects: SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.booleans(),
+    hostile_ints,
+    st.sampled_from([10**400, -(10**5000)]),
+    st.floats(),
+    st.text(max_size=30),
+    st.sampled_from(["\udc80bad-utf8.txt", "\ud800", _BIG_TEXT, "", "running", "done", "error"]),
+    st.binary(max_size=20),
+    st.builds(Hostile),
+    st.builds(HostileNumber, st.floats()),
+    st.sampled_from([_deep(5_000), _self_ref(), {"k": _deep(5_000)}, {HashableHostile(): 1}]),
+    st.sampled_from(_numpy_values() or [None]),
+    st.lists(st.integers() | st.text(max_size=5) | st.builds(Hostile), max_size=4),
+    st.dictionaries(
+        st.text(max_size=5), st.integers() | st.builds(Hostile) | st.floats(), max_size=4
+    ),
+    st.sets(st.integers(), max_size=3),
+    st.sampled_from([object(), type, Ellipsis, NotImplemented, 1j, range(3)]),
+)

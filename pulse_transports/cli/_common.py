@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import click
 import structlog
 
+from pulse_core._log import format_line
 from pulse_core.errors import PulseError
 from pulse_transports.config import Config, load_config
 
@@ -25,22 +26,66 @@ EXIT_NOT_FOUND = 3  # unknown training id or missing home
 EXIT_UNREADABLE = 4  # a file that is not a readable PULSE log
 
 
+class _StderrLogger:
+    """Writes one line to whatever ``sys.stderr`` is at call time; never raises."""
+
+    def msg(self, message: str) -> None:
+        try:
+            stream = sys.stderr
+            if stream is not None:
+                stream.write(message + "\n")
+                stream.flush()
+        except Exception:  # noqa: BLE001, S110 - a closed or broken stderr: nothing to tell
+            pass
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 class _StderrLoggerFactory:
     """Loggers that write to whatever ``sys.stderr`` is at call time."""
 
-    def __call__(self, *args: Any) -> structlog.PrintLogger:
-        return structlog.PrintLogger(file=sys.stderr)
+    def __call__(self, *args: Any) -> _StderrLogger:
+        return _StderrLogger()
+
+
+def _human_line(verbose: bool) -> Callable[[Any, str, MutableMapping[str, Any]], str]:
+    """A structlog renderer: ``pulse warning: <event> (key=value ...)``."""
+
+    def render(_logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+        event = str(event_dict.pop("event", ""))
+        for prefix in ("pulse: ", "pulse "):
+            if event.startswith(prefix):
+                event = event[len(prefix) :]
+        level = "error" if method == "exception" else method
+        exc_info = event_dict.pop("exc_info", None)
+        event_dict.pop("timestamp", None)
+        event_dict.pop("level", None)
+        line = f"pulse {level}: {format_line(event, dict(event_dict))}"
+        if verbose and exc_info:
+            import traceback
+
+            info = sys.exc_info() if exc_info is True else exc_info
+            if isinstance(info, BaseException):
+                info = (type(info), info, info.__traceback__)
+            if isinstance(info, tuple) and info[0] is not None:
+                line += "\n" + "".join(traceback.format_exception(*info)).rstrip()
+        return line
+
+    return render
 
 
 def configure_logging(verbose: bool = False) -> None:
-    """Send structlog output to stderr (logfmt), warnings and up unless *verbose*."""
+    """Send diagnostics to stderr as short human lines; warnings and up unless *verbose*.
+
+    ``pulse warning: <what happened> key=value ...``, one line each; with
+    ``-v`` also info/debug lines and the traceback of an internal failure.
+    Configures structlog (the library's loggers follow an application's
+    structlog configuration) and the standard ``pulse`` logger alike.
+    """
     level = logging.DEBUG if verbose else logging.WARNING
+    logging.getLogger("pulse").setLevel(level)
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"]),
-        ],
+        processors=[_human_line(verbose)],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -25,8 +26,10 @@ from strategies import (
 
 from pulse_core.codec import (
     CLOUDEVENT_TYPE_PREFIX,
+    MAX_LINE_BYTES,
     TAG_OF,
     TAGS,
+    bound_event,
     converter,
     decode,
     encode,
@@ -478,3 +481,91 @@ class TestCloudEvents:
         """Envelopes that are not PULSE CloudEvents raise DecodeError."""
         with pytest.raises(DecodeError, match=expected):
             from_cloudevent(envelope)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_any_text = st.text(
+    st.characters(codec=None) | st.characters(categories=["Cs"]), max_size=40
+) | st.sampled_from(["é" * 300_000, "\udc80" * 70_000, "x" * 2_000_000])
+
+
+class TestBoundedLines:
+    """encode never fails on text or huge ints, and every line fits 64 KiB (13.11, 13.12)."""
+
+    @given(
+        message=_any_text,
+        code=_any_text,
+        details=st.dictionaries(_any_text, _any_text | st.integers(), max_size=4),
+    )
+    def test_error_always_encodes(self, message: str, code: str, details: dict[str, Any]) -> None:
+        """Any text in an error event: the line fits, decodes, and keeps code and message."""
+        event = ErrorReported("run-1", 5, 1.0, error_code=code, message=message, details=details)
+        line = encode(event)
+        assert len(line) <= MAX_LINE_BYTES
+        back = decode(line)
+        assert isinstance(back, ErrorReported)
+        assert back.seq == 5
+        if len(message.encode("utf-8", "surrogatepass")) < 10_000:  # short: kept whole
+            assert back.message == _SURROGATE.sub("\ufffd", message)
+
+    @given(name=_any_text, labels=st.dictionaries(_any_text, _any_text, max_size=5))
+    def test_meta_always_encodes(self, name: str, labels: dict[str, str]) -> None:
+        """Any text in a meta event: the line fits and decodes."""
+        line = encode(RunMeta("run-1", 1, 1.0, name=name, labels=labels))
+        assert len(line) <= MAX_LINE_BYTES
+        assert isinstance(decode(line), RunMeta)
+
+    def test_truncation_marker(self) -> None:
+        """A 2 MB status message is cut with a marker naming the bytes removed."""
+        back = decode(
+            encode(StatusChanged("run-1", 2, 1.0, status="error", message="x" * 2_000_000))
+        )
+        assert isinstance(back, StatusChanged)
+        assert back.status == "error"
+        head, _, tail = back.message.partition("…[truncated ")
+        assert set(head) == {"x"}
+        assert int(tail.removesuffix(" bytes]")) == 2_000_000 - len(head)
+
+    def test_largest_details_cut_first(self) -> None:
+        """Small details values survive whole; the huge one is truncated."""
+        details = {"trace_id": "abc", "exit_code": 3, "traceback": "t" * 500_000}
+        back = decode(encode(ErrorReported("run-1", 2, 1.0, "BOOM", "msg", details=details)))
+        assert isinstance(back, ErrorReported)
+        assert back.details is not None
+        assert back.details["trace_id"] == "abc"
+        assert back.details["exit_code"] == 3
+        assert back.details["traceback"].startswith("ttt")
+        assert "…[truncated" in back.details["traceback"]
+
+    def test_surrogates_replaced(self) -> None:
+        """A lone surrogate becomes U+FFFD; before, the event could not be written at all."""
+        line = encode(StatusChanged("run-1", 2, 1.0, status="done", message="f\udce9.csv"))
+        back = decode(line)
+        assert isinstance(back, StatusChanged)
+        assert back.message == "f\ufffd.csv"
+
+    def test_huge_ints_left_out(self) -> None:
+        """An integer beyond 64 bits is not said, the rest of the event is written."""
+        back = decode(encode(Progress("run-1", 2, 1.0, epoch=10**30, step=4)))
+        assert isinstance(back, Progress)
+        assert (back.epoch, back.step) == (None, 4)
+
+    def test_many_metric_names(self) -> None:
+        """Thousands of long metric names: numbers-only maps lose entries, never their type."""
+        extra = {f"metric-{i}-" + "n" * 300: float(i) for i in range(2000)}
+        line = encode(Metrics("run-1", 2, 1.0, loss=0.5, extra=extra, min={"loss": 0.25}))
+        assert len(line) <= MAX_LINE_BYTES
+        back = decode(line)
+        assert isinstance(back, Metrics)
+        assert back.loss == 0.5
+        assert back.min == {"loss": 0.25}
+        assert all(len(name.encode()) <= 256 for name in back.extra)
+
+    def test_bound_event(self) -> None:
+        """bound_event returns the event itself when it fits, else its bounded form."""
+        small = StatusChanged("run-1", 2, 1.0, status="running", message="ok")
+        assert bound_event(small) is small
+        big = bound_event(StatusChanged("run-1", 2, 1.0, status="running", message="y" * 100_000))
+        assert isinstance(big, StatusChanged)
+        assert len(big.message) < 66_000
+        assert encode(big) == encode(decode(encode(big)))

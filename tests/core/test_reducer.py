@@ -31,6 +31,7 @@ from pulse_core.events import (
     StatusChanged,
     UnknownEvent,
 )
+from pulse_core.projections import to_history_record, to_view
 from pulse_core.reducer import INITIAL_STATE, Folder, reduce, replay, replay_runs
 from pulse_core.state import (
     HEAD_KEPT,
@@ -41,6 +42,7 @@ from pulse_core.state import (
     MAX_SERIES,
     MAX_TIMELINE,
     MAX_WINDOWS,
+    PROTOCOL_METRICS,
     RunState,
     Series,
 )
@@ -282,8 +284,10 @@ class TestBoundedMemory:
             metrics(ramp + i, extra={name: value}) for i, (name, value) in enumerate(extras, 1)
         ]
         state = replay(stream)
-        assert len(state.history) <= MAX_SERIES
-        assert len(state.metrics) <= MAX_METRIC_NAMES
+        # The protocol's four named metrics are kept on top of the extra-name caps.
+        assert len(state.history) <= MAX_SERIES + len(PROTOCOL_METRICS)
+        assert len(state.metrics) <= MAX_METRIC_NAMES + len(PROTOCOL_METRICS)
+        assert set(state.metrics_min) == set(state.metrics_max) == set(state.metrics)
         for series in state.history.values():
             assert_series_invariants(series)
         if ramp:
@@ -675,3 +679,78 @@ class TestReplayRuns:
         checkpoint = replay_runs(stream[:cut])
         assert replay_runs(stream[cut:], checkpoint) == replay_runs(stream)
         assert replay_runs([], checkpoint) == checkpoint
+
+
+class TestMetricCaps:
+    """Past the metric-name caps the protocol's metrics are still kept (issue 13.10)."""
+
+    def test_loss_kept_after_many_names(self) -> None:
+        """With 64 extra names already kept, loss and the named metrics still apply."""
+        many = {f"m{i}": float(i) for i in range(MAX_METRIC_NAMES)}
+        state = replay(
+            [
+                metrics(1, extra=many),
+                metrics(2, loss=0.5, time_per_epoch=3.0, extra={"val_loss": 0.7}),
+            ]
+        )
+        assert state.metrics["loss"] == 0.5
+        assert state.metrics["time_per_epoch"] == 3.0
+        assert "val_loss" not in state.metrics
+        assert state.best_loss == 0.5
+        assert "loss" in state.history
+        assert kinds(state) == ["too_many_metrics"]
+
+    def test_loss_history_after_many_series(self) -> None:
+        """Sixteen extra series first do not keep loss from getting its history."""
+        first = {f"m{i}": 1.0 for i in range(MAX_SERIES)}
+        state = replay([metrics(1, extra=first), metrics(2, loss=0.25)])
+        assert state.history["loss"].count == 1
+        assert len(state.history) == MAX_SERIES + 1
+
+    def test_names_dropped_counted(self) -> None:
+        """The writer's count of names left out is the state's metrics_dropped (never falls)."""
+        state = replay(
+            [
+                metrics(1, loss=1.0, names_dropped=3),
+                metrics(2, loss=1.0, names_dropped=7),
+                metrics(3, loss=1.0, names_dropped=2),
+            ]
+        )
+        assert state.metrics_dropped == 7
+        assert to_view(state, now=10.0)["stats"]["metrics_dropped"] == 7
+
+
+class TestExactMinMax:
+    """A writer's exact min/max beat the sampled values (issue 13.14)."""
+
+    def test_wire_min_max_in_state_view_and_record(self) -> None:
+        """best_loss is the writer's exact min, not the lowest forwarded sample."""
+        state = replay(
+            [
+                metrics(1, loss=0.7, min={"loss": 0.7}, max={"loss": 0.7}),
+                metrics(2, loss=0.6117, min={"loss": 0.5955}, max={"loss": 0.9}),
+            ]
+        )
+        assert state.best_loss == 0.5955
+        assert state.metrics_min == {"loss": 0.5955}
+        assert state.metrics_max == {"loss": 0.9}
+        view = to_view(state, now=10.0)
+        assert view["best_loss"] == 0.5955
+        assert view["metrics_min"] == {"loss": 0.5955}
+        assert view["metrics_max"] == {"loss": 0.9}
+        assert to_history_record(state)["key_metrics"]["best_loss"] == 0.5955
+
+    def test_without_wire_field_samples_count(self) -> None:
+        """Readers of writers that send no min/max get the min/max of the samples."""
+        state = replay(
+            [metrics(1, loss=0.5, extra={"acc": 0.1}), metrics(2, loss=0.8, extra={"acc": 0.9})]
+        )
+        assert state.metrics_min == {"loss": 0.5, "acc": 0.1}
+        assert state.metrics_max == {"loss": 0.8, "acc": 0.9}
+        assert state.best_loss == 0.5
+
+    def test_min_max_of_unkept_names_ignored(self) -> None:
+        """min/max of a name the state does not keep add nothing (bounded state)."""
+        state = replay([metrics(1, loss=0.5, min={"loss": 0.4, "ghost": -1.0})])
+        assert state.metrics_min == {"loss": 0.4}
+        assert state.metrics_max == {"loss": 0.5}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pulse_core.codec import MAX_LINE_BYTES, decode
 from pulse_core.errors import ConfigError, InvalidTrainingId
 from pulse_core.events import (
     ErrorReported,
@@ -280,10 +281,13 @@ class TestSinkQueue:
         )
         sink.write(error)
         held = sink._queue[0]
-        assert isinstance(held.event, ErrorReported)
-        assert held.event.details is not None
-        assert list(held.event.details) == ["pulse_truncated"]
-        assert len(held.payload) < 1 << 20
+        # The codec bounds every line to 64 KiB (issue 13.11): the details are
+        # truncated with a marker rather than shed, and the payload fits.
+        back = decode(held.payload)
+        assert isinstance(back, ErrorReported)
+        assert back.details is not None
+        assert "…[truncated" in back.details["blob"]
+        assert len(held.payload) <= MAX_LINE_BYTES
 
 
 class TestRegistry:
