@@ -24,6 +24,8 @@ PURE_MODULES = [
     "liveness",
     "codec",
     "errors",
+    "statecodec",
+    "ports",
 ]
 IO_MODULES = frozenset(
     {

@@ -24,6 +24,7 @@ from pulse_core.events import (
     RunMeta,
     StatusChanged,
 )
+from pulse_core.projections import to_view
 from pulse_core.reducer import replay
 from pulse_core.statecodec import decode_state, encode_state
 from pulse_transports.file import FileSink, lock_path, log_dir, log_path
@@ -93,6 +94,15 @@ def write(home: Path, evs: list[Event], mode: str = "wb") -> Path:
 
 class TestRecover:
     """recover() returns every run, newest first, with the right state."""
+
+    def test_never_started_run_has_the_views_duration(self, tmp_home: Path) -> None:
+        """A run that never left idle has no duration in its ls row, as in the v2 view."""
+        write(tmp_home, run("idle-run", T0, end=None)[:1])
+        (record,) = recover(tmp_home, now=T0 + 60.0)
+        assert record.state.started_at is None
+        assert record.summary["duration"] is None
+        view = to_view(record.state, now=T0 + 60.0, liveness=record.liveness)
+        assert view["timings"]["duration"] is None
 
     def test_runs_newest_first_with_states(self, tmp_home: Path) -> None:
         runs = {f"r{i}": run(f"r{i}", T0 + 100 * i) for i in range(5)}
