@@ -26,6 +26,7 @@ PURE_MODULES = [
     "errors",
     "statecodec",
     "ports",
+    "shapes",
 ]
 IO_MODULES = frozenset(
     {
