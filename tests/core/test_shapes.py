@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # n
 from strategies import WIRE, events, run_events
 
 from pulse_core.liveness import ALIVE, ENDED, LOST, STALE, Liveness
-from pulse_core.projections import to_history_record, to_summary, to_v1, to_view
+from pulse_core.projections import V1_KEYS, to_history_record, to_summary, to_v1, to_view
 from pulse_core.reducer import replay
 from pulse_core.shapes import (
     SHAPES,
