@@ -60,9 +60,9 @@ class Sink(Protocol):
         """Release everything; no call follows."""
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class RunRecord:
-    """What a source knows about one run, as of one read.
+    """What a source knows about one run, as of one read (sources may subclass it).
 
     Attributes:
         training_id: the run's id.

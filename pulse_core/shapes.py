@@ -50,12 +50,9 @@ class ErrorSummary:
 
 
 @attrs.frozen(kw_only=True)
-class ErrorReport:
+class ErrorReport(ErrorSummary):
     """One error event of a run."""
 
-    error_code: str
-    message: str
-    is_retryable: bool
     details: dict[str, Any] | None
     epoch: int | None
     step: int | None
@@ -206,12 +203,9 @@ class KeyMetrics:
 
 
 @attrs.frozen(kw_only=True)
-class HistoryError:
+class HistoryError(ErrorSummary):
     """The last error of a run, with how many there were."""
 
-    error_code: str
-    message: str
-    is_retryable: bool
     count: int
 
 

@@ -43,7 +43,7 @@ def ls_nats(
     source = nats_source(home, connection)
     with nats_errors():
         records = source.recover()
-    rows = select_rows([r.summary for r in records], status, flow_run_id, limit)
+    rows = select_rows([dict(r.summary) for r in records], status, flow_run_id, limit)
     if as_json:
         print_json({"source": _source_info(source), "runs": rows})
         return

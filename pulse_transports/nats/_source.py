@@ -52,42 +52,27 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@attrs.frozen
-class NatsRunRecord:
-    """What the NATS source knows about one run.
+@attrs.frozen(kw_only=True)
+class NatsRunRecord(RunRecord):
+    """What the NATS source knows about one run: the port's record, plus where it came from.
+
+    ``liveness`` comes from silence alone (NATS cannot check a remote
+    writer's lock); ``where`` is the run's subject filter; the ``summary``
+    has ``source: "nats"``.
 
     Attributes:
-        training_id: the run's id.
-        state: its folded state.
-        liveness: alive, stale, lost or ended: from silence alone (NATS
-            cannot check a remote writer's lock).
-        summary: the ``pulse ls`` row (``log`` is the run's subject filter,
-            ``source`` is ``"nats"``).
         stream_seq: the last stream sequence the state covers.
         origin: ``kv`` (the bucket), ``kv+stream`` (the bucket, then newer
             stream messages) or ``stream`` (folded from the stream).
-        bad_messages: messages of the run that did not decode.
     """
 
-    training_id: str
-    state: RunState
-    liveness: Liveness
-    summary: dict[str, Any]
     stream_seq: int
     origin: str
-    bad_messages: int = 0
 
-    def record(self) -> RunRecord:
-        """The port's record (the subject filter as ``where``)."""
-        return RunRecord(
-            training_id=self.training_id,
-            state=self.state,
-            liveness=self.liveness,
-            summary=self.summary,
-            where=str(self.summary.get("log", "")),
-            cursor=self.state.last_seq,
-            bad_lines=self.bad_messages,
-        )
+    @property
+    def bad_messages(self) -> int:
+        """Messages of the run that did not decode (``bad_lines``)."""
+        return self.bad_lines
 
 
 def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -167,7 +152,7 @@ class NatsSource:
 
     def runs(self, *, now: float | None = None, limit: int | None = None) -> list[RunRecord]:
         """Every run's last known state, newest first (:meth:`recover`)."""
-        return [r.record() for r in self.recover(now=now, limit=limit)]
+        return list(self.recover(now=now, limit=limit))
 
     def load(self, training_id: str, *, now: float | None = None) -> RunRecord:
         """One run (:meth:`load_run`).
@@ -175,7 +160,7 @@ class NatsSource:
         Raises:
             NatsRunNotFound: neither the bucket nor the stream holds the run.
         """
-        return self.load_run(training_id, now=now).record()
+        return self.load_run(training_id, now=now)
 
     def events(self, training_id: str, after: int = 0) -> list[Event]:
         """The run's events the stream holds with seq > *after* (:meth:`replay`).
@@ -406,9 +391,11 @@ class NatsSource:
             state=state,
             liveness=liveness,
             summary=summary,
+            where=summary["log"],
+            cursor=state.last_seq,
+            bad_lines=bad,
             stream_seq=stream_seq,
             origin=origin,
-            bad_messages=bad,
         )
 
     def liveness(self, state: RunState, now: float) -> Liveness:
