@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
-
+from pulse_core._log import get_logger
 from pulse_core.errors import RunLocked
 from pulse_core.events import Event, Heartbeat
 from pulse_core.projections import to_v1
@@ -22,7 +21,7 @@ from pulse_transports.file import FileSink, log_path, write_json_atomic
 from pulse_transports.follow import read_log
 from pulse_transports.v1.snapshot import V1_FILE
 
-log = structlog.get_logger("pulse.supervise")
+log = get_logger("pulse.supervise")
 
 
 def read_state(home: Path, training_id: str) -> RunState:

@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.codec import decode, encode
 from pulse_core.errors import ConfigError, DecodeError, PulseError
 from pulse_core.events import Event
@@ -90,7 +90,7 @@ from pulse_transports.wire import (
     welcome_line,
 )
 
-log = structlog.get_logger("pulse.hub")
+log = get_logger("pulse.hub")
 
 #: Default most updates per second per run and stream, per subscriber.
 RATE: Final = 10.0

@@ -47,8 +47,8 @@ from types import TracebackType
 from typing import Any, Final, TypeAlias
 
 import attrs
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.events import (
     TERMINAL_STATUSES,
     Event,
@@ -63,7 +63,7 @@ from pulse_core.reducer import Folder
 from pulse_core.state import RunState
 from pulse_transports.wire import Live, Resync
 
-log = structlog.get_logger("pulse.inprocess")
+log = get_logger("pulse.inprocess")
 
 #: Items a subscriber may have waiting before its progress is coalesced.
 BUFFER: Final = 1000

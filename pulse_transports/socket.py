@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
@@ -55,7 +55,7 @@ from pulse_transports.wire import (
     parse_welcome,
 )
 
-log = structlog.get_logger("pulse.socket")
+log = get_logger("pulse.socket")
 
 #: Events the sink may hold while the hub is unreachable.
 QUEUE: Final = 10_000

@@ -65,8 +65,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.emitter import (
     ENV_ATTEMPT,
     ENV_FLOW_ID,
@@ -131,7 +131,7 @@ __all__ = [
     "v1_snapshot_path",
 ]
 
-log = structlog.get_logger("pulse.supervise")
+log = get_logger("pulse.supervise")
 
 SUPERVISOR_LABEL: Final = "pulse-supervisor"
 #: Seconds a launched child has to open its log before it is taken not to report.

@@ -40,8 +40,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final
 
-import structlog
-
+from pulse_core._log import get_logger
 from pulse_core.emitter import TrainingRun
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_transports.integrations.distributed import (
@@ -55,7 +54,7 @@ from pulse_transports.integrations.distributed import (
 )
 from pulse_transports.integrations.tracking import current_run
 
-log = structlog.get_logger("pulse.integrations")
+log = get_logger("pulse.integrations")
 
 Run = TrainingRun | PeerRun
 

@@ -38,12 +38,12 @@ from typing import Any, Final
 
 import attrs
 import orjson
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.emitter import classify_exception
 from pulse_core.events import TERMINAL_STATUSES, is_error_code, validate_training_id
 
-log = structlog.get_logger("pulse.distributed")
+log = get_logger("pulse.distributed")
 
 #: Most rank error files read per run (a job of thousands of failing ranks
 #: reports the first ones).

@@ -58,8 +58,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.emitter import ENV_TRAINING_ID, TrainingRun, new_training_id
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_transports.integrations._rank_errors import (
@@ -77,7 +77,7 @@ from pulse_transports.integrations._rank_errors import (
     write_rank_error,
 )
 
-log = structlog.get_logger("pulse.distributed")
+log = get_logger("pulse.distributed")
 
 __all__ = [
     "ENV_RANKS",

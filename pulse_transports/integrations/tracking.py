@@ -59,14 +59,13 @@ from collections.abc import Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import Any, Final, Generic, TypeVar
 
-import structlog
-
 from pulse_core import emitter
+from pulse_core._log import get_logger
 from pulse_core.emitter import TrainingRun
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_transports.integrations.distributed import PeerRun, open_run
 
-log = structlog.get_logger("pulse.integrations")
+log = get_logger("pulse.integrations")
 
 T = TypeVar("T")
 Run = TrainingRun | PeerRun
@@ -193,6 +192,22 @@ def _raising_through(frame: FrameType) -> bool:
     )
 
 
+def _kind(value: object) -> str:
+    return type(value).__qualname__
+
+
+def _interval(value: object) -> float:
+    """*value* as a finite, non-negative number of seconds, else :data:`INTERVAL`."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - hostile __float__: use the default
+        number = float("nan")
+    if number >= 0 and number != float("inf"):
+        return number
+    log.warning("pulse: track() interval is not a number of seconds; using the default")
+    return INTERVAL
+
+
 def _length(iterable: object) -> int | None:
     try:
         return len(iterable)  # type: ignore[arg-type]
@@ -229,10 +244,18 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
     ) -> None:
         self.iterable = iterable
         self.total = total if total is not None else _length(iterable)
+        # Any argument is accepted (issue 14.4): what does not fit is replaced
+        # by its default with one warning, never raised into the loop.
+        if not isinstance(unit, str):
+            log.warning("pulse: track() unit is not a string; using 'it'", given=_kind(unit))
+            unit = "it"
+        if run is not None and not isinstance(run, (TrainingRun, PeerRun)):
+            log.warning("pulse: track() run is not a TrainingRun; ignored", given=_kind(run))
+            run = None
         self.unit = unit
         self.desc = desc
         self.run = run
-        self.interval = interval
+        self.interval = _interval(interval)
         self.n = 0
         self.role = _EPOCH if unit in _EPOCH_UNITS else _STEP
         self._owned = False

@@ -20,12 +20,12 @@ from typing import Any, Final
 import attrs
 import nats.errors
 import nats.js.errors
-import structlog
 from nats.aio.client import Client as NatsClient
 
+from pulse_core._log import get_logger
 from pulse_transports.nats._errors import NatsAuthError, NatsError, NatsUnavailable
 
-log = structlog.get_logger("pulse.nats")
+log = get_logger("pulse.nats")
 
 
 # -- names and defaults (specs/nats.md says why each default is what it is) ------

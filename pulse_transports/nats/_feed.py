@@ -13,8 +13,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Final
 
-import structlog
-
+from pulse_core._log import get_logger
 from pulse_core.events import Event
 from pulse_core.policy import RETRY_FIRST
 from pulse_core.reducer import Folder
@@ -26,7 +25,7 @@ from pulse_transports.nats._subject import run_filter
 if TYPE_CHECKING:
     from pulse_transports.inprocess import Bus
 
-log = structlog.get_logger("pulse.nats")
+log = get_logger("pulse.nats")
 
 
 # -- names and defaults (specs/nats.md says why each default is what it is) ------

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import nats.errors
 import nats.js.errors
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError
 from pulse_core.events import ErrorReported, Event
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
-log = structlog.get_logger("pulse.nats")
+log = get_logger("pulse.nats")
 
 
 # -- names and defaults (specs/nats.md says why each default is what it is) ------

@@ -37,7 +37,6 @@ from urllib.parse import parse_qs
 
 import attrs
 import orjson
-import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -45,6 +44,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pulse_core._log import get_logger
 from pulse_core.errors import InvalidTrainingId, RunNotFound
 from pulse_core.events import validate_training_id
 from pulse_core.liveness import LOST_AFTER, STALE_AFTER, Liveness
@@ -58,7 +58,7 @@ from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
 from pulse_transports.web.stream import EncodedEvents, EventStream
 
-log = structlog.get_logger("pulse.web")
+log = get_logger("pulse.web")
 
 STATIC: Final = Path(__file__).parent / "static"
 #: The cookie the page's token is kept in after ``/?token=``.

@@ -23,13 +23,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
-
+from pulse_core._log import get_logger
 from pulse_core.liveness import Liveness
 from pulse_transports.hub import liveness_now
 from pulse_transports.inprocess import Bus
 
-log = structlog.get_logger("pulse.web")
+log = get_logger("pulse.web")
 
 
 class LivenessMonitor:

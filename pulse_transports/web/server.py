@@ -18,14 +18,14 @@ import socket
 from collections.abc import Iterator
 from typing import Final
 
-import structlog
 import uvicorn
 
+from pulse_core._log import get_logger
 from pulse_transports.inprocess import Bus
 from pulse_transports.web.app import WebApp, WebSettings
 from pulse_transports.wire import is_loopback
 
-log = structlog.get_logger("pulse.web")
+log = get_logger("pulse.web")
 
 #: Seconds uvicorn may take to finish responses in flight when stopping.
 GRACE: Final = 3

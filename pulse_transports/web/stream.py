@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import PulseError
 from pulse_core.events import STATUSES, Event
@@ -55,7 +55,7 @@ from pulse_transports.web.cursor import format_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.wire import Live, Resync
 
-log = structlog.get_logger("pulse.web")
+log = get_logger("pulse.web")
 
 #: The stream's own protocol name and version, in its hello.
 SSE_PROTOCOL: Final = "pulse-sse/1"
