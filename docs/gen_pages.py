@@ -454,7 +454,7 @@ def _env_from_modules() -> dict[str, str]:
     found: dict[str, str] = {}
     for module_name in (
         "pulse_core.emitter",
-        "pulse_transports.follow",
+        "pulse_transports.notify",
         "pulse_transports.wire",
         "pulse_transports.supervise",
         "pulse_transports.nats",
