@@ -48,6 +48,9 @@ BUFFER_EVENTS: Final = 10_000
 #: end always gets in). Only a writer stuck in I/O fills it.
 OUTBOX_EVENTS: Final = 10_000
 OUTBOX_BYTES: Final = 16 * 1024 * 1024
+#: Notes (a restated status) and non-fatal errors a run may send in a burst;
+#: past it, one per interval of its slowest sink, the rest held and counted.
+FLOOD_BURST: Final = 50
 #: Seconds ``close()`` waits for the writer thread to write what is left.
 CLOSE_TIMEOUT: Final = 5.0
 #: Log a sink failure on the 1st, then every Nth occurrence.
