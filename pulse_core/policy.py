@@ -154,8 +154,9 @@ class Throttle:
     """A leading+trailing edge rate limiter for one stream.
 
     Each bus subscriber keeps one per run and stream
-    (:class:`pulse_transports.inprocess.Mailbox`). ``offer(now)`` says whether a value may go out now; if not, the caller
-    keeps the value and asks ``due(now)`` later.
+    (:class:`pulse_transports.inprocess.Mailbox`). ``offer(now)`` says
+    whether a value may go out now; if not, the caller keeps the value and
+    asks ``due(now)`` later.
     """
 
     interval: float
