@@ -59,6 +59,7 @@ from pulse_core.codec import decode, encode
 from pulse_core.errors import ConfigError, DecodeError, PulseError
 from pulse_core.events import Event
 from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
+from pulse_core.policy import sampled
 from pulse_core.projections import to_view
 from pulse_core.state import RunState
 from pulse_transports.file import lock_path, log_dir, log_path, writer_alive
@@ -582,7 +583,7 @@ class Hub:
         """Drop one producer line: log it, and answer with a non-fatal error."""
         conn.rejected += 1
         n = conn.rejected
-        if n <= 10 or n % 1000 == 0:
+        if sampled(n, 1000, first=10):
             log.warning(
                 "pulse hub dropped a producer line",
                 code=code,
