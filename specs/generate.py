@@ -5,13 +5,16 @@ Run from anywhere with the package installed::
     python specs/generate.py          # (re)write every generated file
     python specs/generate.py --check  # exit 1 if any generated file differs on disk
 
-What it writes, all deterministically (no clock, no randomness):
+What it writes, all deterministically (no clock; the corpus uses one fixed seed):
 
 * ``vectors/NAME.jsonl``: the input logs, built from event objects encoded with
   :func:`pulse_core.codec.encode`, plus hand-made lines (broken, future-version
   or non-conforming ones) written byte for byte.
 * ``vectors/NAME.expected.json``: what pulse_core computes from each log (see
   :func:`expected`), as JSON with sorted keys and an indent of 2.
+* ``corpus/differential.jsonl``: the generated differential corpus (see
+  ``corpus.py``): 520 random logs from a fixed seed, each with what pulse_core
+  computes at three ``now`` values.
 * the lifecycle table and diagram in ``protocol.md``, between the
   ``<!-- BEGIN GENERATED: lifecycle -->`` and ``<!-- END GENERATED: lifecycle -->``
   markers, from :data:`pulse_core.lifecycle.TABLE` and
@@ -52,8 +55,12 @@ from pulse_core.liveness import liveness_of
 from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
 from pulse_core.reducer import replay
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpus  # noqa: E402 - the corpus module lives beside this script
+
 SPECS = Path(__file__).resolve().parent
 VECTORS = SPECS / "vectors"
+CORPUS = SPECS / "corpus" / "differential.jsonl"
 PROTOCOL = SPECS / "protocol.md"
 
 #: 2026-01-01T00:00:00Z; every vector's clock starts here.
@@ -814,6 +821,7 @@ def outputs() -> dict[Path, bytes]:
         log = b"".join(line_bytes(line) for line in vector.lines)
         files[VECTORS / f"{vector.name}.jsonl"] = log
         files[VECTORS / f"{vector.name}.expected.json"] = dump_json(expected(vector, log))
+    files[CORPUS] = corpus.corpus()
     text = PROTOCOL.read_text(encoding="utf-8")
     files[PROTOCOL] = replace_between(
         text, BEGIN_LIFECYCLE, END_LIFECYCLE, lifecycle_section()
@@ -850,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
             print("run: python specs/generate.py", file=sys.stderr)
         return 1 if bad else 0
     VECTORS.mkdir(parents=True, exist_ok=True)
+    CORPUS.parent.mkdir(parents=True, exist_ok=True)
     for path, data in files.items():
         if not path.exists() or path.read_bytes() != data:
             path.write_bytes(data)
