@@ -1,7 +1,9 @@
-"""One sink as a run sees it: its throttle and its failure buffer.
+"""One sink as a run sees it: its throttle, its outbox and its failure buffer.
 
 This module owns :class:`_Route`, the emitter's per-sink state: when the
-sink is next due (its rate limit), the bounded buffer of events a failing
+sink is next due (its rate limit), the bounded outbox of events the training
+thread handed over and the run's writer thread has not written yet (bounded
+in events and bytes: a stuck sink never grows memory), the bounded buffer of events a failing
 sink could not take (coalescing progress/metrics/heartbeats, dropping the
 oldest samples first, never statuses or errors while samples remain),
 retries with backoff, poison events given up after a few tries, and the
@@ -13,17 +15,21 @@ Limits come from :mod:`pulse_core.policy`. Uses the library logger
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from typing import Any, Final
 
 from pulse_core._log import get_logger
-from pulse_core.events import Event
+from pulse_core.events import TERMINAL_STATUSES, Dropped, ErrorReported, Event, StatusChanged
 from pulse_core.policy import (
     BUFFER_EVENTS,
     LOG_EVERY,
+    OUTBOX_BYTES,
+    OUTBOX_EVENTS,
     POISON_ATTEMPTS,
     hold_event,
     retry_delay,
+    trim_events,
 )
 from pulse_core.ports import Sink
 
@@ -32,10 +38,32 @@ log = get_logger("pulse.emitter")
 _INF: Final = float("inf")
 
 
-class _Route:
-    """One sink as the run sees it: its throttle and its failure buffer.
+def _always_fits(event: Event) -> bool:
+    """Events that go into a full buffer anyway: a run's end and a drop report."""
+    return isinstance(event, Dropped) or (
+        isinstance(event, StatusChanged) and event.status in TERMINAL_STATUSES
+    )
 
-    The run holds its lock around every method call.
+
+def _size(event: Event) -> int:
+    """A rough size in bytes of *event* once encoded (for the outbox budget)."""
+    if isinstance(event, StatusChanged | ErrorReported):
+        size = 200 + len(event.message)
+        details = getattr(event, "details", None)
+        if details:
+            size += len(repr(details))
+        return size
+    return 300
+
+
+class _Route:
+    """One sink as the run sees it: its throttle, outbox and failure buffer.
+
+    Two sides, two threads: :meth:`send` (any thread, under the run's lock)
+    only appends to the outbox; :meth:`deliver` and :meth:`retry` (the run's
+    writer thread, never under the run's lock) do the sink I/O. The outbox
+    and the drop counters are guarded by the route's own small lock, which
+    is never held during I/O.
 
     Counters (see :meth:`TrainingRun.sink_stats`): ``failures`` is the
     current streak of failed writes (0 when healthy), ``failures_total`` all
@@ -59,6 +87,9 @@ class _Route:
         "name",
         "next_at",
         "opened",
+        "outbox",
+        "outbox_bytes",
+        "qlock",
         "retry_at",
         "sent_metrics",
         "sent_progress",
@@ -90,10 +121,18 @@ class _Route:
         self.coalesced = 0
         self.last_write = -_INF
         self.last_error = ""
+        self.outbox: deque[Event] = deque()
+        self.outbox_bytes = 0
+        self.qlock = threading.Lock()
 
     @property
     def degraded(self) -> bool:
         return bool(self.buffer) or self.failures > 0 or not self.opened or self.dropped > 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing handed over waits to be written (the failure buffer aside)."""
+        return not self.outbox
 
     @property
     def healthy(self) -> bool:
@@ -105,13 +144,55 @@ class _Route:
         self.opened = False
         self._failed(exc, now)
 
-    def send(self, event: Event, now: float, always_fits: bool = False) -> bool:
-        """Deliver or buffer *event*; True if the sink took it now.
+    def send(self, event: Event, now: float, always_fits: bool = False) -> None:
+        """Hand *event* to the writer: append it to the outbox, never doing I/O.
 
-        With *always_fits* a full buffer takes the event without dropping
-        another (for the few events that end a run or report drops).
+        The outbox is bounded: at its limit in events or bytes a waiting
+        progress/metrics/heartbeat is coalesced (latest wins) or the oldest
+        samples, then the oldest others, are dropped and counted -- except
+        *always_fits* events (a run's end).
         """
         self.last_write = now
+        size = _size(event)
+        with self.qlock:
+            outbox = self.outbox
+            if len(outbox) < OUTBOX_EVENTS and self.outbox_bytes + size <= OUTBOX_BYTES:
+                outbox.append(event)
+                self.outbox_bytes += size
+                return
+            held = hold_event(outbox, event, OUTBOX_EVENTS, always_fits=always_fits)
+            victims = list(held.dropped)
+            if not any(v is event for v in victims):
+                self.outbox_bytes += size
+            if held.coalesced:
+                self.outbox_bytes -= size  # a sample of the same kind (and size) made way
+            for victim in victims:
+                if victim is not event:
+                    self.outbox_bytes -= _size(victim)
+            while self.outbox_bytes > OUTBOX_BYTES and len(outbox) > 1 and not always_fits:
+                for victim in trim_events(outbox, 1):
+                    self.outbox_bytes -= _size(victim)
+                    victims.append(victim)
+            if held.coalesced:
+                self.coalesced += 1
+            for victim in victims:
+                self._count_drop(victim, None)
+
+    def deliver(self, now: float, force: bool = False) -> None:
+        """Write what the outbox holds (writer thread, without the run's lock)."""
+        self.retry(now, force)
+        outbox = self.outbox
+        while outbox:
+            with self.qlock:
+                if not outbox:
+                    break
+                event = outbox.popleft()
+                self.outbox_bytes -= _size(event)
+            self.write(event, now)
+
+    def write(self, event: Event, now: float) -> bool:
+        """Write or buffer *event* now (writer side); True if the sink took it."""
+        always_fits = _always_fits(event)
         if self.buffer or not self.opened:
             self.retry(now)
             if self.buffer or not self.opened:
@@ -125,6 +206,12 @@ class _Route:
             self.head_attempts = 0 if isinstance(exc, OSError) else 1
             return False
         return True
+
+    def take_dropped(self) -> int:
+        """The drops not yet reported, now reset (the caller reports them)."""
+        with self.qlock:
+            count, self.dropped = self.dropped, 0
+        return count
 
     def retry(self, now: float, force: bool = False) -> None:
         """Reopen the sink if needed and drain the buffer (when a retry is due).
@@ -171,6 +258,7 @@ class _Route:
             "failures": self.failures,
             "failures_total": self.failures_total,
             "buffered": len(self.buffer),
+            "queued": len(self.outbox),
             "dropped": self.dropped,
             "dropped_total": self.dropped_total,
             "coalesced": self.coalesced,
@@ -213,6 +301,13 @@ class _Route:
             )
 
     def _drop(self, event: Event, exc: Exception | None = None) -> None:
+        # Writer side: the counters are shared with the training thread's
+        # outbox, so they change under the route's lock.
+        with self.qlock:
+            self._count_drop(event, exc)
+
+    def _count_drop(self, event: Event, exc: Exception | None) -> None:
+        """Count one dropped event; the caller holds ``qlock``."""
         self.dropped += 1
         self.dropped_total += 1
         if self.dropped_total == 1 or self.dropped_total % LOG_EVERY == 0:
@@ -225,7 +320,7 @@ class _Route:
                 reason=(
                     f"the sink rejected it {POISON_ATTEMPTS} times: {type(exc).__name__}: {exc}"
                     if exc is not None
-                    else f"the buffer of a failing sink is full ({BUFFER_EVENTS} events)"
+                    else f"the buffer of a slow or failing sink is full ({BUFFER_EVENTS} events)"
                 )[:300],
                 dropped_total=self.dropped_total,
             )

@@ -3,17 +3,24 @@
 This module owns what makes a run end honestly when training code does not
 end it: the registry of the process's open runs (:func:`open_runs`), the
 ``sys.excepthook`` that ends them as error (or cancelled) on an uncaught
-exception, the ``atexit`` hook that ends runs still open at interpreter exit,
-and the opted-in SIGTERM/SIGINT handlers that turn a signal into a cancel.
-The hooks are installed once, by the first run (:func:`_register`). Uses
-threading, signal and the library logger (:mod:`pulse_core._log`) like
-the emitter; must never import :mod:`pulse_transports`.
+exception, the ``threading.excepthook`` that ends the runs a thread opened
+when that thread dies of an uncaught exception (the process may live on),
+the ``atexit`` hook that ends runs still open at interpreter exit, the
+opted-in SIGTERM/SIGINT handlers that turn a signal into a cancel, and the
+``os.register_at_fork`` hook that makes every run inherited by a forked
+child inert (the child never writes to, closes or unlocks the parent's
+sinks, and its exit or exception never ends the parent's run). This is the
+one registry of process hooks: they are installed once, by the first run
+(:func:`_register`), and chain to the hooks installed before them. Uses os,
+threading, signal and the library logger (:mod:`pulse_core._log`) like the
+emitter; must never import :mod:`pulse_transports`.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import os
 import signal
 import sys
 import threading
@@ -33,19 +40,24 @@ _open_runs: set[TrainingRun] = set()
 _nets_lock = threading.Lock()
 _hooks_installed = False
 _previous_excepthook = sys.excepthook
+_previous_thread_excepthook = threading.excepthook
 _signal_runs: set[TrainingRun] = set()
 _previous_handlers: dict[int, Any] = {}
 
 
 def _register(run: TrainingRun) -> None:
-    global _hooks_installed, _previous_excepthook  # noqa: PLW0603 - one process-wide hook
+    global _hooks_installed, _previous_excepthook, _previous_thread_excepthook  # noqa: PLW0603 - one process-wide hook
     with _nets_lock:
         _open_runs.add(run)
         if not _hooks_installed:
             _hooks_installed = True
             _previous_excepthook = sys.excepthook
             sys.excepthook = _excepthook
+            _previous_thread_excepthook = threading.excepthook
+            threading.excepthook = _thread_excepthook
             atexit.register(_at_exit)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _unregister(run: TrainingRun) -> None:
@@ -69,6 +81,30 @@ def _excepthook(
         _quietly(functools.partial(run.fail_with, exc))
         _quietly(run.close)
     _previous_excepthook(exc_type, exc, tb)
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """A thread died of an uncaught exception: end the runs it opened, then chain."""
+    thread = args.thread
+    ident = thread.ident if thread is not None else threading.get_ident()
+    with _nets_lock:
+        runs = [run for run in _open_runs if run._owner == ident]
+    exc = args.exc_value
+    if exc is not None and not isinstance(exc, SystemExit):
+        for run in runs:
+            _quietly(functools.partial(run.fail_with, exc))
+            _quietly(run.close)
+    _previous_thread_excepthook(args)
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: every inherited run becomes inert, the registry empty."""
+    global _nets_lock  # noqa: PLW0603 - a lock held by another thread at fork stays held
+    _nets_lock = threading.Lock()
+    for run in list(_open_runs):
+        _quietly(run._become_inert)
+    _open_runs.clear()
+    _signal_runs.clear()
 
 
 def _at_exit() -> None:

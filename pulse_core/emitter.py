@@ -18,11 +18,33 @@ This module owns :class:`TrainingRun`. Its promises:
   it as error or cancelled.
 
 Threads: the training thread writes the raw values without a lock (each kind
-as one tuple, so a reader never sees half an update) and sets a dirty flag;
-everything else -- building events, seq numbers, talking to sinks -- happens
-under the run's lock, either on the training thread (when a sink is due and
-the lock is free: never waits) or on the run's background thread. Call the
-hot path from one thread at a time.
+as one tuple, so a reader never sees half an update) and sets a dirty flag.
+Building events and numbering them happens under the run's lock, held only
+for that (on the training thread when a sink is due and the lock is free --
+it never waits -- or on the run's writer thread). Built events are handed
+to each sink's bounded outbox (:mod:`pulse_core._route`) and the run's one
+writer thread does ALL sink I/O -- file writes, fsyncs, compaction, the v1
+snapshot, retries -- without holding the run's lock, so the training thread
+never waits on a disk. ``status()`` and ``error()`` return once the event is
+handed over; ``close()`` hands over the end, then waits for the writer at most
+``close_timeout`` seconds (default 5, ``PULSE_CLOSE_TIMEOUT``) and gives up
+with one warning rather than hang. The trade-off: a process that dies right
+after ``status()`` (``os._exit``, SIGKILL) may lose that line; liveness still
+tells the truth, since a dead writer stops its heartbeats and the run reads
+``lost``. With ``background=False`` (tests) there is no writer thread and
+every call writes inline, synchronously. Call the hot path from one thread
+at a time.
+
+Status floods stay bounded: restating the current state with a new note and
+non-fatal errors are forwarded at most once per the slowest sink's interval
+(leading and trailing edge, latest note wins); errors held back are counted
+and the one that goes out carries ``details["count"]``, the errors it stands
+for. Lifecycle transitions are never held back.
+
+Fork: a child process forked with a run open gets an inert copy (every call
+a no-op; it never writes to, closes or unlocks the parent's sinks); a thread
+that opened a run and dies of an uncaught exception ends that run ``error``
+(see :mod:`pulse_core._safety`).
 
 The default sinks come from configuration through the ``pulse.config`` entry
 point (installed by ``pulse_transports``), so this module never imports the
@@ -93,7 +115,7 @@ from pulse_core.events import (
     validate_training_id,
 )
 from pulse_core.lifecycle import next_status
-from pulse_core.policy import HEARTBEAT_INTERVAL, background_tick
+from pulse_core.policy import CLOSE_TIMEOUT, HEARTBEAT_INTERVAL, background_tick
 from pulse_core.ports import Sink
 
 log = get_logger("pulse.emitter")
@@ -109,6 +131,7 @@ ENV_TOTAL_EPOCHS: Final = "PULSE_TOTAL_EPOCHS"
 ENV_HANDLE_SIGNALS: Final = "PULSE_HANDLE_SIGNALS"
 ENV_STRICT: Final = "PULSE_STRICT"
 ENV_HEARTBEAT_INTERVAL: Final = "PULSE_HEARTBEAT_INTERVAL"
+ENV_CLOSE_TIMEOUT: Final = "PULSE_CLOSE_TIMEOUT"
 #: Set to 1 by a supervisor that already wrote ``preparing`` and ``running``.
 ENV_SUPERVISED: Final = "PULSE_SUPERVISED"
 
@@ -116,6 +139,8 @@ _METRIC_NAMES_MAX: Final = 64  # extra names; loss and the protocol's named metr
 _DROPPED_NAMES_MAX: Final = 10_000  # distinct dropped names counted (bounded memory)
 _PROGRESS_FIELDS: Final = ("epoch", "total_epochs", "step", "total_steps")
 _INF: Final = float("inf")
+#: Seconds the writer lets hand-overs gather after a wake-up before writing.
+_BATCH_WAIT: Final = 0.005
 _NOT_STARTED: Final = frozenset({"idle", "preparing"})
 
 # -- training ids ------------------------------------------------------------------
@@ -216,6 +241,21 @@ def _as_env(env: Any) -> Mapping[str, str]:
     return os.environ
 
 
+def _then_await_writer(
+    method: Callable[[TrainingRun, BaseException], None],
+) -> Callable[[TrainingRun, BaseException], None]:
+    """Run *method*, then wait (bounded) until the writer wrote what it was handed."""
+
+    @functools.wraps(method)
+    def wrapper(self: TrainingRun, exc: BaseException) -> None:
+        try:
+            method(self, exc)
+        finally:
+            self._await_writer(self._close_timeout)
+
+    return wrapper
+
+
 # -- the run -------------------------------------------------------------------------
 
 
@@ -251,8 +291,12 @@ class TrainingRun:
         labels: free-form string labels shown with the run.
         world_size: processes in a distributed job, shown in the metadata.
         clock, wall: monotonic and wall clocks (tests pass fakes).
-        background: run the background thread that delivers trailing values,
-            heartbeats and retries (tests may drive :meth:`tick` instead).
+        background: run the writer thread that does all sink I/O and
+            delivers trailing values, heartbeats and retries; without it
+            (tests) every call writes inline and :meth:`tick` does the rest.
+        close_timeout: seconds :meth:`close` waits for the writer to write
+            what is left (default ``$PULSE_CLOSE_TIMEOUT``, then
+            configuration, then 5); then it warns once and returns.
         env: the environment to read ``PULSE_*`` variables from.
 
     Raises:
@@ -281,6 +325,7 @@ class TrainingRun:
         wall: Callable[[], float] = time.time,
         background: bool = True,
         env: Mapping[str, str] | None = None,
+        close_timeout: float | None = None,
     ) -> None:
         # Arguments, coerced (any object in; documented exceptions only).
         environ = _as_env(env)
@@ -321,7 +366,17 @@ class TrainingRun:
         self._wall = wall
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the writer has work
+        self._io_lock = threading.Lock()  # one thread at a time does sink I/O
         self._thread: threading.Thread | None = None
+        self._finished = False
+        self._writing = False  # the writer is writing (for a bounded wait on it)
+        self._inert = False  # a forked child's copy: every call a no-op
+        self._owner = threading.get_ident()  # the thread that opened the run
+        self._held_note: tuple[str, str] | None = None  # (state, message) held back
+        self._held_error: dict[str, Any] | None = None  # a non-fatal error held back
+        self._held_count = 0  # errors the held one stands for
+        self._flood_at = -_INF  # when the next note/non-fatal error may go out
         self._closed = False
         self._closing = False
         self._seq = 0
@@ -348,6 +403,9 @@ class TrainingRun:
         self._heartbeat = _positive(heartbeat_interval, HEARTBEAT_INTERVAL, "heartbeat_interval")
         if handle_signals is None:
             handle_signals = _env_flag(environ, ENV_HANDLE_SIGNALS)
+        if close_timeout is None:
+            close_timeout = defaults.get("close_timeout", environ.get(ENV_CLOSE_TIMEOUT))
+        self._close_timeout = _positive(close_timeout, CLOSE_TIMEOUT, "close_timeout")
 
         # Raw values written by the hot path, one tuple per kind (a single
         # store: the background thread never sees half an update).
@@ -370,6 +428,8 @@ class TrainingRun:
 
         sink_list = list(_default_sinks(environ) if sinks is None else sinks)
         self._routes = [_Route(s, self.training_id) for s in sink_list]
+        # Notes and non-fatal errors go out at most at the slowest sink's rate.
+        self._flood_interval = max((r.interval for r in self._routes), default=0.0)
         now = clock()
         opened: list[Sink] = []
         try:
@@ -407,6 +467,10 @@ class TrainingRun:
             labels=label_map,
         )
         self.meta = bound_event(self.meta)  # type: ignore[assignment] # text fits a line
+        if background:
+            self._thread = threading.Thread(
+                target=self._background, name=f"pulse-run-{self.training_id}", daemon=True
+            )
         with self._lock:
             for route in self._routes:
                 route.send(self.meta, now)
@@ -419,10 +483,7 @@ class TrainingRun:
             self._status = "running"
         else:
             self.status("preparing", "starting")
-        if background:
-            self._thread = threading.Thread(
-                target=self._background, name=f"pulse-run-{self.training_id}", daemon=True
-            )
+        if self._thread is not None:
             self._thread.start()
 
     # -- the hot path ---------------------------------------------------------
@@ -525,13 +586,26 @@ class TrainingRun:
                 not allow (e.g. ``running`` after ``done``). Otherwise such a
                 request is logged as a warning and nothing is sent.
         """
+        if self._inert:
+            return
         state, message = _as_text(state), bound_text(_as_text(message))
         with self._lock:
             if not self._transition_ok(state):
                 return
             now = self._clock()
+            if state == self._status and state not in TERMINAL_STATUSES:
+                # A restated state with a new note: at most one per interval.
+                if now < self._flood_at:
+                    self._held_note = (state, str(message))
+                    return
+                self._flood_at = now + self._flood_interval
+                self._held_note = None
+            else:
+                self._held_note = None  # a transition supersedes a held note
+                self._release_held_error(now)
             self._pump(now, force=True, auto_start=False)
             self._status_locked(state, message, now)
+        self._kick()
 
     @_guarded
     def error(
@@ -558,6 +632,8 @@ class TrainingRun:
         Raises:
             IllegalTransition: in strict mode, if the run already ended.
         """
+        if self._inert:
+            return
         code, message = _as_text(error_code), bound_text(_as_text(message))
         is_retryable, fatal = _as_bool(is_retryable), _as_bool(fatal, True)
         info = _as_details(details)  # a string -> {"text": ...}, a list -> {"items": ...}
@@ -566,26 +642,32 @@ class TrainingRun:
                 self._illegal(self._status, "error", "the run already ended")
                 return
             now = self._clock()
-            self._pump(now, force=True, auto_start=False)
             if len(code) > 64 or not is_error_code(code):
                 info = {**(info or {}), "given_code": code[:200]}
                 code = "UNHANDLED_EXCEPTION"
             p = self._p
-            event = ErrorReported(
-                training_id=self.training_id,
-                seq=self._next_seq(),
-                timestamp=self._wall(),
-                error_code=code,
-                message=message,
-                is_retryable=is_retryable,
-                details=info,
-                epoch=_as_int(p[0]),
-                step=_as_int(p[2]),
-            )
-            event = bound_event(event)  # type: ignore[assignment] # fits one line, valid text
-            self._broadcast(event, now)
+            fields: dict[str, Any] = {
+                "error_code": code,
+                "message": message,
+                "is_retryable": is_retryable,
+                "details": info,
+                "epoch": _as_int(p[0]),
+                "step": _as_int(p[2]),
+            }
+            if not fatal and now < self._flood_at:
+                # Beyond the rate: held back (latest wins) and counted.
+                self._held_error = fields
+                self._held_count += 1
+                return
+            self._held_note = None
+            self._release_held_error(now)
+            if not fatal:
+                self._flood_at = now + self._flood_interval
+            self._pump(now, force=True, auto_start=False)
+            self._broadcast(self._error_event(fields, 1), now)
             if fatal:
                 self._status_locked("error", message, now)
+        self._kick()
 
     @_guarded
     def cancel(self, message: str = "") -> None:
@@ -609,6 +691,8 @@ class TrainingRun:
 
     def heartbeat(self) -> None:
         """Send a heartbeat now to every sink (normally the background thread does)."""
+        if self._inert:
+            return
         with self._lock:
             if self._status in TERMINAL_STATUSES or self._closed:
                 return
@@ -616,6 +700,7 @@ class TrainingRun:
                 training_id=self.training_id, seq=self._next_seq(), timestamp=self._wall()
             )
             self._broadcast(beat, self._clock())
+        self._kick()
 
     # -- state ------------------------------------------------------------------
 
@@ -657,6 +742,7 @@ class TrainingRun:
             self.close()
 
     @_guarded
+    @_then_await_writer
     def fail_with(self, exc: BaseException) -> None:
         """End the run because of *exc* (error or cancelled; never done).
 
@@ -665,7 +751,13 @@ class TrainingRun:
         any other exception is classified (:func:`classify_exception`) and
         reported as an error whose details carry the exception type, a trace
         id (also logged with the traceback) and the traceback's end.
+
+        Training is over when this is called (an exception is on its way
+        out, and the process may end with it), so unlike ``status()`` it
+        waits for the writer to write the end, at most ``close_timeout``.
         """
+        if self._inert:
+            return
         with self._lock:
             if self._status in TERMINAL_STATUSES or self._closed:
                 return
@@ -717,17 +809,22 @@ class TrainingRun:
 
         A run still open when closed ends ``done`` if it was running or
         cooling down, and ``cancelled`` if it never started running or a
-        cancel was requested. Pending values are delivered first; each sink
-        gets a last retry, then is flushed durably and closed.
+        cancel was requested. Pending values are handed over first; then the
+        writer gives each sink a last retry, flushes it durably and closes
+        it. ``close()`` waits for that at most ``close_timeout`` seconds,
+        then warns once and returns (the writer keeps trying in the
+        background while the process lives).
         """
+        if self._inert:
+            return
         with self._lock:
             if self._closed or self._closing:
                 return
             self._closing = True
             try:
                 now = self._clock()
-                for route in self._routes:
-                    self._settle(route, now, force=True)  # drops reported before the end
+                self._held_note = None
+                self._release_held_error(now)
                 if self._status not in TERMINAL_STATUSES:
                     if self._cancel_reason is not None:
                         self.cancel(self._cancel_reason)
@@ -738,33 +835,40 @@ class TrainingRun:
             finally:
                 self._closed = True
                 self._stop.set()
-                now = self._clock()
-                self._pump(now, force=True)
-                for route in self._routes:
-                    self._settle(route, now, force=True)
-                    if route.buffer or not route.opened:
-                        log.warning(
-                            "pulse sink still failing at close; events lost",
-                            sink=route.name,
-                            training_id=self.training_id,
-                            lost=len(route.buffer) + route.dropped,
-                        )
-                    if route.opened:
-                        _quietly(functools.partial(route.sink.flush, True))
-                        _quietly(route.sink.close)
+                self._pump(self._clock(), force=True)
         _unregister(self)
         if self._signals:
             _unwatch_signals(self)
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=2.0)
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            self._finish()
+            return
+        self._wake.set()
+        thread.join(self._close_timeout)
+        if thread.is_alive():
+            log.warning(
+                "pulse: the writer did not finish in time; the run's last events may be lost",
+                training_id=self.training_id,
+                close_timeout=self._close_timeout,
+                queued=sum(len(r.outbox) + len(r.buffer) for r in self._routes),
+            )
 
     def tick(self) -> None:
-        """Deliver due trailing values, heartbeats and retries (background work)."""
+        """Deliver due trailing values, heartbeats and retries (background work).
+
+        Without a writer thread this also writes what is due, inline.
+        """
+        if self._inert or self._closed:
+            return
+        self._tick_locked()
+        self._drain()
+
+    def _tick_locked(self) -> None:
         with self._lock:
             if self._closed:
                 return
             now = self._clock()
+            self._release_held(now)
             self._pump(now)
             if self._status not in TERMINAL_STATUSES:
                 quiet = [r for r in self._routes if now - r.last_write >= self._heartbeat]
@@ -776,8 +880,111 @@ class TrainingRun:
                     )
                     for route in quiet:
                         route.send(beat, now)
+
+    def _become_inert(self) -> None:
+        """In a forked child: this copy of the parent's run does nothing, ever.
+
+        Called by the fork hook in :mod:`pulse_core._safety`. The locks are
+        replaced (another thread of the parent may have held them at fork);
+        the sinks are left alone -- closing them would close or unlock the
+        parent's log.
+        """
+        self._inert = True
+        self._next_at = _INF
+        self._lock = threading.RLock()
+        self._io_lock = threading.Lock()
+        self._thread = None
+        self._closed = True
+        self._pdirty = self._mdirty = False
+        self._held_note, self._held_error = None, None
+
+    # -- the writer --------------------------------------------------------------
+
+    def _await_writer(self, timeout: float) -> bool:
+        """Wait until the writer has written everything handed over; False on timeout."""
+        thread = self._thread
+        if self._inert or thread is None or thread is threading.current_thread():
+            return True  # inline: already written
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while thread.is_alive() and (self._writing or any(r.outbox for r in self._routes)):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def _kick(self) -> None:
+        """Events were handed over: wake the writer, or write inline without one."""
+        if self._thread is not None:
+            self._wake.set()
+        else:
+            self._drain()
+
+    def _drain(self, force: bool = False) -> None:
+        """Write every route's outbox, retry failing sinks, report drops.
+
+        Runs on the writer thread (or inline without one), never under the
+        run's lock while doing I/O.
+        """
+        if self._inert:
+            return
+        with self._io_lock:
+            for _ in range(4):  # a drop report adds one event; then it is done
+                now = self._clock()
+                for route in self._routes:
+                    route.deliver(now, force)
+                with self._lock:
+                    reported = False
+                    for route in self._routes:
+                        if route.dropped and route.healthy:
+                            self._report_dropped(route, now)
+                            reported = True
+                if not reported:
+                    return
+
+    def _finish(self) -> None:
+        """Write what is left, then flush every sink durably and close it (once)."""
+        with self._io_lock:
+            if self._finished or self._inert:
+                return
+            self._finished = True
+        self._drain(force=True)
+        with self._io_lock:
             for route in self._routes:
-                self._settle(route, now)
+                if route.buffer or not route.opened:
+                    log.warning(
+                        "pulse sink still failing at close; events lost",
+                        sink=route.name,
+                        training_id=self.training_id,
+                        lost=len(route.buffer) + route.dropped,
+                    )
+                if route.opened:
+                    _quietly(functools.partial(route.sink.flush, True))
+                    _quietly(route.sink.close)
+
+    def _background(self) -> None:
+        tick = background_tick([r.interval for r in self._routes], self._heartbeat)
+        while not self._stop.is_set():
+            if self._wake.wait(tick) and not self._stop.is_set():
+                # Let a burst of hand-overs gather: one wake-up per batch, not
+                # per event, keeps GIL hand-offs with the training thread rare.
+                time.sleep(_BATCH_WAIT)
+            self._wake.clear()
+            if self._inert:
+                return
+            self._writing = True
+            try:
+                if not self._stop.is_set():
+                    self._tick_locked()
+                self._drain()
+            except Exception:
+                log.exception("pulse writer step failed", training_id=self.training_id)
+            finally:
+                self._writing = False
+        try:
+            self._finish()
+        except Exception:
+            log.exception("pulse writer failed at close", training_id=self.training_id)
 
     # -- internals --------------------------------------------------------------
 
@@ -888,10 +1095,12 @@ class TrainingRun:
         # background thread holds the lock it delivers the values itself.
         if self._lock.acquire(blocking=False):
             try:
-                if not self._closed:
-                    self._pump(self._clock())
+                if self._closed or self._inert:
+                    return
+                self._pump(self._clock())
             finally:
                 self._lock.release()
+            self._kick()
 
     def _pump(
         self,
@@ -995,32 +1204,78 @@ class TrainingRun:
                 route.send(m, now)
         return True
 
-    def _settle(self, route: _Route, now: float, force: bool = False) -> None:
-        """Retry a failing route; once it is healthy, report what it dropped."""
-        route.retry(now, force)
-        if route.dropped and route.healthy:
-            self._report_dropped(route, now)
-
     def _report_dropped(self, route: _Route, now: float) -> None:
-        self._send_latest(route, now)
-        count, route.dropped = route.dropped, 0
-        route.send(self._dropped_event(count), now, always_fits=True)
+        count = route.take_dropped()
+        if count:
+            self._send_latest(route, now)
+            route.send(self._dropped_event(count), now, always_fits=True)
 
     def _epoch_boundary(self) -> None:
         # The epoch is about to change: sinks that keep every epoch boundary
-        # (the durable log) get the last values of the finished epoch now.
-        if (self._pdirty or self._mdirty) and any(r.boundaries for r in self._routes):
+        # (the durable log) get the last values of the finished epoch now --
+        # also when a faster sink already built them (the dirty flags are
+        # clear then, but the boundary sink has not had that build).
+        if self._inert:
+            return
+        dirty = self._pdirty or self._mdirty
+        pgen, mgen = self._pgen, self._mgen
+        if any(
+            r.boundaries and (dirty or r.sent_progress < pgen or r.sent_metrics < mgen)
+            for r in self._routes
+        ):
             with self._lock:
-                if not self._closed:
-                    self._pump(self._clock(), force=True, only_boundaries=True)
+                if self._closed:
+                    return
+                self._pump(self._clock(), force=True, only_boundaries=True)
+            self._kick()
+
+    def _error_event(self, fields: Mapping[str, Any], count: int) -> ErrorReported:
+        details = fields["details"]
+        if count > 1:
+            details = {**(details or {}), "count": count}
+        return bound_event(  # type: ignore[return-value] # fits one line, valid text
+            ErrorReported(
+                training_id=self.training_id,
+                seq=self._next_seq(),
+                timestamp=self._wall(),
+                error_code=fields["error_code"],
+                message=fields["message"],
+                is_retryable=fields["is_retryable"],
+                details=details,
+                epoch=fields["epoch"],
+                step=fields["step"],
+            )
+        )
+
+    def _release_held_error(self, now: float) -> None:
+        """Send the non-fatal error held back (with its count) now; under the lock."""
+        held, count = self._held_error, self._held_count
+        if held is None:
+            return
+        self._held_error, self._held_count = None, 0
+        self._pump(now, force=True, auto_start=False)
+        self._broadcast(self._error_event(held, count), now)
+
+    def _release_held(self, now: float) -> None:
+        """Trailing edge of the flood limit: send a held note or error once due."""
+        if now < self._flood_at or (self._held_note is None and self._held_error is None):
+            return
+        if self._status in TERMINAL_STATUSES:
+            self._held_note, self._held_error, self._held_count = None, None, 0
+            return
+        self._flood_at = now + self._flood_interval
+        self._release_held_error(now)
+        note, self._held_note = self._held_note, None
+        if note is not None and note[0] == self._status:
+            self._pump(now, force=True, auto_start=False)
+            self._status_locked(note[0], note[1], now)
 
     def _status_locked(self, state: str, message: str, now: float) -> None:
         if state in TERMINAL_STATUSES:
             # Drops not yet reported go before the end (readers ignore
             # events after a terminal status), buffered if the sink still fails.
             for route in self._routes:
-                if route.dropped:
-                    self._report_dropped(route, now)
+                self._report_dropped(route, now)
         event = StatusChanged(
             training_id=self.training_id,
             seq=self._next_seq(),
@@ -1049,11 +1304,3 @@ class TrainingRun:
             count=count,
             reason="a sink failed and could not keep these events",
         )
-
-    def _background(self) -> None:
-        tick = background_tick([r.interval for r in self._routes], self._heartbeat)
-        while not self._stop.wait(tick):
-            try:
-                self.tick()
-            except Exception:
-                log.exception("pulse background tick failed", training_id=self.training_id)

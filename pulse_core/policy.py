@@ -38,6 +38,15 @@ RETRY_MAX: Final = 5.0
 #: progress/metrics are coalesced, so the buffer grows only with status,
 #: error and meta events while a sink fails.
 BUFFER_EVENTS: Final = 10_000
+#: Events handed to a run's writer thread and not yet written, per sink:
+#: below the limits they simply queue; at the event limit or the byte budget
+#: a waiting progress/metrics/heartbeat is coalesced (latest wins) or the
+#: oldest samples, then the oldest others, are dropped and counted (a run's
+#: end always gets in). Only a writer stuck in I/O fills it.
+OUTBOX_EVENTS: Final = 10_000
+OUTBOX_BYTES: Final = 16 * 1024 * 1024
+#: Seconds ``close()`` waits for the writer thread to write what is left.
+CLOSE_TIMEOUT: Final = 5.0
 #: Log a sink failure on the 1st, then every Nth occurrence.
 LOG_EVERY: Final = 100
 #: Tries a sink gets to take one event when it fails with something other

@@ -50,6 +50,13 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("stale_after", "PULSE_STALE_AFTER", 15.0, float, "Silence (s) after which a run is stale."),
     Key("lost_after", "PULSE_LOST_AFTER", 600.0, float, "Silence (s) after which a run is lost."),
     Key("strict", "PULSE_STRICT", False, bool, "Raise on illegal lifecycle requests, not warn."),
+    Key(
+        "close_timeout",
+        "PULSE_CLOSE_TIMEOUT",
+        5.0,
+        float,
+        "Seconds close() waits for a run's writer to flush; then it warns and returns.",
+    ),
 )
 _BY_NAME: Final = {key.name: key for key in KEYS}
 
@@ -64,6 +71,7 @@ class Config:
     stale_after: float
     lost_after: float
     strict: bool
+    close_timeout: float
     #: per-transport option tables, e.g. ``{"file": {"max_bytes": 1048576}}``.
     transport_options: Mapping[str, Mapping[str, Any]]
     source: Path | None
@@ -201,6 +209,7 @@ def load_config(
         stale_after=resolved["stale_after"],
         lost_after=resolved["lost_after"],
         strict=resolved["strict"],
+        close_timeout=resolved["close_timeout"],
         transport_options=options,
         source=source,
     )

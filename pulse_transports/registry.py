@@ -120,7 +120,7 @@ def default_sinks(env: Mapping[str, str] | None = None) -> list[Sink]:
 
 
 def run_defaults(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Run settings from configuration: ``strict`` and ``heartbeat_interval``.
+    """Run settings from configuration: ``strict``, ``heartbeat_interval``, ``close_timeout``.
 
     The ``pulse.config`` entry point ``run_defaults``: a TrainingRun uses these
     where its arguments leave them open.
@@ -128,4 +128,8 @@ def run_defaults(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     from pulse_transports.config import load_config
 
     config = load_config(env=env)
-    return {"strict": config.strict, "heartbeat_interval": config.heartbeat_interval}
+    return {
+        "strict": config.strict,
+        "heartbeat_interval": config.heartbeat_interval,
+        "close_timeout": config.close_timeout,
+    }

@@ -54,6 +54,19 @@ def statuses(events: list[Event]) -> list[str]:
     return [e.status for e in events if isinstance(e, StatusChanged)]
 
 
+def wait_logged(home: Path, training_id: str, status: str, timeout: float = 10.0) -> None:
+    """Wait until the writer thread has put *status* in the log (writes are not synchronous)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if status in statuses(read_log(home, training_id)):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"{status} never reached the log of {training_id}")
+
+
 def start_and_wait_ready(
     path: Path, home: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
@@ -252,6 +265,7 @@ class TestSignals:
         """Without opting in, SIGTERM kills the process as usual and nothing is claimed."""
         path = script(tmp_path, SIGNAL_LOOP.format(tid="sig-5", handle=False))
         proc = start_and_wait_ready(path, tmp_home)
+        wait_logged(tmp_home, "sig-5", "running")  # status() returns before the disk write
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == -signal.SIGTERM
         assert statuses(read_log(tmp_home, "sig-5")) == ["preparing", "running"]

@@ -158,14 +158,17 @@ class TestTrainingRunUsesConfiguration:
         assert (home / "training_status.json").exists()
 
     def test_settings_from_pulse_toml(self, clean_env: Path) -> None:
-        """strict and heartbeat_interval in pulse.toml apply when not given as arguments."""
+        """strict, heartbeat_interval, close_timeout in pulse.toml apply when not arguments."""
         (clean_env / "pulse.toml").write_text(
-            'transports = ["memory"]\nstrict = true\nheartbeat_interval = 2.5\n', encoding="utf-8"
+            'transports = ["memory"]\nstrict = true\nheartbeat_interval = 2.5\n'
+            "close_timeout = 1.5\n",
+            encoding="utf-8",
         )
-        assert run_defaults({}) == {"strict": True, "heartbeat_interval": 2.5}
+        assert run_defaults({}) == {"strict": True, "heartbeat_interval": 2.5, "close_timeout": 1.5}
         run = TrainingRun("cfg-2", env={}, background=False)
         try:
             assert run._heartbeat == 2.5
+            assert run._close_timeout == 1.5
             with pytest.raises(IllegalTransition):
                 run.status("done")  # preparing -> done: illegal, and strict says raise
         finally:

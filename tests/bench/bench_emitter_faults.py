@@ -1,0 +1,335 @@
+"""Benchmark: the training loop under a hostile disk, a status flood and hostile call patterns.
+
+Run it as ``python tests/bench/bench_emitter_faults.py [--quick] [--json PATH]``. It is
+not collected by pytest; ``tests/emitter/test_emitter_bench_faults_smoke.py`` runs its
+functions at tiny sizes.
+
+Measurements (goals from issue 14):
+
+* **Slow disk**: the loop of ``tests/faults/emitter_trainer.py`` (busy work per step,
+  ``progress()`` + ``metrics()`` each step, a note and a non-fatal error now and then,
+  default sinks file + v1) in a real process, first undisturbed, then with every
+  ``os.write`` (resp. ``os.fsync``) on a file sleeping 2 s, side by side in one process.
+  Goals: worst ``progress()``/``metrics()`` <= 1 ms, worst ``status()``/``error()`` <=
+  10 ms, throughput >= 95 % of the undisturbed loop.
+* **Compaction at the 8 MiB cap**: a FileSink at its default cap with interval 0 filled
+  until it compacts; p99.9 and worst call latency of the loop. Goal: worst <= 1 ms.
+* **Hot path**: coalesced ``run.progress()`` next to a bare ``time.monotonic()`` in the
+  same run (from ``bench_emitter.measure_hot_path``). Goal: <= 0.3 us.
+* **Status flood**: 100k steps with a note and a non-fatal error each, default cap.
+  Goals: log <= cap, worst step <= 1 ms.
+* **Memory under hostile patterns**: peak traced memory (tracemalloc) of a run in a
+  fresh process fed 10,000 distinct metric names per call, 1 MB strings as notes,
+  error messages and details, a sink failing every write for an hour of calls on a fake
+  clock (360,000 steps: 100 a second) and a stuck writer (writes block forever) for as
+  many calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import tracemalloc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TRAINER = HERE.parent / "faults" / "emitter_trainer.py"
+MIB = 1024 * 1024
+
+
+def _trainer(home: Path, scenario: str, *opts: str, env: dict[str, str] | None = None) -> Any:
+    proc = subprocess.run(
+        [sys.executable, str(TRAINER), scenario, str(home), *opts],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{scenario} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def measure_slow_disk(
+    fault: str, delay: float = 2.0, steps: int = 3000, work_us: float = 1000.0, rounds: int = 3
+) -> dict[str, Any]:
+    """Worst call latencies and throughput with *fault* (write|fsync) sleeping *delay* s.
+
+    *rounds* pairs of (undisturbed, disturbed) loops in one process; the
+    throughput compares the fastest loop of each kind, the worst calls are
+    over all disturbed rounds (the undisturbed worst is the machine's noise).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        report = _trainer(
+            Path(tmp),
+            "loop",
+            f"slow={fault}",
+            f"delay={delay}",
+            f"steps={steps}",
+            f"work_us={work_us}",
+            "baseline=1",
+            f"rounds={rounds}",
+            env={"PULSE_CLOSE_TIMEOUT": "1"},
+        )
+    calls = report["calls"]
+    return {
+        "fault": fault,
+        "rounds": rounds,
+        "delay_s": delay,
+        "steps": steps,
+        "worst_progress_ms": calls["progress"]["worst_s"] * 1e3,
+        "worst_metrics_ms": calls["metrics"]["worst_s"] * 1e3,
+        "worst_status_ms": calls["status"]["worst_s"] * 1e3,
+        "worst_error_ms": calls["error"]["worst_s"] * 1e3,
+        "close_s": calls["close"]["worst_s"],
+        "open_s": report["open_s"],
+        "throughput_ratio": report["baseline_loop_s"] / report["loop_s"],
+        "baseline_worst_progress_ms": report["baseline"]["progress"]["worst_s"] * 1e3,
+    }
+
+
+def measure_compaction(
+    steps: int = 120_000, max_bytes: int = 8 * MIB, work_us: float = 20.0
+) -> dict[str, Any]:
+    """Loop latencies while the log compacts at its cap (interval 0: every call a line)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = _trainer(
+            Path(tmp),
+            "compact",
+            "delay=0",
+            f"steps={steps}",
+            f"max_bytes={max_bytes}",
+            f"work_us={work_us}",
+            "note_every=0",
+            "error_every=0",
+        )
+    calls = report["calls"]
+    return {
+        "steps": steps,
+        "max_bytes": max_bytes,
+        "compactions": report["compactions"],
+        "compaction_threads": report["io_threads"]["compact"],
+        "p999_progress_ms": calls["progress"]["p999_s"] * 1e3,
+        "worst_progress_ms": calls["progress"]["worst_s"] * 1e3,
+        "p999_metrics_ms": calls["metrics"]["p999_s"] * 1e3,
+        "worst_metrics_ms": calls["metrics"]["worst_s"] * 1e3,
+    }
+
+
+def measure_flood(steps: int = 100_000, max_bytes: int = 8 * MIB) -> dict[str, Any]:
+    """100k steps with a note and a non-fatal error each: log size and worst step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = _trainer(Path(tmp), "flood", f"steps={steps}", f"max_bytes={max_bytes}")
+    return {
+        "steps": steps,
+        "log_bytes": report["log_bytes"],
+        "max_bytes": report["max_bytes"],
+        "worst_step_ms": report["worst_step_s"] * 1e3,
+        "loop_s": report["loop_s"],
+    }
+
+
+def measure_hot_path(calls: int = 1_000_000, repeat: int = 5) -> dict[str, Any]:
+    """Coalesced progress() next to a bare monotonic(), from bench_emitter."""
+    spec = importlib.util.spec_from_file_location("bench_emitter", HERE / "bench_emitter.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    hot = module.measure_hot_path(calls=calls, repeat=repeat)
+    return {
+        "progress_us": hot["progress"]["median_us"],
+        "metrics_us": hot["metrics"]["median_us"],
+        "monotonic_us": hot["monotonic"]["median_us"],
+    }
+
+
+# -- memory under hostile call patterns (run in a fresh process) -------------------------
+
+
+def _memory_child(calls: int) -> dict[str, Any]:
+    from pulse_core.emitter import TrainingRun
+    from pulse_core.events import Event
+    from pulse_core.testing import FailingSink, FakeClock, RecordingSink
+
+    class StuckSink(RecordingSink):
+        def __init__(self) -> None:
+            super().__init__(interval=0.0)
+            self.release = threading.Event()
+
+        def write(self, event: Event) -> None:
+            self.release.wait()
+
+    results: dict[str, Any] = {}
+    tracemalloc.start()
+
+    # 1. 10,000 distinct metric names per call, new ones every call.
+    run = TrainingRun("mem-names", sinks=[RecordingSink()], env={}, background=False)
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    for i in range(max(1, calls // 3600)):
+        run.metrics(**{f"m{i}_{j}": float(j) for j in range(10_000)})
+    results["distinct_names"] = 10_000 * max(1, calls // 3600)
+    results["distinct_names_peak_mib"] = (tracemalloc.get_traced_memory()[1] - base) / MIB
+    run.close()
+
+    # 2. 1 MB strings as notes, error messages and details, on a stuck sink.
+    stuck = StuckSink()
+    run = TrainingRun("mem-strings", sinks=[stuck], env={}, close_timeout=0.1)
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    big = "x" * 1_000_000
+    for i in range(max(1, calls // 3600)):
+        run.status("running", big + str(i))
+        run.error("NAN_LOSS", big, details={"text": big}, fatal=False)
+    results["big_strings_peak_mib"] = (tracemalloc.get_traced_memory()[1] - base) / MIB
+    run.close()
+    stuck.release.set()
+
+    # 3. An hour of calls into a sink that fails every write (fake clock, inline).
+    clock = FakeClock()
+    failing = FailingSink()
+    failing.failing = True
+    run = TrainingRun(
+        "mem-hour",
+        sinks=[failing],
+        env={},
+        background=False,
+        clock=clock.monotonic,
+        wall=clock.time,
+    )
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    steps = calls
+    dt = 3600.0 / steps
+    for i in range(steps):
+        run.progress(epoch=1, step=i)
+        run.metrics(loss=1.0)
+        if i % 1000 == 0:
+            run.status("running", f"note {i}")
+            run.tick()
+        clock.advance(dt)
+    results["failing_hour_peak_mib"] = (tracemalloc.get_traced_memory()[1] - base) / MIB
+    results["failing_hour_calls"] = steps
+    run.close()
+
+    # 4. A stuck writer thread for a long stretch of calls with notes and errors.
+    stuck = StuckSink()
+    run = TrainingRun("mem-stuck", sinks=[stuck], env={}, close_timeout=0.1)
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    for i in range(steps):
+        run.progress(epoch=i // 1000 + 1, step=i)
+        run.metrics(loss=1.0)
+        if i % 100 == 0:
+            run.status("running", f"note {i}")
+            run.heartbeat()
+    results["stuck_writer_peak_mib"] = (tracemalloc.get_traced_memory()[1] - base) / MIB
+    run.close()
+    stuck.release.set()
+    tracemalloc.stop()
+    return results
+
+
+def measure_memory(calls: int = 360_000) -> dict[str, Any]:
+    """Peak traced memory per hostile pattern, in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--memory-child", str(calls)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child failed: {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    result["calls"] = calls
+    return result
+
+
+def run_all(quick: bool = False) -> dict[str, Any]:
+    """Every measurement; *quick* uses small sizes (seconds, not minutes)."""
+    if quick:
+        return {
+            "slow_write": measure_slow_disk("write", delay=0.05, steps=100, work_us=200, rounds=1),
+            "slow_fsync": measure_slow_disk("fsync", delay=0.05, steps=100, work_us=200, rounds=1),
+            "compaction": measure_compaction(steps=3000, max_bytes=65536, work_us=0),
+            "flood": measure_flood(steps=2000, max_bytes=65536),
+            "hot_path": measure_hot_path(calls=2000, repeat=2),
+            "memory": measure_memory(calls=5000),
+        }
+    return {
+        "slow_write": measure_slow_disk("write"),
+        "slow_fsync": measure_slow_disk("fsync"),
+        "compaction": measure_compaction(),
+        "flood": measure_flood(),
+        "hot_path": measure_hot_path(),
+        "memory": measure_memory(),
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The figures against the goals, one line each."""
+    lines = []
+    for name in ("slow_write", "slow_fsync"):
+        r = results[name]
+        lines.append(
+            f"{name}: worst progress {r['worst_progress_ms']:.3f} ms, metrics "
+            f"{r['worst_metrics_ms']:.3f} ms (goal <= 1), status {r['worst_status_ms']:.3f} ms, "
+            f"error {r['worst_error_ms']:.3f} ms (goal <= 10), throughput "
+            f"{100 * r['throughput_ratio']:.1f} % (goal >= 95), close {r['close_s']:.2f} s; "
+            f"undisturbed worst progress {r['baseline_worst_progress_ms']:.3f} ms"
+        )
+    c = results["compaction"]
+    lines.append(
+        f"compaction ({c['compactions']}x at {c['max_bytes']} B, on {c['compaction_threads']}): "
+        f"progress p99.9 {c['p999_progress_ms']:.3f} ms worst {c['worst_progress_ms']:.3f} ms; "
+        f"metrics p99.9 {c['p999_metrics_ms']:.3f} ms worst {c['worst_metrics_ms']:.3f} ms "
+        "(goal worst <= 1)"
+    )
+    f = results["flood"]
+    lines.append(
+        f"flood {f['steps']} steps: log {f['log_bytes']} B (cap {f['max_bytes']}), "
+        f"worst step {f['worst_step_ms']:.3f} ms (goal <= 1)"
+    )
+    h = results["hot_path"]
+    lines.append(
+        f"hot path: progress {h['progress_us']:.3f} us, metrics {h['metrics_us']:.3f} us, "
+        f"monotonic {h['monotonic_us']:.3f} us (goal progress <= 0.3)"
+    )
+    m = results["memory"]
+    lines.append(
+        "memory peak (MiB): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in m.items() if k.endswith("_mib"))
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print (and optionally save) its figures."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes")
+    parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child is not None:
+        print(json.dumps(_memory_child(args.memory_child)), flush=True)
+        return 0
+    results = run_all(quick=args.quick)
+    print(format_table(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

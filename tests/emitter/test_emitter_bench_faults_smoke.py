@@ -1,0 +1,45 @@
+"""The fault benchmark runs end to end at tiny sizes (its figures are not checked here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH_PATH = Path(__file__).parent.parent / "bench" / "bench_emitter_faults.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """The bench module, loaded from its file (tests/bench is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_emitter_faults", BENCH_PATH)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_emitter_faults", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestBenchFaultsSmoke:
+    """bench_emitter_faults' measurements work on a few hundred steps."""
+
+    def test_quick_run(self, bench: ModuleType) -> None:
+        """Every figure is there; the flood log stays within its cap; the table prints."""
+        results = bench.run_all(quick=True)
+        for name in ("slow_write", "slow_fsync"):
+            assert results[name]["throughput_ratio"] > 0
+            assert results[name]["worst_progress_ms"] >= 0
+        assert results["compaction"]["compactions"] >= 1
+        assert results["flood"]["log_bytes"] <= results["flood"]["max_bytes"]
+        assert results["hot_path"]["progress_us"] > 0
+        assert set(results["memory"]) >= {
+            "distinct_names_peak_mib",
+            "big_strings_peak_mib",
+            "failing_hour_peak_mib",
+            "stuck_writer_peak_mib",
+        }
+        assert "flood" in bench.format_table(results)

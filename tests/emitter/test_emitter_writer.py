@@ -1,0 +1,189 @@
+"""The run's writer thread: sink I/O off the training thread, bounded waits, bounded memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pulse_core.emitter import TrainingRun
+from pulse_core.events import ErrorReported, Event, Progress, StatusChanged
+from pulse_core.policy import OUTBOX_BYTES, OUTBOX_EVENTS
+from pulse_core.reducer import replay
+from pulse_core.testing import FakeClock, RecordingSink
+
+MakeRun = Callable[..., TrainingRun]
+
+
+class BlockingSink(RecordingSink):
+    """A sink whose writes block until released (a disk that does not return)."""
+
+    def __init__(self, *, interval: float = 0.0, boundaries: bool = False) -> None:
+        super().__init__(interval=interval, boundaries=boundaries)
+        self.release = threading.Event()
+        self.threads: set[str] = set()
+
+    def write(self, event: Event) -> None:
+        """Record the writing thread, then block until released."""
+        self.threads.add(threading.current_thread().name)
+        self.release.wait()
+        super().write(event)
+
+
+@pytest.fixture
+def stuck() -> Iterator[BlockingSink]:
+    """A blocking sink, released at the end so no writer thread stays stuck."""
+    sink = BlockingSink()
+    yield sink
+    sink.release.set()
+
+
+class TestWriterThread:
+    """With a writer thread, no call on the training thread waits on a sink."""
+
+    def test_calls_return_while_the_sink_is_stuck(self, stuck: BlockingSink) -> None:
+        """progress/metrics/status/error/heartbeat return at once while every write blocks."""
+        run = TrainingRun("writer-1", sinks=[stuck], env={}, strict=False, close_timeout=0.2)
+        start = time.monotonic()
+        for i in range(1_000):
+            run.progress(epoch=1, step=i)
+            run.metrics(loss=float(i))
+        run.status("running", "a note")
+        run.error("NAN_LOSS", "nan", fatal=False)
+        run.heartbeat()
+        assert time.monotonic() - start < 2.0  # each write would block forever
+        began = time.monotonic()
+        run.close()
+        assert time.monotonic() - began < 2.0  # gave up after close_timeout
+        assert stuck.events == []
+        assert threading.current_thread().name not in stuck.threads
+
+    def test_close_warns_once_when_the_writer_is_stuck(
+        self, stuck: BlockingSink, logs: object
+    ) -> None:
+        """close() past close_timeout logs one warning and returns."""
+        run = TrainingRun("writer-2", sinks=[stuck], env={}, strict=False, close_timeout=0.1)
+        run.status("running")
+        run.close()
+        warnings = [e for e in logs.events("warning") if "did not finish" in e]  # type: ignore[attr-defined]
+        assert len(warnings) == 1
+
+    def test_everything_written_once_released(self) -> None:
+        """After a slow spell the sink gets every status in seq order and the end."""
+        sink = BlockingSink()
+        run = TrainingRun("writer-3", sinks=[sink], env={}, strict=False, close_timeout=10)
+        run.status("running")
+        for i in range(100):
+            run.progress(epoch=1, step=i)
+            run.status("running", f"note {i}")
+        sink.release.set()
+        run.close()
+        assert sink.seqs == sorted(sink.seqs)
+        assert replay(sink.events).status == "done"
+        assert sink.closed
+        assert sink.flushes >= 1
+
+    def test_outbox_bounded_while_stuck(self, stuck: BlockingSink) -> None:
+        """A stuck sink holds at most OUTBOX_EVENTS events and OUTBOX_BYTES bytes."""
+        run = TrainingRun("writer-4", sinks=[stuck], env={}, strict=False, close_timeout=0.1)
+        big = "x" * 1_000_000
+        for i in range(OUTBOX_EVENTS + 500):
+            run.status("running", f"{i}")  # distinct notes at interval 0: all forwarded
+        for _ in range(40):
+            run.status("running", big)
+        route = run._routes[0]
+        assert len(route.outbox) <= OUTBOX_EVENTS + 1
+        assert route.outbox_bytes <= OUTBOX_BYTES + 2_000_000
+        assert run.sink_stats()[0]["dropped_total"] > 0
+        run.close()
+
+
+class TestInline:
+    """Without a writer thread (background=False) every call writes synchronously."""
+
+    def test_status_is_written_before_it_returns(self, make_run: MakeRun) -> None:
+        """status() with background=False has written the line when it returns."""
+        sink = RecordingSink()
+        run = make_run("inline-1", sinks=[sink])
+        run.status("running", "go")
+        assert [e.status for e in sink.of_type(StatusChanged)] == ["preparing", "running"]
+
+
+class TestFlood:
+    """Notes and non-fatal errors go out at most once per slowest interval, counted."""
+
+    def test_notes_and_errors_coalesced(self, make_run: MakeRun, clock: FakeClock) -> None:
+        """1000 steps in 1 s with a note and an error each: a few lines, every error counted."""
+        sink = RecordingSink(interval=1.0)
+        run = make_run("flood-1", sinks=[sink])
+        run.status("running")
+        for i in range(1_000):
+            run.progress(epoch=1, step=i)
+            run.status("running", f"note {i}")
+            run.error("NAN_LOSS", f"nan {i}", fatal=False)
+            clock.advance(0.001)
+            if i % 50 == 0:
+                run.tick()
+        run.close()
+        notes = [e for e in sink.of_type(StatusChanged) if e.status == "running"]
+        errors = sink.of_type(ErrorReported)
+        assert len(notes) <= 4
+        assert len(errors) <= 3
+        assert sum(int((e.details or {}).get("count", 1)) for e in errors) == 1_000
+        assert errors[-1].message == "nan 999"
+        state = replay(sink.events)
+        assert state.status == "done"
+        assert state.anomalies == ()
+
+    def test_transitions_never_held(self, make_run: MakeRun, clock: FakeClock) -> None:
+        """A transition right after a note goes out at once, with the held error first."""
+        sink = RecordingSink(interval=1.0)
+        run = make_run("flood-2", sinks=[sink])
+        run.status("running", "a")
+        run.error("NAN_LOSS", "first", fatal=False)
+        run.error("NAN_LOSS", "second", fatal=False)
+        run.status("cooling_down", "saving")
+        kinds = [
+            (type(e).__name__, getattr(e, "status", getattr(e, "message", "")))
+            for e in sink.events[3:]
+            if not isinstance(e, Progress)
+        ]
+        assert kinds == [
+            ("ErrorReported", "first"),
+            ("ErrorReported", "second"),
+            ("StatusChanged", "cooling_down"),
+        ]
+
+    def test_trailing_note_delivered_by_tick(self, make_run: MakeRun, clock: FakeClock) -> None:
+        """The latest held note goes out once the interval has passed, from tick()."""
+        sink = RecordingSink(interval=1.0)
+        run = make_run("flood-3", sinks=[sink])
+        run.status("running", "one")
+        run.status("running", "two")
+        run.status("running", "three")
+        run.status("running", "four")
+        clock.advance(1.5)
+        run.tick()
+        messages = [e.message for e in sink.of_type(StatusChanged) if e.status == "running"]
+        assert messages == ["one", "two", "four"]  # "one" is the transition
+
+
+class TestEpochBoundaries:
+    """A faster sink building the values first never costs the log an epoch's end."""
+
+    def test_boundary_kept_when_a_faster_sink_built_it(
+        self, make_run: MakeRun, clock: FakeClock
+    ) -> None:
+        """Fast v1-like sink + slow boundary log: every epoch's last step reaches the log."""
+        fast = RecordingSink(interval=0.0)
+        log = RecordingSink(interval=1.0, boundaries=True)
+        run = make_run("epochs-1", sinks=[fast, log])
+        for epoch in range(1, 21):
+            for step in range(1, 4):
+                run.progress(epoch=epoch, step=step)
+                clock.advance(0.0001)
+        run.close()
+        ends = {e.epoch for e in log.of_type(Progress) if e.step == 3}
+        assert ends == set(range(1, 21))
