@@ -56,7 +56,7 @@ from pulse_core.projections import to_history_record, to_metric_history, to_v1, 
 from pulse_core.reducer import replay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus  # noqa: E402 - the corpus module lives beside this script
+import corpus  # the corpus module lives beside this script
 
 SPECS = Path(__file__).resolve().parent
 VECTORS = SPECS / "vectors"

@@ -45,6 +45,7 @@ stderr; exit 4 when none decodes.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def replay_file(path: Path, home: Path | None, now: float) -> dict[str, Any]:
 
 
 def cloudevent_lines(data: bytes, source: str | None = None) -> tuple[list[bytes], int]:
-    """Every decodable line of a log as a CloudEvents JSON line, and how many lines did not decode."""
+    """Each decodable line of a log as a CloudEvents JSON line; and how many did not decode."""
     import orjson
 
     from pulse_core.codec import cloudevent_source, decode, to_cloudevent
@@ -183,7 +184,9 @@ def cloudevent_lines(data: bytes, source: str | None = None) -> tuple[list[bytes
         if isinstance(event, RunMeta):  # the producer of this run from here on
             producers[event.training_id] = cloudevent_source(event.host, event.pid)
         chosen = source or producers.get(event.training_id) or cloudevent_source(None, None)
-        out.append(orjson.dumps(to_cloudevent(event, source=chosen), option=orjson.OPT_APPEND_NEWLINE))
+        out.append(
+            orjson.dumps(to_cloudevent(event, source=chosen), option=orjson.OPT_APPEND_NEWLINE)
+        )
     return out, bad
 
 
@@ -228,10 +231,9 @@ def replay_command(
         lines, bad = cloudevent_lines(data, source)
         if not lines:
             fail(f"{path}: no decodable PULSE event ({bad} bad lines)", EXIT_UNREADABLE)
-        out = click.get_binary_stream("stdout")
-        for line in lines:
-            out.write(line)
-        out.flush()
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"".join(lines))
+        sys.stdout.buffer.flush()
         if bad:
             click.echo(f"{path}: {bad} lines did not decode and were skipped", err=True)
         return
