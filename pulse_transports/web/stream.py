@@ -17,10 +17,11 @@ status/error events and slow-subscriber bound as a socket subscriber
   (:mod:`pulse_transports.web.cursor`): the highest seq the client holds per
   run. A browser sends it back as ``Last-Event-ID`` when it reconnects (or a
   page passes it as ``?last_event_id=``), and the stream resumes from it:
-  every run in the cursor gets exactly the events after its seq (from the
-  bus's recent events, else the run's log), runs not in it a snapshot. So a
-  reconnect -- after a dropped connection, a resync or a hub restart --
-  loses nothing and repeats nothing.
+  every run in the cursor gets exactly the events after its seq that the
+  run's log or the bus's memory holds (both are read and merged, each seq
+  once, in order), runs not in it a snapshot. So a reconnect -- after a
+  dropped connection, a resync or a hub restart -- loses nothing that was
+  logged and repeats nothing (specs/sse.md, "Resuming").
 * ``retry:`` asks the browser to reconnect after ``retry_ms``; a comment line
   every ``keepalive`` seconds keeps idle connections open.
 
@@ -151,7 +152,13 @@ class EventStream:
         """Attach to the bus, with the logs of runs to resume that memory no longer covers."""
         history: dict[str, list[Event]] = {}
         for tid, after in self.resume.items():
-            if not self.bus.covers(tid, after):
+            held = self.bus.last_seq(tid)
+            # The log is read whenever there is anything to catch up: the hub's
+            # memory may reach back far enough and still lack events (a
+            # producer's reconnect queue coalesces progress and metrics; a
+            # restarted hub holds what came after it started), and resuming
+            # promises every event after the cursor that the log holds.
+            if held is None or held > after:
                 past = await asyncio.to_thread(read_log, self.home, tid, after)
                 if past is not None:
                     history[tid] = past
