@@ -124,7 +124,12 @@ class EventStream:
         self.encoded = encoded
         self.scope = scope
         self.interval = interval
-        self.resume = {t: s for t, s in resume.items() if scope is None or t == scope}
+        self.resume = {
+            t: s
+            for t, s in resume.items()
+            # A cursor ahead of what the hub holds is no resume: a snapshot instead.
+            if (scope is None or t == scope) and s <= (bus.last_seq(t) or s)
+        }
         self.retry_ms = retry_ms
         self.keepalive = keepalive
         #: what the client holds: highest seq per run (the SSE id).

@@ -74,3 +74,29 @@ class TestResumeFillsHolesFromTheLog:
         seqs = [i["seq"] for i in items if isinstance(i, dict) and i.get("training_id") == TID]
         assert seqs == list(range(4, 11))
         bus.close()
+
+
+class TestCursorAheadOfTheHub:
+    """A cursor beyond the hub's last seq for a run gets a snapshot, not silence."""
+
+    def test_a_snapshot_instead_of_suppressed_events(self, tmp_path: Path) -> None:
+        """Resume {run: 100} while the hub holds seq 10: the run is snapshotted."""
+        bus = Bus(timer=False)
+        for event in _events():
+            bus.publish(event)
+        monitor = LivenessMonitor(bus, tmp_path, stale_after=15.0, lost_after=600.0)
+        stream = EventStream(
+            bus=bus,
+            monitor=monitor,
+            home=tmp_path,
+            encoded=EncodedEvents(),
+            scope=None,
+            interval=0.001,
+            resume={TID: 100},
+        )
+        items = asyncio.run(_catch_up(stream))
+        snapshots = [i["snapshot"] for i in items if isinstance(i, dict) and "snapshot" in i]
+        assert snapshots and snapshots[0][TID]["stats"]["last_seq"] == 10
+        hello = items[0]["hello"]
+        assert hello["resumed"] == []
+        bus.close()
