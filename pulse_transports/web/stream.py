@@ -157,13 +157,13 @@ class EventStream:
         """Attach to the bus, with the logs of runs to resume that memory no longer covers."""
         history: dict[str, list[Event]] = {}
         for tid, after in self.resume.items():
-            held = self.bus.last_seq(tid)
+            newest = self.bus.last_seq(tid)
             # The log is read whenever there is anything to catch up: the hub's
             # memory may reach back far enough and still lack events (a
             # producer's reconnect queue coalesces progress and metrics; a
             # restarted hub holds what came after it started), and resuming
             # promises every event after the cursor that the log holds.
-            if held is None or held > after:
+            if newest is None or newest > after:
                 past = await asyncio.to_thread(read_log, self.home, tid, after)
                 if past is not None:
                     history[tid] = past

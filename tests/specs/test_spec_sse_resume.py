@@ -96,7 +96,8 @@ class TestCursorAheadOfTheHub:
         )
         items = asyncio.run(_catch_up(stream))
         snapshots = [i["snapshot"] for i in items if isinstance(i, dict) and "snapshot" in i]
-        assert snapshots and snapshots[0][TID]["stats"]["last_seq"] == 10
+        assert snapshots
+        assert snapshots[0][TID]["stats"]["last_seq"] == 10
         hello = items[0]["hello"]
         assert hello["resumed"] == []
         bus.close()
