@@ -599,6 +599,10 @@ def to_cloudevent(event: Event, source: str = CLOUDEVENT_DEFAULT_SOURCE) -> dict
     object, whole (so decoding ``data`` gives the event back exactly).
     """
     wire = to_dict(event)
+    try:
+        orjson.dumps(wire)
+    except TypeError:  # free-form data JSON encoders cannot write (nested > 255 levels)
+        wire = bound_dict(wire)
     envelope: dict[str, Any] = {
         "specversion": "1.0",
         "id": f"{event.training_id}:{event.seq}",
