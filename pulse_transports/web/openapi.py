@@ -291,6 +291,18 @@ _PATHS: Final[dict[str, Any]] = {
     },
 }
 
+#: operationId of every operation: client generators name their methods by it.
+_OPERATION_IDS: Final = {
+    "/api/runs": "listRuns",
+    "/api/runs/{training_id}": "getRunView",
+    "/api/runs/{training_id}/history": "getRunHistory",
+    "/api/runs/{training_id}/v1": "getRunV1Snapshot",
+    "/api/runs/{training_id}/metrics": "getRunMetricHistory",
+    "/events": "streamEvents",
+}
+for _path, _operation_id in _OPERATION_IDS.items():
+    _PATHS[_path]["get"]["operationId"] = _operation_id
+
 
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 description (a fresh copy each call)."""
@@ -309,6 +321,8 @@ _DOCUMENT: Final[dict[str, Any]] = {
         "schemas": _SCHEMAS,
         "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
     },
+    # Relative: the API is served by whichever hub serves this document.
+    "servers": [{"url": "/", "description": "the hub serving this document (pulse serve --http)"}],
     "security": [{}, {"token": []}],
     "paths": _PATHS,
 }
