@@ -174,7 +174,9 @@ def flow_scenario(flow_run_id: str, pause: float) -> None:
         train(1.2, 0.35, fail_at=13), flow_step_id="finetune", name="fine-tune resnet50", **common
     )
     second.wait(60)
-    again = trainer.retry(second, target=train(1.2, 0.35), name="fine-tune resnet50")
+    again = trainer.retry(
+        second, target=train(1.2, 0.35), name="fine-tune resnet50", total_epochs=3
+    )
     again.wait(60)
 
 
