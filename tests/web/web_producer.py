@@ -6,7 +6,7 @@ and forever scenarios take the run's name as an optional argument). It waits at 
 ``gate(n)`` until the test creates ``CONTROL_DIR/<n>``, so a test sees every
 state for as long as it needs, without sleeping. Scenarios:
 
-* ``lifecycle``: preparing, (gate 1) running with progress, (gate 2)
+* ``lifecycle [NAME]``: (NAME ``-``: no name) preparing, (gate 1) running with progress, (gate 2)
   cooling_down, (gate 3) done.
 * ``error``: a few steps, then a fatal ``DATASET_NOT_FOUND`` error with details.
 * ``forever``: progress and loss at 20 updates/s until killed.
@@ -47,7 +47,8 @@ def main() -> None:
             time.sleep(0.01)
 
     if scenario == "lifecycle":
-        name = args[0] if args else "lifecycle run"
+        name: str | None = args[0] if args else "lifecycle run"
+        name = None if name == "-" else name  # "-": a run without a name
         with TrainingRun(tid, name=name, total_epochs=2, total_steps=10) as run:
             run.status("preparing", "loading data")
             gate(1)
