@@ -120,7 +120,8 @@ class TestErrors:
         expect(details.locator('dd[data-key="hint"]')).to_have_text("mount the data volume")
         expect(details.locator('dd[data-key="path"]')).to_have_text("/data/train.csv")
         flow = detail(page, "flow")
-        expect(flow.locator("a")).to_have_text("flow-7 / fr-42")
+        expect(flow.locator("#d-flow-link")).to_have_text("flow-7 / fr-42")
+        expect(flow.get_by_test_id("detail-flow-history")).to_have_attribute("href", "#flows=fr-42")
         expect(flow.locator("code")).to_have_text("train")
         # No chart pretends to be data: one loss value is said as a value.
         expect(page.get_by_test_id("loss-chart-empty")).to_contain_text("One loss value so far")
@@ -186,7 +187,9 @@ class TestEscaping:
         expect(page.locator('#d-errors dd[data-key="html"]')).to_have_text(MARKUP)
         expect(page.locator('#d-errors dd[data-key="trace"]')).to_have_text("<pre>x</pre>")
         expect(page.locator('#d-metrics td[data-metric="<i>metric</i>"]')).to_have_text("1.5")
-        expect(detail(page, "flow").locator("a")).to_have_text(f"{MARKUP} / <b>flow-run</b>")
+        expect(detail(page, "flow").locator("#d-flow-link")).to_have_text(
+            f"{MARKUP} / <b>flow-run</b>"
+        )
         expect(card(page, "xss-1").locator(".run-name")).to_have_text(MARKUP)
         # No progress fields at all: "unknown", not a made-up 0 %.
         expect(detail(page, "percent")).to_have_text("progress unknown")
@@ -194,7 +197,7 @@ class TestEscaping:
         injected = page.locator("main script, main img, main b, main i, main pre pre")
         expect(injected).to_have_count(0)
         assert page.evaluate("typeof window.__xss") == "undefined"
-        href = detail(page, "flow").locator("a").get_attribute("href")
+        href = detail(page, "flow").locator("#d-flow-link").get_attribute("href")
         assert href == "#flow=%3Cb%3Eflow-run%3C%2Fb%3E"
 
 
