@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import orjson
 from pagekit import Producer, WebHub
 from playwright.sync_api import Page, expect
 from test_web_api import check
+from web_producer import MARKUP
 
 from pulse_transports.flows import FlowTrainer
 from pulse_transports.web import openapi
@@ -213,3 +215,29 @@ class TestFlowsPage:
         page.goto(hub.url + "#flows")
         expect(page.locator("#flow-runs-empty")).to_be_visible()
         expect(page.locator("#flow-detail-empty")).to_have_text("No flow run selected.")
+
+    def test_markup_is_text(
+        self,
+        page: Page,
+        start_hub: Callable[..., WebHub],
+        produce: Callable[..., Producer],
+    ) -> None:
+        """Flow ids, step ids, names and error messages with markup render as text."""
+        hub = start_hub()
+        produce("escape", "xss-flow")
+        deadline = time.monotonic() + 15
+        while not hub.get_json("/api/flows")["flow_runs"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        page.goto(hub.url + "#flows")
+        item = page.get_by_test_id("flow-runs").locator("li.flow-run")
+        expect(item.locator(".run-name")).to_have_text("<b>flow-run</b>")
+        expect(item.locator(".flow-name")).to_have_text(MARKUP)
+        # The id holds a slash: it reaches the API URL-encoded, and whole.
+        expect(page.get_by_test_id("flow-run-id")).to_have_text("<b>flow-run</b>")
+        expect(page.get_by_test_id("flow-id")).to_have_text(MARKUP)
+        step = page.get_by_test_id("flow-steps").locator("section.flow-step")
+        expect(step.locator(".step-name")).to_have_text(MARKUP)
+        expect(step.locator("a.run-link span").first).to_have_text(MARKUP)
+        injected = page.locator("main script, main img, main b, main i")
+        expect(injected).to_have_count(0)
+        assert page.evaluate("typeof window.__xss") == "undefined"
