@@ -241,3 +241,53 @@ class TestFlowsPage:
         injected = page.locator("main script, main img, main b, main i")
         expect(injected).to_have_count(0)
         assert page.evaluate("typeof window.__xss") == "undefined"
+
+
+def rec(step: str, attempt: int, outcome: str, start: float, end: float | None) -> dict[str, Any]:
+    return {
+        "flow_id": "f",
+        "flow_run_id": "fr",
+        "flow_step_id": step,
+        "attempt": attempt,
+        "outcome": outcome,
+        "started_at": start,
+        "finished_at": end,
+        "duration": None if end is None else end - start,
+        "error": {"error_code": "X"} if outcome == "error" else None,
+    }
+
+
+class TestGrouping:
+    """A flow run's outcome, order and times follow each step's last attempt."""
+
+    def test_retried_step_counts_its_last_attempt(self) -> None:
+        """An error then a success is a success; attempts keep their order; errors counted."""
+        (run,) = flow_runs(
+            [
+                rec("b", 2, "success", 30.0, 40.0),
+                rec("a", 1, "success", 0.0, 10.0),
+                rec("b", 1, "error", 15.0, 20.0),
+            ]
+        )
+        assert run["outcome"] == "success"
+        assert [s["flow_step_id"] for s in run["steps"]] == ["a", "b"]
+        assert outcomes(run["steps"][1]) == ["error", "success"]
+        assert (run["started_at"], run["finished_at"], run["duration"]) == (0.0, 40.0, 40.0)
+        assert run["error_count"] == 1
+
+    def test_running_and_failed(self) -> None:
+        """A step still running makes the flow run running, with no end; else errors show."""
+        (running,) = flow_runs([rec("a", 1, "error", 0.0, 5.0), rec("b", 1, "running", 6.0, None)])
+        assert running["outcome"] == "running"
+        assert running["finished_at"] is None
+        assert running["duration"] is None
+        (failed,) = flow_runs([rec("a", 1, "success", 0.0, 5.0), rec("b", 1, "error", 6.0, 9.0)])
+        assert failed["outcome"] == "error"
+        (lost,) = flow_runs([rec("a", 1, "lost", 0.0, None), rec("b", 1, "error", 6.0, 9.0)])
+        assert lost["outcome"] == "lost"
+
+    def test_newest_first(self) -> None:
+        """Flow runs are listed by their first start, newest first."""
+        old = rec("a", 1, "success", 0.0, 1.0)
+        new = {**rec("a", 1, "success", 5.0, 6.0), "flow_run_id": "fr-new"}
+        assert [r["flow_run_id"] for r in flow_runs([old, new])] == ["fr-new", "fr"]

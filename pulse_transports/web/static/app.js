@@ -40,6 +40,8 @@
   let page = "runs";
   let flowRunChosen = null; // the flow run shown on the Flows History page
   let flowList = [];
+  let flowListKey = "";
+  let flowRunKey = "";
   let flowTimer = null;
 
   const $ = (id) => document.getElementById(id);
@@ -822,8 +824,13 @@
     try {
       const data = await getJson("/api/flows");
       if (isNum(data.time)) skew = data.time - Date.now() / 1000;
-      flowList = data.flow_runs || [];
-      $("flow-runs").replaceChildren(...flowList.map(flowRunItem));
+      const list = data.flow_runs || [];
+      const key = JSON.stringify([list, flowRunChosen]);
+      if (key !== flowListKey) { // unchanged: leave the list (and any focus in it) alone
+        flowListKey = key;
+        flowList = list;
+        $("flow-runs").replaceChildren(...flowList.map(flowRunItem));
+      }
       $("flow-runs-empty").hidden = flowList.length > 0;
       const shown = flowRunChosen || (flowList[0] && flowList[0].flow_run_id) || null;
       if (shown) await loadFlowRun(shown);
@@ -837,6 +844,7 @@
       data = await getJson(`/api/flows/${encodeURIComponent(frid)}`);
     } catch (err) {
       stats.errors += 1;
+      flowRunKey = "";
       $("flow-detail-body").hidden = true;
       $("flow-detail-empty").hidden = false;
       setText($("flow-detail-empty"), `No flow run ${frid} on this hub.`);
@@ -846,6 +854,9 @@
     for (const li of $("flow-runs").children) {
       li.classList.toggle("selected", li.getAttribute("data-flow-run-id") === frid);
     }
+    const key = JSON.stringify({ ...data, time: null });
+    if (key === flowRunKey) return; // nothing new: no re-render under the reader's eyes
+    flowRunKey = key;
     renderFlowRun(data);
   }
 
@@ -923,6 +934,8 @@
     clearInterval(flowTimer);
     flowTimer = null;
     if (which === "flows") {
+      flowListKey = "";
+      flowRunKey = "";
       loadFlows();
       flowTimer = setInterval(loadFlows, FLOWS_REFRESH_MS);
     }
