@@ -328,6 +328,7 @@ _PATHS: Final[dict[str, Any]] = {
     },
     "/api/flows": {
         "get": {
+            "operationId": "listFlowRuns",
             "summary": "Flow runs (runs linked to a flow_run_id), newest first",
             "parameters": [
                 {
@@ -341,6 +342,7 @@ _PATHS: Final[dict[str, Any]] = {
     },
     "/api/flows/{flow_run_id}": {
         "get": {
+            "operationId": "getFlowRun",
             "summary": "One flow run: its TRAIN steps with every attempt",
             "parameters": [
                 {
