@@ -9,6 +9,7 @@ nothing of PULSE.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Final
 
@@ -50,3 +51,11 @@ def tree_opened(root: int, target: str) -> bool:
             except OSError:
                 continue
     return False
+
+
+def signal_name(number: int) -> str:
+    """The name of signal *number* (``SIGTERM``), or ``signal <n>`` if unknown."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -53,10 +53,8 @@ So History always shows an honest end, whatever the child did.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -64,29 +62,29 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import attrs
-
 from pulse_core._log import get_logger
 from pulse_core.emitter import (
-    ENV_ATTEMPT,
-    ENV_FLOW_ID,
-    ENV_FLOW_RUN_ID,
-    ENV_FLOW_STEP_ID,
-    ENV_SUPERVISED,
-    ENV_TOTAL_EPOCHS,
-    ENV_TRAINING_ID,
     new_training_id,
 )
 from pulse_core.errors import RunLocked
 from pulse_core.events import (
     ErrorReported,
     Event,
-    RunMeta,
     StatusChanged,
     validate_training_id,
 )
-from pulse_core.projections import to_history_record
 from pulse_core.state import RunState
+from pulse_transports._child import (
+    CHILD_LOCK_WAIT,
+    CHILD_LOG_INTERVAL,
+    SUPERVISOR_LABEL,
+    FlowLink,
+    Outcome,
+    child_environment,
+    child_reported,
+    ending_events,
+    meta_event,
+)
 from pulse_transports._holder import RunHolder, read_state, v1_snapshot_path
 from pulse_transports._proctree import PROC_AVAILABLE, process_tree, tree_opened
 from pulse_transports._stderr import (
@@ -100,7 +98,7 @@ from pulse_transports._stderr import (
     tee_channel,
     tee_target,
 )
-from pulse_transports.config import ENV_TRANSPORT_OPTIONS, Config, load_config
+from pulse_transports.config import Config, load_config
 from pulse_transports.file import lock_path, writer_alive
 
 __all__ = [
@@ -133,7 +131,6 @@ __all__ = [
 
 log = get_logger("pulse.supervise")
 
-SUPERVISOR_LABEL: Final = "pulse-supervisor"
 #: Seconds a launched child has to open its log before it is taken not to report.
 CLAIM_TIMEOUT: Final = 5.0
 #: Seconds a cancelled child gets between SIGTERM and SIGKILL.
@@ -141,150 +138,9 @@ GRACE_PERIOD: Final = 10.0
 #: Claim scans of the child's process tree: while a claim is likely, and later.
 SCAN_FAST: Final = 0.05
 SCAN_SLOW: Final = 0.25
-#: Seconds the child's file sink waits for the lock (set in its environment);
-#: far above SCAN_SLOW, so a claim is always seen and let through in time.
-CHILD_LOCK_WAIT: Final = 5.0
-#: Least seconds between the child's progress lines in the log (Flow updates
-#: within 500 ms; the library default is 1 s).
-CHILD_LOG_INTERVAL: Final = 0.25
 #: Seconds the lock may stay free while the child lives before the supervisor
 #: holds it again (a claiming child takes it within its 20 ms retry).
 REHOLD_AFTER: Final = 1.0
-
-
-@attrs.frozen
-class FlowLink:
-    """Which flow step a run belongs to (all optional)."""
-
-    flow_id: str | None = None
-    flow_run_id: str | None = None
-    flow_step_id: str | None = None
-    attempt: int | None = None
-
-
-@attrs.frozen
-class Outcome:
-    """How a supervised run ended: what a flow step needs to decide next.
-
-    Attributes:
-        training_id: the run, to drill into.
-        status: ``done``, ``error`` or ``cancelled``.
-        outcome: ``success``, ``error`` or ``cancelled``.
-        exit_code: the process's exit status (negative: killed by a signal),
-            or None for an in-process run or a command that never started.
-        duration: seconds from start to end, if known.
-        key_metrics: final and best loss, epochs done, throughput.
-        error: the last error (code, message, is_retryable, count) or None.
-        retryable: True when the flow should offer "retry".
-        record: the full Flow History record.
-    """
-
-    training_id: str
-    status: str
-    outcome: str
-    exit_code: int | None
-    duration: float | None
-    key_metrics: Mapping[str, Any]
-    error: Mapping[str, Any] | None
-    retryable: bool
-    record: Mapping[str, Any]
-
-    @classmethod
-    def from_state(cls, state: RunState, exit_code: int | None) -> Outcome:
-        """Build the outcome of an ended run from its folded state."""
-        record = to_history_record(state)
-        return cls(
-            training_id=str(state.training_id),
-            status=state.status,
-            outcome=str(record["outcome"]),
-            exit_code=exit_code,
-            duration=record["duration"],
-            key_metrics={**record["key_metrics"], **record["epochs"]},
-            error=record["error"],
-            retryable=bool(record["retryable"]),
-            record=record,
-        )
-
-
-def child_environment(
-    base: Mapping[str, str],
-    training_id: str,
-    home: Path,
-    link: FlowLink,
-    total_epochs: int | None = None,
-    file_options: Mapping[str, Any] | None = None,
-) -> dict[str, str]:
-    """The environment that lets a child's TrainingRun continue this run.
-
-    *file_options* are the ``file`` transport options already configured;
-    the child's ``lock_wait`` and ``interval`` default to the supervisor's
-    (:data:`CHILD_LOCK_WAIT`, :data:`CHILD_LOG_INTERVAL`) unless set there.
-    """
-    env = dict(base)
-    env[ENV_TRAINING_ID] = training_id
-    env["PULSE_HOME"] = str(home.resolve())
-    env[ENV_SUPERVISED] = "1"
-    env["PULSE_HANDLE_SIGNALS"] = "1"
-    for name, value in (
-        (ENV_FLOW_ID, link.flow_id),
-        (ENV_FLOW_RUN_ID, link.flow_run_id),
-        (ENV_FLOW_STEP_ID, link.flow_step_id),
-        (ENV_ATTEMPT, None if link.attempt is None else str(link.attempt)),
-        (ENV_TOTAL_EPOCHS, None if total_epochs is None else str(total_epochs)),
-    ):
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    tables: dict[str, Any] = {}
-    with contextlib.suppress(ValueError):
-        given = json.loads(env.get(ENV_TRANSPORT_OPTIONS) or "{}")
-        if isinstance(given, dict):
-            tables = given
-    given_file = tables.get("file")
-    file_table: dict[str, Any] = given_file if isinstance(given_file, dict) else {}
-    tables["file"] = {
-        "lock_wait": CHILD_LOCK_WAIT,
-        "interval": CHILD_LOG_INTERVAL,
-        **dict(file_options or {}),
-        **file_table,
-    }
-    env[ENV_TRANSPORT_OPTIONS] = json.dumps(tables)
-    return env
-
-
-def _meta(
-    training_id: str,
-    seq: int,
-    now: float,
-    link: FlowLink,
-    name: str | None,
-    total_epochs: int | None,
-    command: Sequence[str] | None,
-) -> RunMeta:
-    labels = {"launched_by": SUPERVISOR_LABEL}
-    if command:
-        labels["command"] = " ".join(command)[:500]
-    return RunMeta(
-        training_id=training_id,
-        seq=seq,
-        timestamp=now,
-        name=name,
-        flow_id=link.flow_id,
-        flow_run_id=link.flow_run_id,
-        flow_step_id=link.flow_step_id,
-        attempt=link.attempt,
-        total_epochs=total_epochs,
-        pid=os.getpid(),
-        host=socket.gethostname(),
-        labels=labels,
-    )
-
-
-def child_reported(state: RunState) -> bool:
-    """True if a process other than the supervisor wrote the run's metadata."""
-    meta = state.meta
-    return meta is not None and meta.labels.get("launched_by") != SUPERVISOR_LABEL
 
 
 class Supervisor:
@@ -357,7 +213,7 @@ class Supervisor:
         tid, link = self.training_id, self.link
         self._holder.append(
             lambda seq, now: [
-                _meta(tid, seq, now, link, self.name, self.total_epochs, self.command),
+                meta_event(tid, seq, now, link, self.name, self.total_epochs, self.command),
                 StatusChanged(
                     training_id=tid,
                     seq=seq + 1,
@@ -572,92 +428,18 @@ class Supervisor:
         return read_state(self.home, self.training_id)
 
     def _ending(self, seq: int, now: float, code: int) -> list[Event]:
-        state = self._state()
-        if state.is_terminal:
-            return []
-        tid = self.training_id
-        if self._cancel_requested:
-            return [
-                StatusChanged(
-                    training_id=tid,
-                    seq=seq,
-                    timestamp=now,
-                    status="cancelled",
-                    message=self._cancel_message,
-                )
-            ]
-        reported = child_reported(state)
-        if code == 0 and not reported:
-            events: list[Event] = []
-            if state.status in ("idle", "preparing"):
-                events.append(
-                    StatusChanged(
-                        training_id=tid,
-                        seq=seq,
-                        timestamp=now,
-                        status="running",
-                        message="process ran",
-                    )
-                )
-                seq += 1
-            events.append(
-                StatusChanged(
-                    training_id=tid,
-                    seq=seq,
-                    timestamp=now,
-                    status="done",
-                    message="process exited with status 0",
-                )
-            )
-            return events
-        tail = self.tee.tail() if self.tee is not None else ""
-        cause, cause_retryable = classify_text(tail)
-        words = last_words(tail)
-        details: dict[str, Any] = {"exit_code": code}
-        if code < 0:
-            signame = _signal_name(-code)
-            error_code, retryable = "PROCESS_CRASHED", -code == signal.SIGKILL
-            message = f"training process killed by {signame} without reporting an end"
-            details["signal"] = signame
-            if cause != "PROCESS_CRASHED":
-                details["cause"] = cause
-        elif code == 0:
-            error_code, retryable = "PROCESS_EXITED_WITHOUT_RESULT", False
-            message = "training process exited with status 0 without reporting done"
-        else:
-            error_code, retryable = cause, cause_retryable
-            message = f"training process exited with status {code} without reporting an end"
-        if words:
-            message = f"{message}: {words}"
-        details["pid"] = self.process.pid if self.process else None
-        details["last_status"] = state.status
-        if tail:
-            details["stderr_tail"] = tail
-        return [
-            ErrorReported(
-                training_id=tid,
-                seq=seq,
-                timestamp=now,
-                error_code=error_code,
-                message=message[:500],
-                is_retryable=retryable,
-                details=details,
-                epoch=state.epoch,
-                step=state.step,
-            ),
-            StatusChanged(
-                training_id=tid, seq=seq + 1, timestamp=now, status="error", message=message[:500]
-            ),
-        ]
+        return ending_events(
+            self.training_id,
+            self._state(),
+            seq,
+            now,
+            code,
+            cancel_message=self._cancel_message if self._cancel_requested else None,
+            tail=lambda: self.tee.tail() if self.tee is not None else "",
+            pid=self.process.pid if self.process else None,
+        )
 
     def _finish(self, state: RunState, code: int | None) -> None:
         with self._lock:
             self.outcome = Outcome.from_state(state, code)
         self._done.set()
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
