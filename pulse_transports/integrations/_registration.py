@@ -146,12 +146,7 @@ class Registration:
             if self._removed:
                 return
             self._removed = True
-        for signum in self._signals:
-            with contextlib.suppress(Exception):
-                faulthandler.unregister(signum)
-        if self._enabled:
-            with contextlib.suppress(Exception):
-                faulthandler.disable()
+        self._release_signals()
         with contextlib.suppress(OSError):
             self._file.close()
         with contextlib.suppress(OSError):
@@ -161,14 +156,18 @@ class Registration:
                 folder.rmdir()  # only if empty: other ranks' files stay
         _registrations.discard(self)
 
-    def forget(self) -> None:
-        """In a forked child: leave the parent's registration alone, and its signals to it."""
+    def _release_signals(self) -> None:
+        """Stop faulthandler writing to this registration's file."""
         for signum in self._signals:
             with contextlib.suppress(Exception):
                 faulthandler.unregister(signum)
         if self._enabled:
             with contextlib.suppress(Exception):
                 faulthandler.disable()
+
+    def forget(self) -> None:
+        """In a forked child: leave the parent's registration alone, and its signals to it."""
+        self._release_signals()
         self._removed = True
         _registrations.discard(self)
 
