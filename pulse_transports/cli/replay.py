@@ -37,6 +37,7 @@ file only by the silence since its last event.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ def replay_command(file: str, as_json: bool, home: Path | None) -> None:
             click.echo(f"  error: {error['error_code']}: {error['message']}")
         if view["anomaly_count"]:
             click.echo(f"  anomalies: {view['anomaly_count']}")
-        click.echo(f"  v1: {run['v1']}")
+        click.echo(f"  v1: {json.dumps(run['v1'], ensure_ascii=False)}")
     click.echo(
         f"{path}: {document['lines']} lines, {document['events']} events, "
         f"{document['bad_lines']} bad, {document['blank_lines']} blank"
