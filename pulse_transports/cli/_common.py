@@ -169,6 +169,15 @@ def home_source(home: Path | None) -> str:
     return "default"
 
 
+def id_error(value: str) -> str:
+    """Why *value* is not a training id, once escaped (no double escaping of unicode)."""
+    shown = repr(value[:80] + ("..." if len(value) > 80 else ""))
+    return (
+        f"training_id {shown} is not valid: use 1-128 characters from [A-Za-z0-9._-], "
+        "starting with a letter or digit"
+    )
+
+
 def resolve_config(home: Path | None) -> Config:
     """Load configuration, turning configuration errors into one-line CLI errors."""
     try:

@@ -35,7 +35,13 @@ from pulse_core.errors import PulseError
 from pulse_core.events import Event, validate_training_id
 from pulse_core.projections import to_view
 from pulse_core.reducer import Folder
-from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
+from pulse_transports.cli._common import (
+    EXIT_FAILED,
+    home_option,
+    id_error,
+    main,
+    resolve_config,
+)
 from pulse_transports.file import log_path
 from pulse_transports.registry import make_sinks
 
@@ -129,7 +135,7 @@ class LineSink:
         self._folder.apply(event)
         view = to_view(self._folder.state, now=time.time())
         status = view["status"]
-        if status != self._status and status != "idle":
+        if status not in (self._status, "idle"):
             self._status = status
             message = view.get("message") or ""
             click.echo(f"{status:<12} {message}".rstrip())
@@ -256,8 +262,8 @@ def _validated_id(ctx: click.Context, param: click.Parameter, value: str | None)
         return None
     try:
         return validate_training_id(value)
-    except (PulseError, ValueError) as exc:
-        raise click.BadParameter(str(exc)) from None
+    except (PulseError, ValueError):
+        raise click.BadParameter(id_error(value)) from None
 
 
 @main.command()

@@ -64,6 +64,7 @@ from pulse_transports.cli._common import (
     EXIT_NOT_FOUND,
     home_option,
     home_source,
+    id_error,
     main,
     resolve_config,
 )
@@ -170,13 +171,13 @@ def check_id(training_id: str) -> str:
 
     try:
         return validate_training_id(training_id)
-    except InvalidTrainingId as exc:
+    except InvalidTrainingId:
         # click.BadParameter exits with EXIT_USAGE (2).
-        raise click.BadParameter(str(exc), param_hint="'ID'") from None
+        raise click.BadParameter(id_error(training_id), param_hint="'ID'") from None
 
 
 def print_json(value: Any, sort_keys: bool = True) -> None:
-    """Print *value* as indented JSON, keys sorted unless *sort_keys* is false (stable for scripts)."""
+    """Print *value* as indented JSON, keys sorted unless *sort_keys* is false."""
     import orjson
 
     option = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
@@ -334,8 +335,17 @@ def render_table(rows: list[dict[str, Any]], home: Path) -> None:
         click.echo(f"no runs under {home}")
         return
     now = time.time()
-    header = ("ID", "STATUS", "LIVENESS", "PROGRESS", "LOSS", "STARTED", "DURATION", "FLOW")
-    cells = []
+    header: tuple[str, ...] = (
+        "ID",
+        "STATUS",
+        "LIVENESS",
+        "PROGRESS",
+        "LOSS",
+        "STARTED",
+        "DURATION",
+        "FLOW",
+    )
+    cells: list[tuple[str, ...]] = []
     for row in rows:
         started = row["started_at"] if row["started_at"] is not None else row["created_at"]
         when = fmt_time(started)

@@ -58,6 +58,12 @@ def resolve_file(arg: str, home: Path | None) -> Path:
     """A path as given, or the log of a training id under *home* (exit 4 if neither)."""
     path = Path(arg)
     if path.exists():
+        if path.is_dir():
+            fail(
+                f"{path} is a folder, not a regular file; give a run's log file (<home>/logs/training/<id>.jsonl)"
+                " or a training id",
+                EXIT_UNREADABLE,
+            )
         if not path.is_file():
             fail(f"{path} is not a regular file", EXIT_UNREADABLE)
         return path

@@ -127,9 +127,7 @@ def show_command(training_id: str | None, as_json: bool, home: Path | None) -> N
         check_id(training_id)
     config = open_home(home)
     if training_id is None:
-        records = recover(
-            config.home, stale_after=config.stale_after, lost_after=config.lost_after
-        )
+        records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
         heal_v1(config, records)
         record = v1_choice(records)
         if record is None:
@@ -227,7 +225,8 @@ def render(doc: dict[str, Any]) -> None:
     if loss and loss["windows"]:
         values = [w["last"] for w in loss["windows"]]
         count = loss["count"]
-        out(f"  loss trend           {sparkline(values)}  ({count} sample{'s' if count != 1 else ''})")
+        plural = "s" if count != 1 else ""
+        out(f"  loss trend           {sparkline(values)}  ({count} sample{plural})")
     if not metrics:
         out("  (none yet)")
 

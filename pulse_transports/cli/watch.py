@@ -224,8 +224,9 @@ def watch_command(
 
     Without ID, follows the most recently active live run, waiting for one
     if none is running (also before the home folder exists: start it before
-    the first run); with --timeout and no run by then, exits 0. Ends when the run ends (exit 0 if done, 1 if error or
-    cancelled) or is lost (exit 1); Ctrl-C exits with 0.
+    the first run); with --timeout and no run by then, exits 0. Ends when
+    the run ends (exit 0 if done, 1 if error or cancelled) or is lost
+    (exit 1); Ctrl-C exits with 0.
 
     \b
     Examples:
