@@ -60,7 +60,8 @@ def resolve_file(arg: str, home: Path | None) -> Path:
     if path.exists():
         if path.is_dir():
             fail(
-                f"{path} is a folder, not a regular file; give a run's log file (<home>/logs/training/<id>.jsonl)"
+                f"{path} is a folder, not a regular file; give a run's log file"
+                " (<home>/logs/training/<id>.jsonl)"
                 " or a training id",
                 EXIT_UNREADABLE,
             )
