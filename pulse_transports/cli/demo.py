@@ -44,6 +44,7 @@ from pulse_transports.cli._common import (
 )
 from pulse_transports.file import log_path
 from pulse_transports.registry import make_sinks
+from pulse_transports.v1.snapshot import V1_FILE
 
 #: Seconds one paced epoch lasts by default (20 epochs: about 20 s).
 EPOCH_SECONDS = 1.0
@@ -383,7 +384,7 @@ def summary(home: Path, training_id: str, outcome: str, checkpoint: Path | None)
     tail = f"; final loss {loss:.4f}" if outcome == "done" and loss is not None else ""
     click.echo(f"run {training_id} {outcome}{tail}")
     click.echo(f"  v2 log:      {log_path(home, training_id)}")
-    click.echo(f"  v1 snapshot: {home / 'training_status.json'}")
+    click.echo(f"  v1 snapshot: {home / V1_FILE}")
     if checkpoint is not None:
         click.echo(f"  checkpoint:  {checkpoint}")
     home_arg = "" if _is_default_home(home) else f" --home {home}"

@@ -39,7 +39,8 @@ from typing import Any
 
 import click
 
-from pulse_transports.cli._common import EXIT_NOT_FOUND, home_option, main
+from pulse_transports.cli._common import EXIT_NOT_FOUND, main
+from pulse_transports.cli._source import open_source, source_options
 from pulse_transports.cli.ls import (
     LIVENESS_STYLE,
     STATUS_STYLE,
@@ -108,23 +109,39 @@ def seq_gaps(skipped: int, bad_lines: int) -> dict[str, int]:
 @main.command("show")
 @click.argument("training_id", metavar="[ID]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
-@home_option
-def show_command(training_id: str | None, as_json: bool, home: Path | None) -> None:
+@source_options
+def show_command(
+    training_id: str | None, as_json: bool, home: Path | None, source: str, **connection: Any
+) -> None:
     """Show one run: timeline, progress, metrics, errors, anomalies, flow link.
 
-    Without ID: the most recently active live run, else the run whose last
-    event is the latest (the run pulse v1 and pulse watch pick).
+    Without ID (file source): the most recently active live run, else the
+    run whose last event is the latest (the run pulse v1 and pulse watch pick).
 
     \b
     Examples:
       pulse show
       pulse show 20261129-013724-123-9f2c41d07b
       pulse show my-run --json | jq .view.progress
+      pulse show my-run --source nats --json | jq .v1
     """
-    from pulse_transports.history import RunNotFound, load_run, recover, v1_choice
+    from pulse_core.errors import RunNotFound
+    from pulse_transports.history import load_run, recover, v1_choice
 
     if training_id is not None:
         check_id(training_id)
+    elif source != "file":
+        raise click.UsageError(f"pulse show --source {source} needs an ID")
+    if source == "nats":
+        from pulse_transports.cli._natsread import show_nats
+
+        assert training_id is not None
+        show_nats(training_id, as_json, home, connection)
+        return
+    if source != "file":
+        assert training_id is not None
+        show_other(source, training_id, as_json, home, connection)
+        return
     config = open_home(home)
     if training_id is None:
         records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
@@ -148,6 +165,45 @@ def show_command(training_id: str | None, as_json: bool, home: Path | None) -> N
         print_json(document)
         return
     render({**document, "now": time.time()})
+
+
+def show_other(
+    name: str, training_id: str, as_json: bool, home: Path | None, connection: dict[str, Any]
+) -> None:
+    """``show`` from a plugin source: the same document, ``log`` being where it read."""
+    from pulse_core.errors import RunNotFound
+    from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
+
+    found = open_source(name, home, connection)
+    try:
+        record = found.load(training_id)
+    except RunNotFound as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    finally:
+        found.close()
+    now = time.time()
+    state = record.state
+    at = state.last_event_at if record.liveness == "lost" and state.last_event_at else now
+    document = {
+        "training_id": record.training_id,
+        "liveness": record.liveness,
+        "writer_alive": None,
+        "log": {
+            "path": record.where,
+            "bad_lines": record.bad_lines,
+            "offset": record.cursor,
+            **seq_gaps(state.missing, record.bad_lines),
+        },
+        "source": {"kind": name},
+        "view": to_view(state, now=at, liveness=record.liveness),
+        "v1": to_v1(state, liveness=record.liveness),
+        "history": to_history_record(state, liveness=record.liveness, now=at),
+        "metric_history": to_metric_history(state),
+    }
+    if as_json:
+        print_json(document)
+        return
+    render({**document, "now": now})
 
 
 def render(doc: dict[str, Any]) -> None:
