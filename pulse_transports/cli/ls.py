@@ -257,7 +257,12 @@ def select_rows(
 
 
 @main.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
+)
 @click.option(
     "--status",
     type=click.Choice(STATUS_CHOICES),

@@ -161,7 +161,12 @@ def replay_file(path: Path, home: Path | None, now: float) -> dict[str, Any]:
 
 @main.command("replay")
 @click.argument("file", metavar="FILE|ID")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
+)
 @home_option
 def replay_command(file: str, as_json: bool, home: Path | None) -> None:
     """Fold a log file (any file, or a run's log by ID) and print the state.

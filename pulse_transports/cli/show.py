@@ -108,7 +108,12 @@ def seq_gaps(skipped: int, bad_lines: int) -> dict[str, int]:
 
 @main.command("show")
 @click.argument("training_id", metavar="[ID]", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
+)
 @source_options
 def show_command(
     training_id: str | None, as_json: bool, home: Path | None, source: str, **connection: Any

@@ -211,7 +211,12 @@ def _pick(home: Path, stale_after: float, lost_after: float, wait: float | None)
     default=None,
     help="Stop watching after this many seconds (exit 0).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines (shape in the module doc).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON Lines (their shape: docs/reference/cli.md, JSON output).",
+)
 @source_options
 def watch_command(
     training_id: str | None,
