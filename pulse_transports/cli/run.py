@@ -67,8 +67,9 @@ def run(
 ) -> None:
     """Run COMMAND as a supervised training run and exit with its status.
 
-    The command gets PULSE_TRAINING_ID, PULSE_HOME and the flow link in its
-    environment, so a TrainingRun inside it reports into this run without
+    The command gets PULSE_TRAINING_ID, PULSE_HOME and the flow link
+    (PULSE_FLOW_ID, PULSE_FLOW_RUN_ID, PULSE_FLOW_STEP_ID, PULSE_ATTEMPT from
+    --attempt) in its environment, so a TrainingRun inside it reports into this run without
     code changes. A command that never reports still gets an honest run:
     preparing on launch, running once started (kept alive by pulse run's
     heartbeats and the v1 snapshot), done or error from its exit status. The

@@ -298,3 +298,39 @@ class TestWatchFreshDirectory:
         assert watcher.returncode == 0, err
         assert "waiting for a run" in err
         assert "done" in out
+
+
+class TestFlowName:
+    """``FlowTrainer.start_process(name=...)`` keeps the flow's name for the run."""
+
+    def test_flow_name_wins_over_the_scripts(self, tmp_path: Path) -> None:
+        """The child's TrainingRun(name=...) no longer replaces it; it is kept as a label."""
+        from pulse_transports.flows import FlowTrainer
+        from pulse_transports.history import load_run
+
+        script = (
+            "from pulse_core import TrainingRun\n"
+            "with TrainingRun(name='my model', total_epochs=1) as run:\n"
+            "    run.status('running', 'go')\n"
+            "    run.metrics(loss=0.5)\n"
+        )
+        home = tmp_path / "home"
+        home.mkdir()
+        trainer = FlowTrainer(home=home)
+        step = trainer.start_process(
+            [sys.executable, "-c", script],
+            name="nightly model",
+            flow_id="f",
+            flow_run_id="fr",
+            flow_step_id="train",
+            env={k: v for k, v in os.environ.items() if not k.startswith("PULSE_")},
+        )
+        outcome = step.wait(60)
+        assert outcome is not None
+        assert outcome.outcome == "success", outcome
+        state = load_run(home, step.training_id).state
+        assert state.meta is not None
+        assert state.meta.name == "nightly model"
+        assert dict(state.meta.labels).get("script_name") == "my model"
+        shown = json.loads(pulse("show", "--json", "--home", str(home), cwd=tmp_path).stdout)
+        assert shown["view"]["run"]["name"] == "nightly model"
