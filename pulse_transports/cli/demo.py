@@ -61,14 +61,13 @@ def _info(view: dict[str, Any], with_step: bool) -> str:
     if with_step and progress["step"] is not None:
         parts.append(f"step {progress['step']}/{progress['total_steps'] or '?'}")
     metrics = view["metrics"]
-    extra = metrics
     loss = metrics.get("loss")
     if loss is not None:
-        parts.append(f"loss {loss:.4f}")
-    elif extra.get("batch_loss") is not None:
-        parts.append(f"batch {extra['batch_loss']:.4f}")
-    if extra.get("val_accuracy") is not None:
-        parts.append(f"val_acc {extra['val_accuracy']:.3f}")
+        parts.append(f"loss {loss:.4f}")  # the last finished epoch's mean
+    elif metrics.get("batch_loss") is not None:
+        parts.append(f"batch {metrics['batch_loss']:.4f}")  # during the first epoch
+    if metrics.get("val_accuracy") is not None:
+        parts.append(f"val_acc {metrics['val_accuracy']:.3f}")
     if view["last_error"] is not None:
         parts.append(str(view["last_error"]["error_code"]))
     return "  ".join(parts)
