@@ -40,7 +40,7 @@ from typing import Any
 import click
 
 from pulse_transports.cli._common import EXIT_NOT_FOUND, main
-from pulse_transports.cli._source import open_source, source_options
+from pulse_transports.cli._source import file_only, open_source, source_options
 from pulse_transports.cli.ls import (
     LIVENESS_STYLE,
     STATUS_STYLE,
@@ -135,17 +135,15 @@ def show_command(
 
     if training_id is not None:
         check_id(training_id)
-    elif source != "file":
-        raise click.UsageError(f"pulse show --source {source} needs an ID")
-    if source == "nats":
-        from pulse_transports.cli._natsread import show_nats
+    if not file_only(source, connection):
+        if training_id is None:
+            raise click.UsageError(f"pulse show --source {source} needs an ID")
+        if source == "nats":
+            from pulse_transports.cli._natsread import show_nats
 
-        assert training_id is not None
-        show_nats(training_id, as_json, home, connection)
-        return
-    if source != "file":
-        assert training_id is not None
-        show_other(source, training_id, as_json, home, connection)
+            show_nats(training_id, as_json, home, connection)
+        else:
+            show_other(source, training_id, as_json, home, connection)
         return
     config = open_home(home)
     if training_id is None:
