@@ -64,6 +64,7 @@ from typing import Any, Final
 
 from pulse_core._log import get_logger
 from pulse_core.emitter import (
+    ENV_RUN_NAME,
     new_training_id,
 )
 from pulse_core.errors import RunLocked
@@ -232,6 +233,8 @@ class Supervisor:
             self.total_epochs,
             self.config.transport_options.get("file"),
         )
+        if self.name:
+            env[ENV_RUN_NAME] = self.name  # the child's TrainingRun keeps this name
         tee, target = tee_target(self.stderr)
         read_end = write_end = -1
         if tee:
