@@ -21,6 +21,7 @@ from pulse_core.events import (
 )
 from pulse_core.policy import sampled
 from pulse_core.reducer import Folder
+from pulse_transports._closing import ClosesOnExit
 from pulse_transports._mailbox import Item, Mailbox
 from pulse_transports.wire import Resync
 
@@ -68,7 +69,7 @@ class _Subscription:
             self.wake()
 
 
-class CallbackSubscription(_Subscription):
+class CallbackSubscription(_Subscription, ClosesOnExit):
     """A subscription whose items are passed to a function as they are due."""
 
     def __init__(self, bus: Bus, mailbox: Mailbox, callback: Callable[[Item], object]) -> None:
@@ -97,17 +98,6 @@ class CallbackSubscription(_Subscription):
                     self.failures += 1
                     if sampled(self.failures, 1000):
                         log.exception("pulse bus callback failed", failures=self.failures)
-
-    def __enter__(self) -> CallbackSubscription:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class AsyncSubscription(_Subscription):

@@ -35,6 +35,7 @@ import orjson
 from pulse_core._log import get_logger
 from pulse_core.emitter import classify_exception
 from pulse_core.events import TERMINAL_STATUSES, is_error_code
+from pulse_transports._closing import ClosesOnExit
 from pulse_transports.integrations._registration import Registration, _int, rank_dir
 
 log = get_logger("pulse.distributed")
@@ -150,7 +151,7 @@ def describe_exception(exc: BaseException) -> tuple[str, bool, str, dict[str, An
 # -- the two kinds of run ----------------------------------------------------------------
 
 
-class PeerRun:
+class PeerRun(ClosesOnExit):
     """What a rank other than 0 reports to: nothing, except its own failure.
 
     It has the calls training code and the callbacks make on a
@@ -309,20 +310,9 @@ class PeerRun:
         if self._registration is not None:
             self._registration.remove()
 
-    def __enter__(self) -> PeerRun:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if exc is not None:
-                self.fail_with(exc)
-        finally:
-            self.close()
+    def exited_with(self, exc: BaseException) -> None:
+        """An exception leaving ``with run:`` is recorded as this rank's failure."""
+        self.fail_with(exc)
 
 
 _peers: weakref.WeakSet[PeerRun] = weakref.WeakSet()
