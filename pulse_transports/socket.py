@@ -17,6 +17,14 @@ This module owns :class:`SocketSink`. Its promises to the training loop:
 ``open()`` makes one quick connection attempt so it can return the seq the
 hub already holds for the run (a continued run goes on after it); if the hub
 is not there, the run starts anyway and the thread keeps trying.
+
+The sink is on by default, so it is inert and nearly free when no hub
+listens: while the hub's Unix socket file does not exist it makes no
+connection attempt and logs nothing, and looks for the file again at most
+every :data:`PROBE` seconds. Progress and metrics are not rate limited here
+(``interval`` 0): the emitter hands every value over and the queue coalesces
+samples only while the connection is busy; the hub's per-subscriber limit is
+the one UI rate cap.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
-from pulse_core.policy import LIVE_INTERVAL, RETRY_FIRST, hold_event, trim_events
+from pulse_core.policy import RETRY_FIRST, hold_event, trim_events
 from pulse_transports.wire import (
     ENV_TOKEN,
     MAX_FRAME,
@@ -60,12 +68,12 @@ log = get_logger("pulse.socket")
 #: Events the sink may hold while the hub is unreachable.
 QUEUE: Final = 10_000
 #: Default least seconds between two progress (or metrics) events sent to the
-#: hub: four times the UI rate. The hub limits every subscriber to
-#: LIVE_INTERVAL itself, so this only bounds the hub's input (at most 40
-#: values per second per stream and run); finer, it shortens how long the
-#: emitter holds a value back (the second call of a progress/metrics pair
-#: waits up to one interval).
-INTERVAL: Final = LIVE_INTERVAL / 4
+#: hub: none. The hub limits every subscriber to LIVE_INTERVAL itself; the
+#: sink's queue coalesces samples while a send is under way, which bounds
+#: the hub's input to what the connection carries.
+INTERVAL: Final = 0.0
+#: Seconds between two looks for the socket file of a hub that is not there.
+PROBE: Final = 2.0
 #: Longest pause between two reconnection attempts (seconds).
 RETRY_MAX: Final = 2.0
 #: Seconds one blocking send may take before the connection counts as dead.
@@ -84,7 +92,7 @@ class SocketSink:
         tcp: ``HOST:PORT`` of a hub reached over TCP instead.
         token: the hub's shared secret (default ``$PULSE_HUB_TOKEN``).
         interval: the least seconds between forwarded progress/metrics
-            (default 0.025: the hub limits each subscriber to 10/s itself).
+            (default 0: the hub limits each subscriber to 10/s itself).
         queue: the most events held while the hub is unreachable.
         connect_timeout: seconds one connection attempt may take.
         close_timeout: seconds ``close()`` waits for queued events to go out
@@ -170,10 +178,11 @@ class SocketSink:
             none or could not be reached now.
         """
         self.training_id = training_id
-        try:
-            self._connect()
-        except (OSError, HandshakeError, EOFError, ValueError) as exc:
-            self._down(exc)
+        if self._hub_present():
+            try:
+                self._connect()
+            except (OSError, HandshakeError, EOFError, ValueError) as exc:
+                self._down(exc)
         self._thread = threading.Thread(
             target=self._run, name=f"pulse-socket-{training_id}", daemon=True
         )
@@ -184,7 +193,8 @@ class SocketSink:
         """Queue *event* for the sender thread; never blocks on the network."""
         with self._cond:
             self._hold(event)
-            self._cond.notify()
+            if self._sock is not None:  # else the thread is waiting out a retry delay
+                self._cond.notify()
 
     def flush(self, durable: bool) -> None:
         """With *durable*, wait (up to ``close_timeout``) for the queue to be sent.
@@ -213,6 +223,8 @@ class SocketSink:
         self._disconnect()
         with self._cond:
             lost = len(self._queue)
+        if not self.connects and not self._failures:
+            return  # no hub ever listened: nobody expected these events
         if lost or self.dropped:
             log.warning(
                 "pulse socket sink closed with events the hub never got",
@@ -276,6 +288,14 @@ class SocketSink:
                     closing, empty = self._closing, not self._queue
                 if closing and (empty or time.monotonic() >= self._deadline):
                     return
+                if not self._hub_present():
+                    if closing:
+                        return  # no hub to hand the rest to
+                    with cond:
+                        end = time.monotonic() + PROBE
+                        while not self._closing and (left := end - time.monotonic()) > 0:
+                            cond.wait(left)
+                    continue
                 try:
                     self._connect()
                 except (OSError, HandshakeError, EOFError, ValueError) as exc:
@@ -312,6 +332,11 @@ class SocketSink:
                     return
                 if closing and time.monotonic() >= self._deadline:
                     return
+
+    def _hub_present(self) -> bool:
+        """False while the hub's Unix socket file is absent (no connection attempt then)."""
+        path = self.address.path
+        return path is None or os.path.exists(path)
 
     def _connect(self) -> None:
         sock = connect(self.address, self.connect_timeout)
