@@ -114,10 +114,10 @@ class HomeFeed:
     def step(self, timeout: float = WAIT) -> list[Event]:
         """Wait (up to *timeout*) for changes, then read them (blocking)."""
         if self._notifier is None:
+            time.sleep(min(timeout, self.poll_interval))
             with self._lock:
                 self._ensure_notifier()
-            if self._notifier is None:
-                time.sleep(min(timeout, self.poll_interval))
+                # The folder is new: what it holds was written before any watch.
                 return self._sweep() if self.folder.is_dir() else []
         self._notifier.wait(timeout)
         with self._lock:
@@ -129,10 +129,11 @@ class HomeFeed:
                 self._next_sweep = now + SWEEP
                 return self._sweep()
             out: list[Event] = []
-            for name in sorted(changed):
-                path = Path(name)
-                if path.suffix == ".jsonl" and path.parent == self.folder:
-                    out.extend(self._poll_path(path))
+            # The notifier watches this one folder (not recursively): a path's
+            # name is enough (the reported folder may be spelled differently).
+            for name in sorted({Path(path).name for path in changed}):
+                if name.endswith(".jsonl"):
+                    out.extend(self._poll_path(self.folder / name))
             return out
 
     def close(self) -> None:
