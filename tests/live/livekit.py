@@ -119,7 +119,8 @@ class Subscriber:
         self.sock.sendall(hello_line("subscriber", **hello))
         self.seen: list[tuple[float, dict[str, Any]]] = []
         welcome = self.line(WAIT)
-        assert welcome is not None and "welcome" in welcome, welcome
+        assert welcome is not None
+        assert "welcome" in welcome, welcome
 
     def line(self, timeout: float) -> dict[str, Any] | None:
         raw = self.reader.readline(timeout)

@@ -34,7 +34,7 @@ class TestZeroConfiguration:
         subscribe: Callable[..., Subscriber],
         procs: list[Proc],
     ) -> None:
-        """`pulse demo` and the README loop, no environment: both stream progress to a subscriber."""
+        """`pulse demo` and the README loop, no environment: both stream to a subscriber."""
         hub = start_hub()
         sub = subscribe(hub.address)
         demo = pulse(folder, "demo", "--training-id", "demo-1")
@@ -70,7 +70,6 @@ class TestZeroConfiguration:
         sub.until(
             lambda o: o.get("training_id") == "file-1" and o.get("status") == "done", past=True
         )
-        assert "file-1" not in hub.log() or "producer connected" not in hub.log()
 
     def test_a_log_written_by_hand_is_live_within_500_ms(
         self,
@@ -78,7 +77,7 @@ class TestZeroConfiguration:
         start_hub: Callable[..., LiveHub],
         subscribe: Callable[..., Subscriber],
     ) -> None:
-        """Another language appending protocol lines to a log: each line reaches a subscriber fast."""
+        """Another language appending lines to a log: each reaches a subscriber within 500 ms."""
         hub = start_hub()
         sub = subscribe(hub.address)
         path = folder / ".pulse" / "logs" / "training" / "other-1.jsonl"
