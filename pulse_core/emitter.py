@@ -36,10 +36,11 @@ every call writes inline, synchronously. Call the hot path from one thread
 at a time.
 
 Status floods stay bounded: restating the current state with a new note and
-non-fatal errors are forwarded at most once per the slowest sink's interval
-(leading and trailing edge, latest note wins); errors held back are counted
-and the one that goes out carries ``details["count"]``, the errors it stands
-for. Lifecycle transitions are never held back.
+non-fatal errors share a token bucket -- a burst of ``FLOOD_BURST``, then one
+per the slowest sink's interval (the latest held note wins and goes out when
+a token is back); errors held back are counted and the one that goes out
+carries ``details["count"]``, the errors it stands for. Lifecycle
+transitions and fatal errors are never held back.
 
 Fork: a child process forked with a run open gets an inert copy (every call
 a no-op; it never writes to, closes or unlocks the parent's sinks); a thread
@@ -115,7 +116,7 @@ from pulse_core.events import (
     validate_training_id,
 )
 from pulse_core.lifecycle import next_status
-from pulse_core.policy import CLOSE_TIMEOUT, HEARTBEAT_INTERVAL, background_tick
+from pulse_core.policy import CLOSE_TIMEOUT, FLOOD_BURST, HEARTBEAT_INTERVAL, background_tick
 from pulse_core.ports import Sink
 
 log = get_logger("pulse.emitter")
@@ -376,7 +377,8 @@ class TrainingRun:
         self._held_note: tuple[str, str] | None = None  # (state, message) held back
         self._held_error: dict[str, Any] | None = None  # a non-fatal error held back
         self._held_count = 0  # errors the held one stands for
-        self._flood_at = -_INF  # when the next note/non-fatal error may go out
+        self._flood_tokens = float(FLOOD_BURST)  # notes/non-fatal errors that may go out now
+        self._flood_last = -_INF  # when the tokens were last counted
         self._closed = False
         self._closing = False
         self._seq = 0
@@ -594,11 +596,10 @@ class TrainingRun:
                 return
             now = self._clock()
             if state == self._status and state not in TERMINAL_STATUSES:
-                # A restated state with a new note: at most one per interval.
-                if now < self._flood_at:
+                # A restated state with a new note: a burst, then one per interval.
+                if not self._flood_allows(now):
                     self._held_note = (state, str(message))
                     return
-                self._flood_at = now + self._flood_interval
                 self._held_note = None
             else:
                 self._held_note = None  # a transition supersedes a held note
@@ -654,15 +655,14 @@ class TrainingRun:
                 "epoch": _as_int(p[0]),
                 "step": _as_int(p[2]),
             }
-            if not fatal and now < self._flood_at:
+            if not fatal and not self._flood_allows(now):
                 # Beyond the rate: held back (latest wins) and counted.
                 self._held_error = fields
                 self._held_count += 1
                 return
-            self._held_note = None
+            if fatal:
+                self._held_note = None
             self._release_held_error(now)
-            if not fatal:
-                self._flood_at = now + self._flood_interval
             self._pump(now, force=True, auto_start=False)
             self._broadcast(self._error_event(fields, 1), now)
             if fatal:
@@ -701,6 +701,21 @@ class TrainingRun:
             )
             self._broadcast(beat, self._clock())
         self._kick()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the writer has written every event handed over so far.
+
+        Training code never needs this (the writer delivers on its own, and
+        :meth:`close` waits for the end); it is for code that must read a
+        sink right after a call, e.g. tests. Waits at most *timeout* seconds
+        (default ``close_timeout``).
+
+        Returns:
+            True if everything was written, False if the wait timed out.
+        """
+        if self._inert:
+            return True
+        return self._await_writer(self._close_timeout if timeout is None else timeout)
 
     # -- state ------------------------------------------------------------------
 
@@ -1256,14 +1271,28 @@ class TrainingRun:
         self._pump(now, force=True, auto_start=False)
         self._broadcast(self._error_event(held, count), now)
 
+    def _flood_allows(self, now: float) -> bool:
+        """Token bucket of notes and non-fatal errors: a burst, then one per interval."""
+        interval = self._flood_interval
+        if interval <= 0:
+            return True
+        tokens = min(float(FLOOD_BURST), self._flood_tokens + (now - self._flood_last) / interval)
+        self._flood_last = now
+        if tokens >= 1.0:
+            self._flood_tokens = tokens - 1.0
+            return True
+        self._flood_tokens = tokens
+        return False
+
     def _release_held(self, now: float) -> None:
         """Trailing edge of the flood limit: send a held note or error once due."""
-        if now < self._flood_at or (self._held_note is None and self._held_error is None):
+        if self._held_note is None and self._held_error is None:
             return
         if self._status in TERMINAL_STATUSES:
             self._held_note, self._held_error, self._held_count = None, None, 0
             return
-        self._flood_at = now + self._flood_interval
+        if not self._flood_allows(now):
+            return
         self._release_held_error(now)
         note, self._held_note = self._held_note, None
         if note is not None and note[0] == self._status:

@@ -2,7 +2,7 @@
 
 This module owns :class:`HomeFeed`, the hub's second source of events beside
 producer connections. It keeps one :class:`~pulse_transports.follow.LogFollower`
-per run log and a :class:`~pulse_transports.follow.Notifier` on the folder
+per run log and a :class:`~pulse_transports.notify.Notifier` on the folder
 (OS notifications through watchfiles, polling when they are unavailable), so
 runs from any writer -- a process with the socket transport off, the v1
 bridge, another language writing the protocol, a process started before the
@@ -32,8 +32,9 @@ from typing import Final
 from pulse_core._log import get_logger
 from pulse_core.events import Event
 from pulse_transports.file import log_dir
-from pulse_transports.follow import LogFollower, Notifier
+from pulse_transports.follow import LogFollower
 from pulse_transports.inprocess import MAX_RUNS, Bus
+from pulse_transports.notify import Notifier
 
 log = get_logger("pulse.homefeed")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,7 +139,7 @@ class TestHubDown:
             sink.close()
 
     def test_a_run_without_a_hub_finishes_normally(self, tmp_path: Path) -> None:
-        """No hub socket in the home: the sink is inert (no attempt, no warning) and the run ends."""
+        """No hub socket in the home: the sink is inert (no warning) and the run ends."""
         with structlog.testing.capture_logs() as logs:
             sink = SocketSink(home=tmp_path, connect_timeout=0.2, close_timeout=0.5)
             with TrainingRun("run-1", sinks=[sink, FileSink(home=tmp_path)]) as run:
@@ -149,10 +150,11 @@ class TestHubDown:
         events = [entry["event"] for entry in logs]
         assert "pulse hub unreachable; the socket sink keeps events and retries" not in events
         assert "pulse socket sink closed with events the hub never got" not in events
-        assert sink.connects == 0 and sink._failures == 0
+        assert sink.connects == 0
+        assert sink.retry.failures == 0
 
     def test_a_socket_path_nobody_answers_is_warned(self, tmp_path: Path) -> None:
-        """A hub socket path that exists but does not answer is tried, warned once, and the run ends."""
+        """A socket path nobody answers on is tried and warned about; the run ends."""
         (tmp_path / "pulse.sock").write_bytes(b"")  # not a listening socket
         with structlog.testing.capture_logs() as logs:
             sink = SocketSink(home=tmp_path, connect_timeout=0.2, close_timeout=0.5)
@@ -264,3 +266,38 @@ class TestRawProducerParity:
         assert [o for o in events_of(lines) if o["type"] == "status"] == [
             orjson.loads(x) for x in logged
         ]
+
+
+class TestBackoffHolds:
+    """A producer never reconnects faster than its backoff, however often it reports."""
+
+    def test_attempts_during_an_outage_follow_the_backoff(
+        self, hub_home: Path, start_hub: Callable[..., HubProcess]
+    ) -> None:
+        """Hub SIGKILLed for 2 s under 50 Hz reports: at most 7 attempts (was ~70)."""
+        first = start_hub()
+        sink = SocketSink(home=hub_home, connect_timeout=0.5)
+        with TrainingRun("run-1", sinks=[sink]) as run:
+            run.status("running")
+            assert sink.connected
+            before = sink.attempts
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait(10)
+            down_until = time.monotonic() + 2.0
+            step = 0
+            while time.monotonic() < down_until:
+                step += 1
+                run.progress(epoch=1, step=step)
+                run.metrics(loss=1.0 / step)
+                time.sleep(0.02)
+            during = sink.attempts - before
+            second = start_hub()
+            deadline = time.monotonic() + WAIT
+            while sink.connects < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            run.status("running", "after the outage")
+            view = wait_applied(second.unix, "run-1", 3)
+        assert view["progress"]["step"] >= 1
+        # 50 ms doubling, at most 20 % shorter: 0.04+0.08+0.16+0.32+0.64 s < 2 s < +1.28 s
+        assert 1 <= during <= 6
+        assert sink.connects == 2
