@@ -11,6 +11,9 @@ unless a test sets one. Scenarios:
 * ``bench N RATE OUT``: N progress updates at RATE per second, each after
   noting ``time.time()``; writes ``{step: sent_at}`` as JSON to OUT, then
   ends done.
+* ``many N RATE SECONDS MARKER``: N runs in this one process (ids
+  ``<TRAINING_ID>-<i>``), each reporting progress and loss RATE times a
+  second for SECONDS; creates MARKER once all are running; all end done.
 """
 
 from __future__ import annotations
@@ -65,6 +68,23 @@ def main() -> None:
                 run.progress(epoch=1, step=step, total_steps=count)
             time.sleep(0.5)
             out.write_text(json.dumps(sent))
+    elif scenario == "many":
+        count, rate, seconds, marker = int(args[0]), float(args[1]), float(args[2]), args[3]
+        runs = [TrainingRun(f"{tid}-{i}", total_epochs=1) for i in range(count)]
+        for run in runs:
+            run.__enter__()
+            run.status("running", "training")
+        Path(marker).touch()
+        start = time.monotonic()
+        tick = 0
+        while time.monotonic() - start < seconds:
+            tick += 1
+            time.sleep(max(0.0, start + tick / rate - time.monotonic()))
+            for run in runs:
+                run.progress(epoch=1, step=tick)
+                run.metrics(loss=1.0 / tick)
+        for run in runs:
+            run.__exit__(None, None, None)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
 
