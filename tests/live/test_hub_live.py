@@ -7,16 +7,21 @@ following the home's logs when they do not report over the socket.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from livekit import LiveHub, Proc, Subscriber, event_of, lost, snapshot_of, wait_file, zero_env
 
+from pulse_core import TrainingRun
 from pulse_core.codec import encode
 from pulse_core.events import Progress, RunMeta, StatusChanged
+from pulse_transports.flows import FlowTrainer
 
 
 def pulse(folder: Path, *args: str) -> Proc:
@@ -200,3 +205,53 @@ class TestStaleCursor:
         with path.open("ab") as out:
             out.write(encode(StatusChanged("cur-1", 4, time.time(), "done", "finished")))
         sub.until(lambda o: o.get("seq") == 4 and o.get("status") == "done", timeout=5)
+
+
+class TestFlowTrainer:
+    """A FlowTrainer step rides the same live path: the hub and ``updates()`` within 500 ms."""
+
+    def test_a_thread_step_is_live_at_the_hub_and_in_updates(
+        self,
+        folder: Path,
+        start_hub: Callable[..., LiveHub],
+        subscribe: Callable[..., Subscriber],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Each value of a step shows in ``updates()`` and at a subscriber within 500 ms."""
+        for name in [k for k in os.environ if k.startswith("PULSE_")]:
+            monkeypatch.delenv(name)
+        hub = start_hub()
+        sub = subscribe(hub.address)
+        sent: dict[int, float] = {}
+
+        def target(run: TrainingRun) -> None:
+            run.status("running", "training")
+            for step in range(1, 21):
+                sent[step] = time.time()
+                run.progress(epoch=1, step=step, total_steps=20)
+                time.sleep(0.1)
+
+        done = lambda o: o.get("training_id") == "flow-1" and o.get("status") == "done"  # noqa: E731
+        reader = threading.Thread(target=sub.until, args=(done, 30))  # lines timed as they come
+        reader.start()
+        trainer = FlowTrainer(home=folder / ".pulse")
+        step = trainer.start_callable(target, flow_id="f", flow_run_id="fr", training_id="flow-1")
+        lags = []
+        for view in step.updates(interval=0.05, timeout=30):
+            at = time.time()
+            shown = (view.get("progress") or {}).get("step")
+            if isinstance(shown, int) and shown in sent and shown < 20:
+                lags.append(at - sent[shown])
+        assert step.wait(10) is not None
+        assert len(lags) >= 5
+        assert max(lags) < 0.5, lags
+        reader.join(30)
+        arrivals = [
+            (at, obj["step"])
+            for at, obj in sub.seen
+            if event_of("flow-1", "progress")(obj) and isinstance(obj.get("step"), int)
+        ]
+        assert len(arrivals) >= 10
+        assert max(at - sent[s] for at, s in arrivals) < 0.5, [
+            (round(at - sent[s], 3), s) for at, s in arrivals
+        ]
