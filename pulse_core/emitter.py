@@ -602,7 +602,7 @@ class TrainingRun:
                     return
                 self._held_note = None
             else:
-                self._held_note = None  # a transition supersedes a held note
+                self._send_held_note(now)  # the latest note goes out before the transition
                 self._release_held_error(now)
             self._pump(now, force=True, auto_start=False)
             self._status_locked(state, message, now)
@@ -661,7 +661,7 @@ class TrainingRun:
                 self._held_count += 1
                 return
             if fatal:
-                self._held_note = None
+                self._send_held_note(now)
             self._release_held_error(now)
             self._pump(now, force=True, auto_start=False)
             self._broadcast(self._error_event(fields, 1), now)
@@ -838,7 +838,7 @@ class TrainingRun:
             self._closing = True
             try:
                 now = self._clock()
-                self._held_note = None
+                self._send_held_note(now)
                 self._release_held_error(now)
                 if self._status not in TERMINAL_STATUSES:
                     if self._cancel_reason is not None:
@@ -1294,6 +1294,10 @@ class TrainingRun:
         if not self._flood_allows(now):
             return
         self._release_held_error(now)
+        self._send_held_note(now)
+
+    def _send_held_note(self, now: float) -> None:
+        """Send the latest note held back by the flood limit (if its state still holds)."""
         note, self._held_note = self._held_note, None
         if note is not None and note[0] == self._status:
             self._pump(now, force=True, auto_start=False)
