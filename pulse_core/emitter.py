@@ -135,6 +135,8 @@ ENV_HEARTBEAT_INTERVAL: Final = "PULSE_HEARTBEAT_INTERVAL"
 ENV_CLOSE_TIMEOUT: Final = "PULSE_CLOSE_TIMEOUT"
 #: Set to 1 by a supervisor that already wrote ``preparing`` and ``running``.
 ENV_SUPERVISED: Final = "PULSE_SUPERVISED"
+#: The run name a supervisor (pulse run, a Flow Manager) gave; it wins over the script's.
+ENV_RUN_NAME: Final = "PULSE_RUN_NAME"
 
 _METRIC_NAMES_MAX: Final = 64  # extra names; loss and the protocol's named metrics always kept
 _DROPPED_NAMES_MAX: Final = 10_000  # distinct dropped names counted (bounded memory)
@@ -452,6 +454,13 @@ class TrainingRun:
             raise
 
         continued = self._seq > 0  # the log already holds events (e.g. a supervisor's)
+        given_name = environ.get(ENV_RUN_NAME) or None
+        if given_name is not None:
+            # The supervisor's (the flow's) name is the run's name; the script's
+            # own name is kept beside it as the label ``script_name``.
+            if isinstance(name, str) and name and name != given_name:
+                label_map = {**label_map, "script_name": name[:1024]}
+            name = given_name
         self.meta = RunMeta(
             training_id=self.training_id,
             seq=self._next_seq(),
