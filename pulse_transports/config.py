@@ -42,7 +42,7 @@ KEYS: Final[tuple[Key, ...]] = (
     Key(
         "transports",
         "PULSE_TRANSPORTS",
-        ("file", "v1"),
+        ("file", "v1", "socket"),
         tuple,
         "Sinks a TrainingRun writes to, by entry-point name (comma-separated in the env var).",
     ),

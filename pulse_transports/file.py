@@ -101,6 +101,11 @@ _SAMPLES: Final = (Progress, Metrics)
 #: Seconds between two checks that the log is still at its path (also checked
 #: before every meta/status/error/dropped line).
 CHECK_INTERVAL: Final = 1.0
+#: Default least seconds between two progress/metrics lines: a quarter of
+#: the log's base rate, so a reader following the log without a hub
+#: (``pulse watch``) shows a new value within about 300 ms. Compaction keeps
+#: the log under ``max_bytes`` whatever the rate.
+FOLLOW_INTERVAL: Final = LOG_INTERVAL / 4
 #: Seqs of recent lines remembered, to give a ``dropped`` note a seq of its own.
 _RECENT: Final = 16
 
@@ -214,7 +219,7 @@ class FileSink:
         *,
         home: Path | str,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        interval: float = LOG_INTERVAL,
+        interval: float = FOLLOW_INTERVAL,
         fsync: bool = True,
         lock_wait: float = LOCK_WAIT,
         reopen_ended: bool = False,

@@ -31,6 +31,12 @@ Guarantees (specs/hub-protocol.md):
   ``training_status.json`` still shows it running, the hub heals the file
   (:func:`pulse_transports.v1.heal_v1_snapshot`).
 
+The home's logs are followed (:class:`pulse_transports._homefeed.HomeFeed`,
+``follow_home``): every run writing into the home is live in the hub whether
+or not it reports over the socket, and the hub starts knowing every recent
+run of the home, ended, alive or lost. A subscriber whose resume cursor is
+ahead of what the hub holds for a run gets that run's snapshot.
+
 Feeds bring events from elsewhere (e.g. :class:`pulse_transports.nats.NatsFeed`,
 ``pulse nats serve``): each is a coroutine function given the bus, run as a
 task for the hub's life; it publishes to the bus as a producer connection
@@ -62,6 +68,7 @@ from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE_AFTER, Liv
 from pulse_core.policy import sampled
 from pulse_core.projections import to_view
 from pulse_core.state import RunState
+from pulse_transports._homefeed import HomeFeed
 from pulse_transports.file import lock_path, log_dir, log_path, writer_alive
 from pulse_transports.follow import read_events
 from pulse_transports.inprocess import (
@@ -159,6 +166,8 @@ class HubSettings:
         max_runs: runs kept in memory.
         stale_after, lost_after: the liveness thresholds, seconds.
         liveness_tick: seconds between two checks of the held runs' writers.
+        follow_home: follow every log in ``<home>/logs/training`` (else only
+            the logs of runs whose writer is alive are read, at start).
     """
 
     home: Path
@@ -177,6 +186,7 @@ class HubSettings:
     stale_after: float = STALE_AFTER
     lost_after: float = LOST_AFTER
     liveness_tick: float = LIVENESS_TICK
+    follow_home: bool = True
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings.
@@ -285,6 +295,7 @@ class Hub:
         self._liveness_task: asyncio.Task[None] | None = None
         self._checks: set[asyncio.Task[None]] = set()
         self._check_lock = asyncio.Lock()
+        self.homefeed: HomeFeed | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -299,7 +310,15 @@ class Hub:
             OSError: a listener cannot be bound.
         """
         s = self.settings
-        await asyncio.to_thread(self._seed_live_runs)
+        if s.follow_home:
+            self.homefeed = HomeFeed(s.home, max_runs=s.max_runs)
+            primed = await asyncio.to_thread(self.homefeed.prime)
+            for tid, events in primed.items():
+                self.bus.seed(tid, events)
+            self._feeds = (*self._feeds, self.homefeed)
+        else:
+            await asyncio.to_thread(self._seed_live_runs)
+        await self.check_liveness()  # the first snapshots already say who is lost
         if s.socket_path is not None:
             await self._bind_unix(s.socket_path)
         if s.tcp is not None:
@@ -372,6 +391,8 @@ class Hub:
             task.cancel()
         if self._feed_tasks:
             await asyncio.wait(self._feed_tasks, timeout=2.0)
+        if self.homefeed is not None:
+            await asyncio.to_thread(self.homefeed.close)
         background = [t for t in (self._liveness_task, *self._checks) if t is not None]
         for task in background:
             task.cancel()

@@ -57,6 +57,8 @@ class Notifier:
         self.folder = Path(folder)
         self.poll_interval = poll_interval
         self._changed = threading.Event()
+        self._paths: set[str] = set()
+        self._paths_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.mode = "polling"
@@ -82,6 +84,8 @@ class Notifier:
             while not self._stop.is_set():
                 result = notify.watch(self.DEBOUNCE_MS, self.STEP_MS, 500, self._stop)
                 if isinstance(result, set) and result:
+                    with self._paths_lock:
+                        self._paths.update(path for _change, path in result)
                     self._changed.set()
         except Exception as exc:  # noqa: BLE001 - any watcher failure falls back to polling
             log.warning("pulse file notifications failed; polling", error=str(exc))
@@ -104,6 +108,18 @@ class Notifier:
         fired = self._changed.wait(max(0.0, timeout))
         self._changed.clear()
         return fired
+
+    def take_changed(self) -> set[str] | None:
+        """The paths notified as changed since the last call (and forget them).
+
+        Returns:
+            None when polling (any file may have changed).
+        """
+        if self.mode == "polling":
+            return None
+        with self._paths_lock:
+            paths, self._paths = self._paths, set()
+        return paths
 
     def close(self) -> None:
         """Stop watching."""

@@ -17,6 +17,14 @@ This module owns :class:`SocketSink`. Its promises to the training loop:
 ``open()`` makes one quick connection attempt so it can return the seq the
 hub already holds for the run (a continued run goes on after it); if the hub
 is not there, the run starts anyway and the thread keeps trying.
+
+The sink is on by default, so it is inert and nearly free when no hub
+listens: while the hub's Unix socket file does not exist it makes no
+connection attempt and logs nothing, and looks for the file again every
+:data:`PROBE` seconds. Progress and metrics are not rate limited here
+(``interval`` 0): the emitter hands every value over and the queue coalesces
+samples only while the connection is busy; the hub's per-subscriber limit is
+the one UI rate cap.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
-from pulse_core.policy import CONNECT_BACKOFF, LIVE_INTERVAL, sampled
+from pulse_core.policy import CONNECT_BACKOFF, Retry, sampled
 from pulse_transports._sender import BackgroundSender
 from pulse_transports.wire import (
     ENV_TOKEN,
@@ -57,17 +65,34 @@ log = get_logger("pulse.socket")
 #: Events the sink may hold while the hub is unreachable.
 QUEUE: Final = 10_000
 #: Default least seconds between two progress (or metrics) events sent to the
-#: hub: four times the UI rate. The hub limits every subscriber to
-#: LIVE_INTERVAL itself, so this only bounds the hub's input (at most 40
-#: values per second per stream and run); finer, it shortens how long the
-#: emitter holds a value back (the second call of a progress/metrics pair
-#: waits up to one interval).
-INTERVAL: Final = LIVE_INTERVAL / 4
+#: hub: none. The hub limits every subscriber to LIVE_INTERVAL itself; the
+#: sink's queue coalesces samples while a send is under way, which bounds
+#: the hub's input to what the connection carries.
+INTERVAL: Final = 0.0
+#: Seconds between two looks for the socket file of a hub that is not there.
+PROBE: Final = 2.0
 #: Longest pause between two reconnection attempts (seconds): the cap of
 #: :data:`pulse_core.policy.CONNECT_BACKOFF`.
 RETRY_MAX: Final = CONNECT_BACKOFF.cap
 #: Seconds one blocking send may take before the connection counts as dead.
 SEND_TIMEOUT: Final = 5.0
+
+
+class _NoHub(FileNotFoundError):
+    """The hub's Unix socket file does not exist: no hub listens (not a failure)."""
+
+
+@attrs.define
+class _ProbeRetry(Retry):
+    """The reconnection backoff, except while no hub socket exists: a look every PROBE s."""
+
+    absent: bool = False
+
+    def failed(self, now: float, u: float = 0.0) -> float:
+        if self.absent:
+            self.not_before = now + PROBE  # not a failure: no streak, no log
+            return PROBE
+        return super().failed(now, u)
 
 
 class SocketSink(BackgroundSender):
@@ -80,7 +105,7 @@ class SocketSink(BackgroundSender):
         tcp: ``HOST:PORT`` of a hub reached over TCP instead.
         token: the hub's shared secret (default ``$PULSE_HUB_TOKEN``).
         interval: the least seconds between forwarded progress/metrics
-            (default 0.025: the hub limits each subscriber to 10/s itself).
+            (default 0: the hub limits each subscriber to 10/s itself).
         queue: the most events held while the hub is unreachable.
         connect_timeout: seconds one connection attempt may take.
         close_timeout: seconds ``close()`` waits for queued events to go out
@@ -142,6 +167,8 @@ class SocketSink(BackgroundSender):
         self.rejected = 0
         self._sock: socket.socket | None = None
         self._reader: LineReader | None = None
+        self._probe = _ProbeRetry(CONNECT_BACKOFF)
+        self.retry = self._probe
 
     # -- the Sink protocol ---------------------------------------------------------
 
@@ -158,6 +185,8 @@ class SocketSink(BackgroundSender):
     def close(self) -> None:
         """Send what is queued (bounded by ``close_timeout``), then disconnect."""
         lost = self.stop()
+        if not self.connects and not self.retry.failures:
+            return  # no hub ever listened: nobody expected these events
         if lost or self.dropped:
             log.warning(
                 "pulse socket sink closed with events the hub never got",
@@ -175,7 +204,9 @@ class SocketSink(BackgroundSender):
     # -- the sender hooks ----------------------------------------------------------
 
     def describe_down(self, exc: BaseException) -> None:
-        """Log the first failure of a streak."""
+        """Log the first failure of a streak (an absent hub is none)."""
+        if isinstance(exc, _NoHub):
+            return
         log.warning(
             "pulse hub unreachable; the socket sink keeps events and retries",
             training_id=self.training_id,
@@ -185,6 +216,10 @@ class SocketSink(BackgroundSender):
 
     def connect(self) -> None:
         """Connect to the hub, say hello and read its welcome."""
+        path = self.address.path
+        self._probe.absent = path is not None and not os.path.exists(path)
+        if self._probe.absent:
+            raise _NoHub(f"no hub socket at {path}")
         sock = connect(self.address, self.connect_timeout)
         try:
             sock.sendall(hello_line("producer", training_id=self.training_id, token=self.token))

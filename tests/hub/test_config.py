@@ -39,7 +39,7 @@ class TestSocketOptions:
         (sink,) = make_sinks(("socket",), tmp_path, {})
         assert isinstance(sink, SocketSink)
         assert sink.address == Address(path=tmp_path / "pulse.sock")
-        assert sink.interval == 0.025
+        assert sink.interval == 0.0  # issue 15: no producer-side limit
         assert sink.token is None
 
     def test_options(self, tmp_path: Path) -> None:

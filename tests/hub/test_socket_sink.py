@@ -139,6 +139,7 @@ class TestHubDown:
             sink.close()
 
     def test_a_run_without_a_hub_finishes_normally(self, tmp_path: Path) -> None:
+        """No hub socket in the home: the sink is inert (no warning) and the run ends."""
         with structlog.testing.capture_logs() as logs:
             sink = SocketSink(home=tmp_path, connect_timeout=0.2, close_timeout=0.5)
             with TrainingRun("run-1", sinks=[sink, FileSink(home=tmp_path)]) as run:
@@ -146,6 +147,21 @@ class TestHubDown:
                     run.progress(step=step)
         assert run.current_status == "done"
         assert b'"status":"done"' in log_path(tmp_path, "run-1").read_bytes()
+        events = [entry["event"] for entry in logs]
+        assert "pulse hub unreachable; the socket sink keeps events and retries" not in events
+        assert "pulse socket sink closed with events the hub never got" not in events
+        assert sink.connects == 0
+        assert sink.retry.failures == 0
+
+    def test_a_socket_path_nobody_answers_is_warned(self, tmp_path: Path) -> None:
+        """A socket path nobody answers on is tried and warned about; the run ends."""
+        (tmp_path / "pulse.sock").write_bytes(b"")  # not a listening socket
+        with structlog.testing.capture_logs() as logs:
+            sink = SocketSink(home=tmp_path, connect_timeout=0.2, close_timeout=0.5)
+            with TrainingRun("run-1", sinks=[sink, FileSink(home=tmp_path)]) as run:
+                for step in range(1000):
+                    run.progress(step=step)
+        assert run.current_status == "done"
         events = [entry["event"] for entry in logs]
         assert "pulse hub unreachable; the socket sink keeps events and retries" in events
         assert "pulse socket sink closed with events the hub never got" in events

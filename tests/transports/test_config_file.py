@@ -31,10 +31,10 @@ class TestHome:
     """home: explicit, then PULSE_HOME, then pulse.toml / [tool.pulse], then ./.pulse."""
 
     def test_default(self, clean_env: Path) -> None:
-        """Nothing configured: ./.pulse with the file and v1 transports."""
+        """Nothing configured: ./.pulse with the file, v1 and socket transports."""
         config = load_config()
         assert config.home == Path(".pulse")
-        assert config.transports == ("file", "v1")
+        assert config.transports == ("file", "v1", "socket")
         assert config.source is None
 
     def test_pulse_toml_in_a_parent(self, clean_env: Path) -> None:

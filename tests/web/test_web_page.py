@@ -150,7 +150,7 @@ class TestLiveness:
         expect(detail(page, "liveness")).to_have_text("lost")
         expect(card(page, "gone-1").locator('[data-role="liveness"]')).to_have_text("lost")
         expect(detail(page, "message")).to_contain_text("training process lost")
-        expect(detail(page, "status")).to_have_text("running")  # its last word, shown as such
+        expect(detail(page, "status")).to_have_text("lost — last seen running")  # issue 15
 
     def test_lost_after_a_reload(
         self,

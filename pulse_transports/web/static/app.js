@@ -215,7 +215,17 @@
     return TERMINAL.has(r.status) ? "ended" : (r.liveness || "alive");
   }
 
-  function isActive(r) { return r.held && !TERMINAL.has(r.status); }
+  // Active runs are the alive and stale ones: a lost run is listed with the
+  // finished ones, shown as lost with its last known status, never "running".
+  function isActive(r) { return r.held && !TERMINAL.has(r.status) && livenessText(r) !== "lost"; }
+
+  function statusText(r) {
+    return livenessText(r) === "lost" ? `lost — last seen ${r.status}` : r.status;
+  }
+
+  function statusClass(r) {
+    return livenessText(r) === "lost" ? "status-lost" : `status-${r.status}`;
+  }
 
   function fmtTime(t) {
     if (!isNum(t)) return "";
@@ -351,8 +361,8 @@
     const c = card(r.training_id);
     setText(c.name, r.name || r.training_id);
     c.name.title = r.training_id;
-    setText(c.status, r.status);
-    setClass(c.status, "badge", `status-${r.status}`);
+    setText(c.status, statusText(r));
+    setClass(c.status, "badge", statusClass(r));
     const live = livenessText(r);
     setText(c.liveness, live);
     setClass(c.liveness, "badge", `live-${live}`);
@@ -511,8 +521,8 @@
     setText($("d-name"), r.name || r.training_id);
     setText($("d-id"), r.training_id);
     $("d-id").hidden = !r.name; // without a name, the title is the id: once is enough
-    setText($("d-status"), r.status);
-    setClass($("d-status"), "badge", `status-${r.status}`);
+    setText($("d-status"), statusText(r));
+    setClass($("d-status"), "badge", statusClass(r));
     const live = livenessText(r);
     setText($("d-liveness"), live);
     setClass($("d-liveness"), "badge", `live-${live}`);

@@ -1,0 +1,222 @@
+"""The hub's home feed: every run log in ``<home>/logs/training/``, followed live.
+
+This module owns :class:`HomeFeed`, the hub's second source of events beside
+producer connections. It keeps one :class:`~pulse_transports.follow.LogFollower`
+per run log and a :class:`~pulse_transports.notify.Notifier` on the folder
+(OS notifications through watchfiles, polling when they are unavailable), so
+runs from any writer -- a process with the socket transport off, the v1
+bridge, another language writing the protocol, a process started before the
+hub -- are live in the hub, and runs that ended or died while the hub was
+down are known the moment it starts (:meth:`HomeFeed.prime`).
+
+What it costs: with notifications only the logs named in a notification are
+read (one ``stat`` and one ``pread`` each); every :data:`SWEEP` seconds, and
+on every wake when polling, all followed logs are looked at. A run that
+ended is no longer followed (its file is closed); if its log grows again it
+is followed afresh and the hub drops what it already has (by seq).
+
+Events reach the bus in log order; the bus keeps only events newer than the
+run's last seq, so a run also reported over the socket is applied once.
+Must not be imported by :mod:`pulse_core`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Final
+
+from pulse_core._log import get_logger
+from pulse_core.events import Event
+from pulse_transports.file import log_dir
+from pulse_transports.follow import LogFollower
+from pulse_transports.inprocess import MAX_RUNS, Bus
+from pulse_transports.notify import Notifier
+
+log = get_logger("pulse.homefeed")
+
+#: Seconds between two looks at every followed log (and the folder) while
+#: notifications work: a safety net for a missed notification.
+SWEEP: Final = 2.0
+#: Polling period when OS notifications are unavailable.
+POLL: Final = 0.25
+#: Longest a feed step waits for a notification (bounds how long closing takes).
+WAIT: Final = 0.5
+
+
+class HomeFeed:
+    """Follow every run log of a home and publish the new events to a bus.
+
+    Args:
+        home: the PULSE home.
+        max_runs: most logs read at start (the newest by modification time).
+        notifications: False to force polling; None for the default.
+        poll_interval: polling period without notifications.
+
+    Attributes:
+        published: events handed to the bus (new or not).
+    """
+
+    def __init__(
+        self,
+        home: Path | str,
+        *,
+        max_runs: int = MAX_RUNS,
+        notifications: bool | None = None,
+        poll_interval: float = POLL,
+    ) -> None:
+        self.home = Path(home)
+        self.folder = log_dir(self.home)
+        self.max_runs = max_runs
+        self.poll_interval = poll_interval
+        self._notifications = notifications
+        self._notifier: Notifier | None = None
+        self._followers: dict[str, LogFollower] = {}
+        self._ended: dict[str, int] = {}  # runs that ended: log size when they did
+        self._next_sweep = 0.0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.published = 0
+
+    @property
+    def mode(self) -> str:
+        """``notify``, ``polling`` or ``off`` (the log folder does not exist yet)."""
+        return self._notifier.mode if self._notifier is not None else "off"
+
+    @property
+    def followed(self) -> int:
+        """How many logs are followed now."""
+        return len(self._followers)
+
+    # -- blocking steps (worker thread) ----------------------------------------------
+
+    def prime(self) -> dict[str, list[Event]]:
+        """Read the newest logs whole (blocking): each run's events, by training id."""
+        with self._lock:
+            self._ensure_notifier()
+            out: dict[str, list[Event]] = {}
+            try:
+                paths = sorted(self.folder.glob("*.jsonl"), key=_mtime, reverse=True)
+            except OSError:
+                paths = []
+            for path in paths[: self.max_runs]:
+                events = self._poll_path(path)
+                if events:
+                    out[path.stem] = events
+            for path in paths[self.max_runs :]:
+                # Older than the runs the hub keeps: followed only if they grow.
+                self._ended[path.stem] = _size(path)
+            self._next_sweep = time.monotonic() + SWEEP
+            return out
+
+    def step(self, timeout: float = WAIT) -> list[Event]:
+        """Wait (up to *timeout*) for changes, then read them (blocking)."""
+        if self._notifier is None:
+            time.sleep(min(timeout, self.poll_interval))
+            with self._lock:
+                self._ensure_notifier()
+                # The folder is new: what it holds was written before any watch.
+                return self._sweep() if self.folder.is_dir() else []
+        self._notifier.wait(timeout)
+        with self._lock:
+            if self._closed:
+                return []
+            changed = self._notifier.take_changed()
+            now = time.monotonic()
+            if changed is None or now >= self._next_sweep:
+                self._next_sweep = now + SWEEP
+                return self._sweep()
+            out: list[Event] = []
+            # The notifier watches this one folder (not recursively): a path's
+            # name is enough (the reported folder may be spelled differently).
+            for name in sorted({Path(path).name for path in changed}):
+                if name.endswith(".jsonl"):
+                    out.extend(self._poll_path(self.folder / name))
+            return out
+
+    def close(self) -> None:
+        """Stop watching and close every followed log."""
+        with self._lock:
+            self._closed = True
+            for follower in self._followers.values():
+                follower.close()
+            self._followers.clear()
+            if self._notifier is not None:
+                self._notifier.close()
+
+    # -- the loop (a hub feed) ----------------------------------------------------------
+
+    async def __call__(self, bus: Bus) -> None:
+        """Publish the home's new events to *bus* until cancelled."""
+        try:
+            while True:
+                events = await asyncio.to_thread(self.step)
+                for event in events:
+                    bus.publish(event)
+                self.published += len(events)
+        finally:
+            await asyncio.to_thread(self.close)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _ensure_notifier(self) -> None:
+        if self._notifier is None and self.folder.is_dir():
+            self._notifier = Notifier(
+                self.folder,
+                poll_interval=self.poll_interval,
+                notifications=self._notifications,
+            )
+            log.info("pulse hub follows the home's logs", folder=str(self.folder), mode=self.mode)
+
+    def _sweep(self) -> list[Event]:
+        """Look at every log of the folder (new ones included)."""
+        out: list[Event] = []
+        try:
+            names = sorted(n for n in os.listdir(self.folder) if n.endswith(".jsonl"))
+        except OSError:
+            return out
+        for tid in list(self._followers):
+            if f"{tid}.jsonl" not in names:
+                self._followers.pop(tid).close()  # deleted: the hub keeps what it has
+        for name in names:
+            out.extend(self._poll_path(self.folder / name))
+        return out
+
+    def _poll_path(self, path: Path) -> list[Event]:
+        tid = path.stem
+        follower = self._followers.get(tid)
+        if follower is None:
+            size = self._ended.get(tid)
+            if size is not None:
+                try:
+                    if path.stat().st_size == size:
+                        return []  # an ended run's log, unchanged
+                except OSError:
+                    return []
+            follower = self._followers[tid] = LogFollower(path, training_id=tid)
+        events = follower.poll()
+        if follower.state.is_terminal and not follower.pending:
+            # An ended run: stop following it (its file is closed).
+            self._ended[tid] = follower.offset
+            follower.close()
+            del self._followers[tid]
+        else:
+            self._ended.pop(tid, None)
+        return events
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
