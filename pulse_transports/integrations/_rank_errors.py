@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +39,7 @@ import attrs
 import orjson
 
 from pulse_core._log import get_logger
-from pulse_core.emitter import classify_exception
+from pulse_core.emitter import classify_exception, register_abortable, unregister_abortable
 from pulse_core.events import TERMINAL_STATUSES, is_error_code, validate_training_id
 
 log = get_logger("pulse.distributed")
@@ -323,7 +322,7 @@ class PeerRun:
     def close(self) -> None:
         """Stop watching for uncaught exceptions on this rank; unregister it; idempotent."""
         self._closed = True
-        _peers.discard(self)
+        unregister_abortable(self)
         if self._registration is not None:
             self._registration.remove()
 
@@ -343,30 +342,13 @@ class PeerRun:
             self.close()
 
 
-_peers: weakref.WeakSet[PeerRun] = weakref.WeakSet()
-_peer_hook_lock = threading.Lock()
-_peer_hook_installed = False
-
-
 def _watch_peer(run: PeerRun) -> None:
-    """Make an uncaught exception on this rank write the rank's error file."""
-    global _peer_hook_installed  # noqa: PLW0603 - one process-wide hook
-    with _peer_hook_lock:
-        _peers.add(run)
-        if _peer_hook_installed:
-            return
-        _peer_hook_installed = True
-        previous = sys.excepthook
+    """Make an uncaught exception on this rank write the rank's error file.
 
-        def hook(
-            exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-        ) -> None:
-            for peer in list(_peers):
-                with contextlib.suppress(Exception):
-                    peer.fail_with(exc)
-            previous(exc_type, exc, tb)
-
-        sys.excepthook = hook
+    Registered with the emitter's one process-hook registry (one
+    ``sys.excepthook`` for runs and peers alike).
+    """
+    register_abortable(run)
 
 
 # -- rank registrations: how rank 0 tells a rank that died from one that finished ----------
