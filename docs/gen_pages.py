@@ -454,7 +454,7 @@ def _env_from_modules() -> dict[str, str]:
     found: dict[str, str] = {}
     for module_name in (
         "pulse_core.emitter",
-        "pulse_transports.follow",
+        "pulse_transports.notify",
         "pulse_transports.wire",
         "pulse_transports.supervise",
         "pulse_transports.nats",
@@ -732,7 +732,7 @@ def state_bounds() -> str:
 def v1_status_words() -> str:
     """The status words of old v1 writers and the v2 state each one means."""
     from pulse_core.events import STATUSES
-    from pulse_transports.hybrid import STATUS_ALIASES
+    from pulse_transports.v1 import STATUS_ALIASES
 
     by_state: dict[str, list[str]] = {state: [] for state in STATUSES}
     for word, state in STATUS_ALIASES.items():

@@ -58,3 +58,7 @@ class RunExists(PulseError):
         self.training_id = training_id
         self.status = status
         self.path = path
+
+
+class RunNotFound(PulseError):
+    """A source holds nothing of a training id (no log, no stream messages)."""

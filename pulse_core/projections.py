@@ -211,6 +211,56 @@ def to_view(state: RunState, *, now: float, liveness: Liveness | None = None) ->
 _OUTCOME: Final = {"done": "success", "error": "error", "cancelled": "cancelled"}
 
 
+def to_summary(
+    state: RunState, *, liveness: Liveness, now: float, training_id: str | None = None
+) -> dict[str, Any]:
+    """Build a run's ``pulse ls`` row (every source adds where it read it, ``log``).
+
+    The duration is the v2 view's (:func:`to_view`): None for a run that
+    never started, ending at the terminal status, at the last event for a
+    lost run, else at *now*.
+
+    Args:
+        state: the run's state.
+        liveness: the run's liveness (sources know more than the state: locks).
+        now: the current time (Unix seconds).
+        training_id: the id to show when the state has none yet (a log
+            without a readable first line is still its file's run).
+    """
+    meta = state.meta
+    last_error = state.errors[-1] if state.errors else None
+    return {
+        "training_id": state.training_id or training_id,
+        "name": meta.name if meta else None,
+        "status": state.status,
+        "liveness": liveness,
+        "message": state.message,
+        "progress": progress_fraction(state),
+        "epoch": state.epoch,
+        "total_epochs": state.total_epochs,
+        "step": state.step,
+        "total_steps": state.total_steps,
+        "loss": state.metrics.get("loss"),
+        "best_loss": state.best_loss,
+        "created_at": state.created_at,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "last_event_at": state.last_event_at,
+        "duration": _duration(state, now, liveness),
+        "error": (
+            {
+                "error_code": last_error.error_code,
+                "message": last_error.message,
+                "is_retryable": last_error.is_retryable,
+            }
+            if last_error is not None
+            else None
+        ),
+        "error_count": state.error_count,
+        "flow": _flow(state),
+    }
+
+
 def to_history_record(
     state: RunState, liveness: Liveness | None = None, now: float | None = None
 ) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pulse_core.state import RunState
 from pulse_transports.config import Config
 from pulse_transports.file import FileSink, log_path, write_json_atomic
 from pulse_transports.follow import read_log
+from pulse_transports.v1.snapshot import V1_FILE
 
 log = get_logger("pulse.supervise")
 
@@ -119,4 +120,4 @@ def v1_snapshot_path(config: Config) -> Path | None:
     if "v1" not in config.transports:
         return None
     given = config.transport_options.get("v1", {}).get("path")
-    return config.home / str(given) if given else config.home / "training_status.json"
+    return config.home / str(given) if given else config.home / V1_FILE

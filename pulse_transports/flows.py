@@ -24,14 +24,17 @@ from typing import Any
 import structlog
 
 from pulse_core.emitter import TrainingRun, new_training_id
+from pulse_core.errors import RunNotFound
 from pulse_core.liveness import Liveness, liveness_of
-from pulse_core.ports import Sink
+from pulse_core.ports import RunSource, Sink
 from pulse_core.projections import to_history_record, to_metric_history, to_view
 from pulse_core.state import RunState
 from pulse_transports.config import load_config
 from pulse_transports.file import FileSink, log_path
+from pulse_transports.filesource import FileSource
 from pulse_transports.follow import follow
-from pulse_transports.history import HomeNotFound, check_writer, recover, run_liveness
+from pulse_transports.history import HomeNotFound
+from pulse_transports.liveness import check_writer, run_liveness
 from pulse_transports.registry import make_sinks
 from pulse_transports.supervise import (
     CHILD_LOG_INTERVAL,
@@ -206,11 +209,16 @@ class FlowTrainer:
 
     Args:
         home: the PULSE home (default: from configuration).
+        source: where Flow History is read (default: a
+            :class:`~pulse_transports.filesource.FileSource` on *home*).
     """
 
-    def __init__(self, home: Path | str | None = None) -> None:
+    def __init__(self, home: Path | str | None = None, *, source: RunSource | None = None) -> None:
         self.config = load_config(home=home)
         self.home = self.config.home
+        self.source: RunSource = source or FileSource(
+            self.home, stale_after=self.config.stale_after, lost_after=self.config.lost_after
+        )
 
     # -- starting ------------------------------------------------------------------
 
@@ -367,13 +375,25 @@ class FlowTrainer:
             lost_after=self.config.lost_after,
         )
 
+    def _load(self, training_id: str) -> tuple[RunState, Liveness, str]:
+        """A run's state, liveness and where it was read, from the source."""
+        if isinstance(self.source, FileSource):
+            # The log as it is now (a supervisor may be between writers), even if absent.
+            state = read_state(self.home, training_id)
+            return state, self._liveness(state), str(log_path(self.home, training_id))
+        try:
+            found = self.source.load(training_id)
+        except RunNotFound:
+            empty = RunState(training_id=training_id)
+            return empty, self._liveness(empty), ""
+        return found.state, found.liveness, found.where
+
     def record(self, training_id: str, step: TrainStep | None = None) -> dict[str, Any]:
         """The Flow History record of one run (with the step's view when known)."""
-        state = read_state(self.home, training_id)
-        live = self._liveness(state)
+        state, live, where = self._load(training_id)
         if step is not None and not step.finished and live == "lost":
             live = "alive"  # the supervisor is between writers
-        record = self._record(state, live, training_id)
+        record = self._record(state, live, where)
         if step is not None:
             record["step"] = {
                 "started_at": step.started_at,
@@ -382,10 +402,10 @@ class FlowTrainer:
             }
         return record
 
-    def _record(self, state: RunState, live: Liveness, training_id: str) -> dict[str, Any]:
+    def _record(self, state: RunState, live: Liveness, where: str) -> dict[str, Any]:
         record = to_history_record(state, liveness=live, now=time.time())
         record["liveness"] = live
-        record["log_path"] = str(log_path(self.home, training_id))
+        record["log_path"] = where
         return record
 
     def records(
@@ -393,11 +413,7 @@ class FlowTrainer:
     ) -> list[dict[str, Any]]:
         """Flow History records of the runs of a flow run or a flow, newest first."""
         try:
-            found = recover(
-                self.home,
-                stale_after=self.config.stale_after,
-                lost_after=self.config.lost_after,
-            )
+            found = self.source.runs()
         except HomeNotFound:
             return []
         out = []
@@ -409,14 +425,13 @@ class FlowTrainer:
                 continue
             if flow_id is not None and meta.flow_id != flow_id:
                 continue
-            out.append(self._record(found_run.state, found_run.liveness, found_run.training_id))
+            out.append(self._record(found_run.state, found_run.liveness, found_run.where))
         out.sort(key=lambda r: r.get("started_at") or 0.0, reverse=True)
         return out
 
     def drill_down(self, training_id: str) -> dict[str, Any]:
         """Everything about one run: view (timeline, errors), record and metric history."""
-        state = read_state(self.home, training_id)
-        live = self._liveness(state)
+        state, live, _where = self._load(training_id)
         return {
             "record": self.record(training_id),
             "view": to_view(state, now=time.time(), liveness=live),

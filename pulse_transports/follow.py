@@ -21,12 +21,11 @@ This module owns the reading side of the file transport:
   run are ``foreign_event`` anomalies -- even the first line -- and are not
   returned as the run's events. Without it (an arbitrary file) the first
   line's id is the owner.
-* :class:`Checkpoint` (a :class:`Position` plus the state) lets a follower
-  stop and resume later, even in another process (serialised by
-  :mod:`pulse_transports.history`).
-* :class:`Notifier` wakes readers when a log folder changes: OS notifications
-  through ``watchfiles`` (inotify, FSEvents, ...) when available, polling
-  otherwise (or when ``PULSE_FOLLOW_POLLING=1``).
+* a :class:`~pulse_transports.position.Checkpoint` (a position plus the
+  state) lets a follower stop and resume later, even in another process
+  (serialised by :mod:`pulse_transports.history`).
+* :func:`follow` -- a log followed as it grows, woken by a
+  :class:`~pulse_transports.notify.Notifier`.
 
 Liveness, the index and restart recovery are :mod:`pulse_transports.history`.
 This module must never import :mod:`pulse_transports.cli` or write any file.
@@ -35,13 +34,12 @@ This module must never import :mod:`pulse_transports.cli` or write any file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import structlog
@@ -51,6 +49,8 @@ from pulse_core.errors import DecodeError
 from pulse_core.events import Event
 from pulse_core.reducer import Folder
 from pulse_core.state import RunState
+from pulse_transports.notify import Notifier
+from pulse_transports.position import Checkpoint, Position, fingerprint
 
 log = structlog.get_logger("pulse.follow")
 
@@ -58,56 +58,11 @@ log = structlog.get_logger("pulse.follow")
 MAX_LINE: Final = 1 << 20
 #: Bytes read per system call.
 CHUNK: Final = 1 << 18
-#: Bytes before the offset a checkpoint remembers, to tell a rewritten file.
-FINGERPRINT_BYTES: Final = 64
 #: Bad lines logged one by one per follower; after that every LOG_EVERY-th.
 LOG_FIRST: Final = 10
 LOG_EVERY: Final = 1000
 #: Bad lines whose details a follower keeps (all are counted).
 KEEP_BAD: Final = 20
-#: Environment variable that forces polling instead of OS notifications.
-ENV_POLLING: Final = "PULSE_FOLLOW_POLLING"
-#: Polling interval when notifications are not available (seconds).
-POLL_INTERVAL: Final = 0.05
-
-
-@attrs.frozen
-class Position:
-    """Where a follower is in a log, enough to resume it later.
-
-    Attributes:
-        offset: the byte offset of the first line not consumed yet.
-        line: how many lines (of any kind) lie before ``offset``.
-        last_seq: the highest seq applied to the state.
-        inode, device: the identity of the file ``offset`` refers to.
-        fingerprint: a hash of the bytes just before ``offset``; a file with
-            the same inode whose bytes there differ was rewritten.
-    """
-
-    offset: int = 0
-    line: int = 0
-    last_seq: int = 0
-    inode: int | None = None
-    device: int | None = None
-    fingerprint: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The position as a JSON-ready dict."""
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Position:
-        """Build a position from :meth:`to_dict` output (unknown keys ignored)."""
-        names = {f.name for f in attrs.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@attrs.frozen
-class Checkpoint:
-    """A follower's position and the state of the run up to it."""
-
-    position: Position
-    state: RunState
 
 
 @attrs.frozen
@@ -120,37 +75,6 @@ class BadLine:
 
 
 # -- the follower ----------------------------------------------------------------
-
-
-def _fingerprint(fd: int, offset: int) -> str:
-    size = min(offset, FINGERPRINT_BYTES)
-    if size <= 0:
-        return ""
-    data = os.pread(fd, size, offset - size)
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
-
-
-def position_matches(path: Path | str, position: Position) -> bool:
-    """Tell whether *path* is still the file *position* was taken in, grown or not.
-
-    True when the inode and device are the same, the file is at least
-    ``offset`` bytes long and the bytes just before ``offset`` are unchanged.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        return (
-            (st.st_ino, st.st_dev) == (position.inode, position.device)
-            and position.offset <= st.st_size
-            and _fingerprint(fd, position.offset) == position.fingerprint
-        )
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 class LogFollower:
@@ -253,14 +177,14 @@ class LogFollower:
         if self._resume is not None and self._fd < 0:
             return self._resume
         inode, device = self._ino if self._ino else (None, None)
-        fingerprint = _fingerprint(self._fd, self._offset) if self._fd >= 0 else ""
+        tail = fingerprint(self._fd, self._offset) if self._fd >= 0 else ""
         return Position(
             offset=self._offset,
             line=self._line_no,
             last_seq=self._folder.last_seq,
             inode=inode,
             device=device,
-            fingerprint=fingerprint,
+            fingerprint=tail,
         )
 
     def checkpoint(self) -> Checkpoint:
@@ -364,7 +288,7 @@ class LogFollower:
         if (
             (resume.inode, resume.device) == identity
             and resume.offset <= size
-            and _fingerprint(self._fd, resume.offset) == resume.fingerprint
+            and fingerprint(self._fd, resume.offset) == resume.fingerprint
         ):
             self._read_pos = self._offset = resume.offset
             self._line_no = resume.line
@@ -510,102 +434,20 @@ def read_log(
     return follower
 
 
-# -- change notifications ----------------------------------------------------------
+def read_events(path: Path | str, training_id: str, after: int = 0) -> list[Event] | None:
+    """The run's events in its log with seq > *after*, in file order; None if no log.
 
-
-def _polling_forced() -> bool:
-    return os.environ.get(ENV_POLLING, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-class Notifier:
-    """Wake a reader when anything in a folder changes.
-
-    Uses ``watchfiles`` (OS notifications; latency ~10 ms) in a daemon thread
-    when it is installed, the folder exists and polling is not forced;
-    otherwise :meth:`wait` simply sleeps ``poll_interval`` and says "maybe".
-
-    Args:
-        folder: the folder to watch (not recursive).
-        poll_interval: the polling period without notifications.
-        notifications: False to force polling; None for the default
-            (notifications unless ``PULSE_FOLLOW_POLLING`` is set).
+    Read by a :class:`LogFollower` (the log's rules: bad, over-long and
+    foreign lines skipped, a torn last line settled). Blocking.
     """
-
-    #: watchfiles step (ms): how long it waits for more changes before waking us.
-    STEP_MS: Final = 5
-    #: watchfiles debounce (ms): the longest it groups a stream of changes.
-    DEBOUNCE_MS: Final = 20
-
-    def __init__(
-        self,
-        folder: Path | str,
-        *,
-        poll_interval: float = POLL_INTERVAL,
-        notifications: bool | None = None,
-    ) -> None:
-        self.folder = Path(folder)
-        self.poll_interval = poll_interval
-        self._changed = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.mode = "polling"
-        wanted = not _polling_forced() if notifications is None else notifications
-        if wanted and self.folder.is_dir():
-            try:
-                # The watcher is set up here, synchronously, so no change made
-                # after __init__ returns is missed.
-                from watchfiles._rust_notify import RustNotify
-
-                notify = RustNotify([str(self.folder)], False, False, 300, False, False)
-            except Exception as exc:  # noqa: BLE001 - not installed, no inotify slots, ...
-                log.debug("pulse file notifications unavailable; polling", error=str(exc))
-            else:
-                self.mode = "notify"
-                self._thread = threading.Thread(
-                    target=self._watch, args=(notify,), name="pulse-notifier", daemon=True
-                )
-                self._thread.start()
-
-    def _watch(self, notify: Any) -> None:
-        try:
-            while not self._stop.is_set():
-                result = notify.watch(self.DEBOUNCE_MS, self.STEP_MS, 500, self._stop)
-                if isinstance(result, set) and result:
-                    self._changed.set()
-        except Exception as exc:  # noqa: BLE001 - any watcher failure falls back to polling
-            log.warning("pulse file notifications failed; polling", error=str(exc))
-            self.mode = "polling"
-            self._changed.set()
-        finally:
-            with contextlib.suppress(Exception):
-                notify.close()
-
-    def wait(self, timeout: float) -> bool:
-        """Block until something may have changed, or *timeout* seconds pass.
-
-        Returns:
-            True if a change was notified (always True when polling, after
-            ``min(timeout, poll_interval)``), False on timeout.
-        """
-        if self.mode == "polling":
-            self._stop.wait(max(0.0, min(timeout, self.poll_interval)))
-            return True
-        fired = self._changed.wait(max(0.0, timeout))
-        self._changed.clear()
-        return fired
-
-    def close(self) -> None:
-        """Stop watching."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
-
-    def __enter__(self) -> Notifier:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    if not Path(path).is_file():
+        return None
+    follower = LogFollower(path, training_id=training_id)
+    try:
+        events = follower.settle()
+    finally:
+        follower.close()
+    return [e for e in events if e.seq > after]
 
 
 def follow(

@@ -6,32 +6,23 @@ This module owns what a reader knows about all runs of a home at once:
   (active runs and finished ones), each with an honest liveness, newest
   first. It is what the TrainingPanel calls when it reopens.
 * :func:`load_run` -- the same for one training id.
-* liveness: :func:`check_writer` (the log lock; when the lock cannot be
-  checked, whether the writer's pid still runs on this host) and
-  :func:`run_liveness` (:func:`pulse_core.liveness.liveness_of` with it).
-* the index, ``<home>/index.sqlite`` (stdlib SQLite): a cache, never a source
-  of truth. One row per training id holds the log's identity when it was read
-  (inode, device, size, mtime in ns), where reading stopped
-  (:class:`~pulse_transports.follow.Position`), the folded state as JSON
-  (:func:`encode_state`) and the ``ls`` summary as JSON. A row is used as is
-  only when the log's identity is unchanged. A log that only grew (same inode,
-  larger, and the 64 bytes before the stored offset unchanged) is continued
-  from the stored offset and state; any other disagreement (new inode after a
-  compaction, a shorter or rewritten file) rebuilds the row from the whole
-  log. A corrupt index file is deleted and rebuilt; one written by another
-  format version is emptied. Rows of deleted logs are removed. When the index
-  cannot be written (read-only home, locked) recovery still answers, from
-  the logs.
+* through the index (:class:`~pulse_transports.index.RunIndex`, a cache
+  in ``<home>/index.sqlite``): a row is used as is only when the log's
+  identity is unchanged. A log that only grew (same inode, larger, and the
+  64 bytes before the stored offset unchanged) is continued from the stored
+  offset and state; any other disagreement (new inode after a compaction, a
+  shorter or rewritten file) rebuilds the row from the whole log. Rows of
+  deleted logs are removed. When the index cannot be written (read-only
+  home, locked) recovery still answers, from the logs.
+* :func:`checkpoint_to_bytes`/:func:`checkpoint_from_bytes` -- a follower's
+  place and state, stored.
 
 Owner: a log's file name is its run's id. Folds start from a state owned by
 that id, so a line of another run -- even the first -- is a ``foreign_event``
 anomaly and never makes ``ls``/``show`` report the other run.
 
-Liveness rules (see :func:`run_liveness`): ``ended`` once the run is done,
-error or cancelled; ``lost`` when the writer's lock is free (or its pid is
-not running on this host when the lock cannot be checked) or when nothing
-was heard for ``lost_after`` seconds; ``stale`` after ``stale_after``
-seconds of silence (a heartbeat makes it ``alive`` again); else ``alive``.
+Liveness is :mod:`pulse_transports.liveness`'s (the writer's lock, then its
+pid, then silence).
 
 Must never import :mod:`pulse_transports.cli`.
 """
@@ -40,8 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,17 +40,20 @@ import attrs
 import orjson
 import structlog
 
-from pulse_core.errors import PulseError
-from pulse_core.events import ErrorReported, RunMeta, validate_training_id
-from pulse_core.liveness import ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness, liveness_of
-from pulse_core.projections import progress_fraction
-from pulse_core.state import Anomaly, RunState, Series, StatusEntry
-from pulse_transports.file import lock_path, log_dir, log_path, writer_alive
-from pulse_transports.follow import Checkpoint, LogFollower, Position, position_matches
+from pulse_core.errors import PulseError, RunNotFound
+from pulse_core.events import validate_training_id
+from pulse_core.liveness import ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
+from pulse_core.projections import to_summary
+from pulse_core.state import RunState
+from pulse_core.statecodec import STATE_FORMAT, decode_state, encode_state, state_from_obj
+from pulse_transports.file import log_dir, log_path
+from pulse_transports.follow import LogFollower
+from pulse_transports.index import IndexRow, RunIndex
+from pulse_transports.liveness import check_writer, run_liveness
+from pulse_transports.position import Checkpoint, Position, position_matches
 
 log = structlog.get_logger("pulse.history")
 
-INDEX_FILE: Final = "index.sqlite"
 LOG_SUFFIX: Final = ".jsonl"
 
 
@@ -69,89 +61,7 @@ class HomeNotFound(PulseError):
     """The PULSE home folder does not exist."""
 
 
-class RunNotFound(PulseError):
-    """No log exists for a training id."""
-
-
-# -- state as JSON ---------------------------------------------------------------
-
-#: Changes whenever the RunState field list does, so stored states of another
-#: shape are never read back (the index then rebuilds them from the logs).
-#: Format 2: states are owned by the log's file name (format 1 took the owner
-#: from the first line).
-STATE_FORMAT: Final = "2:" + ",".join(f.name for f in attrs.fields(RunState))
-
-
-def _event_obj(event: RunMeta | ErrorReported) -> dict[str, Any]:
-    out = attrs.asdict(event, recurse=False)
-    for key in ("labels", "details"):
-        if out.get(key) is not None:
-            out[key] = dict(out[key])
-    return out
-
-
-def state_to_obj(state: RunState) -> dict[str, Any]:
-    """Turn a RunState into JSON-ready data (inverse: :func:`state_from_obj`)."""
-    out: dict[str, Any] = {}
-    for field in attrs.fields(RunState):
-        value = getattr(state, field.name)
-        if field.name == "meta":
-            value = _event_obj(value) if value is not None else None
-        elif field.name == "errors":
-            value = [_event_obj(e) for e in value]
-        elif field.name == "history":
-            value = {name: [s.width, s.count, s.windows] for name, s in value.items()}
-        elif field.name == "timeline":
-            value = [[t.status, t.message, t.timestamp, t.seq] for t in value]
-        elif field.name == "anomalies":
-            value = [[a.seq, a.kind, a.detail] for a in value]
-        elif hasattr(value, "items"):
-            value = dict(value)
-        out[field.name] = value
-    return out
-
-
-def state_from_obj(obj: Any) -> RunState:
-    """Rebuild a RunState from :func:`state_to_obj` data.
-
-    Raises:
-        ValueError: if *obj* does not have the shape of a stored state.
-    """
-    if not isinstance(obj, dict):
-        raise ValueError("a stored state must be an object")
-    try:
-        kwargs = dict(obj)
-        meta = kwargs.get("meta")
-        kwargs["meta"] = RunMeta(**meta) if meta is not None else None
-        kwargs["errors"] = tuple(ErrorReported(**e) for e in kwargs.get("errors", ()))
-        kwargs["history"] = {
-            name: Series(width=w, count=c, windows=tuple(tuple(x) for x in windows))
-            for name, (w, c, windows) in kwargs.get("history", {}).items()
-        }
-        kwargs["timeline"] = tuple(StatusEntry(*t) for t in kwargs.get("timeline", ()))
-        kwargs["anomalies"] = tuple(Anomaly(*a) for a in kwargs.get("anomalies", ()))
-        kwargs["gaps"] = tuple(tuple(g) for g in kwargs.get("gaps", ()))
-        return RunState(**kwargs)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"stored state does not fit RunState: {exc}") from None
-
-
-def encode_state(state: RunState) -> bytes:
-    """Serialise a RunState as compact JSON (never pickle: homes may be shared)."""
-    return orjson.dumps(state_to_obj(state))
-
-
-def decode_state(data: bytes | str) -> RunState:
-    """Read a RunState written by :func:`encode_state`.
-
-    Raises:
-        ValueError: if *data* is not a stored state.
-    """
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"stored state is not JSON: {exc}") from None
-    return state_from_obj(obj)
+# -- checkpoints ---------------------------------------------------------------------
 
 
 def checkpoint_to_bytes(checkpoint: Checkpoint) -> bytes:
@@ -180,148 +90,20 @@ def checkpoint_from_bytes(data: bytes) -> Checkpoint:
         raise ValueError(f"not a PULSE follower checkpoint: {exc}") from None
 
 
-# -- liveness ----------------------------------------------------------------------
-
-
-#: Seconds after a run's last event during which a free lock whose last
-#: holder still lives is taken for a lock hand-over, not a dead writer.
-HANDOVER_GRACE = 5.0
-
-
-def _pid_running(pid: int) -> bool | None:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, owned by someone else
-    except OSError:
-        return None
-    return True
-
-
-def check_writer(home: Path, training_id: str, state: RunState | None = None) -> bool | None:
-    """Tell whether the run's writer is alive: the lock first, the pid as a fallback.
-
-    Returns:
-        True if a process holds the log lock; False if the lock is free or
-        absent, or -- when the lock cannot be checked -- if the writer's pid
-        (from the lock file, else the run's meta) is not running on this
-        host; None when neither can tell (a running pid may be a reused one).
-    """
-    alive = writer_alive(home, training_id)
-    if alive is True:
-        return True
-    pid: Any = None
-    host: Any = None
-    with contextlib.suppress(OSError, orjson.JSONDecodeError):
-        holder = orjson.loads(lock_path(home, training_id).read_bytes())
-        if isinstance(holder, dict):
-            pid, host = holder.get("pid"), holder.get("host")
-    if alive is False:
-        # A free lock whose last holder still lives, on a run that wrote a
-        # moment ago, is a hand-over (a supervisor letting its child take the
-        # lock: a few ms): not proof of death. Heartbeat age decides instead.
-        if (
-            state is not None
-            and not state.is_terminal
-            and state.last_event_at is not None
-            and time.time() - state.last_event_at < HANDOVER_GRACE
-            and isinstance(pid, int)
-            and pid > 0
-            and host == socket.gethostname()
-            and _pid_running(pid) is True
-        ):
-            return None
-        return False
-    if pid is None and state is not None and state.meta is not None:
-        pid, host = state.meta.pid, state.meta.host
-    if (
-        isinstance(pid, int)
-        and pid > 0
-        and host == socket.gethostname()
-        and _pid_running(pid) is False
-    ):
-        return False
-    return None
-
-
-def run_liveness(
-    state: RunState,
-    *,
-    now: float,
-    writer: bool | None,
-    stale_after: float = STALE_AFTER,
-    lost_after: float = LOST_AFTER,
-) -> Liveness:
-    """Classify a run: :func:`pulse_core.liveness.liveness_of` given the writer check.
-
-    ``writer`` is what :func:`check_writer` said: ended wins over everything,
-    a writer known to be gone means lost; otherwise silence decides (stale,
-    then lost after *lost_after*), and any event (a heartbeat too) makes a
-    stale run alive again.
-    """
-    return liveness_of(
-        state, now=now, stale_after=stale_after, lost_after=lost_after, writer_alive=writer
-    )
-
-
 # -- summaries ---------------------------------------------------------------------
 
 
 def summarize(state: RunState, *, liveness: Liveness, now: float, path: Path) -> dict[str, Any]:
-    """The ``pulse ls`` row of a run (see :mod:`pulse_transports.cli.ls` for the shape).
+    """The ``pulse ls`` row of a run read from the log at *path*.
 
-    The duration of a lost run ends at its last event, not at *now*.
+    :func:`pulse_core.projections.to_summary` plus ``log``; the run's id
+    is the log's file name while the state has none.
     """
-    meta = state.meta
-    start = state.started_at if state.started_at is not None else state.created_at
-    if state.finished_at is not None:
-        end: float | None = state.finished_at
-    elif liveness == LOST:
-        end = state.last_event_at
-    else:
-        end = now
-    last_error = state.errors[-1] if state.errors else None
-    flow = None
-    if meta is not None and (meta.flow_id or meta.flow_run_id or meta.flow_step_id):
-        flow = {
-            "flow_id": meta.flow_id,
-            "flow_run_id": meta.flow_run_id,
-            "flow_step_id": meta.flow_step_id,
-            "attempt": meta.attempt,
-        }
-    return {
-        "training_id": state.training_id or path.name[: -len(LOG_SUFFIX)],
-        "name": meta.name if meta else None,
-        "status": state.status,
-        "liveness": liveness,
-        "message": state.message,
-        "progress": progress_fraction(state),
-        "epoch": state.epoch,
-        "total_epochs": state.total_epochs,
-        "step": state.step,
-        "total_steps": state.total_steps,
-        "loss": state.metrics.get("loss"),
-        "best_loss": state.best_loss,
-        "created_at": state.created_at,
-        "started_at": state.started_at,
-        "finished_at": state.finished_at,
-        "last_event_at": state.last_event_at,
-        "duration": max(0.0, end - start) if start is not None and end is not None else None,
-        "error": (
-            {
-                "error_code": last_error.error_code,
-                "message": last_error.message,
-                "is_retryable": last_error.is_retryable,
-            }
-            if last_error is not None
-            else None
-        ),
-        "error_count": state.error_count,
-        "flow": flow,
-        "log": str(path),
-    }
+    summary = to_summary(
+        state, liveness=liveness, now=now, training_id=path.name[: -len(LOG_SUFFIX)]
+    )
+    summary["log"] = str(path)
+    return summary
 
 
 @attrs.define(eq=False)
@@ -376,147 +158,6 @@ class RunRecord:
         return Checkpoint(self.position, self.state)
 
 
-# -- the index ---------------------------------------------------------------------
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    training_id TEXT PRIMARY KEY,
-    inode INTEGER NOT NULL,
-    device INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    position TEXT NOT NULL,
-    terminal INTEGER NOT NULL,
-    sort_key REAL NOT NULL,
-    bad_lines INTEGER NOT NULL,
-    summary TEXT NOT NULL,
-    state BLOB NOT NULL
-);
-"""
-_SELECT: Final = (
-    "SELECT training_id, inode, device, size, mtime_ns, position, terminal, sort_key, "
-    "bad_lines, summary, state FROM runs"
-)
-_SELECT_ONE: Final = _SELECT + " WHERE training_id = ?"
-_INSERT: Final = (
-    "INSERT OR REPLACE INTO runs (training_id, inode, device, size, mtime_ns, position, "
-    "terminal, sort_key, bad_lines, summary, state) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-)
-
-
-@attrs.frozen
-class _Row:
-    training_id: str
-    inode: int
-    device: int
-    size: int
-    mtime_ns: int
-    position: str
-    terminal: int
-    sort_key: float
-    bad_lines: int
-    summary: str
-    state: bytes
-
-
-class RunIndex:
-    """The SQLite index at ``<home>/index.sqlite``: a rebuildable cache.
-
-    Every failure to read it is a reason to rebuild, never an error: a file
-    that is not a database (or is damaged) is deleted and created anew; an
-    index that cannot be opened or written (read-only, locked) is skipped.
-    """
-
-    def __init__(self, home: Path) -> None:
-        self.path = Path(home) / INDEX_FILE
-        self.db: sqlite3.Connection | None = None
-        self.rebuilt = False
-
-    def open(self) -> bool:
-        """Open (creating or rebuilding as needed); False if no index can be used."""
-        for _attempt in range(2):
-            try:
-                db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None)
-            except sqlite3.Error as exc:
-                log.debug("pulse index unavailable", path=str(self.path), error=str(exc))
-                return False
-            try:
-                self._prepare(db)
-            except sqlite3.OperationalError as exc:  # locked, read-only, ...
-                db.close()
-                log.debug("pulse index unavailable", path=str(self.path), error=str(exc))
-                return False
-            except sqlite3.DatabaseError as exc:  # not a database, malformed
-                db.close()
-                self._delete(str(exc))
-                continue
-            self.db = db
-            return True
-        return False
-
-    def _prepare(self, db: sqlite3.Connection) -> None:
-        db.execute("PRAGMA synchronous=OFF")  # a cache: a torn write is a rebuild
-        db.executescript(_SCHEMA)
-        row = db.execute("SELECT value FROM info WHERE key = 'format'").fetchone()
-        if row is None or row[0] != STATE_FORMAT:
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                db.execute("DELETE FROM runs")
-                db.execute("INSERT OR REPLACE INTO info VALUES ('format', ?)", (STATE_FORMAT,))
-            if row is not None:
-                self.rebuilt = True
-
-    def _delete(self, why: str) -> None:
-        log.warning(
-            "pulse index is corrupt; rebuilding it from the logs", path=str(self.path), error=why
-        )
-        self.rebuilt = True
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                os.unlink(f"{self.path}{suffix}")
-
-    def rows(self, training_id: str | None = None) -> dict[str, _Row]:
-        """The stored rows (all, or one id's); empty if the index is unusable."""
-        if self.db is None:
-            return {}
-        try:
-            if training_id is None:
-                cursor = self.db.execute(_SELECT)
-            else:
-                cursor = self.db.execute(_SELECT_ONE, (training_id,))
-            return {r[0]: _Row(*r) for r in cursor}
-        except sqlite3.DatabaseError as exc:
-            self.close()
-            if not isinstance(exc, sqlite3.OperationalError):
-                self._delete(str(exc))
-                self.open()
-            return {}
-
-    def write(self, rows: Iterable[_Row], gone: Iterable[str] = ()) -> None:
-        """Store rows and forget ids whose logs are gone (best effort)."""
-        if self.db is None:
-            return
-        values = [attrs.astuple(r) for r in rows]
-        removed = [(tid,) for tid in gone]
-        if not values and not removed:
-            return
-        try:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.executemany(_INSERT, values)
-                self.db.executemany("DELETE FROM runs WHERE training_id = ?", removed)
-        except sqlite3.Error as exc:
-            log.debug("pulse index not updated", path=str(self.path), error=str(exc))
-
-    def close(self) -> None:
-        """Close the database."""
-        if self.db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.close()
-            self.db = None
-
-
 # -- recovery ----------------------------------------------------------------------
 
 
@@ -549,7 +190,7 @@ def _scan(folder: Path) -> dict[str, os.stat_result]:
     return found
 
 
-def _same_file(row: _Row, st: os.stat_result) -> bool:
+def _same_file(row: IndexRow, st: os.stat_result) -> bool:
     return (row.inode, row.device, row.size, row.mtime_ns) == (
         st.st_ino,
         st.st_dev,
@@ -558,7 +199,9 @@ def _same_file(row: _Row, st: os.stat_result) -> bool:
     )
 
 
-def _fold(tid: str, st: os.stat_result, row: _Row | None, cfg: _Settings) -> tuple[RunRecord, _Row]:
+def _fold(
+    tid: str, st: os.stat_result, row: IndexRow | None, cfg: _Settings
+) -> tuple[RunRecord, IndexRow]:
     """Read a log (continuing a row whose file only grew) into a record and a row."""
     path = log_path(cfg.home, tid)
     checkpoint: Checkpoint | None = None
@@ -597,7 +240,7 @@ def _fold(tid: str, st: os.stat_result, row: _Row | None, cfg: _Settings) -> tup
         sort_key=sort_key,
         state=state,
     )
-    new_row = _Row(
+    new_row = IndexRow(
         training_id=tid,
         inode=st.st_ino,
         device=st.st_dev,
@@ -623,7 +266,7 @@ def _liveness(state: RunState, writer: bool | None, cfg: _Settings) -> Liveness:
     )
 
 
-def _from_row(row: _Row, cfg: _Settings) -> RunRecord:
+def _from_row(row: IndexRow, cfg: _Settings) -> RunRecord:
     path = cfg.folder / f"{row.training_id}{LOG_SUFFIX}"
     if row.terminal:
         # Ended runs do not change: the stored summary is final (but the home
@@ -679,7 +322,7 @@ def _records(
 ) -> list[RunRecord]:
     rows = index.rows(one)
     records: list[RunRecord] = []
-    fresh: list[_Row] = []
+    fresh: list[IndexRow] = []
     for tid, st in found.items():
         row = rows.get(tid)
         record = None

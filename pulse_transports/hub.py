@@ -29,7 +29,7 @@ Guarantees (specs/hub-protocol.md):
   writer is ``lost`` for them within about a second, not after
   ``lost_after``. When a run turns lost and the home's
   ``training_status.json`` still shows it running, the hub heals the file
-  (:func:`pulse_transports.hybrid.heal_v1_snapshot`).
+  (:func:`pulse_transports.v1.heal_v1_snapshot`).
 
 Feeds bring events from elsewhere (e.g. :class:`pulse_transports.nats.NatsFeed`,
 ``pulse nats serve``): each is a coroutine function given the bus, run as a
@@ -62,7 +62,7 @@ from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE_AFTER, Liv
 from pulse_core.projections import to_view
 from pulse_core.state import RunState
 from pulse_transports.file import lock_path, log_dir, log_path, writer_alive
-from pulse_transports.history import check_writer, run_liveness
+from pulse_transports.follow import read_events
 from pulse_transports.inprocess import (
     BUFFER,
     LIMIT,
@@ -72,6 +72,7 @@ from pulse_transports.inprocess import (
     Item,
     StateSnapshot,
 )
+from pulse_transports.liveness import check_writer, run_liveness
 from pulse_transports.wire import (
     HANDSHAKE_TIMEOUT,
     MAX_FRAME,
@@ -206,30 +207,6 @@ class HubSettings:
 
 class HubAddressInUse(PulseError):
     """Another hub already listens on the socket, or the path is not a socket."""
-
-
-def read_log(home: Path, training_id: str, after: int = 0) -> list[Event] | None:
-    """The decodable events of a run's log with seq > *after*; None if no log.
-
-    Bad lines and lines of another run are skipped (the log's own rules).
-    Blocking: the hub calls it in a worker thread.
-    """
-    try:
-        data = log_path(home, training_id).read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("pulse hub cannot read a run log", training_id=training_id, error=str(exc))
-        return None
-    events = []
-    for line in data.splitlines():
-        try:
-            event = decode(line)
-        except DecodeError:
-            continue
-        if event.seq > after and event.training_id == training_id:
-            events.append(event)
-    return events
 
 
 class _Conn:
@@ -379,7 +356,7 @@ class Hub:
         for path in logs[: self.settings.max_runs]:
             tid = path.stem
             if writer_alive(self.settings.home, tid) is True:
-                events = read_log(self.settings.home, tid)
+                events = read_events(log_path(self.settings.home, tid), tid)
                 if events:
                     self.bus.seed(tid, events)
 
@@ -548,7 +525,9 @@ class Hub:
         self._producers[tid] = conn
         try:
             if self.bus.last_seq(tid) is None:
-                events = await asyncio.to_thread(read_log, self.settings.home, tid)
+                events = await asyncio.to_thread(
+                    read_events, log_path(self.settings.home, tid), tid
+                )
                 if events:
                     self.bus.seed(tid, events)
             conn.send(
@@ -679,7 +658,7 @@ class Hub:
 
     def _heal_v1(self) -> None:
         """Make the home's v1 snapshot honest about a run that turned lost (blocking)."""
-        from pulse_transports.hybrid import heal_v1_snapshot
+        from pulse_transports.v1 import heal_v1_snapshot
 
         s = self.settings
         try:
@@ -724,7 +703,9 @@ class Hub:
         history: dict[str, list[Event]] = {}
         for tid, after in resume.items():
             if not self.bus.covers(tid, after):
-                past = await asyncio.to_thread(read_log, self.settings.home, tid, after)
+                past = await asyncio.to_thread(
+                    read_events, log_path(self.settings.home, tid), tid, after
+                )
                 if past is not None:
                     history[tid] = past
         interval = self.bus.interval

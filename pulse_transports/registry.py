@@ -1,8 +1,14 @@
-"""Transports by name, through the ``pulse.transports`` entry-point group.
+"""Transports and sources by name, through the ``pulse.transports`` and ``pulse.sources`` groups.
 
-This module owns turning a transport name from configuration into a sink.
-Built-in adapters are registered in our own pyproject.toml exactly as a
-third-party plugin registers its own, and are loaded lazily, by name.
+This module owns turning a transport name from configuration into a sink,
+and a source name (``pulse ls --source nats``) into a
+:class:`~pulse_core.ports.RunSource`. Built-in adapters are registered in our
+own pyproject.toml exactly as a third-party plugin registers its own, and are
+loaded lazily, by name.
+
+A source entry point names a class with ``from_config(config, **given)``
+returning a :class:`~pulse_core.ports.RunSource` (*given*: command-line
+values that win over the configuration's).
 
 A transport entry point names a class (or callable) with the signature
 ``factory(*, home: Path, **options) -> Sink``. It may declare ``OPTIONS``, a
@@ -12,15 +18,26 @@ message naming the key and the valid choices.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pulse_core.errors import ConfigError
-from pulse_core.ports import Sink
+from pulse_core.ports import RunSource, Sink
+
+if TYPE_CHECKING:
+    from pulse_transports.config import Config
 
 GROUP: Final = "pulse.transports"
+SOURCES: Final = "pulse.sources"
+#: The built-in sources, also known by name when the installed metadata
+#: predates their entry points (an editable install not reinstalled).
+BUILTIN_SOURCES: Final = {
+    "file": "pulse_transports.filesource:FileSource",
+    "nats": "pulse_transports.nats:NatsSource",
+}
 
 
 def available() -> dict[str, str]:
@@ -133,3 +150,41 @@ def run_defaults(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "heartbeat_interval": config.heartbeat_interval,
         "close_timeout": config.close_timeout,
     }
+
+
+def available_sources() -> dict[str, str]:
+    """Map every installed source name to its entry-point value (built-ins included)."""
+    return {**BUILTIN_SOURCES, **{ep.name: ep.value for ep in entry_points(group=SOURCES)}}
+
+
+def load_source(name: str) -> Any:
+    """Load the class of source *name* from the ``pulse.sources`` group.
+
+    Raises:
+        ConfigError: if no such source is installed (listing the valid ones).
+    """
+    found = [ep for ep in entry_points(group=SOURCES) if ep.name == name]
+    try:
+        if found:
+            return found[0].load()
+        if name in BUILTIN_SOURCES:
+            module, _, attr = BUILTIN_SOURCES[name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+    except Exception as exc:  # a plugin may fail to import in any way
+        raise ConfigError(f"source {name!r} failed to load: {exc}") from exc
+    valid = ", ".join(sorted(available_sources()))
+    raise ConfigError(f"unknown source {name!r}; valid choices: {valid}")
+
+
+def make_source(name: str, config: Config, **given: Any) -> RunSource:
+    """Build source *name* from configuration, *given* values winning.
+
+    Raises:
+        ConfigError: an unknown source, or one that does not read runs.
+    """
+    factory = load_source(name)
+    build = getattr(factory, "from_config", None)
+    source = build(config, **given) if build is not None else None
+    if not isinstance(source, RunSource):
+        raise ConfigError(f"source {name!r} does not read runs (it is not a RunSource)")
+    return source

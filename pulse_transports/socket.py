@@ -23,12 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import select
 import socket
-import threading
-import time
-from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -39,7 +35,8 @@ from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
-from pulse_core.policy import LIVE_INTERVAL, RETRY_FIRST, hold_event, trim_events
+from pulse_core.policy import CONNECT_BACKOFF, LIVE_INTERVAL, sampled
+from pulse_transports._sender import BackgroundSender
 from pulse_transports.wire import (
     ENV_TOKEN,
     MAX_FRAME,
@@ -66,15 +63,14 @@ QUEUE: Final = 10_000
 #: emitter holds a value back (the second call of a progress/metrics pair
 #: waits up to one interval).
 INTERVAL: Final = LIVE_INTERVAL / 4
-#: Longest pause between two reconnection attempts (seconds).
-RETRY_MAX: Final = 2.0
+#: Longest pause between two reconnection attempts (seconds): the cap of
+#: :data:`pulse_core.policy.CONNECT_BACKOFF`.
+RETRY_MAX: Final = CONNECT_BACKOFF.cap
 #: Seconds one blocking send may take before the connection counts as dead.
 SEND_TIMEOUT: Final = 5.0
-#: Events sent per write.
-_BATCH: Final = 512
 
 
-class SocketSink:
+class SocketSink(BackgroundSender):
     """Sends a run's events to a PULSE hub (the ``socket`` transport).
 
     Args:
@@ -98,6 +94,7 @@ class SocketSink:
     """
 
     name = "socket"
+    failures_are = (OSError, HandshakeError, EOFError, ValueError)
     boundaries = False
     OPTIONS: Final = {
         "path": str,
@@ -135,30 +132,16 @@ class SocketSink:
             raise ConfigError(
                 f"option 'queue' of transport 'socket' must be at least 16, got {queue}"
             )
+        super().__init__(log=log, queue=queue, close_timeout=close_timeout, label="socket sink")
         self.token = token if token is not None else (os.environ.get(ENV_TOKEN) or None)
         self.interval = interval
-        self.queue_limit = queue
         self.connect_timeout = connect_timeout
-        self.close_timeout = close_timeout
-        self.training_id: str | None = None
         #: the seq the hub held for the run at the last (re)connection.
         self.hub_last_seq: int | None = None
         self.max_frame = MAX_FRAME
-        # counters, for tests and ``sink_stats``-style reporting
-        self.sent = 0
-        self.coalesced = 0
-        self.dropped = 0
-        self.connects = 0
         self.rejected = 0
-        self._queue: deque[Event] = deque()
-        self._cond = threading.Condition()
-        self._busy = False  # a batch is out of the queue, being sent
-        self._closing = False
-        self._deadline = float("inf")
         self._sock: socket.socket | None = None
         self._reader: LineReader | None = None
-        self._failures = 0
-        self._thread: threading.Thread | None = None
 
     # -- the Sink protocol ---------------------------------------------------------
 
@@ -169,50 +152,12 @@ class SocketSink:
             The highest seq the hub holds for this run, or None if it holds
             none or could not be reached now.
         """
-        self.training_id = training_id
-        try:
-            self._connect()
-        except (OSError, HandshakeError, EOFError, ValueError) as exc:
-            self._down(exc)
-        self._thread = threading.Thread(
-            target=self._run, name=f"pulse-socket-{training_id}", daemon=True
-        )
-        self._thread.start()
+        self.start(training_id)
         return self.hub_last_seq
-
-    def write(self, event: Event) -> None:
-        """Queue *event* for the sender thread; never blocks on the network."""
-        with self._cond:
-            self._hold(event)
-            self._cond.notify()
-
-    def flush(self, durable: bool) -> None:
-        """With *durable*, wait (up to ``close_timeout``) for the queue to be sent.
-
-        Returns at once while the hub is unreachable: events then stay queued.
-        """
-        if not durable:
-            return
-        deadline = time.monotonic() + self.close_timeout
-        with self._cond:
-            while (self._queue or self._busy) and self._sock is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._cond.wait(left)
 
     def close(self) -> None:
         """Send what is queued (bounded by ``close_timeout``), then disconnect."""
-        with self._cond:
-            self._closing = True
-            self._deadline = time.monotonic() + self.close_timeout
-            self._cond.notify_all()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self.close_timeout + 1.0)
-        self._disconnect()
-        with self._cond:
-            lost = len(self._queue)
+        lost = self.stop()
         if lost or self.dropped:
             log.warning(
                 "pulse socket sink closed with events the hub never got",
@@ -227,93 +172,19 @@ class SocketSink:
         """True while the sink holds a welcomed connection to the hub."""
         return self._sock is not None
 
-    def queued(self) -> int:
-        """Events waiting to be sent."""
-        with self._cond:
-            return len(self._queue)
+    # -- the sender hooks ----------------------------------------------------------
 
-    # -- the queue -----------------------------------------------------------------
+    def describe_down(self, exc: BaseException) -> None:
+        """Log the first failure of a streak."""
+        log.warning(
+            "pulse hub unreachable; the socket sink keeps events and retries",
+            training_id=self.training_id,
+            hub=str(self.address),
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
-    def _hold(self, event: Event) -> None:
-        """Append within the bound, coalescing samples (see ``hold_event``)."""
-        held = hold_event(self._queue, event, self.queue_limit)
-        self.coalesced += held.coalesced
-        for _ in held.dropped:
-            self._count_drop()
-
-    def _trim(self, excess: int) -> None:
-        """Drop *excess* events: the oldest progress/metrics first."""
-        for _ in trim_events(self._queue, excess):
-            self._count_drop()
-
-    def _count_drop(self) -> None:
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
-            log.warning(
-                "pulse socket sink queue full; dropping the oldest events",
-                training_id=self.training_id,
-                dropped=self.dropped,
-                limit=self.queue_limit,
-            )
-
-    # -- the sender thread ---------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except Exception:  # the reporter thread must never take training down
-            log.exception("pulse socket sink thread failed", training_id=self.training_id)
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-
-    def _loop(self) -> None:
-        cond = self._cond
-        while True:
-            if self._sock is None:
-                with cond:
-                    closing, empty = self._closing, not self._queue
-                if closing and (empty or time.monotonic() >= self._deadline):
-                    return
-                try:
-                    self._connect()
-                except (OSError, HandshakeError, EOFError, ValueError) as exc:
-                    self._down(exc)
-                    if closing:
-                        return  # one last try at close, no waiting on a hub that is down
-                    delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(self._failures - 1, 10))
-                    with cond:
-                        if not self._closing:
-                            cond.wait(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-                    continue
-            with cond:
-                if not self._queue and not self._closing:
-                    cond.wait(0.5)
-                batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
-                closing = self._closing
-                self._busy = bool(batch)
-            try:
-                self._poll()
-                if batch:
-                    self._send(batch)
-            except (OSError, EOFError, ValueError, HandshakeError) as exc:
-                with cond:
-                    self._queue.extendleft(reversed(batch))
-                    self._trim(len(self._queue) - self.queue_limit)
-                    self._busy = False
-                self._disconnect()
-                self._down(exc)
-                continue
-            with cond:
-                self._busy = False
-                cond.notify_all()
-                if closing and not self._queue:
-                    return
-                if closing and time.monotonic() >= self._deadline:
-                    return
-
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Connect to the hub, say hello and read its welcome."""
         sock = connect(self.address, self.connect_timeout)
         try:
             sock.sendall(hello_line("producer", training_id=self.training_id, token=self.token))
@@ -331,38 +202,18 @@ class SocketSink:
         frame = welcome.get("max_frame")
         self.max_frame = frame if isinstance(frame, int) and frame >= 1024 else MAX_FRAME
         if self.hub_last_seq is not None:
-            with self._cond:  # the hub has these already (e.g. from the run's log)
-                while self._queue and self._queue[0].seq <= self.hub_last_seq:
-                    self._queue.popleft()
+            self.drop_through(self.hub_last_seq)  # the hub has these already (e.g. its log)
         self._sock, self._reader = sock, reader
-        self.connects += 1
-        if self._failures:
-            log.info(
-                "pulse hub reachable again; sending queued events",
-                training_id=self.training_id,
-                hub=str(self.address),
-                attempts=self._failures,
-                queued=len(self._queue),
-            )
-        self._failures = 0
 
-    def _down(self, exc: BaseException) -> None:
-        self._failures += 1
-        if self._failures == 1:
-            log.warning(
-                "pulse hub unreachable; the socket sink keeps events and retries",
-                training_id=self.training_id,
-                hub=str(self.address),
-                error=f"{type(exc).__name__}: {exc}",
-            )
-
-    def _disconnect(self) -> None:
+    def disconnect(self) -> None:
+        """Close the connection, if any."""
         sock, self._sock, self._reader = self._sock, None, None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def _send(self, batch: list[Event]) -> None:
+    def send(self, batch: list[Event]) -> None:
+        """Write *batch* as one frame sequence."""
         sock = self._sock
         if sock is None:
             raise EOFError("not connected")
@@ -395,7 +246,7 @@ class SocketSink:
         )
         return b""
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
         """Read what the hub said without waiting; raise if it hung up."""
         sock, reader = self._sock, self._reader
         if sock is None or reader is None:
@@ -412,7 +263,7 @@ class SocketSink:
                 self.rejected += 1
                 if message.fatal:
                     raise HandshakeError(message.code, message.message)
-                if self.rejected <= 10 or self.rejected % 1000 == 0:
+                if sampled(self.rejected, 1000, first=10):
                     log.warning(
                         "pulse hub rejected an event",
                         training_id=self.training_id,

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from pulse_core.errors import DecodeError, PulseError
 from pulse_core.events import Event
+from pulse_core.policy import Backoff
 from pulse_transports.wire import (
     MAX_FRAME,
     Address,
@@ -54,8 +55,8 @@ __all__ = [
     "Subscriber",
 ]
 
-_RETRY_FIRST: Final = 0.1
-_RETRY_MAX: Final = 2.0
+#: Reconnection backoff of hub clients: 100 ms doubling to 2 s, jittered.
+_BACKOFF: Final = Backoff(0.1, 2.0, jitter=0.5)
 
 
 class HubDisconnected(PulseError):
@@ -116,8 +117,7 @@ class _Client:
 
     def _backoff(self) -> float:
         self._failures += 1
-        delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** min(self._failures - 1, 8))
-        return float(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not a secret
+        return _BACKOFF.delay(self._failures, random.random())  # noqa: S311 - jitter
 
 
 class Subscriber(_Client):

@@ -36,10 +36,11 @@ every call writes inline, synchronously. Call the hot path from one thread
 at a time.
 
 Status floods stay bounded: restating the current state with a new note and
-non-fatal errors are forwarded at most once per the slowest sink's interval
-(leading and trailing edge, latest note wins); errors held back are counted
-and the one that goes out carries ``details["count"]``, the errors it stands
-for. Lifecycle transitions are never held back.
+non-fatal errors share a token bucket -- a burst of ``FLOOD_BURST``, then one
+per the slowest sink's interval (the latest held note wins and goes out when
+a token is back); errors held back are counted and the one that goes out
+carries ``details["count"]``, the errors it stands for. Lifecycle
+transitions and fatal errors are never held back.
 
 Fork: a child process forked with a run open gets an inert copy (every call
 a no-op; it never writes to, closes or unlocks the parent's sinks); a thread

@@ -68,11 +68,10 @@ class _RunLifecycle(_RunWriter):
                 return
             now = self._clock()
             if state == self._status and state not in TERMINAL_STATUSES:
-                # A restated state with a new note: at most one per interval.
-                if now < self._flood_at:
+                # A restated state with a new note: a burst, then one per interval.
+                if not self._flood_allows(now):
                     self._held_note = (state, str(message))
                     return
-                self._flood_at = now + self._flood_interval
                 self._held_note = None
             else:
                 self._held_note = None  # a transition supersedes a held note
@@ -128,15 +127,14 @@ class _RunLifecycle(_RunWriter):
                 "epoch": _as_int(p[0]),
                 "step": _as_int(p[2]),
             }
-            if not fatal and now < self._flood_at:
+            if not fatal and not self._flood_allows(now):
                 # Beyond the rate: held back (latest wins) and counted.
                 self._held_error = fields
                 self._held_count += 1
                 return
-            self._held_note = None
+            if fatal:
+                self._held_note = None
             self._release_held_error(now)
-            if not fatal:
-                self._flood_at = now + self._flood_interval
             self._pump(now, force=True, auto_start=False)
             self._broadcast(self._error_event(fields, 1), now)
             if fatal:
@@ -175,6 +173,21 @@ class _RunLifecycle(_RunWriter):
             )
             self._broadcast(beat, self._clock())
         self._kick()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the writer has written every event handed over so far.
+
+        Training code never needs this (the writer delivers on its own, and
+        :meth:`close` waits for the end); it is for code that must read a
+        sink right after a call, e.g. tests. Waits at most *timeout* seconds
+        (default ``close_timeout``).
+
+        Returns:
+            True if everything was written, False if the wait timed out.
+        """
+        if self._inert:
+            return True
+        return self._await_writer(self._close_timeout if timeout is None else timeout)
 
     @_guarded
     @_then_await_writer

@@ -55,7 +55,7 @@ from pulse_core.emitter._value import (
 from pulse_core.emitter._writer import _DROPPED_NAMES_MAX, _INF, _METRIC_NAMES_MAX
 from pulse_core.errors import PulseError
 from pulse_core.events import Metrics, Progress, RunMeta, validate_training_id
-from pulse_core.policy import CLOSE_TIMEOUT, HEARTBEAT_INTERVAL
+from pulse_core.policy import CLOSE_TIMEOUT, FLOOD_BURST, HEARTBEAT_INTERVAL
 from pulse_core.ports import Sink
 
 log = get_logger("pulse.emitter")
@@ -180,7 +180,8 @@ class TrainingRun(_RunLifecycle):
         self._held_note: tuple[str, str] | None = None  # (state, message) held back
         self._held_error: dict[str, Any] | None = None  # a non-fatal error held back
         self._held_count = 0  # errors the held one stands for
-        self._flood_at = -_INF  # when the next note/non-fatal error may go out
+        self._flood_tokens = float(FLOOD_BURST)  # notes/non-fatal errors that may go out now
+        self._flood_last = -_INF  # when the tokens were last counted
         self._closed = False
         self._closing = False
         self._seq = 0

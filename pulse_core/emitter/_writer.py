@@ -32,7 +32,7 @@ from pulse_core.events import (
     Progress,
     StatusChanged,
 )
-from pulse_core.policy import background_tick
+from pulse_core.policy import FLOOD_BURST, background_tick
 from pulse_core.state import MAX_METRIC_NAMES
 
 log = get_logger("pulse.emitter")
@@ -68,7 +68,8 @@ class _RunWriter:
     _held_note: tuple[str, str] | None
     _held_error: dict[str, Any] | None
     _held_count: int
-    _flood_at: float
+    _flood_tokens: float
+    _flood_last: float
     _flood_interval: float
     _closed: bool
     _closing: bool
@@ -421,14 +422,28 @@ class _RunWriter:
         self._pump(now, force=True, auto_start=False)
         self._broadcast(self._error_event(held, count), now)
 
+    def _flood_allows(self, now: float) -> bool:
+        """Token bucket of notes and non-fatal errors: a burst, then one per interval."""
+        interval = self._flood_interval
+        if interval <= 0:
+            return True
+        tokens = min(float(FLOOD_BURST), self._flood_tokens + (now - self._flood_last) / interval)
+        self._flood_last = now
+        if tokens >= 1.0:
+            self._flood_tokens = tokens - 1.0
+            return True
+        self._flood_tokens = tokens
+        return False
+
     def _release_held(self, now: float) -> None:
         """Trailing edge of the flood limit: send a held note or error once due."""
-        if now < self._flood_at or (self._held_note is None and self._held_error is None):
+        if self._held_note is None and self._held_error is None:
             return
         if self._status in TERMINAL_STATUSES:
             self._held_note, self._held_error, self._held_count = None, None, 0
             return
-        self._flood_at = now + self._flood_interval
+        if not self._flood_allows(now):
+            return
         self._release_held_error(now)
         note, self._held_note = self._held_note, None
         if note is not None and note[0] == self._status:

@@ -1,7 +1,7 @@
 """``pulse bridge``: turn a legacy v1 ``training_status.json`` into v2 runs.
 
 This module owns the ``bridge`` command, a thin shell around
-:class:`pulse_transports.v1bridge.V1FileSource`: it polls the v1 file,
+:class:`pulse_transports.v1.V1FileSource`: it polls the v1 file,
 writes each v1 run as a v2 run (``v1-<time>-<n>``) into the home's logs, and
 prints one line per run started and ended on stderr. It stops on Ctrl-C or
 SIGTERM (exit 0); an unfinished run then shows as ``lost`` until a bridge
@@ -84,7 +84,7 @@ def bridge_command(
       pulse bridge --once --home /data/pulse
     """
     from pulse_core.errors import PulseError
-    from pulse_transports.v1bridge import V1FileSource
+    from pulse_transports.v1 import V1FileSource
 
     config = resolve_config(home)
     path = v1_path.resolve() if v1_path is not None else None

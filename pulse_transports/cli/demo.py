@@ -25,6 +25,7 @@ from pulse_core.reducer import Folder
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
 from pulse_transports.file import log_path
 from pulse_transports.registry import make_sinks
+from pulse_transports.v1.snapshot import V1_FILE
 
 
 class TerminalSink:
@@ -218,6 +219,6 @@ def demo(epochs: int, fail_at: int | None, training_id: str | None, home: Path |
     else:
         console.print(f"run {run.training_id} done; checkpoint {checkpoint}")
     console.print(f"v2 log: {path}")
-    console.print(f"v1 snapshot: {config.home / 'training_status.json'}")
+    console.print(f"v1 snapshot: {config.home / V1_FILE}")
     if failure is not None:
         sys.exit(EXIT_FAILED)

@@ -59,7 +59,8 @@ from typing import Any, NoReturn
 import click
 import structlog
 
-from pulse_transports.cli._common import EXIT_NOT_FOUND, home_option, main, resolve_config
+from pulse_transports.cli._common import EXIT_NOT_FOUND, main, resolve_config
+from pulse_transports.cli._source import open_source, source_options
 from pulse_transports.config import Config
 
 log = structlog.get_logger("pulse.cli")
@@ -120,11 +121,11 @@ def heal_v1(config: Config, records: Sequence[Any] | None = None) -> None:
 
     Every command that judges liveness calls it, so a raw ``training_status.json``
     never says ``running`` for a dead writer once anyone has looked
-    (:func:`pulse_transports.hybrid.heal_v1_snapshot`). Cheap: a file read,
+    (:func:`pulse_transports.v1.heal_v1_snapshot`). Cheap: a file read,
     and runs are recovered only when the slot shows an unfinished status and
     *records* (the home's runs) were not given. Never fails the command.
     """
-    from pulse_transports.hybrid import heal_v1_snapshot
+    from pulse_transports.v1 import heal_v1_snapshot
 
     option = (config.transport_options.get("v1") or {}).get("path")
     path = config.home / str(option) if option else None
@@ -241,9 +242,15 @@ def select_rows(
 )
 @click.option("--flow-run-id", default=None, help="Only runs of this flow run.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N runs.")
-@home_option
+@source_options
 def ls_command(
-    as_json: bool, status: str | None, flow_run_id: str | None, limit: int | None, home: Path | None
+    as_json: bool,
+    status: str | None,
+    flow_run_id: str | None,
+    limit: int | None,
+    home: Path | None,
+    source: str,
+    **connection: Any,
 ) -> None:
     """List runs, newest first: status, liveness, progress, loss, timing, flow.
 
@@ -256,8 +263,26 @@ def ls_command(
       pulse ls --status running --limit 5
       pulse ls --status lost --json
       pulse ls --flow-run-id fr-42 --home /data/pulse
+      pulse ls --source nats --url nats://127.0.0.1:4222
     """
     from pulse_transports.history import recover
+
+    if source == "nats":
+        from pulse_transports.cli._natsread import ls_nats
+
+        ls_nats(as_json, status, flow_run_id, limit, home, connection)
+        return
+    if source != "file":
+        found = open_source(source, home, connection)
+        try:
+            rows = select_rows([dict(r.summary) for r in found.runs()], status, flow_run_id, limit)
+        finally:
+            found.close()
+        if as_json:
+            print_json({"source": {"kind": source}, "runs": rows})
+        else:
+            render_table(rows, Path(source))
+        return
 
     config = open_home(home)
     records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)

@@ -96,7 +96,7 @@ def replay_file(path: Path, home: Path | None, now: float) -> dict[str, Any]:
     from pulse_core.reducer import replay_runs
     from pulse_transports.config import load_config
     from pulse_transports.follow import LogFollower
-    from pulse_transports.history import check_writer, run_liveness
+    from pulse_transports.liveness import check_writer, run_liveness
 
     if not path.is_file():
         raise IsADirectoryError(21, "not a regular file", str(path))

@@ -28,7 +28,8 @@ from typing import Any
 
 import click
 
-from pulse_transports.cli._common import EXIT_NOT_FOUND, home_option, main
+from pulse_transports.cli._common import EXIT_NOT_FOUND, main
+from pulse_transports.cli._source import open_source, source_options
 from pulse_transports.cli.ls import (
     LIVENESS_STYLE,
     STATUS_STYLE,
@@ -87,18 +88,30 @@ def run_document(record: Any, now: float) -> dict[str, Any]:
 @main.command("show")
 @click.argument("training_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
-@home_option
-def show_command(training_id: str, as_json: bool, home: Path | None) -> None:
+@source_options
+def show_command(
+    training_id: str, as_json: bool, home: Path | None, source: str, **connection: Any
+) -> None:
     """Show one run: timeline, progress, metrics, errors, anomalies, flow link.
 
     \b
     Examples:
       pulse show 20261129-013724-123-9f2c41d07b
       pulse show my-run --json | jq .view.progress
+      pulse show my-run --source nats --json | jq .v1
     """
-    from pulse_transports.history import RunNotFound, load_run
+    from pulse_core.errors import RunNotFound
+    from pulse_transports.history import load_run
 
     check_id(training_id)
+    if source == "nats":
+        from pulse_transports.cli._natsread import show_nats
+
+        show_nats(training_id, as_json, home, connection)
+        return
+    if source != "file":
+        show_other(source, training_id, as_json, home, connection)
+        return
     config = open_home(home)
     try:
         record = load_run(
@@ -115,6 +128,40 @@ def show_command(training_id: str, as_json: bool, home: Path | None) -> None:
         print_json(document)
         return
     render({**document, "now": time.time()})
+
+
+def show_other(
+    name: str, training_id: str, as_json: bool, home: Path | None, connection: dict[str, Any]
+) -> None:
+    """``show`` from a plugin source: the same document, ``log`` being where it read."""
+    from pulse_core.errors import RunNotFound
+    from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
+
+    found = open_source(name, home, connection)
+    try:
+        record = found.load(training_id)
+    except RunNotFound as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    finally:
+        found.close()
+    now = time.time()
+    state = record.state
+    at = state.last_event_at if record.liveness == "lost" and state.last_event_at else now
+    document = {
+        "training_id": record.training_id,
+        "liveness": record.liveness,
+        "writer_alive": None,
+        "log": {"path": record.where, "bad_lines": record.bad_lines, "offset": record.cursor},
+        "source": {"kind": name},
+        "view": to_view(state, now=at, liveness=record.liveness),
+        "v1": to_v1(state, liveness=record.liveness),
+        "history": to_history_record(state, liveness=record.liveness, now=at),
+        "metric_history": to_metric_history(state),
+    }
+    if as_json:
+        print_json(document)
+        return
+    render({**document, "now": now})
 
 
 def render(doc: dict[str, Any]) -> None:

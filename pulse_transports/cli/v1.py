@@ -39,8 +39,9 @@ def v1_command(training_id: str | None, as_json: bool, home: Path | None) -> Non
       pulse v1 --json > training_status.json
       pulse v1 20261129-013724-123-9f2c41d07b
     """
+    from pulse_core.errors import RunNotFound
     from pulse_core.projections import to_v1
-    from pulse_transports.history import RunNotFound, load_run, recover, v1_choice
+    from pulse_transports.history import load_run, recover, v1_choice
 
     if training_id is not None:
         check_id(training_id)

@@ -34,7 +34,8 @@ from typing import Any
 
 import click
 
-from pulse_transports.cli._common import EXIT_FAILED, EXIT_NOT_FOUND, home_option, main
+from pulse_transports.cli._common import EXIT_FAILED, EXIT_NOT_FOUND, main
+from pulse_transports.cli._source import source_options
 from pulse_transports.cli.ls import (
     LIVENESS_STYLE,
     STATUS_STYLE,
@@ -76,7 +77,8 @@ class RunWatch:
     """
 
     def __init__(self, home: Path, record: Any, *, stale_after: float, lost_after: float) -> None:
-        from pulse_transports.follow import LogFollower, Notifier
+        from pulse_transports.follow import LogFollower
+        from pulse_transports.notify import Notifier
 
         self.home = home
         self.training_id: str = record.training_id
@@ -98,7 +100,7 @@ class RunWatch:
 
     def step(self, timeout: float) -> tuple[list[Any], str | None]:
         """Wait up to *timeout* for news; return new events and a new liveness (or None)."""
-        from pulse_transports.history import check_writer, run_liveness
+        from pulse_transports.liveness import check_writer, run_liveness
 
         self.notifier.wait(timeout)
         before = self.follower.state
@@ -166,8 +168,8 @@ class RunWatch:
 def _pick(home: Path, stale_after: float, lost_after: float, wait: float | None) -> Any:
     """The most recently active live run, waiting up to *wait* seconds for one."""
     from pulse_transports.file import log_dir
-    from pulse_transports.follow import Notifier
     from pulse_transports.history import recover, v1_choice
+    from pulse_transports.notify import Notifier
 
     deadline = None if wait is None else time.monotonic() + wait
     notifier: Notifier | None = None
@@ -204,9 +206,15 @@ def _pick(home: Path, stale_after: float, lost_after: float, wait: float | None)
     help="Stop watching after this many seconds (exit 0).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines (shape in the module doc).")
-@home_option
+@source_options
 def watch_command(
-    training_id: str | None, once: bool, timeout: float | None, as_json: bool, home: Path | None
+    training_id: str | None,
+    once: bool,
+    timeout: float | None,
+    as_json: bool,
+    home: Path | None,
+    source: str,
+    **connection: Any,
 ) -> None:
     """Follow a run live: progress bar with ETA, metrics, status changes, errors.
 
@@ -220,8 +228,18 @@ def watch_command(
       pulse watch 20261129-013724-123-9f2c41d07b
       pulse watch my-run --once
       pulse watch --json --timeout 60 > progress.jsonl
+      pulse watch --source nats
     """
-    from pulse_transports.history import RunNotFound, load_run
+    from pulse_core.errors import RunNotFound
+    from pulse_transports.history import load_run
+
+    if source == "nats":
+        from pulse_transports.cli._natsread import watch_nats
+
+        watch_nats(training_id, once, timeout, as_json, home, connection)
+        return
+    if source != "file":
+        raise click.UsageError(f"watch reads --source file or nats, not {source!r}")
 
     if training_id is not None:
         check_id(training_id)

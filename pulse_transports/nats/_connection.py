@@ -23,6 +23,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 
 from pulse_core._log import get_logger
+from pulse_core.policy import CONNECT_BACKOFF
 from pulse_transports.nats._errors import NatsAuthError, NatsError, NatsUnavailable
 
 log = get_logger("pulse.nats")
@@ -39,8 +40,9 @@ ENV_USER: Final = "PULSE_NATS_USER"
 ENV_PASSWORD: Final = "PULSE_NATS_PASSWORD"  # noqa: S105 - a variable name
 ENV_CREDS: Final = "PULSE_NATS_CREDS"
 
-#: Longest pause between two attempts while failing (seconds).
-RETRY_MAX: Final = 2.0
+#: Longest pause between two attempts while failing (seconds): the cap of
+#: :data:`pulse_core.policy.CONNECT_BACKOFF`, which every NATS client uses.
+RETRY_MAX: Final = CONNECT_BACKOFF.cap
 
 _USERINFO_RE: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s,]*@")
 

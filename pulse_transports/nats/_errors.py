@@ -7,7 +7,7 @@ nats-py. Must not be imported by :mod:`pulse_core`.
 
 from __future__ import annotations
 
-from pulse_core.errors import PulseError
+from pulse_core.errors import PulseError, RunNotFound
 
 
 class NatsError(PulseError):
@@ -22,5 +22,5 @@ class NatsUnavailable(NatsError):
     """No NATS server answered at the configured URL."""
 
 
-class NatsRunNotFound(NatsError):
+class NatsRunNotFound(NatsError, RunNotFound):
     """NATS holds nothing of a training id."""

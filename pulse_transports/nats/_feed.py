@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Final
 
 from pulse_core._log import get_logger
 from pulse_core.events import Event
-from pulse_core.policy import RETRY_FIRST
+from pulse_core.policy import CONNECT_BACKOFF, sampled
 from pulse_core.reducer import Folder
-from pulse_transports.nats._connection import RETRY_MAX, NatsOptions, connect, explain
+from pulse_transports.nats._connection import NatsOptions, connect, explain
 from pulse_transports.nats._reader import StreamReader
 from pulse_transports.nats._store import StoreConfig, ensure_store
 from pulse_transports.nats._subject import run_filter
@@ -84,14 +84,13 @@ class NatsFeed:
             except Exception as exc:  # noqa: BLE001 - logged; the feed goes on
                 self.failures += 1
                 streak += 1
-                if streak == 1 or self.failures % 100 == 0:
+                if streak == 1 or sampled(self.failures, 100):
                     log.warning(
                         "pulse hub cannot read NATS; retrying",
                         server=self.options.shown,
                         error=str(explain(exc, self.options))[:300],
                     )
-            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(max(streak, 1) - 1, 10))
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+            await asyncio.sleep(CONNECT_BACKOFF.delay(max(streak, 1), random.random()))  # noqa: S311
 
     async def _feed(self, bus: Bus) -> None:
         nc = await connect(self.options, reconnect=True)

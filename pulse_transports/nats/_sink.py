@@ -15,7 +15,6 @@ import contextlib
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -28,9 +27,15 @@ from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError
 from pulse_core.events import ErrorReported, Event
-from pulse_core.policy import LIVE_INTERVAL, POISON_ATTEMPTS, RETRY_FIRST
+from pulse_core.policy import (
+    CONNECT_BACKOFF,
+    LIVE_INTERVAL,
+    POISON_ATTEMPTS,
+    BoundedBuffer,
+    sampled,
+)
 from pulse_core.reducer import Folder
-from pulse_transports.nats._connection import RETRY_MAX, NatsOptions, connect, explain
+from pulse_transports.nats._connection import NatsOptions, connect, explain
 from pulse_transports.nats._errors import NatsError
 from pulse_transports.nats._reader import fold_run
 from pulse_transports.nats._store import (
@@ -66,6 +71,18 @@ QUEUE: Final = 10_000
 BUFFER_BYTES: Final = 16 << 20
 #: Seconds one publish may wait for its acknowledgement.
 ACK_TIMEOUT: Final = 2.0
+
+
+def _kind(item: _Out) -> str | None:
+    return item.kind
+
+
+def _size(item: _Out) -> int:
+    return len(item.payload)
+
+
+def _is_meta(item: _Out) -> bool:
+    return kind_of(item.event) == "meta"
 
 
 @attrs.define(slots=True)
@@ -250,8 +267,13 @@ class NatsSink:
         self.last_error = ""
         self.stream_seq = 0
         self._token = ""
-        self._queue: deque[_Out] = deque()
-        self._bytes = 0
+        self._queue: BoundedBuffer[_Out] = BoundedBuffer(
+            queue,
+            max_bytes=buffer_bytes,
+            key=_kind,
+            size=_size,
+            protect=_is_meta,
+        )
         self._inflight: _Out | None = None
         self._cond = threading.Condition()
         self._closing = False
@@ -396,42 +418,30 @@ class NatsSink:
             payload=payload,
         )
 
+    @property
+    def _bytes(self) -> int:
+        """Encoded bytes waiting."""
+        return self._queue.nbytes
+
     def _hold(self, item: _Out) -> None:
         """Append, coalescing sampled kinds, within the count and byte bounds.
 
         A newer value replaces the same kind still waiting since the last
-        kept event, so the order of kept events is never changed.
+        kept event, so the order of kept events is never changed. Past the
+        bounds the oldest sampled values go first, then the oldest kept
+        events but meta (see :class:`~pulse_core.policy.BoundedBuffer`).
         """
-        queue = self._queue
-        if item.kind is not None:
-            for index in range(len(queue) - 1, -1, -1):
-                held = queue[index]
-                if held.kind == item.kind:
-                    del queue[index]
-                    self._bytes -= len(held.payload)
-                    self.coalesced += 1
-                    break
-                if held.kind is None:
-                    break
-        queue.append(item)
-        self._bytes += len(item.payload)
-        self._trim()
+        coalesced, dropped = self._queue.put(item)
+        self.coalesced += coalesced
+        self._dropped(dropped)
 
-    def _trim(self) -> None:
-        """Drop the oldest sampled values, then the oldest kept events but meta, past the bounds."""
-        queue = self._queue
-        while queue and (len(queue) > self.queue_limit or self._bytes > self.buffer_bytes):
-            victim = next((i for i, e in enumerate(queue) if e.kind is not None), None)
-            if victim is None:
-                victim = next((i for i, e in enumerate(queue) if kind_of(e.event) != "meta"), 0)
-            gone = queue[victim]
-            del queue[victim]
-            self._bytes -= len(gone.payload)
+    def _dropped(self, items: tuple[_Out, ...]) -> None:
+        for gone in items:
             self._count_drop(gone.event, "the queue of an unreachable server is full")
 
     def _count_drop(self, event: Event, why: str) -> None:
         self.dropped += 1
-        if self.dropped == 1 or self.dropped % 1000 == 0:
+        if sampled(self.dropped, 1000):
             log.warning(
                 "pulse nats sink dropped an event",
                 training_id=self.training_id,
@@ -446,7 +456,6 @@ class NatsSink:
             if not self._queue:
                 return None
             item = self._queue.popleft()
-            self._bytes -= len(item.payload)
             self._inflight = item
             return item
 
@@ -455,9 +464,7 @@ class NatsSink:
         with self._cond:
             self._inflight = None
             if not sent:
-                self._queue.appendleft(item)
-                self._bytes += len(item.payload)
-                self._trim()
+                self._dropped(self._queue.requeue([item]))
             self._cond.notify_all()
 
     # -- the sender thread ------------------------------------------------------------
@@ -539,8 +546,7 @@ class NatsSink:
             self.stream_seq = stream_seq
             with self._cond:
                 while self._queue and self._queue[0].event.seq <= state.last_seq:
-                    gone = self._queue.popleft()
-                    self._bytes -= len(gone.payload)
+                    self._queue.popleft()
         if self._logged_down:
             log.info(
                 "pulse nats server reachable again; publishing queued events",
@@ -556,7 +562,7 @@ class NatsSink:
         self._streak += 1
         error = exc if isinstance(exc, NatsError) else explain(exc, self.options)
         self.last_error = str(error)[:300]
-        if not self._logged_down or self.failures % 100 == 0:
+        if not self._logged_down or sampled(self.failures, 100):
             self._logged_down = True
             log.warning(
                 "pulse nats sink cannot publish; keeping events and retrying",
@@ -568,8 +574,7 @@ class NatsSink:
             )
 
     def _backoff(self) -> float:
-        base = min(RETRY_MAX, RETRY_FIRST * 2 ** min(max(self._streak, 1) - 1, 10))
-        return float(base * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+        return CONNECT_BACKOFF.delay(max(self._streak, 1), random.random())  # noqa: S311 - jitter
 
     async def _sleep(self, seconds: float) -> None:
         """Wait *seconds*, or less if ``close()`` asks."""

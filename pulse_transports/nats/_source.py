@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import queue
+import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -24,9 +25,10 @@ import nats.js.errors
 from pulse_core.errors import ConfigError
 from pulse_core.events import Event
 from pulse_core.liveness import LOST_AFTER, STALE_AFTER, Liveness, liveness_of
+from pulse_core.ports import RunRecord
+from pulse_core.projections import to_summary
 from pulse_core.reducer import Folder
 from pulse_core.state import RunState
-from pulse_transports.history import summarize
 from pulse_transports.nats._connection import NatsOptions, connect, explain
 from pulse_transports.nats._errors import NatsError, NatsRunNotFound
 from pulse_transports.nats._reader import StreamReader, fold_run
@@ -50,30 +52,27 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@attrs.frozen
-class NatsRunRecord:
-    """What the NATS source knows about one run.
+@attrs.frozen(kw_only=True)
+class NatsRunRecord(RunRecord):
+    """What the NATS source knows about one run: the port's record, plus where it came from.
+
+    ``liveness`` comes from silence alone (NATS cannot check a remote
+    writer's lock); ``where`` is the run's subject filter; the ``summary``
+    has ``source: "nats"``.
 
     Attributes:
-        training_id: the run's id.
-        state: its folded state.
-        liveness: alive, stale, lost or ended: from silence alone (NATS
-            cannot check a remote writer's lock).
-        summary: the ``pulse ls`` row (``log`` is the run's subject filter,
-            ``source`` is ``"nats"``).
         stream_seq: the last stream sequence the state covers.
         origin: ``kv`` (the bucket), ``kv+stream`` (the bucket, then newer
             stream messages) or ``stream`` (folded from the stream).
-        bad_messages: messages of the run that did not decode.
     """
 
-    training_id: str
-    state: RunState
-    liveness: Liveness
-    summary: dict[str, Any]
     stream_seq: int
     origin: str
-    bad_messages: int = 0
+
+    @property
+    def bad_messages(self) -> int:
+        """Messages of the run that did not decode (``bad_lines``)."""
+        return self.bad_lines
 
 
 def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -113,6 +112,7 @@ class NatsSource:
         self.store = store or StoreConfig()
         self.stale_after = stale_after
         self.lost_after = lost_after
+        self._stops: set[threading.Event] = set()
 
     @classmethod
     def from_config(cls, config: Config, **given: Any) -> NatsSource:
@@ -145,6 +145,100 @@ class NatsSource:
     def replay(self, training_id: str, after: int = 0) -> list[Event]:
         """The run's events the stream holds with seq > *after*, in order."""
         return _run_sync(self.areplay(training_id, after))
+
+    # -- the RunSource port --------------------------------------------------------------
+
+    name = "nats"
+
+    def runs(self, *, now: float | None = None, limit: int | None = None) -> list[RunRecord]:
+        """Every run's last known state, newest first (:meth:`recover`)."""
+        return list(self.recover(now=now, limit=limit))
+
+    def load(self, training_id: str, *, now: float | None = None) -> RunRecord:
+        """One run (:meth:`load_run`).
+
+        Raises:
+            NatsRunNotFound: neither the bucket nor the stream holds the run.
+        """
+        return self.load_run(training_id, now=now)
+
+    def events(self, training_id: str, after: int = 0) -> list[Event]:
+        """The run's events the stream holds with seq > *after* (:meth:`replay`).
+
+        Raises:
+            NatsRunNotFound: the stream holds nothing of the run.
+        """
+        token = run_token(training_id)
+        held = self.replay(token, 0)
+        if not held:
+            raise NatsRunNotFound(f"no run {training_id!r} in NATS at {self.options.shown}")
+        return [e for e in held if e.seq > after]
+
+    def follow(
+        self, training_id: str, after: int = 0, *, idle: float | None = None
+    ) -> Iterator[Event]:
+        """Yield the run's events with seq > *after*: the stream's, then live ones.
+
+        A worker thread holds the subscription; the iteration ends after the
+        terminal event, after *idle* quiet seconds, or on :meth:`close`.
+        """
+        run_token(training_id)
+        stop = threading.Event()
+        self._stops.add(stop)
+        out: queue.Queue[Event | BaseException | None] = queue.Queue()
+        worker = threading.Thread(
+            target=asyncio.run,
+            args=(self._pump(training_id, out, stop),),
+            name=f"pulse-nats-follow-{training_id}",
+            daemon=True,
+        )
+        worker.start()
+        folder = Folder()
+        try:
+            while True:
+                try:
+                    item = out.get(timeout=idle)
+                except queue.Empty:
+                    return
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                folder.apply(item)
+                if item.seq > after:
+                    yield item
+                if folder.state.is_terminal:
+                    return
+        finally:
+            stop.set()
+            self._stops.discard(stop)
+            worker.join(timeout=5.0)
+
+    async def _pump(
+        self,
+        training_id: str,
+        out: queue.Queue[Event | BaseException | None],
+        stop: threading.Event,
+    ) -> None:
+        try:
+            async with self.session(reconnect=True) as js:
+                reader = StreamReader(js, self.store.stream, run_filter(training_id))
+                await reader.open()
+                try:
+                    while not stop.is_set():
+                        delivery = await reader.next(0.2)
+                        if delivery is not None and delivery.event is not None:
+                            out.put(delivery.event)
+                finally:
+                    await reader.close()
+        except Exception as exc:  # noqa: BLE001 -- handed to the iterating thread, raised there
+            out.put(exc)
+        out.put(None)
+
+    def close(self) -> None:
+        """End every :meth:`follow` of this source."""
+        for stop in list(self._stops):
+            stop.set()
 
     # -- async API ---------------------------------------------------------------------
 
@@ -288,8 +382,7 @@ class NatsSource:
         self, tid: str, state: RunState, stream_seq: int, origin: str, bad: int, now: float
     ) -> NatsRunRecord:
         liveness = self.liveness(state, now)
-        summary = summarize(state, liveness=liveness, now=now, path=Path(tid))
-        summary["training_id"] = state.training_id or tid
+        summary = to_summary(state, liveness=liveness, now=now, training_id=tid)
         summary["log"] = run_filter(tid)
         summary["source"] = "nats"
         summary["bad_lines"] = bad
@@ -298,9 +391,11 @@ class NatsSource:
             state=state,
             liveness=liveness,
             summary=summary,
+            where=summary["log"],
+            cursor=state.last_seq,
+            bad_lines=bad,
             stream_seq=stream_seq,
             origin=origin,
-            bad_messages=bad,
         )
 
     def liveness(self, state: RunState, now: float) -> Liveness:

@@ -31,7 +31,7 @@ from nats.js.api import (
 from pulse_core.errors import ConfigError
 from pulse_core.projections import to_v1, to_view
 from pulse_core.state import RunState
-from pulse_transports.history import STATE_FORMAT, state_from_obj, state_to_obj
+from pulse_core.statecodec import STATE_FORMAT, state_from_obj, state_to_obj
 from pulse_transports.nats._subject import ROOT, run_token
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ def state_document(state: RunState, *, stream_seq: int, now: float) -> bytes:
          "last_seq": int, "updated_at": float,
          "view": {...},         # pulse_core.projections.to_view
          "v1": {...},           # pulse_core.projections.to_v1
-         "state": {...}}        # pulse_transports.history.state_to_obj, no history
+         "state": {...}}        # pulse_core.statecodec.state_to_obj, no history
     """
     light = attrs.evolve(state, history={})
     return orjson.dumps(

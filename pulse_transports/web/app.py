@@ -45,13 +45,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pulse_core._log import get_logger
-from pulse_core.errors import InvalidTrainingId
+from pulse_core.errors import InvalidTrainingId, RunNotFound
 from pulse_core.events import validate_training_id
 from pulse_core.liveness import LOST_AFTER, STALE_AFTER, Liveness
-from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
+from pulse_core.projections import to_history_record, to_metric_history, to_summary, to_v1, to_view
 from pulse_core.state import RunState
-from pulse_transports.file import log_path
-from pulse_transports.history import HomeNotFound, RunNotFound, load_run, recover, summarize
+from pulse_transports.history import HomeNotFound, load_run, recover
 from pulse_transports.hub import liveness_now
 from pulse_transports.inprocess import Bus
 from pulse_transports.web.cursor import parse_cursor
@@ -260,7 +259,7 @@ class WebApp:
             rows[record.training_id] = dict(record.summary)
         for tid, state in self.bus.states().items():
             live = self._liveness(tid, state, now)
-            rows[tid] = summarize(state, liveness=live, now=now, path=log_path(s.home, tid))
+            rows[tid] = to_summary(state, liveness=live, now=now, training_id=tid)
         for row in rows.values():
             row.pop("log", None)  # a server path: nothing for a browser
 

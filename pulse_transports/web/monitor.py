@@ -2,7 +2,7 @@
 
 This module owns :class:`LivenessMonitor`: every ``tick`` seconds it asks, for
 every run on the hub's bus, whether the run is alive, stale, lost or ended
-(:func:`pulse_transports.history.run_liveness`) and, when any answer changed,
+(:func:`pulse_transports.liveness.run_liveness`) and, when any answer changed,
 calls the listeners (the open ``/events`` streams), which push the change to
 their browsers. A browser cannot check a writer's lock; the hub can, so a
 SIGKILLed producer shows as ``lost`` within a tick, and a silent one as

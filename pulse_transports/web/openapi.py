@@ -2,7 +2,9 @@
 
 This module owns the description: paths, parameters and the JSON Schemas of
 every response body, including the items of the ``/events`` stream
-(``SseBatch``). The tests validate the description itself and validate real
+(``SseBatch``). The schemas of the projections (``View``, ``RunSummary``,
+``HistoryRecord``, ``V1Snapshot`` and their parts) are generated from
+:mod:`pulse_core.shapes`. The tests validate the description itself and validate real
 responses against its schemas, so the two cannot drift apart unnoticed.
 Pure data: no I/O.
 """
@@ -13,6 +15,7 @@ import copy
 from typing import Any, Final
 
 from pulse_core.events import STATUSES
+from pulse_core.shapes import SHAPES, component_schemas
 from pulse_transports.web.stream import SSE_PROTOCOL
 
 VERSION: Final = "1.0.0"
@@ -56,148 +59,9 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "Error": _obj(
         {"error": _obj({"code": _STR, "message": _STR})},
     ),
-    "Flow": _obj(
-        {
-            "flow_id": _nullable("string"),
-            "flow_run_id": _nullable("string"),
-            "flow_step_id": _nullable("string"),
-            "attempt": _nullable("integer"),
-        }
-    ),
-    "ErrorSummary": _obj(
-        {"error_code": _STR, "message": _STR, "is_retryable": _BOOL},
-    ),
-    "RunSummary": {
-        **_obj(
-            {
-                "training_id": _STR,
-                "name": _nullable("string"),
-                "status": _ref("Status"),
-                "liveness": _ref("Liveness"),
-                "message": _STR,
-                "progress": {
-                    **_nullable("number"),
-                    "description": "0-1: (epoch - 1 + step / total_steps) / total_epochs",
-                },
-                "epoch": _nullable("integer"),
-                "total_epochs": _nullable("integer"),
-                "step": _nullable("integer"),
-                "total_steps": _nullable("integer"),
-                "loss": _nullable("number"),
-                "best_loss": _nullable("number"),
-                "created_at": _nullable("number"),
-                "started_at": _nullable("number"),
-                "finished_at": _nullable("number"),
-                "last_event_at": _nullable("number"),
-                "duration": _nullable("number"),
-                "error": {"oneOf": [_ref("ErrorSummary"), {"type": "null"}]},
-                "error_count": _INT,
-                "flow": {"oneOf": [_ref("Flow"), {"type": "null"}]},
-            }
-        ),
-        "description": "A `pulse ls --json` row (without the server's log path).",
-    },
     "RunList": _obj(
         {"runs": {"type": "array", "items": _ref("RunSummary")}, "time": _NUM},
     ),
-    "ErrorReport": _obj(
-        {
-            "error_code": _STR,
-            "message": _STR,
-            "is_retryable": _BOOL,
-            "details": _nullable("object"),
-            "epoch": _nullable("integer"),
-            "step": _nullable("integer"),
-            "timestamp": _NUM,
-            "seq": _INT,
-        }
-    ),
-    "View": {
-        **_obj(
-            {
-                "training_id": _nullable("string"),
-                "status": _ref("Status"),
-                "message": _STR,
-                "terminal": _BOOL,
-                "liveness": _ref("Liveness"),
-                "progress": _obj(
-                    {
-                        "epoch": _nullable("integer"),
-                        "total_epochs": _nullable("integer"),
-                        "step": _nullable("integer"),
-                        "total_steps": _nullable("integer"),
-                        "fraction": _nullable("number"),
-                    }
-                ),
-                "metrics": {"type": "object", "additionalProperties": _NUM},
-                "best_loss": _nullable("number"),
-                "errors": {"type": "array", "items": _ref("ErrorReport")},
-                "error_count": _INT,
-                "last_error": {"oneOf": [_ref("ErrorReport"), {"type": "null"}]},
-                "flow": {"oneOf": [_ref("Flow"), {"type": "null"}]},
-                "run": {"type": "object"},
-                "timings": {"type": "object"},
-                "timeline": {
-                    "type": "array",
-                    "items": _obj(
-                        {
-                            "status": _ref("Status"),
-                            "message": _STR,
-                            "timestamp": _NUM,
-                            "seq": _INT,
-                        }
-                    ),
-                },
-                "anomalies": {"type": "array"},
-                "anomaly_count": _INT,
-                "degraded": _BOOL,
-                "stats": {
-                    "type": "object",
-                    "properties": {"last_seq": _INT},
-                    "required": ["last_seq"],
-                },
-            }
-        ),
-        "description": "The v2 view of a run (specs/protocol.md, 'The v2 view').",
-    },
-    "HistoryRecord": _obj(
-        {
-            "kind": {"const": "train"},
-            "training_id": _nullable("string"),
-            "flow_id": _nullable("string"),
-            "flow_run_id": _nullable("string"),
-            "flow_step_id": _nullable("string"),
-            "attempt": _nullable("integer"),
-            "ran": _BOOL,
-            "outcome": {
-                "type": "string",
-                "enum": ["success", "error", "cancelled", "lost", "not_started", "running"],
-            },
-            "status": _ref("Status"),
-            "message": _STR,
-            "started_at": _nullable("number"),
-            "finished_at": _nullable("number"),
-            "duration": _nullable("number"),
-            "epochs": {"type": "object"},
-            "key_metrics": {"type": "object"},
-            "error": _nullable("object"),
-            "retryable": _BOOL,
-        }
-    ),
-    "V1Snapshot": {
-        **_obj(
-            {
-                "status": _ref("Status"),
-                "epoch": _INT,
-                "total_epochs": _INT,
-                "loss": _nullable("number"),
-                "message": _STR,
-                "timestamp": _nullable("string"),
-            },
-            closed=True,
-        ),
-        "description": "Exactly the six PULSE v1 keys; a lost run reads status error.",
-    },
     "Window": _obj(
         {
             "x": _INT,
@@ -295,6 +159,10 @@ _SCHEMAS: Final[dict[str, Any]] = {
         "description": "The data of one /events message.",
     },
 }
+
+# The projections' shapes (View, RunSummary, HistoryRecord, V1Snapshot and
+# their parts) are generated from the core's typed classes, not restated here.
+_SCHEMAS.update(component_schemas(*SHAPES))
 
 _TID_PARAM: Final = {
     "name": "training_id",

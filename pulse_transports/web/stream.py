@@ -47,8 +47,9 @@ from pulse_core.events import STATUSES, Event
 from pulse_core.lifecycle import allowed_targets
 from pulse_core.liveness import LOST, Liveness, liveness_of
 from pulse_core.projections import to_view
+from pulse_transports.file import log_path
+from pulse_transports.follow import read_events
 from pulse_transports.history import load_run
-from pulse_transports.hub import read_log
 from pulse_transports.inprocess import AsyncSubscription, Bus, Item, StateSnapshot
 from pulse_transports.web.cursor import format_cursor
 from pulse_transports.web.monitor import LivenessMonitor
@@ -152,7 +153,7 @@ class EventStream:
         history: dict[str, list[Event]] = {}
         for tid, after in self.resume.items():
             if not self.bus.covers(tid, after):
-                past = await asyncio.to_thread(read_log, self.home, tid, after)
+                past = await asyncio.to_thread(read_events, log_path(self.home, tid), tid, after)
                 if past is not None:
                     history[tid] = past
                     if self.bus.last_seq(tid) is None:

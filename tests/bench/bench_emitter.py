@@ -50,10 +50,10 @@ from pulse_core.testing import FakeClock
 from pulse_transports.file import (
     DEFAULT_MAX_BYTES,
     FileSink,
-    V1SnapshotSink,
     log_path,
     write_json_atomic,
 )
+from pulse_transports.v1 import V1SnapshotSink
 
 CALL_TARGET_US = 1.0
 HOURS = 10.0

@@ -98,7 +98,7 @@ def measure_slow_disk(
 
 
 def measure_compaction(
-    steps: int = 120_000, max_bytes: int = 8 * MIB, work_us: float = 20.0
+    steps: int = 150_000, max_bytes: int = 8 * MIB, work_us: float = 100.0
 ) -> dict[str, Any]:
     """Loop latencies while the log compacts at its cap (interval 0: every call a line)."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,7 +38,8 @@ from pulse_core.codec import encode
 from pulse_core.events import Event, Metrics, Progress, RunMeta, StatusChanged
 from pulse_transports.file import FileSink, log_dir, log_path
 from pulse_transports.follow import LogFollower, Notifier
-from pulse_transports.history import INDEX_FILE, recover
+from pulse_transports.history import recover
+from pulse_transports.index import INDEX_FILE
 
 
 def run_events(tid: str, start: float, epochs: int, steps: int, end: bool) -> list[Event]:

@@ -21,7 +21,7 @@ from pulse_core.testing import RecordingSink
 from pulse_transports.flows import FlowTrainer
 from pulse_transports.follow import read_log
 from pulse_transports.history import RunRecord, recover
-from pulse_transports.v1bridge import (
+from pulse_transports.v1 import (
     PATH_LABEL,
     SOURCE_LABEL,
     V1FileSource,

@@ -14,12 +14,14 @@ from compatkit import start_v2_trainer, wait_for
 from pulse_core.emitter import TrainingRun
 from pulse_core.events import Metrics, Progress, RunMeta, StatusChanged
 from pulse_core.testing import FakeClock
-from pulse_transports.file import FileSink, V1SnapshotSink
+from pulse_transports.file import FileSink
 from pulse_transports.history import recover
-from pulse_transports.hybrid import (
+from pulse_transports.v1 import (
     V1_ONLY_ID,
     HybridReader,
     InvalidSnapshot,
+    V1FileSource,
+    V1SnapshotSink,
     find_owner,
     heal_v1_snapshot,
     map_status,
@@ -27,7 +29,6 @@ from pulse_transports.hybrid import (
     parse_timestamp,
     read_snapshot,
 )
-from pulse_transports.v1bridge import V1FileSource
 
 
 def write(path: Path, **snapshot: Any) -> None:

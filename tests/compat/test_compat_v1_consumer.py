@@ -19,7 +19,7 @@ from compatkit import (
     wait_for,
 )
 
-from pulse_transports.hybrid import HybridReader, heal_v1_snapshot
+from pulse_transports.v1 import HybridReader, heal_v1_snapshot
 
 SCHEMA = json.loads(
     (

@@ -38,6 +38,7 @@ from pulse_core.projections import (
     progress_fraction,
     to_history_record,
     to_metric_history,
+    to_summary,
     to_v1,
     to_view,
 )
@@ -267,6 +268,33 @@ class TestJsonReady:
         assert to_view(state, now=1001.0)["liveness"] == ALIVE
         assert to_view(state, now=1000.0 + STALE_AFTER + 1)["liveness"] == STALE
         assert to_view(state, now=1000.0 + LOST_AFTER + 1)["liveness"] == LOST
+
+
+class TestSummary:
+    """to_summary is the ``pulse ls`` row, and it agrees with the v2 view."""
+
+    def test_never_started_has_no_duration(self) -> None:
+        """A run that never started (idle since created) has no duration, as in the view."""
+        state = running(status="idle", started_at=None, status_since=100.0)
+        row = to_summary(state, liveness=ALIVE, now=200.0)
+        assert row["duration"] is None
+        assert to_view(state, now=200.0, liveness=ALIVE)["timings"]["duration"] is None
+
+    @given(wire_states, st.sampled_from([ALIVE, STALE, LOST, ENDED]))
+    def test_duration_is_the_views(self, state: RunState, liveness: Liveness) -> None:
+        """For any state and liveness, the row's duration is the view's."""
+        now = 1_800_000_000.0
+        view = to_view(state, now=now, liveness=liveness)
+        assert (
+            to_summary(state, liveness=liveness, now=now)["duration"]
+            == (view["timings"]["duration"])
+        )
+
+    def test_id_falls_back_to_the_given_one(self) -> None:
+        """A state without an id (nothing decodable yet) shows the source's id."""
+        row = to_summary(RunState(), liveness=ALIVE, now=1.0, training_id="from-file")
+        assert row["training_id"] == "from-file"
+        assert to_summary(running(), liveness=ALIVE, now=1.0, training_id="x")["training_id"] == TID
 
 
 class TestHistoryRecord:

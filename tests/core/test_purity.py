@@ -24,6 +24,9 @@ PURE_MODULES = [
     "liveness",
     "codec",
     "errors",
+    "statecodec",
+    "ports",
+    "shapes",
 ]
 IO_MODULES = frozenset(
     {

@@ -20,7 +20,8 @@ from pulse_core.events import Dropped, ErrorReported, Event, RunMeta, StatusChan
 from pulse_core.reducer import replay
 from pulse_core.testing import FakeClock, RecordingSink
 from pulse_transports import file as file_module
-from pulse_transports.file import FileSink, V1SnapshotSink, log_path
+from pulse_transports.file import FileSink, log_path
+from pulse_transports.v1 import V1SnapshotSink
 
 
 class Disk:

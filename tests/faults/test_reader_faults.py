@@ -56,7 +56,8 @@ FOLLOWER = textwrap.dedent(
     from pathlib import Path
     import orjson
     from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
-    from pulse_transports.follow import LogFollower, Notifier
+    from pulse_transports.follow import LogFollower
+    from pulse_transports.notify import Notifier
     from pulse_transports.history import checkpoint_from_bytes, checkpoint_to_bytes
 
     log, saved, out = (Path(a) for a in sys.argv[1:4])
@@ -254,7 +255,8 @@ V1_WRITER = textwrap.dedent(
     """
     import sys, time
     from pulse_core.emitter import TrainingRun
-    from pulse_transports.file import FileSink, V1SnapshotSink
+    from pulse_transports.file import FileSink
+    from pulse_transports.v1 import V1SnapshotSink
 
     home, tid = sys.argv[1:3]
     sinks = [FileSink(home=home, interval=0.0, fsync=False),

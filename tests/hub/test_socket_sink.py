@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -249,3 +250,38 @@ class TestRawProducerParity:
         assert [o for o in events_of(lines) if o["type"] == "status"] == [
             orjson.loads(x) for x in logged
         ]
+
+
+class TestBackoffHolds:
+    """A producer never reconnects faster than its backoff, however often it reports."""
+
+    def test_attempts_during_an_outage_follow_the_backoff(
+        self, hub_home: Path, start_hub: Callable[..., HubProcess]
+    ) -> None:
+        """Hub SIGKILLed for 2 s under 50 Hz reports: at most 7 attempts (was ~70)."""
+        first = start_hub()
+        sink = SocketSink(home=hub_home, connect_timeout=0.5)
+        with TrainingRun("run-1", sinks=[sink]) as run:
+            run.status("running")
+            assert sink.connected
+            before = sink.attempts
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait(10)
+            down_until = time.monotonic() + 2.0
+            step = 0
+            while time.monotonic() < down_until:
+                step += 1
+                run.progress(epoch=1, step=step)
+                run.metrics(loss=1.0 / step)
+                time.sleep(0.02)
+            during = sink.attempts - before
+            second = start_hub()
+            deadline = time.monotonic() + WAIT
+            while sink.connects < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            run.status("running", "after the outage")
+            view = wait_applied(second.unix, "run-1", 3)
+        assert view["progress"]["step"] >= 1
+        # 50 ms doubling, at most 20 % shorter: 0.04+0.08+0.16+0.32+0.64 s < 2 s < +1.28 s
+        assert 1 <= during <= 6
+        assert sink.connects == 2

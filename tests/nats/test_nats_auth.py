@@ -95,7 +95,9 @@ class TestCommandLine:
     """``pulse nats`` reports a refusal on one line, exit 1, secret hidden."""
 
     def test_wrong_token_exit_code_and_message(self, secured: NatsServer) -> None:
-        result = CliRunner().invoke(main, ["nats", "ls", "--url", secured.url, "--token", WRONG])
+        result = CliRunner().invoke(
+            main, ["ls", "--source", "nats", "--url", secured.url, "--token", WRONG]
+        )
         assert result.exit_code == 1
         assert "refused the credentials" in result.output
         assert WRONG not in result.output
@@ -104,7 +106,7 @@ class TestCommandLine:
         from natskit import free_port
 
         url = f"nats://127.0.0.1:{free_port()}"
-        result = CliRunner().invoke(main, ["nats", "ls", "--url", url])
+        result = CliRunner().invoke(main, ["ls", "--source", "nats", "--url", url])
         assert result.exit_code == 1
         assert "cannot reach NATS" in result.output
 

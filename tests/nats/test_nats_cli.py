@@ -1,4 +1,4 @@
-"""``pulse nats ls/show/watch/setup/serve`` against a real server."""
+"""``pulse ls/show/watch --source nats`` and ``pulse nats setup/serve`` against a real server."""
 
 from __future__ import annotations
 
@@ -27,8 +27,13 @@ def _run(url: str, tid: str, *, fail: bool = False) -> None:
             run.error("CUDA_OOM", "out of memory", is_retryable=True)
 
 
-def _invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["nats", *args])
+def _invoke(command: str, *args: str) -> tuple[int, str]:
+    """Run ``pulse <command> --source nats`` for reading commands, else ``pulse nats <command>``."""
+    if command in ("ls", "show", "watch"):
+        argv = [command, "--source", "nats", *args]
+    else:
+        argv = ["nats", command, *args]
+    result = CliRunner().invoke(main, argv)
     return result.exit_code, result.output
 
 
@@ -39,10 +44,16 @@ class TestHelp:
         top = CliRunner().invoke(main, ["--help"])
         assert top.exit_code == 0
         assert "nats" in top.output
-        code, out = _invoke("--help")
-        assert code == 0
-        for command in ("ls", "show", "watch", "serve", "setup"):
-            assert command in out
+        group = CliRunner().invoke(main, ["nats", "--help"])
+        assert group.exit_code == 0
+        commands = group.output.split("Commands:")[1].split()
+        assert "serve" in commands
+        assert "setup" in commands
+        assert "ls" not in commands
+        for command in ("ls", "show", "watch"):
+            result = CliRunner().invoke(main, [command, "--help"])
+            assert result.exit_code == 0
+            assert "--source" in result.output
 
 
 class TestLs:

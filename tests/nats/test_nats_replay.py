@@ -68,6 +68,7 @@ class TestJoinMidRun:
         run = TrainingRun("mid.run", sinks=[sink], heartbeat_interval=60)
         for n in range(1, 6):
             run.status("running", f"before {n}")
+        assert run.flush()  # the run's writer thread hands the events to the sink
         sink.flush(True)
         got: list[Event] = []
         caught_up = threading.Event()

@@ -111,6 +111,7 @@ class TestUnreachableServer:
         for n in range(1, 31):
             run.progress(step=n)
             run.status("running", f"note {n}")
+        assert run.flush()  # the run's writer thread hands the events to the sink
         assert sink.queued() > 30
         assert not sink.connected
         server = start_server(port=port)

@@ -10,8 +10,9 @@ from pulse_core.emitter import TrainingRun
 from pulse_core.errors import ConfigError, IllegalTransition
 from pulse_core.testing import RecordingSink
 from pulse_transports.config import KEYS, load_config
-from pulse_transports.file import FileSink, V1SnapshotSink, log_path
+from pulse_transports.file import FileSink, log_path
 from pulse_transports.registry import available, default_sinks, make_sinks, run_defaults
+from pulse_transports.v1 import V1SnapshotSink
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,8 @@ from typing import Any
 from pulse_core.emitter import TrainingRun
 from pulse_core.projections import V1_KEYS
 from pulse_core.testing import FakeClock
-from pulse_transports.file import V1SnapshotSink, write_json_atomic
+from pulse_transports.file import write_json_atomic
+from pulse_transports.v1 import V1SnapshotSink
 
 
 def read_v1(home: Path) -> dict[str, Any]:

@@ -17,15 +17,9 @@ from pulse_core.events import Event, Heartbeat, Metrics, Progress, RunMeta, Stat
 from pulse_core.projections import to_view
 from pulse_core.reducer import replay
 from pulse_transports.file import FileSink
-from pulse_transports.follow import (
-    Checkpoint,
-    LogFollower,
-    Notifier,
-    Position,
-    follow,
-    position_matches,
-    read_log,
-)
+from pulse_transports.follow import LogFollower, follow, read_log
+from pulse_transports.notify import Notifier
+from pulse_transports.position import Checkpoint, Position, position_matches
 
 TID = "follow-run"
 

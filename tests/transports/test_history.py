@@ -14,7 +14,7 @@ from hypothesis import given
 from strategies import run_events
 
 from pulse_core.codec import encode
-from pulse_core.errors import InvalidTrainingId
+from pulse_core.errors import InvalidTrainingId, RunNotFound
 from pulse_core.events import (
     ErrorReported,
     Event,
@@ -24,24 +24,22 @@ from pulse_core.events import (
     RunMeta,
     StatusChanged,
 )
+from pulse_core.projections import to_view
 from pulse_core.reducer import replay
+from pulse_core.statecodec import decode_state, encode_state
 from pulse_transports.file import FileSink, lock_path, log_dir, log_path
-from pulse_transports.follow import Checkpoint, LogFollower
+from pulse_transports.follow import LogFollower
 from pulse_transports.history import (
-    INDEX_FILE,
     HomeNotFound,
-    RunIndex,
-    RunNotFound,
-    check_writer,
     checkpoint_from_bytes,
     checkpoint_to_bytes,
-    decode_state,
-    encode_state,
     load_run,
     recover,
-    run_liveness,
     v1_choice,
 )
+from pulse_transports.index import INDEX_FILE, RunIndex
+from pulse_transports.liveness import check_writer, run_liveness
+from pulse_transports.position import Checkpoint
 
 T0 = 1_800_000_000.0
 
@@ -96,6 +94,15 @@ def write(home: Path, evs: list[Event], mode: str = "wb") -> Path:
 
 class TestRecover:
     """recover() returns every run, newest first, with the right state."""
+
+    def test_never_started_run_has_the_views_duration(self, tmp_home: Path) -> None:
+        """A run that never left idle has no duration in its ls row, as in the v2 view."""
+        write(tmp_home, run("idle-run", T0, end=None)[:1])
+        (record,) = recover(tmp_home, now=T0 + 60.0)
+        assert record.state.started_at is None
+        assert record.summary["duration"] is None
+        view = to_view(record.state, now=T0 + 60.0, liveness=record.liveness)
+        assert view["timings"]["duration"] is None
 
     def test_runs_newest_first_with_states(self, tmp_home: Path) -> None:
         runs = {f"r{i}": run(f"r{i}", T0 + 100 * i) for i in range(5)}

@@ -10,7 +10,8 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # n
 from pagekit import Producer, SseReader, WebHub, events_in
 
 from pulse_core.events import StatusChanged
-from pulse_transports.hub import read_log
+from pulse_transports.file import log_path
+from pulse_transports.follow import read_events
 from pulse_transports.web import format_cursor, openapi, parse_cursor
 
 
@@ -86,7 +87,11 @@ class TestResume:
     ) -> None:
         hub = start_hub()
         finished(produce, "res-1")
-        logged = [e.seq for e in read_log(hub.home, "res-1") or [] if isinstance(e, StatusChanged)]
+        logged = [
+            e.seq
+            for e in read_events(log_path(hub.home, "res-1"), "res-1") or []
+            if isinstance(e, StatusChanged)
+        ]
         view = hub.view("res-1")
         last = view["stats"]["last_seq"]
         reader = SseReader(hub.port, headers={"Last-Event-ID": "res-1:3"})

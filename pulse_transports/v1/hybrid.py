@@ -1,14 +1,10 @@
 """Hybrid mode: v2 data for a run when it exists, the v1 snapshot when it does not.
 
-This module owns reading a PULSE v1 snapshot (``training_status.json``) as
-data, relating it to the v2 runs of a home, and the hybrid view a consumer
+This module owns relating a PULSE v1 snapshot (read by
+:mod:`pulse_transports.v1.snapshot`) to the v2 runs of a home, and the hybrid view a consumer
 (the Flow Manager, a TrainingPanel backend) builds from both without ever
 showing one run twice:
 
-* :func:`parse_snapshot` / :func:`read_snapshot` -- a v1 snapshot file as a
-  :class:`V1Snapshot`, lenient about what old writers put in it (status
-  aliases such as ``completed``, ISO or numeric timestamps) and strict about
-  what makes it unusable (not JSON, not an object, no status string).
 * :func:`find_owner` -- the v2 run a snapshot was produced from. A
   ``V1SnapshotSink`` writes only the six v1 keys, so the match is made on
   content and time (see :func:`find_owner` for the rule).
@@ -23,29 +19,30 @@ Must never import :mod:`pulse_transports.cli`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import attrs
-import orjson
 import structlog
 
-from pulse_core.errors import PulseError
-from pulse_core.events import STATUSES, TERMINAL_STATUSES
 from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE, STALE_AFTER, Liveness
 from pulse_core.projections import LOST_MESSAGE, V1_KEYS, to_v1, to_view
 from pulse_core.state import RunState
 from pulse_transports.file import write_json_atomic
 from pulse_transports.history import HomeNotFound, RunRecord, recover, summarize
+from pulse_transports.v1.snapshot import (
+    V1_FILE,
+    InvalidSnapshot,
+    V1Snapshot,
+    parse_snapshot,
+    read_snapshot,
+    same_number,
+)
 
 log = structlog.get_logger("pulse.hybrid")
 
-#: The v1 snapshot's file name inside a PULSE home.
-V1_FILE: Final = "training_status.json"
 #: The training id a v1-only run is shown under (there is one v1 slot).
 V1_ONLY_ID: Final = "v1-snapshot"
 #: Seconds a snapshot may be newer than the last event in its run's log: the
@@ -53,201 +50,6 @@ V1_ONLY_ID: Final = "v1-snapshot"
 MATCH_SLACK: Final = 2.0
 #: Two times closer than this are the same time (the v1 file keeps milliseconds).
 SAME_TIME: Final = 0.002
-#: Numeric timestamps above this are milliseconds, not seconds (year 5138).
-MILLIS_ABOVE: Final = 1e11
-
-#: Status words old v1 writers use, mapped to the v2 lifecycle state they mean.
-#: The seven v2 names map to themselves. Matching ignores case, spaces and dashes.
-STATUS_ALIASES: Final[Mapping[str, str]] = {
-    **{name: name for name in STATUSES},
-    "waiting": "idle",
-    "pending": "idle",
-    "queued": "idle",
-    "starting": "preparing",
-    "initializing": "preparing",
-    "initialising": "preparing",
-    "loading": "preparing",
-    "training": "running",
-    "train": "running",
-    "started": "running",
-    "in_progress": "running",
-    "saving": "cooling_down",
-    "finalizing": "cooling_down",
-    "finalising": "cooling_down",
-    "completed": "done",
-    "complete": "done",
-    "finished": "done",
-    "success": "done",
-    "succeeded": "done",
-    "failed": "error",
-    "failure": "error",
-    "crashed": "error",
-    "canceled": "cancelled",
-    "stopped": "cancelled",
-    "aborted": "cancelled",
-    "interrupted": "cancelled",
-}
-
-
-class InvalidSnapshot(PulseError):
-    """A v1 snapshot file that cannot be used (torn, not JSON, no status)."""
-
-
-# -- reading a snapshot ----------------------------------------------------------
-
-
-@attrs.frozen
-class V1Snapshot:
-    """One reading of a v1 snapshot file.
-
-    Attributes:
-        raw_status: the ``status`` string as written.
-        status: the v2 lifecycle state it means (:data:`STATUS_ALIASES`), or
-            None for a word PULSE does not know.
-        epoch, total_epochs: non-negative integers, or None when absent or unusable.
-        loss: a finite number, or None.
-        message: the message (``""`` when absent).
-        timestamp: Unix seconds, or None when absent or unreadable.
-        data: the six v1 keys as they were in the file (absent ones None).
-    """
-
-    raw_status: str
-    status: str | None
-    epoch: int | None
-    total_epochs: int | None
-    loss: float | None
-    message: str
-    timestamp: float | None
-    data: Mapping[str, Any]
-
-    @property
-    def terminal(self) -> bool:
-        """True when the status means done, error or cancelled."""
-        return self.status in TERMINAL_STATUSES
-
-    def same_content(self, other: V1Snapshot) -> bool:
-        """True when both say the same thing, timestamps aside."""
-        return (self.status, self.raw_status, self.epoch, self.total_epochs, self.message) == (
-            other.status,
-            other.raw_status,
-            other.epoch,
-            other.total_epochs,
-            other.message,
-        ) and _same_number(self.loss, other.loss)
-
-
-def map_status(value: str) -> str | None:
-    """The v2 lifecycle state a v1 status word means, or None if unknown."""
-    key = value.strip().lower().replace("-", "_").replace(" ", "_")
-    return STATUS_ALIASES.get(key)
-
-
-def parse_timestamp(value: object) -> float | None:
-    """Read a v1 timestamp: ISO 8601 text or a number; None if unusable.
-
-    Numbers are Unix seconds (above :data:`MILLIS_ABOVE`: milliseconds);
-    numeric text is read as a number. ISO text without a UTC offset is the
-    local time of this machine (what ``datetime.now().isoformat()`` wrote).
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            try:
-                moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-            except ValueError:
-                return None
-            try:
-                return moment.timestamp()
-            except (OverflowError, OSError, ValueError):
-                return None
-    else:
-        return None
-    if not math.isfinite(number) or number < 0:
-        return None
-    return number / 1000.0 if number > MILLIS_ABOVE else number
-
-
-def _count(value: object) -> int | None:
-    """A non-negative integer from an int, an integral float or numeric text."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and value >= 0:
-        return int(value)
-    return None
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, int | float):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _same_number(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
-
-
-def parse_snapshot(data: bytes | str) -> V1Snapshot:
-    """Parse the bytes of a v1 snapshot file.
-
-    Raises:
-        InvalidSnapshot: if it is not a JSON object with a ``status`` string
-            (an empty file, a half-written one, anything else).
-    """
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidSnapshot(f"not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidSnapshot(f"not a JSON object but {type(obj).__name__}")
-    status = obj.get("status")
-    if not isinstance(status, str) or not status.strip():
-        raise InvalidSnapshot("no status string")
-    message = obj.get("message")
-    return V1Snapshot(
-        raw_status=status,
-        status=map_status(status),
-        epoch=_count(obj.get("epoch")),
-        total_epochs=_count(obj.get("total_epochs")),
-        loss=_number(obj.get("loss")),
-        message=message if isinstance(message, str) else ("" if message is None else str(message)),
-        timestamp=parse_timestamp(obj.get("timestamp")),
-        data={key: obj.get(key) for key in V1_KEYS},
-    )
-
-
-def read_snapshot(path: Path | str) -> V1Snapshot | None:
-    """Read and parse a v1 snapshot file; None if it is missing or unusable."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return None
-    try:
-        return parse_snapshot(data)
-    except InvalidSnapshot:
-        return None
 
 
 # -- matching a snapshot to a v2 run ---------------------------------------------
@@ -262,7 +64,7 @@ def _same_as_state(snapshot: V1Snapshot, state: RunState) -> bool:
         "total_epochs"
     ]:
         return False
-    return _same_number(snapshot.loss, mine["loss"])
+    return same_number(snapshot.loss, mine["loss"])
 
 
 def _window_end(record: RunRecord, now: float, slack: float) -> float | None:
