@@ -11,9 +11,10 @@ emitter) and ``timestamp`` (UTC, seconds since the Unix epoch, as a float).
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 
@@ -21,19 +22,43 @@ from pulse_core.errors import InvalidTrainingId
 
 PROTOCOL_VERSION: Final = 2
 
-Status: TypeAlias = Literal[
-    "idle", "preparing", "running", "cooling_down", "done", "error", "cancelled"
-]
-STATUSES: Final[tuple[str, ...]] = (
-    "idle",
-    "preparing",
-    "running",
-    "cooling_down",
-    "done",
-    "error",
-    "cancelled",
-)
-TERMINAL_STATUSES: Final = frozenset({"done", "error", "cancelled"})
+
+class Phase(enum.StrEnum):
+    """A run's lifecycle phase. The values are the wire strings.
+
+    A member equals (and hashes as) its wire string, so ``Phase.DONE ==
+    "done"``. Events carry the status as it came off the wire, a plain
+    string; the reducer turns a known one into a ``Phase`` and records an
+    unknown one as an ``unknown_status`` anomaly.
+    """
+
+    IDLE = "idle"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    COOLING_DOWN = "cooling_down"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for done, error and cancelled."""
+        return self in TERMINAL_STATUSES
+
+
+Status: TypeAlias = Phase
+#: The wire strings of every phase, in lifecycle order.
+STATUSES: Final[tuple[str, ...]] = tuple(phase.value for phase in Phase)
+#: The one place terminality is said: a run ends done, error or cancelled.
+TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({Phase.DONE, Phase.ERROR, Phase.CANCELLED})
+#: Wire string -> phase, for known statuses only.
+PHASES: Final[Mapping[str, Phase]] = {phase.value: phase for phase in Phase}
+
+
+def is_terminal(status: str) -> bool:
+    """Tell whether *status* (a phase or a wire string) is terminal."""
+    return status in TERMINAL_STATUSES
+
 
 #: Well-known error codes. Any UPPER_SNAKE code is accepted on the wire;
 #: these are the ones PULSE itself emits and UIs may special-case.

@@ -50,7 +50,8 @@ def to_v1(state: RunState, liveness: Liveness | None = None) -> dict[str, Any]:
         state: the run's state.
         liveness: the run's liveness, when the caller knows it.
     """
-    status, message = state.status, state.message
+    status: str = state.status
+    message = state.message
     if liveness == LOST and not state.is_terminal:
         status = "error"
         message = f"{LOST_MESSAGE} (last status {state.status})"
