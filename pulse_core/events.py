@@ -7,6 +7,11 @@ I/O modules (os, time, socket, pathlib, asyncio, structlog).
 Every event carries the envelope ``v`` (protocol major version),
 ``training_id``, ``seq`` (1, 2, 3, ... per training_id, assigned by the
 emitter) and ``timestamp`` (UTC, seconds since the Unix epoch, as a float).
+
+Events are hashable: mappings inside them (labels, metrics, details) are
+read-only by type (``Mapping``) and left out of the hash, so an event can
+key a dict (the web stream's encoding cache) while decoding stays as cheap
+as building plain dicts.
 """
 
 from __future__ import annotations
@@ -140,7 +145,7 @@ class RunMeta:
     pid: int | None = None
     host: str | None = None
     world_size: int | None = None
-    labels: Mapping[str, str] = attrs.field(factory=dict)
+    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     v: int = PROTOCOL_VERSION
 
 
@@ -187,9 +192,9 @@ class Metrics:
     time_per_epoch: float | None = None
     samples_per_second: float | None = None
     tokens_per_second: float | None = None
-    extra: Mapping[str, float] = attrs.field(factory=dict)
-    min: Mapping[str, float] = attrs.field(factory=dict)
-    max: Mapping[str, float] = attrs.field(factory=dict)
+    extra: Mapping[str, float] = attrs.field(factory=dict, hash=False)
+    min: Mapping[str, float] = attrs.field(factory=dict, hash=False)
+    max: Mapping[str, float] = attrs.field(factory=dict, hash=False)
     names_dropped: int | None = None
     v: int = PROTOCOL_VERSION
 
@@ -208,7 +213,7 @@ class ErrorReported:
     error_code: str
     message: str
     is_retryable: bool = False
-    details: Mapping[str, Any] | None = None
+    details: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
     epoch: int | None = None
     step: int | None = None
     v: int = PROTOCOL_VERSION
@@ -244,7 +249,7 @@ class UnknownEvent:
     seq: int
     timestamp: float
     type: str
-    data: Mapping[str, Any] = attrs.field(factory=dict)
+    data: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     v: int = PROTOCOL_VERSION
 
 
