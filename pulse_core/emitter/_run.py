@@ -38,11 +38,10 @@ from pulse_core.emitter._settings import (
     ENV_TOTAL_EPOCHS,
     ENV_TRAINING_ID,
     _as_env,
-    _default_sinks,
     _env_flag,
     _env_int,
     _positive,
-    _run_defaults,
+    resolve,
 )
 from pulse_core.emitter._value import (
     _as_bool,
@@ -193,9 +192,12 @@ class TrainingRun(_RunLifecycle):
             tid = environ.get(ENV_TRAINING_ID) or new_training_id(wall())
         self.training_id: str = validate_training_id(tid)
 
-        defaults: Mapping[str, Any] = {}
-        if strict is None or heartbeat_interval is None:
-            defaults = _run_defaults(environ)
+        # Configuration is read once, for the settings and the default sinks.
+        defaults, configured = resolve(
+            environ,
+            need_defaults=strict is None or heartbeat_interval is None,
+            need_sinks=sinks is None,
+        )
         if strict is None:
             strict = bool(defaults.get("strict", _env_flag(environ, ENV_STRICT)))
         self._strict = bool(strict)
@@ -231,7 +233,7 @@ class TrainingRun(_RunLifecycle):
         self._latest_metrics: Metrics | None = None
         self._next_at = -_INF
 
-        sink_list = list(_default_sinks(environ) if sinks is None else sinks)
+        sink_list = list(sinks) if sinks is not None else list(configured or ())
         self._routes = [_Route(s, self.training_id) for s in sink_list]
         # Notes and non-fatal errors go out at most at the slowest sink's rate.
         self._flood_interval = max((r.interval for r in self._routes), default=0.0)

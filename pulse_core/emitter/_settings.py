@@ -108,3 +108,24 @@ def _default_sinks(environ: Mapping[str, str]) -> list[Sink]:
         )
     sinks: list[Sink] = factory(environ)
     return sinks
+
+
+def resolve(
+    environ: Mapping[str, str], *, need_defaults: bool, need_sinks: bool
+) -> tuple[Mapping[str, Any], list[Sink] | None]:
+    """Read configuration once for a run: its settings and its default sinks.
+
+    Uses the ``pulse.config`` entry point ``run_settings`` (one configuration
+    read for both); without it, ``run_defaults`` and ``default_sinks`` (each
+    reads the configuration). Returns ``({}, None)`` for what is not needed.
+    """
+    if not (need_defaults or need_sinks):
+        return {}, None
+    combined = _entry_point("run_settings")
+    if combined is not None:
+        defaults, sinks = combined(environ, with_sinks=need_sinks)
+        return (defaults if need_defaults else {}), (list(sinks) if need_sinks else None)
+    return (
+        _run_defaults(environ) if need_defaults else {},
+        _default_sinks(environ) if need_sinks else None,
+    )
