@@ -104,7 +104,8 @@ def _error_dict(error: ErrorReported) -> dict[str, Any]:
 def _durations(state: RunState, now: float | None) -> dict[str, float]:
     out = dict(state.status_durations)
     if now is not None and state.status_since is not None and not state.is_terminal:
-        out[state.status] = out.get(state.status, 0.0) + max(0.0, now - state.status_since)
+        key = state.status.value  # plain str keys: the mapping goes to JSON as is
+        out[key] = out.get(key, 0.0) + max(0.0, now - state.status_since)
     return out
 
 
