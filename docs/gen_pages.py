@@ -61,6 +61,7 @@ MARKER = re.compile(r"<!-- pulse:([a-z0-9-]+) -->")
 SPEC_PAGES = {
     "protocol.md": "protocol/protocol.md",
     "hub-protocol.md": "protocol/hub-protocol.md",
+    "sse.md": "protocol/sse.md",
     "nats.md": "protocol/nats.md",
 }
 #: Links in the spec that point at folders; the site has index pages there.
@@ -127,9 +128,9 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
             File.generated(config, f"protocol/vectors/{path.name}", content=path.read_bytes())
         )
     files.append(File.generated(config, "protocol/vectors/index.md", content=_vectors_page()))
-    files.append(
-        File.generated(config, "protocol/generate.py", content=(SPECS / "generate.py").read_bytes())
-    )
+    for name in ("generate.py", "corpus.py", "corpus/differential.jsonl"):
+        content = (SPECS / name).read_bytes()
+        files.append(File.generated(config, f"protocol/{name}", content=content))
     return files
 
 

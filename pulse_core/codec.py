@@ -25,6 +25,7 @@ import typing
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 import attrs
 import orjson
@@ -568,19 +569,40 @@ def _explain(obj: dict[str, Any], tag: str, exc: Exception) -> str:
 # --- CloudEvents 1.0 ---------------------------------------------------------
 
 CLOUDEVENT_TYPE_PREFIX: Final = "dev.pulse.v2."
+#: ``dataschema`` of every PULSE CloudEvent: the ``$id`` of specs/schema/event.schema.json.
+CLOUDEVENT_DATASCHEMA: Final = "https://pulse.dev/schemas/v2/event.schema.json"
+#: ``source`` when the producer is not known.
+CLOUDEVENT_DEFAULT_SOURCE: Final = "/pulse/training"
 
 
-def to_cloudevent(event: Event, source: str = "/pulse/training") -> dict[str, Any]:
+def cloudevent_source(host: str | None, pid: int | None) -> str:
+    """The CloudEvents ``source`` of a producer: ``/pulse/<host>/<pid>``.
+
+    *host* is percent-encoded (RFC 3986 unreserved characters are kept);
+    without a host or pid the default ``/pulse/training`` is returned. Pure:
+    the caller says who the producer is (the run's ``meta`` names it).
+    """
+    if not host or pid is None:
+        return CLOUDEVENT_DEFAULT_SOURCE
+    return f"/pulse/{quote(host, safe='')}/{pid}"
+
+
+def to_cloudevent(event: Event, source: str = CLOUDEVENT_DEFAULT_SOURCE) -> dict[str, Any]:
     """Wrap *event* in a CloudEvents 1.0 JSON envelope (structured mode).
 
     Mapping: ``id`` = ``<training_id>:<seq>``; ``source`` = *source* (a
-    URI-reference naming the producer); ``type`` = ``dev.pulse.v2.<tag>``;
+    URI-reference naming the producer, see :func:`cloudevent_source`);
+    ``dataschema`` = :data:`CLOUDEVENT_DATASCHEMA`; ``type`` = ``dev.pulse.v2.<tag>``;
     ``subject`` = training_id; ``time`` = the timestamp as RFC 3339 UTC
     (left out when it is outside years 1-9999);
     ``datacontenttype`` = ``application/json``; ``data`` = the PULSE wire
     object, whole (so decoding ``data`` gives the event back exactly).
     """
     wire = to_dict(event)
+    try:
+        orjson.dumps(wire)
+    except TypeError:  # free-form data JSON encoders cannot write (nested > 255 levels)
+        wire = bound_dict(wire)
     envelope: dict[str, Any] = {
         "specversion": "1.0",
         "id": f"{event.training_id}:{event.seq}",
@@ -588,6 +610,7 @@ def to_cloudevent(event: Event, source: str = "/pulse/training") -> dict[str, An
         "type": CLOUDEVENT_TYPE_PREFIX + str(wire["type"]),
         "subject": event.training_id,
         "datacontenttype": "application/json",
+        "dataschema": CLOUDEVENT_DATASCHEMA,
         "data": wire,
     }
     try:

@@ -153,8 +153,10 @@ def background_tick(intervals: list[float], heartbeat: float) -> float:
 class Throttle:
     """A leading+trailing edge rate limiter for one stream.
 
-    ``offer(now)`` says whether a value may go out now; if not, the caller
-    keeps the value and asks ``due(now)`` later.
+    Each bus subscriber keeps one per run and stream
+    (:class:`pulse_transports.inprocess.Mailbox`). ``offer(now)`` says
+    whether a value may go out now; if not, the caller keeps the value and
+    asks ``due(now)`` later.
     """
 
     interval: float

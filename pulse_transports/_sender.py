@@ -26,7 +26,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import ClassVar, Final
+from collections.abc import Callable
+from typing import ClassVar, Final, Protocol
 
 from pulse_core._log import PulseLogger
 from pulse_core.events import Event
@@ -36,6 +37,33 @@ from pulse_core.policy import CONNECT_BACKOFF, BoundedBuffer, Retry, sample_kind
 BATCH: Final = 512
 #: Longest idle wait of the thread (seconds) before it polls the server.
 IDLE_WAIT: Final = 0.5
+
+
+class _Connected(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+
+def wait_sent(
+    cond: threading.Condition,
+    pending: Callable[[], bool],
+    link: _Connected,
+    timeout: float,
+    poll: float = IDLE_WAIT,
+) -> None:
+    """Wait on *cond* up to *timeout* while *pending* and *link* is connected.
+
+    ``flush(durable=True)`` of every network sink: queued events go out
+    while connected; while the server is unreachable they stay queued and
+    the wait ends at once.
+    """
+    deadline = time.monotonic() + timeout
+    with cond:
+        while pending() and link.connected:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            cond.wait(min(left, poll))
 
 
 class BackgroundSender:
@@ -125,15 +153,8 @@ class BackgroundSender:
 
         Returns at once while the server is unreachable: events then stay queued.
         """
-        if not durable:
-            return
-        deadline = time.monotonic() + self.close_timeout
-        with self._cond:
-            while (self._queue or self._busy) and self.connected:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._cond.wait(left)
+        if durable:
+            wait_sent(self._cond, lambda: bool(self._queue or self._busy), self, self.close_timeout)
 
     def stop(self) -> int:
         """Send what is queued (bounded by ``close_timeout``), disconnect; return unsent."""

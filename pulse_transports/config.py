@@ -102,6 +102,50 @@ def find_file_table(start: Path | None = None) -> tuple[dict[str, Any], Path | N
     return {}, None
 
 
+def is_kind(value: Any, kind: type) -> bool:
+    """The one typing rule of option tables: an int is a float, a bool is only a bool."""
+    if isinstance(value, bool) and kind is not bool:
+        return False
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
+
+
+def check_table(
+    table: Mapping[str, Any],
+    kinds: Mapping[str, type],
+    *,
+    what: str,
+    ignore_unknown: bool = False,
+) -> dict[str, Any]:
+    """The one option checker: every key known, every value of its kind.
+
+    *what* names the table in messages (``transport 'socket'``,
+    ``[socket.hub]``). With *ignore_unknown*, keys not in *kinds* are left
+    out instead of refused; a None value counts as absent.
+
+    Returns:
+        The known keys with their values.
+
+    Raises:
+        ConfigError: naming the key, the table and the valid keys or the kind.
+    """
+    checked: dict[str, Any] = {}
+    for key, value in table.items():
+        kind = kinds.get(key)
+        if kind is None:
+            if ignore_unknown:
+                continue
+            valid = ", ".join(sorted(kinds)) or "(none)"
+            raise ConfigError(f"unknown option {key!r} for {what}; valid options: {valid}")
+        if value is None and ignore_unknown:
+            continue
+        if not is_kind(value, kind):
+            raise ConfigError(
+                f"option {key!r} of {what} must be {kind.__name__}, got {value!r:.60}"
+            )
+        checked[key] = value
+    return checked
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:

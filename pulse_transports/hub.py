@@ -59,6 +59,7 @@ from pulse_core.codec import decode, encode
 from pulse_core.errors import ConfigError, DecodeError, PulseError
 from pulse_core.events import Event
 from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
+from pulse_core.policy import sampled
 from pulse_core.projections import to_view
 from pulse_core.state import RunState
 from pulse_transports.file import lock_path, log_dir, log_path, writer_alive
@@ -489,8 +490,17 @@ class Hub:
 
     async def _handshake(self, conn: _Conn, reader: asyncio.StreamReader) -> Hello | None:
         s = self.settings
+
+        async def first_line() -> bytes | None:
+            # Blank lines are ignored everywhere (hub-protocol.md section 1),
+            # before the hello too; the timeout covers them all.
+            while True:
+                line = await self._readline(conn, reader)
+                if line is None or line.strip():
+                    return line
+
         try:
-            line = await asyncio.wait_for(self._readline(conn, reader), s.handshake_timeout)
+            line = await asyncio.wait_for(first_line(), s.handshake_timeout)
         except TimeoutError:
             self._refuse(
                 conn, "handshake_timeout", f"no hello line within {s.handshake_timeout:g} s"
@@ -582,7 +592,7 @@ class Hub:
         """Drop one producer line: log it, and answer with a non-fatal error."""
         conn.rejected += 1
         n = conn.rejected
-        if n <= 10 or n % 1000 == 0:
+        if sampled(n, 1000, first=10):
             log.warning(
                 "pulse hub dropped a producer line",
                 code=code,
@@ -700,6 +710,9 @@ class Hub:
     async def _subscriber(self, conn: _Conn, reader: asyncio.StreamReader, hello: Hello) -> None:
         scope = hello.training_id
         resume = {t: s for t, s in hello.resume.items() if scope is None or t == scope}
+        # A cursor ahead of what the hub holds (another hub's, or a reused id's) is
+        # no resume: that run gets a snapshot and every later event (section 4).
+        resume = {t: s for t, s in resume.items() if s <= (self.bus.last_seq(t) or s)}
         history: dict[str, list[Event]] = {}
         for tid, after in resume.items():
             if not self.bus.covers(tid, after):

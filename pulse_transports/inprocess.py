@@ -58,7 +58,7 @@ from pulse_core.events import (
     StatusChanged,
     UnknownEvent,
 )
-from pulse_core.policy import LIVE_INTERVAL
+from pulse_core.policy import LIVE_INTERVAL, Throttle, sampled
 from pulse_core.reducer import Folder
 from pulse_core.state import RunState
 from pulse_transports.wire import Live, Resync
@@ -174,8 +174,8 @@ class Mailbox:
         self.ready: deque[Item] = deque()
         self.lines: dict[str, _Line] = {}
         self.waiting = 0  # live events in lines
-        #: (run, stream) -> when its last value went out.
-        self.sent_at: dict[tuple[str, str], float] = {}
+        #: (run, stream) -> its rate limiter (when its last value went out).
+        self.sent_at: dict[tuple[str, str], Throttle] = {}
         #: per run: the highest seq already delivered or covered (no duplicates).
         self.floor: dict[str, int] = {}
         self.overflowed = False
@@ -227,11 +227,10 @@ class Mailbox:
     def _due(self, training_id: str, kind: str, now: float) -> bool:
         """True (and noted as sent) if a value of this stream may go out now."""
         key = (training_id, kind)
-        last = self.sent_at.get(key)
-        if last is None or now - last >= self.interval:
-            self.sent_at[key] = now
-            return True
-        return False
+        throttle = self.sent_at.get(key)
+        if throttle is None:
+            throttle = self.sent_at[key] = Throttle(self.interval)
+        return throttle.offer(now)
 
     def _advance(self, training_id: str, line: _Line, now: float) -> bool:
         """Move what may go out now from the head of a run's line to ready."""
@@ -289,7 +288,8 @@ class Mailbox:
             kind = coalesce_kind(line.events[0])
             if kind is None:
                 continue  # held back only by a full buffer: the consumer is busy
-            when = self.sent_at.get((tid, kind), float("-inf")) + self.interval
+            throttle = self.sent_at.get((tid, kind))
+            when = (throttle.last if throttle is not None else float("-inf")) + self.interval
             if due is None or when < due:
                 due = when
         return due
@@ -369,7 +369,7 @@ class CallbackSubscription(_Subscription):
                     self.callback(item)
                 except Exception:  # a subscriber must never break the publisher
                     self.failures += 1
-                    if self.failures == 1 or self.failures % 1000 == 0:
+                    if sampled(self.failures, 1000):
                         log.exception("pulse bus callback failed", failures=self.failures)
 
     def __enter__(self) -> CallbackSubscription:

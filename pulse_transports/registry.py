@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pulse_core.errors import ConfigError
 from pulse_core.ports import RunSource, Sink
+from pulse_transports.config import check_table
 
 if TYPE_CHECKING:
     from pulse_transports.config import Config
@@ -71,18 +72,7 @@ def check_options(name: str, factory: Callable[..., Sink], options: Mapping[str,
     declared: Mapping[str, type] | None = getattr(factory, "OPTIONS", None)
     if declared is None:
         return
-    for key, value in options.items():
-        if key not in declared:
-            valid = ", ".join(sorted(declared)) or "(none)"
-            raise ConfigError(
-                f"unknown option {key!r} for transport {name!r}; valid options: {valid}"
-            )
-        kind = declared[key]
-        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if not ok or (isinstance(value, bool) and kind is not bool):
-            raise ConfigError(
-                f"option {key!r} of transport {name!r} must be {kind.__name__}, got {value!r:.60}"
-            )
+    check_table(options, declared, what=f"transport {name!r}")
 
 
 def check_tables(options: Mapping[str, Mapping[str, Any]], where: str = "configuration") -> None:

@@ -97,17 +97,17 @@ class RunSourceContract:
             source.events("contract-unknown")
 
     def test_events_after_a_seq(self, source: RunSource, make_sink: MakeSink) -> None:
-        """Events come in seq order; ``after`` drops those at or below it."""
-        write_run(make_sink, "contract-events")
-        events = source.events("contract-events")
+        """Events come in seq order; ``after`` drops those at or below it (a dotted id too)."""
+        write_run(make_sink, "contract.events")
+        events = source.events("contract.events")
         seqs = [e.seq for e in events]
         assert seqs == sorted(set(seqs))
         assert seqs[0] == 1
-        assert all(e.training_id == "contract-events" for e in events)
+        assert all(e.training_id == "contract.events" for e in events)
         assert isinstance(events[-1], StatusChanged)
         assert events[-1].status == "done"
         middle = seqs[len(seqs) // 2]
-        assert [e.seq for e in source.events("contract-events", after=middle)] == [
+        assert [e.seq for e in source.events("contract.events", after=middle)] == [
             s for s in seqs if s > middle
         ]
 

@@ -5,13 +5,16 @@ Run from anywhere with the package installed::
     python specs/generate.py          # (re)write every generated file
     python specs/generate.py --check  # exit 1 if any generated file differs on disk
 
-What it writes, all deterministically (no clock, no randomness):
+What it writes, all deterministically (no clock; the corpus uses one fixed seed):
 
 * ``vectors/NAME.jsonl``: the input logs, built from event objects encoded with
   :func:`pulse_core.codec.encode`, plus hand-made lines (broken, future-version
   or non-conforming ones) written byte for byte.
 * ``vectors/NAME.expected.json``: what pulse_core computes from each log (see
   :func:`expected`), as JSON with sorted keys and an indent of 2.
+* ``corpus/differential.jsonl``: the generated differential corpus (see
+  ``corpus.py``): 520 random logs from a fixed seed, each with what pulse_core
+  computes at three ``now`` values.
 * the lifecycle table and diagram in ``protocol.md``, between the
   ``<!-- BEGIN GENERATED: lifecycle -->`` and ``<!-- END GENERATED: lifecycle -->``
   markers, from :data:`pulse_core.lifecycle.TABLE` and
@@ -52,8 +55,12 @@ from pulse_core.liveness import liveness_of
 from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
 from pulse_core.reducer import replay
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpus  # the corpus module lives beside this script
+
 SPECS = Path(__file__).resolve().parent
 VECTORS = SPECS / "vectors"
+CORPUS = SPECS / "corpus" / "differential.jsonl"
 PROTOCOL = SPECS / "protocol.md"
 
 #: 2026-01-01T00:00:00Z; every vector's clock starts here.
@@ -631,6 +638,172 @@ def nothing_decodable() -> Vector:
     )
 
 
+def json_text() -> Vector:
+    c = Clock("json-text")
+    env = lambda tag, **kw: envelope(c, tag, **kw)  # noqa: E731 - a local shorthand
+    meta = c.meta(total_epochs=4)
+    e = env("status", status="preparing")
+    dup = orjson.dumps(e).replace(b'"status":"preparing"', b'"status":"idle","status":"preparing"')
+    lines: list[Line] = [
+        meta,
+        Raw(dup, "ok", "duplicate key: the last value wins (status preparing)"),
+        Raw(
+            orjson.dumps(env("progress", epoch=1)).replace(b'"epoch":1', b'"epoch":-0'),
+            "ok",
+            "-0 is the integer 0",
+        ),
+        Raw(
+            b" \t" + orjson.dumps(env("status", status="running", message="go")) + b" \r",
+            "ok",
+            "whitespace around the object, a CR before the LF",
+        ),
+        Raw(
+            orjson.dumps(env("metrics", loss=1.0)).replace(
+                b'"loss":1.0', b'"loss":99999999999999999999'
+            ),
+            "ok",
+            "an integer literal beyond 2^64-1 is a number: fine for a number field",
+        ),
+        Raw(
+            orjson.dumps(env("metrics", extra={"10": 1.0, "2": 2.0})).replace(
+                b'"2":2.0}', b'"2":2.0,"10":3.0}'
+            ),
+            "ok",
+            "integer-like keys keep their written order; a repeated key keeps its first place",
+        ),
+        Raw(
+            orjson.dumps(env("status", status="running", message="x")).replace(
+                b'"message":"x"', b'"message":"\\ud83d\\ude00 paired"'
+            ),
+            "ok",
+            "a paired surrogate escape is one character",
+        ),
+        Raw(
+            orjson.dumps(env("status", status="running", message="x")).replace(
+                b'"message":"x"', b'"message":"\\ud800 lone"'
+            ),
+            "rejected",
+            "a lone surrogate escape fails the line",
+        ),
+        Raw(
+            orjson.dumps(env("progress", epoch=1)).replace(
+                b'"epoch":1', b'"epoch":18446744073709551615'
+            ),
+            "ok",
+            "2^64-1 is still an integer",
+        ),
+        Raw(b"\xef\xbb\xbf" + orjson.dumps(env("heartbeat")), "rejected", "a byte-order mark"),
+        Raw(b"", "rejected", "an empty line"),
+        Raw(
+            b'{"type":"x-deep","d":'
+            + b"[" * 1023
+            + b"]" * 1023
+            + b","
+            + orjson.dumps(env("x-deep"))[1:].replace(b'"type":"x-deep",', b""),
+            "ok",
+            "1024 levels of nesting (the object and 1023 arrays)",
+        ),
+        Raw(
+            b'{"type":"x-deep","d":'
+            + b"[" * 1024
+            + b"]" * 1024
+            + b","
+            + orjson.dumps(env("x-deep"))[1:].replace(b'"type":"x-deep",', b""),
+            "rejected",
+            "1025 levels of nesting",
+        ),
+        c.heartbeat(),
+    ]
+    return Vector(
+        "json_text",
+        "the JSON text decisions: duplicate keys, -0, whitespace, integer range, key "
+        "order, surrogate escapes, BOM, empty line, nesting depth",
+        lines,
+        c.t + 1.0,
+    )
+
+
+def after_the_end() -> Vector:
+    c = Clock("after-the-end")
+    lines: list[Line] = [
+        c.meta(total_epochs=2),
+        c.status("running", "training"),
+        c.status("done", "finished"),
+        c.dropped(5, "late report of a sink"),
+        c.progress(epoch=2),
+        c.heartbeat(),
+    ]
+    return Vector(
+        "after_the_end",
+        "after done: a dropped event still counts (no anomaly), a progress event is "
+        "after_terminal, a heartbeat is fine",
+        lines,
+        c.t + 1.0,
+    )
+
+
+def launch_failed() -> Vector:
+    c = Clock("launch-failed")
+    lines: list[Line] = [
+        c.meta(total_epochs=3),
+        c.error("LAUNCH_FAILED", "command not found", is_retryable=True),
+        c.status("error", "could not start"),
+    ]
+    return Vector(
+        "launch_failed",
+        "idle straight to error: finished_at is set but the duration is null (it never ran)",
+        lines,
+        c.t + 60.0,
+    )
+
+
+def hostile_values() -> Vector:
+    c = Clock("hostile-values")
+    lines: list[Line] = [
+        c.meta(flow_id="", flow_run_id="", flow_step_id="", total_epochs=-3, total_steps=0),
+        c.status("running", "training"),
+        c.progress(epoch=2, step=5, total_steps=10),
+        Raw(
+            encode(c.dropped(-4, "a negative count counts as 0")).rstrip(b"\n"),
+            "nonconforming",
+            "dropped.count below 0: decodes, counts as 0, the schema rejects it",
+        ),
+        Raw(
+            orjson.dumps(envelope(c, "heartbeat")).replace(
+                f'"timestamp":{c.t!r}'.encode(), b'"timestamp":1e300'
+            ),
+            "ok",
+            "a timestamp far beyond year 9999: v1 timestamp null",
+        ),
+    ]
+    return Vector(
+        "hostile_values",
+        "empty flow ids (flow null), total_epochs below 1 (fraction from steps alone), "
+        "a negative dropped count, a timestamp outside years 1-9999",
+        lines,
+        T0 + 100.0,
+    )
+
+
+def many_gaps() -> Vector:
+    c = Clock("many-gaps")
+    lines: list[Line] = [c.status("running", "training")]
+    for _ in range(20):
+        c.seq += 1  # skip one seq: a gap of one
+        lines.append(c.heartbeat(dt=1.0))
+    late = Clock("many-gaps", t=c.t, seq=1)  # seq 2: in the first, forgotten gap
+    lines.append(late.heartbeat(dt=1.0))
+    lateish = Clock("many-gaps", t=c.t, seq=39)  # seq 40: in a gap still kept
+    lines.append(lateish.heartbeat(dt=1.0))
+    return Vector(
+        "many_gaps",
+        "20 gaps: only the newest 16 are kept, so a late event in the oldest counts as a "
+        "duplicate and one in a kept gap as late_event",
+        lines,
+        c.t + 1.0,
+    )
+
+
 VECTOR_BUILDERS: tuple[Callable[[], Vector], ...] = (
     happy_run,
     skipped_preparing,
@@ -649,6 +822,11 @@ VECTOR_BUILDERS: tuple[Callable[[], Vector], ...] = (
     abandoned_run,
     foreign_event,
     nothing_decodable,
+    json_text,
+    after_the_end,
+    launch_failed,
+    hostile_values,
+    many_gaps,
 )
 
 
@@ -814,6 +992,7 @@ def outputs() -> dict[Path, bytes]:
         log = b"".join(line_bytes(line) for line in vector.lines)
         files[VECTORS / f"{vector.name}.jsonl"] = log
         files[VECTORS / f"{vector.name}.expected.json"] = dump_json(expected(vector, log))
+    files[CORPUS] = corpus.corpus()
     text = PROTOCOL.read_text(encoding="utf-8")
     files[PROTOCOL] = replace_between(
         text, BEGIN_LIFECYCLE, END_LIFECYCLE, lifecycle_section()
@@ -850,6 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
             print("run: python specs/generate.py", file=sys.stderr)
         return 1 if bad else 0
     VECTORS.mkdir(parents=True, exist_ok=True)
+    CORPUS.parent.mkdir(parents=True, exist_ok=True)
     for path, data in files.items():
         if not path.exists() or path.read_bytes() != data:
             path.write_bytes(data)

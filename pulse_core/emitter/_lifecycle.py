@@ -74,7 +74,7 @@ class _RunLifecycle(_RunWriter):
                     return
                 self._held_note = None
             else:
-                self._held_note = None  # a transition supersedes a held note
+                self._send_held_note(now)  # the latest note goes out before the transition
                 self._release_held_error(now)
             self._pump(now, force=True, auto_start=False)
             self._status_locked(state, message, now)
@@ -133,7 +133,7 @@ class _RunLifecycle(_RunWriter):
                 self._held_count += 1
                 return
             if fatal:
-                self._held_note = None
+                self._send_held_note(now)
             self._release_held_error(now)
             self._pump(now, force=True, auto_start=False)
             self._broadcast(self._error_event(fields, 1), now)
@@ -271,7 +271,7 @@ class _RunLifecycle(_RunWriter):
             self._closing = True
             try:
                 now = self._clock()
-                self._held_note = None
+                self._send_held_note(now)
                 self._release_held_error(now)
                 if self._status not in TERMINAL_STATUSES:
                     if self._cancel_reason is not None:

@@ -23,12 +23,12 @@ from pulse_core._log import get_logger
 from pulse_core.events import TERMINAL_STATUSES, Dropped, ErrorReported, Event, StatusChanged
 from pulse_core.policy import (
     BUFFER_EVENTS,
-    LOG_EVERY,
     OUTBOX_BYTES,
     OUTBOX_EVENTS,
     POISON_ATTEMPTS,
     hold_event,
     retry_delay,
+    sampled,
     trim_events,
 )
 from pulse_core.ports import Sink
@@ -290,7 +290,7 @@ class _Route:
         self.failures_total += 1
         self.last_error = f"{type(exc).__name__}: {exc}"[:300]
         self.retry_at = now + retry_delay(self.failures)
-        if self.failures == 1 or self.failures % LOG_EVERY == 0:
+        if sampled(self.failures):
             log.warning(
                 "pulse sink failed; buffering and retrying",
                 sink=self.name,
@@ -310,7 +310,7 @@ class _Route:
         """Count one dropped event; the caller holds ``qlock``."""
         self.dropped += 1
         self.dropped_total += 1
-        if self.dropped_total == 1 or self.dropped_total % LOG_EVERY == 0:
+        if sampled(self.dropped_total):
             log.warning(
                 "pulse sink dropped an event",
                 sink=self.name,

@@ -445,6 +445,10 @@ class _RunWriter:
         if not self._flood_allows(now):
             return
         self._release_held_error(now)
+        self._send_held_note(now)
+
+    def _send_held_note(self, now: float) -> None:
+        """Send the latest note held back by the flood limit (if its state still holds)."""
         note, self._held_note = self._held_note, None
         if note is not None and note[0] == self._status:
             self._pump(now, force=True, auto_start=False)

@@ -132,3 +132,13 @@ def open_source(name: str, home: Path | None, connection: dict[str, Any]) -> Run
         return make_source(name, config, **given)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def file_only(source: str, connection: dict[str, Any]) -> bool:
+    """True for ``--source file``; a NATS connection option given with it is a usage error."""
+    if source != "file":
+        return False
+    given = sorted(f"--{key.replace('_', '-')}" for key, value in connection.items() if value)
+    if given:
+        raise click.UsageError(f"{', '.join(given)} apply to --source nats, not to the file logs")
+    return True

@@ -60,7 +60,7 @@ import click
 import structlog
 
 from pulse_transports.cli._common import EXIT_NOT_FOUND, main, resolve_config
-from pulse_transports.cli._source import open_source, source_options
+from pulse_transports.cli._source import file_only, open_source, source_options
 from pulse_transports.config import Config
 
 log = structlog.get_logger("pulse.cli")
@@ -267,23 +267,9 @@ def ls_command(
     """
     from pulse_transports.history import recover
 
-    if source == "nats":
-        from pulse_transports.cli._natsread import ls_nats
-
-        ls_nats(as_json, status, flow_run_id, limit, home, connection)
+    if not file_only(source, connection):
+        ls_other(source, as_json, status, flow_run_id, limit, home, connection)
         return
-    if source != "file":
-        found = open_source(source, home, connection)
-        try:
-            rows = select_rows([dict(r.summary) for r in found.runs()], status, flow_run_id, limit)
-        finally:
-            found.close()
-        if as_json:
-            print_json({"source": {"kind": source}, "runs": rows})
-        else:
-            render_table(rows, Path(source))
-        return
-
     config = open_home(home)
     records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
     heal_v1(config, records)
@@ -292,6 +278,32 @@ def ls_command(
         print_json({"home": str(config.home), "runs": rows})
         return
     render_table(rows, config.home)
+
+
+def ls_other(
+    source: str,
+    as_json: bool,
+    status: str | None,
+    flow_run_id: str | None,
+    limit: int | None,
+    home: Path | None,
+    connection: dict[str, Any],
+) -> None:
+    """``ls`` from a source other than the home's logs: NATS, or a plugin's rows."""
+    if source == "nats":
+        from pulse_transports.cli._natsread import ls_nats
+
+        ls_nats(as_json, status, flow_run_id, limit, home, connection)
+        return
+    found = open_source(source, home, connection)
+    try:
+        rows = select_rows([dict(r.summary) for r in found.runs()], status, flow_run_id, limit)
+    finally:
+        found.close()
+    if as_json:
+        print_json({"source": {"kind": source}, "runs": rows})
+    else:
+        render_table(rows, Path(source))
 
 
 def render_table(rows: list[dict[str, Any]], home: Path) -> None:

@@ -31,6 +31,7 @@ import click
 
 from pulse_core.errors import ConfigError
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
+from pulse_transports.config import check_table
 from pulse_transports.hub import Hub, HubAddressInUse, HubSettings
 from pulse_transports.wire import Address, default_socket_path, is_loopback, parse_hostport
 
@@ -58,15 +59,10 @@ def _table(options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     hub = sink_table.get("hub", {})
     if not isinstance(hub, Mapping):
         raise click.UsageError("[socket.hub] must be a table")
-    for key, value in hub.items():
-        kind = HUB_KEYS.get(key)
-        if kind is None:
-            valid = ", ".join(sorted(HUB_KEYS))
-            raise click.UsageError(f"unknown key {key!r} in [socket.hub]; valid keys: {valid}")
-        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if not ok or (isinstance(value, bool) and kind is not bool):
-            raise click.UsageError(f"key {key!r} of [socket.hub] must be {kind.__name__}")
-        table[key] = value
+    try:
+        table.update(check_table(hub, HUB_KEYS, what="[socket.hub]"))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     return table
 
 

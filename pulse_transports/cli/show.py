@@ -29,7 +29,7 @@ from typing import Any
 import click
 
 from pulse_transports.cli._common import EXIT_NOT_FOUND, main
-from pulse_transports.cli._source import open_source, source_options
+from pulse_transports.cli._source import file_only, open_source, source_options
 from pulse_transports.cli.ls import (
     LIVENESS_STYLE,
     STATUS_STYLE,
@@ -104,13 +104,13 @@ def show_command(
     from pulse_transports.history import load_run
 
     check_id(training_id)
-    if source == "nats":
-        from pulse_transports.cli._natsread import show_nats
+    if not file_only(source, connection):
+        if source == "nats":
+            from pulse_transports.cli._natsread import show_nats
 
-        show_nats(training_id, as_json, home, connection)
-        return
-    if source != "file":
-        show_other(source, training_id, as_json, home, connection)
+            show_nats(training_id, as_json, home, connection)
+        else:
+            show_other(source, training_id, as_json, home, connection)
         return
     config = open_home(home)
     try:

@@ -35,7 +35,7 @@ from typing import Any
 import click
 
 from pulse_transports.cli._common import EXIT_FAILED, EXIT_NOT_FOUND, main
-from pulse_transports.cli._source import source_options
+from pulse_transports.cli._source import file_only, source_options
 from pulse_transports.cli.ls import (
     LIVENESS_STYLE,
     STATUS_STYLE,
@@ -233,13 +233,13 @@ def watch_command(
     from pulse_core.errors import RunNotFound
     from pulse_transports.history import load_run
 
-    if source == "nats":
+    if not file_only(source, connection):
+        if source != "nats":
+            raise click.UsageError(f"watch reads --source file or nats, not {source!r}")
         from pulse_transports.cli._natsread import watch_nats
 
         watch_nats(training_id, once, timeout, as_json, home, connection)
         return
-    if source != "file":
-        raise click.UsageError(f"watch reads --source file or nats, not {source!r}")
 
     if training_id is not None:
         check_id(training_id)

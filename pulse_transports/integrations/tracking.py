@@ -196,6 +196,16 @@ def _kind(value: object) -> str:
     return type(value).__qualname__
 
 
+def _reports(run: object) -> bool:
+    """True for a run-like object: a TrainingRun, a PeerRun, or anything with ``progress``."""
+    if isinstance(run, (TrainingRun, PeerRun)):
+        return True
+    try:
+        return callable(getattr(run, "progress", None))
+    except Exception:  # noqa: BLE001 - a hostile __getattr__: not a run
+        return False
+
+
 def _interval(value: object) -> float:
     """*value* as a finite, non-negative number of seconds, else :data:`INTERVAL`."""
     try:
@@ -249,8 +259,8 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
         if not isinstance(unit, str):
             log.warning("pulse: track() unit is not a string; using 'it'", given=_kind(unit))
             unit = "it"
-        if run is not None and not isinstance(run, (TrainingRun, PeerRun)):
-            log.warning("pulse: track() run is not a TrainingRun; ignored", given=_kind(run))
+        if run is not None and not _reports(run):
+            log.warning("pulse: track() run cannot report progress; ignored", given=_kind(run))
             run = None
         self.unit = unit
         self.desc = desc

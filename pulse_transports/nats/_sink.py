@@ -35,6 +35,7 @@ from pulse_core.policy import (
     sampled,
 )
 from pulse_core.reducer import Folder
+from pulse_transports._sender import wait_sent
 from pulse_transports.nats._connection import NatsOptions, connect, explain
 from pulse_transports.nats._errors import NatsError
 from pulse_transports.nats._reader import fold_run
@@ -332,15 +333,9 @@ class NatsSink:
 
         Returns at once while the server is unreachable: events then stay queued.
         """
-        if not durable:
-            return
-        deadline = time.monotonic() + self.close_timeout
-        with self._cond:
-            while (self._queue or self._inflight is not None) and self.connected:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._cond.wait(min(left, 0.1))
+        if durable:
+            pending = lambda: bool(self._queue or self._inflight is not None)  # noqa: E731
+            wait_sent(self._cond, pending, self, self.close_timeout, poll=0.1)
 
     def close(self) -> None:
         """Publish what is queued (bounded by ``close_timeout``), then disconnect."""

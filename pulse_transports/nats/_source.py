@@ -168,8 +168,8 @@ class NatsSource:
         Raises:
             NatsRunNotFound: the stream holds nothing of the run.
         """
-        token = run_token(training_id)
-        held = self.replay(token, 0)
+        run_token(training_id)  # a malformed id fails here, named
+        held = self.replay(training_id, 0)
         if not held:
             raise NatsRunNotFound(f"no run {training_id!r} in NATS at {self.options.shown}")
         return [e for e in held if e.seq > after]

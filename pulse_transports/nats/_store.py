@@ -32,6 +32,7 @@ from pulse_core.errors import ConfigError
 from pulse_core.projections import to_v1, to_view
 from pulse_core.state import RunState
 from pulse_core.statecodec import STATE_FORMAT, state_from_obj, state_to_obj
+from pulse_transports.config import check_table
 from pulse_transports.nats._subject import ROOT, run_token
 
 if TYPE_CHECKING:
@@ -105,15 +106,7 @@ class StoreConfig:
             "max_bytes": int,
             "duplicate_window": float,
         }
-        values: dict[str, Any] = {}
-        for key, kind in kinds.items():
-            value = table.get(key)
-            if value is None:
-                continue
-            ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-            if not ok or isinstance(value, bool):
-                raise ConfigError(f"option {key!r} of transport 'nats' must be {kind.__name__}")
-            values[key] = value
+        values = check_table(table, kinds, what="transport 'nats'", ignore_unknown=True)
         store = cls(**values)
         store.check()
         return store

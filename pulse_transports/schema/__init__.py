@@ -83,7 +83,7 @@ def load_schema(name: str = "event") -> dict[str, Any]:
 def validator(name: str = "event") -> Any:
     """A ``jsonschema`` validator for one schema, with every sibling schema resolvable.
 
-    Cross-schema ``$ref`` s by ``$id`` (``urn:pulse:v2:schema:event``) resolve
+    Cross-schema ``$ref`` s (relative: ``event.schema.json`` against the ``$id``) resolve
     through a :mod:`referencing` registry of all the schemas in the folder.
     """
     import jsonschema  # type: ignore[import-untyped]  # no stubs shipped

@@ -9,7 +9,12 @@ This module owns the HTTP surface of ``pulse serve --http`` (described in
   ``/v1`` (v1 snapshot), ``/metrics`` (downsampled metric history) -- the
   :mod:`pulse_core.projections` of one run, from the hub's memory when it
   holds the run, else from its log;
+* ``GET /api/flows`` (flow runs, newest first, with their steps' outcomes)
+  and ``/api/flows/{flow_run_id}`` (its TRAIN steps, every attempt as a
+  Flow History record) -- the Flows History page's data
+  (:mod:`pulse_transports.web.flowruns`);
 * ``GET /events`` -- server-sent events (:mod:`pulse_transports.web.stream`);
+* ``GET /favicon.ico`` -- the page's icon;
 * ``GET /`` and ``/static/*`` -- the page (plain HTML, JS and CSS shipped in
   this package; no build step).
 
@@ -53,6 +58,7 @@ from pulse_core.state import RunState
 from pulse_transports.history import HomeNotFound, load_run, recover
 from pulse_transports.hub import liveness_now
 from pulse_transports.inprocess import Bus
+from pulse_transports.web import flowruns
 from pulse_transports.web.cursor import parse_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
@@ -158,6 +164,9 @@ class WebApp:
                 Route("/api/runs/{training_id}/history", self.history, methods=["GET"]),
                 Route("/api/runs/{training_id}/v1", self.v1, methods=["GET"]),
                 Route("/api/runs/{training_id}/metrics", self.metrics, methods=["GET"]),
+                Route("/api/flows", self.flows, methods=["GET"]),
+                Route("/api/flows/{flow_run_id:path}", self.flow, methods=["GET"]),
+                Route("/favicon.ico", self.favicon, methods=["GET"]),
                 Route("/events", self.events, methods=["GET"]),
                 Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
             ],
@@ -232,6 +241,14 @@ class WebApp:
     async def index(self, request: Request) -> Response:
         """The page."""
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+    async def favicon(self, request: Request) -> Response:
+        """The page's icon (browsers ask for it on every load)."""
+        return FileResponse(
+            STATIC / "favicon.ico",
+            media_type="image/x-icon",
+            headers={"cache-control": "max-age=86400"},
+        )
 
     async def openapi(self, request: Request) -> Response:
         """The OpenAPI description of this API."""
@@ -330,6 +347,54 @@ class WebApp:
             return {"training_id": state.training_id, "metrics": series}
 
         return await self._projection(request, project)
+
+    # -- Flows History ---------------------------------------------------------------
+
+    async def flows(self, request: Request) -> Response:
+        """Flow runs, newest first, each with its steps' outcomes."""
+        limit = _int_param(request, "limit", default=50, lo=1, hi=MAX_LIMIT)
+        records = await asyncio.to_thread(self._flow_records)
+        runs = flowruns.flow_runs(records)[:limit]
+        return _Json({"flow_runs": [flowruns.summary(r) for r in runs], "time": time.time()})
+
+    async def flow(self, request: Request) -> Response:
+        """One flow run: its TRAIN steps, each with every attempt's history record."""
+        frid = request.path_params["flow_run_id"]
+        records = await asyncio.to_thread(self._flow_records)
+        mine = [r for r in records if r.get("flow_run_id") == frid]
+        if not mine:
+            raise ApiError(404, "not_found", f"no flow run {frid!r}")
+        return _Json({**flowruns.flow_run(frid, mine), "time": time.time()})
+
+    def _flow_records(self) -> list[dict[str, Any]]:
+        """The Flow History record of every run linked to a flow run (blocking).
+
+        The records of :meth:`pulse_transports.flows.FlowTrainer.records`
+        (without the server's log path), plus each run's name and liveness;
+        runs the hub holds live are taken from its memory.
+        """
+        s = self.settings
+        now = time.time()
+        states: dict[str, tuple[RunState, Liveness]] = {}
+        try:
+            found = recover(s.home, now=now, stale_after=s.stale_after, lost_after=s.lost_after)
+        except HomeNotFound:
+            found = []
+        for run in found:
+            states[run.training_id] = (run.state, run.liveness)
+        for tid, state in self.bus.states().items():
+            states[tid] = (state, self._liveness(tid, state, now))
+        out = []
+        for state, live in states.values():
+            meta = state.meta
+            if meta is None or not meta.flow_run_id:
+                continue
+            record = to_history_record(state, liveness=live, now=now)
+            record["name"] = meta.name
+            record["liveness"] = live
+            record["created_at"] = state.created_at
+            out.append(record)
+        return out
 
     # -- the stream ------------------------------------------------------------------
 

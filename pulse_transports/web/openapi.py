@@ -62,6 +62,85 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "RunList": _obj(
         {"runs": {"type": "array", "items": _ref("RunSummary")}, "time": _NUM},
     ),
+    "FlowAttempt": {
+        "allOf": [
+            _ref("HistoryRecord"),
+            _obj(
+                {
+                    "name": _nullable("string"),
+                    "liveness": _ref("Liveness"),
+                    "created_at": _nullable("number"),
+                }
+            ),
+        ],
+        "description": "One run of a TRAIN step: its Flow History record, name and liveness.",
+    },
+    "FlowOutcome": {
+        "type": "string",
+        "enum": ["success", "error", "cancelled", "lost", "not_started", "running"],
+    },
+    "FlowStep": _obj(
+        {
+            "flow_step_id": _nullable("string"),
+            "outcome": _ref("FlowOutcome"),
+            "attempt_count": _INT,
+            "started_at": _nullable("number"),
+            "finished_at": _nullable("number"),
+            "duration": _nullable("number"),
+            "key_metrics": _ref("KeyMetrics"),
+            "attempts": {
+                "type": "array",
+                "items": _ref("FlowAttempt"),
+                "description": "Every attempt, first to last; the last one is the step's outcome.",
+            },
+        }
+    ),
+    "FlowStepSummary": _obj(
+        {
+            "flow_step_id": _nullable("string"),
+            "outcome": _ref("FlowOutcome"),
+            "attempt_count": _INT,
+        }
+    ),
+    "FlowRunSummary": _obj(
+        {
+            "flow_run_id": _STR,
+            "flow_id": _nullable("string"),
+            "outcome": {
+                **_ref("FlowOutcome"),
+                "description": "From each step's last attempt: running, not_started, lost, "
+                "error, cancelled, success -- the first of these any step has.",
+            },
+            "started_at": _nullable("number"),
+            "finished_at": _nullable("number"),
+            "duration": _nullable("number"),
+            "step_count": _INT,
+            "run_count": _INT,
+            "error_count": _INT,
+            "steps": {"type": "array", "items": _ref("FlowStepSummary")},
+        }
+    ),
+    "FlowRunList": _obj(
+        {"flow_runs": {"type": "array", "items": _ref("FlowRunSummary")}, "time": _NUM},
+    ),
+    "FlowRun": {
+        **_obj(
+            {
+                "flow_run_id": _STR,
+                "flow_id": _nullable("string"),
+                "outcome": _ref("FlowOutcome"),
+                "started_at": _nullable("number"),
+                "finished_at": _nullable("number"),
+                "duration": _nullable("number"),
+                "step_count": _INT,
+                "run_count": _INT,
+                "error_count": _INT,
+                "steps": {"type": "array", "items": _ref("FlowStep")},
+                "time": _NUM,
+            }
+        ),
+        "description": "A flow run's TRAIN steps in the order they started.",
+    },
     "Window": _obj(
         {
             "x": _INT,
@@ -247,6 +326,40 @@ _PATHS: Final[dict[str, Any]] = {
             ],
         }
     },
+    "/api/flows": {
+        "get": {
+            "operationId": "listFlowRuns",
+            "summary": "Flow runs (runs linked to a flow_run_id), newest first",
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                }
+            ],
+            "responses": {"200": _json("FlowRunList", "The flow runs."), **_ERRORS},
+        }
+    },
+    "/api/flows/{flow_run_id}": {
+        "get": {
+            "operationId": "getFlowRun",
+            "summary": "One flow run: its TRAIN steps with every attempt",
+            "parameters": [
+                {
+                    "name": "flow_run_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "The flow run's id, URL-encoded.",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": _json("FlowRun", "The flow run."),
+                "404": _json("Error", "No run is linked to this flow run."),
+                **_ERRORS,
+            },
+        }
+    },
     "/events": {
         "get": {
             "summary": "Live updates (server-sent events)",
@@ -291,6 +404,18 @@ _PATHS: Final[dict[str, Any]] = {
     },
 }
 
+#: operationId of every operation: client generators name their methods by it.
+_OPERATION_IDS: Final = {
+    "/api/runs": "listRuns",
+    "/api/runs/{training_id}": "getRunView",
+    "/api/runs/{training_id}/history": "getRunHistory",
+    "/api/runs/{training_id}/v1": "getRunV1Snapshot",
+    "/api/runs/{training_id}/metrics": "getRunMetricHistory",
+    "/events": "streamEvents",
+}
+for _path, _operation_id in _OPERATION_IDS.items():
+    _PATHS[_path]["get"]["operationId"] = _operation_id
+
 
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 description (a fresh copy each call)."""
@@ -309,6 +434,8 @@ _DOCUMENT: Final[dict[str, Any]] = {
         "schemas": _SCHEMAS,
         "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
     },
+    # Relative: the API is served by whichever hub serves this document.
+    "servers": [{"url": "/", "description": "the hub serving this document (pulse serve --http)"}],
     "security": [{}, {"token": []}],
     "paths": _PATHS,
 }

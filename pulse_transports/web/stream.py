@@ -17,10 +17,11 @@ status/error events and slow-subscriber bound as a socket subscriber
   (:mod:`pulse_transports.web.cursor`): the highest seq the client holds per
   run. A browser sends it back as ``Last-Event-ID`` when it reconnects (or a
   page passes it as ``?last_event_id=``), and the stream resumes from it:
-  every run in the cursor gets exactly the events after its seq (from the
-  bus's recent events, else the run's log), runs not in it a snapshot. So a
-  reconnect -- after a dropped connection, a resync or a hub restart --
-  loses nothing and repeats nothing.
+  every run in the cursor gets exactly the events after its seq that the
+  run's log or the bus's memory holds (both are read and merged, each seq
+  once, in order), runs not in it a snapshot. So a reconnect -- after a
+  dropped connection, a resync or a hub restart -- loses nothing that was
+  logged and repeats nothing (specs/sse.md, "Resuming").
 * ``retry:`` asks the browser to reconnect after ``retry_ms``; a comment line
   every ``keepalive`` seconds keeps idle connections open.
 
@@ -124,7 +125,12 @@ class EventStream:
         self.encoded = encoded
         self.scope = scope
         self.interval = interval
-        self.resume = {t: s for t, s in resume.items() if scope is None or t == scope}
+        self.resume = {
+            t: s
+            for t, s in resume.items()
+            # A cursor ahead of what the hub holds is no resume: a snapshot instead.
+            if (scope is None or t == scope) and s <= (bus.last_seq(t) or s)
+        }
         self.retry_ms = retry_ms
         self.keepalive = keepalive
         #: what the client holds: highest seq per run (the SSE id).
@@ -152,7 +158,13 @@ class EventStream:
         """Attach to the bus, with the logs of runs to resume that memory no longer covers."""
         history: dict[str, list[Event]] = {}
         for tid, after in self.resume.items():
-            if not self.bus.covers(tid, after):
+            newest = self.bus.last_seq(tid)
+            # The log is read whenever there is anything to catch up: the hub's
+            # memory may reach back far enough and still lack events (a
+            # producer's reconnect queue coalesces progress and metrics; a
+            # restarted hub holds what came after it started), and resuming
+            # promises every event after the cursor that the log holds.
+            if newest is None or newest > after:
                 past = await asyncio.to_thread(read_events, log_path(self.home, tid), tid, after)
                 if past is not None:
                     history[tid] = past

@@ -70,6 +70,18 @@ class TestWelcome:
         assert clients(hub.unix).hello("subscriber", rate=500)["welcome"]["rate"] == 10.0
 
 
+class TestBlankLinesBeforeTheHello:
+    """Blank lines are ignored before the hello as after it (hub-protocol.md section 1)."""
+
+    def test_blank_lines_then_a_hello_get_a_welcome(
+        self, hub: HubProcess, clients: Callable[[Address], RawClient]
+    ) -> None:
+        """Empty and whitespace-only lines before the hello do not refuse the connection."""
+        client = clients(hub.unix)
+        client.send(b"\n \r\n\n")
+        assert "welcome" in client.hello("producer", training_id="blank-first")
+
+
 class TestBadHandshake:
     """Every malformed or unacceptable hello gets a clear error and a close."""
 

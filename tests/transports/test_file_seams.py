@@ -49,6 +49,7 @@ WRITER = textwrap.dedent(
     for step in range(1, 11):
         run.progress(epoch=1, step=step, total_steps=10)
         run.metrics(loss=1.0 / step)
+        time.sleep(0.02)  # paced: the writer thread writes each step's lines
     print("epoch 1", flush=True)
     deadline = time.monotonic() + 60
     while not go.exists() and time.monotonic() < deadline:

@@ -38,6 +38,17 @@ def train(run: TrainingRun, epochs: int = EPOCHS) -> None:
             time.sleep(0.01)
 
 
+def settled(run: TrainingRun) -> None:
+    """Let the writer thread write what was reported before the process dies abruptly.
+
+    Sink I/O happens on the run's writer thread: a process that dies within
+    milliseconds of a call may lose that call's line (a documented trade-off;
+    liveness still says lost). The matrix checks that readers agree on what
+    the log holds, so these scenarios die once it holds the run's progress.
+    """
+    run.flush(timeout=10)
+
+
 def opened() -> TrainingRun:
     return TrainingRun(name=sys.argv[1], total_epochs=EPOCHS)
 
@@ -77,18 +88,21 @@ def wait_for_kill() -> None:
 def exit_0() -> None:
     run = opened()
     train(run, 1)
+    settled(run)
     os._exit(0)
 
 
 def exit_1() -> None:
     run = opened()
     train(run, 1)
+    settled(run)
     os._exit(1)
 
 
 def abort() -> None:
     run = opened()
     train(run, 1)
+    settled(run)
     os.abort()
 
 

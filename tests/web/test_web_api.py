@@ -41,6 +41,8 @@ class TestDescription:
             "/api/runs/{training_id}/history",
             "/api/runs/{training_id}/v1",
             "/api/runs/{training_id}/metrics",
+            "/api/flows",
+            "/api/flows/{flow_run_id}",
             "/events",
         }
 

@@ -114,13 +114,14 @@ class TestErrors:
         expect(errors.locator(".error-code")).to_have_text("DATASET_NOT_FOUND")
         expect(errors.locator(".error-message")).to_have_text("no dataset at /data/train.csv")
         expect(errors.locator(".badge")).to_have_text("retryable")
-        pre = errors.locator("details pre")
-        expect(pre).to_be_hidden()
-        errors.locator("summary").click()
-        expect(pre).to_be_visible()
-        expect(pre).to_contain_text('"hint": "mount the data volume"')
+        # Details are a readable key/value list, not a JSON string.
+        details = errors.locator('dl[data-role="details"]')
+        expect(details.locator("dt")).to_have_text(["path", "hint"])
+        expect(details.locator('dd[data-key="hint"]')).to_have_text("mount the data volume")
+        expect(details.locator('dd[data-key="path"]')).to_have_text("/data/train.csv")
         flow = detail(page, "flow")
-        expect(flow.locator("a")).to_have_text("flow-7 / fr-42")
+        expect(flow.locator("#d-flow-link")).to_have_text("flow-7 / fr-42")
+        expect(flow.get_by_test_id("detail-flow-history")).to_have_attribute("href", "#flows=fr-42")
         expect(flow.locator("code")).to_have_text("train")
         # No chart pretends to be data: one loss value is said as a value.
         expect(page.get_by_test_id("loss-chart-empty")).to_contain_text("One loss value so far")
@@ -183,10 +184,12 @@ class TestEscaping:
         expect(page.locator("#d-name")).to_have_text(MARKUP)
         expect(detail(page, "message")).to_have_text(MARKUP)
         expect(detail(page, "errors").locator(".error-message")).to_have_text(MARKUP)
-        page.locator("#d-errors summary").click()
-        expect(page.locator("#d-errors pre")).to_contain_text("<script>window.__xss = 1</script>")
+        expect(page.locator('#d-errors dd[data-key="html"]')).to_have_text(MARKUP)
+        expect(page.locator('#d-errors dd[data-key="trace"]')).to_have_text("<pre>x</pre>")
         expect(page.locator('#d-metrics td[data-metric="<i>metric</i>"]')).to_have_text("1.5")
-        expect(detail(page, "flow").locator("a")).to_have_text(f"{MARKUP} / <b>flow-run</b>")
+        expect(detail(page, "flow").locator("#d-flow-link")).to_have_text(
+            f"{MARKUP} / <b>flow-run</b>"
+        )
         expect(card(page, "xss-1").locator(".run-name")).to_have_text(MARKUP)
         # No progress fields at all: "unknown", not a made-up 0 %.
         expect(detail(page, "percent")).to_have_text("progress unknown")
@@ -194,7 +197,7 @@ class TestEscaping:
         injected = page.locator("main script, main img, main b, main i, main pre pre")
         expect(injected).to_have_count(0)
         assert page.evaluate("typeof window.__xss") == "undefined"
-        href = detail(page, "flow").locator("a").get_attribute("href")
+        href = detail(page, "flow").locator("#d-flow-link").get_attribute("href")
         assert href == "#flow=%3Cb%3Eflow-run%3C%2Fb%3E"
 
 

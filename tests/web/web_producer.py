@@ -6,7 +6,7 @@ and forever scenarios take the run's name as an optional argument). It waits at 
 ``gate(n)`` until the test creates ``CONTROL_DIR/<n>``, so a test sees every
 state for as long as it needs, without sleeping. Scenarios:
 
-* ``lifecycle``: preparing, (gate 1) running with progress, (gate 2)
+* ``lifecycle [NAME]``: (NAME ``-``: no name) preparing, (gate 1) running with progress, (gate 2)
   cooling_down, (gate 3) done.
 * ``error``: a few steps, then a fatal ``DATASET_NOT_FOUND`` error with details.
 * ``forever``: progress and loss at 20 updates/s until killed.
@@ -14,6 +14,11 @@ state for as long as it needs, without sleeping. Scenarios:
 * ``escape``: names, messages, details, flow ids and a metric name holding markup.
 * ``showcase``: a realistic run for the screenshot: a flow link, a falling
   loss curve, throughput and a learning rate, until killed.
+* ``flow FLOW_RUN_ID [PAUSE]``: a flow run of two TRAIN steps through
+  :class:`~pulse_transports.flows.FlowTrainer` (in-process steps):
+  ``pretrain`` succeeds; ``finetune`` fails with a CUDA out-of-memory
+  exception (a traceback in its details), is retried and succeeds. PAUSE
+  (default 0.01) is the time per training step, 24 steps a run.
 * ``bench N RATE OUT``: N progress updates at RATE per second, each after
   noting ``time.time()``; writes ``{step: sent_at}`` as JSON to OUT, waits
   for gate 1, then ends done.
@@ -26,6 +31,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pulse_core import TrainingRun
 
@@ -41,7 +47,8 @@ def main() -> None:
             time.sleep(0.01)
 
     if scenario == "lifecycle":
-        name = args[0] if args else "lifecycle run"
+        name: str | None = args[0] if args else "lifecycle run"
+        name = None if name == "-" else name  # "-": a run without a name
         with TrainingRun(tid, name=name, total_epochs=2, total_steps=10) as run:
             run.status("preparing", "loading data")
             gate(1)
@@ -116,6 +123,8 @@ def main() -> None:
                     lr=3e-4,
                 )
                 time.sleep(0.05)
+    elif scenario == "flow":
+        flow_scenario(tid, float(args[0]) if args else 0.01)
     elif scenario == "bench":
         count, rate, out = int(args[0]), float(args[1]), Path(args[2])
         sent: dict[int, float] = {}
@@ -131,6 +140,45 @@ def main() -> None:
             gate(2)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
+
+
+def flow_scenario(flow_run_id: str, pause: float) -> None:
+    """Two TRAIN steps of one flow run, the second retried after an error."""
+    from pulse_transports.flows import FlowTrainer
+
+    trainer = FlowTrainer()
+
+    def train(start: float, floor: float, fail_at: int | None = None) -> Any:
+        def target(run: TrainingRun) -> None:
+            run.status("preparing", "loading the dataset")
+            time.sleep(pause * 4)
+            run.status("running", "training")
+            for epoch in range(1, 4):
+                for step in range(1, 9):
+                    i = (epoch - 1) * 8 + step
+                    if fail_at is not None and i == fail_at:
+                        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                    run.progress(epoch=epoch, step=step, total_steps=8)
+                    loss = floor + (start - floor) * math.exp(-i / 8) + 0.01 * math.sin(i)
+                    run.metrics(loss=loss, samples_per_second=1800.0 + 15 * math.sin(i / 3))
+                    time.sleep(pause)
+            run.status("cooling_down", "saving the checkpoint")
+
+        return target
+
+    common = {"flow_id": "nightly-vision", "flow_run_id": flow_run_id, "total_epochs": 3}
+    first = trainer.start_callable(
+        train(2.3, 0.9), flow_step_id="pretrain", name="pretrain resnet50", **common
+    )
+    first.wait(60)
+    second = trainer.start_callable(
+        train(1.2, 0.35, fail_at=13), flow_step_id="finetune", name="fine-tune resnet50", **common
+    )
+    second.wait(60)
+    again = trainer.retry(
+        second, target=train(1.2, 0.35), name="fine-tune resnet50", total_epochs=3
+    )
+    again.wait(60)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 // one model per run (the reducer's rules: seq order, a terminal status is final,
 // only legal status moves), and renders the runs. /api/runs lists finished runs
 // too; /api/runs/{id} and /api/runs/{id}/metrics fill in a run when it is chosen.
+// The Flows History page (#flows, #flows=<flow_run_id>) reads /api/flows and
+// /api/flows/{flow_run_id}; a run's attempt opens in the run view (#run=<id>).
 //
 // Everything that comes from a run -- ids, names, messages, error details, metric
 // names -- is untrusted text: it is only ever put in the page with textContent or
@@ -17,6 +19,10 @@
   const MAX_POINTS = 1000;
   const MAX_FINISHED = 20;
   const RECONNECT_MS = 1000;
+  const FLOWS_REFRESH_MS = 2000;
+  const MAX_CURVES = 8;
+  // Ids PULSE makes: 20261206-164652-530-7fcf03b5c4 (the random part tells them apart).
+  const GENERATED_ID = /^\d{8}-\d{6}-\d{3}-([0-9a-f]{6,})$/;
 
   const runs = new Map(); // training_id -> model
   const cards = new Map(); // training_id -> card elements
@@ -30,9 +36,17 @@
   let source = null;
   let reconnectTimer = null;
   let chartPending = false;
+  let skew = 0; // server clock minus this browser's, seconds
+  let page = "runs";
+  let flowRunChosen = null; // the flow run shown on the Flows History page
+  let flowList = [];
+  let flowListKey = "";
+  let flowRunKey = "";
+  let flowTimer = null;
 
   const $ = (id) => document.getElementById(id);
   const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+  const now = () => Date.now() / 1000 + skew;
 
   // -- the model --------------------------------------------------------------
 
@@ -41,8 +55,9 @@
       training_id: tid, name: null, status: "idle", message: "", liveness: "alive",
       epoch: null, total_epochs: null, step: null, total_steps: null,
       metrics: {}, errors: [], error_count: 0, flow: null, timeline: [],
-      last_seq: 0, created_at: null, finished_at: null, last_event_at: null,
+      last_seq: 0, created_at: null, started_at: null, finished_at: null, last_event_at: null,
       degraded: false, held: false, complete: false, loss: [], band: [], historyFor: null,
+      curves: {},
     };
   }
 
@@ -58,12 +73,14 @@
       flow: view.flow, timeline: (view.timeline || []).slice(),
       last_seq: view.stats ? view.stats.last_seq : 0,
       created_at: view.timings ? view.timings.created_at : null,
+      started_at: view.timings ? view.timings.started_at : null,
       finished_at: view.timings ? view.timings.finished_at : null,
       last_event_at: view.timings ? view.timings.last_event_at : null,
       degraded: !!view.degraded, complete: true,
     });
     if (old) {
       r.held = old.held;
+      r.curves = old.curves;
       r.loss = old.loss;
       r.band = old.band;
       r.historyFor = old.historyFor;
@@ -78,12 +95,14 @@
       name: row.name, status: row.status, message: row.message || "", liveness: row.liveness,
       epoch: row.epoch, total_epochs: row.total_epochs, step: row.step,
       total_steps: row.total_steps, error_count: row.error_count || 0, flow: row.flow,
-      created_at: row.created_at, finished_at: row.finished_at,
+      created_at: row.created_at, started_at: row.started_at, finished_at: row.finished_at,
       last_event_at: row.last_event_at,
     });
     if (isNum(row.loss)) r.metrics.loss = row.loss;
     if (row.error) r.errors = [{ ...row.error, details: null, seq: null }];
-    if (old) { r.loss = old.loss; r.band = old.band; r.historyFor = old.historyFor; }
+    if (old) {
+      r.loss = old.loss; r.band = old.band; r.historyFor = old.historyFor; r.curves = old.curves;
+    }
     return r;
   }
 
@@ -121,6 +140,9 @@
       case "status":
         if (!allowed(r.status, e.status)) break;
         r.message = e.message || "";
+        if (r.started_at === null && (e.status === "preparing" || e.status === "running")) {
+          r.started_at = e.timestamp;
+        }
         r.timeline.push({ status: e.status, message: r.message, timestamp: e.timestamp, seq: e.seq });
         if (r.timeline.length > 64) r.timeline.splice(8, 1);
         r.status = e.status;
@@ -137,6 +159,14 @@
         if (isNum(e.loss)) {
           r.loss.push([e.timestamp, e.loss]);
           if (r.loss.length > MAX_POINTS) r.loss.splice(0, r.loss.length - MAX_POINTS);
+        }
+        const sent = Object.entries(e.extra || {});
+        for (const k of NAMED_METRICS) if (k !== "loss") sent.push([k, e[k]]);
+        for (const [k, v] of sent) {
+          if (!isNum(v)) continue;
+          const curve = r.curves[k] || (r.curves[k] = []);
+          curve.push([e.timestamp, v]);
+          if (curve.length > MAX_POINTS) curve.splice(0, curve.length - MAX_POINTS);
         }
         break;
       }
@@ -192,6 +222,60 @@
     return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
   }
 
+  // A start time: the time of day today, else the date too.
+  function fmtStart(t) {
+    if (!isNum(t)) return "";
+    const d = new Date(t * 1000);
+    if (d.toDateString() === new Date().toDateString()) return fmtTime(t);
+    return `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${fmtTime(t)}`;
+  }
+
+  // Durations as the CLI writes them: 12.3s, 3m05s, 1h02m, 2d03h.
+  function fmtDuration(seconds) {
+    if (!isNum(seconds) || seconds < 0) return "";
+    if (seconds < 60) return `${seconds.toFixed(1)}s`;
+    let minutes = Math.floor(seconds / 60);
+    const secs = Math.floor(seconds % 60);
+    if (minutes < 60) return `${minutes}m${String(secs).padStart(2, "0")}s`;
+    const hours = Math.floor(minutes / 60);
+    minutes %= 60;
+    if (hours < 48) return `${hours}h${String(minutes).padStart(2, "0")}m`;
+    return `${Math.floor(hours / 24)}d${String(hours % 24).padStart(2, "0")}h`;
+  }
+
+  function shortId(tid) {
+    const m = GENERATED_ID.exec(tid);
+    if (m) return m[1].slice(0, 6);
+    return tid.length > 14 ? `${tid.slice(0, 13)}…` : tid;
+  }
+
+  // Seconds from the start to the end (a lost run: to its last word; live: to now).
+  function elapsed(r) {
+    const start = isNum(r.started_at) ? r.started_at : r.created_at;
+    if (!isNum(start)) return null;
+    let end = now();
+    if (isNum(r.finished_at) && TERMINAL.has(r.status)) end = r.finished_at;
+    else if (livenessText(r) === "lost" && isNum(r.last_event_at)) end = r.last_event_at;
+    return Math.max(0, end - start);
+  }
+
+  // Seconds left at the average rate since the start, as `pulse watch` says; null if unknown.
+  function eta(r) {
+    const f = fraction(r);
+    const live = livenessText(r);
+    if (!f || f >= 1 || live === "ended" || live === "lost") return null;
+    const spent = elapsed(r);
+    if (!spent) return null;
+    return spent * (1 - f) / f;
+  }
+
+  function flowText(flow) {
+    if (!flow) return "";
+    const step = flow.flow_step_id ? `/${flow.flow_step_id}` : "";
+    const attempt = isNum(flow.attempt) && flow.attempt > 1 ? ` #${flow.attempt}` : "";
+    return `${flow.flow_id || flow.flow_run_id || "flow"}${step}${attempt}`;
+  }
+
   // -- rendering helpers ---------------------------------------------------------
 
   function setText(node, value) {
@@ -245,10 +329,20 @@
     foot.append(percent, position);
     const prog = make("div", "progress");
     prog.append(bar, foot);
-    li.append(head, prog);
+    const meta = make("div", "run-meta");
+    const short = make("code", "short-id");
+    short.setAttribute("data-role", "short-id");
+    const started = make("span", "started");
+    started.setAttribute("data-role", "started");
+    const duration = make("span", "duration");
+    duration.setAttribute("data-role", "duration");
+    const flow = make("span", "run-flow");
+    flow.setAttribute("data-role", "flow");
+    meta.append(short, started, duration, flow);
+    li.append(head, prog, meta);
     li.addEventListener("click", () => choose(tid, true));
     li.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(tid, true); });
-    c = { li, name, status, liveness, bar, fill, percent, position };
+    c = { li, name, status, liveness, bar, fill, percent, position, short, started, duration, flow };
     cards.set(tid, c);
     return c;
   }
@@ -266,9 +360,25 @@
     setBar(c.fill, c.bar, f);
     setText(c.percent, percentText(f));
     setText(c.position, positionText(r));
+    renderCardTimes(r, c);
+    setText(c.short, r.name ? shortId(r.training_id) : "");
+    c.short.hidden = !r.name; // a run without a name already shows its id
+    c.short.title = r.training_id;
+    setText(c.flow, flowText(r.flow));
+    c.flow.hidden = !r.flow;
+    if (r.flow) c.flow.title = [r.flow.flow_id, r.flow.flow_run_id, r.flow.flow_step_id].filter((v) => v).join(" / ");
     c.li.classList.toggle("selected", selected === r.training_id);
     c.li.classList.toggle("lost", live === "lost");
     return c;
+  }
+
+  function renderCardTimes(r, c) {
+    const start = isNum(r.started_at) ? r.started_at : r.created_at;
+    setText(c.started, fmtStart(start));
+    c.started.hidden = !isNum(start);
+    const spent = elapsed(r);
+    setText(c.duration, spent === null ? "" : fmtDuration(spent));
+    c.duration.hidden = spent === null;
   }
 
   function visible(r) {
@@ -347,13 +457,34 @@
     }
   }
 
+  // A run asked for by its link (#run=...) that the lists do not hold: read its view.
+  const missing = new Set();
+  async function loadMissing(tid) {
+    if (missing.has(tid)) return;
+    missing.add(tid);
+    try {
+      const view = await getJson(`/api/runs/${encodeURIComponent(tid)}`);
+      if (!runs.has(tid)) runs.set(tid, fromView(view, null));
+      renderAll(tid);
+    } catch (err) {
+      stats.errors += 1;
+      setText($("detail-empty"), `No run ${tid} on this hub.`);
+    }
+  }
+
   async function loadHistory(tid) {
     const asked = runs.get(tid);
     if (asked) asked.historyLoading = true;
     try {
-      const data = await getJson(`/api/runs/${encodeURIComponent(tid)}/metrics?names=loss`);
+      const data = await getJson(`/api/runs/${encodeURIComponent(tid)}/metrics`);
       const r = runs.get(tid);
       if (!r) return;
+      for (const [name, s] of Object.entries(data.metrics || {})) {
+        if (name === "loss" || !s || !Array.isArray(s.windows)) continue;
+        const past = s.windows.map((w) => [w.t1, w.last]);
+        const lastT = past.length ? past[past.length - 1][0] : -Infinity;
+        r.curves[name] = past.concat((r.curves[name] || []).filter((p) => p[0] > lastT));
+      }
       const series = data.metrics && data.metrics.loss;
       const windows = series ? series.windows : [];
       const past = windows.map((w) => [w.t1, w.last]);
@@ -373,9 +504,13 @@
     const r = selected ? runs.get(selected) : null;
     $("detail-empty").hidden = !!r;
     $("detail-body").hidden = !r;
-    if (!r) return;
+    if (!r) {
+      if (selected) loadMissing(selected);
+      return;
+    }
     setText($("d-name"), r.name || r.training_id);
     setText($("d-id"), r.training_id);
+    $("d-id").hidden = !r.name; // without a name, the title is the id: once is enough
     setText($("d-status"), r.status);
     setClass($("d-status"), "badge", `status-${r.status}`);
     const live = livenessText(r);
@@ -394,12 +529,24 @@
     setBar($("d-fill"), $("d-bar"), f);
     setText($("d-percent"), percentText(f));
     setText($("d-position"), positionText(r));
+    renderTimes(r);
     renderFlow(r);
     renderMetrics(r);
     renderErrors(r);
     renderTimeline(r);
     scheduleChart();
     ensureLoaded(r.training_id);
+  }
+
+  function renderTimes(r) {
+    const start = isNum(r.started_at) ? r.started_at : r.created_at;
+    setText($("d-started"), isNum(start) ? `started ${fmtStart(start)}` : "not started");
+    const spent = elapsed(r);
+    const live = livenessText(r);
+    const word = live === "ended" ? "took" : "elapsed";
+    setText($("d-elapsed"), spent === null ? "" : `· ${word} ${fmtDuration(spent)}`);
+    const left = eta(r);
+    setText($("d-eta"), left === null ? "" : `· ETA ${fmtDuration(left)}`);
   }
 
   function renderFlow(r) {
@@ -412,6 +559,9 @@
     link.title = "show the runs of this flow run";
     setText($("d-flow-step"), flow.flow_step_id || "—");
     setText($("d-flow-attempt"), isNum(flow.attempt) ? `· attempt ${flow.attempt}` : "");
+    const history = $("d-flow-history");
+    history.hidden = !flow.flow_run_id;
+    history.setAttribute("href", flow.flow_run_id ? `#flows=${encodeURIComponent(flow.flow_run_id)}` : "#flows");
   }
 
   function renderMetrics(r) {
@@ -456,14 +606,38 @@
       );
       li.append(head, make("p", "error-message", e.message));
       if (e.details && typeof e.details === "object" && Object.keys(e.details).length) {
-        const details = make("details", "error-details");
-        details.append(make("summary", null, "details"),
-                       make("pre", null, JSON.stringify(e.details, null, 2)));
-        li.appendChild(details);
+        li.appendChild(detailsList(e.details));
       }
       return li;
     });
     list.replaceChildren(...items);
+  }
+
+  // Error details as a key/value list: multi-line text (a traceback, a stderr tail)
+  // pre-formatted, one line as text, anything else as indented JSON. All textContent.
+  function detailsList(details) {
+    const dl = make("dl", "error-details");
+    dl.setAttribute("data-role", "details");
+    for (const [key, value] of Object.entries(details)) {
+      const dd = make("dd");
+      dd.setAttribute("data-key", key);
+      if (typeof value === "string" && value.includes("\n")) {
+        const text = value.replace(/\n+$/, "");
+        const lines = text.split("\n");
+        const fold = make("details", "long-text");
+        fold.open = lines.length <= 30;
+        fold.append(make("summary", null, `${lines.length} lines`), make("pre", null, text));
+        dd.appendChild(fold);
+      } else if (typeof value === "string") {
+        dd.textContent = value;
+      } else if (value !== null && typeof value === "object") {
+        dd.appendChild(make("pre", null, JSON.stringify(value, null, 2)));
+      } else {
+        dd.appendChild(make("code", null, JSON.stringify(value)));
+      }
+      dl.append(make("dt", null, key), dd);
+    }
+    return dl;
   }
 
   function renderTimeline(r) {
@@ -486,8 +660,25 @@
     requestAnimationFrame(() => { chartPending = false; drawChart(); });
   }
 
+  function drawCurves(r) {
+    const box = $("d-curves");
+    const names = r ? Object.keys(r.curves).filter((k) => r.curves[k].length >= 2).sort()
+      .slice(0, MAX_CURVES) : [];
+    $("d-curves-panel").hidden = names.length === 0;
+    const figures = names.map((name) => {
+      const figure = make("figure", "curve");
+      figure.setAttribute("data-metric", name);
+      const chart = make("div", "chart");
+      figure.append(make("figcaption", null, name), chart);
+      window.PulseChart.draw(chart, r.curves[name], []);
+      return figure;
+    });
+    box.replaceChildren(...figures);
+  }
+
   function drawChart() {
     const r = selected ? runs.get(selected) : null;
+    drawCurves(r);
     const box = $("d-chart");
     const drawn = r ? window.PulseChart.draw(box, r.loss, r.band) : false;
     box.hidden = !drawn;
@@ -585,6 +776,7 @@
   async function loadRuns() {
     try {
       const data = await getJson("/api/runs?limit=200");
+      if (isNum(data.time)) skew = data.time - Date.now() / 1000;
       for (const row of data.runs || []) {
         runs.set(row.training_id, fromSummary(row, runs.get(row.training_id)));
       }
@@ -592,16 +784,192 @@
     } catch (err) { stats.errors += 1; }
   }
 
+  // -- the Flows History page ----------------------------------------------------------
+
+  function outcomeBadge(outcome) {
+    const badge = make("span", `badge outcome-${outcome}`, outcome.replace("_", " "));
+    badge.setAttribute("data-role", "outcome");
+    return badge;
+  }
+
+  function flowRunItem(f) {
+    const li = make("li", "run flow-run");
+    li.setAttribute("data-flow-run-id", f.flow_run_id);
+    li.tabIndex = 0;
+    const head = make("div", "run-head");
+    head.append(make("span", "run-name", f.flow_run_id), outcomeBadge(f.outcome));
+    const meta = make("div", "run-meta");
+    meta.append(
+      make("span", "flow-name", f.flow_id || ""),
+      make("span", "started", fmtStart(f.started_at)),
+      make("span", "duration", fmtDuration(f.duration)),
+      make("span", "counts", `${f.step_count} step${f.step_count === 1 ? "" : "s"} · ${f.run_count} run${f.run_count === 1 ? "" : "s"}`),
+    );
+    const steps = make("div", "flow-steps-mini");
+    for (const st of f.steps) {
+      const chip = make("span", `badge outcome-${st.outcome}`,
+        `${st.flow_step_id || "step"}${st.attempt_count > 1 ? ` ×${st.attempt_count}` : ""}`);
+      chip.title = `${st.flow_step_id || "step"}: ${st.outcome}, ${st.attempt_count} attempt(s)`;
+      steps.appendChild(chip);
+    }
+    li.append(head, meta, steps);
+    const open = () => { location.hash = `flows=${encodeURIComponent(f.flow_run_id)}`; };
+    li.addEventListener("click", open);
+    li.addEventListener("keydown", (ev) => { if (ev.key === "Enter") open(); });
+    li.classList.toggle("selected", f.flow_run_id === flowRunChosen);
+    return li;
+  }
+
+  async function loadFlows() {
+    try {
+      const data = await getJson("/api/flows");
+      if (isNum(data.time)) skew = data.time - Date.now() / 1000;
+      const list = data.flow_runs || [];
+      const key = JSON.stringify([list, flowRunChosen]);
+      if (key !== flowListKey) { // unchanged: leave the list (and any focus in it) alone
+        flowListKey = key;
+        flowList = list;
+        $("flow-runs").replaceChildren(...flowList.map(flowRunItem));
+      }
+      $("flow-runs-empty").hidden = flowList.length > 0;
+      const shown = flowRunChosen || (flowList[0] && flowList[0].flow_run_id) || null;
+      if (shown) await loadFlowRun(shown);
+      else { $("flow-detail-empty").hidden = false; $("flow-detail-body").hidden = true; }
+    } catch (err) { stats.errors += 1; }
+  }
+
+  async function loadFlowRun(frid) {
+    let data;
+    try {
+      data = await getJson(`/api/flows/${encodeURIComponent(frid)}`);
+    } catch (err) {
+      stats.errors += 1;
+      flowRunKey = "";
+      $("flow-detail-body").hidden = true;
+      $("flow-detail-empty").hidden = false;
+      setText($("flow-detail-empty"), `No flow run ${frid} on this hub.`);
+      return;
+    }
+    if (page !== "flows") return;
+    for (const li of $("flow-runs").children) {
+      li.classList.toggle("selected", li.getAttribute("data-flow-run-id") === frid);
+    }
+    const key = JSON.stringify({ ...data, time: null });
+    if (key === flowRunKey) return; // nothing new: no re-render under the reader's eyes
+    flowRunKey = key;
+    renderFlowRun(data);
+  }
+
+  function cell(row, value, cls) {
+    const td = row.insertCell();
+    if (cls) td.className = cls;
+    if (value instanceof Node) td.appendChild(value);
+    else td.textContent = value === null || value === undefined ? "" : String(value);
+    return td;
+  }
+
+  function metricText(v) { return isNum(v) ? window.PulseChart.formatValue(v) : "—"; }
+
+  function renderFlowRun(f) {
+    $("flow-detail-empty").hidden = true;
+    $("flow-detail-body").hidden = false;
+    setText($("f-id"), f.flow_run_id);
+    setText($("f-flow"), f.flow_id || "");
+    setText($("f-outcome"), f.outcome.replace("_", " "));
+    setClass($("f-outcome"), "badge", `outcome-${f.outcome}`);
+    setText($("f-times"), [
+      isNum(f.started_at) ? `started ${fmtStart(f.started_at)}` : "not started",
+      isNum(f.duration) ? `took ${fmtDuration(f.duration)}` : "",
+      `${f.step_count} TRAIN step${f.step_count === 1 ? "" : "s"}, ${f.run_count} run${f.run_count === 1 ? "" : "s"}`,
+    ].filter((v) => v).join(" · "));
+    const sections = f.steps.map((st) => {
+      const section = make("section", "flow-step panel");
+      section.setAttribute("data-flow-step-id", st.flow_step_id || "");
+      const h = make("h3", "flow-step-head");
+      h.append(make("span", "step-name", st.flow_step_id || "(no step id)"), outcomeBadge(st.outcome),
+               make("span", "count", `${st.attempt_count} attempt${st.attempt_count === 1 ? "" : "s"}`));
+      const table = make("table", "attempts");
+      const head = table.createTHead().insertRow();
+      for (const t of ["attempt", "run", "outcome", "started", "duration", "epochs", "final loss", "best loss", "error"]) {
+        head.appendChild(make("th", null, t));
+      }
+      const body = table.createTBody();
+      for (const a of st.attempts) {
+        const row = body.insertRow();
+        row.setAttribute("data-training-id", a.training_id || "");
+        row.className = `attempt outcome-row-${a.outcome}`;
+        cell(row, isNum(a.attempt) ? `#${a.attempt}` : "#1", "attempt-no");
+        const link = make("a", "run-link");
+        link.setAttribute("href", `#run=${encodeURIComponent(a.training_id || "")}`);
+        link.append(make("span", null, a.name || a.training_id || ""));
+        if (a.name && a.training_id) link.append(" ", make("code", "short-id", shortId(a.training_id)));
+        link.title = `open run ${a.training_id}`;
+        cell(row, link);
+        cell(row, outcomeBadge(a.outcome));
+        cell(row, fmtStart(a.started_at));
+        cell(row, fmtDuration(a.duration), "num");
+        const ep = a.epochs || {};
+        cell(row, isNum(ep.epoch) ? `${ep.epoch}${isNum(ep.total_epochs) ? `/${ep.total_epochs}` : ""}` : "—", "num");
+        const km = a.key_metrics || {};
+        cell(row, metricText(km.final_loss), "num").setAttribute("data-metric", "final_loss");
+        cell(row, metricText(km.best_loss), "num").setAttribute("data-metric", "best_loss");
+        const err = make("span", "attempt-error");
+        if (a.error) {
+          err.append(make("code", "error-code", a.error.error_code), " ", make("span", null, a.error.message));
+        }
+        cell(row, err);
+      }
+      section.append(h, table);
+      return section;
+    });
+    $("f-steps").replaceChildren(...sections);
+  }
+
+  function showPage(which) {
+    page = which;
+    $("runs-page").hidden = which !== "runs";
+    $("flows-page").hidden = which !== "flows";
+    $("page-runs").classList.toggle("current", which === "runs");
+    $("page-flows").classList.toggle("current", which === "flows");
+    clearInterval(flowTimer);
+    flowTimer = null;
+    if (which === "flows") {
+      flowListKey = "";
+      flowRunKey = "";
+      loadFlows();
+      flowTimer = setInterval(loadFlows, FLOWS_REFRESH_MS);
+    }
+  }
+
   function readHash() {
     const hash = location.hash.slice(1);
-    const [key, value] = hash.split("=");
-    const decoded = value ? decodeURIComponent(value) : null;
+    const at = hash.indexOf("=");
+    const key = at < 0 ? hash : hash.slice(0, at);
+    const value = at < 0 ? "" : hash.slice(at + 1);
+    let decoded = null;
+    try { decoded = value ? decodeURIComponent(value) : null; } catch (err) { decoded = null; }
+    if (key === "flows") {
+      flowRunChosen = decoded;
+      showPage("flows");
+      return;
+    }
+    showPage("runs");
     if (key === "run" && decoded) { userChose = true; selected = decoded; }
     flowFilter = key === "flow" && decoded ? decoded : null;
     $("filter").hidden = !flowFilter;
     setText($("filter-value"), flowFilter || "");
     renderAll(null);
   }
+
+  // Elapsed times and ETAs move on their own between updates.
+  setInterval(() => {
+    if (page !== "runs") return;
+    for (const r of runs.values()) {
+      if (!TERMINAL.has(r.status) && cards.has(r.training_id)) renderCardTimes(r, cards.get(r.training_id));
+    }
+    const r = selected ? runs.get(selected) : null;
+    if (r) renderTimes(r);
+  }, 1000);
 
   $("filter-clear").addEventListener("click", () => {
     history.replaceState(null, "", selected ? `#run=${encodeURIComponent(selected)}` : "#");
@@ -610,7 +978,7 @@
   window.addEventListener("hashchange", readHash);
 
   // For tests and the benchmark: read-only views of what the page holds.
-  window.pulse = { stats, runs, fraction, get cursor() { return cursor; } };
+  window.pulse = { stats, runs, fraction, eta, get cursor() { return cursor; } };
 
   readHash();
   loadRuns();
