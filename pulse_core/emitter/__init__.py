@@ -67,7 +67,8 @@ given values into event fields). The emitter is the one impure part of
 
 from __future__ import annotations
 
-from pulse_core.emitter._hooks import Abortable, open_runs, register_abortable, unregister_abortable
+from pulse_core.emitter import _hooks
+from pulse_core.emitter._hooks import Abortable, register_abortable, unregister_abortable
 from pulse_core.emitter._ids import classify_exception, new_training_id
 from pulse_core.emitter._run import TrainingRun
 from pulse_core.emitter._settings import (
@@ -83,6 +84,12 @@ from pulse_core.emitter._settings import (
     ENV_TOTAL_EPOCHS,
     ENV_TRAINING_ID,
 )
+
+
+def open_runs() -> list[TrainingRun]:
+    """The runs of this process that are open (created and not yet closed)."""
+    return [run for run in _hooks.open_runs() if isinstance(run, TrainingRun)]
+
 
 __all__ = [
     "ENV_ATTEMPT",

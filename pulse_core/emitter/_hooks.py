@@ -113,7 +113,7 @@ def _unregister(run: _OpenRun) -> None:
         _open_runs.discard(run)
 
 
-def open_runs() -> list[Any]:
+def open_runs() -> list[_OpenRun]:
     """The runs of this process that are open (created and not yet closed)."""
     with _nets_lock:
         return list(_open_runs)
