@@ -266,6 +266,7 @@ def sample_kind(event: Event) -> Hashable | None:
     return event.__class__.__name__ if isinstance(event, SAMPLE_TYPES) else None
 
 
+@attrs.define(eq=False, repr=False)
 class BoundedBuffer(Generic[T]):
     """A FIFO bounded by a count and (optionally) bytes, coalescing by a key.
 
@@ -278,22 +279,13 @@ class BoundedBuffer(Generic[T]):
     owner locks.
     """
 
-    def __init__(
-        self,
-        limit: int,
-        *,
-        max_bytes: int | None = None,
-        key: Callable[[T], Hashable | None],
-        size: Callable[[T], int] | None = None,
-        protect: Callable[[T], bool] | None = None,
-    ) -> None:
-        self.limit = limit
-        self.max_bytes = max_bytes
-        self.key = key
-        self.size = size
-        self.protect = protect
-        self.items: deque[T] = deque()
-        self.nbytes = 0
+    limit: int
+    key: Callable[[T], Hashable | None] = attrs.field(kw_only=True)
+    max_bytes: int | None = attrs.field(default=None, kw_only=True)
+    size: Callable[[T], int] | None = attrs.field(default=None, kw_only=True)
+    protect: Callable[[T], bool] | None = attrs.field(default=None, kw_only=True)
+    items: deque[T] = attrs.field(factory=deque, kw_only=True)
+    nbytes: int = attrs.field(default=0, kw_only=True)
 
     def __len__(self) -> int:
         return len(self.items)

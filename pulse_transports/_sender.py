@@ -85,12 +85,8 @@ class BackgroundSender:
         self.queue_limit = queue
         self.close_timeout = close_timeout
         self.training_id: str | None = None
-        self.sent = 0
-        self.coalesced = 0
-        self.dropped = 0
-        self.connects = 0
-        #: connection attempts, failed or not (issue 21's figure).
-        self.attempts = 0
+        # counters, for tests and stats; ``attempts``: connections tried (issue 21)
+        self.sent = self.coalesced = self.dropped = self.connects = self.attempts = 0
         self.retry = Retry(CONNECT_BACKOFF)
         self._queue: BoundedBuffer[Event] = BoundedBuffer(queue, key=sample_kind)
         self._cond = threading.Condition()
