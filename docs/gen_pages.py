@@ -382,13 +382,36 @@ def _defaults(factory: Callable[..., Any]) -> dict[str, Any]:
     }
 
 
+#: Transports whose optional dependencies are not installed -> why (docs build anyway).
+_NOT_LOADED: dict[str, str] = {}
+
+
+def _factory(name: str) -> Any:
+    """A transport's factory, or ``None`` (and a note) when its extra is not installed.
+
+    The docs build with the ``docs`` extra alone: a transport that needs another
+    extra (``nats`` needs nats-py) is listed with the reason instead of failing.
+    """
+    from pulse_core.errors import PulseError
+    from pulse_transports.registry import load_factory
+
+    try:
+        return load_factory(name)
+    except (PulseError, ImportError) as exc:
+        _NOT_LOADED[name] = f"Not installed where these docs were built: {exc}"
+        return None
+
+
 def transport_options() -> str:
     """Every installed transport (``pulse.transports`` entry points) and its options."""
-    from pulse_transports.registry import available, load_factory
+    from pulse_transports.registry import available
 
     out: list[str] = []
     for name, value in sorted(available().items()):
-        factory = load_factory(name)
+        factory = _factory(name)
+        if factory is None:
+            out += [f"### `{name}`", "", f"Entry point `{value}`. {_cell(_NOT_LOADED[name])}", ""]
+            continue
         declared: dict[str, type] = dict(getattr(factory, "OPTIONS", None) or {})
         summary = (inspect.getdoc(factory) or "").split("\n\n")[0]
         out += [
@@ -629,7 +652,28 @@ def cli_reference() -> str:
         rows = _param_rows(command, ctx)
         if rows:
             out += ["| option | value | default | meaning |", "|---|---|---|---|", *rows, ""]
+        out += _json_shape(command)
     return "\n".join(out)
+
+
+def _json_shape(command: click.Command) -> list[str]:
+    """The ``--json`` output of *command*, from its module doc's literal (``::``) block."""
+    if not any(isinstance(p, click.Option) and "--json" in p.opts for p in command.params):
+        return []
+    module = sys.modules.get(getattr(command.callback, "__module__", "") or "")
+    doc = (inspect.getdoc(module) or "") if module is not None else ""
+    match = re.search(r"((?:[^\n]+\n)*[^\n]*)::\n\n((?:(?:    [^\n]*)?\n)+)", doc + "\n")
+    out = ["**JSON output** (`--json`)", ""]
+    if match is None:
+        out += [
+            "One JSON object, the same facts as the human output under the same names "
+            "(see the command's help).",
+            "",
+        ]
+        return out
+    intro = " ".join(match.group(1).split())
+    body = "\n".join(line[4:] for line in match.group(2).rstrip().splitlines())
+    return [*out, _help_markdown(intro + ":"), "", "```text", body, "```", ""]
 
 
 def exit_codes() -> str:
@@ -656,14 +700,17 @@ def example_log() -> str:
 
 def sink_intervals() -> str:
     """Every installed transport's default rate limit and whether it keeps epoch boundaries."""
-    from pulse_transports.registry import available, load_factory
+    from pulse_transports.registry import available
 
     out = [
         "| transport | default `interval` (s) | gets every epoch's last values |",
         "|---|---|---|",
     ]
     for name in sorted(available()):
-        factory = load_factory(name)
+        factory = _factory(name)
+        if factory is None:
+            out.append(f"| `{name}` | (not installed here) | - |")
+            continue
         interval = _defaults(factory).get("interval", getattr(factory, "interval", "-"))
         boundaries = "yes" if getattr(factory, "boundaries", False) else "no"
         out.append(f"| `{name}` | {interval} | {boundaries} |")

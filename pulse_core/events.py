@@ -50,6 +50,11 @@ class Phase(enum.StrEnum):
         """True for done, error and cancelled."""
         return self in TERMINAL_STATUSES
 
+    def __repr__(self) -> str:
+        # Shown as the wire string (``'done'``): a state or projection printed
+        # in a log, a doctest or the docs reads as it did with plain strings.
+        return repr(self.value)
+
 
 Status: TypeAlias = Phase
 #: The wire strings of every phase, in lifecycle order.

@@ -72,6 +72,7 @@ from pulse_core.emitter import (
     ENV_FLOW_ID,
     ENV_FLOW_RUN_ID,
     ENV_FLOW_STEP_ID,
+    ENV_RUN_NAME,
     ENV_SUPERVISED,
     ENV_TOTAL_EPOCHS,
     ENV_TRAINING_ID,
@@ -376,6 +377,8 @@ class Supervisor:
             self.total_epochs,
             self.config.transport_options.get("file"),
         )
+        if self.name:
+            env[ENV_RUN_NAME] = self.name  # the child's TrainingRun keeps this name
         tee, target = tee_target(self.stderr)
         read_end = write_end = -1
         if tee:

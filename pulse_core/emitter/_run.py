@@ -33,6 +33,7 @@ from pulse_core.emitter._settings import (
     ENV_FLOW_STEP_ID,
     ENV_HANDLE_SIGNALS,
     ENV_HEARTBEAT_INTERVAL,
+    ENV_RUN_NAME,
     ENV_STRICT,
     ENV_SUPERVISED,
     ENV_TOTAL_EPOCHS,
@@ -257,6 +258,13 @@ class TrainingRun(_RunLifecycle):
             raise
 
         continued = self._seq > 0  # the log already holds events (e.g. a supervisor's)
+        given_name = environ.get(ENV_RUN_NAME) or None
+        if given_name is not None:
+            # The supervisor's (the flow's) name is the run's name; the script's
+            # own name is kept beside it as the label ``script_name``.
+            if isinstance(name, str) and name and name != given_name:
+                label_map = {**label_map, "script_name": name[:1024]}
+            name = given_name
         self.meta = RunMeta(
             training_id=self.training_id,
             seq=self._next_seq(),

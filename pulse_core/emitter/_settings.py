@@ -36,6 +36,8 @@ ENV_HEARTBEAT_INTERVAL: Final = "PULSE_HEARTBEAT_INTERVAL"
 ENV_CLOSE_TIMEOUT: Final = "PULSE_CLOSE_TIMEOUT"
 #: Set to 1 by a supervisor that already wrote ``preparing`` and ``running``.
 ENV_SUPERVISED: Final = "PULSE_SUPERVISED"
+#: The run name a supervisor (pulse run, a Flow Manager) gave; it wins over the script's.
+ENV_RUN_NAME: Final = "PULSE_RUN_NAME"
 
 
 def _as_env(env: Any) -> Mapping[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
@@ -117,17 +118,35 @@ class LazyGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details to stderr.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="PULSE home folder for every command (a command's own --home wins).",
+)
 @click.version_option(package_name="pulse-v2", prog_name="pulse")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, home: Path | None) -> None:
     """PULSE v2: watch, inspect and replay ML training runs.
 
     \b
     Examples:
       pulse demo                 run a small real training, reported live
       pulse ls                   list runs, newest first
-      pulse show RUN_ID          one run in detail
+      pulse show                 the latest run in detail
+      pulse --home /tmp/pulse ls the runs under another home
     """
     configure_logging(verbose)
+    ctx.ensure_object(dict)["home"] = home
+
+
+def _home_from_group(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A command's ``--home``, else the group's (``pulse --home X ls``)."""
+    if value is not None:
+        return value
+    root = ctx.find_root()
+    group_home = root.obj.get("home") if isinstance(root.obj, dict) else None
+    return group_home if isinstance(group_home, Path) else None
 
 
 def home_option(func: F) -> F:
@@ -136,8 +155,27 @@ def home_option(func: F) -> F:
         "--home",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
+        callback=_home_from_group,
         help="PULSE home folder (default: $PULSE_HOME, pulse.toml, then ./.pulse).",
     )(func)
+
+
+def home_source(home: Path | None) -> str:
+    """Where the home came from, for messages: ``--home``, ``PULSE_HOME`` or the default."""
+    if home is not None:
+        return "--home"
+    if os.environ.get("PULSE_HOME"):
+        return "PULSE_HOME"
+    return "default"
+
+
+def id_error(value: str) -> str:
+    """Why *value* is not a training id, once escaped (no double escaping of unicode)."""
+    shown = repr(value[:80] + ("..." if len(value) > 80 else ""))
+    return (
+        f"training_id {shown} is not valid: use 1-128 characters from [A-Za-z0-9._-], "
+        "starting with a letter or digit"
+    )
 
 
 def resolve_config(home: Path | None) -> Config:

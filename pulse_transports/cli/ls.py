@@ -49,6 +49,7 @@ id); 3 not found (unknown id, missing home, no run); 4 unreadable file
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -59,7 +60,13 @@ from typing import Any, NoReturn
 import click
 import structlog
 
-from pulse_transports.cli._common import EXIT_NOT_FOUND, main, resolve_config
+from pulse_transports.cli._common import (
+    EXIT_NOT_FOUND,
+    home_source,
+    id_error,
+    main,
+    resolve_config,
+)
 from pulse_transports.cli._source import file_only, open_source, source_options
 from pulse_transports.config import Config
 
@@ -108,12 +115,28 @@ def fail(message: str, exit_code: int) -> NoReturn:
 def open_home(home: Path | None) -> Config:
     """Resolve the configuration and insist that its home exists (exit 3 if not)."""
     config = resolve_config(home)
-    if not config.home.is_dir():
-        fail(
-            f"PULSE home {config.home} does not exist (use --home or set PULSE_HOME)",
-            EXIT_NOT_FOUND,
-        )
+    problem = home_problem(config.home, home)
+    if problem is not None:
+        fail(problem, EXIT_NOT_FOUND)
     return config
+
+
+def home_problem(path: Path, home: Path | None) -> str | None:
+    """Why *path* cannot be used as the home (``None`` if it is a folder).
+
+    Names the real problem (a file is "a file", not "missing") and only
+    suggests ``--home`` when the user did not give one.
+    """
+    if path.is_dir():
+        return None
+    source = home_source(home)
+    what = "is a file, not a folder" if path.exists() else "does not exist"
+    if source == "--home":
+        return f"PULSE home {path} {what}"
+    if source == "PULSE_HOME":
+        return f"PULSE home {path} (from PULSE_HOME) {what}"
+    hint = "; run a training or pulse demo here first, or use --home or set PULSE_HOME"
+    return f"PULSE home {path} {what}{hint if not path.exists() else ''}"
 
 
 def heal_v1(config: Config, records: Sequence[Any] | None = None) -> None:
@@ -148,18 +171,19 @@ def check_id(training_id: str) -> str:
 
     try:
         return validate_training_id(training_id)
-    except InvalidTrainingId as exc:
+    except InvalidTrainingId:
         # click.BadParameter exits with EXIT_USAGE (2).
-        raise click.BadParameter(str(exc), param_hint="'ID'") from None
+        raise click.BadParameter(id_error(training_id), param_hint="'ID'") from None
 
 
-def print_json(value: Any) -> None:
-    """Print *value* as indented JSON with sorted keys (stable for scripts)."""
+def print_json(value: Any, sort_keys: bool = True) -> None:
+    """Print *value* as indented JSON, keys sorted unless *sort_keys* is false."""
     import orjson
 
-    data = orjson.dumps(
-        value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-    )
+    option = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+    if sort_keys:
+        option |= orjson.OPT_SORT_KEYS
+    data = orjson.dumps(value, option=option)
     sys.stdout.buffer.write(data + b"\n")
     sys.stdout.flush()
 
@@ -233,7 +257,12 @@ def select_rows(
 
 
 @main.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
+)
 @click.option(
     "--status",
     type=click.Choice(STATUS_CHOICES),
@@ -280,6 +309,36 @@ def ls_command(
     render_table(rows, config.home)
 
 
+#: Shorter headers for a narrow terminal (the values are narrower than the headers).
+SHORT_HEADERS = {"LIVENESS": "LIVE", "PROGRESS": "PROG", "DURATION": "TIME"}
+
+
+def fit_table(
+    header: tuple[str, ...], cells: list[tuple[str, ...]], columns: int
+) -> tuple[tuple[str, ...], list[tuple[str, ...]], str]:
+    """Make an ``ls`` table fit *columns* without cutting a value (ids stay whole).
+
+    In order, until it fits: drop an all-empty FLOW column, single-space
+    gaps, short headers. Returns the header, the cells and the gap.
+    """
+
+    def width(head: tuple[str, ...], rows: list[tuple[str, ...]], gap: str) -> int:
+        widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(head)]
+        return sum(widths) + len(gap) * (len(widths) - 1)
+
+    gap = "  "
+    if width(header, cells, gap) <= columns:
+        return header, cells, gap
+    if header[-1] == "FLOW" and all(c[-1] == "-" for c in cells):
+        header, cells = header[:-1], [c[:-1] for c in cells]
+        if width(header, cells, gap) <= columns:
+            return header, cells, gap
+    gap = " "
+    if width(header, cells, gap) <= columns:
+        return header, cells, gap
+    return tuple(SHORT_HEADERS.get(h, h) for h in header), cells, gap
+
+
 def ls_other(
     source: str,
     as_json: bool,
@@ -310,14 +369,24 @@ def render_table(rows: list[dict[str, Any]], home: Path) -> None:
     """Print ``ls`` rows as an aligned table (colour only on a terminal).
 
     Written by hand rather than with rich's Table: a thousand rows render in
-    milliseconds instead of most of a second.
+    milliseconds instead of most of a second. On a terminal the table fits
+    its width (:func:`fit_table`); piped, lines are complete and uncoloured.
     """
     if not rows:
         click.echo(f"no runs under {home}")
         return
     now = time.time()
-    header = ("ID", "STATUS", "LIVENESS", "PROGRESS", "LOSS", "STARTED", "DURATION", "FLOW")
-    cells = []
+    header: tuple[str, ...] = (
+        "ID",
+        "STATUS",
+        "LIVENESS",
+        "PROGRESS",
+        "LOSS",
+        "STARTED",
+        "DURATION",
+        "FLOW",
+    )
+    cells: list[tuple[str, ...]] = []
     for row in rows:
         started = row["started_at"] if row["started_at"] is not None else row["created_at"]
         when = fmt_time(started)
@@ -335,8 +404,11 @@ def render_table(rows: list[dict[str, Any]], home: Path) -> None:
                 fmt_flow(row["flow"]),
             )
         )
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     color = sys.stdout.isatty()
+    gap = "  "
+    if color:  # on a terminal, fit its width; piped, every line stays complete
+        header, cells, gap = fit_table(header, cells, shutil.get_terminal_size().columns)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
 
     def paint(text: str, column: int, width: int) -> str:
         padded = text.ljust(width)
@@ -345,11 +417,11 @@ def render_table(rows: list[dict[str, Any]], home: Path) -> None:
         style = (STATUS_COLOR if column == 1 else LIVENESS_COLOR if column == 2 else {}).get(text)
         return click.style(padded, fg=style) if style else padded
 
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    out = [gap.join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     if color:
         out[0] = click.style(out[0], bold=True)
     for cell in cells:
-        line = "  ".join(paint(t, i, w) for i, (t, w) in enumerate(zip(cell, widths, strict=True)))
+        line = gap.join(paint(t, i, w) for i, (t, w) in enumerate(zip(cell, widths, strict=True)))
         out.append(line.rstrip())
     sys.stdout.write("\n".join(out) + "\n")
     sys.stdout.flush()

@@ -45,6 +45,7 @@ stderr; exit 4 when none decodes.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,13 @@ def resolve_file(arg: str, home: Path | None) -> Path:
     """A path as given, or the log of a training id under *home* (exit 4 if neither)."""
     path = Path(arg)
     if path.exists():
+        if path.is_dir():
+            fail(
+                f"{path} is a folder, not a regular file; give a run's log file"
+                " (<home>/logs/training/<id>.jsonl)"
+                " or a training id",
+                EXIT_UNREADABLE,
+            )
         if not path.is_file():
             fail(f"{path} is not a regular file", EXIT_UNREADABLE)
         return path
@@ -192,7 +200,12 @@ def cloudevent_lines(data: bytes, source: str | None = None) -> tuple[list[bytes
 
 @main.command("replay")
 @click.argument("file", metavar="FILE|ID")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
+)
 @click.option(
     "--cloudevents",
     "as_cloudevents",
@@ -268,7 +281,7 @@ def replay_command(
             click.echo(f"  error: {error['error_code']}: {error['message']}")
         if view["anomaly_count"]:
             click.echo(f"  anomalies: {view['anomaly_count']}")
-        click.echo(f"  v1: {run['v1']}")
+        click.echo(f"  v1: {json.dumps(run['v1'], ensure_ascii=False)}")
     click.echo(
         f"{path}: {document['lines']} lines, {document['events']} events, "
         f"{document['bad_lines']} bad, {document['blank_lines']} blank"

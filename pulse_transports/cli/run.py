@@ -14,7 +14,7 @@ import click
 from pulse_core.errors import InvalidTrainingId, PulseError
 from pulse_core.events import validate_training_id
 from pulse_core.projections import to_view
-from pulse_transports.cli._common import EXIT_USAGE, home_option, main, resolve_config
+from pulse_transports.cli._common import EXIT_USAGE, home_option, id_error, main, resolve_config
 from pulse_transports.supervise import CLAIM_TIMEOUT, FlowLink, Supervisor, read_state
 
 #: Exit status when the command could not be started (as a shell does).
@@ -26,8 +26,8 @@ def _validated_id(ctx: click.Context, param: click.Parameter, value: str | None)
         return None
     try:
         return validate_training_id(value)
-    except InvalidTrainingId as exc:
-        raise click.BadParameter(str(exc)) from None
+    except InvalidTrainingId:
+        raise click.BadParameter(id_error(value)) from None
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -67,8 +67,9 @@ def run(
 ) -> None:
     """Run COMMAND as a supervised training run and exit with its status.
 
-    The command gets PULSE_TRAINING_ID, PULSE_HOME and the flow link in its
-    environment, so a TrainingRun inside it reports into this run without
+    The command gets PULSE_TRAINING_ID, PULSE_HOME and the flow link
+    (PULSE_FLOW_ID, PULSE_FLOW_RUN_ID, PULSE_FLOW_STEP_ID, PULSE_ATTEMPT from
+    --attempt) in its environment, so a TrainingRun inside it reports into this run without
     code changes. A command that never reports still gets an honest run:
     preparing on launch, running once started (kept alive by pulse run's
     heartbeats and the v1 snapshot), done or error from its exit status. The

@@ -225,7 +225,12 @@ def serve(
         try:
             http_address = parse_http(http)
         except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--http") from None
+            # Name the forms the help promises ([HOST:]PORT), not the parser's.
+            reason = str(exc).replace("expected HOST:PORT, got", "not a port number:")
+            raise click.BadParameter(
+                f"{reason} (expected [HOST:]PORT, e.g. 7434 or 127.0.0.1:7434)",
+                param_hint="--http",
+            ) from None
     settings = hub_settings(config.home, table, given)
     if http_address is not None:
         _check_http(http_address[0], settings)

@@ -1,4 +1,4 @@
-"""``pulse show ID``: one run in detail.
+"""``pulse show [ID]``: one run in detail (without ID: the latest run, as ``pulse v1``).
 
 This module owns the ``show`` command. The human view has the run's status
 timeline with the time spent in each status, progress, the latest metrics
@@ -12,12 +12,23 @@ link and the log path.
       "training_id": str,
       "liveness": "alive|stale|lost|ended",
       "writer_alive": true | false | null,   # the lock check; null if not checked
-      "log": {"path": str, "bad_lines": int, "offset": int},
+      "log": {"path": str, "bad_lines": int, "offset": int,
+              "coalesced": int,     # seq numbers skipped by normal coalescing
+              "missing": int},      # seq numbers really lost (unreadable lines)
       "view": {...},            # pulse_core.projections.to_view (specs/protocol.md)
       "v1": {...},              # pulse_core.projections.to_v1, with the liveness
       "history": {...},         # pulse_core.projections.to_history_record
       "metric_history": {...}   # pulse_core.projections.to_metric_history
     }
+
+Coalesced or missing: the emitter gives every event it builds the next seq
+number, and builds progress/metrics for its fastest sink; a slower sink (the
+file log: one sample a second) gets a coalesced subset, so its log skips seq
+numbers in normal operation (``view.stats.missing`` counts every skipped
+number). Status, error, meta and drop events reach every sink. A number is
+really *missing* only if the log lost the event: that shows as an unreadable
+line, so ``missing`` is at most the log's bad lines and the rest of the
+skipped numbers are ``coalesced``.
 """
 
 from __future__ import annotations
@@ -77,6 +88,7 @@ def run_document(record: Any, now: float) -> dict[str, Any]:
             "path": str(record.path),
             "bad_lines": record.bad_lines,
             "offset": record.position.offset,
+            **seq_gaps(state.missing, record.bad_lines),
         },
         "view": to_view(state, now=at, liveness=record.liveness),
         "v1": to_v1(state, liveness=record.liveness),
@@ -85,26 +97,47 @@ def run_document(record: Any, now: float) -> dict[str, Any]:
     }
 
 
+def seq_gaps(skipped: int, bad_lines: int) -> dict[str, int]:
+    """Split the log's skipped seq numbers into ``coalesced`` (normal) and ``missing``.
+
+    See the module doc: only an unreadable line can hide a lost event.
+    """
+    missing = max(0, min(skipped, bad_lines))
+    return {"coalesced": max(0, skipped - missing), "missing": missing}
+
+
 @main.command("show")
-@click.argument("training_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
+@click.argument("training_id", metavar="[ID]", required=False)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
+)
 @source_options
 def show_command(
-    training_id: str, as_json: bool, home: Path | None, source: str, **connection: Any
+    training_id: str | None, as_json: bool, home: Path | None, source: str, **connection: Any
 ) -> None:
     """Show one run: timeline, progress, metrics, errors, anomalies, flow link.
 
+    Without ID (file source): the most recently active live run, else the
+    run whose last event is the latest (the run pulse v1 and pulse watch pick).
+
     \b
     Examples:
+      pulse show
       pulse show 20261129-013724-123-9f2c41d07b
       pulse show my-run --json | jq .view.progress
       pulse show my-run --source nats --json | jq .v1
     """
     from pulse_core.errors import RunNotFound
-    from pulse_transports.history import load_run
+    from pulse_transports.history import load_run, recover, v1_choice
 
-    check_id(training_id)
+    if training_id is not None:
+        check_id(training_id)
     if not file_only(source, connection):
+        if training_id is None:
+            raise click.UsageError(f"pulse show --source {source} needs an ID")
         if source == "nats":
             from pulse_transports.cli._natsread import show_nats
 
@@ -113,16 +146,23 @@ def show_command(
             show_other(source, training_id, as_json, home, connection)
         return
     config = open_home(home)
-    try:
-        record = load_run(
-            config.home,
-            training_id,
-            stale_after=config.stale_after,
-            lost_after=config.lost_after,
-        )
-    except RunNotFound as exc:
-        fail(str(exc), EXIT_NOT_FOUND)
-    heal_v1(config)  # the v1 slot may show this run, now lost or ended
+    if training_id is None:
+        records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
+        heal_v1(config, records)
+        record = v1_choice(records)
+        if record is None:
+            fail(f"no runs under {config.home} (try pulse demo)", EXIT_NOT_FOUND)
+    else:
+        try:
+            record = load_run(
+                config.home,
+                training_id,
+                stale_after=config.stale_after,
+                lost_after=config.lost_after,
+            )
+        except RunNotFound as exc:
+            fail(str(exc), EXIT_NOT_FOUND)
+        heal_v1(config)  # the v1 slot may show this run, now lost or ended
     document = run_document(record, time.time())
     if as_json:
         print_json(document)
@@ -151,7 +191,12 @@ def show_other(
         "training_id": record.training_id,
         "liveness": record.liveness,
         "writer_alive": None,
-        "log": {"path": record.where, "bad_lines": record.bad_lines, "offset": record.cursor},
+        "log": {
+            "path": record.where,
+            "bad_lines": record.bad_lines,
+            "offset": record.cursor,
+            **seq_gaps(state.missing, record.bad_lines),
+        },
         "source": {"kind": name},
         "view": to_view(state, now=at, liveness=record.liveness),
         "v1": to_v1(state, liveness=record.liveness),
@@ -177,7 +222,9 @@ def render(doc: dict[str, Any]) -> None:
     def esc(value: Any) -> str:
         return escape(str(value))
 
-    console = Console(highlight=False)
+    # soft_wrap: long lines are never cut or re-wrapped by rich (a terminal
+    # wraps them itself; a pipe gets complete lines).
+    console = Console(highlight=False, soft_wrap=True)
     view = doc["view"]
     out = console.print
     status, liveness = view["status"], doc["liveness"]
@@ -221,7 +268,7 @@ def render(doc: dict[str, Any]) -> None:
         if current:
             spent += " (lost)" if liveness == "lost" else " so far"
         out(
-            f"  {fmt_time(entry['timestamp'])}  {esc(entry['status']):<13}{spent:>16}  "
+            f"  {fmt_time(entry['timestamp'])}  {esc(entry['status']):<13}{spent:>12}  "
             f"{esc(entry['message'])}"
         )
     if not timeline:
@@ -236,7 +283,9 @@ def render(doc: dict[str, Any]) -> None:
     loss = doc["metric_history"].get("loss")
     if loss and loss["windows"]:
         values = [w["last"] for w in loss["windows"]]
-        out(f"  loss trend           {sparkline(values)}  ({loss['count']} samples)")
+        count = loss["count"]
+        plural = "s" if count != 1 else ""
+        out(f"  loss trend           {sparkline(values)}  ({count} sample{plural})")
     if not metrics:
         out("  (none yet)")
 
@@ -258,8 +307,13 @@ def render(doc: dict[str, Any]) -> None:
         for anomaly in view["anomalies"]:
             out(f"  seq {anomaly['seq']:<6} {esc(anomaly['kind']):<18} {esc(anomaly['detail'])}")
     stats = view["stats"]
-    if stats["missing"] or stats["duplicates"] or stats["dropped"]:
-        out(
-            f"\n  events {stats['events']}, missing {stats['missing']}, "
-            f"duplicates {stats['duplicates']}, dropped {stats['dropped']}"
+    gaps = doc["log"]
+    counts = [f"events {stats['events']}"]
+    if gaps["coalesced"]:
+        counts.append(f"coalesced {gaps['coalesced']} (normal)")
+    if gaps["missing"] or stats["duplicates"] or stats["dropped"]:
+        counts.append(
+            f"missing {gaps['missing']}, duplicates {stats['duplicates']}, "
+            f"dropped {stats['dropped']}"
         )
+    out("\n  " + ", ".join(counts))

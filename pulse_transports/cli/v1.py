@@ -63,7 +63,7 @@ def v1_command(training_id: str | None, as_json: bool, home: Path | None) -> Non
         heal_v1(config)
     snapshot = to_v1(record.state, liveness=record.liveness)
     if as_json:
-        print_json(snapshot)
+        print_json(snapshot, sort_keys=False)  # the v1 field order, as on disk
         return
     click.echo(f"run {record.training_id} ({record.liveness})")
     for key, value in snapshot.items():

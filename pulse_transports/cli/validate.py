@@ -199,7 +199,12 @@ def validate_file(path: Path, max_errors: int = 100) -> dict[str, Any]:
 
 @main.command("validate")
 @click.argument("file", metavar="FILE|ID")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (shape in the module doc).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
+)
 @click.option(
     "--max-errors",
     type=click.IntRange(min=1),

@@ -28,13 +28,14 @@ event the lifecycle refuses (no change) prints none::
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from pulse_transports.cli._common import EXIT_FAILED, EXIT_NOT_FOUND, main
+from pulse_transports.cli._common import EXIT_FAILED, EXIT_NOT_FOUND, main, resolve_config
 from pulse_transports.cli._source import file_only, source_options
 from pulse_transports.cli.ls import (
     LIVENESS_STYLE,
@@ -176,7 +177,12 @@ def _pick(home: Path, stale_after: float, lost_after: float, wait: float | None)
     told = False
     try:
         while True:
-            records = recover(home, stale_after=stale_after, lost_after=lost_after)
+            # A fresh directory has no home yet: the first run creates it.
+            records = (
+                recover(home, stale_after=stale_after, lost_after=lost_after)
+                if home.is_dir()
+                else []
+            )
             live = [r for r in records if r.liveness in ("alive", "stale")]
             if live:
                 return v1_choice(live)
@@ -205,7 +211,12 @@ def _pick(home: Path, stale_after: float, lost_after: float, wait: float | None)
     default=None,
     help="Stop watching after this many seconds (exit 0).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines (shape in the module doc).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON Lines (their shape: docs/reference/cli.md, JSON output).",
+)
 @source_options
 def watch_command(
     training_id: str | None,
@@ -219,8 +230,10 @@ def watch_command(
     """Follow a run live: progress bar with ETA, metrics, status changes, errors.
 
     Without ID, follows the most recently active live run, waiting for one
-    if none is running. Ends when the run ends (exit 0 if done, 1 if error or
-    cancelled) or is lost (exit 1); Ctrl-C exits with 0.
+    if none is running (also before the home folder exists: start it before
+    the first run); with --timeout and no run by then, exits 0. Ends when
+    the run ends (exit 0 if done, 1 if error or cancelled) or is lost
+    (exit 1); Ctrl-C exits with 0.
 
     \b
     Examples:
@@ -243,7 +256,14 @@ def watch_command(
 
     if training_id is not None:
         check_id(training_id)
-    config = open_home(home)
+    if training_id is None and not once:
+        # Waiting for the first run works before the home exists (the quickstart's
+        # "in a second terminal, before the run"); a file is still an error.
+        config = resolve_config(home)
+        if config.home.exists() and not config.home.is_dir():
+            open_home(home)
+    else:
+        config = open_home(home)
     thresholds = {"stale_after": config.stale_after, "lost_after": config.lost_after}
     try:
         if training_id is not None:
@@ -258,6 +278,10 @@ def watch_command(
                 fail(str(exc), EXIT_NOT_FOUND)
         else:
             record = _pick(config.home, wait=0 if once else timeout, **thresholds)
+            if record is None and not once:
+                # --timeout ran out before any run started: as the help says, exit 0.
+                click.echo(f"no run started under {config.home} within {timeout:g}s", err=True)
+                raise SystemExit(0)
             if record is None:
                 fail(f"no live run under {config.home} (see pulse ls)", EXIT_NOT_FOUND)
         heal_v1(config)
@@ -280,7 +304,8 @@ def _watch(
     from rich.console import Console
 
     watch = RunWatch(home, record, **thresholds)
-    console = Console(highlight=False)
+    # Piped: complete lines, never re-wrapped at the console width.
+    console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
     screen = _Screen(console, watch, as_json)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:

@@ -41,14 +41,22 @@ if it cannot find it, any stop is ``done``.
 Only global rank 0 reports (ranks from the environment, see
 :func:`~pulse_transports.integrations.distributed.rank_info`).
 
+The error message is the exception's own text without what Keras adds to it:
+ANSI escape codes (bold) and the multi-line wrapper ``Exception encountered
+when calling Layer ... Arguments received by ...`` (:func:`clean_message`);
+the exception that propagates is untouched.
+
 Imports ``keras`` (only this module).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
-from types import FrameType
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import FrameType, TracebackType
 from typing import Any, Final
 
 import keras  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -61,6 +69,41 @@ from pulse_transports.integrations._common import (
 )
 
 _NOT_METRICS: Final = frozenset({"loss"})
+_ANSI: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_WRAPPED: Final = re.compile(
+    r"^\s*Exception encountered when calling [^\n]*\n(?P<inner>.*?)"
+    r"(?:\n\s*Arguments received by .*)?$",
+    re.DOTALL,
+)
+
+
+def clean_message(text: str) -> str:
+    """*text* without ANSI escape codes and Keras's layer-call wrapper, on one line."""
+    text = _ANSI.sub("", text)
+    match = _WRAPPED.match(text)
+    if match is not None and match.group("inner").strip():
+        text = match.group("inner")
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+@contextmanager
+def _cleaned(exc: BaseException) -> Iterator[None]:
+    """While reporting *exc*, let its text be :func:`clean_message`'s (restored after)."""
+    args = exc.args
+    try:
+        if len(args) == 1 and isinstance(args[0], str):
+            cleaned = clean_message(args[0])
+            if cleaned != args[0]:
+                exc.args = (cleaned,)
+    except Exception:  # noqa: BLE001, S110 - an exception that refuses new args: report as is
+        pass
+    try:
+        yield
+    finally:
+        with suppress(Exception):  # an exception that refuses its args back: as is
+            exc.args = args
+
+
 #: How many frames up from ``on_train_begin`` the fit's CallbackList is looked for.
 _FRAMES: Final = 8
 
@@ -114,6 +157,18 @@ class PulseCallback(RunContext, keras.callbacks.Callback):  # type: ignore[misc,
 
     # -- the exception path --------------------------------------------------------
 
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            super().__exit__(exc_type, exc, tb)
+            return
+        with _cleaned(exc):
+            super().__exit__(exc_type, exc, tb)
+
     def _wrap(self, model: Any) -> None:
         original = getattr(model, "train_function", None)
         if original is None or getattr(original, "_pulse_wrapped", False):
@@ -127,7 +182,8 @@ class PulseCallback(RunContext, keras.callbacks.Callback):  # type: ignore[misc,
                 return original(*args, **kwargs)
             except BaseException as exc:
                 self._unwrap()
-                binding.fail(exc)
+                with _cleaned(exc):
+                    binding.fail(exc)
                 raise
 
         train_function._pulse_wrapped = True  # type: ignore[attr-defined]

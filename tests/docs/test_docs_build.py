@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -122,3 +123,53 @@ class TestGenerated:
         vectors = page_text(site, "protocol/vectors")
         for expected in (ROOT / "specs" / "vectors").glob("*.expected.json"):
             assert expected.name.removesuffix(".expected.json") in vectors
+
+
+def _gen_pages() -> Any:
+    """docs/gen_pages.py as a module (it is a mkdocs hook, not a package module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pulse_gen_pages", ROOT / "docs" / "gen_pages.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestGeneratedWithoutExtras:
+    """The generated pages build with the ``docs`` extra alone (issue 20)."""
+
+    def test_missing_transport_is_listed_not_fatal(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A transport whose extra is missing (nats without nats-py) is named, not a build error."""
+        from pulse_core.errors import ConfigError
+        from pulse_transports import registry
+
+        real = registry.load_factory
+
+        def without_nats(name: str) -> Any:
+            if name == "nats":
+                raise ConfigError(
+                    "transport 'nats' failed to load: the nats transport needs nats-py"
+                )
+            return real(name)
+
+        monkeypatch.setattr(registry, "load_factory", without_nats)
+        pages = _gen_pages()
+        options = pages.transport_options()
+        intervals = pages.sink_intervals()
+        assert "### `nats`" in options
+        assert "needs nats-py" in options
+        assert "| `nats` | (not installed here) | - |" in intervals
+        assert "### `file`" in options
+
+    def test_every_json_option_has_its_shape(self) -> None:
+        """The CLI reference documents the --json output of every command that has --json."""
+        reference = _gen_pages().cli_reference()
+        sections = reference.split("\n## ")
+        with_json = [s for s in sections if "`--json`" in s.split("**JSON output**")[0]]
+        assert len(with_json) >= 6
+        for section in with_json:
+            assert "**JSON output** (`--json`)" in section, section.splitlines()[0]
+        show = next(s for s in sections if s.startswith("`pulse show`"))
+        assert '"coalesced": int' in show

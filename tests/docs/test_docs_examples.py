@@ -100,7 +100,7 @@ class TestQuickstart:
                 check=False,
             )
 
-        assert pulse("demo", "--epochs", "1").returncode == 0
+        assert pulse("demo", "--fast", "--epochs", "1").returncode == 0
         listing = pulse("ls", "--json")
         assert listing.returncode == 0
         (run,) = json.loads(listing.stdout)["runs"]
@@ -109,7 +109,7 @@ class TestQuickstart:
         snapshot = json.loads(pulse("v1", "--json").stdout)
         assert snapshot["status"] == "done"
         assert pulse("watch", run["training_id"], "--once").returncode == 0
-        failed = pulse("demo", "--epochs", "3", "--fail-at", "2")
+        failed = pulse("demo", "--fast", "--epochs", "3", "--fail-at", "2")
         assert failed.returncode == 1
         assert "DATASET_NOT_FOUND" in failed.stdout
 

@@ -19,7 +19,7 @@ PULSE = Path(sys.executable).parent / "pulse"
 def demo(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
     return subprocess.run(
-        [str(PULSE), "demo", "--home", str(home), *args],
+        [str(PULSE), "demo", "--fast", "--home", str(home), *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -223,9 +223,8 @@ class TestV1:
 
     def test_default_is_latest_stopped_run_without_live_ones(self, home: Path) -> None:
         snapshot = orjson.loads(invoke("v1", "--json", home=home).stdout)
-        assert list(snapshot) == sorted(
-            ["status", "epoch", "total_epochs", "loss", "message", "timestamp"]
-        )
+        # The v1 field order, as in training_status.json (was sorted before issue 20).
+        assert list(snapshot) == ["status", "epoch", "total_epochs", "loss", "message", "timestamp"]
         assert snapshot["status"] == "error"
         assert snapshot["message"].startswith("training process lost")
 
@@ -287,7 +286,7 @@ class TestReplay:
         [
             (b"", "no decodable PULSE event"),
             (b"garbage\n[1]\n", "no decodable PULSE event"),
-            (None, "is not a regular file"),
+            (None, "is a folder, not a regular file"),
         ],
     )
     def test_unreadable(self, tmp_path: Path, content: bytes | None, reason: str) -> None:

@@ -130,6 +130,8 @@ class TestEndings:
         (error,) = state.errors
         assert error.error_code == "CUDA_OOM"
         assert (error.epoch, error.step) == (2, 1)
+        # Keras's ANSI codes and layer-call wrapper are stripped (issue 20).
+        assert error.message == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
     def test_keyboard_interrupt(
         self, fit: Callable[..., Any], read_runs: Callable[[], list[RunState]]
