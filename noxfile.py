@@ -33,6 +33,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def imports(session: nox.Session) -> None:
+    """import-linter: the pure core, the core/adapter direction, private modules."""
+    session.install("-e", ".[lint]")
+    session.run("lint-imports")
+
+
+@nox.session(python="3.11")
 def specs(session: nox.Session) -> None:
     """Regenerate the conformance vectors and spec tables; fail if anything changed."""
     session.install("-e", ".[test]")

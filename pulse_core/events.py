@@ -7,13 +7,19 @@ I/O modules (os, time, socket, pathlib, asyncio, structlog).
 Every event carries the envelope ``v`` (protocol major version),
 ``training_id``, ``seq`` (1, 2, 3, ... per training_id, assigned by the
 emitter) and ``timestamp`` (UTC, seconds since the Unix epoch, as a float).
+
+Events are hashable: mappings inside them (labels, metrics, details) are
+read-only by type (``Mapping``) and left out of the hash, so an event can
+key a dict (the web stream's encoding cache) while decoding stays as cheap
+as building plain dicts.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 
@@ -21,19 +27,48 @@ from pulse_core.errors import InvalidTrainingId
 
 PROTOCOL_VERSION: Final = 2
 
-Status: TypeAlias = Literal[
-    "idle", "preparing", "running", "cooling_down", "done", "error", "cancelled"
-]
-STATUSES: Final[tuple[str, ...]] = (
-    "idle",
-    "preparing",
-    "running",
-    "cooling_down",
-    "done",
-    "error",
-    "cancelled",
-)
-TERMINAL_STATUSES: Final = frozenset({"done", "error", "cancelled"})
+
+class Phase(enum.StrEnum):
+    """A run's lifecycle phase. The values are the wire strings.
+
+    A member equals (and hashes as) its wire string, so ``Phase.DONE ==
+    "done"``. Events carry the status as it came off the wire, a plain
+    string; the reducer turns a known one into a ``Phase`` and records an
+    unknown one as an ``unknown_status`` anomaly.
+    """
+
+    IDLE = "idle"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    COOLING_DOWN = "cooling_down"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for done, error and cancelled."""
+        return self in TERMINAL_STATUSES
+
+    def __repr__(self) -> str:
+        # Shown as the wire string (``'done'``): a state or projection printed
+        # in a log, a doctest or the docs reads as it did with plain strings.
+        return repr(self.value)
+
+
+Status: TypeAlias = Phase
+#: The wire strings of every phase, in lifecycle order.
+STATUSES: Final[tuple[str, ...]] = tuple(phase.value for phase in Phase)
+#: The one place terminality is said: a run ends done, error or cancelled.
+TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({Phase.DONE, Phase.ERROR, Phase.CANCELLED})
+#: Wire string -> phase, for known statuses only.
+PHASES: Final[Mapping[str, Phase]] = {phase.value: phase for phase in Phase}
+
+
+def is_terminal(status: str) -> bool:
+    """Tell whether *status* (a phase or a wire string) is terminal."""
+    return status in TERMINAL_STATUSES
+
 
 #: Well-known error codes. Any UPPER_SNAKE code is accepted on the wire;
 #: these are the ones PULSE itself emits and UIs may special-case.
@@ -115,7 +150,7 @@ class RunMeta:
     pid: int | None = None
     host: str | None = None
     world_size: int | None = None
-    labels: Mapping[str, str] = attrs.field(factory=dict)
+    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     v: int = PROTOCOL_VERSION
 
 
@@ -162,9 +197,9 @@ class Metrics:
     time_per_epoch: float | None = None
     samples_per_second: float | None = None
     tokens_per_second: float | None = None
-    extra: Mapping[str, float] = attrs.field(factory=dict)
-    min: Mapping[str, float] = attrs.field(factory=dict)
-    max: Mapping[str, float] = attrs.field(factory=dict)
+    extra: Mapping[str, float] = attrs.field(factory=dict, hash=False)
+    min: Mapping[str, float] = attrs.field(factory=dict, hash=False)
+    max: Mapping[str, float] = attrs.field(factory=dict, hash=False)
     names_dropped: int | None = None
     v: int = PROTOCOL_VERSION
 
@@ -183,7 +218,7 @@ class ErrorReported:
     error_code: str
     message: str
     is_retryable: bool = False
-    details: Mapping[str, Any] | None = None
+    details: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
     epoch: int | None = None
     step: int | None = None
     v: int = PROTOCOL_VERSION
@@ -219,7 +254,7 @@ class UnknownEvent:
     seq: int
     timestamp: float
     type: str
-    data: Mapping[str, Any] = attrs.field(factory=dict)
+    data: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     v: int = PROTOCOL_VERSION
 
 

@@ -26,7 +26,8 @@ from typing import Final
 
 from transitions import Machine
 
-from pulse_core.events import STATUSES, TERMINAL_STATUSES
+from pulse_core.events import STATUSES
+from pulse_core.events import is_terminal as _is_terminal
 
 INITIAL: Final = "idle"
 
@@ -106,8 +107,8 @@ def next_status(current: str, target: str) -> str | None:
 
 
 def is_terminal(status: str) -> bool:
-    """Tell whether *status* is terminal (done, error, cancelled)."""
-    return status in TERMINAL_STATUSES
+    """Tell whether *status* is terminal (done, error, cancelled): :func:`events.is_terminal`."""
+    return _is_terminal(status)
 
 
 def allowed_targets(current: str) -> list[str]:

@@ -50,7 +50,8 @@ def to_v1(state: RunState, liveness: Liveness | None = None) -> dict[str, Any]:
         state: the run's state.
         liveness: the run's liveness, when the caller knows it.
     """
-    status, message = state.status, state.message
+    status: str = state.status
+    message = state.message
     if liveness == LOST and not state.is_terminal:
         status = "error"
         message = f"{LOST_MESSAGE} (last status {state.status})"
@@ -103,7 +104,8 @@ def _error_dict(error: ErrorReported) -> dict[str, Any]:
 def _durations(state: RunState, now: float | None) -> dict[str, float]:
     out = dict(state.status_durations)
     if now is not None and state.status_since is not None and not state.is_terminal:
-        out[state.status] = out.get(state.status, 0.0) + max(0.0, now - state.status_since)
+        key = state.status.value  # plain str keys: the mapping goes to JSON as is
+        out[key] = out.get(key, 0.0) + max(0.0, now - state.status_since)
     return out
 
 

@@ -25,16 +25,17 @@ Must never import I/O modules.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, assert_never
+from typing import Any, Final, assert_never
 
 from pulse_core.events import (
-    STATUSES,
+    PHASES,
     TERMINAL_STATUSES,
     Dropped,
     ErrorReported,
     Event,
     Heartbeat,
     Metrics,
+    Phase,
     Progress,
     RunMeta,
     StatusChanged,
@@ -58,7 +59,7 @@ from pulse_core.state import (
     Window,
 )
 
-_KNOWN_STATUSES = frozenset(STATUSES)
+_PHASES: Final = PHASES
 #: Ceiling of the ``dropped`` sum: the largest signed 64-bit integer.
 MAX_COUNT = 2**63 - 1
 
@@ -371,10 +372,10 @@ class _Acc:
             self.best_loss = pair[0]
 
     def _status(self, event: StatusChanged, ts: float) -> None:
-        target = event.status
+        target = _PHASES.get(event.status)
         current = self.status
-        if target not in _KNOWN_STATUSES:
-            self.anomaly(event.seq, "unknown_status", f"status {target!r:.40}")
+        if target is None:  # an unknown status stays a raw string, here an anomaly
+            self.anomaly(event.seq, "unknown_status", f"status {event.status!r:.40}")
             return
         if next_status(current, target) is None:
             self.anomaly(event.seq, "illegal_transition", f"{current} -> {target}")
@@ -390,10 +391,11 @@ class _Acc:
             return
         since = self.status_since if self.status_since is not None else ts
         spent = ts - since if ts > since else 0.0
-        self.status_durations[current] = self.status_durations.get(current, 0.0) + spent
+        key = current.value  # plain str keys: the mapping goes to JSON as is
+        self.status_durations[key] = self.status_durations.get(key, 0.0) + spent
         self.status_since = ts
         self.status = target
-        if self.started_at is None and target in ("preparing", "running"):
+        if self.started_at is None and target in (Phase.PREPARING, Phase.RUNNING):
             self.started_at = ts
         if target in TERMINAL_STATUSES:
             self.finished_at = ts

@@ -24,7 +24,7 @@ from typing import Final
 
 import attrs
 
-from pulse_core.events import ErrorReported, RunMeta
+from pulse_core.events import ErrorReported, Phase, RunMeta, is_terminal
 
 #: Windows kept per metric series (each 8 numbers).
 MAX_WINDOWS: Final = 128
@@ -65,7 +65,7 @@ class Series:
 class StatusEntry:
     """One entry of the status timeline."""
 
-    status: str
+    status: Phase = attrs.field(converter=Phase)
     message: str
     timestamp: float
     seq: int
@@ -90,7 +90,7 @@ class RunState:
     """Everything known about one run after folding its events."""
 
     training_id: str | None = None
-    status: str = "idle"
+    status: Phase = attrs.field(default=Phase.IDLE, converter=Phase)
     message: str = ""
     meta: RunMeta | None = None
     epoch: int | None = None
@@ -132,4 +132,4 @@ class RunState:
     @property
     def is_terminal(self) -> bool:
         """True once the run is done, error or cancelled."""
-        return self.status in ("done", "error", "cancelled")
+        return is_terminal(self.status)

@@ -126,6 +126,28 @@ def default_sinks(env: Mapping[str, str] | None = None) -> list[Sink]:
     return make_sinks(config.transports, config.home, config.transport_options)
 
 
+def run_settings(
+    env: Mapping[str, str] | None = None, *, with_sinks: bool = True
+) -> tuple[dict[str, Any], list[Sink] | None]:
+    """Run settings and default sinks from one configuration read.
+
+    The ``pulse.config`` entry point ``run_settings``: a TrainingRun resolves
+    what its arguments leave open with one call (``run_defaults`` and
+    ``default_sinks`` each read the configuration).
+    """
+    from pulse_transports.config import load_config
+
+    config = load_config(env=env)
+    defaults = {
+        "strict": config.strict,
+        "heartbeat_interval": config.heartbeat_interval,
+        "close_timeout": config.close_timeout,
+    }
+    if not with_sinks:
+        return defaults, None
+    return defaults, make_sinks(config.transports, config.home, config.transport_options)
+
+
 def run_defaults(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run settings from configuration: ``strict``, ``heartbeat_interval``, ``close_timeout``.
 

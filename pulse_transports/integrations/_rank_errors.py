@@ -19,21 +19,17 @@ import contextlib
 import os
 import secrets
 import socket
-import sys
-import threading
 import time
 import traceback
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import attrs
 import orjson
 
 from pulse_core._log import get_logger
-from pulse_core.emitter import classify_exception
+from pulse_core.emitter import classify_exception, register_abortable, unregister_abortable
 from pulse_core.events import TERMINAL_STATUSES, is_error_code
 from pulse_transports._closing import ClosesOnExit
 from pulse_transports.integrations._registration import Registration, _int, rank_dir
@@ -306,7 +302,7 @@ class PeerRun(ClosesOnExit):
     def close(self) -> None:
         """Stop watching for uncaught exceptions on this rank; unregister it; idempotent."""
         self._closed = True
-        _peers.discard(self)
+        unregister_abortable(self)
         if self._registration is not None:
             self._registration.remove()
 
@@ -315,27 +311,10 @@ class PeerRun(ClosesOnExit):
         self.fail_with(exc)
 
 
-_peers: weakref.WeakSet[PeerRun] = weakref.WeakSet()
-_peer_hook_lock = threading.Lock()
-_peer_hook_installed = False
-
-
 def _watch_peer(run: PeerRun) -> None:
-    """Make an uncaught exception on this rank write the rank's error file."""
-    global _peer_hook_installed  # noqa: PLW0603 - one process-wide hook
-    with _peer_hook_lock:
-        _peers.add(run)
-        if _peer_hook_installed:
-            return
-        _peer_hook_installed = True
-        previous = sys.excepthook
+    """Make an uncaught exception on this rank write the rank's error file.
 
-        def hook(
-            exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-        ) -> None:
-            for peer in list(_peers):
-                with contextlib.suppress(Exception):
-                    peer.fail_with(exc)
-            previous(exc_type, exc, tb)
-
-        sys.excepthook = hook
+    Registered with the emitter's one process-hook registry (one
+    ``sys.excepthook`` for runs and peers alike).
+    """
+    register_abortable(run)

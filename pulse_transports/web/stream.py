@@ -73,20 +73,20 @@ def sse_message(data: bytes, event_id: str | None = None) -> bytes:
 
 
 class EncodedEvents:
-    """Every stream sends the same event object: encode it once (a small cache)."""
+    """Every stream sends the same event: encode it once (a bounded cache keyed by the event)."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._cache: dict[int, tuple[Event, bytes]] = {}
+        self._cache: dict[Event, bytes] = {}
 
     def __call__(self, event: Event) -> bytes:
-        cached = self._cache.get(id(event))
-        if cached is not None and cached[0] is event:
-            return cached[1]
+        data = self._cache.get(event)
+        if data is not None:
+            return data
         data = encode(event).rstrip(b"\n")
         if len(self._cache) >= self.size:
             self._cache.clear()
-        self._cache[id(event)] = (event, data)
+        self._cache[event] = data
         return data
 
 

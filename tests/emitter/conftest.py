@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pulse_core import _defaults, _route, _safety, emitter
+from pulse_core.emitter import _hooks, _lifecycle, _route, _run, _settings, _value, _writer
 
 
 class LogRecorder:
@@ -42,6 +42,6 @@ class LogRecorder:
 def logs(monkeypatch: pytest.MonkeyPatch) -> LogRecorder:
     """What the emitter logs through structlog, whatever structlog's configuration."""
     recorder = LogRecorder()
-    for module in (emitter, _route, _safety, _defaults):  # each logs through its own `log`
+    for module in (_run, _lifecycle, _writer, _route, _hooks, _settings, _value):  # own `log`s
         monkeypatch.setattr(module, "log", recorder)
     return recorder

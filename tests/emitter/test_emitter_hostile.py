@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import Hostile, hostile_objects
 
-from pulse_core import _safety
 from pulse_core.codec import MAX_LINE_BYTES, decode, encode
-from pulse_core.emitter import TrainingRun
+from pulse_core.emitter import TrainingRun, _hooks
 from pulse_core.errors import IllegalTransition
 from pulse_core.events import ErrorReported, Metrics, Progress, RunMeta, StatusChanged
 from pulse_core.projections import to_history_record, to_view
@@ -121,7 +120,7 @@ class TestAnyArgument:
                 run.tick()
         finally:
             run.close()
-            _safety._unwatch_signals(run)
+            _hooks._unwatch_signals(run)
         assert run.closed
         assert_log_valid(sink)
         statuses = [e.status for e in sink.events if isinstance(e, StatusChanged)]

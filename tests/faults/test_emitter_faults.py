@@ -8,8 +8,16 @@ from typing import Any
 
 import pytest
 
-from pulse_core import _defaults, _route, _safety, emitter
-from pulse_core.emitter import TrainingRun
+from pulse_core.emitter import (
+    TrainingRun,
+    _hooks,
+    _lifecycle,
+    _route,
+    _run,
+    _settings,
+    _value,
+    _writer,
+)
 from pulse_core.errors import RunLocked
 from pulse_core.events import (
     Dropped,
@@ -46,7 +54,7 @@ class Recorder:
 def logs(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     """The emitter's log records."""
     recorder = Recorder()
-    for module in (emitter, _route, _safety, _defaults):  # each logs through its own `log`
+    for module in (_run, _lifecycle, _writer, _route, _hooks, _settings, _value):  # own `log`s
         monkeypatch.setattr(module, "log", recorder)
     return recorder
 

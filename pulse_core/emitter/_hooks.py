@@ -1,4 +1,4 @@
-"""The emitter's process-wide safety nets and the registry of open runs.
+"""The emitter's process-wide safety nets: the one registry of process hooks.
 
 This module owns what makes a run end honestly when training code does not
 end it: the registry of the process's open runs (:func:`open_runs`), the
@@ -11,7 +11,12 @@ opted-in SIGTERM/SIGINT handlers that turn a signal into a cancel, and the
 child inert (the child never writes to, closes or unlocks the parent's
 sinks, and its exit or exception never ends the parent's run). This is the
 one registry of process hooks: they are installed once, by the first run
-(:func:`_register`), and chain to the hooks installed before them. Uses os,
+or the first :func:`register_abortable` call, and chain to the hooks
+installed before them. Anything else that must hear of an uncaught
+exception (a distributed job's non-zero rank, ``PeerRun``) registers an
+:class:`Abortable` with :func:`register_abortable` instead of installing a
+second ``sys.excepthook``. This module knows runs only through the
+:class:`Abortable` and ``_OpenRun`` protocols, never by their class. Uses os,
 threading, signal and the library logger (:mod:`pulse_core._log`) like the
 emitter; must never import :mod:`pulse_transports`.
 """
@@ -26,46 +31,89 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pulse_core._log import get_logger
-from pulse_core.events import TERMINAL_STATUSES
-
-if TYPE_CHECKING:
-    from pulse_core.emitter import TrainingRun
 
 log = get_logger("pulse.emitter")
 
-_open_runs: set[TrainingRun] = set()
+
+class Abortable(Protocol):
+    """Something an uncaught exception in the process must end (it records its own failure)."""
+
+    def fail_with(self, exc: BaseException) -> None:
+        """End because of *exc*; never raises."""
+
+
+class _OpenRun(Abortable, Protocol):
+    """An open run as the process hooks see it (:class:`~pulse_core.emitter.TrainingRun`)."""
+
+    _owner: int  # the thread that opened it
+
+    def close(self) -> None: ...
+
+    def request_cancel(self, message: str = ...) -> None: ...
+
+    def _end_at_exit(self) -> None: ...
+
+    def _become_inert(self) -> None: ...
+
+
+_open_runs: set[_OpenRun] = set()
+_abortables: dict[int, Abortable] = {}  # by id(): a PeerRun need not be hashable
 _nets_lock = threading.Lock()
 _hooks_installed = False
 _previous_excepthook = sys.excepthook
 _previous_thread_excepthook = threading.excepthook
-_signal_runs: set[TrainingRun] = set()
+_signal_runs: set[_OpenRun] = set()
 _previous_handlers: dict[int, Any] = {}
 
 
-def _register(run: TrainingRun) -> None:
-    global _hooks_installed, _previous_excepthook, _previous_thread_excepthook  # noqa: PLW0603 - one process-wide hook
+def register_abortable(thing: Abortable) -> None:
+    """Have an uncaught exception in this process call ``thing.fail_with(exc)``.
+
+    The one ``sys.excepthook`` of :mod:`pulse_core` does it, after ending
+    the open runs and before chaining to the hook installed before it.
+    Call :func:`unregister_abortable` when *thing* ends.
+    """
+    with _nets_lock:
+        _abortables[id(thing)] = thing
+        _install_locked()
+
+
+def unregister_abortable(thing: Abortable) -> None:
+    """Undo :func:`register_abortable` (idempotent)."""
+    with _nets_lock:
+        _abortables.pop(id(thing), None)
+
+
+def _register(run: _OpenRun) -> None:
     with _nets_lock:
         _open_runs.add(run)
-        if not _hooks_installed:
-            _hooks_installed = True
-            _previous_excepthook = sys.excepthook
-            sys.excepthook = _excepthook
-            _previous_thread_excepthook = threading.excepthook
-            threading.excepthook = _thread_excepthook
-            atexit.register(_at_exit)
-            if hasattr(os, "register_at_fork"):
-                os.register_at_fork(after_in_child=_after_fork_in_child)
+        _install_locked()
 
 
-def _unregister(run: TrainingRun) -> None:
+def _install_locked() -> None:
+    """Install the process hooks once (under ``_nets_lock``)."""
+    global _hooks_installed, _previous_excepthook, _previous_thread_excepthook  # noqa: PLW0603 - one process-wide hook
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    _previous_excepthook = sys.excepthook
+    sys.excepthook = _excepthook
+    _previous_thread_excepthook = threading.excepthook
+    threading.excepthook = _thread_excepthook
+    atexit.register(_at_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _unregister(run: _OpenRun) -> None:
     with _nets_lock:
         _open_runs.discard(run)
 
 
-def open_runs() -> list[TrainingRun]:
+def open_runs() -> list[_OpenRun]:
     """The runs of this process that are open (created and not yet closed)."""
     with _nets_lock:
         return list(_open_runs)
@@ -77,9 +125,12 @@ def _excepthook(
     """An uncaught exception ends every open run as error (or cancelled), then is printed."""
     with _nets_lock:
         runs = list(_open_runs)
+        others = list(_abortables.values())
     for run in runs:
         _quietly(functools.partial(run.fail_with, exc))
         _quietly(run.close)
+    for thing in others:
+        _quietly(functools.partial(thing.fail_with, exc))
     _previous_excepthook(exc_type, exc, tb)
 
 
@@ -112,16 +163,7 @@ def _at_exit() -> None:
     with _nets_lock:
         runs = list(_open_runs)
     for run in runs:
-        if run.cancel_requested:
-            _quietly(functools.partial(run.cancel, run._cancel_reason or "cancelled"))
-        elif run.current_status not in TERMINAL_STATUSES:
-            _quietly(
-                functools.partial(
-                    run.error,
-                    "PROCESS_EXITED_WITHOUT_RESULT",
-                    "the interpreter exited while the run was still open",
-                )
-            )
+        _quietly(run._end_at_exit)
         _quietly(run.close)
 
 
@@ -136,7 +178,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _watch_signals(run: TrainingRun) -> bool:
+def _watch_signals(run: _OpenRun) -> bool:
     """Turn SIGTERM/SIGINT into a cancel of *run*; False outside the main thread."""
     if threading.current_thread() is not threading.main_thread():
         log.warning("pulse: handle_signals ignored outside the main thread")
@@ -149,7 +191,7 @@ def _watch_signals(run: TrainingRun) -> bool:
     return True
 
 
-def _unwatch_signals(run: TrainingRun) -> None:
+def _unwatch_signals(run: _OpenRun) -> None:
     """Stop watching for *run*; the last one restores the previous handlers."""
     with _nets_lock:
         _signal_runs.discard(run)

@@ -13,9 +13,15 @@ argument is taken, never on the coalesced hot path. Must never import
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
+
+from pulse_core._log import get_logger
+from pulse_core.errors import IllegalTransition
+
+log = get_logger("pulse.emitter")
 
 _INF: Final = float("inf")
 #: Integers JSON readers hold (64-bit); others are not said.
@@ -186,3 +192,34 @@ def _as_labels(value: Any) -> dict[str, str] | None:
         return out
     except Exception:  # noqa: BLE001 - a hostile mapping
         return None
+
+
+# -- arguments: any object in, never an exception out (issue 14.4) ----------------
+
+
+def _guarded(method: Callable[..., None]) -> Callable[..., None]:
+    """Make a public method total: nothing escapes but strict mode's IllegalTransition.
+
+    Arguments are coerced inside the methods; this is the net for what is
+    left (a hostile object deep inside a value, a bug): the call is logged
+    as one warning and returns. Costs nothing while nothing raises.
+    """
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except IllegalTransition:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reporting never raises into training
+            _swallowed(method.__name__, exc)
+
+    return call
+
+
+def _swallowed(where: str, exc: BaseException) -> None:
+    log.warning(
+        "pulse: a reporting call failed and was ignored",
+        call=where,
+        error=f"{type(exc).__name__}: {_as_text(exc)[:200]}",
+    )
