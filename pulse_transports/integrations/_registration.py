@@ -268,7 +268,13 @@ def peer_ending(path: Path) -> PeerEnding | None:
         return None
     except OSError:
         pass
-    trace = rest.decode("utf-8", "replace")
+    # A rank that registered again (a second run or loop in one process)
+    # appended another registration line: only faulthandler's text is a trace.
+    trace = "\n".join(
+        line
+        for line in rest.decode("utf-8", "replace").splitlines()
+        if not line.startswith('{"rank":')
+    )
     rank = _int(raw.get("rank"), -1)
     host = str(raw.get("host"))
     if status is not None:

@@ -287,6 +287,19 @@ class TestPeerDeaths:
         assert after is not None
         assert (after.signal, after.inferred, after.stopped) == ("SIGKILL", True, False)
 
+    def test_registered_twice_then_sigkilled(self, tmp_path: Path) -> None:
+        """A second registration line in the file is not mistaken for a SIGTERM trace."""
+        proc = _peer(tmp_path)
+        path = registration_path(tmp_path, TID, 1)
+        first = path.read_bytes().partition(b"\n")[0]
+        with path.open("ab") as extra:
+            extra.write(first + b"\n")  # what a second run or loop in the rank appends
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        after = peer_ending(path)
+        assert after is not None
+        assert (after.signal, after.inferred, after.stopped) == ("SIGKILL", True, False)
+
     def test_sigterm_is_a_stop(self, tmp_path: Path) -> None:
         """A peer stopped with SIGTERM (the launcher's stop) is not a crash, reaped or not."""
         proc = _peer(tmp_path)
