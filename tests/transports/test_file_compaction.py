@@ -26,7 +26,8 @@ from pulse_core.events import (
 from pulse_core.projections import to_metric_history
 from pulse_core.reducer import replay
 from pulse_core.testing import FakeClock
-from pulse_transports.file import DEFAULT_MAX_BYTES, FileSink, compact_lines, log_path
+from pulse_transports._compact import compact_lines
+from pulse_transports.file import DEFAULT_MAX_BYTES, FileSink, log_path
 
 TID = "compact-run"
 
