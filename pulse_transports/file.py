@@ -554,11 +554,10 @@ class FileSink:
         assert self.path is not None
         started = time.perf_counter()
         target = self.max_bytes // 2
-        where = "in-process"
         result = None
         if self._size >= self.out_of_process_bytes:
             result = self._compact_in_child(target)
-            where = "child"
+        where = "in-process" if result is None else "child"
         if result is None:
             kept, before, _ = write_compacted(self.path, target)
             tmp = tmp_path(self.path)
