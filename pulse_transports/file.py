@@ -108,7 +108,7 @@ CHECK_INTERVAL: Final = 1.0
 #: Seqs of recent lines remembered, to give a ``dropped`` note a seq of its own.
 _RECENT: Final = 16
 #: Logs at least this big are compacted in a child process (see _compact).
-OUT_OF_PROCESS_BYTES: Final = 1024 * 1024
+OUT_OF_PROCESS_BYTES: Final = 128 * 1024
 #: Seconds a compaction child may take before it is killed (the compaction then fails).
 COMPACT_TIMEOUT: Final = 300.0
 _NEVER: Final = 1 << 62

@@ -287,7 +287,7 @@ def run_all(quick: bool = False) -> dict[str, Any]:
         return {
             "slow_write": measure_slow_disk("write", delay=0.05, steps=100, work_us=200, rounds=1),
             "slow_fsync": measure_slow_disk("fsync", delay=0.05, steps=100, work_us=200, rounds=1),
-            "compaction": measure_compaction(steps=3000, max_bytes=65536, work_us=0),
+            "compaction": measure_compaction(steps=3000, max_bytes=262144, work_us=0),
             "flood": measure_flood(steps=2000, max_bytes=65536),
             "hot_path": measure_hot_path(calls=2000, repeat=2),
             "memory": measure_memory(calls=5000),
@@ -360,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(_memory_child(args.memory_child)), flush=True)
         return 0
     if args.only == "compaction":
-        c = measure_compaction(steps=3000, max_bytes=65536, work_us=0) if args.quick else None
+        c = measure_compaction(steps=3000, max_bytes=262144, work_us=0) if args.quick else None
         results = {"compaction": c or measure_compaction(rounds=args.rounds)}
         print(format_compaction(results["compaction"]))
         if args.json is not None:
