@@ -15,7 +15,9 @@ Measurements (goals from issue 14):
 * **Compaction at the 8 MiB cap**: a FileSink at its default cap with interval 0 filled
   until it compacts (a log that big is compacted in a child interpreter); p99.9 and
   worst call latency of the loop, next to the same loop whose cap is never reached,
-  three rounds of the pair. Goal: worst <= 1 ms. ``--only compaction`` runs just this.
+  three rounds of the pair. Goal: worst <= 1 ms. ``--only compaction`` runs just this,
+  plus an A/B in this process: compaction in-process vs in a child, calls made during a
+  compaction timed apart from the rest.
 * **Hot path**: coalesced ``run.progress()`` next to a bare ``time.monotonic()`` in the
   same run (from ``bench_emitter.measure_hot_path``). Goal: <= 0.3 us.
 * **Status flood**: 100k steps with a note and a non-fatal error each, default cap.
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,6 +151,82 @@ def measure_compaction(
         result[key] = max(p["compaction"][key] for p in pairs)
         result[f"baseline_{key}"] = max(p["baseline"][key] for p in pairs)
     return result
+
+
+def measure_compaction_ab(
+    steps: int = 60_000, max_bytes: int = 8 * MIB, work_us: float = 50.0, rounds: int = 2
+) -> dict[str, Any]:
+    """The loop in this process, compacting in-process vs in a child, side by side.
+
+    Calls made while the writer thread is inside a compaction are timed apart
+    from the others; on a noisy machine the telling figures are p99.9 during
+    vs outside compaction, and how many calls the loop made during it.
+    """
+    from pulse_core.emitter import TrainingRun
+    from pulse_transports.file import FileSink
+
+    compacting = threading.Event()
+
+    class MarkedSink(FileSink):
+        def _compact(self) -> None:
+            compacting.set()
+            try:
+                super()._compact()
+            finally:
+                compacting.clear()
+
+    def one(mode: str) -> dict[str, Any]:
+        during: list[float] = []
+        outside: list[float] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            sink = MarkedSink(home=tmp, max_bytes=max_bytes, interval=0.0, fsync=False)
+            sink.out_of_process_bytes = 0 if mode == "child" else 1 << 62
+            run = TrainingRun(f"ab-{mode}", sinks=[sink], env={})
+            clock = time.perf_counter
+            for i in range(steps):
+                end = clock() + work_us / 1e6
+                while clock() < end:
+                    pass
+                t = clock()
+                run.progress(epoch=1, step=i)
+                (during if compacting.is_set() else outside).append(clock() - t)
+                t = clock()
+                run.metrics(loss=1.0 / (i + 1))
+                (during if compacting.is_set() else outside).append(clock() - t)
+            run.close()
+
+        def q(values: list[float], p: float) -> float:
+            ordered = sorted(values) or [0.0]
+            return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1e3
+
+        return {
+            "compactions": sink.compactions,
+            "calls_during": len(during),
+            "p999_during_ms": q(during, 0.999),
+            "worst_during_ms": q(during, 1.0),
+            "p999_outside_ms": q(outside, 0.999),
+            "worst_outside_ms": q(outside, 1.0),
+        }
+
+    return {
+        "steps": steps,
+        "max_bytes": max_bytes,
+        "rounds": [{"in-process": one("in-process"), "child": one("child")} for _ in range(rounds)],
+    }
+
+
+def format_compaction_ab(ab: dict[str, Any]) -> str:
+    """One line per round: during/outside compaction, in-process vs child."""
+    lines = []
+    for n, pair in enumerate(ab["rounds"]):
+        parts = [
+            f"{mode} ({r['compactions']}x): during p99.9 {r['p999_during_ms']:.3f} "
+            f"worst {r['worst_during_ms']:.3f} ms over {r['calls_during']} calls, outside "
+            f"p99.9 {r['p999_outside_ms']:.3f} worst {r['worst_outside_ms']:.3f} ms"
+            for mode, r in pair.items()
+        ]
+        lines.append(f"compaction A/B round {n + 1}: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def measure_flood(steps: int = 100_000, max_bytes: int = 8 * MIB) -> dict[str, Any]:
@@ -288,6 +367,7 @@ def run_all(quick: bool = False) -> dict[str, Any]:
             "slow_write": measure_slow_disk("write", delay=0.05, steps=100, work_us=200, rounds=1),
             "slow_fsync": measure_slow_disk("fsync", delay=0.05, steps=100, work_us=200, rounds=1),
             "compaction": measure_compaction(steps=3000, max_bytes=262144, work_us=0),
+            "compaction_ab": measure_compaction_ab(steps=3000, max_bytes=262144, rounds=1),
             "flood": measure_flood(steps=2000, max_bytes=65536),
             "hot_path": measure_hot_path(calls=2000, repeat=2),
             "memory": measure_memory(calls=5000),
@@ -296,6 +376,7 @@ def run_all(quick: bool = False) -> dict[str, Any]:
         "slow_write": measure_slow_disk("write"),
         "slow_fsync": measure_slow_disk("fsync"),
         "compaction": measure_compaction(rounds=3),
+        "compaction_ab": measure_compaction_ab(),
         "flood": measure_flood(),
         "hot_path": measure_hot_path(),
         "memory": measure_memory(),
@@ -329,6 +410,8 @@ def format_table(results: dict[str, Any]) -> str:
             f"undisturbed worst progress {r['baseline_worst_progress_ms']:.3f} ms"
         )
     lines.append(format_compaction(results["compaction"]))
+    if "compaction_ab" in results:
+        lines.append(format_compaction_ab(results["compaction_ab"]))
     f = results["flood"]
     lines.append(
         f"flood {f['steps']} steps: log {f['log_bytes']} B (cap {f['max_bytes']}), "
@@ -360,9 +443,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(_memory_child(args.memory_child)), flush=True)
         return 0
     if args.only == "compaction":
-        c = measure_compaction(steps=3000, max_bytes=262144, work_us=0) if args.quick else None
-        results = {"compaction": c or measure_compaction(rounds=args.rounds)}
+        if args.quick:
+            results = {
+                "compaction": measure_compaction(steps=3000, max_bytes=262144, work_us=0),
+                "compaction_ab": measure_compaction_ab(steps=3000, max_bytes=262144, rounds=1),
+            }
+        else:
+            results = {
+                "compaction": measure_compaction(rounds=args.rounds),
+                "compaction_ab": measure_compaction_ab(rounds=args.rounds),
+            }
         print(format_compaction(results["compaction"]))
+        print(format_compaction_ab(results["compaction_ab"]))
         if args.json is not None:
             args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
         return 0
