@@ -615,6 +615,12 @@ class FileSink:
                 timeout=COMPACT_TIMEOUT,
                 check=False,
             )
+        except subprocess.TimeoutExpired:
+            # Killed by run(); the log is whole unless it renamed just before
+            # (then the next compaction finds it small). Back off like a failure.
+            raise OSError(
+                errno.ETIMEDOUT, f"compaction child took over {COMPACT_TIMEOUT} s"
+            ) from None
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             self.out_of_process_bytes = _NEVER  # no interpreter: do not try again
             log.warning(

@@ -377,6 +377,29 @@ class TestOutOfProcess:
         assert kept[-1] == events[-1]
         assert log_path(tmp_home, TID).stat().st_size <= 16384
 
+    def test_hung_child_is_a_failed_compaction(
+        self, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A child past COMPACT_TIMEOUT is killed: the log stays whole and compaction backs off."""
+        monkeypatch.setattr(file_module, "COMPACT_TIMEOUT", 0.5)
+        monkeypatch.setattr(
+            file_module,
+            "_child_command",
+            lambda path, target: [sys.executable, "-c", "import time; time.sleep(30)"],
+        )
+        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
+        sink.out_of_process_bytes = 0
+        sink.open(TID)
+        events = synthetic(90)
+        logs = fill(sink, events)
+        sink.close()
+        assert sink.compactions == 0
+        assert 1 <= sink.compaction_failures <= 3
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+            "pulse log compaction failed; the log stays whole and over its cap for now"
+        ] * sink.compaction_failures
+        assert decoded(log_path(tmp_home, TID)) == events
+
 
 ORPHAN = """
 import sys, runpy
