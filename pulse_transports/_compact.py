@@ -12,7 +12,8 @@ Decoding a multi-MiB log holds the GIL for long stretches and makes garbage;
 in a fresh interpreter that work never reaches the training thread (the
 writer thread waits for the child without the GIL). The child inherits the
 run's lock fd, so a new writer cannot take the run while the child may still
-rename; and it renames nothing once the writer that started it is gone.
+rename; and it renames nothing once the writer that started it is gone. It
+lowers its own CPU priority (``nice``) so that it yields a shared core to training.
 
 Must not import pulse_transports modules: the child imports only this one.
 """
@@ -34,6 +35,8 @@ from pulse_core.events import Event, Heartbeat, Metrics, Progress
 _SAMPLES: Final = (Progress, Metrics)
 #: Exit code of a child whose parent (the writer) is gone before the rename.
 ORPHANED: Final = 3
+#: How much the child lowers its CPU priority.
+NICENESS: Final = 10
 
 
 def tmp_path(path: Path) -> Path:
@@ -136,6 +139,8 @@ def write_compacted(path: Path, target: int) -> tuple[int, int, int]:
 def main(argv: list[str]) -> int:
     """The child's entry: compact LOG to TARGET bytes and rename, if PARENT_PID lives."""
     path, target, parent = Path(argv[0]), int(argv[1]), int(argv[2])
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(NICENESS)  # background work: the training process comes first
     kept, before, after = write_compacted(path, target)
     tmp = tmp_path(path)
     if os.getppid() != parent:
