@@ -65,6 +65,8 @@ import fcntl
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -73,6 +75,7 @@ from typing import Any, ClassVar, Final
 import orjson
 import structlog
 
+import pulse_core
 from pulse_core.codec import decode, encode
 from pulse_core.errors import DecodeError, RunExists, RunLocked
 from pulse_core.events import (
@@ -80,7 +83,6 @@ from pulse_core.events import (
     Dropped,
     ErrorReported,
     Event,
-    Heartbeat,
     Metrics,
     Progress,
     RunMeta,
@@ -89,6 +91,8 @@ from pulse_core.events import (
 from pulse_core.policy import LOG_INTERVAL
 from pulse_core.reducer import Folder
 from pulse_core.state import RunState
+from pulse_transports import _compact as _compact_module
+from pulse_transports._compact import tmp_path, write_compacted
 
 log = structlog.get_logger("pulse.file")
 
@@ -108,6 +112,11 @@ CHECK_INTERVAL: Final = 1.0
 FOLLOW_INTERVAL: Final = LOG_INTERVAL / 4
 #: Seqs of recent lines remembered, to give a ``dropped`` note a seq of its own.
 _RECENT: Final = 16
+#: Logs at least this big are compacted in a child process (see _compact).
+OUT_OF_PROCESS_BYTES: Final = 128 * 1024
+#: Seconds a compaction child may take before it is killed (the compaction then fails).
+COMPACT_TIMEOUT: Final = 300.0
+_NEVER: Final = 1 << 62
 
 
 def log_dir(home: Path) -> Path:
@@ -213,6 +222,8 @@ class FileSink:
         "fsync": bool,
         "lock_wait": float,
     }
+    #: Logs at least this big are compacted in a fresh interpreter (tests lower it).
+    out_of_process_bytes: int = OUT_OF_PROCESS_BYTES
 
     def __init__(
         self,
@@ -282,7 +293,7 @@ class FileSink:
             os.write(lock_fd, orjson.dumps(info))
             path = log_path(self.home, training_id)
             with contextlib.suppress(FileNotFoundError):
-                _tmp_path(path).unlink()  # left by a crash during compaction
+                tmp_path(path).unlink()  # left by a crash during compaction
             self.path = path
             self.training_id = training_id
             self._open_log()
@@ -547,24 +558,22 @@ class FileSink:
     def _compact(self) -> None:
         assert self.path is not None
         started = time.perf_counter()
-        data = self.path.read_bytes()
-        kept = compact_lines(data.splitlines(), target=self.max_bytes // 2)
-        body = b"".join(line + b"\n" for line in kept)
-        tmp = _tmp_path(self.path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
+        target = self.max_bytes // 2
+        result = None
+        if self._size >= self.out_of_process_bytes:
+            result = self._compact_in_child(target)
+        where = "in-process" if result is None else "child"
+        if result is None:
+            kept, before, _ = write_compacted(self.path, target)
+            tmp = tmp_path(self.path)
             try:
-                view = memoryview(body)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+        else:
+            kept, before = result
         _fsync_dir(self.path.parent)
         self.compactions += 1
         self._compact_at = self.max_bytes
@@ -572,7 +581,7 @@ class FileSink:
         old, self._fd = self._fd, -1
         os.close(old)
         self._open_log()
-        self._lines = len(kept)
+        self._lines = kept
         if self._size > self.max_bytes * 3 // 4:
             # Status/error/meta lines alone fill the log (they are never
             # dropped): do not compact again on every line.
@@ -586,10 +595,85 @@ class FileSink:
         log.debug(
             "pulse log compacted",
             path=str(self.path),
-            before=len(data),
+            before=before,
             after=self._size,
+            where=where,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    def _compact_in_child(self, target: int) -> tuple[int, int] | None:
+        """Compact in a fresh interpreter; (kept, before), or None to compact in-process.
+
+        The writer thread waits for the child without the GIL, so the training
+        thread does not feel the decoding. None (with a warning) when the child
+        cannot be started or fails; the log is then whole (the child renames
+        last) or already compacted (compacting it again is harmless).
+        """
+        assert self.path is not None
+        try:
+            proc = subprocess.run(
+                _child_command(self.path, target),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                pass_fds=(self._lock_fd,),  # a new writer waits until the child is done
+                env=_child_env(),
+                timeout=COMPACT_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            # Killed by run(); the log is whole unless it renamed just before
+            # (then the next compaction finds it small). Back off like a failure.
+            raise OSError(
+                errno.ETIMEDOUT, f"compaction child took over {COMPACT_TIMEOUT} s"
+            ) from None
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            self.out_of_process_bytes = _NEVER  # no interpreter: do not try again
+            log.warning(
+                "pulse log compaction cannot start its child process; compacting in-process",
+                path=str(self.path),
+                executable=sys.executable,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return None
+        if proc.returncode == 0:
+            try:
+                report = orjson.loads(proc.stdout)
+                return int(report["kept"]), int(report["before"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                pass
+        log.warning(
+            "pulse log compaction child failed; compacting in-process",
+            path=str(self.path),
+            returncode=proc.returncode,
+            stderr=proc.stderr.decode("utf-8", "replace")[-2000:],
+        )
+        return None
+
+
+def _child_command(path: Path, target: int) -> list[str]:
+    if not sys.executable:
+        raise FileNotFoundError("sys.executable is empty: no interpreter to run")
+    return [
+        sys.executable,
+        "-m",
+        _compact_module.__name__,
+        str(path),
+        str(target),
+        str(os.getpid()),
+    ]
+
+
+def _child_env() -> dict[str, str]:
+    """The environment, with the folders this process imports pulse from first on the path."""
+    roots = [str(Path(_compact_module.__file__).resolve().parents[1])]
+    roots.append(str(Path(pulse_core.__file__).resolve().parents[1]))
+    old = os.environ.get("PYTHONPATH", "")
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            dict.fromkeys([*roots, *filter(None, old.split(os.pathsep))])
+        ),
+    }
 
 
 def _refuse_ended(data: bytes, training_id: str, path: Path) -> None:
@@ -625,10 +709,6 @@ def _refuse_ended(data: bytes, training_id: str, path: Path) -> None:
     )
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
-
-
 def _take_lock(lock: Path, training_id: str, log_file: Path, wait: float = LOCK_WAIT) -> int:
     """Open and flock *lock* exclusively; the fd, or RunLocked if it is held."""
     for _ in range(20):
@@ -658,71 +738,6 @@ def _take_lock(lock: Path, training_id: str, log_file: Path, wait: float = LOCK_
             return fd
         os.close(fd)
     raise OSError(errno.EAGAIN, f"could not take the lock {lock}: it keeps being replaced")
-
-
-def compact_lines(lines: list[bytes], target: int) -> list[bytes]:
-    """Choose the lines a compacted log keeps, in their original order.
-
-    Every line that is not progress, metrics or heartbeat is kept (bad lines
-    are dropped); progress and metrics are downsampled in fixed buckets to fit
-    *target* bytes; only the last heartbeat is kept. Deterministic.
-    """
-    essential: list[int] = []
-    samples: list[tuple[int, Event]] = []
-    last_heartbeat = -1
-    for index, line in enumerate(lines):
-        try:
-            event = decode(line)
-        except DecodeError:
-            continue
-        if isinstance(event, _SAMPLES):
-            samples.append((index, event))
-        elif isinstance(event, Heartbeat):
-            last_heartbeat = index
-        else:
-            essential.append(index)
-    if last_heartbeat >= 0:
-        essential.append(last_heartbeat)
-    essential_bytes = sum(len(lines[i]) + 1 for i in essential)
-    budget = max(target - essential_bytes, target // 4)
-    keep = set(essential)
-    if samples:
-        average = sum(len(lines[i]) + 1 for i, _ in samples) / len(samples)
-        room = max(int(budget / average), 4)
-        if room >= len(samples):
-            keep.update(i for i, _ in samples)
-        else:
-            # Buckets are equal ranges of seq (not of line count), so a run
-            # compacted many times keeps an even resolution over its whole
-            # length. Each bucket keeps up to 5 lines: the last progress and
-            # the first, last, lowest- and highest-loss metrics.
-            buckets = max(room // 5, 1)
-            first_seq, last_seq = samples[0][1].seq, samples[-1][1].seq
-            span = max(last_seq - first_seq + 1, 1)
-            grouped: dict[int, list[tuple[int, Event]]] = {}
-            for item in samples:
-                grouped.setdefault((item[1].seq - first_seq) * buckets // span, []).append(item)
-            for bucket in grouped.values():
-                keep.update(_bucket_keep(bucket))
-    return [lines[i] for i in sorted(keep)]
-
-
-def _bucket_keep(bucket: list[tuple[int, Event]]) -> set[int]:
-    progress = [i for i, e in bucket if isinstance(e, Progress)]
-    metrics = [(i, e) for i, e in bucket if isinstance(e, Metrics)]
-    chosen: set[int] = set()
-    if progress:
-        chosen.add(progress[-1])
-    if metrics:
-        chosen.add(metrics[0][0])
-        chosen.add(metrics[-1][0])
-        with_loss = [
-            (e.loss, i) for i, e in metrics if isinstance(e, Metrics) and e.loss is not None
-        ]
-        if with_loss:
-            chosen.add(min(with_loss)[1])
-            chosen.add(max(with_loss)[1])
-    return chosen
 
 
 def last_seq(path: Path, window: int = 1 << 16) -> int | None:

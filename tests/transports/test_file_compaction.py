@@ -7,9 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 
 from pulse_core.codec import decode, encode
 from pulse_core.emitter import TrainingRun
@@ -26,7 +30,9 @@ from pulse_core.events import (
 from pulse_core.projections import to_metric_history
 from pulse_core.reducer import replay
 from pulse_core.testing import FakeClock
-from pulse_transports.file import DEFAULT_MAX_BYTES, FileSink, compact_lines, log_path
+from pulse_transports import file as file_module
+from pulse_transports._compact import compact_lines
+from pulse_transports.file import DEFAULT_MAX_BYTES, FileSink, log_path
 
 TID = "compact-run"
 
@@ -283,3 +289,183 @@ class TestCrashDuringCompaction:
                 decode(line)
             except DecodeError:  # pragma: no cover - the assertion below explains
                 pytest.fail(f"a torn line survived: {line[:80]!r}")
+
+
+def fill(sink: FileSink, events: list[Event]) -> list[MutableMapping[str, Any]]:
+    """Write *events* through *sink*, returning the log entries it emitted."""
+    with structlog.testing.capture_logs() as logs:
+        for event in events:
+            sink.write(event)
+    return logs
+
+
+class TestOutOfProcess:
+    """Big logs are compacted by a child interpreter, with the same result as in-process."""
+
+    def test_child_compacts_like_in_process(self, tmp_home: Path, tmp_path: Path) -> None:
+        """The child writes the same bytes as in-process compaction; every compaction ran in one."""
+        events = synthetic(3000)
+        child = FileSink(home=tmp_home, max_bytes=65536, interval=0.0, fsync=False)
+        child.out_of_process_bytes = 0
+        child.open(TID)
+        logs = fill(child, events)
+        child.close()
+        other = tmp_path / "other-home"
+        inproc = FileSink(home=other, max_bytes=65536, interval=0.0, fsync=False)
+        inproc.out_of_process_bytes = 1 << 62
+        inproc.open(TID)
+        fill(inproc, events)
+        inproc.close()
+        done = [e for e in logs if e["event"] == "pulse log compacted"]
+        assert child.compactions == inproc.compactions >= 2
+        assert [e["where"] for e in done] == ["child"] * child.compactions
+        path = log_path(tmp_home, TID)
+        assert path.read_bytes() == log_path(other, TID).read_bytes()
+        assert path.stat().st_size <= 65536
+        assert not path.with_name(path.name + ".tmp").exists()
+        assert child._lines == len(path.read_bytes().splitlines())
+
+    def test_default_cap_compacts_in_a_child(self, tmp_home: Path) -> None:
+        """At the default 8 MiB cap the log is past the out-of-process size when it compacts."""
+        assert DEFAULT_MAX_BYTES >= file_module.OUT_OF_PROCESS_BYTES
+        assert FileSink(home=tmp_home).out_of_process_bytes == file_module.OUT_OF_PROCESS_BYTES
+
+    def test_no_interpreter_falls_back(
+        self, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without an interpreter to spawn, compaction warns once and runs in-process."""
+        monkeypatch.setattr(sys, "executable", str(tmp_home / "no-such-python"))
+        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
+        sink.out_of_process_bytes = 0
+        sink.open(TID)
+        logs = fill(sink, synthetic(2000))
+        sink.close()
+        warned = [e for e in logs if e["log_level"] == "warning"]
+        assert [e["event"] for e in warned] == [
+            "pulse log compaction cannot start its child process; compacting in-process"
+        ]
+        done = [e for e in logs if e["event"] == "pulse log compacted"]
+        assert sink.compactions >= 3
+        assert [e["where"] for e in done] == ["in-process"] * sink.compactions
+        assert sink.compaction_failures == 0
+        assert log_path(tmp_home, TID).stat().st_size <= 16384
+
+    def test_failing_child_falls_back(
+        self, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A child that exits with an error leaves the log whole; it is compacted in-process."""
+        monkeypatch.setattr(
+            file_module,
+            "_child_command",
+            lambda path, target: [sys.executable, "-c", "import sys; sys.exit('broken child')"],
+        )
+        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
+        sink.out_of_process_bytes = 0
+        sink.open(TID)
+        events = synthetic(600)
+        logs = fill(sink, events)
+        sink.close()
+        failed = [
+            e
+            for e in logs
+            if e["event"] == "pulse log compaction child failed; compacting in-process"
+        ]
+        assert sink.compactions >= 1
+        assert len(failed) == sink.compactions
+        assert "broken child" in str(failed[0]["stderr"])
+        kept = decoded(log_path(tmp_home, TID))
+        assert kept[-1] == events[-1]
+        assert log_path(tmp_home, TID).stat().st_size <= 16384
+
+    def test_hung_child_is_a_failed_compaction(
+        self, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A child past COMPACT_TIMEOUT is killed: the log stays whole and compaction backs off."""
+        monkeypatch.setattr(file_module, "COMPACT_TIMEOUT", 0.5)
+        monkeypatch.setattr(
+            file_module,
+            "_child_command",
+            lambda path, target: [sys.executable, "-c", "import time; time.sleep(30)"],
+        )
+        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
+        sink.out_of_process_bytes = 0
+        sink.open(TID)
+        events = synthetic(90)
+        logs = fill(sink, events)
+        sink.close()
+        assert sink.compactions == 0
+        assert 1 <= sink.compaction_failures <= 3
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+            "pulse log compaction failed; the log stays whole and over its cap for now"
+        ] * sink.compaction_failures
+        assert decoded(log_path(tmp_home, TID)) == events
+
+
+ORPHAN = """
+import sys, runpy
+from pulse_transports import file as file_module
+from pulse_transports.file import FileSink
+from pulse_core.events import Metrics, Progress, StatusChanged, RunMeta
+
+real_command = file_module._child_command
+
+def slow_child(path, target):
+    # The child says it started, then sleeps before it works: the test kills
+    # its parent meanwhile.
+    command = real_command(path, target)
+    code = (
+        "import pathlib, runpy, sys, time; pathlib.Path(sys.argv[1] + '.started').touch(); "
+        "time.sleep(1.5); runpy.run_module('pulse_transports._compact', run_name='__main__')"
+    )
+    return [command[0], "-c", code, *command[3:]]
+
+file_module._child_command = slow_child
+tid = "orphan-run"
+sink = FileSink(home=sys.argv[1], max_bytes=16384, interval=0.0, fsync=False)
+sink.out_of_process_bytes = 0
+sink.open(tid)
+sink.write(RunMeta(tid, 1, 0.0))
+sink.write(StatusChanged(tid, 2, 0.0, "running", "go"))
+seq = 2
+while True:
+    seq += 1
+    sink.write(Progress(tid, seq, float(seq), epoch=1, step=seq))
+    seq += 1
+    sink.write(Metrics(tid, seq, float(seq), loss=1.0 / seq))
+"""
+
+
+class TestWriterKilledDuringChildCompaction:
+    """A writer killed while its child compacts: the child renames nothing, the old log stays."""
+
+    def test_orphaned_child_leaves_old_log(self, tmp_path: Path, tmp_home: Path) -> None:
+        """SIGKILL the writer mid-compaction: the lock waits for the child; the log stays old."""
+        script = tmp_path / "orphan.py"
+        script.write_text(textwrap.dedent(ORPHAN), encoding="utf-8")
+        path = log_path(tmp_home, "orphan-run")
+        started = path.with_name(path.name + ".started")
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_home)])
+        try:
+            deadline = time.monotonic() + 60
+            while not started.exists():
+                assert proc.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        before = path.read_bytes()
+        # The child holds the run's lock (inherited) until it exits.
+        assert file_module.writer_alive(tmp_home, "orphan-run") is True
+        sink = FileSink(home=tmp_home, lock_wait=30.0)
+        held = sink.open("orphan-run")
+        sink.close()
+        assert path.read_bytes() == before  # not replaced by the orphan
+        assert not path.with_name(path.name + ".tmp").exists()
+        events = decoded(path)
+        assert len(before) > 16384 - 200
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert held == events[-1].seq
