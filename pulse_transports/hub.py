@@ -676,7 +676,10 @@ class Hub:
                 old = self.liveness.get(tid)
                 self.liveness[tid] = (live, runs[tid].last_seq)
                 # A run first seen alive is no news: its subscribers assume it.
-                if (old[0] if old is not None else ALIVE) != live:
+                # Events that reached subscribers after a stale/lost snapshot
+                # (late lines from the log) read as "alive": say it again.
+                moved = old is not None and old[1] != runs[tid].last_seq
+                if (old[0] if old is not None else ALIVE) != live or (live != ALIVE and moved):
                     changed[tid] = live
             for tid, live in changed.items():
                 told = self.bus.restate(tid)

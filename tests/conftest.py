@@ -41,6 +41,15 @@ def _fresh_log_rate_limits() -> None:
     reset_rate_limits()
 
 
+@pytest.fixture(autouse=True)
+def _structlog_left_as_found() -> Iterator[None]:
+    """A test that configures structlog (the CLI does) does not leak it into later tests."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
 @pytest.fixture
 def tmp_home(tmp_path: Path) -> Path:
     """A fresh, empty directory to use as a home or data directory."""

@@ -307,13 +307,14 @@ def render(doc: dict[str, Any]) -> None:
         for anomaly in view["anomalies"]:
             out(f"  seq {anomaly['seq']:<6} {esc(anomaly['kind']):<18} {esc(anomaly['detail'])}")
     stats = view["stats"]
-    gaps = doc["log"]
+    log_doc = doc.get("log") or {}
+    # Sources that cannot tell coalesced from missing (NATS) give neither.
+    coalesced, missing = log_doc.get("coalesced", 0), log_doc.get("missing", 0)
     counts = [f"events {stats['events']}"]
-    if gaps["coalesced"]:
-        counts.append(f"coalesced {gaps['coalesced']} (normal)")
-    if gaps["missing"] or stats["duplicates"] or stats["dropped"]:
+    if coalesced:
+        counts.append(f"coalesced {coalesced} (normal)")
+    if missing or stats["duplicates"] or stats["dropped"]:
         counts.append(
-            f"missing {gaps['missing']}, duplicates {stats['duplicates']}, "
-            f"dropped {stats['dropped']}"
+            f"missing {missing}, duplicates {stats['duplicates']}, dropped {stats['dropped']}"
         )
     out("\n  " + ", ".join(counts))
