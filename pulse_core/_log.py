@@ -172,7 +172,9 @@ class PulseLogger:
             if enabled is not None and not enabled(number):
                 return  # filtered out: must not count against the rate limit
         text = event if event.__class__ is str else _short(event)
-        suppressed = _admit(self.name, text, time.monotonic())
+        # Floods are warnings and errors; info/debug lines (one per compaction,
+        # per connection) are rare by design and are never held back.
+        suppressed = _admit(self.name, text, time.monotonic()) if number >= logging.WARNING else 0
         if suppressed is None:
             return
         if suppressed:

@@ -73,9 +73,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 import orjson
-import structlog
 
 import pulse_core
+from pulse_core._log import get_logger
 from pulse_core.codec import decode, encode
 from pulse_core.errors import DecodeError, RunExists, RunLocked
 from pulse_core.events import (
@@ -94,7 +94,7 @@ from pulse_core.state import RunState
 from pulse_transports import _compact as _compact_module
 from pulse_transports._compact import tmp_path, write_compacted
 
-log = structlog.get_logger("pulse.file")
+log = get_logger("pulse.file")
 
 #: Seconds a new writer waits for a run's lock before RunLocked (see _flock_waiting).
 LOCK_WAIT: Final = 1.0

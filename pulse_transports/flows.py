@@ -21,8 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from pulse_core._log import get_logger
 from pulse_core.emitter import TrainingRun, new_training_id
 from pulse_core.errors import RunNotFound
 from pulse_core.liveness import Liveness, liveness_of
@@ -45,7 +44,7 @@ from pulse_transports.supervise import (
     read_state,
 )
 
-log = structlog.get_logger("pulse.flows")
+log = get_logger("pulse.flows")
 
 
 class TrainStep:

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Final
 
 import attrs
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
 from pulse_core.events import Event
@@ -52,7 +52,7 @@ from pulse_core.state import RunState
 from pulse_transports.notify import Notifier
 from pulse_transports.position import Checkpoint, Position, fingerprint
 
-log = structlog.get_logger("pulse.follow")
+log = get_logger("pulse.follow")
 
 #: Lines longer than this (bytes, without the newline) are skipped unread.
 MAX_LINE: Final = 1 << 20

@@ -38,8 +38,8 @@ from typing import Any, Final
 
 import attrs
 import orjson
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.errors import PulseError, RunNotFound
 from pulse_core.events import validate_training_id
 from pulse_core.liveness import ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
@@ -52,7 +52,7 @@ from pulse_transports.index import IndexRow, RunIndex
 from pulse_transports.liveness import check_writer, run_liveness
 from pulse_transports.position import Checkpoint, Position, position_matches
 
-log = structlog.get_logger("pulse.history")
+log = get_logger("pulse.history")
 
 LOG_SUFFIX: Final = ".jsonl"
 

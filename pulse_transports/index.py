@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Final
 
 import attrs
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.statecodec import STATE_FORMAT
 
-log = structlog.get_logger("pulse.history")
+log = get_logger("pulse.history")
 
 INDEX_FILE: Final = "index.sqlite"
 

@@ -14,9 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
+from pulse_core._log import get_logger
 
-log = structlog.get_logger("pulse.follow")
+log = get_logger("pulse.follow")
 
 #: Environment variable that forces polling instead of OS notifications.
 ENV_POLLING: Final = "PULSE_FOLLOW_POLLING"

@@ -58,8 +58,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_transports.cli._common import (
     EXIT_NOT_FOUND,
     home_source,
@@ -70,7 +70,7 @@ from pulse_transports.cli._common import (
 from pulse_transports.cli._source import file_only, open_source, source_options
 from pulse_transports.config import Config
 
-log = structlog.get_logger("pulse.cli")
+log = get_logger("pulse.cli")
 
 STATUS_CHOICES = (
     "idle",

@@ -65,8 +65,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 import attrs
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.errors import ConfigError, PulseError, RunLocked
 from pulse_core.events import (
     ErrorReported,
@@ -91,7 +91,7 @@ from pulse_transports.v1._translate import (
 from pulse_transports.v1.hybrid import find_owner, heal_v1_snapshot
 from pulse_transports.v1.snapshot import V1_FILE, InvalidSnapshot, V1Snapshot, parse_snapshot
 
-log = structlog.get_logger("pulse.v1bridge")
+log = get_logger("pulse.v1bridge")
 
 #: Default seconds between two reads of the snapshot file.
 DEFAULT_INTERVAL: Final = 0.25

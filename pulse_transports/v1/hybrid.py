@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import attrs
-import structlog
 
+from pulse_core._log import get_logger
 from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE, STALE_AFTER, Liveness
 from pulse_core.projections import LOST_MESSAGE, V1_KEYS, to_v1, to_view
 from pulse_core.state import RunState
@@ -41,7 +41,7 @@ from pulse_transports.v1.snapshot import (
     same_number,
 )
 
-log = structlog.get_logger("pulse.hybrid")
+log = get_logger("pulse.hybrid")
 
 #: The training id a v1-only run is shown under (there is one v1 slot).
 V1_ONLY_ID: Final = "v1-snapshot"

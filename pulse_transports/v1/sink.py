@@ -14,8 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-import structlog
-
+from pulse_core._log import get_logger
 from pulse_core.events import Event
 from pulse_core.policy import LIVE_INTERVAL
 from pulse_core.projections import to_v1
@@ -23,7 +22,7 @@ from pulse_core.reducer import Folder
 from pulse_transports.file import write_json_atomic
 from pulse_transports.v1.snapshot import V1_FILE
 
-log = structlog.get_logger("pulse.file")
+log = get_logger("pulse.file")
 
 
 class V1SnapshotSink:

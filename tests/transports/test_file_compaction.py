@@ -371,7 +371,8 @@ class TestOutOfProcess:
             if e["event"] == "pulse log compaction child failed; compacting in-process"
         ]
         assert sink.compactions >= 1
-        assert len(failed) == sink.compactions
+        # One warning per kind: the library rate-limits identical warnings.
+        assert len(failed) == 1
         assert "broken child" in str(failed[0]["stderr"])
         kept = decoded(log_path(tmp_home, TID))
         assert kept[-1] == events[-1]
@@ -395,9 +396,10 @@ class TestOutOfProcess:
         sink.close()
         assert sink.compactions == 0
         assert 1 <= sink.compaction_failures <= 3
+        # One warning per kind: the library rate-limits identical warnings.
         assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
             "pulse log compaction failed; the log stays whole and over its cap for now"
-        ] * sink.compaction_failures
+        ]
         assert decoded(log_path(tmp_home, TID)) == events
 
 
