@@ -222,10 +222,9 @@ class Mailbox:
         after the snapshot that says the run is lost.
         """
         tid = snapshot.training_id
-        line = self.lines.pop(tid, None)
-        if line is not None:
-            self.waiting -= len(line.events) - line.dead
+        self._drop_line(tid)
         self.ready.append(snapshot)
+        self.nbytes += item_size(snapshot)
         self.floor[tid] = max(self.floor.get(tid, 0), snapshot.state.last_seq)
 
     def offer(self, event: Event, now: float) -> bool:
@@ -352,14 +351,18 @@ class Mailbox:
                 due = when
         return due
 
-    def forget(self, training_id: str) -> None:
-        """Drop a run's held events and rate state (the bus forgot the run)."""
+    def _drop_line(self, training_id: str) -> None:
+        """Drop what of a run is held back."""
         line = self.lines.pop(training_id, None)
         if line is not None:
             latest = line.latest
             live = [e for e in line.events if (k := coalesce_kind(e)) is None or latest.get(k) is e]
             self.waiting -= len(live)
             self.nbytes -= sum(item_size(e) for e in live)
+
+    def forget(self, training_id: str) -> None:
+        """Drop a run's held events and rate state (the bus forgot the run)."""
+        self._drop_line(training_id)
         self.floor.pop(training_id, None)  # the bus's own seq check takes over
         for key in [k for k in self.sent_at if k[0] == training_id]:
             del self.sent_at[key]

@@ -23,7 +23,7 @@ from pulse_core.events import (
 from pulse_core.policy import sampled
 from pulse_core.reducer import Folder
 from pulse_transports._closing import ClosesOnExit
-from pulse_transports._mailbox import Item, Mailbox, item_size
+from pulse_transports._mailbox import BATCH_BYTES, Item, Mailbox, item_size
 from pulse_transports.wire import Resync
 
 if TYPE_CHECKING:
@@ -167,14 +167,17 @@ class AsyncSubscription(_Subscription):
             self.closed = True
             self.bus._detach(self)
 
-    async def batch(self, limit: int = 256) -> list[Item]:
-        """Wait for the next items due (at most *limit*); [] once closed."""
+    async def batch(self, limit: int = 256, max_bytes: int = BATCH_BYTES) -> list[Item]:
+        """Wait for the next items due (at most *limit*, and *max_bytes* beyond the first).
+
+        Returns [] once closed.
+        """
         bus = self.bus
         while True:
             self._wake.clear()
             self._signalled = False
             with bus._lock:
-                items = self.mailbox.take(bus._clock(), limit)
+                items = self.mailbox.take(bus._clock(), limit, max_bytes)
                 due = self.mailbox.next_due()
             if items:
                 if isinstance(items[-1], Resync):

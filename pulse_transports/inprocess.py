@@ -54,6 +54,7 @@ from pulse_core.events import (
 from pulse_core.policy import LIVE_INTERVAL
 from pulse_core.state import RunState
 from pulse_transports._mailbox import (
+    BATCH_BYTES,
     BUFFER,
     BUFFER_BYTES,
     KEEP_ENDED,
@@ -63,6 +64,7 @@ from pulse_transports._mailbox import (
     RECENT,
     RECENT_BYTES,
     RECENT_TOTAL,
+    EncodedEvents,
     Item,
     Mailbox,
     StateSnapshot,
@@ -78,6 +80,7 @@ from pulse_transports._subscriptions import (
 from pulse_transports.wire import Live
 
 __all__ = [
+    "BATCH_BYTES",
     "BUFFER",
     "BUFFER_BYTES",
     "KEEP_ENDED",
@@ -90,6 +93,7 @@ __all__ = [
     "AsyncSubscription",
     "Bus",
     "CallbackSubscription",
+    "EncodedEvents",
     "InProcessSink",
     "Item",
     "StateSnapshot",

@@ -287,8 +287,9 @@ mark `@<unix seconds>` (runs ended or lost and silent since are held whole) and 
 highest seq the client holds of every other run, `training_id:seq` pairs, joined by
 commas. Reconnecting with it (`Last-Event-ID` header, or `last_event_id`) resumes every
 named run after that seq -- also after a hub restart, from the run's log -- skips the
-runs under the mark and sends a snapshot of every other run. A client that falls behind gets a `resync` item and the
-stream ends: reconnect with the last id."""
+runs under the mark and sends a snapshot of every other run. A client that falls behind
+gets a `resync` item and the stream ends: reconnect with the last id. A client that
+stops reading is disconnected."""
 
 _PATHS: Final[dict[str, Any]] = {
     "/api/runs": {

@@ -28,9 +28,13 @@ status/error events and slow-subscriber bound as a socket subscriber
 * ``retry:`` asks the browser to reconnect after ``retry_ms``; a comment line
   every ``keepalive`` seconds keeps idle connections open.
 
-Backpressure: at most two batches (256 items each) wait between the bus and
-the socket; beyond that items wait in the subscription's bounded mailbox,
-which coalesces and finally resyncs a client that does not read.
+Backpressure: at most two batches (256 items and 1 MiB each) wait between the
+bus and the socket; beyond that items wait in the subscription's mailbox,
+bounded in items and bytes as a socket subscriber's is, which coalesces and
+finally drops a client that does not read: the bus tells it to resync (its
+last item), a warning is logged, and if the stream has not ended
+:data:`DROP_GRACE` seconds later (the client does not read even that) the
+connection is cut.
 Must not be imported by :mod:`pulse_core`.
 """
 
@@ -38,14 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
 from pulse_core._log import get_logger
-from pulse_core.codec import encode
 from pulse_core.errors import PulseError
 from pulse_core.events import STATUSES, Event
 from pulse_core.lifecycle import allowed_targets
@@ -55,7 +58,14 @@ from pulse_core.state import RunState
 from pulse_transports.file import log_path
 from pulse_transports.follow import read_events
 from pulse_transports.history import load_run
-from pulse_transports.inprocess import AsyncSubscription, Bus, Item, StateSnapshot
+from pulse_transports.inprocess import (
+    BATCH_BYTES,
+    AsyncSubscription,
+    Bus,
+    EncodedEvents,
+    Item,
+    StateSnapshot,
+)
 from pulse_transports.web.cursor import Cursor, format_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.wire import Live, Resync
@@ -66,6 +76,8 @@ log = get_logger("pulse.web")
 SSE_PROTOCOL: Final = "pulse-sse/1"
 #: Items taken from the subscription per message.
 BATCH: Final = 256
+#: Seconds a dropped client has to read its ``resync`` before its connection is cut.
+DROP_GRACE: Final = 10.0
 #: Seconds a run must have been silent (after it ended or was lost) before
 #: the cursor stops naming it and the quiet mark covers it instead.
 QUIET_AFTER: Final = 10.0
@@ -77,24 +89,6 @@ def sse_message(data: bytes, event_id: str | None = None) -> bytes:
     """One SSE message: an optional ``id`` line and one ``data`` line (no newlines in it)."""
     head = b"id: " + event_id.encode() + b"\n" if event_id is not None else b""
     return head + b"data: " + data + b"\n\n"
-
-
-class EncodedEvents:
-    """Every stream sends the same event: encode it once (a bounded cache keyed by the event)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._cache: dict[Event, bytes] = {}
-
-    def __call__(self, event: Event) -> bytes:
-        data = self._cache.get(event)
-        if data is not None:
-            return data
-        data = encode(event).rstrip(b"\n")
-        if len(self._cache) >= self.size:
-            self._cache.clear()
-        self._cache[event] = data
-        return data
 
 
 class EventStream:
@@ -113,6 +107,9 @@ class EventStream:
         keepalive: seconds of silence after which a comment line is sent.
         quiet_after: seconds a run ended or lost must have been silent before
             the cursor's quiet mark covers it instead of naming it.
+        abort: cuts the client's connection (a client dropped for falling
+            behind that did not read its resync within *drop_grace*).
+        peer: the client's address, for log lines.
     """
 
     def __init__(
@@ -128,6 +125,9 @@ class EventStream:
         retry_ms: int = 1000,
         keepalive: float = 15.0,
         quiet_after: float = QUIET_AFTER,
+        abort: Callable[[], object] | None = None,
+        drop_grace: float = DROP_GRACE,
+        peer: str = "?",
     ) -> None:
         self.bus = bus
         self.monitor = monitor
@@ -168,6 +168,12 @@ class EventStream:
         #: liveness of resumed runs the bus does not hold (read from their logs).
         self._offline: dict[str, Liveness] = {}
         self._closed = False
+        self._ended = False
+        self.abort = abort
+        self.drop_grace = drop_grace
+        self.peer = peer
+        #: True once the bus dropped this client for falling behind.
+        self.dropped = False
 
     def close(self) -> None:
         """End the stream soon (the hub is closing)."""
@@ -201,11 +207,29 @@ class EventStream:
             history=history,
             marker=True,
         )
+        sub.on_drop = self._on_drop
         held = self.bus.states()
         for tid, after in self.resume.items():
             if tid in held or tid in history:
                 self.cursor[tid] = after
         return sub
+
+    def _on_drop(self) -> None:
+        """The bus dropped this client (too slow): say so, cut it if it stays stuck."""
+        self.dropped = True
+        log.warning(
+            "pulse /events client too slow; told to resync and dropped",
+            peer=self.peer,
+            grace=self.drop_grace,
+        )
+        asyncio.get_running_loop().call_later(self.drop_grace, self._cut)
+
+    def _cut(self) -> None:
+        if not self._ended and self.abort is not None:
+            log.warning(
+                "pulse /events client did not read its resync; connection closed", peer=self.peer
+            )
+            self.abort()
 
     def _log_liveness(self, training_id: str) -> Liveness:
         """The liveness of a run the bus does not hold, from its log (blocking)."""
@@ -226,7 +250,7 @@ class EventStream:
         while True:
             await self._room.wait()
             self._room.clear()
-            items = await sub.batch(BATCH)
+            items = await sub.batch(BATCH, BATCH_BYTES)
             self._pending.append(items)
             self._wake.set()
             if not items or isinstance(items[-1], Resync):
@@ -249,7 +273,7 @@ class EventStream:
     def _item(self, item: Item, parts: list[bytes]) -> bool:
         """Append an item's JSON to *parts*, note it in the cursor; True if it ends the stream."""
         if isinstance(item, Event):
-            parts.append(self.encoded(item))
+            parts.append(self.encoded(item)[:-1])  # the line without its newline
             tid = item.training_id
             if item.seq > self.cursor.get(tid, 0):
                 self.cursor[tid] = item.seq
@@ -375,6 +399,7 @@ class EventStream:
                 if ended or self._closed:
                     return  # closing: what was taken went out; the cursor resumes the rest
         finally:
+            self._ended = True
             unlisten()
             pump.cancel()
             sub.close()
