@@ -158,6 +158,8 @@ class HubLiveness(HubConnections):
         while True:
             try:
                 await self.check_liveness()
+                # Ended runs, and lost ones silent as long, leave memory.
+                self.bus.expire(lost={t for t, (live, _) in self.liveness.items() if live == LOST})
             except asyncio.CancelledError:
                 raise
             except Exception:  # the watch must outlive one bad check

@@ -46,6 +46,7 @@ HUB_KEYS: Final[Mapping[str, type]] = {
     "subscriber_buffer": int,
     "subscriber_limit": int,
     "max_connections": int,
+    "keep_ended": float,
 }
 
 
@@ -179,6 +180,12 @@ def rate_option(func: F) -> F:
     default=None,
     help="Connections beyond this are refused [default: 10000].",
 )
+@click.option(
+    "--keep-ended",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a run that ended (or was lost) stays in the hub's memory [default: 3600].",
+)
 def serve(
     home: Path | None,
     socket_path: Path | None,
@@ -192,6 +199,7 @@ def serve(
     subscriber_buffer: int | None,
     subscriber_limit: int | None,
     max_connections: int | None,
+    keep_ended: float | None,
 ) -> None:
     """Run the hub: producers push run events, UIs subscribe to them live.
 
@@ -219,6 +227,7 @@ def serve(
         "subscriber_buffer": subscriber_buffer,
         "subscriber_limit": subscriber_limit,
         "max_connections": max_connections,
+        "keep_ended": keep_ended,
     }
     http_address = None
     if http:
