@@ -10,6 +10,8 @@ and the web stream encode each event once for all their subscribers.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import threading
 import weakref
@@ -452,3 +454,23 @@ class EncodedEvents:
             entry = self._lines.get(key)
             if entry is not None and entry[0] is ref:
                 self._drop(key)
+
+
+_LIBC: Final = ctypes.util.find_library("c")
+
+
+def trim_heap() -> bool:
+    """Give freed heap memory back to the system (glibc's ``malloc_trim``), if possible.
+
+    Large event texts are malloc'ed; once freed (runs expired, a subscriber
+    gone) glibc keeps the pages unless asked. Returns False where there is no
+    such call (another C library).
+    """
+    if _LIBC is None:
+        return False
+    try:
+        trim = ctypes.CDLL(_LIBC).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True

@@ -243,17 +243,17 @@ class Bus:
         run = self._runs[training_id] = _Run(now)
         return run
 
-    def expire(self, lost: Collection[str] = ()) -> None:
-        """Forget the runs that ended more than ``keep_ended`` seconds ago.
+    def expire(self, lost: Collection[str] = ()) -> int:
+        """Forget the runs that ended more than ``keep_ended`` seconds ago; how many.
 
         Args:
             lost: runs known to be lost (their writer is gone): forgotten
                 once silent for ``keep_ended`` seconds too.
         """
         with self._lock:
-            self._forget_old(self._clock(), lost, room=False)
+            return self._forget_old(self._clock(), lost, room=False)
 
-    def _forget_old(self, now: float, lost: Collection[str] = (), *, room: bool = True) -> None:
+    def _forget_old(self, now: float, lost: Collection[str] = (), *, room: bool = True) -> int:
         """Forget expired runs; with *room*, also the oldest beyond max_runs - 1."""
         runs = self._runs
         expired = [
@@ -273,6 +273,7 @@ class Bus:
             self.recent_used -= runs.pop(tid).nbytes
             for sub in self._subs:
                 sub.mailbox.forget(tid)
+        return len(expired)
 
     # -- reading ---------------------------------------------------------------
 
@@ -320,8 +321,7 @@ class Bus:
 
     def subscribers(self) -> int:
         """How many subscriptions are attached."""
-        with self._lock:
-            return len(self._subs)
+        return len(self._subs)  # a list's length is read atomically
 
     # -- subscribing -----------------------------------------------------------
 

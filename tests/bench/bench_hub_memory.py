@@ -15,8 +15,8 @@ writes the figures as JSON. Every part starts a real ``pulse serve`` process.
 2. **stuck**: a socket subscriber that never reads (small receive buffer)
    while a raw producer sends ``--big`` error events of 400 KB, then a
    reading subscriber that leaves. Reported: hub RSS peak (goal <= 200 MB),
-   whether the stuck subscriber was closed by the hub, and RSS after every
-   subscriber left (the encode cache freed).
+   whether the stuck subscriber was closed by the hub, RSS after every
+   subscriber left (the run still held), and once the run ended and expired.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from bench_hub import Hub, Sampler
 
 MIB = 1024 * 1024
@@ -133,13 +134,13 @@ def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict
 
 
 def stuck_case(count: int, size: int) -> dict[str, Any]:
-    from pulse_core.codec import encode
-    from pulse_core.events import ErrorReported, RunMeta
+    from pulse_core.codec import encode, to_dict
+    from pulse_core.events import ErrorReported, RunMeta, StatusChanged
     from pulse_transports.wire import hello_line
 
     scratch = Path(tempfile.mkdtemp(prefix="pm-"))
     home = scratch / "home"
-    hub = Hub(home)
+    hub = Hub(home, "--keep-ended", "3")
     sampler = Sampler(hub, every=0.05)
     base = hub.rss()
     stuck = socket.socket(socket.AF_UNIX)
@@ -164,7 +165,8 @@ def stuck_case(count: int, size: int) -> dict[str, Any]:
                 message="big",
                 details={"blob": blob},
             )
-            prod.sendall(encode(event))
+            # Unbounded (encode() would cut it to 64 KiB): a hostile or foreign producer.
+            prod.sendall(orjson.dumps(to_dict(event)) + b"\n")
         time.sleep(1.0)
         stuck.setblocking(False)
         closed = False
@@ -180,8 +182,11 @@ def stuck_case(count: int, size: int) -> dict[str, Any]:
         peak = sampler.peak
         reader.close()
         stuck.close()
+        after = _settle(hub, 6.0)  # the run is still held; the subscribers are gone
+        done = StatusChanged(training_id=tid, seq=count + 2, timestamp=time.time(), status="done")
+        prod.sendall(encode(done))
         prod.close()
-        after = _settle(hub, 3.0)
+        expired = _settle(hub, 3.0 + 6.0)  # the run ended, expired, and was forgotten
     finally:
         sampler.stop()
         hub.stop()
@@ -193,6 +198,7 @@ def stuck_case(count: int, size: int) -> dict[str, Any]:
         "peak_mib": round(peak / MIB, 1),
         "stuck_closed": closed,
         "after_leave_mib": round(after / MIB, 1),
+        "after_expiry_mib": round(expired / MIB, 1),
     }
 
 
@@ -210,7 +216,7 @@ def main() -> int:
     if args.quick:
         figures = {
             "runs": runs_case(40, 2, 10, keep_ended=2.0),
-            "stuck": stuck_case(30, 400_000),
+            "stuck": stuck_case(80, 400_000),
         }
     else:
         figures = {
@@ -226,7 +232,8 @@ def main() -> int:
     print(
         f"stuck: {s['events']} x {s['event_kb']} KB; RSS {s['base_mib']} -> peak "
         f"{s['peak_mib']} MiB (goal <= 200 MB), stuck closed {s['stuck_closed']}, "
-        f"after every subscriber left {s['after_leave_mib']} MiB"
+        f"after every subscriber left {s['after_leave_mib']} MiB, after the run "
+        f"expired {s['after_expiry_mib']} MiB"
     )
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
