@@ -8,9 +8,10 @@ A real ``pulse serve --http`` process serves a fresh home. ``--slots`` (20)
 slots each run training processes one after another: ``TrainingRun`` with
 the default transports (file log, v1 file, socket to the hub) at 20 steps/s
 with a status note every 2 s, ending in turn ``done``, with an exception, by
-SIGKILL or by SIGINT (Ctrl-C) after 3-10 s. Four ``/events`` clients read
+SIGKILL or by SIGINT (Ctrl-C) after 5-30 s (5 s to half the soak, if shorter). Four ``/events`` clients read
 throughout (reconnecting with their last id, as a browser does) and one
-never reads (a tiny receive buffer). At 40 % of the time the hub is
+never reads (a tiny receive buffer; the hub runs with ``--subscriber-limit``
+2,000 so that it is dropped within the soak). At 40 % of the time the hub is
 SIGKILLed, stays down ``--outage`` seconds and restarts on the same home,
 socket and port.
 
@@ -204,8 +205,9 @@ def ls_runs(home: Path) -> dict[str, dict[str, Any]]:
 
 
 class Soak:
-    def __init__(self, seconds: float, slots: int, outage: float) -> None:
+    def __init__(self, seconds: float, slots: int, outage: float, subscriber_limit: int) -> None:
         self.seconds, self.slots, self.outage = seconds, slots, outage
+        self.subscriber_limit = subscriber_limit
         self.scratch = Path(tempfile.mkdtemp(prefix="soak-"))
         self.home = self.scratch / "home"
         (self.home / "logs" / "training").mkdir(parents=True)
@@ -219,7 +221,8 @@ class Soak:
         self.samples: list[dict[str, float]] = []
 
     def start_hub(self) -> Hub:
-        return Hub(self.home, "--http", f"127.0.0.1:{self.port}")
+        limit = str(self.subscriber_limit)
+        return Hub(self.home, "--http", f"127.0.0.1:{self.port}", "--subscriber-limit", limit)
 
     def slot(self, n: int, until: float) -> None:
         k = 0
@@ -230,7 +233,7 @@ class Soak:
             tid = f"soak-{n:02d}-{k:03d}"
             k += 1
             with self.lock:
-                seconds = self.rand.uniform(3.0, 10.0)
+                seconds = self.rand.uniform(5.0, min(30.0, self.seconds / 2))
             steps = int(seconds * 20) if ending in ("done", "error") else 1_000_000
             params = {
                 "tid": tid,
@@ -384,6 +387,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=180.0, help="how long runs start")
     parser.add_argument("--slots", type=int, default=20, help="concurrent training processes")
     parser.add_argument("--outage", type=float, default=10.0, help="seconds the hub is down")
+    parser.add_argument(
+        "--subscriber-limit",
+        type=int,
+        default=2000,
+        help="the hub's --subscriber-limit (its default, 10,000, drops the stuck client "
+        "only after about 17 minutes at this load)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--role", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--params", default=None, help=argparse.SUPPRESS)
@@ -393,7 +403,8 @@ def main() -> int:
         return 0
     if args.quick:
         args.seconds, args.slots, args.outage = 20.0, 4, 3.0
-    f = Soak(args.seconds, args.slots, args.outage).run()
+        args.subscriber_limit = 200
+    f = Soak(args.seconds, args.slots, args.outage, args.subscriber_limit).run()
     print(
         f"soak: {f['runs']} runs {f['endings']} in {f['seconds']} s, {f['slots']} at a time; "
         f"hub down {f['outage_s']} s"
