@@ -8,8 +8,8 @@ A real ``pulse serve --http`` process serves a fresh home. ``--slots`` (20)
 slots each run training processes one after another: ``TrainingRun`` with
 the default transports (file log, v1 file, socket to the hub) at 20 steps/s
 with a status note every 2 s, ending in turn ``done``, with an exception, by
-SIGKILL or by SIGINT (Ctrl-C) after 5-30 s (5 s to half the soak, if shorter). Four ``/events`` clients read
-throughout (reconnecting with their last id, as a browser does) and one
+SIGKILL or by SIGINT (Ctrl-C) after 5-30 s (at most half the soak). Four
+``/events`` clients read throughout (reconnecting with their last id, as a browser does) and one
 never reads (a tiny receive buffer; the hub runs with ``--subscriber-limit``
 2,000 so that it is dropped within the soak). At 40 % of the time the hub is
 SIGKILLed, stays down ``--outage`` seconds and restarts on the same home,
