@@ -220,8 +220,9 @@ class Soak:
         self.samples: list[dict[str, float]] = []
 
     def start_hub(self) -> Hub:
-        limit = str(self.subscriber_limit)
-        return Hub(self.home, "--http", f"127.0.0.1:{self.port}", "--subscriber-limit", limit)
+        limit = self.subscriber_limit
+        bounds = ["--subscriber-limit", str(limit), "--subscriber-buffer", str(max(1, limit // 2))]
+        return Hub(self.home, "--http", f"127.0.0.1:{self.port}", *bounds)
 
     def slot(self, n: int, until: float) -> None:
         k = 0
