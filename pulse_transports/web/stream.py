@@ -162,7 +162,7 @@ class EventStream:
         self._pending: list[list[Item]] = []
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
-        self._liveness_due = True  # after the catch-up, say every run's liveness once
+        self._liveness_due = False  # set after the catch-up: every run's liveness once
         #: liveness of resumed runs the bus does not hold (read from their logs).
         self._offline: dict[str, Liveness] = {}
         self._closed = False
@@ -291,6 +291,10 @@ class EventStream:
             self.told[tid] = view["liveness"]
             return False
         if isinstance(item, Live):
+            # The catch-up is over: tell every run's liveness now, after the
+            # events it replayed (an old event does not make a lost run alive).
+            self.told.clear()
+            self._liveness_due = True
             parts.append(orjson.dumps({"live": {"runs": list(item.runs), "time": item.time}}))
             return False
         if isinstance(item, Resync):
