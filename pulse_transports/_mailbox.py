@@ -97,9 +97,9 @@ class Mailbox:
 
     Events due now go to ``ready`` (what the consumer takes). Per run, a
     value of a rate-limited stream that is not due waits in the run's line,
-    and so does every later event of that run: a status waits behind the
-    value held before it until that value is due (at most one interval), or
-    goes at once when a newer value of that kind supersedes the held one.
+    and so does every later event of that run -- except a status, error,
+    meta or dropped event, which the rate never delays: the values held
+    before it go out with it, early.
     So each run's events come in seq order, one value per stream per
     interval at most, and the last value always arrives.
 
@@ -180,22 +180,28 @@ class Mailbox:
             line.latest[kind] = event
         line.events.append(event)
         self.waiting += 1
-        woken = self._advance(tid, line, now) or woken
+        # A status, error, meta or dropped event is never delayed by the rate:
+        # the values held before it go out with it, early.
+        woken = self._advance(tid, line, now, force=kind is None) or woken
         if len(self.ready) + self.waiting > self.limit:
             self._overflow()
             return True
         return woken
 
-    def _due(self, training_id: str, kind: str, now: float) -> bool:
-        """True (and noted as sent) if a value of this stream may go out now."""
+    def _due(self, training_id: str, kind: str, now: float, force: bool = False) -> bool:
+        """True (and noted as sent) if a value of this stream may (or, forced, must) go now."""
         key = (training_id, kind)
         throttle = self.sent_at.get(key)
         if throttle is None:
             throttle = self.sent_at[key] = Throttle(self.interval)
-        return throttle.offer(now)
+        if throttle.offer(now):
+            return True
+        if force:
+            throttle.last, throttle.pending = now, False  # the next value waits an interval
+        return force
 
-    def _advance(self, training_id: str, line: _Line, now: float) -> bool:
-        """Move what may go out now from the head of a run's line to ready."""
+    def _advance(self, training_id: str, line: _Line, now: float, force: bool = False) -> bool:
+        """Move what may go out now (with *force*: all the buffer takes) to ready."""
         events, latest, ready = line.events, line.latest, self.ready
         moved = False
         while events:
@@ -206,7 +212,7 @@ class Mailbox:
                     events.popleft()
                     line.dead -= 1
                     continue
-                if len(ready) >= self.buffer or not self._due(training_id, kind, now):
+                if len(ready) >= self.buffer or not self._due(training_id, kind, now, force):
                     break
                 del latest[kind]
             events.popleft()

@@ -62,7 +62,7 @@ from pulse_core.errors import PulseError
 from pulse_core.events import Event
 from pulse_core.liveness import Liveness
 from pulse_transports._homefeed import HomeFeed
-from pulse_transports._hubconn import Conn
+from pulse_transports._hubconn import CHUNK, Conn
 from pulse_transports._hubliveness import liveness_now
 from pulse_transports._hubproducers import HubProducers
 from pulse_transports._hubsettings import LIVENESS_TICK, MAX_CONNECTIONS, RATE, HubSettings
@@ -130,6 +130,7 @@ class Hub(HubSubscribers, HubProducers):
         self._closing = False
         self._encoded: dict[int, tuple[Event, bytes]] = {}
         self.refused = 0
+        self.held = 0
         self._feeds = tuple(feeds)
         self._feed_tasks: list[asyncio.Task[None]] = []
         #: training id -> (its liveness at the last check, its last seq then).
@@ -165,7 +166,7 @@ class Hub(HubSubscribers, HubProducers):
             await self._bind_unix(s.socket_path)
         if s.tcp is not None:
             server = await asyncio.start_server(
-                self._on_tcp, s.tcp[0], s.tcp[1], limit=s.max_frame, backlog=1024
+                self._on_tcp, s.tcp[0], s.tcp[1], limit=CHUNK, backlog=1024
             )
             self._servers.append(server)
             for sock in server.sockets:
@@ -200,7 +201,7 @@ class Hub(HubSubscribers, HubProducers):
         old_umask = os.umask(0o177)
         try:
             server = await asyncio.start_unix_server(
-                self._on_unix, str(path), limit=self.settings.max_frame, backlog=1024
+                self._on_unix, str(path), limit=CHUNK, backlog=1024
             )
         finally:
             os.umask(old_umask)
@@ -272,6 +273,7 @@ class Hub(HubSubscribers, HubProducers):
             "duplicates": self.bus.duplicates,
             "overflows": self.bus.overflows,
             "refused": self.refused,
+            "held": self.held,
         }
 
     # -- connections -------------------------------------------------------------
@@ -317,6 +319,7 @@ class Hub(HubSubscribers, HubProducers):
             log.exception("pulse hub connection failed", peer=conn.peer, role=conn.role)
         finally:
             self._conns.discard(conn)
+            self._release(conn)
             conn.close()
 
 
