@@ -16,9 +16,12 @@ connection holding a large one is refused (``overloaded``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import time
-from typing import Any, Final
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
 
 from pulse_core._log import get_logger
 from pulse_transports._hubsettings import HubSettings
@@ -26,6 +29,8 @@ from pulse_transports.inprocess import Bus
 from pulse_transports.wire import HandshakeError, Hello, error_line, parse_hello
 
 log = get_logger("pulse.hub")
+
+T = TypeVar("T")
 
 #: Seconds a closing connection may take to flush before it is cut: long
 #: enough for a paused subscriber to still read its ``resync`` line.
@@ -85,6 +90,14 @@ class HubConnections:
     refused: int
     #: Bytes held in every connection's buffer (unfinished lines, mostly).
     held: int
+    #: The hub's own worker threads: a flood of web requests on the loop's
+    #: default executor never delays a producer's welcome.
+    _pool: ThreadPoolExecutor
+
+    async def _blocking(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call in the hub's worker threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(func, *args))
 
     def _refuse(self, conn: Conn, code: str, message: str) -> None:
         """Send a fatal error line and close."""

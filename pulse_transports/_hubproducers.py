@@ -47,9 +47,7 @@ class HubProducers(HubLiveness):
         self._producers[tid] = conn
         try:
             if self.bus.last_seq(tid) is None:
-                events = await asyncio.to_thread(
-                    read_events, log_path(self.settings.home, tid), tid
-                )
+                events = await self._blocking(read_events, log_path(self.settings.home, tid), tid)
                 if events:
                     self.bus.seed(tid, events)
             conn.send(

@@ -52,7 +52,7 @@ class HubSubscribers(HubLiveness):
         history: dict[str, list[Event]] = {}
         for tid, after in resume.items():
             if not self.bus.covers(tid, after):
-                past = await asyncio.to_thread(
+                past = await self._blocking(
                     read_events, log_path(self.settings.home, tid), tid, after
                 )
                 if past is not None:

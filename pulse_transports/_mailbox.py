@@ -37,6 +37,9 @@ RECENT: Final = 256
 MAX_RUNS: Final = 256
 #: Seconds an ended run stays in memory (and in new subscribers' snapshots).
 KEEP_ENDED: Final = 3600.0
+#: Most seconds a status, error, meta or dropped event waits behind a held
+#: value, whatever the subscriber's rate: then the held values go out early.
+URGENT_WAIT: Final = 0.1
 
 
 @attrs.frozen
@@ -77,12 +80,14 @@ class _Line:
     they are many.
     """
 
-    __slots__ = ("dead", "events", "latest")
+    __slots__ = ("dead", "events", "latest", "urgent")
 
     def __init__(self) -> None:
         self.events: deque[Event] = deque()
         self.latest: dict[str, Event] = {}  # kind -> the live held value
         self.dead = 0
+        #: when each waiting status, error, meta or dropped event came, in order
+        self.urgent: deque[float] = deque()
 
     def sweep(self) -> None:
         latest = self.latest
@@ -97,9 +102,11 @@ class Mailbox:
 
     Events due now go to ``ready`` (what the consumer takes). Per run, a
     value of a rate-limited stream that is not due waits in the run's line,
-    and so does every later event of that run -- except a status, error,
-    meta or dropped event, which the rate never delays: the values held
-    before it go out with it, early.
+    and so does every later event of that run: a status waits behind the
+    value held before it until that value is due, or goes at once when a
+    newer value of that kind supersedes the held one. Whatever the rate, a
+    status, error, meta or dropped event waits at most :data:`URGENT_WAIT`:
+    then the values held before it go out with it, early.
     So each run's events come in seq order, one value per stream per
     interval at most, and the last value always arrives.
 
@@ -178,11 +185,12 @@ class Mailbox:
                 self.waiting -= 1
                 self.coalesced += 1
             line.latest[kind] = event
+        else:
+            woken = woken or not line.urgent  # an earlier deadline for the consumer
+            line.urgent.append(now)
         line.events.append(event)
         self.waiting += 1
-        # A status, error, meta or dropped event is never delayed by the rate:
-        # the values held before it go out with it, early.
-        woken = self._advance(tid, line, now, force=kind is None) or woken
+        woken = self._advance(tid, line, now) or woken
         if len(self.ready) + self.waiting > self.limit:
             self._overflow()
             return True
@@ -200,9 +208,14 @@ class Mailbox:
             throttle.last, throttle.pending = now, False  # the next value waits an interval
         return force
 
-    def _advance(self, training_id: str, line: _Line, now: float, force: bool = False) -> bool:
-        """Move what may go out now (with *force*: all the buffer takes) to ready."""
-        events, latest, ready = line.events, line.latest, self.ready
+    def _advance(self, training_id: str, line: _Line, now: float) -> bool:
+        """Move what may go out now from the head of a run's line to ready.
+
+        A held value is due when its interval has passed, or when a status,
+        error, meta or dropped event has waited behind it for URGENT_WAIT.
+        """
+        events, latest, ready, urgent = line.events, line.latest, self.ready, line.urgent
+        force = bool(urgent) and now - urgent[0] >= URGENT_WAIT
         moved = False
         while events:
             head = events[0]
@@ -215,6 +228,9 @@ class Mailbox:
                 if len(ready) >= self.buffer or not self._due(training_id, kind, now, force):
                     break
                 del latest[kind]
+            else:
+                urgent.popleft()
+                force = bool(urgent) and now - urgent[0] >= URGENT_WAIT
             events.popleft()
             self.waiting -= 1
             ready.append(head)
@@ -258,6 +274,8 @@ class Mailbox:
                 continue  # held back only by a full buffer: the consumer is busy
             throttle = self.sent_at.get((tid, kind))
             when = (throttle.last if throttle is not None else float("-inf")) + self.interval
+            if line.urgent:
+                when = min(when, line.urgent[0] + URGENT_WAIT)
             if due is None or when < due:
                 due = when
         return due

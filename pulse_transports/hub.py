@@ -54,8 +54,9 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pulse_core._log import get_logger
 from pulse_core.errors import PulseError
@@ -85,6 +86,9 @@ __all__ = [
 ]
 
 log = get_logger("pulse.hub")
+
+#: The hub's worker threads (log reads for welcomes and resumes, lock checks).
+_WORKERS: Final = 4
 
 
 class HubAddressInUse(PulseError):
@@ -131,6 +135,7 @@ class Hub(HubSubscribers, HubProducers):
         self._encoded: dict[int, tuple[Event, bytes]] = {}
         self.refused = 0
         self.held = 0
+        self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="pulse-hub")
         self._feeds = tuple(feeds)
         self._feed_tasks: list[asyncio.Task[None]] = []
         #: training id -> (its liveness at the last check, its last seq then).
@@ -155,12 +160,12 @@ class Hub(HubSubscribers, HubProducers):
         s = self.settings
         if s.follow_home:
             self.homefeed = HomeFeed(s.home, max_runs=s.max_runs)
-            primed = await asyncio.to_thread(self.homefeed.prime)
+            primed = await self._blocking(self.homefeed.prime)
             for tid, events in primed.items():
                 self.bus.seed(tid, events)
             self._feeds = (*self._feeds, self.homefeed)
         else:
-            await asyncio.to_thread(self._seed_live_runs)
+            await self._blocking(self._seed_live_runs)
         await self.check_liveness()  # the first snapshots already say who is lost
         if s.socket_path is not None:
             await self._bind_unix(s.socket_path)
@@ -235,7 +240,7 @@ class Hub(HubSubscribers, HubProducers):
         if self._feed_tasks:
             await asyncio.wait(self._feed_tasks, timeout=2.0)
         if self.homefeed is not None:
-            await asyncio.to_thread(self.homefeed.close)
+            await self._blocking(self.homefeed.close)
         background = [t for t in (self._liveness_task, *self._checks) if t is not None]
         for task in background:
             task.cancel()
@@ -253,6 +258,7 @@ class Hub(HubSubscribers, HubProducers):
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         self.bus.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         path = self.settings.socket_path
         if path is not None and self._socket_inode is not None:
             with contextlib.suppress(OSError):
@@ -312,7 +318,10 @@ class Hub(HubSubscribers, HubProducers):
             else:
                 await self._subscriber(conn, reader, hello)
         except asyncio.CancelledError:
-            raise
+            if not self._closing:
+                raise
+            # Cancelled by close(): end quietly (the stream protocol's done
+            # callback would report a cancelled task with a traceback).
         except (ConnectionError, OSError) as exc:
             log.debug("pulse hub connection lost", peer=conn.peer, role=conn.role, error=str(exc))
         except Exception:  # one connection's bug must never stop the hub
