@@ -7,7 +7,12 @@ reads that transport's table: ``path`` and ``token`` of
 own settings from the ``[tool.pulse.socket.hub]`` sub-table (``[socket.hub]``
 in pulse.toml). A command-line option or its environment variable wins over
 the tables, the tables over the defaults. It raises the process's open-file
-limit so the hub can hold its ``--max-connections``.
+limit so the hub can hold its ``--max-connections``, and shares what the
+limit allows between the web view (``--http-max-connections``, at most a
+quarter of it) and the hub socket, so a flood of one never starves the
+other of descriptors. Errors the event loop reports (an ``accept`` out of
+descriptors, a connection's failure) are one short rate-limited line each,
+never a traceback.
 
 ``--http [HOST:]PORT`` adds the web view (:mod:`pulse_transports.web`, the
 optional extra ``pulse-v2[web]``) to the same event loop and bus: loopback
@@ -29,6 +34,7 @@ from typing import Any, Final, TypeVar
 import attrs
 import click
 
+from pulse_core._log import get_logger
 from pulse_core.errors import ConfigError
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
 from pulse_transports.config import check_table
@@ -43,6 +49,7 @@ HUB_KEYS: Final[Mapping[str, type]] = {
     "rate": float,
     "max_frame": int,
     "handshake_timeout": float,
+    "line_timeout": float,
     "subscriber_buffer": int,
     "subscriber_limit": int,
     "max_connections": int,
@@ -162,6 +169,12 @@ def rate_option(func: F) -> F:
     help="Seconds a new connection has to send its hello [default: 10].",
 )
 @click.option(
+    "--line-timeout",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="Seconds a line, once begun, has to reach its newline [default: 10].",
+)
+@click.option(
     "--subscriber-buffer",
     type=click.IntRange(min=1),
     default=None,
@@ -179,6 +192,13 @@ def rate_option(func: F) -> F:
     default=None,
     help="Connections beyond this are refused [default: 10000].",
 )
+@click.option(
+    "--http-max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="HTTP connections beyond this are answered 503 (counted apart from the hub "
+    "socket's; at most a quarter of the open-file limit) [default: 256].",
+)
 def serve(
     home: Path | None,
     socket_path: Path | None,
@@ -189,9 +209,11 @@ def serve(
     rate: float | None,
     max_frame: int | None,
     handshake_timeout: float | None,
+    line_timeout: float | None,
     subscriber_buffer: int | None,
     subscriber_limit: int | None,
     max_connections: int | None,
+    http_max_connections: int | None,
 ) -> None:
     """Run the hub: producers push run events, UIs subscribe to them live.
 
@@ -216,6 +238,7 @@ def serve(
         "rate": rate,
         "max_frame": max_frame,
         "handshake_timeout": handshake_timeout,
+        "line_timeout": line_timeout,
         "subscriber_buffer": subscriber_buffer,
         "subscriber_limit": subscriber_limit,
         "max_connections": max_connections,
@@ -241,6 +264,9 @@ def serve(
                 f"--http needs the web extra: pip install 'pulse-v2[web]' ({exc})"
             ) from None
     _raise_open_files(settings.max_connections + 64)
+    settings, http_cap = share_descriptors(
+        settings, http_max_connections if http_address is not None else 0
+    )
 
     def ready(addresses: list[Address], url: str | None) -> None:
         words = [str(a) for a in addresses] + ([url] if url else [])
@@ -250,9 +276,12 @@ def serve(
     async def serve_until_signalled() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(loop_error)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await _run(settings, http_address, config.stale_after, config.lost_after, stop, ready)
+        await _run(
+            settings, http_address, config.stale_after, config.lost_after, stop, ready, http_cap
+        )
 
     try:
         asyncio.run(serve_until_signalled())
@@ -262,6 +291,46 @@ def serve(
     except OSError as exc:
         click.echo(f"pulse serve: cannot listen: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def share_descriptors(settings: HubSettings, http_wanted: int | None) -> tuple[HubSettings, int]:
+    """Split the open-file limit between the web view and the hub socket.
+
+    Args:
+        settings: the hub's settings (its ``max_connections``).
+        http_wanted: the HTTP connection cap asked for (None: the default;
+            0: no web view).
+
+    Returns:
+        The settings with ``max_connections`` lowered to what the limit
+        leaves the hub socket, and the HTTP cap (at most a quarter of the
+        limit; 0 without a web view).
+    """
+    from pulse_transports.web.server import MAX_HTTP_CONNECTIONS
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    files = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+    http_cap = 0
+    if http_wanted != 0:
+        http_cap = min(http_wanted or MAX_HTTP_CONNECTIONS, max(8, files // 4))
+    spare = max(16, files - http_cap - _RESERVED_FILES)
+    if settings.max_connections > spare:
+        settings = attrs.evolve(settings, max_connections=spare)
+    return settings, http_cap
+
+
+#: Descriptors kept for everything but connections (logs, the index, threads).
+_RESERVED_FILES: Final = 64
+
+
+def loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's error handler: one short rate-limited line, no traceback."""
+    exc = context.get("exception")
+    get_logger("pulse.serve").warning(
+        "pulse serve: event loop error",
+        message=context.get("message"),
+        error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
+    )
 
 
 def hub_settings(home: Path, table: Mapping[str, Any], given: Mapping[str, Any]) -> HubSettings:
@@ -315,6 +384,7 @@ async def _run(
     lost_after: float,
     stop: asyncio.Event,
     ready: Callable[[list[Address], str | None], None],
+    http_cap: int | None = None,
 ) -> None:
     """Run the hub (and its web view, if asked) until *stop* is set."""
     hub = Hub(attrs.evolve(settings, stale_after=stale_after, lost_after=lost_after))
@@ -336,7 +406,7 @@ async def _run(
                 ),
                 http[0],
                 http[1],
-                max_connections=settings.max_connections,
+                max_connections=http_cap,
             )
             url = await web.start()
         ready(addresses, url)
