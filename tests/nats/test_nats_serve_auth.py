@@ -20,7 +20,17 @@ def nats_serve(url: str, **env: str) -> subprocess.CompletedProcess[str]:
     home = Path(tempfile.mkdtemp(prefix="pn-")) / "home"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
     return subprocess.run(
-        [sys.executable, "-m", "pulse_transports.cli", "nats", "serve", "--home", str(home), "--url", url],
+        [
+            sys.executable,
+            "-m",
+            "pulse_transports.cli",
+            "nats",
+            "serve",
+            "--home",
+            str(home),
+            "--url",
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
