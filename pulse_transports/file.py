@@ -93,6 +93,7 @@ from pulse_core.reducer import Folder
 from pulse_core.state import RunState
 from pulse_transports import _compact as _compact_module
 from pulse_transports._compact import tmp_path, write_compacted
+from pulse_transports.homemode import make_dirs, open_file
 
 log = get_logger("pulse.file")
 
@@ -284,7 +285,7 @@ class FileSink:
         if self._lock_fd >= 0:
             raise RuntimeError(f"this FileSink is already open on {self.path}")
         folder = log_dir(self.home)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         lock = lock_path(self.home, training_id)
         lock_fd = _take_lock(lock, training_id, log_path(self.home, training_id), self.lock_wait)
         try:
@@ -320,7 +321,7 @@ class FileSink:
 
     def _open_log(self) -> None:
         assert self.path is not None
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         self._size = os.fstat(self._fd).st_size
         self._torn = self._size > 0 and not _ends_with_newline(self.path)
 
@@ -419,9 +420,9 @@ class FileSink:
         """Open a new log at the path and restate the run in it (see the module doc)."""
         assert self.path is not None
         lost_lines = self._lines
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         self._retake_lock()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         old, self._fd = self._fd, fd
         with contextlib.suppress(OSError):
             os.close(old)
@@ -477,7 +478,7 @@ class FileSink:
                 return
         except FileNotFoundError:
             pass
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_file(lock, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -712,7 +713,7 @@ def _refuse_ended(data: bytes, training_id: str, path: Path) -> None:
 def _take_lock(lock: Path, training_id: str, log_file: Path, wait: float = LOCK_WAIT) -> int:
     """Open and flock *lock* exclusively; the fd, or RunLocked if it is held."""
     for _ in range(20):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_file(lock, os.O_RDWR | os.O_CREAT)
         try:
             _flock_waiting(fd, wait)
         except BlockingIOError:
@@ -785,7 +786,7 @@ def write_json_atomic(path: Path, value: Any, fsync: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     data = orjson.dumps(value)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             view = memoryview(data)
             while view:

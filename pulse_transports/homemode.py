@@ -8,6 +8,9 @@ This module owns the home's access policy, chosen by ``$PULSE_HOME_MODE``:
 * ``group``: folders ``2770`` (setgid: new files keep the folder's group),
   files ``0660`` -- for a team sharing one home through a Unix group.
 
+An unknown value is read as ``private`` (with a warning); ``pulse serve``
+refuses it.
+
 The modes are applied with ``chmod``/``fchmod`` after creating, so the
 process's umask cannot loosen or tighten them. Folders and files that
 already exist are left as they are, except files PULSE opens for writing,
@@ -24,7 +27,10 @@ import os
 from pathlib import Path
 from typing import Final, Literal
 
+from pulse_core._log import get_logger
 from pulse_core.errors import ConfigError
+
+log = get_logger("pulse.home")
 
 #: The environment variable naming the policy.
 ENV_MODE: Final = "PULSE_HOME_MODE"
@@ -34,19 +40,33 @@ MODES: Final = {"private": (0o700, 0o600), "group": (0o2770, 0o660)}
 Policy = Literal["private", "group"]
 
 
-@functools.cache
-def policy() -> Policy:
-    """The home policy: ``$PULSE_HOME_MODE`` (``private`` or ``group``), default private.
+def parse_policy(text: str | None) -> Policy:
+    """The policy a ``$PULSE_HOME_MODE`` value names (empty or None: private).
 
     Raises:
         ConfigError: for another value.
     """
-    text = os.environ.get(ENV_MODE, "").strip().lower() or "private"
-    if text == "private":
+    word = (text or "").strip().lower() or "private"
+    if word == "private":
         return "private"
-    if text == "group":
+    if word == "group":
         return "group"
     raise ConfigError(f"${ENV_MODE} must be 'private' or 'group', got {text!r}")
+
+
+@functools.cache
+def policy() -> Policy:
+    """The home policy of this process: ``$PULSE_HOME_MODE``, default private.
+
+    A value that names no policy is warned about once and read as private
+    (the safe side): creating files must not fail training. ``pulse serve``
+    refuses it instead.
+    """
+    try:
+        return parse_policy(os.environ.get(ENV_MODE))
+    except ConfigError as exc:
+        log.warning("pulse home mode unknown; using private", error=str(exc))
+        return "private"
 
 
 def dir_mode() -> int:

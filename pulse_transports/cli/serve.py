@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import signal
 import sys
@@ -39,6 +40,7 @@ import click
 
 from pulse_core._log import get_logger
 from pulse_core.errors import ConfigError
+from pulse_transports import homemode
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
 from pulse_transports.config import check_table
 from pulse_transports.hub import Hub, HubAddressInUse, HubSettings
@@ -232,6 +234,10 @@ def serve(
     config = resolve_config(home)
     table = _table(config.transport_options)
     _warn_argv_token("token")
+    try:
+        homemode.parse_policy(os.environ.get(homemode.ENV_MODE))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     given = {
         "socket": str(socket_path) if socket_path is not None else None,
         "tcp": tcp,
