@@ -393,7 +393,7 @@ def summary(home: Path, training_id: str, outcome: str, checkpoint: Path | None)
     click.echo("try next:")
     click.echo(f"  pulse show{home_arg}              the run's timeline and loss curve")
     click.echo(f"  pulse watch{home_arg}             in a 2nd terminal, then pulse demo again")
-    click.echo(f"  pulse serve{home_arg} --http 7434 the web view, http://127.0.0.1:7434/")
+    click.echo(f"  pulse serve{home_arg} --http 7434 the web view: open the URL it prints")
 
 
 def run_state(home: Path, training_id: str) -> dict[str, Any]:
