@@ -8,11 +8,13 @@ ownership rules, from facts the hub can check itself:
   holds it, only that process -- or one of its ancestors or descendants (a
   supervisor and its training child) -- may report the run over the Unix
   socket, whose peer's pid the kernel tells (``SO_PEERCRED``);
-* otherwise (no lock: a socket-only producer; a TCP peer, whose pid is not
-  known), the connection that reports the run keeps it while it speaks: a
-  second connection is refused until the first has been silent for
-  :data:`TAKEOVER_QUIET` seconds -- so a genuine writer reconnecting after a
-  blip, whose old connection the hub has not seen close, waits at most that;
+  a TCP peer (whose pid is not known) may not take the run from a connected
+  writer either;
+* otherwise (no lock: a socket-only producer; a TCP peer), the same process
+  reconnecting gets in at once, and another connection is refused until the
+  one reporting the run has been silent for :data:`TAKEOVER_QUIET` seconds --
+  so a genuine writer whose old connection the hub has not seen close waits
+  at most that;
 * a seq far beyond what the hub holds for the run (:data:`MAX_SEQ_JUMP`) or
   beyond what every reader can represent (:data:`MAX_SEQ`, 2^53 - 1) is
   refused: accepted, it would make the hub ignore the run's real events.
@@ -25,17 +27,20 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
 from pulse_transports.file import lock_path, writer_alive
 
 #: Seconds an owning producer connection must have been silent before another
-#: connection may take its run over (a reconnecting writer's old connection
-#: is silent: the writer now speaks on the new one).
-TAKEOVER_QUIET: Final = 3.0
+#: connection may take its run over: above the default heartbeat interval (5 s),
+#: so a live writer keeps its run; a reconnecting writer's old connection is
+#: silent, as the writer now speaks on the new one.
+TAKEOVER_QUIET: Final = 6.0
 #: The highest seq the hub accepts: JavaScript's Number.MAX_SAFE_INTEGER.
 MAX_SEQ: Final = 2**53 - 1
 #: The largest step of seq above the hub's last seq for a run (about 4.3e9:
@@ -99,33 +104,62 @@ def related(a: int, b: int) -> bool:
     return a == b or a in _ancestors(b) or b in _ancestors(a)
 
 
-def ownership_refusal(
-    home: Path, training_id: str, *, pid: int | None, owner_quiet: float | None
-) -> str | None:
-    """Why a new producer connection may not report *training_id*, or None if it may.
+class RunOwners:
+    """Which connection reports each run, and whether another may take it over.
 
-    Args:
-        home: the hub's home (the run's lock file).
-        training_id: the run the hello names.
-        pid: the connecting process (Unix socket), None if unknown (TCP).
-        owner_quiet: seconds since the run's current producer connection was
-            last heard from; None if it has none.
+    The hub calls :meth:`admit` on a producer hello, :meth:`took` when it
+    lets the connection report the run, :meth:`heard` on each of its lines and
+    :meth:`left` when it is gone.
     """
-    holder = lock_holder(home, training_id)
-    if holder is not None and pid is not None:
-        if related(holder, pid):
-            return None  # the writer itself (or its supervisor): any older connection yields
-        return (
-            f"run {training_id!r} is written by pid {holder}, which holds its lock; "
-            f"this process (pid {pid}) may not report it"
-        )
-    if owner_quiet is not None and owner_quiet < TAKEOVER_QUIET:
-        return (
-            f"run {training_id!r} is reported by another connection, heard "
-            f"{owner_quiet:.1f} s ago; its writer reconnecting is let in once that "
-            f"connection has been silent for {TAKEOVER_QUIET:g} s"
-        )
-    return None
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        #: training id -> [pid of the reporting process (None: unknown), last heard].
+        self._runs: dict[str, list[Any]] = {}
+
+    def admit(self, home: Path, training_id: str, pid: int | None) -> str | None:
+        """Why a new producer connection (process *pid*, None if unknown) may not report
+        *training_id*, or None if it may (any older connection then yields)."""
+        owner = self._runs.get(training_id)
+        holder = lock_holder(home, training_id)
+        if holder is not None:
+            if pid is not None:
+                if related(holder, pid):
+                    return None  # the writer itself, or its supervisor
+                return (
+                    f"run {training_id!r} is written by pid {holder}, which holds its lock; "
+                    f"this process (pid {pid}) may not report it"
+                )
+            if owner is not None and owner[0] is not None and related(holder, owner[0]):
+                return (
+                    f"run {training_id!r} is written by pid {holder}, which holds its lock "
+                    "and is connected; another connection may not report it"
+                )
+        elif owner is not None and pid is not None and owner[0] == pid:
+            return None  # the same process, reconnecting
+        if owner is not None:
+            quiet = self._clock() - owner[1]
+            if quiet < TAKEOVER_QUIET:
+                return (
+                    f"run {training_id!r} is reported by another connection, heard "
+                    f"{quiet:.1f} s ago; its writer reconnecting is let in once that "
+                    f"connection has been silent for {TAKEOVER_QUIET:g} s"
+                )
+        return None
+
+    def took(self, training_id: str, pid: int | None) -> None:
+        """A connection of process *pid* now reports *training_id*."""
+        self._runs[training_id] = [pid, self._clock()]
+
+    def heard(self, training_id: str) -> None:
+        """The connection reporting *training_id* sent a line."""
+        owner = self._runs.get(training_id)
+        if owner is not None:
+            owner[1] = self._clock()
+
+    def left(self, training_id: str) -> None:
+        """The connection reporting *training_id* is gone."""
+        self._runs.pop(training_id, None)
 
 
 def seq_refusal(seq: int, last_seq: int | None) -> str | None:

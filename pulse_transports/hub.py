@@ -64,6 +64,7 @@ from pulse_core.liveness import Liveness
 from pulse_transports._homefeed import HomeFeed
 from pulse_transports._hubconn import Conn
 from pulse_transports._hubliveness import liveness_now
+from pulse_transports._hubowner import RunOwners
 from pulse_transports._hubproducers import HubProducers
 from pulse_transports._hubsettings import LIVENESS_TICK, MAX_CONNECTIONS, RATE, HubSettings
 from pulse_transports._hubsubscribers import HubSubscribers
@@ -126,6 +127,7 @@ class Hub(HubSubscribers, HubProducers):
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: set[Conn] = set()
         self._producers: dict[str, Conn] = {}
+        self._owners = RunOwners()
         self._socket_inode: int | None = None
         self._closing = False
         self._encoded: dict[int, tuple[Event, bytes]] = {}
