@@ -70,6 +70,7 @@ from pulse_transports._hubsettings import LIVENESS_TICK, MAX_CONNECTIONS, RATE, 
 from pulse_transports._hubsubscribers import HubSubscribers
 from pulse_transports.file import log_dir, log_path, writer_alive
 from pulse_transports.follow import read_events
+from pulse_transports.homemode import make_dirs
 from pulse_transports.inprocess import Bus
 from pulse_transports.wire import Address, error_line
 
@@ -188,7 +189,7 @@ class Hub(HubSubscribers, HubProducers):
             log.exception("pulse hub feed failed", feed=repr(feed))
 
     async def _bind_unix(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise HubAddressInUse(

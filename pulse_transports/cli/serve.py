@@ -273,6 +273,12 @@ def serve(
                 f"--http needs the web extra: pip install 'pulse-v2[web]' ({exc})"
             ) from None
     _raise_open_files(settings.max_connections + 64)
+    if homemode.others_can_read(config.home):
+        log.warning(
+            "pulse home can be entered by other users: their processes can read its runs "
+            "(chmod 700 it, or 2770 for a group)",
+            home=str(config.home),
+        )
 
     def ready(addresses: list[Address], url: str | None) -> None:
         if url and settings.token:
