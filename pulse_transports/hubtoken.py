@@ -5,8 +5,9 @@ needs a token by default (``pulse serve --no-token`` opts out): unless one
 is configured (``$PULSE_HUB_TOKEN``, ``[tool.pulse.socket] token``, or
 ``--token``, which warns: argv is visible in ``ps``), :func:`hub_token`
 reuses the token of ``hub.token`` -- so browsers holding its cookie and
-clients holding it stay valid across restarts -- or makes a random one and
-writes it there, mode 0600 (:mod:`pulse_transports.homemode`). A token file
+clients holding it stay valid across restarts -- or makes a random one. The
+token in use, configured ones too, is written there, mode 0600
+(:mod:`pulse_transports.homemode`), so local clients always find it. A token file
 that users beyond the home's policy could read is replaced by a new token.
 Deleting the file rotates the token at the next start.
 
