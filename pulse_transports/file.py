@@ -90,6 +90,7 @@ from pulse_transports._logfile import (
 )
 from pulse_transports._logfile import fsync_dir as _fsync_dir
 from pulse_transports._recreate import RecreatingLog, WriterMemory
+from pulse_transports.homemode import make_dirs, open_file
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -208,7 +209,7 @@ class FileSink(RecreatingLog):
         if self._lock_fd >= 0:
             raise RuntimeError(f"this FileSink is already open on {self.path}")
         folder = log_dir(self.home)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         lock = lock_path(self.home, training_id)
         lock_fd = take_lock(lock, training_id, log_path(self.home, training_id), self.lock_wait)
         try:
@@ -242,7 +243,7 @@ class FileSink(RecreatingLog):
 
     def _open_log(self) -> None:
         assert self.path is not None
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         self._size = os.fstat(self._fd).st_size
         self._torn = self._size > 0 and not ends_with_newline(self.path)
 

@@ -19,14 +19,16 @@ This module owns the HTTP surface of ``pulse serve --http`` (described in
   this package; no build step).
 
 Safety: every response carries a strict Content-Security-Policy (scripts
-and styles from this origin only). With a token, every request must show it
-(``Authorization: Bearer``, the ``pulse_token`` cookie that ``/?token=``
-sets, or ``?token=``). Without one -- loopback only -- the ``Host`` header
-must name a loopback host, so a web page elsewhere cannot reach the API by
-DNS rebinding. Blocking reads (logs, the index, lock files) run in worker
-threads, at most :data:`API_WORKERS` at a time: a flood of requests queues
-here instead of crowding the hub (its producers are served first). Must not
-be imported by :mod:`pulse_core`.
+and styles from this origin only). With a token, every request must show it:
+``Authorization: Bearer``, or the HttpOnly, SameSite=Strict cookie
+``pulse_token_<port>`` that ``/?token=`` sets; ``?token=`` itself is taken
+only on ``/`` and ``/events``, where a browser cannot send a header. Without
+one -- loopback only -- the ``Host`` header must name a loopback host, so a
+web page elsewhere cannot reach the API by DNS rebinding. Blocking reads
+(logs, the index, lock files) run in worker threads, at most
+:data:`API_WORKERS` at a time: a flood of requests queues here instead of
+crowding the hub (its producers are served first). Must not be imported by
+:mod:`pulse_core`.
 """
 
 from __future__ import annotations
@@ -72,8 +74,10 @@ log = get_logger("pulse.web")
 T = TypeVar("T")
 
 STATIC: Final = Path(__file__).parent / "static"
-#: The cookie the page's token is kept in after ``/?token=``.
+#: The cookie the page's token is kept in after ``/?token=`` (``pulse_token_<port>``).
 TOKEN_COOKIE: Final = "pulse_token"  # noqa: S105 - a cookie name, not a secret
+#: The only addresses that take ``?token=`` (a browser cannot send a header there).
+QUERY_TOKEN_PATHS: Final = frozenset({"/", "/events"})
 #: Host names a loopback-only server answers to (the DNS-rebinding guard).
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Most rows ``/api/runs`` returns.
@@ -222,24 +226,35 @@ class WebApp:
                 return _error(403, "forbidden_host", "this hub answers to loopback host names only")
             return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        given = [
-            headers.get("authorization", "").removeprefix("Bearer ").strip(),
-            *query.get("token", []),
-        ]
+        given = [headers.get("authorization", "").removeprefix("Bearer ").strip()]
+        if scope["path"] in QUERY_TOKEN_PATHS:
+            # Only where a browser cannot send a header: the first load of the
+            # page, and EventSource. Elsewhere a token in the address would
+            # land in logs and histories for nothing.
+            given += query.get("token", [])
         cookie = SimpleCookie()
         with contextlib.suppress(CookieError):
             cookie.load(headers.get("cookie", ""))
-        if TOKEN_COOKIE in cookie:
-            given.append(cookie[TOKEN_COOKIE].value)
+        given += [m.value for name, m in cookie.items() if name.startswith(TOKEN_COOKIE)]
         if not any(g and hmac.compare_digest(g.encode(), token.encode()) for g in given):
             return _error(
-                401, "unauthorized", "this hub needs its token: open /?token=... or send a Bearer"
+                401,
+                "unauthorized",
+                "this hub needs its token: open the URL `pulse serve` printed (/?token=...), "
+                "or send `Authorization: Bearer` with the token of <home>/hub.token",
             )
         if scope["path"] == "/" and "token" in query:
             # Keep the token out of the address bar and history: a cookie carries it.
             response = Response(status_code=303, headers={"location": "/"})
+            # Named by port: browsers share cookies between ports of one host.
+            port = (scope.get("server") or ("", 0))[1]
             response.set_cookie(
-                TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/", max_age=86400 * 30
+                f"{TOKEN_COOKIE}_{port}",
+                token,
+                httponly=True,
+                samesite="strict",
+                path="/",
+                max_age=86400 * 30,
             )
             return response
         return None
