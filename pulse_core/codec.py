@@ -39,6 +39,7 @@ from pulse_core.events import (
     Metrics,
     Progress,
     RunMeta,
+    StateCheckpoint,
     StatusChanged,
     UnknownEvent,
     validate_training_id,
@@ -53,6 +54,7 @@ TAGS: Final[Mapping[str, type[Any]]] = {
     "error": ErrorReported,
     "heartbeat": Heartbeat,
     "dropped": Dropped,
+    "state_checkpoint": StateCheckpoint,
 }
 TAG_OF: Final[Mapping[type[Any], str]] = {cls: tag for tag, cls in TAGS.items()}
 _ENVELOPE: Final = ("v", "type", "training_id", "seq", "timestamp")

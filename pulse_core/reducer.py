@@ -38,6 +38,7 @@ from pulse_core.events import (
     Phase,
     Progress,
     RunMeta,
+    StateCheckpoint,
     StatusChanged,
     UnknownEvent,
 )
@@ -241,6 +242,8 @@ class _Acc:
 
     def apply(self, event: Event) -> None:
         """Apply one event; never raises for any Event value."""
+        if event.__class__ is StateCheckpoint:
+            return  # a log's checkpoint says what was folded already: no change
         seq = event.seq
         tid = event.training_id
         if tid != self.training_id:
@@ -304,6 +307,8 @@ class _Acc:
             pass
         elif isinstance(event, UnknownEvent):
             self.unknown_events += 1
+        elif isinstance(event, StateCheckpoint):  # pragma: no cover - returned above
+            pass
         else:
             assert_never(event)
 
