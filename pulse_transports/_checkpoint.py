@@ -30,7 +30,7 @@ from typing import Final
 
 import orjson
 
-from pulse_core.codec import MAX_LINE_BYTES, decode
+from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
 from pulse_core.events import PROTOCOL_VERSION, Event, StateCheckpoint
 from pulse_core.reducer import Folder
@@ -46,6 +46,8 @@ EVERY_BYTES: Final = 64 * 1024
 SPACING: Final = 4
 #: What every checkpoint line starts with (the codec writes ``type`` first).
 MARK: Final = b'{"type":"state_checkpoint"'
+#: The longest checkpoint line (event lines stop at 64 KiB; readers take 1 MiB).
+MAX_CHECKPOINT_BYTES: Final = 512 * 1024
 #: Bytes read per step when searching a log backwards.
 BLOCK: Final = 1 << 16
 
@@ -53,9 +55,9 @@ BLOCK: Final = 1 << 16
 class CheckpointWriter:
     """The writer's own fold of its run, and when to write it down (module doc)."""
 
-    def __init__(self, state: RunState, limit: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, state: RunState, limit: int = MAX_CHECKPOINT_BYTES) -> None:
         self._folder = Folder(state)
-        self._limit = min(limit, MAX_LINE_BYTES)
+        self._limit = min(limit, MAX_CHECKPOINT_BYTES)
         self._lines = 0  # since the last checkpoint
         self._bytes = 0
         self._spacing = 0
@@ -166,7 +168,7 @@ def last_checkpoint(path: Path | str, training_id: str) -> Checkpoint | None:
             tail = data[: cut + 1] if cut >= 0 and start > 0 else b""
             if start > 0 and cut < 0:
                 tail = data  # one long line across blocks
-                if len(tail) > 2 * MAX_LINE_BYTES:
+                if len(tail) > MAX_CHECKPOINT_BYTES:
                     tail = b""  # longer than any checkpoint: not one
             end = start
         return None
