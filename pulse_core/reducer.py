@@ -303,12 +303,10 @@ class _Acc:
                 self.total_epochs = event.total_epochs
             if event.total_steps is not None and self.total_steps is None:
                 self.total_steps = event.total_steps
-        elif isinstance(event, Heartbeat | Dropped):  # Dropped is handled above
+        elif isinstance(event, Heartbeat | Dropped | StateCheckpoint):  # the last two: above
             pass
         elif isinstance(event, UnknownEvent):
             self.unknown_events += 1
-        elif isinstance(event, StateCheckpoint):  # pragma: no cover - returned above
-            pass
         else:
             assert_never(event)
 
