@@ -48,7 +48,7 @@ from pulse_core.errors import ConfigError
 from pulse_transports import homemode
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
 from pulse_transports.config import check_table
-from pulse_transports.hub import Hub, HubAddressInUse, HubSettings
+from pulse_transports.hub import Feed, Hub, HubAddressInUse, HubSettings
 from pulse_transports.hubtoken import hub_token
 from pulse_transports.wire import Address, default_socket_path, is_loopback, parse_hostport
 
@@ -286,6 +286,12 @@ def serve(
     settings = hub_settings(
         config.home, table, given, listens=http_address is not None, no_token=no_token
     )
+    from pulse_transports.retention import RetentionFeed, RetentionPolicy
+
+    try:
+        retention = RetentionFeed(config.home, RetentionPolicy.from_config(config))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     if http_address is not None:
         _check_http(http_address[0], settings)
         try:
@@ -319,7 +325,14 @@ def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await _run(
-            settings, http_address, config.stale_after, config.lost_after, stop, ready, http_cap
+            settings,
+            http_address,
+            config.stale_after,
+            config.lost_after,
+            stop,
+            ready,
+            http_cap,
+            retention,
         )
 
     try:
@@ -462,9 +475,13 @@ async def _run(
     stop: asyncio.Event,
     ready: Callable[[list[Address], str | None], None],
     http_cap: int | None = None,
+    retention: Feed | None = None,
 ) -> None:
     """Run the hub (and its web view, if asked) until *stop* is set."""
-    hub = Hub(attrs.evolve(settings, stale_after=stale_after, lost_after=lost_after))
+    hub = Hub(
+        attrs.evolve(settings, stale_after=stale_after, lost_after=lost_after),
+        feeds=(retention,) if retention is not None else (),
+    )
     web = None
     try:
         addresses = await hub.start()

@@ -62,6 +62,7 @@ from pulse_core.state import RunState
 from pulse_transports.history import HomeNotFound, load_run, recover
 from pulse_transports.hub import liveness_now
 from pulse_transports.inprocess import Bus
+from pulse_transports.retention import removed_records
 from pulse_transports.web import flowruns
 from pulse_transports.web.cursor import parse_cursor
 from pulse_transports.web.monitor import LivenessMonitor
@@ -422,6 +423,7 @@ class WebApp:
             record["liveness"] = live
             record["created_at"] = state.created_at
             out.append(record)
+        out += [r for r in removed_records(s.home) if r.get("flow_run_id")]  # gone: retention
         return out
 
     # -- the stream ------------------------------------------------------------------
