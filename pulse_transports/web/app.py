@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -61,13 +62,13 @@ from pulse_core.projections import to_history_record, to_metric_history, to_summ
 from pulse_core.state import RunState
 from pulse_transports.history import HomeNotFound, load_run, recover
 from pulse_transports.hub import liveness_now
-from pulse_transports.inprocess import Bus
+from pulse_transports.inprocess import Bus, EncodedEvents
 from pulse_transports.retention import removed_records
 from pulse_transports.web import flowruns
 from pulse_transports.web.cursor import parse_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
-from pulse_transports.web.stream import EncodedEvents, EventStream
+from pulse_transports.web.stream import EventStream
 from pulse_transports.wire import MIN_RATE
 
 log = get_logger("pulse.web")
@@ -165,6 +166,9 @@ class WebApp:
             tick=settings.liveness_tick,
         )
         self.encoded = EncodedEvents()
+        #: the HTTP server's open connections (uvicorn protocol objects, each
+        #: with ``client`` and ``transport``): set by the server that runs the app.
+        self.connections: Collection[Any] = ()
         self.streams: set[EventStream] = set()
         self.closing = False
         self._workers = asyncio.Semaphore(API_WORKERS)
@@ -463,6 +467,8 @@ class WebApp:
             resume=parse_cursor(cursor),
             retry_ms=self.settings.retry_ms,
             keepalive=self.settings.keepalive,
+            abort=functools.partial(self._abort, request.scope.get("client")),
+            peer=_peer(request),
         )
         self.streams.add(stream)
 
@@ -479,6 +485,12 @@ class WebApp:
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
+    def _abort(self, client: Any) -> None:
+        """Cut the HTTP connection of *client* (``(host, port)``) at once, unsent data and all."""
+        for conn in list(self.connections):
+            if client is not None and tuple(getattr(conn, "client", ()) or ()) == tuple(client):
+                conn.transport.abort()
+
     # -- errors ----------------------------------------------------------------------
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
@@ -487,6 +499,11 @@ class WebApp:
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"nothing at {request.url.path}")
+
+
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client is not None else "?"
 
 
 def _hostname(host: str) -> str:
