@@ -43,7 +43,7 @@ from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
-from pulse_core.policy import CONNECT_BACKOFF, Retry, sampled
+from pulse_core.policy import CONNECT_BACKOFF, BoundedBuffer, Retry, sample_kind, sampled
 from pulse_transports._sender import BackgroundSender
 from pulse_transports.wire import (
     ENV_TOKEN,
@@ -95,7 +95,7 @@ class _ProbeRetry(Retry):
         return super().failed(now, u)
 
 
-class SocketSink(BackgroundSender):
+class SocketSink(BackgroundSender[Event]):
     """Sends a run's events to a PULSE hub (the ``socket`` transport).
 
     Args:
@@ -157,7 +157,12 @@ class SocketSink(BackgroundSender):
             raise ConfigError(
                 f"option 'queue' of transport 'socket' must be at least 16, got {queue}"
             )
-        super().__init__(log=log, queue=queue, close_timeout=close_timeout, label="socket sink")
+        super().__init__(
+            log=log,
+            buffer=BoundedBuffer(queue, key=sample_kind),
+            close_timeout=close_timeout,
+            label="socket sink",
+        )
         self.token = token if token is not None else (os.environ.get(ENV_TOKEN) or None)
         self.interval = interval
         self.connect_timeout = connect_timeout
@@ -213,6 +218,10 @@ class SocketSink(BackgroundSender):
             hub=str(self.address),
             error=f"{type(exc).__name__}: {exc}",
         )
+
+    def prepare(self, event: Event) -> Event:
+        """The event itself is queued (encoded when sent, to the hub's frame limit)."""
+        return event
 
     def connect(self) -> None:
         """Connect to the hub, say hello and read its welcome."""

@@ -16,10 +16,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any, Final, SupportsFloat, SupportsInt
 
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 from pulse_core.codec import bound_event
 from pulse_core.emitter._hooks import _quietly, _register, _watch_signals
 from pulse_core.emitter._ids import new_training_id
@@ -63,7 +63,7 @@ log = get_logger("pulse.emitter")
 _PROGRESS_FIELDS: Final = ("epoch", "total_epochs", "step", "total_steps")
 
 
-class TrainingRun(_RunLifecycle):
+class TrainingRun(ClosesOnExit, _RunLifecycle):
     """One training run, reported to the configured sinks.
 
     Use it as a context manager (``with TrainingRun(...) as run:``) or call
@@ -410,20 +410,9 @@ class TrainingRun(_RunLifecycle):
 
     # -- ending -----------------------------------------------------------------
 
-    def __enter__(self) -> TrainingRun:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if exc is not None:
-                self.fail_with(exc)
-        finally:
-            self.close()
+    def exited_with(self, exc: BaseException) -> None:
+        """An exception left the ``with`` block: the run ends by it (see fail_with)."""
+        self.fail_with(exc)
 
     def _progress_coerced(self, *given: Any) -> None:
         """progress() whose arguments raised: whole numbers kept, the rest dropped."""
