@@ -19,19 +19,25 @@ server said or do idle work). The base class owns the rest, once:
 * ``flush(durable)`` waits up to ``close_timeout`` for the queue to drain
   while connected; ``close()`` sends what is queued within that deadline.
 
+A sender whose client is asyncio (``nats``) runs it on a :class:`LoopThread`.
+
 Must not be imported by :mod:`pulse_core`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
-from typing import ClassVar, Final, Generic, Protocol, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
+
+import attrs
 
 from pulse_core._log import PulseLogger
-from pulse_core.events import Event
+from pulse_core.events import ErrorReported, Event
 from pulse_core.policy import CONNECT_BACKOFF, BoundedBuffer, Retry, sampled
 
 #: Events sent per ``send()`` call.
@@ -46,6 +52,7 @@ class _Sequenced(Protocol):
 
 
 T = TypeVar("T", bound=_Sequenced)
+R = TypeVar("R")
 
 
 class _Connected(Protocol):
@@ -73,6 +80,12 @@ def wait_sent(
             if left <= 0:
                 return
             cond.wait(min(left, poll))
+
+
+def shed_details(event: ErrorReported, size: int) -> ErrorReported:
+    """*event*, too large (*size* bytes) to send, with its details shed: an error is never dropped."""
+    details = {"pulse_truncated": f"details were {size} bytes; too large"}
+    return attrs.evolve(event, message=event.message[:1000], details=details)
 
 
 class BackgroundSender(Generic[T]):
@@ -328,3 +341,46 @@ class BackgroundSender(Generic[T]):
                 cond.notify_all()
                 if closing and (not self._queue or time.monotonic() >= self._deadline):
                     return
+
+
+class LoopThread:
+    """A private asyncio event loop on a daemon thread, for a sender whose client is async.
+
+    The sender thread hands coroutines over with :meth:`run` and waits for
+    their result; the loop keeps running between them, so the client's own
+    tasks (reading, pings, reconnection) go on.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self.loop.is_closed()
+
+    def run(self, coro: Coroutine[Any, Any, R]) -> R:
+        """Run *coro* on the loop and wait for its result (from another thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        """Cancel what is left on the loop, stop it and close it."""
+        if self.running:
+            with contextlib.suppress(Exception):
+                self.run(_cancel_others())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(2.0)
+        if not self._thread.is_alive() and not self.loop.is_closed():
+            self.loop.close()
+
+
+async def _cancel_others() -> None:
+    me = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not me]
+    for task in others:
+        task.cancel()
+    if others:
+        await asyncio.wait(others, timeout=1.0)

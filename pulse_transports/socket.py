@@ -44,7 +44,8 @@ from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
 from pulse_core.policy import CONNECT_BACKOFF, BoundedBuffer, Retry, sample_kind, sampled
-from pulse_transports._sender import BackgroundSender
+from pulse_transports._sender import BackgroundSender, shed_details
+from pulse_transports.config import check_limits
 from pulse_transports.wire import (
     ENV_TOKEN,
     MAX_FRAME,
@@ -153,10 +154,7 @@ class SocketSink(BackgroundSender[Event]):
             self.address = Address(host=host, port=port)
         else:
             self.address = Address(path=Path(path) if path else default_socket_path(home))
-        if queue < 16:
-            raise ConfigError(
-                f"option 'queue' of transport 'socket' must be at least 16, got {queue}"
-            )
+        check_limits("transport 'socket'", {"queue": (queue, 16)})
         super().__init__(
             log=log,
             buffer=BoundedBuffer(queue, key=sample_kind),
@@ -271,13 +269,7 @@ class SocketSink(BackgroundSender[Event]):
             return line
         if isinstance(event, ErrorReported):
             # An error is never dropped: shed its details to fit the frame.
-            line = encode(
-                attrs.evolve(
-                    event,
-                    message=event.message[:1000],
-                    details={"pulse_truncated": f"details were {len(line)} bytes; too large"},
-                )
-            )
+            line = encode(shed_details(event, len(line)))
             if len(line) <= self.max_frame:
                 return line
         self.dropped += 1

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import nats.errors
@@ -24,12 +23,11 @@ import nats.js.errors
 
 from pulse_core._log import get_logger
 from pulse_core.codec import encode
-from pulse_core.errors import ConfigError
 from pulse_core.events import ErrorReported, Event
 from pulse_core.policy import LIVE_INTERVAL, POISON_ATTEMPTS, BoundedBuffer
-from pulse_core.reducer import Folder
-from pulse_transports._sender import BackgroundSender
-from pulse_transports.nats._connection import NatsOptions, connect, explain
+from pulse_transports._sender import BackgroundSender, LoopThread, shed_details
+from pulse_transports.config import check_limits
+from pulse_transports.nats._connection import CONNECTION_OPTIONS, NatsOptions, connect, explain
 from pulse_transports.nats._errors import NatsError
 from pulse_transports.nats._reader import fold_run
 from pulse_transports.nats._store import (
@@ -38,22 +36,19 @@ from pulse_transports.nats._store import (
     MAX_AGE,
     MAX_BYTES,
     MAX_MSGS_PER_SUBJECT,
+    STORE_OPTIONS,
     STREAM,
+    RunEntry,
     StoreConfig,
     ensure_store,
-    history_document,
-    history_key,
-    state_document,
 )
 from pulse_transports.nats._subject import KEPT_KINDS, kind_of, msg_id, run_token, subject_of
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.js import JetStreamContext
-    from nats.js.kv import KeyValue
 
 log = get_logger("pulse.nats")
-R = TypeVar("R")
 
 
 # -- names and defaults (specs/nats.md says why each default is what it is) ------
@@ -66,8 +61,6 @@ QUEUE: Final = 10_000
 BUFFER_BYTES: Final = 16 << 20
 #: Seconds one publish may wait for its acknowledgement.
 ACK_TIMEOUT: Final = 2.0
-#: Seconds the bucket is left alone after a failed update (it is a cache).
-KV_RETRY: Final = 10.0
 
 
 def _kind(item: _Out) -> str | None:
@@ -97,32 +90,6 @@ class _Out:
         return self.event.seq
 
 
-class _Loop:
-    """A private asyncio event loop on a daemon thread, where the nats client lives."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive() and not self.loop.is_closed()
-
-    def run(self, coro: Coroutine[Any, Any, R]) -> R:
-        """Run *coro* on the loop and wait for its result (from another thread)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def stop(self) -> None:
-        if self.running:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(2.0)
-        if not self._thread.is_alive():
-            self.loop.close()
-
-
 class NatsSink(BackgroundSender[_Out]):
     """Publishes a run's events to NATS JetStream (the ``nats`` transport).
 
@@ -137,7 +104,7 @@ class NatsSink(BackgroundSender[_Out]):
     at a time, in seq order, so the stream holds a run's events in order.
     The queue, the sender thread, the backoff and the close deadline are
     :class:`~pulse_transports._sender.BackgroundSender`'s; this class says
-    how to connect and publish, on a private asyncio loop (:class:`_Loop`).
+    how to connect and publish, on a private asyncio loop (a ``LoopThread``).
 
     Args:
         home: unused (every transport factory takes it).
@@ -179,17 +146,8 @@ class NatsSink(BackgroundSender[_Out]):
     failures_are = (NatsError,)
     DOWN_LOG_EVERY = 100
     OPTIONS: Final = {
-        "url": str,
-        "token": str,
-        "user": str,
-        "password": str,
-        "creds": str,
-        "tls_ca": str,
-        "tls_cert": str,
-        "tls_key": str,
-        "tls_hostname": str,
-        "stream": str,
-        "bucket": str,
+        **CONNECTION_OPTIONS,
+        **STORE_OPTIONS,
         "create": bool,
         "kv": bool,
         "interval": float,
@@ -199,10 +157,6 @@ class NatsSink(BackgroundSender[_Out]):
         "ack_timeout": float,
         "close_timeout": float,
         "kv_interval": float,
-        "max_msgs_per_subject": int,
-        "max_age": float,
-        "max_bytes": int,
-        "duplicate_window": float,
     }
 
     def __init__(
@@ -235,35 +189,21 @@ class NatsSink(BackgroundSender[_Out]):
         duplicate_window: float = DUPLICATE_WINDOW,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        if queue < 16:
-            raise ConfigError(
-                f"option 'queue' of transport 'nats' must be at least 16, got {queue}"
-            )
-        if buffer_bytes < 64 * 1024:
-            raise ConfigError("option 'buffer_bytes' of transport 'nats' must be >= 65536")
-        for key, value in (
-            ("connect_timeout", connect_timeout),
-            ("ack_timeout", ack_timeout),
-            ("close_timeout", close_timeout),
-            ("kv_interval", kv_interval),
-        ):
-            if not value > 0:
-                raise ConfigError(f"option {key!r} of transport 'nats' must be positive")
-        self.options = NatsOptions.resolve(
+        check_limits(
+            "transport 'nats'",
             {
-                "url": url,
-                "token": token,
-                "user": user,
-                "password": password,
-                "creds": creds,
-                "tls_ca": tls_ca,
-                "tls_cert": tls_cert,
-                "tls_key": tls_key,
-                "tls_hostname": tls_hostname,
-                "connect_timeout": connect_timeout,
-                "name": "pulse-sink",
+                "queue": (queue, 16),
+                "buffer_bytes": (buffer_bytes, 64 * 1024),
+                "connect_timeout": (connect_timeout, None),
+                "ack_timeout": (ack_timeout, None),
+                "close_timeout": (close_timeout, None),
+                "kv_interval": (kv_interval, None),
             },
-            env,
+        )
+        given = (url, token, user, password, creds, tls_ca, tls_cert, tls_key, tls_hostname)
+        connection = dict(zip(CONNECTION_OPTIONS, given, strict=True))
+        self.options = NatsOptions.resolve(
+            {**connection, "connect_timeout": connect_timeout, "name": "pulse-sink"}, env
         )
         self.store = StoreConfig(
             stream=stream,
@@ -285,10 +225,8 @@ class NatsSink(BackgroundSender[_Out]):
         self.create = create
         self.kv = kv
         self.interval = interval
-        self.buffer_bytes = buffer_bytes
         self.connect_timeout = connect_timeout
         self.ack_timeout = ack_timeout
-        self.kv_interval = kv_interval
         #: the highest seq the stream held for the run when the sink opened.
         self.held_seq: int | None = None
         # counters, for tests, benchmarks and logs (the rest are the sender's)
@@ -296,20 +234,11 @@ class NatsSink(BackgroundSender[_Out]):
         self.published_bytes = 0
         self.duplicates = 0
         self.disconnects = 0
-        self.kv_puts = 0
-        self.stream_seq = 0
-        self._token = ""
-        self._aio: _Loop | None = None
+        self._entry = RunEntry(bucket, "", interval=kv_interval)
+        self._aio: LoopThread | None = None
         self._closed = False
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._kv: KeyValue | None = None
-        self._kv_retry_at = 0.0
-        self._folder = Folder()
-        self._kv_due = False
-        self._kv_dirty = False
-        self._kv_at = 0.0
-        self._kv_metrics = -1
 
     # -- the Sink protocol ---------------------------------------------------------
 
@@ -321,8 +250,8 @@ class NatsSink(BackgroundSender[_Out]):
             continued run goes on after it), or None if it holds none or the
             server could not be reached now.
         """
-        self._token = run_token(training_id)
-        self._aio = _Loop(f"pulse-nats-loop-{training_id}")
+        self._entry.token = run_token(training_id)
+        self._aio = LoopThread(f"pulse-nats-loop-{training_id}")
         self._aio.start()
         self.start(training_id)
         return self.held_seq or None
@@ -362,7 +291,7 @@ class NatsSink(BackgroundSender[_Out]):
             "failures": self.failures,
             "connects": self.connects,
             "disconnects": self.disconnects,
-            "kv_puts": self.kv_puts,
+            "kv_puts": self._entry.puts,
             "queued": self.queued(),
             "connected": self.connected,
             "last_error": self.last_error,
@@ -375,11 +304,7 @@ class NatsSink(BackgroundSender[_Out]):
         payload = encode(event)
         limit = self.store.max_msg_size - 1024  # room for headers
         if len(payload) > limit and isinstance(event, ErrorReported):
-            event = attrs.evolve(
-                event,
-                message=event.message[:1000],
-                details={"pulse_truncated": f"details were {len(payload)} bytes; too large"},
-            )
+            event = shed_details(event, len(payload))
             payload = encode(event)
         if len(payload) > limit:
             with self._cond:
@@ -389,7 +314,7 @@ class NatsSink(BackgroundSender[_Out]):
         return _Out(
             event=event,
             kind=None if kind in KEPT_KINDS else kind,
-            subject=subject_of(event, self._token or None),
+            subject=subject_of(event, self._entry.token or None),
             payload=payload,
         )
 
@@ -398,12 +323,12 @@ class NatsSink(BackgroundSender[_Out]):
         """Encoded bytes waiting."""
         return self._queue.nbytes
 
-    def _on_loop(self, coro: Coroutine[Any, Any, R]) -> R:
+    def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
         aio = self._aio
         if aio is None or not aio.running:
             coro.close()
             raise NatsError("the sink is not open")
-        return aio.run(coro)
+        aio.run(coro)
 
     def connect(self) -> None:
         """Connect (or wait for the client's own reconnection), as the sender thread asks."""
@@ -415,7 +340,7 @@ class NatsSink(BackgroundSender[_Out]):
 
     def poll(self) -> None:
         """Update the runs bucket when it is due (a low rate while only samples flow)."""
-        if self._kv_wanted(time.monotonic()):
+        if self.kv and self._entry.wanted(time.monotonic()):
             self._on_loop(self._update_kv())
 
     def lost(self, exc: BaseException) -> None:
@@ -489,8 +414,7 @@ class NatsSink(BackgroundSender[_Out]):
             # A continued run (a reused training id): go on after what the
             # stream holds, and keep the bucket's state whole.
             self.held_seq = state.last_seq
-            self._folder = Folder(state)
-            self.stream_seq = stream_seq
+            self._entry.resume(state, stream_seq)
             self.drop_through(state.last_seq)
 
     async def _send(self, batch: list[_Out]) -> None:
@@ -544,53 +468,23 @@ class NatsSink(BackgroundSender[_Out]):
         self.published += 1
         self.sent += 1
         self.published_bytes += len(item.payload)
-        self.stream_seq = max(self.stream_seq, int(ack.seq))
-        self._folder.apply(event)
-        self._kv_dirty = True
-        if item.kind is None:
-            self._kv_due = True
-
-    def _kv_wanted(self, now: float, force: bool = False) -> bool:
-        """Whether to store the run's state now: after a kept event, else at a low rate."""
-        if not self.kv or not self._kv_dirty or self._js is None:
-            return False
-        if force:
-            return True
-        due = self._kv_due or now - self._kv_at >= self.kv_interval
-        return due and now >= self._kv_retry_at
+        self._entry.published(event, int(ack.seq), kept=item.kind is None)
 
     async def _update_kv(self, force: bool = False) -> None:
-        """Store the run's state (and its history when it grew) in the bucket."""
+        """Store the run's state in the bucket when due (see :class:`RunEntry`)."""
         now = time.monotonic()
         js = self._js
-        if js is None or not self._kv_wanted(now, force):
+        if js is None or not self.kv or not self._entry.wanted(now, force):
             return
         try:
-            if self._kv is None:
-                self._kv = await js.key_value(self.store.bucket)
-            state = self._folder.state
-            await self._kv.put(
-                self._token, state_document(state, stream_seq=self.stream_seq, now=time.time())
-            )
-            metrics = sum(series.count for series in state.history.values())
-            if metrics != self._kv_metrics or force:
-                await self._kv.put(
-                    history_key(self._token), history_document(state, stream_seq=self.stream_seq)
-                )
-                self._kv_metrics = metrics
+            await self._entry.update(js, now, force)
         except Exception as exc:  # noqa: BLE001 - the bucket is a cache: events go on
-            self._kv_retry_at = now + KV_RETRY
-            self._kv = None
             log.warning(
                 "pulse nats sink cannot update the runs bucket; retrying in 10 s",
                 training_id=self.training_id,
                 bucket=self.store.bucket,
                 error=self.options.redact(f"{type(exc).__name__}: {exc}")[:300],
             )
-            return
-        self.kv_puts += 1
-        self._kv_due = self._kv_dirty = False
-        self._kv_at = now
 
     async def _shutdown(self) -> None:
         nc = self._nc
