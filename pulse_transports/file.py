@@ -799,13 +799,3 @@ def write_json_atomic(path: Path, value: Any, fsync: bool = True) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-
-
-def __getattr__(name: str) -> Any:
-    """``V1SnapshotSink`` moved to :mod:`pulse_transports.v1.sink`; installs made
-    before the move still name ``pulse_transports.file:V1SnapshotSink``."""
-    if name == "V1SnapshotSink":
-        from pulse_transports.v1.sink import V1SnapshotSink
-
-        return V1SnapshotSink
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
