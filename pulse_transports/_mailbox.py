@@ -153,6 +153,20 @@ class Mailbox:
         if isinstance(item, Event):
             self.floor[item.training_id] = max(self.floor.get(item.training_id, 0), item.seq)
 
+    def restate(self, snapshot: StateSnapshot) -> None:
+        """Queue a run's state in place of whatever of that run is held back.
+
+        The held values are folded into the snapshot already: sending them
+        after it would make a subscriber read old news (a progress value)
+        after the snapshot that says the run is lost.
+        """
+        tid = snapshot.training_id
+        line = self.lines.pop(tid, None)
+        if line is not None:
+            self.waiting -= len(line.events) - line.dead
+        self.ready.append(snapshot)
+        self.floor[tid] = max(self.floor.get(tid, 0), snapshot.state.last_seq)
+
     def offer(self, event: Event, now: float) -> bool:
         """Take a live event; True if the consumer should look at the queue."""
         if self.overflowed:

@@ -1,19 +1,13 @@
 """The durable file transport: one JSONL log per run (the v1 snapshot: :mod:`~.v1`).
 
-This module owns the on-disk layout under ``<home>``::
-
-    logs/training/<training_id>.jsonl   the run's events, one JSON line each
-    logs/training/<training_id>.lock    held (flock) by the one live writer
+This module owns the writer of ``<home>/logs/training/<training_id>.jsonl``.
 
 Durability: ``meta``, ``status``, ``error`` and ``dropped`` lines are written
 and fsync'ed before the call returns; ``progress``, ``metrics`` and
 ``heartbeat`` lines are written with one ``write(2)`` each (visible to readers
 at once, not fsync'ed: a machine crash may lose the last second of them).
 
-Lock: the writer holds an exclusive ``flock`` on ``<id>.lock`` for the life of
-the run; a second writer for the same id is refused with
-:class:`~pulse_core.errors.RunLocked`. A reader that can take the lock knows
-the writer is gone -- an OS fact that survives pid reuse.
+Layout, locks and the refusal of ended runs: :mod:`._logfile`.
 
 Bounded size: when a line would take the log past ``max_bytes`` (default
 8 MiB), the log is compacted to about half of it: every meta, status, error
@@ -37,15 +31,11 @@ run that already ended.
 Deleted or replaced log: before every meta/status/error/dropped line, and at
 least every :data:`CHECK_INTERVAL` seconds otherwise, the writer compares the
 path's ``(st_dev, st_ino)`` with its open file's. If the log (or its whole
-folder) was deleted or replaced, the folder and log are recreated and the
-run is restated with the original seqs, in seq order: its meta, its status
-lines (the lifecycle path, so a fresh fold reaches the same status), its
-last errors and its latest progress and metrics, plus a ``dropped`` line
-(with the seq of a lost line) counting the other lines written into the lost
-file. The lock file is taken again (readers would otherwise call the run
-lost), and one warning is logged. If a directory now sits at the log's path, the write
-fails with ``EISDIR`` (warned once): the emitter keeps the events and
-retries, and the log is recreated once the path is free again.
+folder) was deleted or replaced, the folder and log are recreated, the run is
+restated (:mod:`._recreate`), the lock file is taken again (readers would
+otherwise call the run lost), and one warning is logged. If a directory now
+sits at the log's path, the write fails with ``EISDIR`` (warned once): the
+emitter keeps the events and retries.
 
 Torn lines: a write that fails part-way leaves a fragment; the next line
 then starts with a newline, so the fragment is one bad line readers skip.
@@ -61,13 +51,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
-import socket
-import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -76,10 +62,8 @@ import orjson
 
 import pulse_core
 from pulse_core._log import get_logger
-from pulse_core.codec import decode, encode
-from pulse_core.errors import DecodeError, RunExists, RunLocked
+from pulse_core.codec import encode
 from pulse_core.events import (
-    TERMINAL_STATUSES,
     Dropped,
     ErrorReported,
     Event,
@@ -89,29 +73,47 @@ from pulse_core.events import (
     StatusChanged,
 )
 from pulse_core.policy import LOG_INTERVAL
-from pulse_core.reducer import Folder
-from pulse_core.state import RunState
 from pulse_transports import _compact as _compact_module
 from pulse_transports._compact import tmp_path, write_compacted
+from pulse_transports._logfile import (
+    LOCK_WAIT,
+    ends_with_newline,
+    last_seq,
+    lock_path,
+    log_dir,
+    log_path,
+    refuse_ended,
+    take_lock,
+    write_json_atomic,
+    write_lock_info,
+    writer_alive,
+)
+from pulse_transports._logfile import fsync_dir as _fsync_dir
+from pulse_transports._recreate import RecreatingLog, WriterMemory
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "LOCK_WAIT",
+    "FileSink",
+    "last_seq",
+    "lock_path",
+    "log_dir",
+    "log_path",
+    "write_json_atomic",
+    "writer_alive",
+]
 
 log = get_logger("pulse.file")
 
-#: Seconds a new writer waits for a run's lock before RunLocked (see _flock_waiting).
-LOCK_WAIT: Final = 1.0
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
 MIN_MAX_BYTES: Final = 4096
 _DURABLE: Final[frozenset[type[Any]]] = frozenset({RunMeta, StatusChanged, ErrorReported, Dropped})
 _SAMPLES: Final = (Progress, Metrics)
-#: Seconds between two checks that the log is still at its path (also checked
-#: before every meta/status/error/dropped line).
-CHECK_INTERVAL: Final = 1.0
 #: Default least seconds between two progress/metrics lines: a quarter of
 #: the log's base rate, so a reader following the log without a hub
 #: (``pulse watch``) shows a new value within about 300 ms. Compaction keeps
 #: the log under ``max_bytes`` whatever the rate.
 FOLLOW_INTERVAL: Final = LOG_INTERVAL / 4
-#: Seqs of recent lines remembered, to give a ``dropped`` note a seq of its own.
-_RECENT: Final = 16
 #: Logs at least this big are compacted in a child process (see _compact).
 OUT_OF_PROCESS_BYTES: Final = 128 * 1024
 #: Seconds a compaction child may take before it is killed (the compaction then fails).
@@ -119,79 +121,7 @@ COMPACT_TIMEOUT: Final = 300.0
 _NEVER: Final = 1 << 62
 
 
-def log_dir(home: Path) -> Path:
-    """Where the run logs live: ``<home>/logs/training``."""
-    return Path(home) / "logs" / "training"
-
-
-def log_path(home: Path, training_id: str) -> Path:
-    """The log file of one run."""
-    return log_dir(home) / f"{training_id}.jsonl"
-
-
-def lock_path(home: Path, training_id: str) -> Path:
-    """The lock file a run's writer holds."""
-    return log_dir(home) / f"{training_id}.lock"
-
-
-def writer_alive(home: Path, training_id: str) -> bool | None:
-    """Tell whether a writer holds the run's lock.
-
-    Returns:
-        True if a live process holds it, False if it is free or absent
-        (the writer is gone), None if it could not be checked.
-    """
-    path = lock_path(home, training_id)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def _flock_waiting(fd: int, wait: float) -> None:
-    """Take an exclusive lock, retrying for up to *wait* seconds.
-
-    A supervisor (``pulse run``, a Flow step) holds a run's lock for a few
-    milliseconds while it appends its own lines; a child opening the same run
-    then waits instead of being refused. A second real writer still is.
-
-    Raises:
-        BlockingIOError: if the lock is still held after *wait* seconds.
-    """
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-class FileSink:
+class FileSink(RecreatingLog):
     """The run's durable JSONL log (the ``file`` transport).
 
     Args:
@@ -253,13 +183,7 @@ class FileSink:
         self._lines = 0  # lines in the current file (for the dropped count)
         self._next_check = 0.0  # monotonic time of the next path check
         self._dir_warned = False
-        # What a recreated log restates: the run's meta and latest state.
-        self._meta: RunMeta | None = None
-        self._statuses: list[StatusChanged] = []
-        self._errors: list[ErrorReported] = []
-        self._progress: Progress | None = None
-        self._metrics: Metrics | None = None
-        self._recent: list[int] = []  # seqs of the latest lines written
+        self._memory = WriterMemory()  # what a recreated log restates
         self._fd = -1
         self._lock_fd = -1
         self._lock_path = Path()
@@ -286,11 +210,9 @@ class FileSink:
         folder = log_dir(self.home)
         folder.mkdir(parents=True, exist_ok=True)
         lock = lock_path(self.home, training_id)
-        lock_fd = _take_lock(lock, training_id, log_path(self.home, training_id), self.lock_wait)
+        lock_fd = take_lock(lock, training_id, log_path(self.home, training_id), self.lock_wait)
         try:
-            os.ftruncate(lock_fd, 0)
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-            os.write(lock_fd, orjson.dumps(info))
+            write_lock_info(lock_fd)
             path = log_path(self.home, training_id)
             with contextlib.suppress(FileNotFoundError):
                 tmp_path(path).unlink()  # left by a crash during compaction
@@ -302,10 +224,10 @@ class FileSink:
                 data = path.read_bytes()
                 self._lines = data.count(b"\n")
                 if not self.reopen_ended:
-                    _refuse_ended(data, training_id, path)
+                    refuse_ended(data, training_id, path)
                 held = last_seq(path)
                 if held is not None:
-                    self._recent.append(held)
+                    self._memory.recent.append(held)
         except BaseException:
             with contextlib.suppress(OSError):
                 lock.unlink()
@@ -322,7 +244,7 @@ class FileSink:
         assert self.path is not None
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = os.fstat(self._fd).st_size
-        self._torn = self._size > 0 and not _ends_with_newline(self.path)
+        self._torn = self._size > 0 and not ends_with_newline(self.path)
 
     def write(self, event: Event) -> None:
         """Append one event line; fsync it if it is a meta/status/error/dropped line.
@@ -349,150 +271,13 @@ class FileSink:
             line = b"\n" + line
         self._append(line)
         self._lines += 1
-        self._remember(event)
+        self._memory.remember(event)
         if self.fsync and durable:
             try:
                 os.fsync(self._fd)
             except OSError:
                 self._unsynced = event
                 raise
-
-    def _remember(self, event: Event) -> None:
-        """Keep what a recreated log must restate (see _recreate)."""
-        recent = self._recent
-        recent.append(event.seq)
-        if len(recent) > _RECENT:
-            del recent[0]
-        if isinstance(event, Progress):
-            self._progress = event
-        elif isinstance(event, Metrics):
-            self._metrics = event
-        elif isinstance(event, StatusChanged):
-            self._statuses.append(event)
-            if len(self._statuses) > 64:
-                del self._statuses[1]  # keep the first: the path from idle
-        elif isinstance(event, ErrorReported):
-            self._errors.append(event)
-            if len(self._errors) > 8:
-                del self._errors[0]
-        elif isinstance(event, RunMeta):
-            self._meta = event
-
-    # -- a log deleted or replaced under the writer -------------------------------
-
-    def _check_path(self, durable: bool) -> None:
-        """Make sure the path still names the open log; recreate it if not.
-
-        Runs before every durable line and every CHECK_INTERVAL seconds (two
-        stat calls, a few microseconds).
-
-        Raises:
-            IsADirectoryError: a directory sits at the log's path (the
-                emitter keeps the event and retries).
-        """
-        now = time.monotonic()
-        if not durable and now < self._next_check:
-            return
-        self._next_check = now + CHECK_INTERVAL
-        assert self.path is not None
-        try:
-            st: os.stat_result | None = os.stat(self.path)
-        except (FileNotFoundError, NotADirectoryError):
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            self._next_check = 0.0  # check again on the next line
-            if not self._dir_warned:
-                self._dir_warned = True
-                log.warning(
-                    "pulse log path is now a directory; lines are held back until it is free",
-                    path=str(self.path),
-                    training_id=self.training_id,
-                )
-            raise IsADirectoryError(errno.EISDIR, f"the log path {self.path} is a directory")
-        if st is not None:
-            mine = os.fstat(self._fd)
-            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-                return
-        self._recreate(replaced=st is not None)
-
-    def _recreate(self, *, replaced: bool) -> None:
-        """Open a new log at the path and restate the run in it (see the module doc)."""
-        assert self.path is not None
-        lost_lines = self._lines
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._retake_lock()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        old, self._fd = self._fd, fd
-        with contextlib.suppress(OSError):
-            os.close(old)
-        self._size = os.fstat(fd).st_size
-        self._torn = self._size > 0 and not _ends_with_newline(self.path)
-        self._lines = 0
-        self._unsynced = None  # its line was in the lost file: written again below
-        self._dir_warned = False
-        restated: list[Event] = [*self._statuses, *self._errors]
-        restated += [e for e in (self._meta, self._progress, self._metrics) if e is not None]
-        dropped = max(0, lost_lines - len(restated))
-        taken = {e.seq for e in restated}
-        free = [seq for seq in self._recent if seq not in taken]
-        if dropped and free:
-            restated.append(
-                Dropped(
-                    training_id=self.training_id,
-                    seq=max(free),
-                    timestamp=time.time(),
-                    count=dropped,
-                    reason=(
-                        "the log was deleted or replaced while the run was writing; "
-                        "lines other than the restated meta and latest state may be lost"
-                    ),
-                )
-            )
-        restated.sort(key=lambda e: e.seq)
-        body = b"".join(encode(e) for e in restated)
-        if body:
-            self._append(b"\n" + body if self._torn else body)
-            self._lines += len(restated)
-        if self.fsync:
-            os.fsync(fd)
-            _fsync_dir(self.path.parent)
-        self.recreations += 1
-        if self.recreations == 1:
-            log.warning(
-                "pulse log was deleted or replaced while the run was writing; "
-                "recreated it with the run's meta and latest state restated",
-                path=str(self.path),
-                training_id=self.training_id,
-                replaced=replaced,
-                lines_maybe_lost=dropped,
-            )
-
-    def _retake_lock(self) -> None:
-        """Hold the lock at the lock file's path again if it was deleted or replaced."""
-        lock = self._lock_path
-        try:
-            there = os.stat(lock)
-            mine = os.fstat(self._lock_fd)
-            if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
-                return
-        except FileNotFoundError:
-            pass
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            log.warning(
-                "pulse log lock was replaced and another writer holds it",
-                lock=str(lock),
-                training_id=self.training_id,
-            )
-            return
-        os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.write(fd, orjson.dumps(info))
-        old, self._lock_fd = self._lock_fd, fd
-        os.close(old)
 
     def _append(self, line: bytes) -> None:
         done = 0
@@ -674,128 +459,3 @@ def _child_env() -> dict[str, str]:
             dict.fromkeys([*roots, *filter(None, old.split(os.pathsep))])
         ),
     }
-
-
-def _refuse_ended(data: bytes, training_id: str, path: Path) -> None:
-    """Raise RunExists if the log *data* holds a run that already ended.
-
-    Only status lines are decoded (a byte search skips the rest), folded from a
-    state owned by *training_id* so foreign lines do not count.
-    """
-    folder = Folder(RunState(training_id=training_id))
-    for line in data.splitlines():
-        if b'"status"' not in line:
-            continue
-        try:
-            event = decode(line)
-        except DecodeError:
-            continue
-        if isinstance(event, StatusChanged):
-            folder.apply(event)
-    state = folder.state
-    if state.status not in TERMINAL_STATUSES:
-        return
-    when = ""
-    if state.finished_at is not None:
-        when = time.strftime(" at %Y-%m-%d %H:%M:%S", time.localtime(state.finished_at))
-    how = f"{state.status}: {state.message}" if state.message else state.status
-    raise RunExists(
-        f"training_id {training_id!r} is a run that already ended ({how}){when}; "
-        f"events of a new run under this id would be shown by no reader. Use a new "
-        f"training_id, or delete its log {path} to reuse the id.",
-        training_id=training_id,
-        status=state.status,
-        path=str(path),
-    )
-
-
-def _take_lock(lock: Path, training_id: str, log_file: Path, wait: float = LOCK_WAIT) -> int:
-    """Open and flock *lock* exclusively; the fd, or RunLocked if it is held."""
-    for _ in range(20):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            _flock_waiting(fd, wait)
-        except BlockingIOError:
-            holder = _read_holder(lock)
-            os.close(fd)
-            raise RunLocked(
-                f"training_id {training_id!r} is already being written by another "
-                f"writer{holder}; two writers for one run are refused. Its log is "
-                f"{log_file}; use another training_id or wait for that run to end."
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        # The previous holder unlinks the file as it lets go: if it did so
-        # between our open and our flock we hold a lock nobody else sees.
-        try:
-            now_there = os.stat(lock)
-            mine = os.fstat(fd)
-            same = (now_there.st_dev, now_there.st_ino) == (mine.st_dev, mine.st_ino)
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)
-    raise OSError(errno.EAGAIN, f"could not take the lock {lock}: it keeps being replaced")
-
-
-def last_seq(path: Path, window: int = 1 << 16) -> int | None:
-    """The highest seq among the decodable lines at the end of a log."""
-    with path.open("rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        while True:
-            start = max(0, size - window)
-            handle.seek(start)
-            lines = handle.read(size - start).splitlines()
-            if start > 0:
-                lines = lines[1:]  # the first may be cut
-            seqs = []
-            for line in lines:
-                try:
-                    seqs.append(decode(line).seq)
-                except DecodeError:
-                    continue
-            if seqs or start == 0:
-                return max(seqs) if seqs else None
-            window *= 4
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) == b"\n"
-
-
-def _read_holder(lock: Path) -> str:
-    try:
-        info = orjson.loads(lock.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return ""
-    if isinstance(info, dict):
-        return f" (pid {info.get('pid')} on {info.get('host')})"
-    return ""
-
-
-def write_json_atomic(path: Path, value: Any, fsync: bool = True) -> None:
-    """Write *value* as JSON to *path* atomically: temp file, fsync, rename.
-
-    A reader sees the old file or the new one, never a part of either.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    data = orjson.dumps(value)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise

@@ -246,7 +246,7 @@ class Bus:
             for sub in self._subs:
                 mailbox = sub.mailbox
                 if mailbox.wants(training_id) and not mailbox.overflowed:
-                    mailbox.push(StateSnapshot(training_id, run.folder.state))
+                    mailbox.restate(StateSnapshot(training_id, run.folder.state))
                     woken.append(sub)
         for sub in woken:
             sub.wake()

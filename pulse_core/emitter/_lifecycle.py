@@ -175,19 +175,22 @@ class _RunLifecycle(_RunWriter):
         self._kick()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the writer has written every event handed over so far.
+        """Wait until every sink has written everything reported so far.
 
-        Training code never needs this (the writer delivers on its own, and
-        :meth:`close` waits for the end); it is for code that must read a
-        sink right after a call, e.g. tests. Waits at most *timeout* seconds
-        (default ``close_timeout``).
+        Pending progress and metrics go out now (not at their next interval)
+        and each sink writes what it holds (the v1 file, a socket's queue),
+        not durably. Training code never needs this (the writer delivers on
+        its own, and :meth:`close` waits for the end); it is for code that
+        must read a sink right after a call, e.g. tests, or a process about
+        to ``os._exit``. Waits at most *timeout* seconds (default
+        ``close_timeout``).
 
         Returns:
             True if everything was written, False if the wait timed out.
         """
         if self._inert:
             return True
-        return self._await_writer(self._close_timeout if timeout is None else timeout)
+        return self._flush_sinks(self._close_timeout if timeout is None else timeout)
 
     @_guarded
     @_then_await_writer

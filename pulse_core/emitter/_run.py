@@ -175,6 +175,8 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
         self._thread: threading.Thread | None = None
         self._finished = False
         self._writing = False  # the writer is writing (for a bounded wait on it)
+        self._flush_asked = 0  # flush() requests handed to the writer
+        self._flush_done = 0  # of which the writer has flushed every sink
         self._inert = False  # a forked child's copy: every call a no-op
         self._owner = threading.get_ident()  # the thread that opened the run
         self._held_note: tuple[str, str] | None = None  # (state, message) held back

@@ -63,6 +63,8 @@ class _RunWriter:
     _thread: threading.Thread | None
     _finished: bool
     _writing: bool
+    _flush_asked: int
+    _flush_done: int
     _inert: bool
     _owner: int
     _held_note: tuple[str, str] | None
@@ -154,6 +156,40 @@ class _RunWriter:
             time.sleep(0.001)
         return True
 
+    def _flush_sinks(self, timeout: float) -> bool:
+        """Send pending values now and have every sink write what it holds.
+
+        The writer thread does it (the caller only waits, bounded); without
+        one it happens inline. False if the wait timed out.
+        """
+        with self._lock:
+            if self._closed:
+                return self._await_writer(timeout)
+            self._pump(self._clock(), force=True, auto_start=False)
+            self._flush_asked += 1
+            asked = self._flush_asked
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            self._drain(force=True)
+            self._flush_routes()
+            return True
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while thread.is_alive() and self._flush_done < asked:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return self._await_writer(max(0.0, deadline - time.monotonic()))
+
+    def _flush_routes(self) -> None:
+        """Flush every open sink (not durably); a failing sink is skipped."""
+        asked = self._flush_asked
+        with self._io_lock:
+            for route in self._routes:
+                if route.opened and not route.buffer:
+                    _quietly(functools.partial(route.sink.flush, False))
+        self._flush_done = asked
+
     def _kick(self) -> None:
         """Events were handed over: wake the writer, or write inline without one."""
         if self._thread is not None:
@@ -218,6 +254,9 @@ class _RunWriter:
                 if not self._stop.is_set():
                     self._tick_locked()
                 self._drain()
+                if self._flush_done < self._flush_asked:
+                    self._drain(force=True)
+                    self._flush_routes()
             except Exception:
                 log.exception("pulse writer step failed", training_id=self.training_id)
             finally:

@@ -96,6 +96,40 @@ class TestWriterThread:
         assert [e.status for e in sink.of_type(StatusChanged)] == ["preparing", "running"]
         run.close()
 
+    def test_flush_sends_held_values_and_flushes_every_sink(self, tmp_path: object) -> None:
+        """flush() sends the coalesced latest value now and each sink writes what it holds.
+
+        A process that calls ``flush()`` and then ``os._exit`` leaves the
+        v1 file and the log showing its last progress.
+        """
+        from pathlib import Path
+
+        import orjson
+
+        from pulse_transports.file import FileSink
+        from pulse_transports.v1 import V1SnapshotSink
+
+        home = Path(str(tmp_path))
+        v1 = V1SnapshotSink(home=home, interval=3600)  # the file would wait an hour
+        recorder = RecordingSink(interval=3600)  # so would this sink's next value
+        run = TrainingRun(
+            "writer-6", sinks=[FileSink(home=home), v1, recorder], env={}, strict=False
+        )
+        run.status("running")
+        for step in range(1, 51):
+            run.progress(epoch=1, total_epochs=1, step=step, total_steps=50)
+            run.metrics(loss=1.0 / step)
+        assert run.flush(10) is True
+        assert recorder.of_type(Progress)[-1].step == 50
+        assert recorder.flushes >= 1
+        snapshot = orjson.loads((home / "training_status.json").read_bytes())
+        assert snapshot["status"] == "running"
+        assert snapshot["loss"] == 1.0 / 50
+        lines = (home / "logs" / "training" / "writer-6.jsonl").read_bytes().splitlines()
+        steps = [orjson.loads(line).get("step") for line in lines]
+        assert [step for step in steps if step is not None][-1] == 50
+        run.close()
+
     def test_outbox_bounded_while_stuck(self, stuck: BlockingSink) -> None:
         """A stuck sink holds at most OUTBOX_EVENTS events and OUTBOX_BYTES bytes."""
         run = TrainingRun("writer-4", sinks=[stuck], env={}, strict=False, close_timeout=0.1)

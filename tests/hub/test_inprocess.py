@@ -93,6 +93,28 @@ class TestCallbacks:
         bus.tick()
         assert len(events(got.items)) == 2  # nothing new: nothing sent
 
+    def test_restate_replaces_held_values(self, bus: Bus, clock: FakeClock) -> None:
+        # The hub restates a run it found lost; a progress value held back by
+        # the rate limit must not follow that snapshot (it would read as the
+        # run being alive again), and it is in the snapshot anyway.
+        got = Recorder()
+        bus.subscribe(got)
+        bus.publish(s(1))
+        bus.publish(p(2))
+        bus.publish(p(3))  # held: the leading edge (seq 2) went out
+        assert events(got.items) == [s(1), p(2)]
+        assert bus.restate(TID) == 1
+        snapshot = got.items[-1]
+        assert isinstance(snapshot, StateSnapshot)
+        assert snapshot.state.last_seq == 3
+        clock.advance(1.0)
+        bus.tick()
+        assert got.items[-1] is snapshot  # nothing held comes after it
+        bus.publish(p(3))  # a late duplicate of what the snapshot holds
+        bus.publish(p(4))
+        assert events(got.items)[-1] == p(4)
+        assert [e.seq for e in events(got.items)] == [1, 2, 4]
+
     def test_streams_are_limited_separately(self, bus: Bus, clock: FakeClock) -> None:
         got = Recorder()
         bus.subscribe(got)

@@ -1,0 +1,125 @@
+"""The hub's subscriber side: the bus's items written to a subscriber connection.
+
+Private to :mod:`pulse_transports.hub`: :class:`HubSubscribers` welcomes a
+subscriber (reading the run logs its resume cursors need), writes its
+stream's items as lines in batches, notices it leaving, and encodes each
+event once for all subscribers. Must not be imported by :mod:`pulse_core`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Final
+
+from pulse_core._log import get_logger
+from pulse_core.codec import encode
+from pulse_core.events import Event
+from pulse_core.projections import to_view
+from pulse_transports._hubconn import Conn
+from pulse_transports._hubliveness import HubLiveness
+from pulse_transports.file import log_path
+from pulse_transports.follow import read_events
+from pulse_transports.inprocess import Item, StateSnapshot
+from pulse_transports.wire import (
+    Hello,
+    Live,
+    Resync,
+    live_line,
+    resync_line,
+    snapshot_line,
+    welcome_line,
+)
+
+log = get_logger("pulse.hub")
+
+#: Items handed to one subscriber's socket per write.
+_BATCH: Final = 256
+
+
+class HubSubscribers(HubLiveness):
+    """Subscriber connections (a base of :class:`~pulse_transports.hub.Hub`)."""
+
+    _encoded: dict[int, tuple[Event, bytes]]
+
+    async def _subscriber(self, conn: Conn, reader: asyncio.StreamReader, hello: Hello) -> None:
+        scope = hello.training_id
+        resume = {t: s for t, s in hello.resume.items() if scope is None or t == scope}
+        # A cursor ahead of what the hub holds (another hub's, or a reused id's) is
+        # no resume: that run gets a snapshot and every later event (section 4).
+        resume = {t: s for t, s in resume.items() if s <= (self.bus.last_seq(t) or s)}
+        history: dict[str, list[Event]] = {}
+        for tid, after in resume.items():
+            if not self.bus.covers(tid, after):
+                past = await asyncio.to_thread(
+                    read_events, log_path(self.settings.home, tid), tid, after
+                )
+                if past is not None:
+                    history[tid] = past
+        interval = self.bus.interval
+        if hello.rate is not None:
+            interval = max(interval, 1.0 / hello.rate)
+        sub = self.bus.stream(
+            training_id=scope, interval=interval, resume=resume, history=history, marker=True
+        )
+        conn.send(
+            welcome_line(
+                role="subscriber",
+                training_id=scope,
+                rate=1.0 / interval,
+                max_frame=self.settings.max_frame,
+                time=time.time(),
+            )
+        )
+        log.info(
+            "pulse subscriber connected", peer=conn.peer, training_id=scope, resume=len(resume)
+        )
+        watcher = asyncio.create_task(self._watch(conn, reader, sub.close))
+        writer = conn.writer
+        try:
+            while True:
+                items = await sub.batch(_BATCH)
+                if not items:
+                    return
+                writer.write(b"".join([self._line(item) for item in items]))
+                if isinstance(items[-1], Resync):
+                    log.warning("pulse subscriber dropped: too slow", peer=conn.peer)
+                    return
+                await writer.drain()
+        finally:
+            watcher.cancel()
+            sub.close()
+            log.info("pulse subscriber disconnected", peer=conn.peer)
+
+    async def _watch(
+        self, conn: Conn, reader: asyncio.StreamReader, on_end: Callable[[], None]
+    ) -> None:
+        """Read (and ignore) what a subscriber sends, to notice it leaving."""
+        try:
+            while await self._readline(conn, reader) is not None:
+                pass
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            on_end()
+
+    def _line(self, item: Item) -> bytes:
+        if isinstance(item, StateSnapshot):
+            known = self.liveness.get(item.training_id)
+            live = known[0] if known is not None and not item.state.is_terminal else None
+            view = to_view(item.state, now=time.time(), liveness=live)
+            return snapshot_line(item.training_id, view)
+        if isinstance(item, Live):
+            return live_line(item.runs, item.time or time.time())
+        if isinstance(item, Resync):
+            return resync_line(item.reason, item.buffered)
+        # Every subscriber gets the same event object: encode it once.
+        cached = self._encoded.get(id(item))
+        if cached is not None and cached[0] is item:
+            return cached[1]
+        line = encode(item)
+        if len(self._encoded) >= 4096:
+            self._encoded.clear()
+        self._encoded[id(item)] = (item, line)
+        return line
