@@ -104,7 +104,7 @@ class HubLiveness(HubConnections):
             runs = self._to_check(training_id)
             if not runs:
                 return {}
-            fresh = await asyncio.to_thread(self._measure, runs)
+            fresh = await self._blocking(self._measure, runs)
             changed: dict[str, Liveness] = {}
             states = self.bus.states()
             for tid, live in fresh.items():
@@ -125,7 +125,7 @@ class HubLiveness(HubConnections):
                     "pulse hub: run liveness changed", training_id=tid, liveness=live, told=told
                 )
             if any(live == LOST for live in changed.values()):
-                await asyncio.to_thread(self._heal_v1)
+                await self._blocking(self._heal_v1)
             return changed
 
     def _heal_v1(self) -> None:

@@ -58,7 +58,7 @@ class HubSubscribers(HubLiveness):
         history: dict[str, list[Event]] = {}
         for tid, after in resume.items():
             if not self.bus.covers(tid, after):
-                past = await asyncio.to_thread(
+                past = await self._blocking(
                     read_events, log_path(self.settings.home, tid), tid, after
                 )
                 if past is not None:
@@ -130,7 +130,7 @@ class HubSubscribers(HubLiveness):
             known = self.liveness.get(item.training_id)
             live = known[0] if known is not None and not item.state.is_terminal else None
             view = to_view(item.state, now=time.time(), liveness=live)
-            return snapshot_line(item.training_id, view)
+            return snapshot_line(item.training_id, view, self.settings.max_frame)
         if isinstance(item, Live):
             return live_line(item.runs, item.time or time.time())
         if isinstance(item, Resync):

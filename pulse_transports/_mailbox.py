@@ -61,6 +61,9 @@ SNAPSHOT_BYTES: Final = 4096
 MAX_RUNS: Final = 256
 #: Seconds an ended run stays in memory (and in new subscribers' snapshots).
 KEEP_ENDED: Final = 3600.0
+#: Most seconds a status, error, meta or dropped event waits behind a held
+#: value, whatever the subscriber's rate: then the held values go out early.
+URGENT_WAIT: Final = 0.1
 
 
 @attrs.frozen
@@ -127,12 +130,14 @@ class _Line:
     they are many.
     """
 
-    __slots__ = ("dead", "events", "latest")
+    __slots__ = ("dead", "events", "latest", "urgent")
 
     def __init__(self) -> None:
         self.events: deque[Event] = deque()
         self.latest: dict[str, Event] = {}  # kind -> the live held value
         self.dead = 0
+        #: when each waiting status, error, meta or dropped event came, in order
+        self.urgent: deque[float] = deque()
 
     def sweep(self) -> None:
         latest = self.latest
@@ -148,8 +153,10 @@ class Mailbox:
     Events due now go to ``ready`` (what the consumer takes). Per run, a
     value of a rate-limited stream that is not due waits in the run's line,
     and so does every later event of that run: a status waits behind the
-    value held before it until that value is due (at most one interval), or
-    goes at once when a newer value of that kind supersedes the held one.
+    value held before it until that value is due, or goes at once when a
+    newer value of that kind supersedes the held one. Whatever the rate, a
+    status, error, meta or dropped event waits at most :data:`URGENT_WAIT`:
+    then the values held before it go out with it, early.
     So each run's events come in seq order, one value per stream per
     interval at most, and the last value always arrives.
 
@@ -260,6 +267,9 @@ class Mailbox:
                 self.nbytes -= item_size(old)
                 self.coalesced += 1
             line.latest[kind] = event
+        else:
+            woken = woken or not line.urgent  # an earlier deadline for the consumer
+            line.urgent.append(now)
         line.events.append(event)
         self.waiting += 1
         self.nbytes += size
@@ -277,17 +287,26 @@ class Mailbox:
         """True if the subscriber is past its bound and must be dropped."""
         return len(self.ready) + self.waiting > self.limit or self.nbytes > self.limit_bytes
 
-    def _due(self, training_id: str, kind: str, now: float) -> bool:
-        """True (and noted as sent) if a value of this stream may go out now."""
+    def _due(self, training_id: str, kind: str, now: float, force: bool = False) -> bool:
+        """True (and noted as sent) if a value of this stream may (or, forced, must) go now."""
         key = (training_id, kind)
         throttle = self.sent_at.get(key)
         if throttle is None:
             throttle = self.sent_at[key] = Throttle(self.interval)
-        return throttle.offer(now)
+        if throttle.offer(now):
+            return True
+        if force:
+            throttle.last, throttle.pending = now, False  # the next value waits an interval
+        return force
 
     def _advance(self, training_id: str, line: _Line, now: float) -> bool:
-        """Move what may go out now from the head of a run's line to ready."""
-        events, latest, ready = line.events, line.latest, self.ready
+        """Move what may go out now from the head of a run's line to ready.
+
+        A held value is due when its interval has passed, or when a status,
+        error, meta or dropped event has waited behind it for URGENT_WAIT.
+        """
+        events, latest, ready, urgent = line.events, line.latest, self.ready, line.urgent
+        force = bool(urgent) and now - urgent[0] >= URGENT_WAIT
         moved = False
         while events:
             head = events[0]
@@ -297,9 +316,12 @@ class Mailbox:
                     events.popleft()
                     line.dead -= 1
                     continue
-                if self._full() or not self._due(training_id, kind, now):
+                if self._full() or not self._due(training_id, kind, now, force):
                     break
                 del latest[kind]
+            else:
+                urgent.popleft()
+                force = bool(urgent) and now - urgent[0] >= URGENT_WAIT
             events.popleft()
             self.waiting -= 1
             ready.append(head)
@@ -351,6 +373,8 @@ class Mailbox:
                 continue  # held back only by a full buffer: the consumer is busy
             throttle = self.sent_at.get((tid, kind))
             when = (throttle.last if throttle is not None else float("-inf")) + self.interval
+            if line.urgent:
+                when = min(when, line.urgent[0] + URGENT_WAIT)
             if due is None or when < due:
                 due = when
         return due

@@ -17,12 +17,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 from pulse_core.events import (
     Event,
 )
 from pulse_core.policy import sampled
 from pulse_core.reducer import Folder
-from pulse_transports._closing import ClosesOnExit
 from pulse_transports._mailbox import BATCH_BYTES, Item, Mailbox, item_size
 from pulse_transports.wire import Resync
 

@@ -188,6 +188,26 @@ class TestCallbacks:
         assert 20 <= len(progress_seqs) <= 42  # 4 s at 10/s, edges included
         assert progress_seqs[-1] == seq - 1  # the last value arrived
 
+    def test_a_slow_rate_delays_a_status_at_most_a_tenth_of_a_second(
+        self, bus: Bus, clock: FakeClock
+    ) -> None:
+        """At 0.1 updates/s, a status behind a held value waits 0.1 s, not 10 s."""
+        got = Recorder()
+        bus.subscribe(got, interval=10.0)
+        for event in (p(1), p(2), s(3, message="note")):
+            bus.publish(event)
+        assert [e.seq for e in events(got.items)] == [1]
+        clock.advance(0.05)
+        bus.tick()
+        assert [e.seq for e in events(got.items)] == [1]
+        clock.advance(0.06)
+        bus.tick()
+        assert [e.seq for e in events(got.items)] == [1, 2, 3]
+        bus.publish(p(4))  # the forced value counts: the next one waits its interval
+        clock.advance(1.0)
+        bus.tick()
+        assert [e.seq for e in events(got.items)] == [1, 2, 3]
+
     def test_per_subscriber_interval(self, bus: Bus, clock: FakeClock) -> None:
         fast, slow = Recorder(), Recorder()
         bus.subscribe(fast)
