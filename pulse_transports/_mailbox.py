@@ -347,8 +347,7 @@ class Mailbox:
         self.nbytes = item_size(resync)
 
     def take(self, now: float, limit: int = 1 << 30, max_bytes: int = 1 << 62) -> list[Item]:
-        """Remove and return items due now, oldest first: at most *limit* of them and,
-        beyond the first, at most *max_bytes* together."""
+        """Remove and return items due now, oldest first (*limit*; *max_bytes* past one)."""
         ready = self.ready
         if self.lines and not self._full():
             for tid in list(self.lines):
@@ -489,8 +488,7 @@ def trim_heap() -> bool:
     """Give freed heap memory back to the system (glibc's ``malloc_trim``), if possible.
 
     Large event texts are malloc'ed; once freed (runs expired, a subscriber
-    gone) glibc keeps the pages unless asked. Returns False where there is no
-    such call (another C library).
+    gone) glibc keeps the pages unless asked. False without such a call.
     """
     if _LIBC is None:
         return False

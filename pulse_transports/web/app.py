@@ -68,7 +68,7 @@ from pulse_transports.web import flowruns
 from pulse_transports.web.cursor import parse_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
-from pulse_transports.web.stream import EventStream
+from pulse_transports.web.stream import EventStream, cut
 from pulse_transports.wire import MIN_RATE
 
 log = get_logger("pulse.web")
@@ -166,9 +166,7 @@ class WebApp:
             tick=settings.liveness_tick,
         )
         self.encoded = EncodedEvents()
-        #: the HTTP server's open connections (uvicorn protocol objects, each
-        #: with ``client`` and ``transport``): set by the server that runs the app.
-        self.connections: Collection[Any] = ()
+        self.connections: Collection[Any] = ()  # uvicorn's, set by WebServer (see cut)
         self.streams: set[EventStream] = set()
         self.closing = False
         self._workers = asyncio.Semaphore(API_WORKERS)
@@ -467,8 +465,8 @@ class WebApp:
             resume=parse_cursor(cursor),
             retry_ms=self.settings.retry_ms,
             keepalive=self.settings.keepalive,
-            abort=functools.partial(self._abort, request.scope.get("client")),
-            peer=_peer(request),
+            abort=functools.partial(cut, self.connections, request.scope.get("client")),
+            peer=f"{request.client.host}:{request.client.port}" if request.client else "?",
         )
         self.streams.add(stream)
 
@@ -485,12 +483,6 @@ class WebApp:
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
-    def _abort(self, client: Any) -> None:
-        """Cut the HTTP connection of *client* (``(host, port)``) at once, unsent data and all."""
-        for conn in list(self.connections):
-            if client is not None and tuple(getattr(conn, "client", ()) or ()) == tuple(client):
-                conn.transport.abort()
-
     # -- errors ----------------------------------------------------------------------
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
@@ -499,11 +491,6 @@ class WebApp:
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"nothing at {request.url.path}")
-
-
-def _peer(request: Request) -> str:
-    client = request.client
-    return f"{client.host}:{client.port}" if client is not None else "?"
 
 
 def _hostname(host: str) -> str:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -83,6 +83,17 @@ DROP_GRACE: Final = 10.0
 QUIET_AFTER: Final = 10.0
 #: Legal status moves, for clients that fold events themselves (from pulse_core.lifecycle).
 TRANSITIONS: Final[Mapping[str, list[str]]] = {s: allowed_targets(s) for s in STATUSES}
+
+
+def cut(connections: Collection[Any], client: Any) -> None:
+    """Cut the HTTP connection of *client* (``(host, port)``) at once, unsent data and all.
+
+    *connections* are the server's open ones (uvicorn protocol objects, each
+    with ``client`` and ``transport``).
+    """
+    for conn in list(connections):
+        if client is not None and tuple(getattr(conn, "client", ()) or ()) == tuple(client):
+            conn.transport.abort()
 
 
 def sse_message(data: bytes, event_id: str | None = None) -> bytes:
