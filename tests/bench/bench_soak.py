@@ -49,6 +49,8 @@ from bench_reconnect import allowed
 sys.path.insert(0, str(Path(__file__).parents[1] / "truth"))
 from truthkit import cli, free_port
 
+from pulse_transports.hubtoken import read_token
+
 #: status and liveness each ending must leave behind.
 EXPECT: dict[str, tuple[str, str]] = {
     "done": ("done", "ended"),
@@ -98,9 +100,9 @@ def producer(params: dict[str, Any]) -> None:
 class SseClient(threading.Thread):
     """An ``/events`` client folding status and liveness per run; reconnects with its last id."""
 
-    def __init__(self, port: int, stop: threading.Event) -> None:
+    def __init__(self, port: int, token: str | None, stop: threading.Event) -> None:
         super().__init__(daemon=True)
-        self.port, self._stop = port, stop
+        self.port, self.token, self._stop = port, token, stop
         self.runs: dict[str, dict[str, str]] = {}
         self.last_id = ""
         self.longest_id = 0
@@ -117,7 +119,9 @@ class SseClient(threading.Thread):
     def _stream(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
         try:
-            conn.request("GET", "/events", headers={"Last-Event-ID": self.last_id})
+            conn.request(
+                "GET", "/events", headers=_auth(self.token, {"Last-Event-ID": self.last_id})
+            )
             response = conn.getresponse()
             if response.status != 200:
                 return
@@ -166,11 +170,20 @@ class SseClient(threading.Thread):
             return {tid: dict(run) for tid, run in self.runs.items()}
 
 
-def stuck_client(port: int) -> socket.socket:
+def _auth(token: str | None, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """*headers* with the hub's token (``<home>/hub.token``) as a Bearer."""
+    out = dict(headers or {})
+    if token:
+        out["Authorization"] = f"Bearer {token}"
+    return out
+
+
+def stuck_client(port: int, token: str | None) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = "".join(f"{k}: {v}\r\n" for k, v in _auth(token).items())
+    sock.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
     sock.setblocking(False)
     return sock
 
@@ -196,10 +209,10 @@ def closed(sock: socket.socket) -> bool:
     return True
 
 
-def api_runs(port: int) -> dict[str, dict[str, Any]]:
+def api_runs(port: int, token: str | None) -> dict[str, dict[str, Any]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", "/api/runs?limit=1000")
+        conn.request("GET", "/api/runs?limit=1000", headers=_auth(token))
         rows = orjson.loads(conn.getresponse().read())["runs"]
     finally:
         conn.close()
@@ -293,10 +306,11 @@ class Soak:
         stop = threading.Event()
         t0 = time.monotonic()
         self.hub = self.start_hub()
-        clients = [SseClient(self.port, stop) for _ in range(4)]
+        token = read_token(self.home)  # made by the hub at its start
+        clients = [SseClient(self.port, token, stop) for _ in range(4)]
         for client in clients:
             client.start()
-        stuck = [stuck_client(self.port)]  # one per hub
+        stuck = [stuck_client(self.port, token)]  # one per hub
         closed_at: list[float | None] = [None]
         sampler = threading.Thread(target=self.sample, args=(stop, t0), daemon=True)
         sampler.start()
@@ -326,7 +340,7 @@ class Soak:
                     self.hub = self.start_hub()
                     outage = (down, time.monotonic())
                     crashed = down - t0
-                    stuck.append(stuck_client(self.port))
+                    stuck.append(stuck_client(self.port, read_token(self.home)))
                     closed_at.append(None)
                 time.sleep(0.2)
             time.sleep(4.0)  # liveness checks, last events, SSE delivery
@@ -351,7 +365,7 @@ class Soak:
         return figures
 
     def judge(self, clients: list[SseClient], outage: tuple[float, float] | None) -> dict[str, Any]:
-        api = api_runs(self.port)
+        api = api_runs(self.port, read_token(self.home))
         ls = ls_runs(self.home)
         readers: dict[str, dict[str, dict[str, Any]]] = {"api": api, "ls": ls}
         for i, client in enumerate(clients):
