@@ -216,7 +216,7 @@ def main() -> int:
     if args.quick:
         figures = {
             "runs": runs_case(40, 2, 10, keep_ended=2.0),
-            "stuck": stuck_case(80, 400_000),
+            "stuck": stuck_case(400, 400_000),
         }
     else:
         figures = {
