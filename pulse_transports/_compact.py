@@ -30,7 +30,7 @@ import orjson
 
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
-from pulse_core.events import Event, Heartbeat, Metrics, Progress
+from pulse_core.events import Event, Heartbeat, Metrics, Progress, StateCheckpoint
 from pulse_transports.homemode import open_file
 
 _SAMPLES: Final = (Progress, Metrics)
@@ -50,7 +50,8 @@ def compact_lines(lines: list[bytes], target: int) -> list[bytes]:
 
     Every line that is not progress, metrics or heartbeat is kept (bad lines
     are dropped); progress and metrics are downsampled in fixed buckets to fit
-    *target* bytes; only the last heartbeat is kept. Deterministic.
+    *target* bytes; only the last heartbeat is kept; checkpoints are dropped
+    (their line counts no longer hold; the writer appends a new one). Deterministic.
     """
     essential: list[int] = []
     samples: list[tuple[int, Event]] = []
@@ -64,6 +65,8 @@ def compact_lines(lines: list[bytes], target: int) -> list[bytes]:
             samples.append((index, event))
         elif isinstance(event, Heartbeat):
             last_heartbeat = index
+        elif isinstance(event, StateCheckpoint):
+            continue  # the writer appends a fresh one right after compacting
         else:
             essential.append(index)
     if last_heartbeat >= 0:

@@ -13,7 +13,7 @@ import time
 from typing import Any, Final
 
 from pulse_core._log import get_logger
-from pulse_core.codec import decode
+from pulse_core.codec import MAX_LINE_BYTES, bound_event, decode
 from pulse_core.errors import DecodeError
 from pulse_core.policy import sampled
 from pulse_transports._hubconn import Conn
@@ -27,6 +27,8 @@ log = get_logger("pulse.hub")
 
 #: Error lines sent to one producer connection; later rejections are only counted.
 _ERRORS_SENT: Final = 100
+#: Producer lines longer than this are bounded (re-encoding may lengthen a line a little).
+_BOUNDED: Final = MAX_LINE_BYTES // 2
 
 
 class HubProducers(HubLiveness):
@@ -53,9 +55,7 @@ class HubProducers(HubLiveness):
         self._producers[tid] = conn
         try:
             if self.bus.last_seq(tid) is None:
-                events = await asyncio.to_thread(
-                    read_events, log_path(self.settings.home, tid), tid
-                )
+                events = await self._blocking(read_events, log_path(self.settings.home, tid), tid)
                 if events:
                     self.bus.seed(tid, events)
             conn.send(
@@ -94,6 +94,10 @@ class HubProducers(HubLiveness):
             except DecodeError as exc:
                 self._reject(conn, "bad_event", str(exc))
                 continue
+            if len(line) > _BOUNDED:
+                # Legal but long (another client than ours): bounded as the
+                # emitter bounds events, so what the hub holds and sends fits.
+                event = bound_event(event)
             if event.training_id != tid:
                 self._reject(
                     conn,

@@ -30,8 +30,7 @@ import orjson
 
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError, RunExists, RunLocked
-from pulse_core.events import TERMINAL_STATUSES, StatusChanged
-from pulse_core.reducer import Folder
+from pulse_core.events import TERMINAL_STATUSES
 from pulse_core.state import RunState
 from pulse_transports.homemode import open_file
 
@@ -111,23 +110,8 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def refuse_ended(data: bytes, training_id: str, path: Path) -> None:
-    """Raise RunExists if the log *data* holds a run that already ended.
-
-    Only status lines are decoded (a byte search skips the rest), folded from a
-    state owned by *training_id* so foreign lines do not count.
-    """
-    folder = Folder(RunState(training_id=training_id))
-    for line in data.splitlines():
-        if b'"status"' not in line:
-            continue
-        try:
-            event = decode(line)
-        except DecodeError:
-            continue
-        if isinstance(event, StatusChanged):
-            folder.apply(event)
-    state = folder.state
+def refuse_ended(state: RunState, training_id: str, path: Path) -> None:
+    """Raise RunExists if *state* (the fold of the log at *path*) is a run that already ended."""
     if state.status not in TERMINAL_STATUSES:
         return
     when = ""

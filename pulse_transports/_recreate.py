@@ -128,6 +128,9 @@ class RecreatingLog:
     def _append(self, line: bytes) -> None:
         raise NotImplementedError
 
+    def _write_checkpoint(self) -> None:
+        raise NotImplementedError
+
     # -- a log deleted or replaced under the writer -------------------------------
 
     def _check_path(self, durable: bool) -> None:
@@ -188,6 +191,7 @@ class RecreatingLog:
         if self.fsync:
             os.fsync(fd)
             _fsync_dir(self.path.parent)
+        self._write_checkpoint()  # the run's whole state, beyond what was restated
         self.recreations += 1
         if self.recreations == 1:
             log.warning(

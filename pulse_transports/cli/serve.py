@@ -7,7 +7,12 @@ reads that transport's table: ``path`` and ``token`` of
 own settings from the ``[tool.pulse.socket.hub]`` sub-table (``[socket.hub]``
 in pulse.toml). A command-line option or its environment variable wins over
 the tables, the tables over the defaults. It raises the process's open-file
-limit so the hub can hold its ``--max-connections``.
+limit so the hub can hold its ``--max-connections``, and shares what the
+limit allows between the web view (``--http-max-connections``, at most a
+quarter of it) and the hub socket, so a flood of one never starves the
+other of descriptors. Errors the event loop reports (an ``accept`` out of
+descriptors, a connection's failure) are one short rate-limited line each,
+never a traceback.
 
 ``--http [HOST:]PORT`` adds the web view (:mod:`pulse_transports.web`, the
 optional extra ``pulse-v2[web]``) to the same event loop and bus: loopback
@@ -43,7 +48,7 @@ from pulse_core.errors import ConfigError
 from pulse_transports import homemode
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
 from pulse_transports.config import check_table
-from pulse_transports.hub import Hub, HubAddressInUse, HubSettings
+from pulse_transports.hub import Feed, Hub, HubAddressInUse, HubSettings
 from pulse_transports.hubtoken import hub_token
 from pulse_transports.wire import Address, default_socket_path, is_loopback, parse_hostport
 
@@ -57,9 +62,11 @@ HUB_KEYS: Final[Mapping[str, type]] = {
     "rate": float,
     "max_frame": int,
     "handshake_timeout": float,
+    "line_timeout": float,
     "subscriber_buffer": int,
     "subscriber_limit": int,
     "max_connections": int,
+    "keep_ended": float,
 }
 
 
@@ -184,6 +191,12 @@ def rate_option(func: F) -> F:
     help="Seconds a new connection has to send its hello [default: 10].",
 )
 @click.option(
+    "--line-timeout",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="Seconds a line, once begun, has to reach its newline [default: 10].",
+)
+@click.option(
     "--subscriber-buffer",
     type=click.IntRange(min=1),
     default=None,
@@ -201,6 +214,19 @@ def rate_option(func: F) -> F:
     default=None,
     help="Connections beyond this are refused [default: 10000].",
 )
+@click.option(
+    "--http-max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="HTTP connections beyond this are answered 503 (counted apart from the hub "
+    "socket's; at most a quarter of the open-file limit) [default: 256].",
+)
+@click.option(
+    "--keep-ended",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a run that ended (or was lost) stays in the hub's memory [default: 3600].",
+)
 def serve(
     home: Path | None,
     socket_path: Path | None,
@@ -212,9 +238,12 @@ def serve(
     rate: float | None,
     max_frame: int | None,
     handshake_timeout: float | None,
+    line_timeout: float | None,
     subscriber_buffer: int | None,
     subscriber_limit: int | None,
     max_connections: int | None,
+    http_max_connections: int | None,
+    keep_ended: float | None,
 ) -> None:
     """Run the hub: producers push run events, UIs subscribe to them live.
 
@@ -246,9 +275,11 @@ def serve(
         "rate": rate,
         "max_frame": max_frame,
         "handshake_timeout": handshake_timeout,
+        "line_timeout": line_timeout,
         "subscriber_buffer": subscriber_buffer,
         "subscriber_limit": subscriber_limit,
         "max_connections": max_connections,
+        "keep_ended": keep_ended,
     }
     http_address = None
     if http:
@@ -264,6 +295,12 @@ def serve(
     settings = hub_settings(
         config.home, table, given, listens=http_address is not None, no_token=no_token
     )
+    from pulse_transports.retention import RetentionFeed, RetentionPolicy
+
+    try:
+        retention = RetentionFeed(config.home, RetentionPolicy.from_config(config))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     if http_address is not None:
         _check_http(http_address[0], settings)
         try:
@@ -273,6 +310,9 @@ def serve(
                 f"--http needs the web extra: pip install 'pulse-v2[web]' ({exc})"
             ) from None
     _raise_open_files(settings.max_connections + 64)
+    settings, http_cap = share_descriptors(
+        settings, http_max_connections if http_address is not None else 0
+    )
     if homemode.others_can_read(config.home):
         log.warning(
             "pulse home can be entered by other users: their processes can read its runs "
@@ -290,9 +330,19 @@ def serve(
     async def serve_until_signalled() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(loop_error)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await _run(settings, http_address, config.stale_after, config.lost_after, stop, ready)
+        await _run(
+            settings,
+            http_address,
+            config.stale_after,
+            config.lost_after,
+            stop,
+            ready,
+            http_cap,
+            retention,
+        )
 
     try:
         asyncio.run(serve_until_signalled())
@@ -302,6 +352,46 @@ def serve(
     except OSError as exc:
         click.echo(f"pulse serve: cannot listen: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def share_descriptors(settings: HubSettings, http_wanted: int | None) -> tuple[HubSettings, int]:
+    """Split the open-file limit between the web view and the hub socket.
+
+    Args:
+        settings: the hub's settings (its ``max_connections``).
+        http_wanted: the HTTP connection cap asked for (None: the default;
+            0: no web view).
+
+    Returns:
+        The settings with ``max_connections`` lowered to what the limit
+        leaves the hub socket, and the HTTP cap (at most a quarter of the
+        limit; 0 without a web view).
+    """
+    from pulse_transports.web.server import MAX_HTTP_CONNECTIONS
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    files = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+    http_cap = 0
+    if http_wanted != 0:
+        http_cap = min(http_wanted or MAX_HTTP_CONNECTIONS, max(8, files // 4))
+    spare = max(16, files - http_cap - _RESERVED_FILES)
+    if settings.max_connections > spare:
+        settings = attrs.evolve(settings, max_connections=spare)
+    return settings, http_cap
+
+
+#: Descriptors kept for everything but connections (logs, the index, threads).
+_RESERVED_FILES: Final = 64
+
+
+def loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's error handler: one short rate-limited line, no traceback."""
+    exc = context.get("exception")
+    get_logger("pulse.serve").warning(
+        "pulse serve: event loop error",
+        message=context.get("message"),
+        error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
+    )
 
 
 def hub_settings(
@@ -393,9 +483,14 @@ async def _run(
     lost_after: float,
     stop: asyncio.Event,
     ready: Callable[[list[Address], str | None], None],
+    http_cap: int | None = None,
+    retention: Feed | None = None,
 ) -> None:
     """Run the hub (and its web view, if asked) until *stop* is set."""
-    hub = Hub(attrs.evolve(settings, stale_after=stale_after, lost_after=lost_after))
+    hub = Hub(
+        attrs.evolve(settings, stale_after=stale_after, lost_after=lost_after),
+        feeds=(retention,) if retention is not None else (),
+    )
     web = None
     try:
         addresses = await hub.start()
@@ -414,7 +509,7 @@ async def _run(
                 ),
                 http[0],
                 http[1],
-                max_connections=settings.max_connections,
+                max_connections=http_cap,
             )
             url = await web.start()
         ready(addresses, url)
