@@ -31,6 +31,7 @@ import orjson
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
 from pulse_core.events import Event, Heartbeat, Metrics, Progress, StateCheckpoint
+from pulse_transports.homemode import open_file
 
 _SAMPLES: Final = (Progress, Metrics)
 #: Exit code of a child whose parent (the writer) is gone before the rename.
@@ -124,7 +125,7 @@ def write_compacted(path: Path, target: int) -> tuple[int, int, int]:
     body = b"".join(line + b"\n" for line in kept)
     tmp = tmp_path(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             view = memoryview(body)
             while view:

@@ -32,6 +32,7 @@ from pulse_core.codec import decode
 from pulse_core.errors import DecodeError, RunExists, RunLocked
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_core.state import RunState
+from pulse_transports.homemode import open_file
 
 #: Seconds a new writer waits for a run's lock before RunLocked (see _flock_waiting).
 LOCK_WAIT: Final = 1.0
@@ -130,7 +131,7 @@ def refuse_ended(state: RunState, training_id: str, path: Path) -> None:
 def take_lock(lock: Path, training_id: str, log_file: Path, wait: float = LOCK_WAIT) -> int:
     """Open and flock *lock* exclusively; the fd, or RunLocked if it is held."""
     for _ in range(20):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_file(lock, os.O_RDWR | os.O_CREAT)
         try:
             _flock_waiting(fd, wait)
         except BlockingIOError:
@@ -203,7 +204,7 @@ def write_json_atomic(path: Path, value: Any, fsync: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     data = orjson.dumps(value)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             view = memoryview(data)
             while view:
@@ -240,7 +241,7 @@ def retake_lock(lock: Path, lock_fd: int) -> int | None:
             return lock_fd
     except FileNotFoundError:
         pass
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_file(lock, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -92,6 +92,7 @@ from pulse_transports._logfile import (
 )
 from pulse_transports._logfile import fsync_dir as _fsync_dir
 from pulse_transports._recreate import RecreatingLog, WriterMemory
+from pulse_transports.homemode import make_dirs, open_file
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -213,7 +214,7 @@ class FileSink(RecreatingLog):
         if self._lock_fd >= 0:
             raise RuntimeError(f"this FileSink is already open on {self.path}")
         folder = log_dir(self.home)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         lock = lock_path(self.home, training_id)
         lock_fd = take_lock(lock, training_id, log_path(self.home, training_id), self.lock_wait)
         try:
@@ -249,7 +250,7 @@ class FileSink(RecreatingLog):
 
     def _open_log(self) -> None:
         assert self.path is not None
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         self._size = os.fstat(self._fd).st_size
         self._torn = self._size > 0 and not ends_with_newline(self.path)
 
@@ -483,13 +484,3 @@ def _child_env() -> dict[str, str]:
             dict.fromkeys([*roots, *filter(None, old.split(os.pathsep))])
         ),
     }
-
-
-def __getattr__(name: str) -> Any:
-    """``V1SnapshotSink`` moved to :mod:`pulse_transports.v1.sink`; installs made
-    before the move still name ``pulse_transports.file:V1SnapshotSink``."""
-    if name == "V1SnapshotSink":
-        from pulse_transports.v1.sink import V1SnapshotSink
-
-        return V1SnapshotSink
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
