@@ -96,10 +96,12 @@ class Checker:
 
     def check(self, event: Any) -> list[tuple[str, str]]:
         """Return ``(kind, message)`` problems of the next event."""
-        from pulse_core.events import Heartbeat, StatusChanged, UnknownEvent
+        from pulse_core.events import Heartbeat, StateCheckpoint, StatusChanged, UnknownEvent
         from pulse_core.lifecycle import is_terminal, next_status
 
         problems: list[tuple[str, str]] = []
+        if isinstance(event, StateCheckpoint):
+            return problems  # the fold so far (its seq is the last one folded), not an event
         if self.training_id is None:
             self.training_id = event.training_id
         elif event.training_id != self.training_id:
