@@ -83,7 +83,7 @@ def serve_command(
       pulse nats serve --url nats://127.0.0.1:4222
       pulse nats serve --tcp 127.0.0.1:7433
     """
-    from pulse_transports.cli.serve import _raise_open_files, _table, hub_settings
+    from pulse_transports.cli.serve import _raise_open_files, _table, hub_flags, hub_settings
     from pulse_transports.hub import HubAddressInUse, run_hub
     from pulse_transports.wire import Address
 
@@ -91,13 +91,7 @@ def serve_command(
     module = nats_module()
     config = resolve_config(home)
     table = _table(config.transport_options)
-    given = {
-        "socket": str(socket_path) if socket_path is not None else None,
-        "tcp": tcp,
-        "token": hub_token,
-        "allow_remote": True if allow_remote else None,
-        "rate": rate,
-    }
+    given = hub_flags(socket_path, tcp, hub_token, allow_remote, rate)
     settings = hub_settings(config.home, table, given)
     _raise_open_files(settings.max_connections + 64)
     feed = module.NatsFeed(source.options, source.store)

@@ -208,18 +208,18 @@ def serve(
     """
     config = resolve_config(home)
     table = _table(config.transport_options)
-    given = {
-        "socket": str(socket_path) if socket_path is not None else None,
-        "tcp": tcp,
-        "token": token,
-        "allow_remote": True if allow_remote else None,
-        "rate": rate,
-        "max_frame": max_frame,
-        "handshake_timeout": handshake_timeout,
-        "subscriber_buffer": subscriber_buffer,
-        "subscriber_limit": subscriber_limit,
-        "max_connections": max_connections,
-    }
+    given = hub_flags(
+        socket_path,
+        tcp,
+        token,
+        allow_remote,
+        rate,
+        max_frame=max_frame,
+        handshake_timeout=handshake_timeout,
+        subscriber_buffer=subscriber_buffer,
+        subscriber_limit=subscriber_limit,
+        max_connections=max_connections,
+    )
     http_address = None
     if http:
         try:
@@ -262,6 +262,25 @@ def serve(
     except OSError as exc:
         click.echo(f"pulse serve: cannot listen: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def hub_flags(
+    socket_path: Path | None,
+    tcp: str | None,
+    token: str | None,
+    allow_remote: bool | None,
+    rate: float | None,
+    **more: Any,
+) -> dict[str, Any]:
+    """The hub settings a command's flags give (None: not given, the table's holds)."""
+    return {
+        "socket": str(socket_path) if socket_path is not None else None,
+        "tcp": tcp,
+        "token": token,
+        "allow_remote": True if allow_remote else None,
+        "rate": rate,
+        **more,
+    }
 
 
 def hub_settings(home: Path, table: Mapping[str, Any], given: Mapping[str, Any]) -> HubSettings:
