@@ -21,7 +21,6 @@ Exit codes: 0 ok; 1 NATS unreachable or refusing the credentials; 2 usage.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,13 @@ def serve_command(
       pulse nats serve --url nats://127.0.0.1:4222
       pulse nats serve --tcp 127.0.0.1:7433
     """
-    from pulse_transports.cli.serve import _raise_open_files, _table, hub_flags, hub_settings
+    from pulse_transports.cli.serve import (
+        _raise_open_files,
+        _table,
+        hub_flags,
+        hub_settings,
+        until_signalled,
+    )
     from pulse_transports.hub import HubAddressInUse, run_hub
     from pulse_transports.wire import Address
 
@@ -104,15 +109,11 @@ def serve_command(
         )
         sys.stdout.flush()
 
-    async def serve_until_signalled() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+    async def serve(stop: asyncio.Event) -> None:
         await run_hub(settings, stop, ready, feeds=[feed])
 
     try:
-        asyncio.run(serve_until_signalled())
+        asyncio.run(until_signalled(serve))
     except HubAddressInUse as exc:
         fail(str(exc), EXIT_FAILED)
     except OSError as exc:

@@ -22,7 +22,7 @@ import contextlib
 import resource
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -247,21 +247,26 @@ def serve(
         click.echo("pulse hub listening on " + " ".join(words))
         sys.stdout.flush()
 
-    async def serve_until_signalled() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+    async def serve(stop: asyncio.Event) -> None:
         await _run(settings, http_address, config.stale_after, config.lost_after, stop, ready)
 
     try:
-        asyncio.run(serve_until_signalled())
+        asyncio.run(until_signalled(serve))
     except HubAddressInUse as exc:
         click.echo(f"pulse serve: {exc}", err=True)
         sys.exit(EXIT_FAILED)
     except OSError as exc:
         click.echo(f"pulse serve: cannot listen: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+async def until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run *serve* with an event that SIGTERM and SIGINT set (a clean stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await serve(stop)
 
 
 def hub_flags(
