@@ -13,11 +13,12 @@ import time
 from typing import Any, Final
 
 from pulse_core._log import get_logger
-from pulse_core.codec import decode
+from pulse_core.codec import MAX_LINE_BYTES, bound_event, decode
 from pulse_core.errors import DecodeError
 from pulse_core.policy import sampled
 from pulse_transports._hubconn import Conn
 from pulse_transports._hubliveness import HubLiveness
+from pulse_transports._hubowner import RunOwners, peer_pid, seq_refusal
 from pulse_transports.file import log_path
 from pulse_transports.follow import read_events
 from pulse_transports.wire import Hello, error_line, welcome_line
@@ -26,17 +27,26 @@ log = get_logger("pulse.hub")
 
 #: Error lines sent to one producer connection; later rejections are only counted.
 _ERRORS_SENT: Final = 100
+#: Producer lines longer than this are bounded (re-encoding may lengthen a line a little).
+_BOUNDED: Final = MAX_LINE_BYTES // 2
 
 
 class HubProducers(HubLiveness):
     """Producer connections (a base of :class:`~pulse_transports.hub.Hub`)."""
 
     _producers: dict[str, Conn]
+    _owners: RunOwners
     _closing: bool
 
     async def _producer(self, conn: Conn, reader: asyncio.StreamReader, hello: Hello) -> None:
         tid = hello.training_id
         assert tid is not None  # parse_hello requires it of a producer
+        pid = peer_pid(conn.writer.get_extra_info("socket"))
+        refusal = self._owners.admit(self.settings.home, tid, pid)
+        if refusal is not None:
+            self._refuse(conn, "run_owned", refusal)
+            return
+        self._owners.took(tid, pid)
         old = self._producers.get(tid)
         if old is not None:
             log.warning("pulse hub: a new producer took over a run", training_id=tid, old=old.peer)
@@ -45,9 +55,7 @@ class HubProducers(HubLiveness):
         self._producers[tid] = conn
         try:
             if self.bus.last_seq(tid) is None:
-                events = await asyncio.to_thread(
-                    read_events, log_path(self.settings.home, tid), tid
-                )
+                events = await self._blocking(read_events, log_path(self.settings.home, tid), tid)
                 if events:
                     self.bus.seed(tid, events)
             conn.send(
@@ -64,17 +72,21 @@ class HubProducers(HubLiveness):
         finally:
             if self._producers.get(tid) is conn:
                 del self._producers[tid]
+                self._owners.left(tid)
                 if not self._closing:
                     self._spawn_check(tid)
             log.info("pulse producer disconnected", training_id=tid, peer=conn.peer)
 
     async def _read_events(self, conn: Conn, reader: asyncio.StreamReader, tid: str) -> None:
         publish = self.bus.publish
+        last_seq = self.bus.last_seq
+        heard = self._owners.heard
         count = 0
         while True:
             line = await self._readline(conn, reader)
             if line is None:
                 return
+            heard(tid)
             if line.isspace():
                 continue
             try:
@@ -82,6 +94,10 @@ class HubProducers(HubLiveness):
             except DecodeError as exc:
                 self._reject(conn, "bad_event", str(exc))
                 continue
+            if len(line) > _BOUNDED:
+                # Legal but long (another client than ours): bounded as the
+                # emitter bounds events, so what the hub holds and sends fits.
+                event = bound_event(event)
             if event.training_id != tid:
                 self._reject(
                     conn,
@@ -90,6 +106,10 @@ class HubProducers(HubLiveness):
                     f"an event of run {event.training_id!r} was dropped",
                     seq=event.seq,
                 )
+                continue
+            jump = seq_refusal(event.seq, last_seq(tid))
+            if jump is not None:
+                self._reject(conn, "seq_out_of_range", jump, seq=event.seq)
                 continue
             publish(event)
             count += 1

@@ -83,7 +83,7 @@ def wait_sent(
 
 
 def shed_details(event: ErrorReported, size: int) -> ErrorReported:
-    """*event*, too large (*size* bytes) to send, with its details shed: an error is never dropped."""
+    """*event* (*size* bytes, too large to send) with its details shed: never dropped."""
     details = {"pulse_truncated": f"details were {size} bytes; too large"}
     return attrs.evolve(event, message=event.message[:1000], details=details)
 

@@ -47,7 +47,7 @@ from pulse_core._log import get_logger
 from pulse_core.closing import ClosesOnExit
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
-from pulse_core.events import Event
+from pulse_core.events import Event, StateCheckpoint
 from pulse_core.reducer import Folder
 from pulse_core.state import RunState
 from pulse_transports.notify import Notifier
@@ -375,6 +375,8 @@ class LogFollower(ClosesOnExit):
             out.append(event)
 
     def _apply(self, event: Event) -> bool:
+        if event.__class__ is StateCheckpoint:
+            return False  # the state so far, not an event: it changes no fold
         if self.training_id is not None and event.training_id != self.training_id:
             self._folder.apply(event)  # recorded as a foreign_event anomaly
             return False

@@ -54,22 +54,24 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pulse_core._log import get_logger
 from pulse_core.errors import PulseError
-from pulse_core.events import Event
 from pulse_core.liveness import Liveness
 from pulse_transports._homefeed import HomeFeed
-from pulse_transports._hubconn import Conn
+from pulse_transports._hubconn import CHUNK, Conn
 from pulse_transports._hubliveness import liveness_now
+from pulse_transports._hubowner import RunOwners
 from pulse_transports._hubproducers import HubProducers
 from pulse_transports._hubsettings import LIVENESS_TICK, MAX_CONNECTIONS, RATE, HubSettings
 from pulse_transports._hubsubscribers import HubSubscribers
 from pulse_transports.file import log_dir, log_path, writer_alive
 from pulse_transports.follow import read_events
-from pulse_transports.inprocess import Bus
+from pulse_transports.homemode import make_dirs
+from pulse_transports.inprocess import Bus, EncodedEvents
 from pulse_transports.wire import Address, error_line
 
 __all__ = [
@@ -85,6 +87,9 @@ __all__ = [
 ]
 
 log = get_logger("pulse.hub")
+
+#: The hub's worker threads (log reads for welcomes and resumes, lock checks).
+_WORKERS: Final = 4
 
 
 class HubAddressInUse(PulseError):
@@ -119,6 +124,7 @@ class Hub(HubSubscribers, HubProducers):
             limit=settings.subscriber_limit,
             recent=settings.recent,
             max_runs=settings.max_runs,
+            keep_ended=settings.keep_ended,
             clock=clock,
             timer=False,
         )
@@ -126,10 +132,13 @@ class Hub(HubSubscribers, HubProducers):
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: set[Conn] = set()
         self._producers: dict[str, Conn] = {}
+        self._owners = RunOwners()
         self._socket_inode: int | None = None
         self._closing = False
-        self._encoded: dict[int, tuple[Event, bytes]] = {}
+        self._encoded = EncodedEvents()
         self.refused = 0
+        self.held = 0
+        self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="pulse-hub")
         self._feeds = tuple(feeds)
         self._feed_tasks: list[asyncio.Task[None]] = []
         #: training id -> (its liveness at the last check, its last seq then).
@@ -154,18 +163,18 @@ class Hub(HubSubscribers, HubProducers):
         s = self.settings
         if s.follow_home:
             self.homefeed = HomeFeed(s.home, max_runs=s.max_runs)
-            primed = await asyncio.to_thread(self.homefeed.prime)
+            primed = await self._blocking(self.homefeed.prime)
             for tid, events in primed.items():
                 self.bus.seed(tid, events)
             self._feeds = (*self._feeds, self.homefeed)
         else:
-            await asyncio.to_thread(self._seed_live_runs)
+            await self._blocking(self._seed_live_runs)
         await self.check_liveness()  # the first snapshots already say who is lost
         if s.socket_path is not None:
             await self._bind_unix(s.socket_path)
         if s.tcp is not None:
             server = await asyncio.start_server(
-                self._on_tcp, s.tcp[0], s.tcp[1], limit=s.max_frame, backlog=1024
+                self._on_tcp, s.tcp[0], s.tcp[1], limit=CHUNK, backlog=1024
             )
             self._servers.append(server)
             for sock in server.sockets:
@@ -186,7 +195,7 @@ class Hub(HubSubscribers, HubProducers):
             log.exception("pulse hub feed failed", feed=repr(feed))
 
     async def _bind_unix(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise HubAddressInUse(
@@ -200,7 +209,7 @@ class Hub(HubSubscribers, HubProducers):
         old_umask = os.umask(0o177)
         try:
             server = await asyncio.start_unix_server(
-                self._on_unix, str(path), limit=self.settings.max_frame, backlog=1024
+                self._on_unix, str(path), limit=CHUNK, backlog=1024
             )
         finally:
             os.umask(old_umask)
@@ -234,7 +243,7 @@ class Hub(HubSubscribers, HubProducers):
         if self._feed_tasks:
             await asyncio.wait(self._feed_tasks, timeout=2.0)
         if self.homefeed is not None:
-            await asyncio.to_thread(self.homefeed.close)
+            await self._blocking(self.homefeed.close)
         background = [t for t in (self._liveness_task, *self._checks) if t is not None]
         for task in background:
             task.cancel()
@@ -252,6 +261,7 @@ class Hub(HubSubscribers, HubProducers):
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         self.bus.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         path = self.settings.socket_path
         if path is not None and self._socket_inode is not None:
             with contextlib.suppress(OSError):
@@ -272,6 +282,7 @@ class Hub(HubSubscribers, HubProducers):
             "duplicates": self.bus.duplicates,
             "overflows": self.bus.overflows,
             "refused": self.refused,
+            "held": self.held,
         }
 
     # -- connections -------------------------------------------------------------
@@ -310,13 +321,17 @@ class Hub(HubSubscribers, HubProducers):
             else:
                 await self._subscriber(conn, reader, hello)
         except asyncio.CancelledError:
-            raise
+            if not self._closing:
+                raise
+            # Cancelled by close(): end quietly (the stream protocol's done
+            # callback would report a cancelled task with a traceback).
         except (ConnectionError, OSError) as exc:
             log.debug("pulse hub connection lost", peer=conn.peer, role=conn.role, error=str(exc))
         except Exception:  # one connection's bug must never stop the hub
             log.exception("pulse hub connection failed", peer=conn.peer, role=conn.role)
         finally:
             self._conns.discard(conn)
+            self._release(conn)
             conn.close()
 
 

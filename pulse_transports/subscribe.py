@@ -6,6 +6,10 @@ what the hub sends into :mod:`pulse_transports.wire` messages and
 :mod:`pulse_core.events` events, remember the last seq seen per run, and --
 with ``reconnect=True`` -- reconnect after a lost connection or a
 ``resync``, resuming from those seqs so nothing is missed or repeated.
+Every reconnection waits a backoff (never zero: a hub that drops a client
+at once is not hammered), reset only by a connection that lasted. A line
+longer than the frame limit is skipped with a warning, never a reason to
+reconnect.
 
 Usage::
 
@@ -24,12 +28,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from pulse_core._log import get_logger
 from pulse_core.errors import DecodeError, PulseError
 from pulse_core.events import Event
 from pulse_core.policy import Backoff
+from pulse_transports.hubtoken import client_token
 from pulse_transports.wire import (
     MAX_FRAME,
     Address,
+    FrameTooLarge,
     HubError,
     LineReader,
     Live,
@@ -55,8 +62,12 @@ __all__ = [
     "Subscriber",
 ]
 
+log = get_logger("pulse.subscribe")
+
 #: Reconnection backoff of hub clients: 100 ms doubling to 2 s, jittered.
 _BACKOFF: Final = Backoff(0.1, 2.0, jitter=0.5)
+#: Seconds a connection must have lasted for its loss to restart the backoff.
+_STABLE: Final = 5.0
 
 
 class HubDisconnected(PulseError):
@@ -87,6 +98,7 @@ class _Client:
         else:
             self.address = Address(path=default_socket_path(home if home is not None else ".pulse"))
         self.token = token
+        self.home = home  # over TCP without a token: <home>/hub.token's, at each connect
         self.training_id = training_id
         self.rate = rate
         self.timeout = timeout
@@ -95,13 +107,17 @@ class _Client:
         self.last_seq: dict[str, int] = dict(resume or {})
         self.welcome: dict[str, Any] = {}
         self.connects = 0
+        self.skipped = 0  # lines over the frame limit, skipped
         self._failures = 0
+        self._up_since: float | None = None
+        self._retry_at = 0.0  # monotonic time before which no connection is tried
 
     def _hello(self) -> bytes:
+        tcp_token = client_token(self.home) if self.address.path is None else None
         return hello_line(
             "subscriber",
             training_id=self.training_id,
-            token=self.token,
+            token=self.token or tcp_token,
             resume=self.last_seq,
             rate=self.rate,
         )
@@ -115,9 +131,33 @@ class _Client:
         elif isinstance(message, Event) and message.seq > self.last_seq.get(message.training_id, 0):
             self.last_seq[message.training_id] = message.seq
 
-    def _backoff(self) -> float:
+    def _backoff(self) -> None:
+        """Count a failure (or a loss): the next connection waits its delay."""
         self._failures += 1
-        return _BACKOFF.delay(self._failures, random.random())  # noqa: S311 - jitter
+        delay = _BACKOFF.delay(self._failures, random.random())  # noqa: S311 - jitter
+        self._retry_at = time.monotonic() + delay
+
+    def _up(self) -> None:
+        """A connection was welcomed."""
+        self.connects += 1
+        self._up_since = time.monotonic()
+
+    def _down(self) -> None:
+        """A connection ended: only one that lasted restarts the backoff."""
+        if self._up_since is not None and time.monotonic() - self._up_since >= _STABLE:
+            self._failures = 0
+        self._up_since = None
+        self._backoff()
+
+    def _skip(self, exc: FrameTooLarge) -> None:
+        self.skipped += 1
+        log.warning(
+            "pulse subscriber skipped a line over the frame limit",
+            size=exc.size,
+            limit=exc.limit,
+            hub=str(self.address),
+            skipped=self.skipped,
+        )
 
 
 class Subscriber(_Client):
@@ -127,7 +167,8 @@ class Subscriber(_Client):
         home: the PULSE home (the socket is ``<home>/pulse.sock``).
         path: the hub's Unix socket, instead of the home's.
         tcp: ``HOST:PORT`` of the hub, instead of a Unix socket.
-        token: the hub's shared secret (needed over TCP when it has one).
+        token: the hub's shared secret, needed over TCP (default
+            ``$PULSE_HUB_TOKEN``, then the token of ``<home>/hub.token``).
         training_id: only this run (default: every run).
         resume: last seq seen per run; those runs get what they missed.
         rate: at most this many updates per second per run (the hub's
@@ -164,8 +205,7 @@ class Subscriber(_Client):
             sock.close()
             raise
         self._reader = reader
-        self.connects += 1
-        self._failures = 0
+        self._up()
         return self.welcome
 
     def recv(self, timeout: float | None = None) -> Message | None:
@@ -185,6 +225,9 @@ class Subscriber(_Client):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 line = self._reader.readline(left)
+            except FrameTooLarge as exc:
+                self._skip(exc)
+                continue
             except (EOFError, OSError, ValueError) as exc:
                 self._lost(exc)
                 continue
@@ -208,17 +251,18 @@ class Subscriber(_Client):
         if not self.reconnect and self.connects:
             raise HubDisconnected(f"not connected to the hub {self.address}")
         while True:
+            now = time.monotonic()
+            if deadline is not None and self._retry_at > deadline:
+                time.sleep(max(0.0, deadline - now))
+                return False
+            time.sleep(max(0.0, self._retry_at - now))
             try:
                 self.connect()
                 return True
             except (OSError, PulseError, EOFError, ValueError):
                 if not self.reconnect:
                     raise
-            delay = self._backoff()
-            if deadline is not None and time.monotonic() + delay > deadline:
-                time.sleep(max(0.0, deadline - time.monotonic()))
-                return False
-            time.sleep(delay)
+                self._backoff()
 
     def __iter__(self) -> Iterator[Message]:
         while True:
@@ -233,6 +277,7 @@ class Subscriber(_Client):
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.sock.close()
+            self._down()
 
     def close(self) -> None:
         """Disconnect; iteration ends."""
@@ -283,8 +328,7 @@ class AsyncSubscriber(_Client):
             writer.close()
             raise
         self._reader, self._writer = reader, writer
-        self.connects += 1
-        self._failures = 0
+        self._up()
         return self.welcome
 
     async def recv(self, timeout: float | None = None) -> Message | None:
@@ -302,7 +346,10 @@ class AsyncSubscriber(_Client):
                 await self._reconnect()
                 continue
             try:
-                line = await self._reader.readline()
+                line = await _read_line(self._reader)
+            except FrameTooLarge as exc:
+                self._skip(exc)
+                continue
             except (OSError, ValueError) as exc:
                 self._lost(exc)
                 continue
@@ -327,13 +374,14 @@ class AsyncSubscriber(_Client):
         if not self.reconnect and self.connects:
             raise HubDisconnected(f"not connected to the hub {self.address}")
         while True:
+            await asyncio.sleep(max(0.0, self._retry_at - time.monotonic()))
             try:
                 await self.connect()
                 return
             except (OSError, PulseError, EOFError, ValueError, TimeoutError):
                 if not self.reconnect:
                     raise
-            await asyncio.sleep(self._backoff())
+                self._backoff()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()
@@ -349,6 +397,7 @@ class AsyncSubscriber(_Client):
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
+            self._down()
 
     async def aclose(self) -> None:
         """Disconnect; iteration ends."""
@@ -370,3 +419,28 @@ class AsyncSubscriber(_Client):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    """The next line (b"" or a partial line at the end of the stream).
+
+    A line over :data:`MAX_FRAME` (newline included) is dropped as it comes,
+    never held whole.
+
+    Raises:
+        FrameTooLarge: such a line was skipped; the stream is past it.
+    """
+    skipped = 0
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)
+            skipped += exc.consumed
+            continue
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        size = skipped + len(line)
+        if size > MAX_FRAME:
+            raise FrameTooLarge(size, MAX_FRAME)
+        return line

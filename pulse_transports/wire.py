@@ -11,12 +11,14 @@ exactly as in the log. specs/hub-protocol.md is the normative text.
 
 Framing: one JSON object per line, UTF-8, ending with ``\\n``; a line longer
 than the hub's ``max_frame`` (default 1 MiB, newline included) closes the
-connection. This module never imports asyncio.
+connection when the hub receives it; a client receiving one skips it
+(:class:`FrameTooLarge`). This module never imports asyncio.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import socket
 import time
@@ -27,7 +29,7 @@ from typing import Any, Final, Literal, TypeAlias
 import attrs
 import orjson
 
-from pulse_core.codec import from_dict
+from pulse_core.codec import bound_dict, from_dict
 from pulse_core.errors import DecodeError, InvalidTrainingId, PulseError
 from pulse_core.events import Event, validate_training_id
 
@@ -38,6 +40,12 @@ SUPPORTED_PROTOCOLS: Final = (2,)
 MAX_FRAME: Final = 1024 * 1024
 #: Seconds a new connection has to send its hello.
 HANDSHAKE_TIMEOUT: Final = 10.0
+#: Seconds a line, once begun, has to reach its newline.
+LINE_TIMEOUT: Final = 10.0
+#: The fewest updates per second a subscriber may ask for (a lower ``rate`` is raised).
+MIN_RATE: Final = 0.1
+#: Most runs a subscriber's ``resume`` may name (the web stream's cursor cap).
+MAX_RESUME: Final = 1024
 #: The Unix socket's file name inside the PULSE home.
 SOCKET_NAME: Final = "pulse.sock"
 #: Environment variables: the hub token, and the Unix socket path (both sides).
@@ -56,14 +64,19 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "unauthorized": "the token is missing or wrong",
     "handshake_timeout": "no complete hello line arrived in time",
     "frame_too_large": "a line is longer than the hub's max_frame",
+    "line_timeout": "a line was begun but not ended within the line timeout",
+    "overloaded": "the hub holds too many bytes of unfinished lines",
     "too_many_connections": "the hub is at its connection limit",
     "bad_event": "a producer line is not a valid PULSE v2 event (dropped)",
     "wrong_training_id": "a producer sent an event of another run than its hello named (dropped)",
     "superseded": "a newer producer connection for the same training_id took over",
+    "run_owned": "another live process writes this run (it holds the run's lock, or its "
+    "connection spoke within the last seconds)",
+    "seq_out_of_range": "a producer sent a seq far beyond the run's last one (dropped)",
     "hub_closing": "the hub is shutting down",
 }
 #: Codes that do not end the connection (a producer's rejected line).
-NON_FATAL: Final = frozenset({"bad_event", "wrong_training_id"})
+NON_FATAL: Final = frozenset({"bad_event", "wrong_training_id", "seq_out_of_range"})
 
 
 class HandshakeError(PulseError):
@@ -77,6 +90,19 @@ class HandshakeError(PulseError):
 
 class HubRefused(HandshakeError):
     """The hub answered the hello with an error line."""
+
+
+class FrameTooLarge(ValueError):
+    """A received line was longer than the frame limit; it was skipped whole.
+
+    Attributes:
+        size: the skipped line's length in bytes, newline included.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"skipped a line of {size} bytes, longer than the limit of {limit}")
+        self.size = size
+        self.limit = limit
 
 
 @attrs.frozen
@@ -152,6 +178,10 @@ def parse_hello(line: bytes | str) -> Hello:
         raw = obj.get("resume") or {}
         if not isinstance(raw, dict):
             raise HandshakeError("bad_hello", "'resume' must be an object {training_id: last_seq}")
+        if len(raw) > MAX_RESUME:
+            # Checking (and reading logs for) every entry costs the hub: as the
+            # web stream's cursor, entries past the cap are ignored.
+            raw = dict(itertools.islice(raw.items(), MAX_RESUME))
         for key, value in raw.items():
             try:
                 validate_training_id(key)
@@ -169,7 +199,7 @@ def parse_hello(line: bytes | str) -> Hello:
                 raise HandshakeError(
                     "bad_hello", f"'rate' must be a positive number, got {raw_rate!r:.40}"
                 )
-            rate = float(raw_rate)
+            rate = max(float(raw_rate), MIN_RATE)
     return Hello(
         role=role,
         protocol=protocol,
@@ -223,9 +253,23 @@ def error_line(code: str, message: str, **extra: Any) -> bytes:
     )
 
 
-def snapshot_line(training_id: str, view: Mapping[str, Any]) -> bytes:
-    """Encode one run's v2 view as a ``snapshot`` line."""
-    return _line({"snapshot": {training_id: view}})
+def snapshot_line(training_id: str, view: Mapping[str, Any], limit: int = MAX_FRAME) -> bytes:
+    """Encode one run's v2 view as a ``snapshot`` line of at most *limit* bytes.
+
+    A view too large for the line (long error texts and details, many
+    metrics) is cut down as the codec bounds events: small fields whole,
+    long texts truncated with a visible marker, long lists shortened.
+    """
+    line = _line({"snapshot": {training_id: view}})
+    if len(line) <= limit:
+        return line
+    wrapper = len(line) - len(orjson.dumps(view))
+    bounded = bound_dict(dict(view), max(limit - wrapper, 256))
+    line = _line({"snapshot": {training_id: bounded}})
+    if len(line) <= limit:
+        return line
+    small = {k: v for k, v in bounded.items() if len(orjson.dumps(v)) <= 256}
+    return _line({"snapshot": {training_id: small}})  # pragma: no cover - bound_dict fits
 
 
 def live_line(runs: tuple[str, ...], now: float) -> bytes:
@@ -403,15 +447,20 @@ def connect(address: Address, timeout: float) -> socket.socket:
 class LineReader:
     """Blocking line reads from a socket, with a frame limit.
 
+    A line longer than the limit is never held whole: its bytes are dropped
+    as they come, and once its newline has arrived :meth:`readline` raises
+    :class:`FrameTooLarge`; the next call reads the line after it.
+
     Args:
         sock: a connected socket (its timeout applies per ``recv``).
-        limit: the longest line accepted.
+        limit: the longest line accepted, newline included.
     """
 
     def __init__(self, sock: socket.socket, limit: int = MAX_FRAME) -> None:
         self.sock = sock
         self.limit = limit
         self._buffer = bytearray()
+        self._skipped = 0  # bytes dropped so far of an over-long line
         self.eof = False
 
     def pending(self) -> bool:
@@ -423,18 +472,24 @@ class LineReader:
 
         Raises:
             EOFError: the peer closed the connection.
-            ValueError: the line exceeds the limit.
+            FrameTooLarge: a line over the limit was skipped (read on).
             OSError: the connection failed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             index = self._buffer.find(b"\n")
             if index >= 0:
+                size = self._skipped + index + 1
+                if size > self.limit:
+                    del self._buffer[: index + 1]
+                    self._skipped = 0
+                    raise FrameTooLarge(size, self.limit)
                 line = bytes(self._buffer[: index + 1])
                 del self._buffer[: index + 1]
                 return line
-            if len(self._buffer) > self.limit:
-                raise ValueError(f"line longer than {self.limit} bytes")
+            if len(self._buffer) >= self.limit:
+                self._skipped += len(self._buffer)
+                self._buffer.clear()
             if self.eof:
                 raise EOFError("the hub closed the connection")
             if deadline is not None:

@@ -153,39 +153,16 @@ class _RunWriter:
             time.sleep(0.001)
         return True
 
-    def _flush_sinks(self, timeout: float) -> bool:
-        """Send pending values now and have every sink write what it holds.
-
-        The writer thread does it (the caller only waits, bounded); without
-        one it happens inline. False if the wait timed out.
-        """
-        with self._lock:
-            if self._closed:
-                return self._await_writer(timeout)
-            self._pump(self._clock(), force=True, auto_start=False)
-            self._flush_asked += 1
-            asked = self._flush_asked
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            self._drain(force=True)
-            self._flush_routes()
-            return True
-        deadline = time.monotonic() + timeout
-        self._wake.set()
-        while thread.is_alive() and self._flush_done < asked:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.001)
-        return self._await_writer(max(0.0, deadline - time.monotonic()))
-
-    def _flush_routes(self) -> None:
-        """Flush every open sink (not durably); a failing sink is skipped."""
+    def _flush_if_asked(self) -> None:
+        """If flush() asked: write everything, then flush every open sink (not durably)."""
         asked = self._flush_asked
-        with self._io_lock:
-            for route in self._routes:
-                if route.opened and not route.buffer:
-                    _quietly(functools.partial(route.sink.flush, False))
-        self._flush_done = asked
+        if self._flush_done < asked:
+            self._drain(force=True)
+            with self._io_lock:
+                for route in self._routes:
+                    if route.opened and not route.buffer:
+                        _quietly(functools.partial(route.sink.flush, False))
+            self._flush_done = asked
 
     def _kick(self) -> None:
         """Events were handed over: wake the writer, or write inline without one."""
@@ -251,9 +228,7 @@ class _RunWriter:
                 if not self._stop.is_set():
                     self._tick_locked()
                 self._drain()
-                if self._flush_done < self._flush_asked:
-                    self._drain(force=True)
-                    self._flush_routes()
+                self._flush_if_asked()
             except Exception:
                 log.exception("pulse writer step failed", training_id=self.training_id)
             finally:
@@ -268,8 +243,6 @@ class _RunWriter:
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
-
-    # -- argument coercion and metric bookkeeping (issues 14.4, 13.10, 13.14) --
 
     def _pump_soon(self) -> None:
         # Called from the hot path when a sink may be due. Never waits: if the

@@ -21,6 +21,7 @@ Exit codes: 0 ok; 1 NATS unreachable or refusing the credentials; 2 usage.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ def nats_group() -> None:
     "--hub-token",
     default=None,
     envvar="PULSE_HUB_TOKEN",
-    help="Shared secret the hub's TCP clients must send [env PULSE_HUB_TOKEN].",
+    help="Shared secret the hub's TCP clients must send [default with --tcp: "
+    "<home>/hub.token, made at start; env PULSE_HUB_TOKEN, preferred: argv shows in ps].",
 )
 @rate_option
 @nats_options
@@ -76,6 +78,7 @@ def serve_command(
     and latest values), then follows every run live; producers may still
     connect over the socket (each event is delivered once). Other hub
     settings come from [tool.pulse.socket.hub], as for `pulse serve`.
+    NATS refusing the credentials exits 1 with the reason before listening.
 
     \b
     Examples:
@@ -85,9 +88,8 @@ def serve_command(
     from pulse_transports.cli.serve import (
         _raise_open_files,
         _table,
-        hub_flags,
+        _warn_argv_token,
         hub_settings,
-        until_signalled,
     )
     from pulse_transports.hub import HubAddressInUse, run_hub
     from pulse_transports.wire import Address
@@ -96,10 +98,31 @@ def serve_command(
     module = nats_module()
     config = resolve_config(home)
     table = _table(config.transport_options)
-    given = hub_flags(socket_path, tcp, hub_token, allow_remote, rate)
+    given = {
+        "socket": str(socket_path) if socket_path is not None else None,
+        "tcp": tcp,
+        "token": hub_token,
+        "allow_remote": True if allow_remote else None,
+        "rate": rate,
+    }
+    _warn_argv_token("hub_token")
     settings = hub_settings(config.home, table, given)
     _raise_open_files(settings.max_connections + 64)
     feed = module.NatsFeed(source.options, source.store)
+
+    async def check_credentials() -> None:
+        # Before saying "listening": a server that refuses the credentials
+        # refuses them at every retry, so the feed would wait for ever. An
+        # unreachable server is another matter: it may come up; the feed retries.
+        async with source.session():
+            pass
+
+    try:
+        asyncio.run(check_credentials())
+    except module.NatsAuthError as exc:
+        fail(str(exc), EXIT_FAILED)
+    except module.NatsError as exc:
+        click.echo(f"pulse nats serve: {exc}; the hub starts and keeps trying", err=True)
 
     def ready(addresses: list[Address]) -> None:
         click.echo(
@@ -109,11 +132,15 @@ def serve_command(
         )
         sys.stdout.flush()
 
-    async def serve(stop: asyncio.Event) -> None:
+    async def serve_until_signalled() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
         await run_hub(settings, stop, ready, feeds=[feed])
 
     try:
-        asyncio.run(until_signalled(serve))
+        asyncio.run(serve_until_signalled())
     except HubAddressInUse as exc:
         fail(str(exc), EXIT_FAILED)
     except OSError as exc:

@@ -19,25 +19,30 @@ This module owns the HTTP surface of ``pulse serve --http`` (described in
   this package; no build step).
 
 Safety: every response carries a strict Content-Security-Policy (scripts
-and styles from this origin only). With a token, every request must show it
-(``Authorization: Bearer``, the ``pulse_token`` cookie that ``/?token=``
-sets, or ``?token=``). Without one -- loopback only -- the ``Host`` header
-must name a loopback host, so a web page elsewhere cannot reach the API by
-DNS rebinding. Blocking reads (logs, the index, lock files) run in worker
-threads. Must not be imported by :mod:`pulse_core`.
+and styles from this origin only). With a token, every request must show it:
+``Authorization: Bearer``, or the HttpOnly, SameSite=Strict cookie
+``pulse_token_<port>`` that ``/?token=`` sets; ``?token=`` itself is taken
+only on ``/`` and ``/events``, where a browser cannot send a header. Without
+one -- loopback only -- the ``Host`` header must name a loopback host, so a
+web page elsewhere cannot reach the API by DNS rebinding. Blocking reads
+(logs, the index, lock files) run in worker threads, at most
+:data:`API_WORKERS` at a time: a flood of requests queues here instead of
+crowding the hub (its producers are served first). Must not be imported by
+:mod:`pulse_core`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs
 
 import attrs
@@ -57,22 +62,30 @@ from pulse_core.projections import to_history_record, to_metric_history, to_summ
 from pulse_core.state import RunState
 from pulse_transports.history import HomeNotFound, load_run, recover
 from pulse_transports.hub import liveness_now
-from pulse_transports.inprocess import Bus
+from pulse_transports.inprocess import Bus, EncodedEvents
+from pulse_transports.retention import removed_records
 from pulse_transports.web import flowruns
 from pulse_transports.web.cursor import parse_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
-from pulse_transports.web.stream import EncodedEvents, EventStream
+from pulse_transports.web.stream import EventStream
+from pulse_transports.wire import MIN_RATE
 
 log = get_logger("pulse.web")
 
+T = TypeVar("T")
+
 STATIC: Final = Path(__file__).parent / "static"
-#: The cookie the page's token is kept in after ``/?token=``.
+#: The cookie the page's token is kept in after ``/?token=`` (``pulse_token_<port>``).
 TOKEN_COOKIE: Final = "pulse_token"  # noqa: S105 - a cookie name, not a secret
+#: The only addresses that take ``?token=`` (a browser cannot send a header there).
+QUERY_TOKEN_PATHS: Final = frozenset({"/", "/events"})
 #: Host names a loopback-only server answers to (the DNS-rebinding guard).
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Most rows ``/api/runs`` returns.
 MAX_LIMIT: Final = 1000
+#: Most blocking API reads running at once (the others wait their turn).
+API_WORKERS: Final = 2
 CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -153,8 +166,12 @@ class WebApp:
             tick=settings.liveness_tick,
         )
         self.encoded = EncodedEvents()
+        #: the HTTP server's open connections (uvicorn protocol objects, each
+        #: with ``client`` and ``transport``): set by the server that runs the app.
+        self.connections: Collection[Any] = ()
         self.streams: set[EventStream] = set()
         self.closing = False
+        self._workers = asyncio.Semaphore(API_WORKERS)
         self.starlette = Starlette(
             routes=[
                 Route("/", self.index, methods=["GET"]),
@@ -214,27 +231,43 @@ class WebApp:
                 return _error(403, "forbidden_host", "this hub answers to loopback host names only")
             return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        given = [
-            headers.get("authorization", "").removeprefix("Bearer ").strip(),
-            *query.get("token", []),
-        ]
+        given = [headers.get("authorization", "").removeprefix("Bearer ").strip()]
+        if scope["path"] in QUERY_TOKEN_PATHS:
+            # Only where a browser cannot send a header: the first load of the
+            # page, and EventSource. Elsewhere a token in the address would
+            # land in logs and histories for nothing.
+            given += query.get("token", [])
         cookie = SimpleCookie()
         with contextlib.suppress(CookieError):
             cookie.load(headers.get("cookie", ""))
-        if TOKEN_COOKIE in cookie:
-            given.append(cookie[TOKEN_COOKIE].value)
+        given += [m.value for name, m in cookie.items() if name.startswith(TOKEN_COOKIE)]
         if not any(g and hmac.compare_digest(g.encode(), token.encode()) for g in given):
             return _error(
-                401, "unauthorized", "this hub needs its token: open /?token=... or send a Bearer"
+                401,
+                "unauthorized",
+                "this hub needs its token: open the URL `pulse serve` printed (/?token=...), "
+                "or send `Authorization: Bearer` with the token of <home>/hub.token",
             )
         if scope["path"] == "/" and "token" in query:
             # Keep the token out of the address bar and history: a cookie carries it.
             response = Response(status_code=303, headers={"location": "/"})
+            # Named by port: browsers share cookies between ports of one host.
+            port = (scope.get("server") or ("", 0))[1]
             response.set_cookie(
-                TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/", max_age=86400 * 30
+                f"{TOKEN_COOKIE}_{port}",
+                token,
+                httponly=True,
+                samesite="strict",
+                path="/",
+                max_age=86400 * 30,
             )
             return response
         return None
+
+    async def _blocking(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a blocking read in a worker thread, at most API_WORKERS at once."""
+        async with self._workers:
+            return await asyncio.to_thread(func, *args)
 
     # -- pages ---------------------------------------------------------------------
 
@@ -259,7 +292,7 @@ class WebApp:
     async def runs(self, request: Request) -> Response:
         """Live and recent runs, newest first."""
         limit = _int_param(request, "limit", default=100, lo=1, hi=MAX_LIMIT)
-        rows = await asyncio.to_thread(self._runs, limit)
+        rows = await self._blocking(self._runs, limit)
         return _Json({"runs": rows, "time": time.time()})
 
     def _runs(self, limit: int) -> list[dict[str, Any]]:
@@ -317,7 +350,7 @@ class WebApp:
         self, request: Request, project: Callable[[RunState, Liveness, float], Any]
     ) -> Response:
         tid = request.path_params["training_id"]
-        state, live, now = await asyncio.to_thread(self._run, tid)
+        state, live, now = await self._blocking(self._run, tid)
         return _Json(project(state, live, now))
 
     async def view(self, request: Request) -> Response:
@@ -353,14 +386,14 @@ class WebApp:
     async def flows(self, request: Request) -> Response:
         """Flow runs, newest first, each with its steps' outcomes."""
         limit = _int_param(request, "limit", default=50, lo=1, hi=MAX_LIMIT)
-        records = await asyncio.to_thread(self._flow_records)
+        records = await self._blocking(self._flow_records)
         runs = flowruns.flow_runs(records)[:limit]
         return _Json({"flow_runs": [flowruns.summary(r) for r in runs], "time": time.time()})
 
     async def flow(self, request: Request) -> Response:
         """One flow run: its TRAIN steps, each with every attempt's history record."""
         frid = request.path_params["flow_run_id"]
-        records = await asyncio.to_thread(self._flow_records)
+        records = await self._blocking(self._flow_records)
         mine = [r for r in records if r.get("flow_run_id") == frid]
         if not mine:
             raise ApiError(404, "not_found", f"no flow run {frid!r}")
@@ -394,6 +427,7 @@ class WebApp:
             record["liveness"] = live
             record["created_at"] = state.created_at
             out.append(record)
+        out += [r for r in removed_records(s.home) if r.get("flow_run_id")]  # gone: retention
         return out
 
     # -- the stream ------------------------------------------------------------------
@@ -419,8 +453,9 @@ class WebApp:
                 raise ApiError(
                     400, "bad_rate", f"rate must be a positive number, got {rate_text!r}"
                 )
-            # A client may ask for fewer updates than the hub's rate, never more.
-            interval = max(interval, 1.0 / rate)
+            # A client may ask for fewer updates than the hub's rate, never more,
+            # and never fewer than MIN_RATE (a status must not wait for ever).
+            interval = max(interval, 1.0 / max(rate, MIN_RATE))
         cursor = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         stream = EventStream(
             bus=self.bus,
@@ -432,6 +467,8 @@ class WebApp:
             resume=parse_cursor(cursor),
             retry_ms=self.settings.retry_ms,
             keepalive=self.settings.keepalive,
+            abort=functools.partial(self._abort, request.scope.get("client")),
+            peer=_peer(request),
         )
         self.streams.add(stream)
 
@@ -448,6 +485,12 @@ class WebApp:
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
+    def _abort(self, client: Any) -> None:
+        """Cut the HTTP connection of *client* (``(host, port)``) at once, unsent data and all."""
+        for conn in list(self.connections):
+            if client is not None and tuple(getattr(conn, "client", ()) or ()) == tuple(client):
+                conn.transport.abort()
+
     # -- errors ----------------------------------------------------------------------
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
@@ -456,6 +499,11 @@ class WebApp:
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"nothing at {request.url.path}")
+
+
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client is not None else "?"
 
 
 def _hostname(host: str) -> str:

@@ -44,10 +44,11 @@ def start_hub(hub_home: Path) -> Iterator[Callable[..., HubProcess]]:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         ready: bool = True,
+        nofile: int | None = None,
     ) -> HubProcess:
         full_env = {k: v for k, v in os.environ.items() if k not in _HUB_ENV}
         full_env.update(env or {})
-        hub = HubProcess(home or hub_home, list(args), env=full_env, cwd=cwd)
+        hub = HubProcess(home or hub_home, list(args), env=full_env, cwd=cwd, nofile=nofile)
         hubs.append(hub)
         return hub.wait_ready() if ready else hub
 
@@ -58,8 +59,8 @@ def start_hub(hub_home: Path) -> Iterator[Callable[..., HubProcess]]:
 
 @pytest.fixture
 def hub(start_hub: Callable[..., HubProcess]) -> HubProcess:
-    """A running hub on ``<home>/pulse.sock`` and a free loopback TCP port."""
-    return start_hub("--tcp", "127.0.0.1:0")
+    """A running hub on ``<home>/pulse.sock`` and a free loopback TCP port (no token)."""
+    return start_hub("--tcp", "127.0.0.1:0", "--no-token")
 
 
 @pytest.fixture

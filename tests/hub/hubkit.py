@@ -25,6 +25,10 @@ from pulse_transports.wire import Address, LineReader, connect, hello_line
 
 #: Generous: waits end as soon as their condition holds.
 WAIT = 15.0
+_WITH_NOFILE = (
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 class HubProcess:
@@ -36,6 +40,7 @@ class HubProcess:
         args: list[str],
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        nofile: int | None = None,
     ) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
@@ -43,6 +48,9 @@ class HubProcess:
         self.out_path = home.parent / f"hub-{stamp}.out"
         self.err_path = home.parent / f"hub-{stamp}.err"
         cmd = [sys.executable, "-m", "pulse_transports.cli", "serve", "--home", str(home), *args]
+        if nofile is not None:
+            # The hub under a small open-file limit (set in the child, then exec'd).
+            cmd = [sys.executable, "-c", _WITH_NOFILE, str(nofile), *cmd]
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 cmd, stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True
