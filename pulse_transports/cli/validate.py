@@ -34,7 +34,13 @@ from typing import Any, BinaryIO
 
 import click
 
-from pulse_transports.cli._common import EXIT_FAILED, EXIT_UNREADABLE, home_option, main
+from pulse_transports.cli._common import (
+    EXIT_FAILED,
+    EXIT_UNREADABLE,
+    home_option,
+    json_option,
+    main,
+)
 from pulse_transports.cli.ls import fail, print_json
 from pulse_transports.cli.replay import resolve_file
 
@@ -201,12 +207,7 @@ def validate_file(path: Path, max_errors: int = 100) -> dict[str, Any]:
 
 @main.command("validate")
 @click.argument("file", metavar="FILE|ID")
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
-)
+@json_option
 @click.option(
     "--max-errors",
     type=click.IntRange(min=1),
