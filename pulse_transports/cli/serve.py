@@ -267,6 +267,12 @@ def serve(
         homemode.parse_policy(os.environ.get(homemode.ENV_MODE))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if homemode.others_can_read(config.home):
+        log.warning(
+            "pulse home can be entered by other users: their processes can read its runs "
+            "(chmod 700 it, or 2770 for a group)",
+            home=str(config.home),
+        )
     given = {
         "socket": str(socket_path) if socket_path is not None else None,
         "tcp": tcp,
@@ -298,7 +304,8 @@ def serve(
     from pulse_transports.retention import RetentionFeed, RetentionPolicy
 
     try:
-        retention = RetentionFeed(config.home, RetentionPolicy.from_config(config))
+        policy = RetentionPolicy.from_config(config)
+        retention = RetentionFeed(config.home, policy, lost_after=config.lost_after)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     if http_address is not None:
@@ -313,12 +320,6 @@ def serve(
     settings, http_cap = share_descriptors(
         settings, http_max_connections if http_address is not None else 0
     )
-    if homemode.others_can_read(config.home):
-        log.warning(
-            "pulse home can be entered by other users: their processes can read its runs "
-            "(chmod 700 it, or 2770 for a group)",
-            home=str(config.home),
-        )
 
     def ready(addresses: list[Address], url: str | None) -> None:
         if url and settings.token:

@@ -23,12 +23,12 @@ TID = "stuck-web"
 
 
 def stuck_client(hub: WebHub) -> socket.socket:
-    """An ``/events`` request whose sender then never reads."""
+    """An ``/events`` request (with the hub's token) whose sender then never reads."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", hub.port))
-    head = "".join(f"{k}: {v}\r\n" for k, v in hub.auth().items())
-    sock.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
+    auth = f"Authorization: Bearer {hub.token}\r\n".encode()
+    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"\r\n")
     return sock
 
 
