@@ -210,10 +210,9 @@ class Bus:
         return True
 
     def _keep(self, run: _Run, event: Event) -> None:
-        """Keep *event* among its run's recent ones, within the per-run and total budgets."""
+        """Keep *event* in its run's recent ones, in budget (past the total: ended runs' first)."""
         self.recent_used += run.keep(event, self.recent, self.recent_bytes)
         if self.recent_used > self.recent_total:
-            # Ended runs' oldest events go first, then the least recently active runs'.
             target = self.recent_total * 9 // 10
             for other in sorted(self._runs.values(), key=lambda r: (r.ended_at is None, r.touched)):
                 while other.recent and self.recent_used > target:
