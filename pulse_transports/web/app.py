@@ -24,8 +24,9 @@ and styles from this origin only). With a token, every request must show it
 sets, or ``?token=``). Without one -- loopback only -- the ``Host`` header
 must name a loopback host, so a web page elsewhere cannot reach the API by
 DNS rebinding. Blocking reads (logs, the index, lock files) run in worker
-threads, at most :data:`API_WORKERS` at a time: a flood of requests queues
-here instead of crowding the hub (its producers are served first). Must not
+threads, at most :data:`API_WORKERS` at a time, and the ``/api/runs`` list is
+computed at most once a second (:mod:`pulse_transports.web.recent`): a flood
+of requests waits here instead of crowding the hub (its producers come first). Must not
 be imported by :mod:`pulse_core`.
 """
 
@@ -64,6 +65,7 @@ from pulse_transports.web import flowruns
 from pulse_transports.web.cursor import parse_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
+from pulse_transports.web.recent import RecentRuns
 from pulse_transports.web.stream import EncodedEvents, EventStream
 from pulse_transports.wire import MIN_RATE
 
@@ -80,6 +82,8 @@ LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_LIMIT: Final = 1000
 #: Most blocking API reads running at once (the others wait their turn).
 API_WORKERS: Final = 2
+#: Most requests (``/events`` streams aside) handled at once on the event loop.
+API_TURNS: Final = 4
 CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -163,6 +167,8 @@ class WebApp:
         self.streams: set[EventStream] = set()
         self.closing = False
         self._workers = asyncio.Semaphore(API_WORKERS)
+        self._turns = asyncio.Semaphore(API_TURNS)
+        self.recent = RecentRuns(self._runs, self._blocking)
         self.starlette = Starlette(
             routes=[
                 Route("/", self.index, methods=["GET"]),
@@ -209,7 +215,13 @@ class WebApp:
 
         refusal = self._refusal(scope)
         app: ASGIApp = refusal if refusal is not None else self.starlette
-        await app(scope, receive, send_secured)
+        if scope["path"] == "/events":
+            await app(scope, receive, send_secured)  # a long stream: never holds a turn
+            return
+        # Few requests at a time on the loop the hub shares: a flood waits its
+        # turn here, and a producer's welcome is never queued behind it.
+        async with self._turns:
+            await app(scope, receive, send_secured)
 
     def _refusal(self, scope: Scope) -> Response | None:
         """The answer to a request that may not go on (bad host, no token), or None."""
@@ -272,8 +284,9 @@ class WebApp:
     async def runs(self, request: Request) -> Response:
         """Live and recent runs, newest first."""
         limit = _int_param(request, "limit", default=100, lo=1, hi=MAX_LIMIT)
-        rows = await self._blocking(self._runs, limit)
-        return _Json({"runs": rows, "time": time.time()})
+        rows = await self.recent.get(limit)  # encoded once for every request
+        body = b'{"runs":' + rows + b',"time":' + orjson.dumps(time.time()) + b"}"
+        return Response(body, media_type="application/json")
 
     def _runs(self, limit: int) -> list[dict[str, Any]]:
         s = self.settings
