@@ -36,7 +36,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_hub
 import orjson
 from bench_hub import Sampler, percentile, table
 
@@ -54,7 +54,6 @@ from pulse_core.events import ErrorReported, Metrics, Progress, RunMeta, StatusC
 from pulse_transports.subscribe import Subscriber
 from pulse_transports.wire import MAX_FRAME, LineReader, hello_line
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 #: Seconds after the hostile connections opened before the steady phase is measured.
 _SETTLE = 2.0
 
@@ -62,10 +61,10 @@ _SETTLE = 2.0
 _SERVE = [sys.executable, "-m", "pulse_transports.cli", "serve"]
 
 
-class Hub:
-    """A ``pulse serve --http`` process in a temporary home."""
+class Hub(bench_hub.Hub):
+    """A ``pulse serve --http`` process in a temporary home (RSS and stop: bench_hub's)."""
 
-    def __init__(self, home: Path, *args: str) -> None:
+    def __init__(self, home: Path, *args: str) -> None:  # its own start: the URL is read
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.socket = home / "pulse.sock"
@@ -85,24 +84,11 @@ class Hub:
         host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
         self.http = (host, int(port))
 
-    def rss(self) -> int:
-        return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * _PAGE
-
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def stderr_bytes(self) -> int:
         return self.err_path.stat().st_size
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.err.close()
 
 
 def unix(hub: Hub) -> socket.socket:
@@ -201,7 +187,7 @@ def bench_hostile(work: Path, n: int, seconds: float) -> dict[str, Any]:
     first is reported too: the hub then digests their first bytes.
     """
     hub = Hub(work / "hostile")
-    sampler = Sampler(hub, every=0.2)  # type: ignore[arg-type]
+    sampler = Sampler(hub, every=0.2)
     samples: list[tuple[float, float]] = []
     try:
         t0 = time.time()
@@ -329,7 +315,7 @@ def bench_welcome(work: Path, count: int, flooders: int) -> dict[str, Any]:
 
 def bench_memory(work: Path, subscribers: int, partials: int, watch: float) -> dict[str, Any]:
     hub = Hub(work / "memory")
-    sampler = Sampler(hub, every=0.1)  # type: ignore[arg-type]
+    sampler = Sampler(hub, every=0.1)
     rss0 = hub.rss()
     try:
         producer = unix(hub)
