@@ -1,8 +1,9 @@
 """Events to and from one JSON object per line: the only wire format.
 
 This module owns the wire tags (one table, :data:`TAGS`), the cattrs
-converter (built once at import) and :class:`~pulse_core.errors.DecodeError`
-as the single failure type of decoding. It must never import I/O modules.
+converter (built once, on first use: ``pulse ls`` never pays for cattrs) and
+:class:`~pulse_core.errors.DecodeError` as the single failure type of
+decoding. It must never import I/O modules.
 
 Rules (specs/protocol.md, "Encoding"):
 
@@ -21,11 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 import orjson
-from cattrs.preconf.orjson import make_converter
 
 from pulse_core._bound import MAX_KEY_BYTES, MAX_LINE_BYTES, bound_dict, bound_text, finite
 from pulse_core._structure import compile_structure
@@ -39,6 +39,7 @@ from pulse_core.events import (
     Metrics,
     Progress,
     RunMeta,
+    StateCheckpoint,
     StatusChanged,
     UnknownEvent,
     validate_training_id,
@@ -53,6 +54,7 @@ TAGS: Final[Mapping[str, type[Any]]] = {
     "error": ErrorReported,
     "heartbeat": Heartbeat,
     "dropped": Dropped,
+    "state_checkpoint": StateCheckpoint,
 }
 TAG_OF: Final[Mapping[type[Any], str]] = {cls: tag for tag, cls in TAGS.items()}
 _ENVELOPE: Final = ("v", "type", "training_id", "seq", "timestamp")
@@ -87,8 +89,10 @@ def _strict_bool(value: Any, _: Any) -> bool:
     raise TypeError(f"expected true or false, got {type(value).__name__} {value!r:.40}")
 
 
-def _make_converter() -> Any:
-    conv = make_converter(detailed_validation=False, forbid_extra_keys=False)
+def _make_converter(detailed: bool = False) -> Any:
+    from cattrs.preconf.orjson import make_converter  # ~30 ms: only when encoding
+
+    conv = make_converter(detailed_validation=detailed, forbid_extra_keys=False)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
@@ -96,8 +100,26 @@ def _make_converter() -> Any:
     return conv
 
 
-#: The one converter, built at import.
-converter: Final = _make_converter()
+_converter: list[Any] = []
+
+
+def _the_converter() -> Any:
+    """The one converter (built on first use)."""
+    if not _converter:
+        _converter.append(_make_converter())
+    return _converter[0]
+
+
+if TYPE_CHECKING:
+    #: The one converter (a module attribute built on first access).
+    converter: Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "converter":
+        return _the_converter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CLOUDEVENT_DATASCHEMA",
@@ -124,9 +146,8 @@ __all__ = [
 _STRUCTURE: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     tag: compile_structure(cls) for tag, cls in TAGS.items()
 }
-_UNSTRUCTURE: Final[dict[type[Any], Callable[[Any], dict[str, Any]]]] = {
-    cls: converter.get_unstructure_hook(cls) for cls in TAGS.values()
-}
+#: Filled on first use, like the converter.
+_UNSTRUCTURE: Final[dict[type[Any], Callable[[Any], dict[str, Any]]]] = {}
 
 
 def to_dict(event: Event) -> dict[str, Any]:
@@ -148,7 +169,10 @@ def to_dict(event: Event) -> dict[str, Any]:
                 out[key] = value
         return out
     cls = event.__class__
-    body = _UNSTRUCTURE[cls](event)
+    hook = _UNSTRUCTURE.get(cls)
+    if hook is None:
+        hook = _UNSTRUCTURE[cls] = _the_converter().get_unstructure_hook(cls)
+    body = hook(event)
     out = {"type": TAG_OF[cls]}
     for key, value in body.items():
         if value is None or (value == {} and key in _EMPTY_LEFT_OUT):
@@ -287,11 +311,7 @@ def _unknown(obj: dict[str, Any], line: bytes | str | None) -> UnknownEvent:
 
 def _explain(obj: dict[str, Any], tag: str, exc: Exception) -> str:
     """Name the first field of *obj* that does not fit event type *tag*."""
-    detailed = make_converter(detailed_validation=True, forbid_extra_keys=False)
-    detailed.register_structure_hook(int, _strict_int)
-    detailed.register_structure_hook(float, _strict_float)
-    detailed.register_structure_hook(str, _strict_str)
-    detailed.register_structure_hook(bool, _strict_bool)
+    detailed = _make_converter(detailed=True)
     try:
         detailed.structure(obj, TAGS[tag])
     except Exception as detailed_exc:  # noqa: BLE001

@@ -258,6 +258,31 @@ class UnknownEvent:
     v: int = PROTOCOL_VERSION
 
 
+@attrs.frozen(slots=True)
+class StateCheckpoint:
+    """The run's folded state up to this line of its log (wire tag ``state_checkpoint``).
+
+    Not a run event: a file writer appends one every so often and at every
+    compaction, so a reader can start from the last one and fold only the
+    lines after it. Folding it changes nothing (the reducer skips it).
+
+    Attributes:
+        seq: the highest seq folded into ``state``.
+        format: the state codec's ``STATE_FORMAT``; a reader of another
+            format folds the whole log instead.
+        state: the folded state (``pulse_core.statecodec.state_to_obj``).
+        lines: how many lines of the log lie before this one.
+    """
+
+    training_id: str
+    seq: int
+    timestamp: float
+    format: str
+    state: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    lines: int = 0
+    v: int = PROTOCOL_VERSION
+
+
 Event: TypeAlias = (
     RunMeta
     | StatusChanged
@@ -266,6 +291,7 @@ Event: TypeAlias = (
     | ErrorReported
     | Heartbeat
     | Dropped
+    | StateCheckpoint
     | UnknownEvent
 )
 KNOWN_EVENT_TYPES: Final = (

@@ -38,6 +38,7 @@ from pulse_core.events import (
     Phase,
     Progress,
     RunMeta,
+    StateCheckpoint,
     StatusChanged,
     UnknownEvent,
 )
@@ -241,6 +242,8 @@ class _Acc:
 
     def apply(self, event: Event) -> None:
         """Apply one event; never raises for any Event value."""
+        if event.__class__ is StateCheckpoint:
+            return  # a log's checkpoint says what was folded already: no change
         seq = event.seq
         tid = event.training_id
         if tid != self.training_id:
@@ -300,7 +303,7 @@ class _Acc:
                 self.total_epochs = event.total_epochs
             if event.total_steps is not None and self.total_steps is None:
                 self.total_steps = event.total_steps
-        elif isinstance(event, Heartbeat | Dropped):  # Dropped is handled above
+        elif isinstance(event, Heartbeat | Dropped | StateCheckpoint):  # the last two: above
             pass
         elif isinstance(event, UnknownEvent):
             self.unknown_events += 1

@@ -30,7 +30,8 @@ import orjson
 
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
-from pulse_core.events import Event, Heartbeat, Metrics, Progress
+from pulse_core.events import Event, Heartbeat, Metrics, Progress, StateCheckpoint
+from pulse_transports.homemode import open_file
 
 _SAMPLES: Final = (Progress, Metrics)
 #: Exit code of a child whose parent (the writer) is gone before the rename.
@@ -49,7 +50,8 @@ def compact_lines(lines: list[bytes], target: int) -> list[bytes]:
 
     Every line that is not progress, metrics or heartbeat is kept (bad lines
     are dropped); progress and metrics are downsampled in fixed buckets to fit
-    *target* bytes; only the last heartbeat is kept. Deterministic.
+    *target* bytes; only the last heartbeat is kept; checkpoints are dropped
+    (their line counts no longer hold; the writer appends a new one). Deterministic.
     """
     essential: list[int] = []
     samples: list[tuple[int, Event]] = []
@@ -63,6 +65,8 @@ def compact_lines(lines: list[bytes], target: int) -> list[bytes]:
             samples.append((index, event))
         elif isinstance(event, Heartbeat):
             last_heartbeat = index
+        elif isinstance(event, StateCheckpoint):
+            continue  # the writer appends a fresh one right after compacting
         else:
             essential.append(index)
     if last_heartbeat >= 0:
@@ -121,7 +125,7 @@ def write_compacted(path: Path, target: int) -> tuple[int, int, int]:
     body = b"".join(line + b"\n" for line in kept)
     tmp = tmp_path(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             view = memoryview(body)
             while view:

@@ -19,6 +19,7 @@ from pulse_core.state import RunState
 from pulse_transports.config import Config
 from pulse_transports.file import FileSink, log_path, write_json_atomic
 from pulse_transports.follow import read_log
+from pulse_transports.homemode import make_dirs
 from pulse_transports.v1.snapshot import V1_FILE
 
 log = get_logger("pulse.supervise")
@@ -109,7 +110,7 @@ class RunHolder:
         if self.v1_path is None:
             return
         try:
-            self.v1_path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.v1_path.parent)
             write_json_atomic(self.v1_path, to_v1(state))
         except OSError as exc:
             log.warning("pulse: v1 snapshot write failed", path=str(self.v1_path), error=str(exc))

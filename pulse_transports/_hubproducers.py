@@ -18,6 +18,7 @@ from pulse_core.errors import DecodeError
 from pulse_core.policy import sampled
 from pulse_transports._hubconn import Conn
 from pulse_transports._hubliveness import HubLiveness
+from pulse_transports._hubowner import RunOwners, peer_pid, seq_refusal
 from pulse_transports.file import log_path
 from pulse_transports.follow import read_events
 from pulse_transports.wire import Hello, error_line, welcome_line
@@ -34,11 +35,18 @@ class HubProducers(HubLiveness):
     """Producer connections (a base of :class:`~pulse_transports.hub.Hub`)."""
 
     _producers: dict[str, Conn]
+    _owners: RunOwners
     _closing: bool
 
     async def _producer(self, conn: Conn, reader: asyncio.StreamReader, hello: Hello) -> None:
         tid = hello.training_id
         assert tid is not None  # parse_hello requires it of a producer
+        pid = peer_pid(conn.writer.get_extra_info("socket"))
+        refusal = self._owners.admit(self.settings.home, tid, pid)
+        if refusal is not None:
+            self._refuse(conn, "run_owned", refusal)
+            return
+        self._owners.took(tid, pid)
         old = self._producers.get(tid)
         if old is not None:
             log.warning("pulse hub: a new producer took over a run", training_id=tid, old=old.peer)
@@ -66,17 +74,21 @@ class HubProducers(HubLiveness):
         finally:
             if self._producers.get(tid) is conn:
                 del self._producers[tid]
+                self._owners.left(tid)
                 if not self._closing:
                     self._spawn_check(tid)
             log.info("pulse producer disconnected", training_id=tid, peer=conn.peer)
 
     async def _read_events(self, conn: Conn, reader: asyncio.StreamReader, tid: str) -> None:
         publish = self.bus.publish
+        last_seq = self.bus.last_seq
+        heard = self._owners.heard
         count = 0
         while True:
             line = await self._readline(conn, reader)
             if line is None:
                 return
+            heard(tid)
             if line.isspace():
                 continue
             try:
@@ -96,6 +108,10 @@ class HubProducers(HubLiveness):
                     f"an event of run {event.training_id!r} was dropped",
                     seq=event.seq,
                 )
+                continue
+            jump = seq_refusal(event.seq, last_seq(tid))
+            if jump is not None:
+                self._reject(conn, "seq_out_of_range", jump, seq=event.seq)
                 continue
             publish(event)
             count += 1

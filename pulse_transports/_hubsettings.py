@@ -91,7 +91,7 @@ class HubSettings:
                     f"refusing to listen on non-loopback address {self.tcp[0]!r}: "
                     "pass --allow-remote (and a token) to accept other machines"
                 )
-            if not self.token:
+            if not (self.token or "").strip():  # a token of spaces guards nothing
                 raise ConfigError(
                     "a non-loopback TCP address needs a shared token: --token or $PULSE_HUB_TOKEN"
                 )

@@ -30,9 +30,9 @@ import orjson
 
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError, RunExists, RunLocked
-from pulse_core.events import TERMINAL_STATUSES, StatusChanged
-from pulse_core.reducer import Folder
+from pulse_core.events import TERMINAL_STATUSES
 from pulse_core.state import RunState
+from pulse_transports.homemode import open_file
 
 #: Seconds a new writer waits for a run's lock before RunLocked (see _flock_waiting).
 LOCK_WAIT: Final = 1.0
@@ -110,23 +110,8 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def refuse_ended(data: bytes, training_id: str, path: Path) -> None:
-    """Raise RunExists if the log *data* holds a run that already ended.
-
-    Only status lines are decoded (a byte search skips the rest), folded from a
-    state owned by *training_id* so foreign lines do not count.
-    """
-    folder = Folder(RunState(training_id=training_id))
-    for line in data.splitlines():
-        if b'"status"' not in line:
-            continue
-        try:
-            event = decode(line)
-        except DecodeError:
-            continue
-        if isinstance(event, StatusChanged):
-            folder.apply(event)
-    state = folder.state
+def refuse_ended(state: RunState, training_id: str, path: Path) -> None:
+    """Raise RunExists if *state* (the fold of the log at *path*) is a run that already ended."""
     if state.status not in TERMINAL_STATUSES:
         return
     when = ""
@@ -146,7 +131,7 @@ def refuse_ended(data: bytes, training_id: str, path: Path) -> None:
 def take_lock(lock: Path, training_id: str, log_file: Path, wait: float = LOCK_WAIT) -> int:
     """Open and flock *lock* exclusively; the fd, or RunLocked if it is held."""
     for _ in range(20):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_file(lock, os.O_RDWR | os.O_CREAT)
         try:
             _flock_waiting(fd, wait)
         except BlockingIOError:
@@ -219,7 +204,7 @@ def write_json_atomic(path: Path, value: Any, fsync: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     data = orjson.dumps(value)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             view = memoryview(data)
             while view:
@@ -256,7 +241,7 @@ def retake_lock(lock: Path, lock_fd: int) -> int | None:
             return lock_fd
     except FileNotFoundError:
         pass
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_file(lock, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

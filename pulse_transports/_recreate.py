@@ -36,6 +36,7 @@ from pulse_core.events import (
 )
 from pulse_transports._logfile import ends_with_newline, retake_lock
 from pulse_transports._logfile import fsync_dir as _fsync_dir
+from pulse_transports.homemode import make_dirs, open_file
 
 log = get_logger("pulse.file")
 
@@ -127,6 +128,9 @@ class RecreatingLog:
     def _append(self, line: bytes) -> None:
         raise NotImplementedError
 
+    def _write_checkpoint(self) -> None:
+        raise NotImplementedError
+
     # -- a log deleted or replaced under the writer -------------------------------
 
     def _check_path(self, durable: bool) -> None:
@@ -168,9 +172,9 @@ class RecreatingLog:
         """Open a new log at the path and restate the run in it (see the module doc)."""
         assert self.path is not None
         lost_lines = self._lines
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         self._retake_lock()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         old, self._fd = self._fd, fd
         with contextlib.suppress(OSError):
             os.close(old)
@@ -187,6 +191,7 @@ class RecreatingLog:
         if self.fsync:
             os.fsync(fd)
             _fsync_dir(self.path.parent)
+        self._write_checkpoint()  # the run's whole state, beyond what was restated
         self.recreations += 1
         if self.recreations == 1:
             log.warning(

@@ -73,7 +73,9 @@ from pulse_core.events import (
     StatusChanged,
 )
 from pulse_core.policy import LOG_INTERVAL
+from pulse_core.state import RunState
 from pulse_transports import _compact as _compact_module
+from pulse_transports._checkpoint import EVERY_BYTES, CheckpointWriter, fold_log
 from pulse_transports._compact import tmp_path, write_compacted
 from pulse_transports._logfile import (
     LOCK_WAIT,
@@ -90,6 +92,7 @@ from pulse_transports._logfile import (
 )
 from pulse_transports._logfile import fsync_dir as _fsync_dir
 from pulse_transports._recreate import RecreatingLog, WriterMemory
+from pulse_transports.homemode import make_dirs, open_file
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -119,6 +122,8 @@ OUT_OF_PROCESS_BYTES: Final = 128 * 1024
 #: Seconds a compaction child may take before it is killed (the compaction then fails).
 COMPACT_TIMEOUT: Final = 300.0
 _NEVER: Final = 1 << 62
+#: A checkpoint line is left out when longer than max_bytes / this (tiny caps).
+CHECKPOINT_SHARE: Final = 16
 
 
 class FileSink(RecreatingLog):
@@ -184,6 +189,7 @@ class FileSink(RecreatingLog):
         self._next_check = 0.0  # monotonic time of the next path check
         self._dir_warned = False
         self._memory = WriterMemory()  # what a recreated log restates
+        self._checkpoints = CheckpointWriter(RunState())  # the run's fold (set by open)
         self._fd = -1
         self._lock_fd = -1
         self._lock_path = Path()
@@ -208,7 +214,7 @@ class FileSink(RecreatingLog):
         if self._lock_fd >= 0:
             raise RuntimeError(f"this FileSink is already open on {self.path}")
         folder = log_dir(self.home)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         lock = lock_path(self.home, training_id)
         lock_fd = take_lock(lock, training_id, log_path(self.home, training_id), self.lock_wait)
         try:
@@ -219,15 +225,15 @@ class FileSink(RecreatingLog):
             self.path = path
             self.training_id = training_id
             self._open_log()
-            held = None
+            held, state, tail = None, RunState(training_id=training_id), 0
             if self._size:
-                data = path.read_bytes()
-                self._lines = data.count(b"\n")
+                state, self._lines, tail = fold_log(path, training_id)
                 if not self.reopen_ended:
-                    refuse_ended(data, training_id, path)
+                    refuse_ended(state, training_id, path)
                 held = last_seq(path)
                 if held is not None:
                     self._memory.recent.append(held)
+            self._checkpoints = CheckpointWriter(state, self.max_bytes // CHECKPOINT_SHARE)
         except BaseException:
             with contextlib.suppress(OSError):
                 lock.unlink()
@@ -238,11 +244,13 @@ class FileSink(RecreatingLog):
             raise
         self._lock_fd = lock_fd
         self._lock_path = lock
+        if tail >= EVERY_BYTES:
+            self._write_checkpoint()  # a log of an older writer: the next open is quick
         return held
 
     def _open_log(self) -> None:
         assert self.path is not None
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         self._size = os.fstat(self._fd).st_size
         self._torn = self._size > 0 and not ends_with_newline(self.path)
 
@@ -272,6 +280,8 @@ class FileSink(RecreatingLog):
         self._append(line)
         self._lines += 1
         self._memory.remember(event)
+        if self._checkpoints.note(event, len(line)):
+            self._write_checkpoint()
         if self.fsync and durable:
             try:
                 os.fsync(self._fd)
@@ -296,6 +306,20 @@ class FileSink(RecreatingLog):
             raise
         self._size += done
         self._torn = False
+
+    def _write_checkpoint(self) -> None:
+        """Append a checkpoint of the run's state (see :mod:`._checkpoint`); never raises.
+
+        A checkpoint that cannot be written is left out: readers fold more.
+        """
+        line = self._checkpoints.line(time.time(), self._lines)
+        if line is None or self._fd < 0:
+            return
+        try:
+            self._append(b"\n" + line if self._torn else line)
+        except OSError:
+            return
+        self._lines += 1
 
     def flush(self, durable: bool) -> None:
         """Lines are written at once; *durable* also fsyncs the log."""
@@ -377,6 +401,7 @@ class FileSink(RecreatingLog):
                 size=self._size,
                 max_bytes=self.max_bytes,
             )
+        self._write_checkpoint()  # the true state, not the fold of the downsampled file
         log.debug(
             "pulse log compacted",
             path=str(self.path),

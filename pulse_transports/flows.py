@@ -35,6 +35,7 @@ from pulse_transports.follow import follow
 from pulse_transports.history import HomeNotFound
 from pulse_transports.liveness import check_writer, run_liveness
 from pulse_transports.registry import make_sinks
+from pulse_transports.retention import removed_records
 from pulse_transports.supervise import (
     CHILD_LOG_INTERVAL,
     GRACE_PERIOD,
@@ -425,6 +426,14 @@ class FlowTrainer:
             if flow_id is not None and meta.flow_id != flow_id:
                 continue
             out.append(self._record(found_run.state, found_run.liveness, found_run.where))
+        if isinstance(self.source, FileSource):
+            # Runs removed by retention keep their record (pulse_transports.retention).
+            for record in removed_records(self.home):
+                if flow_run_id is not None and record.get("flow_run_id") != flow_run_id:
+                    continue
+                if flow_id is not None and record.get("flow_id") != flow_id:
+                    continue
+                out.append(record)
         out.sort(key=lambda r: r.get("started_at") or 0.0, reverse=True)
         return out
 

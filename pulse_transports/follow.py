@@ -46,7 +46,7 @@ import attrs
 from pulse_core._log import get_logger
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
-from pulse_core.events import Event
+from pulse_core.events import Event, StateCheckpoint
 from pulse_core.reducer import Folder
 from pulse_core.state import RunState
 from pulse_transports.notify import Notifier
@@ -380,6 +380,8 @@ class LogFollower:
             out.append(event)
 
     def _apply(self, event: Event) -> bool:
+        if event.__class__ is StateCheckpoint:
+            return False  # the state so far, not an event: it changes no fold
         if self.training_id is not None and event.training_id != self.training_id:
             self._folder.apply(event)  # recorded as a foreign_event anomaly
             return False

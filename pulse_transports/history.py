@@ -14,6 +14,9 @@ This module owns what a reader knows about all runs of a home at once:
   shorter or rewritten file) rebuilds the row from the whole log. Rows of
   deleted logs are removed. When the index cannot be written (read-only
   home, locked) recovery still answers, from the logs.
+* without a usable index row, a log is folded from its own last
+  ``checkpoint`` line (:mod:`pulse_transports._checkpoint`), so cold
+  recovery reads only each log's tail.
 * :func:`checkpoint_to_bytes`/:func:`checkpoint_from_bytes` -- a follower's
   place and state, stored.
 
@@ -46,6 +49,7 @@ from pulse_core.liveness import ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
 from pulse_core.projections import to_summary
 from pulse_core.state import RunState
 from pulse_core.statecodec import STATE_FORMAT, decode_state, encode_state, state_from_obj
+from pulse_transports._checkpoint import last_checkpoint
 from pulse_transports.file import log_dir, log_path
 from pulse_transports.follow import LogFollower
 from pulse_transports.index import IndexRow, RunIndex
@@ -212,6 +216,10 @@ def _fold(
             if position_matches(path, position):
                 checkpoint = Checkpoint(position, decode_state(row.state))
                 bad_before = row.bad_lines
+    if checkpoint is None:
+        # The log's own last checkpoint: only the lines after it are folded
+        # (bad lines before it are then not counted).
+        checkpoint = last_checkpoint(path, tid)
     follower = LogFollower(path, checkpoint=checkpoint, training_id=tid)
     try:
         follower.poll()

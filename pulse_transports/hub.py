@@ -65,11 +65,13 @@ from pulse_core.liveness import Liveness
 from pulse_transports._homefeed import HomeFeed
 from pulse_transports._hubconn import CHUNK, Conn
 from pulse_transports._hubliveness import liveness_now
+from pulse_transports._hubowner import RunOwners
 from pulse_transports._hubproducers import HubProducers
 from pulse_transports._hubsettings import LIVENESS_TICK, MAX_CONNECTIONS, RATE, HubSettings
 from pulse_transports._hubsubscribers import HubSubscribers
 from pulse_transports.file import log_dir, log_path, writer_alive
 from pulse_transports.follow import read_events
+from pulse_transports.homemode import make_dirs
 from pulse_transports.inprocess import Bus
 from pulse_transports.wire import Address, error_line
 
@@ -130,6 +132,7 @@ class Hub(HubSubscribers, HubProducers):
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: set[Conn] = set()
         self._producers: dict[str, Conn] = {}
+        self._owners = RunOwners()
         self._socket_inode: int | None = None
         self._closing = False
         self._encoded: dict[int, tuple[Event, bytes]] = {}
@@ -192,7 +195,7 @@ class Hub(HubSubscribers, HubProducers):
             log.exception("pulse hub feed failed", feed=repr(feed))
 
     async def _bind_unix(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise HubAddressInUse(

@@ -28,6 +28,7 @@ import attrs
 
 from pulse_core._log import get_logger
 from pulse_core.statecodec import STATE_FORMAT
+from pulse_transports.homemode import open_file
 
 log = get_logger("pulse.history")
 
@@ -94,6 +95,8 @@ class RunIndex:
         """Open (creating or rebuilding as needed); False if no index can be used."""
         for _attempt in range(2):
             try:
+                with contextlib.suppress(OSError):  # made private first: sqlite uses the umask
+                    os.close(open_file(self.path, os.O_RDWR | os.O_CREAT))
                 db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None)
             except sqlite3.Error as exc:
                 log.debug("pulse index unavailable", path=str(self.path), error=str(exc))

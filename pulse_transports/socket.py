@@ -45,6 +45,7 @@ from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
 from pulse_core.policy import CONNECT_BACKOFF, Retry, sampled
 from pulse_transports._sender import BackgroundSender
+from pulse_transports.hubtoken import client_token
 from pulse_transports.wire import (
     ENV_TOKEN,
     MAX_FRAME,
@@ -103,7 +104,8 @@ class SocketSink(BackgroundSender):
         path: the hub's Unix socket (default ``$PULSE_HUB_SOCKET``, then
             ``<home>/pulse.sock``).
         tcp: ``HOST:PORT`` of a hub reached over TCP instead.
-        token: the hub's shared secret (default ``$PULSE_HUB_TOKEN``).
+        token: the hub's shared secret (default ``$PULSE_HUB_TOKEN``; over
+            TCP then the token of ``<home>/hub.token``).
         interval: the least seconds between forwarded progress/metrics
             (default 0: the hub limits each subscriber to 10/s itself).
         queue: the most events held while the hub is unreachable.
@@ -158,6 +160,7 @@ class SocketSink(BackgroundSender):
                 f"option 'queue' of transport 'socket' must be at least 16, got {queue}"
             )
         super().__init__(log=log, queue=queue, close_timeout=close_timeout, label="socket sink")
+        self.home = home  # over TCP without a token: <home>/hub.token's, read at each connect
         self.token = token if token is not None else (os.environ.get(ENV_TOKEN) or None)
         self.interval = interval
         self.connect_timeout = connect_timeout
@@ -222,7 +225,8 @@ class SocketSink(BackgroundSender):
             raise _NoHub(f"no hub socket at {path}")
         sock = connect(self.address, self.connect_timeout)
         try:
-            sock.sendall(hello_line("producer", training_id=self.training_id, token=self.token))
+            token = self.token or (client_token(self.home) if self.address.path is None else None)
+            sock.sendall(hello_line("producer", training_id=self.training_id, token=token))
             reader = LineReader(sock)
             line = reader.readline(self.connect_timeout)
             if line is None:

@@ -32,6 +32,7 @@ from pulse_core._log import get_logger
 from pulse_core.errors import DecodeError, PulseError
 from pulse_core.events import Event
 from pulse_core.policy import Backoff
+from pulse_transports.hubtoken import client_token
 from pulse_transports.wire import (
     MAX_FRAME,
     Address,
@@ -97,6 +98,7 @@ class _Client:
         else:
             self.address = Address(path=default_socket_path(home if home is not None else ".pulse"))
         self.token = token
+        self.home = home  # over TCP without a token: <home>/hub.token's, at each connect
         self.training_id = training_id
         self.rate = rate
         self.timeout = timeout
@@ -111,10 +113,11 @@ class _Client:
         self._retry_at = 0.0  # monotonic time before which no connection is tried
 
     def _hello(self) -> bytes:
+        tcp_token = client_token(self.home) if self.address.path is None else None
         return hello_line(
             "subscriber",
             training_id=self.training_id,
-            token=self.token,
+            token=self.token or tcp_token,
             resume=self.last_seq,
             rate=self.rate,
         )
@@ -164,7 +167,8 @@ class Subscriber(_Client):
         home: the PULSE home (the socket is ``<home>/pulse.sock``).
         path: the hub's Unix socket, instead of the home's.
         tcp: ``HOST:PORT`` of the hub, instead of a Unix socket.
-        token: the hub's shared secret (needed over TCP when it has one).
+        token: the hub's shared secret, needed over TCP (default
+            ``$PULSE_HUB_TOKEN``, then the token of ``<home>/hub.token``).
         training_id: only this run (default: every run).
         resume: last seq seen per run; those runs get what they missed.
         rate: at most this many updates per second per run (the hub's

@@ -70,10 +70,13 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "bad_event": "a producer line is not a valid PULSE v2 event (dropped)",
     "wrong_training_id": "a producer sent an event of another run than its hello named (dropped)",
     "superseded": "a newer producer connection for the same training_id took over",
+    "run_owned": "another live process writes this run (it holds the run's lock, or its "
+    "connection spoke within the last seconds)",
+    "seq_out_of_range": "a producer sent a seq far beyond the run's last one (dropped)",
     "hub_closing": "the hub is shutting down",
 }
 #: Codes that do not end the connection (a producer's rejected line).
-NON_FATAL: Final = frozenset({"bad_event", "wrong_training_id"})
+NON_FATAL: Final = frozenset({"bad_event", "wrong_training_id", "seq_out_of_range"})
 
 
 class HandshakeError(PulseError):

@@ -54,6 +54,7 @@ from pulse_core.lifecycle import TABLE, build_machine
 from pulse_core.liveness import liveness_of
 from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
 from pulse_core.reducer import replay
+from pulse_core.statecodec import STATE_FORMAT, state_to_obj
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus  # the corpus module lives beside this script
@@ -626,6 +627,49 @@ def foreign_event() -> Vector:
     )
 
 
+def checkpoint_line(events: list[Event], lines_before: int, dt: float = 0.0) -> Raw:
+    """A ``state_checkpoint`` line of the fold of *events* (what a file writer appends)."""
+    state = replay(events)
+    obj = {
+        "type": "state_checkpoint",
+        "v": 2,
+        "training_id": state.training_id,
+        "seq": state.last_seq,
+        "timestamp": (state.last_event_at or T0) + dt,
+        "format": STATE_FORMAT,
+        "state": state_to_obj(state),
+        "lines": lines_before,
+    }
+    return Raw(orjson.dumps(obj), "ok", "the folded state so far, written by the file writer")
+
+
+def state_checkpoint() -> Vector:
+    c = Clock("ckpt")
+    events: list[Event] = [c.meta(total_epochs=2, total_steps=40), c.status("running", "training")]
+    for i in range(24):
+        events.append(c.progress(epoch=i // 20 + 1, step=i % 20, dt=0.5))
+        events.append(c.metrics(loss=loss_curve(i), extra={"acc": i / 40}, dt=0.0))
+    lines: list[Line] = [*events, checkpoint_line(events, len(events))]
+    # A gap and a late event after the checkpoint: the state carries the gaps.
+    c.seq += 2
+    tail: list[Event] = [c.progress(epoch=2, step=5), c.metrics(loss=0.2, extra={"acc": 0.7})]
+    late = Clock("ckpt", t=c.t, seq=c.seq - 3)
+    tail.append(late.progress(epoch=2, step=3, dt=0.0))
+    events += tail
+    lines += tail
+    lines.append(checkpoint_line(events, len(lines)))
+    tail = [c.error("CUDA_OOM", "out of memory", dt=1.0), c.status("error", "failed")]
+    events += tail
+    lines += tail
+    return Vector(
+        "state_checkpoint",
+        "state_checkpoint lines carry the fold so far; folding the whole log skips them, "
+        "and the last one plus the lines after it folds to the same state",
+        lines,
+        c.t + 1.0,
+    )
+
+
 def nothing_decodable() -> Vector:
     return Vector(
         "nothing_decodable",
@@ -821,6 +865,7 @@ VECTOR_BUILDERS: tuple[Callable[[], Vector], ...] = (
     never_started,
     abandoned_run,
     foreign_event,
+    state_checkpoint,
     nothing_decodable,
     json_text,
     after_the_end,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import secrets
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -191,6 +192,30 @@ class _RunLifecycle(_RunWriter):
         if self._inert:
             return True
         return self._flush_sinks(self._close_timeout if timeout is None else timeout)
+
+    def _flush_sinks(self, timeout: float) -> bool:
+        """Send pending values now and have every sink write what it holds.
+
+        The writer thread does it (the caller only waits, bounded); without
+        one it happens inline. False if the wait timed out.
+        """
+        with self._lock:
+            if self._closed:
+                return self._await_writer(timeout)
+            self._pump(self._clock(), force=True, auto_start=False)
+            self._flush_asked += 1
+            asked = self._flush_asked
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            self._flush_if_asked()
+            return True
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while thread.is_alive() and self._flush_done < asked:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return self._await_writer(max(0.0, deadline - time.monotonic()))
 
     @_guarded
     @_then_await_writer

@@ -21,7 +21,7 @@ from pulse_core._log import get_logger
 from pulse_core.codec import bound_event
 from pulse_core.emitter._hooks import _quietly
 from pulse_core.emitter._route import _Route
-from pulse_core.emitter._value import _as_float, _as_int, _as_text
+from pulse_core.emitter._value import _as_float, _as_int, _as_text, min_max
 from pulse_core.events import (
     TERMINAL_STATUSES,
     Dropped,
@@ -156,39 +156,16 @@ class _RunWriter:
             time.sleep(0.001)
         return True
 
-    def _flush_sinks(self, timeout: float) -> bool:
-        """Send pending values now and have every sink write what it holds.
-
-        The writer thread does it (the caller only waits, bounded); without
-        one it happens inline. False if the wait timed out.
-        """
-        with self._lock:
-            if self._closed:
-                return self._await_writer(timeout)
-            self._pump(self._clock(), force=True, auto_start=False)
-            self._flush_asked += 1
-            asked = self._flush_asked
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            self._drain(force=True)
-            self._flush_routes()
-            return True
-        deadline = time.monotonic() + timeout
-        self._wake.set()
-        while thread.is_alive() and self._flush_done < asked:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.001)
-        return self._await_writer(max(0.0, deadline - time.monotonic()))
-
-    def _flush_routes(self) -> None:
-        """Flush every open sink (not durably); a failing sink is skipped."""
+    def _flush_if_asked(self) -> None:
+        """If flush() asked: write everything, then flush every open sink (not durably)."""
         asked = self._flush_asked
-        with self._io_lock:
-            for route in self._routes:
-                if route.opened and not route.buffer:
-                    _quietly(functools.partial(route.sink.flush, False))
-        self._flush_done = asked
+        if self._flush_done < asked:
+            self._drain(force=True)
+            with self._io_lock:
+                for route in self._routes:
+                    if route.opened and not route.buffer:
+                        _quietly(functools.partial(route.sink.flush, False))
+            self._flush_done = asked
 
     def _kick(self) -> None:
         """Events were handed over: wake the writer, or write inline without one."""
@@ -254,9 +231,7 @@ class _RunWriter:
                 if not self._stop.is_set():
                     self._tick_locked()
                 self._drain()
-                if self._flush_done < self._flush_asked:
-                    self._drain(force=True)
-                    self._flush_routes()
+                self._flush_if_asked()
             except Exception:
                 log.exception("pulse writer step failed", training_id=self.training_id)
             finally:
@@ -271,29 +246,6 @@ class _RunWriter:
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
-
-    # -- argument coercion and metric bookkeeping (issues 14.4, 13.10, 13.14) --
-
-    def _min_max(
-        self, values: Mapping[str, float | None]
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        """The run's min and max per metric, folding in the values about to be sent."""
-        lows: dict[str, float] = {}
-        highs: dict[str, float] = {}
-        bounds = self._bounds
-        for name, value in values.items():
-            pair = bounds.get(name)
-            if value is not None and value == value:
-                if pair is None:
-                    if len(bounds) > _METRIC_NAMES_MAX + 4:
-                        continue
-                    pair = bounds[name] = [value, value]
-                # A numpy/torch value the hot path did not compare is folded in here.
-                pair[0] = min(pair[0], value)
-                pair[1] = max(pair[1], value)
-            if pair is not None and pair[0] <= pair[1]:  # not the empty [inf, -inf]
-                lows[name], highs[name] = pair[0], pair[1]
-        return lows, highs
 
     def _pump_soon(self) -> None:
         # Called from the hot path when a sink may be due. Never waits: if the
@@ -372,7 +324,7 @@ class _RunWriter:
                 "samples_per_second": _as_float(sps),
                 "tokens_per_second": _as_float(tps),
             }
-            lows, highs = self._min_max({**given, **extra})
+            lows, highs = min_max(self._bounds, {**given, **extra}, _METRIC_NAMES_MAX + 4)
             self._latest_metrics = Metrics(
                 training_id=self.training_id,
                 seq=self._next_seq(),

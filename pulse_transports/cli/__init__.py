@@ -14,6 +14,7 @@ LazyGroup.lazy = {
     for name in (
         "bridge",
         "demo",
+        "gc",
         "ls",
         "nats",
         "replay",

@@ -43,6 +43,7 @@ from pulse_transports.cli._common import (
     resolve_config,
 )
 from pulse_transports.file import log_path
+from pulse_transports.homemode import make_dirs, open_file
 from pulse_transports.registry import make_sinks
 from pulse_transports.v1.snapshot import V1_FILE
 
@@ -251,8 +252,10 @@ def train(
             samples_per_second=steps * batch / elapsed,
         )
     run.status("cooling_down", "saving the checkpoint")
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(checkpoint, w1=w1, b1=b1, w2=w2, b2=b2)
+    make_dirs(checkpoint.parent)
+    fd = open_file(checkpoint, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as handle:
+        np.savez(handle, w1=w1, b1=b1, w2=w2, b2=b2)
     run.status("done", f"final loss {loss:.4f}")
     return loss
 
@@ -390,7 +393,7 @@ def summary(home: Path, training_id: str, outcome: str, checkpoint: Path | None)
     click.echo("try next:")
     click.echo(f"  pulse show{home_arg}              the run's timeline and loss curve")
     click.echo(f"  pulse watch{home_arg}             in a 2nd terminal, then pulse demo again")
-    click.echo(f"  pulse serve{home_arg} --http 7434 the web view, http://127.0.0.1:7434/")
+    click.echo(f"  pulse serve{home_arg} --http 7434 the web view: open the URL it prints")
 
 
 def run_state(home: Path, training_id: str) -> dict[str, Any]:

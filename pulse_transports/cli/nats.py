@@ -58,7 +58,8 @@ def nats_group() -> None:
     "--hub-token",
     default=None,
     envvar="PULSE_HUB_TOKEN",
-    help="Shared secret the hub's TCP clients must send [env PULSE_HUB_TOKEN].",
+    help="Shared secret the hub's TCP clients must send [default with --tcp: "
+    "<home>/hub.token, made at start; env PULSE_HUB_TOKEN, preferred: argv shows in ps].",
 )
 @rate_option
 @nats_options
@@ -77,13 +78,19 @@ def serve_command(
     and latest values), then follows every run live; producers may still
     connect over the socket (each event is delivered once). Other hub
     settings come from [tool.pulse.socket.hub], as for `pulse serve`.
+    NATS refusing the credentials exits 1 with the reason before listening.
 
     \b
     Examples:
       pulse nats serve --url nats://127.0.0.1:4222
       pulse nats serve --tcp 127.0.0.1:7433
     """
-    from pulse_transports.cli.serve import _raise_open_files, _table, hub_settings
+    from pulse_transports.cli._limits import raise_open_files
+    from pulse_transports.cli.serve import (
+        _table,
+        _warn_argv_token,
+        hub_settings,
+    )
     from pulse_transports.hub import HubAddressInUse, run_hub
     from pulse_transports.wire import Address
 
@@ -98,9 +105,24 @@ def serve_command(
         "allow_remote": True if allow_remote else None,
         "rate": rate,
     }
+    _warn_argv_token("hub_token")
     settings = hub_settings(config.home, table, given)
-    _raise_open_files(settings.max_connections + 64)
+    raise_open_files(settings.max_connections + 64)
     feed = module.NatsFeed(source.options, source.store)
+
+    async def check_credentials() -> None:
+        # Before saying "listening": a server that refuses the credentials
+        # refuses them at every retry, so the feed would wait for ever. An
+        # unreachable server is another matter: it may come up; the feed retries.
+        async with source.session():
+            pass
+
+    try:
+        asyncio.run(check_credentials())
+    except module.NatsAuthError as exc:
+        fail(str(exc), EXIT_FAILED)
+    except module.NatsError as exc:
+        click.echo(f"pulse nats serve: {exc}; the hub starts and keeps trying", err=True)
 
     def ready(addresses: list[Address]) -> None:
         click.echo(

@@ -16,30 +16,42 @@ never a traceback.
 
 ``--http [HOST:]PORT`` adds the web view (:mod:`pulse_transports.web`, the
 optional extra ``pulse-v2[web]``) to the same event loop and bus: loopback
-by default; another address needs ``--allow-remote`` and the token, which
-every HTTP request must then show as well.
+by default; another address needs ``--allow-remote``.
+
+A hub that listens on TCP or HTTP asks for a token by default
+(:mod:`pulse_transports.hubtoken`): the configured one, else the one in
+``<home>/hub.token``, else a new random one written there (0600); local
+clients read that file. The ready line prints the page's URL with
+``?token=`` once (the page then keeps it in an HttpOnly cookie).
+``--no-token`` opts out (loopback only). A ``--token`` given on the command
+line works but warns: other users see argv in ``ps``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import resource
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import urlencode
 
 import attrs
 import click
 
 from pulse_core._log import get_logger
 from pulse_core.errors import ConfigError
+from pulse_transports import homemode
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
+from pulse_transports.cli._limits import loop_error, raise_open_files, share_descriptors
 from pulse_transports.config import check_table
-from pulse_transports.hub import Hub, HubAddressInUse, HubSettings
+from pulse_transports.hub import Feed, Hub, HubAddressInUse, HubSettings
+from pulse_transports.hubtoken import hub_token
 from pulse_transports.wire import Address, default_socket_path, is_loopback, parse_hostport
+
+log = get_logger("pulse.hub")
 
 #: Keys of the ``[tool.pulse.socket.hub]`` table and their types.
 HUB_KEYS: Final[Mapping[str, type]] = {
@@ -86,15 +98,6 @@ def parse_http(text: str) -> tuple[str, int]:
             raise ValueError(f"port must be 0-65535, got {port}")
         return "127.0.0.1", port
     return parse_hostport(text)
-
-
-def _raise_open_files(wanted: int) -> None:
-    """Lift the soft RLIMIT_NOFILE towards *wanted* (never above the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -146,14 +149,22 @@ def rate_option(func: F) -> F:
     "--allow-remote",
     is_flag=True,
     default=None,
-    help="Permit a non-loopback --tcp or --http address (requires --token).",
+    help="Permit a non-loopback --tcp or --http address.",
 )
 @click.option(
     "--token",
     default=None,
     envvar="PULSE_HUB_TOKEN",
     help="Shared secret TCP clients send in their hello and HTTP clients as a Bearer "
-    "token [env PULSE_HUB_TOKEN].",
+    "token [default: <home>/hub.token, made at start; env PULSE_HUB_TOKEN, preferred: "
+    "a token on the command line is visible in ps].",
+)
+@click.option(
+    "--no-token",
+    is_flag=True,
+    default=False,
+    help="Ask TCP and HTTP clients for no token (loopback only: every local user can "
+    "then read and write runs).",
 )
 @rate_option
 @click.option(
@@ -206,6 +217,7 @@ def serve(
     http: str | None,
     allow_remote: bool | None,
     token: str | None,
+    no_token: bool,
     rate: float | None,
     max_frame: int | None,
     handshake_timeout: float | None,
@@ -219,7 +231,9 @@ def serve(
 
     Listens on a Unix socket (mode 0600) and optionally on TCP. Speaks
     newline-delimited JSON (specs/hub-protocol.md). Prints one line naming
-    its addresses once it accepts connections; stops on SIGTERM or Ctrl-C.
+    its addresses once it accepts connections (the web view's with its
+    token: open that URL); stops on SIGTERM or Ctrl-C. TCP and HTTP clients
+    need the token of <home>/hub.token unless --no-token.
 
     \b
     Examples:
@@ -230,6 +244,11 @@ def serve(
     """
     config = resolve_config(home)
     table = _table(config.transport_options)
+    _warn_argv_token("token")
+    try:
+        homemode.parse_policy(os.environ.get(homemode.ENV_MODE))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     given = {
         "socket": str(socket_path) if socket_path is not None else None,
         "tcp": tcp,
@@ -254,7 +273,15 @@ def serve(
                 f"{reason} (expected [HOST:]PORT, e.g. 7434 or 127.0.0.1:7434)",
                 param_hint="--http",
             ) from None
-    settings = hub_settings(config.home, table, given)
+    settings = hub_settings(
+        config.home, table, given, listens=http_address is not None, no_token=no_token
+    )
+    from pulse_transports.retention import RetentionFeed, RetentionPolicy
+
+    try:
+        retention = RetentionFeed(config.home, RetentionPolicy.from_config(config))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     if http_address is not None:
         _check_http(http_address[0], settings)
         try:
@@ -263,12 +290,20 @@ def serve(
             raise click.UsageError(
                 f"--http needs the web extra: pip install 'pulse-v2[web]' ({exc})"
             ) from None
-    _raise_open_files(settings.max_connections + 64)
+    raise_open_files(settings.max_connections + 64)
     settings, http_cap = share_descriptors(
         settings, http_max_connections if http_address is not None else 0
     )
+    if homemode.others_can_read(config.home):
+        log.warning(
+            "pulse home can be entered by other users: their processes can read its runs "
+            "(chmod 700 it, or 2770 for a group)",
+            home=str(config.home),
+        )
 
     def ready(addresses: list[Address], url: str | None) -> None:
+        if url and settings.token:
+            url += "?" + urlencode({"token": settings.token})
         words = [str(a) for a in addresses] + ([url] if url else [])
         click.echo("pulse hub listening on " + " ".join(words))
         sys.stdout.flush()
@@ -280,7 +315,14 @@ def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await _run(
-            settings, http_address, config.stale_after, config.lost_after, stop, ready, http_cap
+            settings,
+            http_address,
+            config.stale_after,
+            config.lost_after,
+            stop,
+            ready,
+            http_cap,
+            retention,
         )
 
     try:
@@ -293,54 +335,27 @@ def serve(
         sys.exit(EXIT_FAILED)
 
 
-def share_descriptors(settings: HubSettings, http_wanted: int | None) -> tuple[HubSettings, int]:
-    """Split the open-file limit between the web view and the hub socket.
-
-    Args:
-        settings: the hub's settings (its ``max_connections``).
-        http_wanted: the HTTP connection cap asked for (None: the default;
-            0: no web view).
-
-    Returns:
-        The settings with ``max_connections`` lowered to what the limit
-        leaves the hub socket, and the HTTP cap (at most a quarter of the
-        limit; 0 without a web view).
-    """
-    from pulse_transports.web.server import MAX_HTTP_CONNECTIONS
-
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    files = 1 << 20 if soft == resource.RLIM_INFINITY else soft
-    http_cap = 0
-    if http_wanted != 0:
-        http_cap = min(http_wanted or MAX_HTTP_CONNECTIONS, max(8, files // 4))
-    spare = max(16, files - http_cap - _RESERVED_FILES)
-    if settings.max_connections > spare:
-        settings = attrs.evolve(settings, max_connections=spare)
-    return settings, http_cap
-
-
-#: Descriptors kept for everything but connections (logs, the index, threads).
-_RESERVED_FILES: Final = 64
-
-
-def loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The event loop's error handler: one short rate-limited line, no traceback."""
-    exc = context.get("exception")
-    get_logger("pulse.serve").warning(
-        "pulse serve: event loop error",
-        message=context.get("message"),
-        error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
-    )
-
-
-def hub_settings(home: Path, table: Mapping[str, Any], given: Mapping[str, Any]) -> HubSettings:
+def hub_settings(
+    home: Path,
+    table: Mapping[str, Any],
+    given: Mapping[str, Any],
+    *,
+    listens: bool = False,
+    no_token: bool = False,
+) -> HubSettings:
     """Hub settings from the configuration table and the flags given (flags win).
 
+    A hub with a TCP listener (or *listens*: another one, e.g. HTTP) gets a
+    token: the configured one, else ``<home>/hub.token``'s or a new one
+    (:func:`pulse_transports.hubtoken.hub_token`), unless *no_token*.
+
     Raises:
-        click.BadParameter: for a bad ``--tcp`` address.
+        click.BadParameter: for a bad ``--tcp`` address or token.
         click.UsageError: for settings the hub refuses.
     """
     merged = {**table, **{k: v for k, v in given.items() if v is not None}}
+    if merged.get("tcp") or listens:
+        merged["token"] = _listener_token(home, merged.get("token"), no_token=no_token)
     tcp_address = None
     if merged.get("tcp"):
         try:
@@ -362,6 +377,31 @@ def hub_settings(home: Path, table: Mapping[str, Any], given: Mapping[str, Any])
     return settings
 
 
+def _listener_token(home: Path, given: str | None, *, no_token: bool) -> str | None:
+    """The token TCP and HTTP clients must show (None with ``--no-token``)."""
+    if no_token:
+        if given:
+            raise click.UsageError("--no-token and a token (--token, $PULSE_HUB_TOKEN) conflict")
+        return None
+    try:
+        return hub_token(home, given)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--token") from None
+    except OSError as exc:
+        raise click.UsageError(f"cannot write the hub token file: {exc}") from None
+
+
+def _warn_argv_token(name: str) -> None:
+    """Warn when a token came from the command line (others see argv in ``ps``)."""
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+        log.warning(
+            "pulse hub token given on the command line: other users can read it in ps; "
+            "prefer $PULSE_HUB_TOKEN or <home>/hub.token",
+            option="--" + name.replace("_", "-"),
+        )
+
+
 def _check_http(host: str, settings: HubSettings) -> None:
     """Refuse a non-loopback HTTP address without --allow-remote and a token."""
     if is_loopback(host):
@@ -369,11 +409,11 @@ def _check_http(host: str, settings: HubSettings) -> None:
     if not settings.allow_remote:
         raise click.UsageError(
             f"refusing to serve HTTP on non-loopback address {host!r}: "
-            "pass --allow-remote (and a token) to accept other machines"
+            "pass --allow-remote to accept other machines"
         )
     if not settings.token:
         raise click.UsageError(
-            "a non-loopback --http address needs a shared token: --token or $PULSE_HUB_TOKEN"
+            "a non-loopback --http address needs a token: drop --no-token (or set $PULSE_HUB_TOKEN)"
         )
 
 
@@ -385,9 +425,13 @@ async def _run(
     stop: asyncio.Event,
     ready: Callable[[list[Address], str | None], None],
     http_cap: int | None = None,
+    retention: Feed | None = None,
 ) -> None:
     """Run the hub (and its web view, if asked) until *stop* is set."""
-    hub = Hub(attrs.evolve(settings, stale_after=stale_after, lost_after=lost_after))
+    hub = Hub(
+        attrs.evolve(settings, stale_after=stale_after, lost_after=lost_after),
+        feeds=(retention,) if retention is not None else (),
+    )
     web = None
     try:
         addresses = await hub.start()

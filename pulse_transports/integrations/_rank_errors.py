@@ -32,6 +32,7 @@ from pulse_core._log import get_logger
 from pulse_core.emitter import classify_exception, register_abortable, unregister_abortable
 from pulse_core.events import TERMINAL_STATUSES, is_error_code
 from pulse_transports._closing import ClosesOnExit
+from pulse_transports.homemode import make_dirs, open_file
 from pulse_transports.integrations._registration import Registration, _int, rank_dir
 
 log = get_logger("pulse.distributed")
@@ -74,10 +75,10 @@ def write_rank_error(home: Path | str, training_id: str, error: RankError) -> Pa
         OSError: if the folder or file cannot be written.
     """
     path = rank_error_path(home, training_id, error.rank)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     data = orjson.dumps(attrs.asdict(error), default=str)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         view = memoryview(data)
         while view:

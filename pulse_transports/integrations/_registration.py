@@ -30,6 +30,7 @@ import orjson
 from pulse_core._log import get_logger
 from pulse_core.events import validate_training_id
 from pulse_transports._proctree import signal_name
+from pulse_transports.homemode import make_dirs, open_file
 
 log = get_logger("pulse.distributed")
 
@@ -96,7 +97,7 @@ class Registration:
                 if folder.is_dir():
                     continue
                 with contextlib.suppress(FileExistsError):
-                    folder.mkdir()
+                    make_dirs(folder)
                     made.append(folder)  # removed again with the file, if left empty
             line = {
                 "rank": int(rank),
@@ -105,7 +106,8 @@ class Registration:
                 "start": _start_time(os.getpid()),
                 "timestamp": time.time(),
             }
-            file = open(path, "ab", buffering=0)  # noqa: SIM115 - held for faulthandler
+            fd = open_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            file = os.fdopen(fd, "ab", buffering=0)  # held for faulthandler
             file.write(orjson.dumps(line) + b"\n")
         except (OSError, ValueError) as exc:
             log.warning(

@@ -20,6 +20,7 @@ from pulse_core.policy import LIVE_INTERVAL
 from pulse_core.projections import to_v1
 from pulse_core.reducer import Folder
 from pulse_transports.file import write_json_atomic
+from pulse_transports.homemode import make_dirs
 from pulse_transports.v1.snapshot import V1_FILE
 
 log = get_logger("pulse.file")
@@ -89,7 +90,7 @@ class V1SnapshotSink:
 
     def open(self, training_id: str) -> int | None:
         """Create the folder and start the writer thread (holds no seq: None)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         if self.background and self._thread is None:
             self._thread = threading.Thread(
                 target=self._run, name=f"pulse-v1-{training_id}", daemon=True

@@ -19,20 +19,21 @@ This module owns the HTTP surface of ``pulse serve --http`` (described in
   this package; no build step).
 
 Safety: every response carries a strict Content-Security-Policy (scripts
-and styles from this origin only). With a token, every request must show it
-(``Authorization: Bearer``, the ``pulse_token`` cookie that ``/?token=``
-sets, or ``?token=``). Without one -- loopback only -- the ``Host`` header
-must name a loopback host, so a web page elsewhere cannot reach the API by
-DNS rebinding. Blocking reads (logs, the index, lock files) run in worker
-threads, at most :data:`API_WORKERS` at a time, and the ``/api/runs`` list is
-computed at most once a second (:mod:`pulse_transports.web.recent`): a flood
-of requests waits here instead of crowding the hub (its producers come first). Must not
-be imported by :mod:`pulse_core`.
+and styles from this origin only). With a token, every request must show it:
+``Authorization: Bearer``, or the HttpOnly, SameSite=Strict cookie
+``pulse_token_<port>`` that ``/?token=`` sets; ``?token=`` itself is taken
+only on ``/`` and ``/events``, where a browser cannot send a header. Without
+one -- loopback only -- the ``Host`` header must name a loopback host, so a
+web page elsewhere cannot reach the API by DNS rebinding. Blocking reads
+(logs, the index, lock files) run in worker threads, at most
+a few at a time, and the ``/api/runs`` list is computed at most once a
+second (:mod:`pulse_transports.web.recent`): a flood of requests waits its
+turn instead of crowding the hub (its producers come first). Must not be
+imported by :mod:`pulse_core`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import math
@@ -40,7 +41,7 @@ import time
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 import attrs
@@ -56,34 +57,31 @@ from pulse_core._log import get_logger
 from pulse_core.errors import InvalidTrainingId, RunNotFound
 from pulse_core.events import validate_training_id
 from pulse_core.liveness import LOST_AFTER, STALE_AFTER, Liveness
-from pulse_core.projections import to_history_record, to_metric_history, to_summary, to_v1, to_view
+from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
 from pulse_core.state import RunState
 from pulse_transports.history import HomeNotFound, load_run, recover
 from pulse_transports.hub import liveness_now
 from pulse_transports.inprocess import Bus
+from pulse_transports.retention import removed_records
 from pulse_transports.web import flowruns
 from pulse_transports.web.cursor import parse_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
-from pulse_transports.web.recent import RecentRuns
+from pulse_transports.web.recent import Pacing, RecentRuns
 from pulse_transports.web.stream import EncodedEvents, EventStream
 from pulse_transports.wire import MIN_RATE
 
 log = get_logger("pulse.web")
 
-T = TypeVar("T")
-
 STATIC: Final = Path(__file__).parent / "static"
-#: The cookie the page's token is kept in after ``/?token=``.
+#: The cookie the page's token is kept in after ``/?token=`` (``pulse_token_<port>``).
 TOKEN_COOKIE: Final = "pulse_token"  # noqa: S105 - a cookie name, not a secret
+#: The only addresses that take ``?token=`` (a browser cannot send a header there).
+QUERY_TOKEN_PATHS: Final = frozenset({"/", "/events"})
 #: Host names a loopback-only server answers to (the DNS-rebinding guard).
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Most rows ``/api/runs`` returns.
 MAX_LIMIT: Final = 1000
-#: Most blocking API reads running at once (the others wait their turn).
-API_WORKERS: Final = 2
-#: Most requests (``/events`` streams aside) handled at once on the event loop.
-API_TURNS: Final = 4
 CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -166,9 +164,15 @@ class WebApp:
         self.encoded = EncodedEvents()
         self.streams: set[EventStream] = set()
         self.closing = False
-        self._workers = asyncio.Semaphore(API_WORKERS)
-        self._turns = asyncio.Semaphore(API_TURNS)
-        self.recent = RecentRuns(self._runs, self._blocking)
+        self.pacing = Pacing()
+        self.recent = RecentRuns(
+            bus,
+            settings.home,
+            stale_after=settings.stale_after,
+            lost_after=settings.lost_after,
+            liveness=self._liveness,
+            pacing=self.pacing,
+        )
         self.starlette = Starlette(
             routes=[
                 Route("/", self.index, methods=["GET"]),
@@ -220,7 +224,7 @@ class WebApp:
             return
         # Few requests at a time on the loop the hub shares: a flood waits its
         # turn here, and a producer's welcome is never queued behind it.
-        async with self._turns:
+        async with self.pacing.turns:
             await app(scope, receive, send_secured)
 
     def _refusal(self, scope: Scope) -> Response | None:
@@ -234,32 +238,38 @@ class WebApp:
                 return _error(403, "forbidden_host", "this hub answers to loopback host names only")
             return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        given = [
-            headers.get("authorization", "").removeprefix("Bearer ").strip(),
-            *query.get("token", []),
-        ]
+        given = [headers.get("authorization", "").removeprefix("Bearer ").strip()]
+        if scope["path"] in QUERY_TOKEN_PATHS:
+            # Only where a browser cannot send a header: the first load of the
+            # page, and EventSource. Elsewhere a token in the address would
+            # land in logs and histories for nothing.
+            given += query.get("token", [])
         cookie = SimpleCookie()
         with contextlib.suppress(CookieError):
             cookie.load(headers.get("cookie", ""))
-        if TOKEN_COOKIE in cookie:
-            given.append(cookie[TOKEN_COOKIE].value)
+        given += [m.value for name, m in cookie.items() if name.startswith(TOKEN_COOKIE)]
         if not any(g and hmac.compare_digest(g.encode(), token.encode()) for g in given):
             return _error(
-                401, "unauthorized", "this hub needs its token: open /?token=... or send a Bearer"
+                401,
+                "unauthorized",
+                "this hub needs its token: open the URL `pulse serve` printed (/?token=...), "
+                "or send `Authorization: Bearer` with the token of <home>/hub.token",
             )
         if scope["path"] == "/" and "token" in query:
             # Keep the token out of the address bar and history: a cookie carries it.
             response = Response(status_code=303, headers={"location": "/"})
+            # Named by port: browsers share cookies between ports of one host.
+            port = (scope.get("server") or ("", 0))[1]
             response.set_cookie(
-                TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/", max_age=86400 * 30
+                f"{TOKEN_COOKIE}_{port}",
+                token,
+                httponly=True,
+                samesite="strict",
+                path="/",
+                max_age=86400 * 30,
             )
             return response
         return None
-
-    async def _blocking(self, func: Callable[..., T], *args: Any) -> T:
-        """Run a blocking read in a worker thread, at most API_WORKERS at once."""
-        async with self._workers:
-            return await asyncio.to_thread(func, *args)
 
     # -- pages ---------------------------------------------------------------------
 
@@ -284,33 +294,7 @@ class WebApp:
     async def runs(self, request: Request) -> Response:
         """Live and recent runs, newest first."""
         limit = _int_param(request, "limit", default=100, lo=1, hi=MAX_LIMIT)
-        rows = await self.recent.get(limit)  # encoded once for every request
-        body = b'{"runs":' + rows + b',"time":' + orjson.dumps(time.time()) + b"}"
-        return Response(body, media_type="application/json")
-
-    def _runs(self, limit: int) -> list[dict[str, Any]]:
-        s = self.settings
-        now = time.time()
-        rows: dict[str, dict[str, Any]] = {}
-        try:
-            records = recover(
-                s.home, now=now, stale_after=s.stale_after, lost_after=s.lost_after, limit=limit
-            )
-        except HomeNotFound:
-            records = []
-        for record in records:
-            rows[record.training_id] = dict(record.summary)
-        for tid, state in self.bus.states().items():
-            live = self._liveness(tid, state, now)
-            rows[tid] = to_summary(state, liveness=live, now=now, training_id=tid)
-        for row in rows.values():
-            row.pop("log", None)  # a server path: nothing for a browser
-
-        def newest(row: dict[str, Any]) -> tuple[float, str]:
-            at = row.get("created_at") or row.get("last_event_at") or 0.0
-            return (float(at), str(row.get("training_id")))
-
-        return sorted(rows.values(), key=newest, reverse=True)[:limit]
+        return Response(await self.recent.body(limit), media_type="application/json")
 
     def _liveness(self, tid: str, state: RunState, now: float) -> Liveness:
         # Checked now, not taken from the monitor's last tick: a lock check is
@@ -343,7 +327,7 @@ class WebApp:
         self, request: Request, project: Callable[[RunState, Liveness, float], Any]
     ) -> Response:
         tid = request.path_params["training_id"]
-        state, live, now = await self._blocking(self._run, tid)
+        state, live, now = await self.pacing.blocking(self._run, tid)
         return _Json(project(state, live, now))
 
     async def view(self, request: Request) -> Response:
@@ -379,14 +363,14 @@ class WebApp:
     async def flows(self, request: Request) -> Response:
         """Flow runs, newest first, each with its steps' outcomes."""
         limit = _int_param(request, "limit", default=50, lo=1, hi=MAX_LIMIT)
-        records = await self._blocking(self._flow_records)
+        records = await self.pacing.blocking(self._flow_records)
         runs = flowruns.flow_runs(records)[:limit]
         return _Json({"flow_runs": [flowruns.summary(r) for r in runs], "time": time.time()})
 
     async def flow(self, request: Request) -> Response:
         """One flow run: its TRAIN steps, each with every attempt's history record."""
         frid = request.path_params["flow_run_id"]
-        records = await self._blocking(self._flow_records)
+        records = await self.pacing.blocking(self._flow_records)
         mine = [r for r in records if r.get("flow_run_id") == frid]
         if not mine:
             raise ApiError(404, "not_found", f"no flow run {frid!r}")
@@ -420,6 +404,7 @@ class WebApp:
             record["liveness"] = live
             record["created_at"] = state.created_at
             out.append(record)
+        out += [r for r in removed_records(s.home) if r.get("flow_run_id")]  # gone: retention
         return out
 
     # -- the stream ------------------------------------------------------------------

@@ -237,6 +237,21 @@ _SCHEMAS: Final[dict[str, Any]] = {
         "items": _ref("SseItem"),
         "description": "The data of one /events message.",
     },
+    "SseMessage": {
+        "type": "object",
+        "description": "One /events message as an SSE parser reads it: `data` is an SseBatch "
+        "as JSON, `id` the resume cursor when it moved, `retry` the reconnect delay (ms).",
+        "properties": {
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": _ref("SseBatch"),
+            },
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    },
 }
 
 # The projections' shapes (View, RunSummary, HistoryRecord, V1Snapshot and
@@ -257,7 +272,7 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 
 _ERRORS: Final = {
     "400": _json("Error", "A malformed parameter (bad_training_id, bad_limit, bad_rate)."),
-    "401": _json("Error", "This hub has a token and the request did not show it."),
+    "401": _json("Error", "The request did not show the hub's token."),
     "403": _json("Error", "A loopback-only hub was reached under another host name."),
 }
 
@@ -364,6 +379,8 @@ _PATHS: Final[dict[str, Any]] = {
         "get": {
             "summary": "Live updates (server-sent events)",
             "description": _EVENTS_DOC,
+            # A browser's EventSource cannot send a header: the cookie, or ?token=.
+            "security": [{"bearer": []}, {"cookie": []}, {"query": []}],
             "parameters": [
                 {
                     "name": "Last-Event-ID",
@@ -381,8 +398,11 @@ _PATHS: Final[dict[str, Any]] = {
                 {
                     "name": "run",
                     "in": "query",
-                    "description": "Only this training id.",
-                    "schema": {"type": "string"},
+                    "description": "Only this training id (empty: every run).",
+                    "schema": {
+                        "type": "string",
+                        "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$",
+                    },
                 },
                 {
                     "name": "rate",
@@ -394,8 +414,9 @@ _PATHS: Final[dict[str, Any]] = {
             ],
             "responses": {
                 "200": {
-                    "description": "An endless text/event-stream; data items: SseBatch.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "description": "An endless text/event-stream of SseMessage events.",
+                    # OpenAPI 3.1: the schema of a text/event-stream describes each event.
+                    "content": {"text/event-stream": {"schema": _ref("SseMessage")}},
                 },
                 **_ERRORS,
                 "503": _json("Error", "The hub is shutting down (hub_closing): reconnect."),
@@ -428,14 +449,36 @@ _DOCUMENT: Final[dict[str, Any]] = {
         "title": "PULSE hub web API",
         "version": VERSION,
         "description": "Live and recorded status of training runs, served by "
-        "`pulse serve --http`. With a token, send `Authorization: Bearer <token>`.",
+        "`pulse serve --http`. Send the hub's token (`<home>/hub.token`) as "
+        "`Authorization: Bearer <token>`; a browser opens `/?token=<token>` once and then "
+        "sends the HttpOnly cookie `pulse_token_<port>` it sets. A hub started with "
+        "`--no-token` (loopback only) asks for none.",
     },
     "components": {
         "schemas": _SCHEMAS,
-        "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The hub's token (`<home>/hub.token`, or `$PULSE_HUB_TOKEN`).",
+            },
+            "cookie": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "pulse_token",
+                "description": "Set by `/?token=` as `pulse_token_<port>` (HttpOnly, "
+                "SameSite=Strict); any cookie named `pulse_token*` is read.",
+            },
+            "query": {
+                "type": "apiKey",
+                "in": "query",
+                "name": "token",
+                "description": "Only on `/` (the page's first load) and `/events`.",
+            },
+        },
     },
     # Relative: the API is served by whichever hub serves this document.
     "servers": [{"url": "/", "description": "the hub serving this document (pulse serve --http)"}],
-    "security": [{}, {"token": []}],
+    "security": [{"bearer": []}, {"cookie": []}],
     "paths": _PATHS,
 }

@@ -198,7 +198,7 @@ class WebServer:
         *,
         max_connections: int | None = None,
     ) -> None:
-        if not is_loopback(host) and not settings.token:
+        if not is_loopback(host) and not (settings.token or "").strip():
             raise ValueError(f"serving HTTP on non-loopback {host!r} needs a token")
         self.app = WebApp(bus, settings)
         self.host = host

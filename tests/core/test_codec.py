@@ -48,6 +48,7 @@ from pulse_core.events import (
     Metrics,
     Progress,
     RunMeta,
+    StateCheckpoint,
     StatusChanged,
     UnknownEvent,
 )
@@ -136,7 +137,7 @@ class TestRoundTrip:
             assert TAGS[obj["type"]] is type(event)
 
     def test_tag_table(self) -> None:
-        """The seven known types have the documented wire tags."""
+        """The seven run event types and the log's state checkpoint have the documented tags."""
         assert dict(TAGS) == {
             "meta": RunMeta,
             "status": StatusChanged,
@@ -145,8 +146,9 @@ class TestRoundTrip:
             "error": ErrorReported,
             "heartbeat": Heartbeat,
             "dropped": Dropped,
+            "state_checkpoint": StateCheckpoint,
         }
-        assert set(TAGS.values()) == set(KNOWN_EVENT_TYPES)
+        assert set(TAGS.values()) == {*KNOWN_EVENT_TYPES, StateCheckpoint}
 
     def test_unsaid_fields_left_out(self) -> None:
         """None and empty optional fields are not written."""

@@ -24,6 +24,7 @@ from pulse_core.events import Progress
 from pulse_transports.config import load_config
 from pulse_transports.file import log_path, writer_alive
 from pulse_transports.flows import FlowTrainer
+from pulse_transports.hubtoken import read_token
 from pulse_transports.supervise import (
     CHILD_LOG_INTERVAL,
     TAIL_BYTES,
@@ -125,7 +126,10 @@ def web_row(home: Path, training_id: str, env: Mapping[str, str]) -> tuple[str, 
     try:
         wait_for(lambda: "listening on" in out.read_text(), timeout=30)
         url = f"http://127.0.0.1:{port}/api/runs"
-        with urllib.request.urlopen(url, timeout=10) as response:
+        # The token a local client reads from the home (the hub made it at start).
+        bearer = {"Authorization": f"Bearer {read_token(home)}"}
+        request = urllib.request.Request(url, headers=bearer)
+        with urllib.request.urlopen(request, timeout=10) as response:
             rows = json.loads(response.read())["runs"]
     finally:
         hub.terminate()

@@ -59,8 +59,8 @@ def start_hub(hub_home: Path) -> Iterator[Callable[..., HubProcess]]:
 
 @pytest.fixture
 def hub(start_hub: Callable[..., HubProcess]) -> HubProcess:
-    """A running hub on ``<home>/pulse.sock`` and a free loopback TCP port."""
-    return start_hub("--tcp", "127.0.0.1:0")
+    """A running hub on ``<home>/pulse.sock`` and a free loopback TCP port (no token)."""
+    return start_hub("--tcp", "127.0.0.1:0", "--no-token")
 
 
 @pytest.fixture

@@ -41,9 +41,33 @@ class TestSafety:
         assert not (tmp_path / "pulse.sock").exists()
 
     def test_allow_remote_needs_a_token(self, tmp_path: Path) -> None:
-        result = serve("--home", str(tmp_path), "--tcp", "0.0.0.0:0", "--allow-remote")
+        result = serve(
+            "--home", str(tmp_path), "--tcp", "0.0.0.0:0", "--allow-remote", "--no-token"
+        )
         assert result.returncode == 2
         assert "token" in result.stderr
+
+    def test_blank_token_refused(self, tmp_path: Path) -> None:
+        """A whitespace-only token is refused, named (it would guard nothing)."""
+        for blank in (" ", "  \t"):
+            result = serve(
+                "--home", str(tmp_path), "--tcp", "0.0.0.0:0", "--allow-remote", "--token", blank
+            )
+            assert result.returncode == 2
+            assert "whitespace" in result.stderr
+
+    def test_tcp_asks_for_the_home_token_by_default(
+        self, start_hub: Callable[..., HubProcess], clients: Callable[[Address], RawClient]
+    ) -> None:
+        """Loopback TCP without --token: the token of <home>/hub.token (0600), made at start."""
+        hub = start_hub("--tcp", "127.0.0.1:0")
+        token_file = hub.home / "hub.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        refused = clients(hub.tcp_address).hello("producer", training_id="run-1")
+        assert refused["error"]["code"] == "unauthorized"
+        assert "welcome" in clients(hub.tcp_address).hello("subscriber", token=token)
+        assert "welcome" in clients(hub.unix).hello("subscriber")  # the 0600 socket: no token
 
     def test_allow_remote_with_a_token(
         self, start_hub: Callable[..., HubProcess], clients: Callable[[Address], RawClient]

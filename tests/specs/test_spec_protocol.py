@@ -23,6 +23,7 @@ from pulse_core.events import (
     Metrics,
     Progress,
     RunMeta,
+    StateCheckpoint,
     StatusChanged,
     UnknownEvent,
 )
@@ -159,6 +160,7 @@ _TITLES = {
     "error": ": an error, as its own event",
     "heartbeat": ": the writer is alive",
     "dropped": ": events were lost",
+    "state_checkpoint": ": the fold so far (a log line, not a run event)",
 }
 
 SAMPLES: list[Event] = [
@@ -203,6 +205,9 @@ SAMPLES: list[Event] = [
     ),
     Heartbeat(training_id="run-1", seq=6, timestamp=T),
     Dropped(training_id="run-1", seq=7, timestamp=T, count=3, reason="full"),
+    StateCheckpoint(
+        training_id="run-1", seq=7, timestamp=T, format="2:x", state={"step": 2}, lines=7
+    ),
     UnknownEvent(training_id="run-1", seq=8, timestamp=T, type="checkpoint", data={"p": "x"}, v=3),
 ]
 

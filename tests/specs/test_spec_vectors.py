@@ -14,11 +14,12 @@ import pytest
 
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
-from pulse_core.events import Event
+from pulse_core.events import Event, StateCheckpoint
 from pulse_core.liveness import liveness_of
 from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
 from pulse_core.reducer import replay
 from pulse_core.state import MAX_WINDOWS
+from pulse_core.statecodec import STATE_FORMAT, state_from_obj
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
@@ -225,6 +226,34 @@ class TestScenarios:
             "message": "",
             "timestamp": None,
         }
+
+
+class TestStateCheckpoints:
+    """A log's state_checkpoint lines: skipped by a full fold, and checkpoint + tail == full."""
+
+    def test_every_checkpoint_plus_its_tail_folds_to_the_full_replay(self) -> None:
+        """From each checkpoint, its state and the lines after it give the full fold."""
+        events, _ = read("state_checkpoint")
+        full = replay(events)
+        marks = [i for i, e in enumerate(events) if isinstance(e, StateCheckpoint)]
+        assert len(marks) == 2
+        for index in marks:
+            mark = events[index]
+            assert isinstance(mark, StateCheckpoint)
+            assert mark.format == STATE_FORMAT
+            start = state_from_obj(mark.state)
+            assert start.last_seq == mark.seq
+            assert replay(events[index + 1 :], start) == full
+        assert full.gaps == ((51, 51),)  # the late event filled 52
+        assert full.missing == 1
+        assert [a.kind for a in full.anomalies] == ["late_event"]
+
+    def test_a_full_fold_skips_checkpoints(self) -> None:
+        """Removing the checkpoint lines changes nothing: no count, no duplicate, no anomaly."""
+        events, _ = read("state_checkpoint")
+        without = [e for e in events if not isinstance(e, StateCheckpoint)]
+        assert len(without) == len(events) - 2
+        assert replay(events) == replay(without)
 
 
 class TestNonconformingLines:

@@ -80,6 +80,7 @@ def wait_for_kill() -> None:
     """Open a run outside any ``with``, train a little, then wait to be signalled."""
     run = opened()
     train(run, 1)
+    settled(run)  # killed within ms of READY: the sinks hold what was reported
     ready()
     time.sleep(120)
     run.close()

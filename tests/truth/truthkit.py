@@ -38,6 +38,7 @@ import orjson
 from matrix import API, FLOW, HUB, LOST_PREFIX, LS, SHOW, V1, V1_FILE, Scenario, expected, matches
 
 from pulse_core.events import TERMINAL_STATUSES, Event, StatusChanged
+from pulse_transports.hubtoken import read_token
 from pulse_transports.subscribe import HubDisconnected, Snapshot, Subscriber
 
 HERE = Path(__file__).parent
@@ -101,7 +102,10 @@ class HubServer:
 
     def api_runs(self) -> list[dict[str, Any]]:
         url = f"http://127.0.0.1:{self.port}/api/runs?limit=1000"
-        with urllib.request.urlopen(url, timeout=10) as response:
+        # As a user's local client: the token the hub wrote to its home.
+        bearer = {"Authorization": f"Bearer {read_token(self.home)}"}
+        request = urllib.request.Request(url, headers=bearer)
+        with urllib.request.urlopen(request, timeout=10) as response:
             rows = orjson.loads(response.read())["runs"]
         assert isinstance(rows, list)
         return rows

@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from pulse_transports.hubtoken import read_token
+
 #: Generous: waits end as soon as their condition holds.
 WAIT = 15.0
 PRODUCER = Path(__file__).with_name("web_producer.py")
@@ -92,7 +94,10 @@ class WebHub:
             self.proc = subprocess.Popen(
                 cmd, stdout=out, stderr=err, env=clean_env(**(env or {})), start_new_session=True
             )
+        #: the page's URL as the hub printed it (with ``?token=``: open it once).
         self.url = ""
+        #: the same without the token.
+        self.base = ""
 
     def wait_ready(self, timeout: float = WAIT) -> WebHub:
         """Wait for the ready line; note the page's URL."""
@@ -102,6 +107,7 @@ class WebHub:
             if "listening on" in text:
                 words = text.split("listening on", 1)[1].split()
                 self.url = next(w for w in words if w.startswith("http://"))
+                self.base = self.url.split("?", 1)[0]
                 return self
             if self.proc.poll() is not None:
                 raise AssertionError(f"the hub exited ({self.proc.returncode}): {self.log()}")
@@ -110,7 +116,20 @@ class WebHub:
 
     @property
     def port(self) -> int:
-        return int(self.url.rstrip("/").rsplit(":", 1)[1])
+        return int(self.base.rstrip("/").rsplit(":", 1)[1])
+
+    @property
+    def token(self) -> str | None:
+        """The hub's token, read from its home as a local client would."""
+        return read_token(self.home)
+
+    def auth(self, headers: dict[str, str] | None = None) -> dict[str, str]:
+        """*headers* plus the hub's token as a Bearer (unless they carry one)."""
+        out = dict(headers or {})
+        token = self.token
+        if token and not any(k.lower() == "authorization" for k in out):
+            out["Authorization"] = f"Bearer {token}"
+        return out
 
     def log(self) -> str:
         """What the hub wrote to stderr."""
@@ -130,12 +149,12 @@ class WebHub:
     # -- plain HTTP ------------------------------------------------------------------
 
     def request(
-        self, path: str, headers: dict[str, str] | None = None
+        self, path: str, headers: dict[str, str] | None = None, *, auth: bool = True
     ) -> tuple[int, dict[str, str], bytes]:
-        """GET *path*; the status, the headers (lower-case names) and the body."""
+        """GET *path* (with the token unless not *auth*); status, headers (lower-case), body."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT)
         try:
-            conn.request("GET", path, headers=headers or {})
+            conn.request("GET", path, headers=self.auth(headers) if auth else headers or {})
             response = conn.getresponse()
             body = response.read()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, body
@@ -210,14 +229,16 @@ class SseReader:
     """A raw ``/events`` client: parses SSE messages as they come.
 
     Args:
-        port: the hub's HTTP port.
+        hub: the hub (its port, and its token, sent as a Bearer).
         path: the request path (with query).
         headers: request headers (e.g. ``Last-Event-ID``).
     """
 
-    def __init__(self, port: int, path: str = "/events", headers: dict[str, str] | None = None):
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
-        self.conn.request("GET", path, headers=headers or {})
+    def __init__(
+        self, hub: WebHub, path: str = "/events", headers: dict[str, str] | None = None
+    ) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=WAIT)
+        self.conn.request("GET", path, headers=hub.auth(headers))
         self.response = self.conn.getresponse()
         self.status = self.response.status
         self.headers = {k.lower(): v for k, v in self.response.getheaders()}

@@ -136,7 +136,7 @@ class TestIcon:
         page.goto(hub.url)
         expect(page.get_by_test_id("detail-status")).to_have_text("done")
         assert page.locator('link[rel="icon"]').get_attribute("href") == "/favicon.ico"
-        icon = page.request.get(hub.url + "favicon.ico")
+        icon = page.request.get(hub.base + "favicon.ico")
         assert icon.status == 200
         assert icon.headers["content-type"] == "image/x-icon"
         assert failed == []

@@ -55,7 +55,7 @@ class TestStream:
         hub = start_hub()
         finished(produce, "sse-1")
         produce("forever", "sse-2")
-        reader = SseReader(hub.port)
+        reader = SseReader(hub)
         assert reader.status == 200
         assert reader.headers["content-type"].startswith("text/event-stream")
         validator = Draft202012Validator({"$ref": "#/components/schemas/SseBatch", **openapi()})
@@ -94,7 +94,7 @@ class TestResume:
         ]
         view = hub.view("res-1")
         last = view["stats"]["last_seq"]
-        reader = SseReader(hub.port, headers={"Last-Event-ID": "res-1:3"})
+        reader = SseReader(hub, headers={"Last-Event-ID": "res-1:3"})
         messages = reader.items_until(is_live)
         reader.close()
         seqs = [e["seq"] for e in events_in(messages, "res-1")]
@@ -113,14 +113,14 @@ class TestResume:
         finished(produce, "res-2")
         last = hub.view("res-2")["stats"]["last_seq"]
         reader = SseReader(
-            hub.port,
+            hub,
             f"/events?last_event_id=res-2:{last - 1}",
             headers={"Last-Event-ID": f"res-2:{last - 2}"},
         )
         seqs = [e["seq"] for e in events_in(reader.items_until(is_live), "res-2")]
         reader.close()
         assert seqs == [last - 1, last]  # the header wins
-        reader = SseReader(hub.port, f"/events?last_event_id=res-2:{last}")
+        reader = SseReader(hub, f"/events?last_event_id=res-2:{last}")
         messages = reader.items_until(is_live)
         reader.close()
         assert events_in(messages, "res-2") == []  # up to date: nothing repeated
@@ -130,7 +130,7 @@ class TestResume:
     ) -> None:
         first = start_hub()
         run = produce("until", "res-3")
-        reader = SseReader(first.port)
+        reader = SseReader(first)
         got = reader.items_until(
             lambda i: isinstance(i, dict) and i.get("type") == "progress" and i["seq"] > 20
         )
@@ -138,7 +138,7 @@ class TestResume:
         reader.close()
         first.stop()
         second = start_hub(http=first.http)
-        reader = SseReader(second.port, headers={"Last-Event-ID": cursor or ""})
+        reader = SseReader(second, headers={"Last-Event-ID": cursor or ""})
         run.open_gate(1)
         more = reader.items_until(
             lambda i: isinstance(i, dict) and i.get("status") == "done", timeout=20
@@ -171,8 +171,8 @@ class TestRateLimit:
     def test_rate(self, start_hub: Callable[..., WebHub], produce: Callable[..., Producer]) -> None:
         hub = start_hub()
         produce("forever", "rate-1")  # 20 progress updates per second
-        slow = SseReader(hub.port, "/events?rate=2")
-        fast = SseReader(hub.port, "/events?rate=1000")
+        slow = SseReader(hub, "/events?rate=2")
+        fast = SseReader(hub, "/events?rate=1000")
         hello_slow = next(slow.messages())[1][0]["hello"]
         hello_fast = next(fast.messages())[1][0]["hello"]
         assert hello_slow["rate"] == 2.0

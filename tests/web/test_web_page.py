@@ -258,3 +258,44 @@ class TestToken:
         expect(page.get_by_test_id("connection")).to_have_text("live")
         produce("error", "tok-1").open_gate(1)
         expect(detail(page, "status")).to_have_text("error")
+
+
+class TestAddressHash:
+    """A malformed address hash is ignored: the page still loads and shows the runs."""
+
+    def test_malformed_hash(
+        self,
+        page: Page,
+        start_hub: Callable[..., WebHub],
+        produce: Callable[..., Producer],
+    ) -> None:
+        hub = start_hub()
+        run = produce("error", "hash-1")
+        run.open_gate(1)
+        assert run.wait() == 0
+        for bad in ("#run=%", "#run=%E0%A4%A", "#flow=%zz", "#run="):
+            page.goto(hub.url + bad)
+            expect(card(page, "hash-1")).to_have_count(1)
+            expect(page.get_by_test_id("connection")).to_have_text("live")
+        page.goto(hub.url + "#flows=%")
+        expect(page.locator("#flows-page")).to_be_visible()
+
+
+class TestBidi:
+    """Bidi controls in a run's text are shown as visible marks, never applied."""
+
+    def test_right_to_left_override_is_shown_not_applied(
+        self,
+        page: Page,
+        start_hub: Callable[..., WebHub],
+        produce: Callable[..., Producer],
+    ) -> None:
+        hub = start_hub()
+        page.goto(hub.url)
+        name = "invoice\u202egnp.exe\u2066x\u2069"
+        produce("lifecycle", "bidi-1", name).open_gate(1)
+        shown = "invoice<U+202E>gnp.exe<U+2066>x<U+2069>"
+        expect(card(page, "bidi-1").locator(".run-name")).to_have_text(shown)
+        expect(page.locator("#d-name")).to_have_text(shown)
+        text = page.locator("#runs-page").inner_text()
+        assert not any(c in text for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

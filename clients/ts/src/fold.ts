@@ -123,6 +123,9 @@ export function addSample(series: Series, y: number, t: number): void {
 
 /** Apply one event to the state in place (steps 1-7). */
 export function apply(s: RunState, e: PulseEvent): void {
+  // A file writer's state_checkpoint line holds the fold so far: folding every
+  // line, this reader skips it (it changes no state; protocol.md, "Checkpoints").
+  if (e.type === "unknown" && e.tag === "state_checkpoint") return;
   if (s.training_id !== null && e.training_id !== s.training_id) {
     anomaly(s, e.seq, "foreign_event", `event of run ${e.training_id}`);
     return;

@@ -43,6 +43,8 @@ export function describe(e: KnownEvent): string {
       const n: number = e.count;
       return `${n} dropped: ${e.reason ?? ""}`;
     }
+    case "state_checkpoint":
+      return `state up to #${e.seq} (${e.lines ?? 0} lines before)`;
     default:
       return assertNever(e);
   }

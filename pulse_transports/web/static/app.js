@@ -10,7 +10,9 @@
 //
 // Everything that comes from a run -- ids, names, messages, error details, metric
 // names -- is untrusted text: it is only ever put in the page with textContent or
-// setAttribute, never parsed as HTML.
+// setAttribute, never parsed as HTML -- and through shown(), which writes bidi controls
+// (right-to-left override and friends) as visible <U+202E> marks, so a run's text
+// cannot reverse or reorder what the page shows around it.
 "use strict";
 
 (function () {
@@ -288,8 +290,16 @@
 
   // -- rendering helpers ---------------------------------------------------------
 
-  function setText(node, value) {
+  // Bidi embeddings, overrides, isolates and marks (U+061C, 200E-200F, 202A-202E, 2066-2069).
+  const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
+
+  function shown(value) {
     const text = value === null || value === undefined ? "" : String(value);
+    return text.replace(BIDI_CONTROLS, (c) => `<U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}>`);
+  }
+
+  function setText(node, value) {
+    const text = shown(value);
     if (node.textContent !== text) node.textContent = text;
   }
 
@@ -301,7 +311,7 @@
   function make(tag, cls, text) {
     const node = document.createElement(tag);
     if (cls) node.className = cls;
-    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (text !== undefined && text !== null) node.textContent = shown(text);
     return node;
   }
 
@@ -360,7 +370,7 @@
   function renderCard(r) {
     const c = card(r.training_id);
     setText(c.name, r.name || r.training_id);
-    c.name.title = r.training_id;
+    c.name.title = shown(r.training_id);
     setText(c.status, statusText(r));
     setClass(c.status, "badge", statusClass(r));
     const live = livenessText(r);
@@ -373,10 +383,10 @@
     renderCardTimes(r, c);
     setText(c.short, r.name ? shortId(r.training_id) : "");
     c.short.hidden = !r.name; // a run without a name already shows its id
-    c.short.title = r.training_id;
+    c.short.title = shown(r.training_id);
     setText(c.flow, flowText(r.flow));
     c.flow.hidden = !r.flow;
-    if (r.flow) c.flow.title = [r.flow.flow_id, r.flow.flow_run_id, r.flow.flow_step_id].filter((v) => v).join(" / ");
+    if (r.flow) c.flow.title = shown([r.flow.flow_id, r.flow.flow_run_id, r.flow.flow_step_id].filter((v) => v).join(" / "));
     c.li.classList.toggle("selected", selected === r.training_id);
     c.li.classList.toggle("lost", live === "lost");
     return c;
@@ -639,7 +649,7 @@
         fold.append(make("summary", null, `${lines.length} lines`), make("pre", null, text));
         dd.appendChild(fold);
       } else if (typeof value === "string") {
-        dd.textContent = value;
+        dd.textContent = shown(value);
       } else if (value !== null && typeof value === "object") {
         dd.appendChild(make("pre", null, JSON.stringify(value, null, 2)));
       } else {
@@ -819,7 +829,7 @@
     for (const st of f.steps) {
       const chip = make("span", `badge outcome-${st.outcome}`,
         `${st.flow_step_id || "step"}${st.attempt_count > 1 ? ` ×${st.attempt_count}` : ""}`);
-      chip.title = `${st.flow_step_id || "step"}: ${st.outcome}, ${st.attempt_count} attempt(s)`;
+      chip.title = shown(`${st.flow_step_id || "step"}: ${st.outcome}, ${st.attempt_count} attempt(s)`);
       steps.appendChild(chip);
     }
     li.append(head, meta, steps);
@@ -874,7 +884,7 @@
     const td = row.insertCell();
     if (cls) td.className = cls;
     if (value instanceof Node) td.appendChild(value);
-    else td.textContent = value === null || value === undefined ? "" : String(value);
+    else td.textContent = shown(value);
     return td;
   }
 
@@ -913,7 +923,7 @@
         link.setAttribute("href", `#run=${encodeURIComponent(a.training_id || "")}`);
         link.append(make("span", null, a.name || a.training_id || ""));
         if (a.name && a.training_id) link.append(" ", make("code", "short-id", shortId(a.training_id)));
-        link.title = `open run ${a.training_id}`;
+        link.title = shown(`open run ${a.training_id}`);
         cell(row, link);
         cell(row, outcomeBadge(a.outcome));
         cell(row, fmtStart(a.started_at));
