@@ -30,13 +30,12 @@ def raise_open_files(wanted: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def share_descriptors(settings: HubSettings, http_wanted: int | None) -> tuple[HubSettings, int]:
+def share_descriptors(settings: HubSettings, http_wanted: int) -> tuple[HubSettings, int]:
     """Split the open-file limit between the web view and the hub socket.
 
     Args:
         settings: the hub's settings (its ``max_connections``).
-        http_wanted: the HTTP connection cap asked for (None: the default;
-            0: no web view).
+        http_wanted: the HTTP connection cap asked for (0: no web view).
 
     Returns:
         The settings with ``max_connections`` lowered to what the limit
@@ -46,10 +45,8 @@ def share_descriptors(settings: HubSettings, http_wanted: int | None) -> tuple[H
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     files = 1 << 20 if soft == resource.RLIM_INFINITY else soft
     http_cap = 0
-    if http_wanted != 0:
-        from pulse_transports.web.server import MAX_HTTP_CONNECTIONS  # the web extra
-
-        http_cap = min(http_wanted or MAX_HTTP_CONNECTIONS, max(8, files // 4))
+    if http_wanted > 0:
+        http_cap = min(http_wanted, max(8, files // 4))
     spare = max(16, files - http_cap - _RESERVED_FILES)
     if settings.max_connections > spare:
         settings = attrs.evolve(settings, max_connections=spare)

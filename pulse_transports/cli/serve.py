@@ -290,10 +290,13 @@ def serve(
             raise click.UsageError(
                 f"--http needs the web extra: pip install 'pulse-v2[web]' ({exc})"
             ) from None
+    http_wanted = 0
+    if http_address is not None:
+        from pulse_transports.web.server import MAX_HTTP_CONNECTIONS
+
+        http_wanted = http_max_connections or MAX_HTTP_CONNECTIONS
     raise_open_files(settings.max_connections + 64)
-    settings, http_cap = share_descriptors(
-        settings, http_max_connections if http_address is not None else 0
-    )
+    settings, http_cap = share_descriptors(settings, http_wanted)
     if homemode.others_can_read(config.home):
         log.warning(
             "pulse home can be entered by other users: their processes can read its runs "
