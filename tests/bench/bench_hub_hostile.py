@@ -7,7 +7,8 @@ loopback); the clients are threads and plain sockets of this process, whose
 open-file limit is raised to hold them.
 
 1. **hostile**: ``--hostile`` connections (default 1,000) of each kind are
-   opened and kept: half-open HTTP requests (a head never finished), producer
+   opened and kept (the hubs run with ``--no-token``, on loopback):
+   half-open HTTP requests (a head never finished), producer
    connections holding a partial line (4 KiB, never ended), and producer
    connections sending a line one byte over the 1 MiB frame limit (as much
    of it as the socket buffer takes). Meanwhile a well-behaved producer
@@ -71,7 +72,7 @@ class Hub(bench_hub.Hub):
         self.err_path = home.parent / f"hub-{time.monotonic_ns()}.err"
         self.err = self.err_path.open("wb")
         self.proc = subprocess.Popen(
-            [*_SERVE, "--home", str(home), "--http", "127.0.0.1:0", *args],
+            [*_SERVE, "--home", str(home), "--http", "127.0.0.1:0", "--no-token", *args],
             stdout=subprocess.PIPE,
             stderr=self.err,
             start_new_session=True,
