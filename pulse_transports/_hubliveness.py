@@ -19,6 +19,7 @@ from pulse_core._log import get_logger
 from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
 from pulse_core.state import RunState
 from pulse_transports._hubconn import HubConnections
+from pulse_transports._mailbox import trim_heap
 from pulse_transports.file import lock_path
 from pulse_transports.liveness import check_writer, run_liveness
 
@@ -28,6 +29,8 @@ log = get_logger("pulse.hub")
 #: checked again: the kernel closes a dead process's socket and releases its
 #: lock in no fixed order.
 _RECHECKS: Final = (0.0, 0.1, 0.3)
+#: Least seconds between two returns of freed memory to the system.
+TRIM_EVERY: Final = 5.0
 
 
 def liveness_now(
@@ -155,9 +158,19 @@ class HubLiveness(HubConnections):
 
     async def _watch_liveness(self) -> None:
         """Check the held runs' writers every tick, for the hub's life."""
+        subscribers, trimmed, pending = 0, 0.0, False
         while True:
             try:
                 await self.check_liveness()
+                # Ended runs, and lost ones silent as long, leave memory...
+                lost = {t for t, (live, _) in self.liveness.items() if live == LOST}
+                pending = bool(self.bus.expire(lost=lost)) or pending
+                pending = pending or self.bus.subscribers() < subscribers
+                subscribers = self.bus.subscribers()
+                now = time.monotonic()
+                if pending and now - trimmed > TRIM_EVERY:
+                    trimmed, pending = now, False  # ... and what they held goes back
+                    await asyncio.to_thread(trim_heap)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the watch must outlive one bad check

@@ -13,7 +13,7 @@ import attrs
 
 from pulse_core.errors import ConfigError
 from pulse_core.liveness import LOST_AFTER, STALE_AFTER
-from pulse_transports.inprocess import BUFFER, LIMIT, MAX_RUNS, RECENT
+from pulse_transports.inprocess import BUFFER, KEEP_ENDED, LIMIT, MAX_RUNS, RECENT
 from pulse_transports.wire import HANDSHAKE_TIMEOUT, LINE_TIMEOUT, MAX_FRAME, is_loopback
 
 #: Default most updates per second per run and stream, per subscriber.
@@ -51,6 +51,7 @@ class HubSettings:
         max_connections: connections beyond this are refused.
         recent: events kept in memory per run for resuming subscribers.
         max_runs: runs kept in memory.
+        keep_ended: seconds a run that ended (or is lost and silent) stays in memory.
         stale_after, lost_after: the liveness thresholds, seconds.
         liveness_tick: seconds between two checks of the held runs' writers.
         follow_home: follow every log in ``<home>/logs/training`` (else only
@@ -72,6 +73,7 @@ class HubSettings:
     max_connections: int = MAX_CONNECTIONS
     recent: int = RECENT
     max_runs: int = MAX_RUNS
+    keep_ended: float = KEEP_ENDED
     stale_after: float = STALE_AFTER
     lost_after: float = LOST_AFTER
     liveness_tick: float = LIVENESS_TICK

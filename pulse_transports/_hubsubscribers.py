@@ -9,19 +9,25 @@ event once for all subscribers. Must not be imported by :mod:`pulse_core`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Final
 
 from pulse_core._log import get_logger
-from pulse_core.codec import encode
 from pulse_core.events import Event
 from pulse_core.projections import to_view
 from pulse_transports._hubconn import Conn
 from pulse_transports._hubliveness import HubLiveness
 from pulse_transports.file import log_path
 from pulse_transports.follow import read_events
-from pulse_transports.inprocess import Item, StateSnapshot
+from pulse_transports.inprocess import (
+    BATCH_BYTES,
+    AsyncSubscription,
+    EncodedEvents,
+    Item,
+    StateSnapshot,
+)
 from pulse_transports.wire import (
     Hello,
     Live,
@@ -41,7 +47,7 @@ _BATCH: Final = 256
 class HubSubscribers(HubLiveness):
     """Subscriber connections (a base of :class:`~pulse_transports.hub.Hub`)."""
 
-    _encoded: dict[int, tuple[Event, bytes]]
+    _encoded: EncodedEvents
 
     async def _subscriber(self, conn: Conn, reader: asyncio.StreamReader, hello: Hello) -> None:
         scope = hello.training_id
@@ -76,10 +82,11 @@ class HubSubscribers(HubLiveness):
             "pulse subscriber connected", peer=conn.peer, training_id=scope, resume=len(resume)
         )
         watcher = asyncio.create_task(self._watch(conn, reader, sub.close))
+        sub.on_drop = functools.partial(self._drop, conn, sub)
         writer = conn.writer
         try:
             while True:
-                items = await sub.batch(_BATCH)
+                items = await sub.batch(_BATCH, BATCH_BYTES)
                 if not items:
                     return
                 writer.write(b"".join([self._line(item) for item in items]))
@@ -91,6 +98,20 @@ class HubSubscribers(HubLiveness):
             watcher.cancel()
             sub.close()
             log.info("pulse subscriber disconnected", peer=conn.peer)
+
+    def _drop(self, conn: Conn, sub: AsyncSubscription) -> None:
+        """The bus dropped a subscriber that fell behind: send its resync and close it.
+
+        Its task may be stuck waiting for the socket to drain: the resync is
+        queued behind what the socket holds, and the connection is closed
+        after it (cut if the peer does not read it within the grace).
+        """
+        with self.bus._lock:
+            items = sub.mailbox.take(self.bus._clock())
+        conn.writer.write(b"".join([self._line(item) for item in items]))
+        sub.close()
+        log.warning("pulse subscriber dropped: too slow; closing", peer=conn.peer)
+        conn.close()
 
     async def _watch(
         self, conn: Conn, reader: asyncio.StreamReader, on_end: Callable[[], None]
@@ -114,12 +135,4 @@ class HubSubscribers(HubLiveness):
             return live_line(item.runs, item.time or time.time())
         if isinstance(item, Resync):
             return resync_line(item.reason, item.buffered)
-        # Every subscriber gets the same event object: encode it once.
-        cached = self._encoded.get(id(item))
-        if cached is not None and cached[0] is item:
-            return cached[1]
-        line = encode(item)
-        if len(self._encoded) >= 4096:
-            self._encoded.clear()
-        self._encoded[id(item)] = (item, line)
-        return line
+        return self._encoded(item)  # every subscriber gets the same event: encoded once

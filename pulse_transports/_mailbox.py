@@ -2,18 +2,28 @@
 
 Private to :mod:`pulse_transports.inprocess`, which re-exports its public
 names (:class:`StateSnapshot`, :data:`Item`, the default limits); the
-delivery rules it implements are described there.
+delivery rules it implements are described there. Every bound is in items
+and in bytes (:func:`item_size`, an estimate of an item's encoded size). The
+module also holds :class:`EncodedEvents`, the cache through which the hub
+and the web stream encode each event once for all their subscribers.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import threading
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeAlias
 
 import attrs
+import orjson
 
 from pulse_core._log import get_logger
+from pulse_core.codec import encode, to_dict
 from pulse_core.events import (
     Event,
     Heartbeat,
@@ -31,8 +41,21 @@ log = get_logger("pulse.inprocess")
 BUFFER: Final = 1000
 #: Items a subscriber may have waiting before it is told to resync and dropped.
 LIMIT: Final = 10_000
+#: Bytes a subscriber may have waiting before its progress is coalesced.
+BUFFER_BYTES: Final = 4 << 20
+#: Bytes a subscriber may have waiting before it is told to resync and dropped.
+LIMIT_BYTES: Final = 16 << 20
+#: Bytes of items taken from a mailbox at once (what may wait in a socket's buffer).
+BATCH_BYTES: Final = 1 << 20
 #: Recent events kept per run for resuming subscribers.
 RECENT: Final = 256
+#: Bytes of recent events kept per run, and for all runs together.
+RECENT_BYTES: Final = 512 << 10
+RECENT_TOTAL: Final = 16 << 20
+#: Bytes of encoded events cached for subscribers (each also freed with its event).
+ENCODED_BYTES: Final = 8 << 20
+#: What a snapshot is counted as (a run's state: bounded lists and a few fields).
+SNAPSHOT_BYTES: Final = 4096
 #: Runs kept in memory (ended ones are forgotten first).
 MAX_RUNS: Final = 256
 #: Seconds an ended run stays in memory (and in new subscribers' snapshots).
@@ -57,6 +80,31 @@ _KIND_OF: Final[Mapping[type[Any], str]] = {
     Metrics: "metrics",
     Heartbeat: "heartbeat",
 }
+
+
+def item_size(item: Item) -> int:
+    """About how many bytes *item* takes, encoded or held (what the byte budgets count).
+
+    Progress and heartbeats are small and fixed; metrics grow with their
+    names; other events (status, error, meta, unknown types: they carry
+    free text and details) are measured as JSON, without the line bound.
+    """
+    cls = item.__class__
+    if cls is Progress or cls is Heartbeat:
+        return 256
+    if cls is Metrics:
+        assert isinstance(item, Metrics)
+        return 256 + 64 * (len(item.extra) + len(item.min) + len(item.max))
+    if isinstance(item, StateSnapshot):
+        return SNAPSHOT_BYTES
+    if isinstance(item, Live):
+        return 64 + 40 * len(item.runs)
+    if isinstance(item, Resync):
+        return 128
+    try:
+        return 64 + len(orjson.dumps(to_dict(item)))
+    except TypeError:  # a value orjson cannot write: the encoder will repair it
+        return 64 + len(encode(item))
 
 
 def coalesce_kind(event: Event) -> str | None:
@@ -117,15 +165,19 @@ class Mailbox:
         buffer: waiting items above which rate-limited values stay held.
         limit: waiting items above which the subscriber is dropped.
         training_id: the one run this subscriber wants (None: all).
+        buffer_bytes, limit_bytes: the same two bounds in bytes (:func:`item_size`).
     """
 
     __slots__ = (
         "buffer",
+        "buffer_bytes",
         "coalesced",
         "floor",
         "interval",
         "limit",
+        "limit_bytes",
         "lines",
+        "nbytes",
         "overflowed",
         "ready",
         "sent_at",
@@ -134,12 +186,22 @@ class Mailbox:
     )
 
     def __init__(
-        self, interval: float, buffer: int, limit: int, training_id: str | None = None
+        self,
+        interval: float,
+        buffer: int,
+        limit: int,
+        training_id: str | None = None,
+        *,
+        buffer_bytes: int = BUFFER_BYTES,
+        limit_bytes: int = LIMIT_BYTES,
     ) -> None:
         self.interval = interval
         self.buffer = buffer
         self.limit = limit
+        self.buffer_bytes = buffer_bytes
+        self.limit_bytes = limit_bytes
         self.training_id = training_id
+        self.nbytes = 0  # of the items in ready and the live events in lines
         self.ready: deque[Item] = deque()
         self.lines: dict[str, _Line] = {}
         self.waiting = 0  # live events in lines
@@ -157,6 +219,7 @@ class Mailbox:
     def push(self, item: Item) -> None:
         """Queue a catch-up item (snapshot, missed event, marker) as is."""
         self.ready.append(item)
+        self.nbytes += item_size(item)
         if isinstance(item, Event):
             self.floor[item.training_id] = max(self.floor.get(item.training_id, 0), item.seq)
 
@@ -168,10 +231,9 @@ class Mailbox:
         after the snapshot that says the run is lost.
         """
         tid = snapshot.training_id
-        line = self.lines.pop(tid, None)
-        if line is not None:
-            self.waiting -= len(line.events) - line.dead
+        self._drop_line(tid)
         self.ready.append(snapshot)
+        self.nbytes += item_size(snapshot)
         self.floor[tid] = max(self.floor.get(tid, 0), snapshot.state.last_seq)
 
     def offer(self, event: Event, now: float) -> bool:
@@ -183,10 +245,12 @@ class Mailbox:
             return False
         kind = coalesce_kind(event)
         line = self.lines.get(tid)
+        size = item_size(event)
         if line is None:
-            if kind is None or (len(self.ready) < self.buffer and self._due(tid, kind, now)):
+            if kind is None or (not self._full() and self._due(tid, kind, now)):
                 self.ready.append(event)
-                if kind is None and len(self.ready) + self.waiting > self.limit:
+                self.nbytes += size
+                if kind is None and self._over():
                     self._overflow()
                 return True
             line = self.lines[tid] = _Line()
@@ -194,9 +258,11 @@ class Mailbox:
         else:
             woken = False
         if kind is not None:
-            if kind in line.latest:
+            old = line.latest.get(kind)
+            if old is not None:
                 line.dead += 1
                 self.waiting -= 1
+                self.nbytes -= item_size(old)
                 self.coalesced += 1
             line.latest[kind] = event
         else:
@@ -204,11 +270,20 @@ class Mailbox:
             line.urgent.append(now)
         line.events.append(event)
         self.waiting += 1
+        self.nbytes += size
         woken = self._advance(tid, line, now) or woken
-        if len(self.ready) + self.waiting > self.limit:
+        if self._over():
             self._overflow()
             return True
         return woken
+
+    def _full(self) -> bool:
+        """True if rate-limited values must stay held (the consumer is behind)."""
+        return len(self.ready) >= self.buffer or self.nbytes >= self.buffer_bytes
+
+    def _over(self) -> bool:
+        """True if the subscriber is past its bound and must be dropped."""
+        return len(self.ready) + self.waiting > self.limit or self.nbytes > self.limit_bytes
 
     def _due(self, training_id: str, kind: str, now: float, force: bool = False) -> bool:
         """True (and noted as sent) if a value of this stream may (or, forced, must) go now."""
@@ -239,7 +314,7 @@ class Mailbox:
                     events.popleft()
                     line.dead -= 1
                     continue
-                if len(ready) >= self.buffer or not self._due(training_id, kind, now, force):
+                if self._full() or not self._due(training_id, kind, now, force):
                     break
                 del latest[kind]
             else:
@@ -258,26 +333,34 @@ class Mailbox:
     def _overflow(self) -> None:
         waiting = len(self.ready) + self.waiting
         self.overflowed = True
+        nbytes = self.nbytes
         self.ready.clear()
         self.lines.clear()
         self.waiting = 0
-        self.ready.append(
-            Resync(reason=f"subscriber fell behind: {waiting} items waiting", buffered=waiting)
+        resync = Resync(
+            reason=f"subscriber fell behind: {waiting} items ({nbytes} bytes) waiting",
+            buffered=waiting,
         )
+        self.ready.append(resync)
+        self.nbytes = item_size(resync)
 
-    def take(self, now: float, limit: int = 1 << 30) -> list[Item]:
-        """Remove and return up to *limit* items due now, oldest first."""
+    def take(self, now: float, limit: int = 1 << 30, max_bytes: int = 1 << 62) -> list[Item]:
+        """Remove and return items due now, oldest first: at most *limit* of them and,
+        beyond the first, at most *max_bytes* together."""
         ready = self.ready
-        if self.lines and len(ready) < self.buffer:
+        if self.lines and not self._full():
             for tid in list(self.lines):
                 self._advance(tid, self.lines[tid], now)
-        if not ready:
-            return []
-        if len(ready) <= limit:
-            items = list(ready)
-            ready.clear()
-            return items
-        return [ready.popleft() for _ in range(limit)]
+        items: list[Item] = []
+        taken = 0
+        while ready and len(items) < limit:
+            size = item_size(ready[0])
+            if items and taken + size > max_bytes:
+                break
+            items.append(ready.popleft())
+            taken += size
+        self.nbytes -= taken
+        return items
 
     def next_due(self) -> float | None:
         """When the earliest held value becomes due, or None."""
@@ -294,11 +377,18 @@ class Mailbox:
                 due = when
         return due
 
-    def forget(self, training_id: str) -> None:
-        """Drop a run's held events and rate state (the bus forgot the run)."""
+    def _drop_line(self, training_id: str) -> None:
+        """Drop what of a run is held back."""
         line = self.lines.pop(training_id, None)
         if line is not None:
-            self.waiting -= len(line.events) - line.dead
+            latest = line.latest
+            live = [e for e in line.events if (k := coalesce_kind(e)) is None or latest.get(k) is e]
+            self.waiting -= len(live)
+            self.nbytes -= sum(item_size(e) for e in live)
+
+    def forget(self, training_id: str) -> None:
+        """Drop a run's held events and rate state (the bus forgot the run)."""
+        self._drop_line(training_id)
         self.floor.pop(training_id, None)  # the bus's own seq check takes over
         for key in [k for k in self.sent_at if k[0] == training_id]:
             del self.sent_at[key]
@@ -321,3 +411,90 @@ def replay(
                 missed[seq] = event
     for seq in sorted(missed):
         mailbox.push(missed[seq])
+
+
+class EncodedEvents:
+    """Every subscriber sends the same event: encode it once, for as long as it is held.
+
+    A line is cached while its event object lives (a weak reference drops
+    the entry with the event: when the run's recent events and every
+    mailbox let go of it) and while the cache holds at most *max_bytes* of
+    lines (the oldest go first); a line longer than an eighth of that is
+    never cached. Thread-safe.
+
+    Args:
+        max_bytes: the most bytes of lines kept.
+    """
+
+    def __init__(self, max_bytes: int = ENCODED_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._lines: dict[int, tuple[weakref.ref[Event], bytes]] = {}
+        self._lock = threading.Lock()
+        self._dead: list[tuple[int, weakref.ref[Event]]] = []
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __call__(self, event: Event) -> bytes:
+        """The event's line (newline included)."""
+        key = id(event)
+        hit = self._lines.get(key)
+        if hit is not None and hit[0]() is event:
+            return hit[1]
+        line = encode(event)
+        if len(line) > self.max_bytes // 8:
+            return line
+        ref = weakref.ref(event, functools.partial(self._gone, key))
+        with self._lock:
+            self._purge()
+            self._drop(key)
+            self._lines[key] = (ref, line)
+            self.nbytes += len(line)
+            while self.nbytes > self.max_bytes:
+                self._drop(next(iter(self._lines)))
+        return line
+
+    def _drop(self, key: int) -> None:
+        entry = self._lines.pop(key, None)
+        if entry is not None:
+            self.nbytes -= len(entry[1])
+
+    def _gone(self, key: int, ref: weakref.ref[Event]) -> None:
+        """An event was freed: drop its line (at the next call if the lock is busy)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                entry = self._lines.get(key)
+                if entry is not None and entry[0] is ref:
+                    self._drop(key)
+            finally:
+                self._lock.release()
+        else:
+            self._dead.append((key, ref))
+
+    def _purge(self) -> None:
+        while self._dead:
+            key, ref = self._dead.pop()
+            entry = self._lines.get(key)
+            if entry is not None and entry[0] is ref:
+                self._drop(key)
+
+
+_LIBC: Final = ctypes.util.find_library("c")
+
+
+def trim_heap() -> bool:
+    """Give freed heap memory back to the system (glibc's ``malloc_trim``), if possible.
+
+    Large event texts are malloc'ed; once freed (runs expired, a subscriber
+    gone) glibc keeps the pages unless asked. Returns False where there is no
+    such call (another C library).
+    """
+    if _LIBC is None:
+        return False
+    try:
+        trim = ctypes.CDLL(_LIBC).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True

@@ -146,6 +146,22 @@ def check_table(
     return checked
 
 
+def check_limits(what: str, limits: Mapping[str, tuple[float, float | None]]) -> None:
+    """The one limit checker: each option's value is at least its least (None: above 0).
+
+    *limits* maps an option's name to ``(value, least)``; *what* names the
+    table in messages (``transport 'nats'``).
+
+    Raises:
+        ConfigError: naming the first option out of bounds and its limit.
+    """
+    for key, (value, least) in limits.items():
+        if least is None and not value > 0:
+            raise ConfigError(f"option {key!r} of {what} must be positive, got {value!r}")
+        if least is not None and not value >= least:
+            raise ConfigError(f"option {key!r} of {what} must be at least {least:g}, got {value!r}")
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:

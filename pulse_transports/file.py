@@ -484,13 +484,3 @@ def _child_env() -> dict[str, str]:
             dict.fromkeys([*roots, *filter(None, old.split(os.pathsep))])
         ),
     }
-
-
-def __getattr__(name: str) -> Any:
-    """``V1SnapshotSink`` moved to :mod:`pulse_transports.v1.sink`; installs made
-    before the move still name ``pulse_transports.file:V1SnapshotSink``."""
-    if name == "V1SnapshotSink":
-        from pulse_transports.v1.sink import V1SnapshotSink
-
-        return V1SnapshotSink
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -60,7 +60,6 @@ from typing import Any, Final
 
 from pulse_core._log import get_logger
 from pulse_core.errors import PulseError
-from pulse_core.events import Event
 from pulse_core.liveness import Liveness
 from pulse_transports._homefeed import HomeFeed
 from pulse_transports._hubconn import CHUNK, Conn
@@ -72,7 +71,7 @@ from pulse_transports._hubsubscribers import HubSubscribers
 from pulse_transports.file import log_dir, log_path, writer_alive
 from pulse_transports.follow import read_events
 from pulse_transports.homemode import make_dirs
-from pulse_transports.inprocess import Bus
+from pulse_transports.inprocess import Bus, EncodedEvents
 from pulse_transports.wire import Address, error_line
 
 __all__ = [
@@ -125,6 +124,7 @@ class Hub(HubSubscribers, HubProducers):
             limit=settings.subscriber_limit,
             recent=settings.recent,
             max_runs=settings.max_runs,
+            keep_ended=settings.keep_ended,
             clock=clock,
             timer=False,
         )
@@ -135,7 +135,7 @@ class Hub(HubSubscribers, HubProducers):
         self._owners = RunOwners()
         self._socket_inode: int | None = None
         self._closing = False
-        self._encoded: dict[int, tuple[Event, bytes]] = {}
+        self._encoded = EncodedEvents()
         self.refused = 0
         self.held = 0
         self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="pulse-hub")

@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final
 
 from pulse_core._log import get_logger
@@ -55,11 +55,17 @@ from pulse_core.events import (
 from pulse_core.policy import LIVE_INTERVAL
 from pulse_core.state import RunState
 from pulse_transports._mailbox import (
+    BATCH_BYTES,
     BUFFER,
+    BUFFER_BYTES,
     KEEP_ENDED,
     LIMIT,
+    LIMIT_BYTES,
     MAX_RUNS,
     RECENT,
+    RECENT_BYTES,
+    RECENT_TOTAL,
+    EncodedEvents,
     Item,
     Mailbox,
     StateSnapshot,
@@ -70,18 +76,25 @@ from pulse_transports._subscriptions import (
     CallbackSubscription,
     _Run,
     _Subscription,
+    _Timer,
 )
 from pulse_transports.wire import Live
 
 __all__ = [
+    "BATCH_BYTES",
     "BUFFER",
+    "BUFFER_BYTES",
     "KEEP_ENDED",
     "LIMIT",
+    "LIMIT_BYTES",
     "MAX_RUNS",
     "RECENT",
+    "RECENT_BYTES",
+    "RECENT_TOTAL",
     "AsyncSubscription",
     "Bus",
     "CallbackSubscription",
+    "EncodedEvents",
     "InProcessSink",
     "Item",
     "StateSnapshot",
@@ -101,7 +114,9 @@ class Bus:
         limit: per-subscriber waiting items above which it is dropped.
         recent: events kept per run for resuming subscribers.
         max_runs: runs kept in memory.
-        keep_ended: seconds an ended run is kept.
+        keep_ended: seconds an ended run (or a lost one, see :meth:`expire`) is kept.
+        buffer_bytes, limit_bytes: *buffer* and *limit* in bytes.
+        recent_bytes, recent_total: bytes of recent events kept per run and in all.
         clock: the monotonic clock (tests pass a fake one).
         timer: run the thread that delivers trailing values to callback
             subscribers (tests may call :meth:`tick` instead).
@@ -118,6 +133,10 @@ class Bus:
         keep_ended: float = KEEP_ENDED,
         clock: Callable[[], float] = time.monotonic,
         timer: bool = True,
+        buffer_bytes: int = BUFFER_BYTES,
+        limit_bytes: int = LIMIT_BYTES,
+        recent_bytes: int = RECENT_BYTES,
+        recent_total: int = RECENT_TOTAL,
     ) -> None:
         if buffer < 1 or limit < buffer:
             raise ValueError("need 1 <= buffer <= limit")
@@ -127,15 +146,17 @@ class Bus:
         self.recent = recent
         self.max_runs = max_runs
         self.keep_ended = keep_ended
+        self.buffer_bytes = buffer_bytes
+        self.limit_bytes = limit_bytes
+        self.recent_bytes = recent_bytes
+        self.recent_total = recent_total
+        self.recent_used = 0  # bytes of recent events held, all runs
         self._clock = clock
         self._lock = threading.RLock()
         self._runs: dict[str, _Run] = {}
         self._subs: list[_Subscription] = []
         self._use_timer = timer
-        self._timer: threading.Thread | None = None
-        self._timer_cond = threading.Condition(threading.Lock())
-        self._timer_dirty = False
-        self._closed = False
+        self._timer = _Timer(self)
         self.published = 0
         self.duplicates = 0
         self.overflows = 0
@@ -161,7 +182,7 @@ class Bus:
                 self.duplicates += 1
                 return False
             run.folder.apply(event)
-            run.recent.append(event)
+            self._keep(run, event)
             run.touched = now
             if (
                 isinstance(event, StatusChanged)
@@ -183,9 +204,22 @@ class Bus:
                         )
         for sub in woken:
             sub.wake()
-            if sub.mailbox.overflowed:
+            if sub.mailbox.overflowed and sub in self._subs:
                 self._detach(sub)
+                sub.dropped()
         return True
+
+    def _keep(self, run: _Run, event: Event) -> None:
+        """Keep *event* among its run's recent ones, within the per-run and total budgets."""
+        self.recent_used += run.keep(event, self.recent, self.recent_bytes)
+        if self.recent_used > self.recent_total:
+            # Ended runs' oldest events go first, then the least recently active runs'.
+            target = self.recent_total * 9 // 10
+            for other in sorted(self._runs.values(), key=lambda r: (r.ended_at is None, r.touched)):
+                while other.recent and self.recent_used > target:
+                    self.recent_used -= other.drop_oldest()
+                if self.recent_used <= target:
+                    return
 
     def seed(self, training_id: str, events: Iterable[Event]) -> int | None:
         """Load a run's past (its log) if the bus does not hold the run yet.
@@ -200,35 +234,47 @@ class Bus:
                     run = self._add_run(training_id, self._clock())
                     for event in past:
                         run.folder.apply(event)
-                        run.recent.append(event)
+                        self._keep(run, event)
                     if run.folder.state.is_terminal:
                         run.ended_at = run.touched
             return self.last_seq(training_id)
 
     def _add_run(self, training_id: str, now: float) -> _Run:
         self._forget_old(now)
-        run = self._runs[training_id] = _Run(self.recent, now)
+        run = self._runs[training_id] = _Run(now)
         return run
 
-    def _forget_old(self, now: float) -> None:
-        """Keep at most max_runs - 1 runs: ended ones (oldest) go first."""
+    def expire(self, lost: Collection[str] = ()) -> int:
+        """Forget the runs that ended more than ``keep_ended`` seconds ago; how many.
+
+        Args:
+            lost: runs known to be lost (their writer is gone): forgotten
+                once silent for ``keep_ended`` seconds too.
+        """
+        with self._lock:
+            return self._forget_old(self._clock(), lost, room=False)
+
+    def _forget_old(self, now: float, lost: Collection[str] = (), *, room: bool = True) -> int:
+        """Forget expired runs; with *room*, also the oldest beyond max_runs - 1."""
         runs = self._runs
         expired = [
             tid
             for tid, run in runs.items()
-            if run.ended_at is not None and now - run.ended_at > self.keep_ended
+            if now - (run.touched if run.ended_at is None else run.ended_at) > self.keep_ended
+            and (run.ended_at is not None or tid in lost)
         ]
         excess = len(runs) - len(expired) - (self.max_runs - 1)
-        if excess > 0:
+        if room and excess > 0:
             rest = sorted(
                 (tid for tid in runs if tid not in expired),
                 key=lambda t: (runs[t].ended_at is None, runs[t].touched),
             )
             expired.extend(rest[:excess])
         for tid in expired:
-            del runs[tid]
+            self.recent_used -= runs.pop(tid).nbytes
             for sub in self._subs:
                 sub.mailbox.forget(tid)
+        return len(expired)
 
     # -- reading ---------------------------------------------------------------
 
@@ -276,8 +322,7 @@ class Bus:
 
     def subscribers(self) -> int:
         """How many subscriptions are attached."""
-        with self._lock:
-            return len(self._subs)
+        return len(self._subs)  # a list's length is read atomically
 
     # -- subscribing -----------------------------------------------------------
 
@@ -302,7 +347,7 @@ class Bus:
         sub = CallbackSubscription(self, mailbox, callback)
         self._attach(sub, resume or {}, {}, marker=False)
         if self._use_timer:
-            self._start_timer()
+            self._timer.start()
         sub.deliver()
         return sub
 
@@ -332,7 +377,12 @@ class Bus:
 
     def _mailbox(self, training_id: str | None, interval: float | None) -> Mailbox:
         return Mailbox(
-            self.interval if interval is None else interval, self.buffer, self.limit, training_id
+            self.interval if interval is None else interval,
+            self.buffer,
+            self.limit,
+            training_id,
+            buffer_bytes=self.buffer_bytes,
+            limit_bytes=self.limit_bytes,
         )
 
     def _attach(
@@ -394,48 +444,13 @@ class Bus:
             ]
         return min(dues) if dues else None
 
-    def _start_timer(self) -> None:
-        with self._timer_cond:
-            if self._timer is None and not self._closed:
-                self._timer = threading.Thread(
-                    target=self._run_timer, name="pulse-bus", daemon=True
-                )
-                self._timer.start()
-
-    def _timer_wake(self) -> None:
-        with self._timer_cond:
-            self._timer_dirty = True
-            self._timer_cond.notify()
-
-    def _run_timer(self) -> None:
-        cond = self._timer_cond
-        while True:
-            with cond:
-                self._timer_dirty = False
-            due = self._next_due()
-            with cond:
-                if self._closed:
-                    return
-                # A value held after _next_due() looked sets the dirty flag:
-                # look again instead of sleeping past its deadline.
-                if not self._timer_dirty:
-                    wait = None if due is None else max(0.0, due - self._clock())
-                    if wait is None or wait > 0:
-                        cond.wait(wait)
-            try:
-                self.tick()
-            except Exception:  # the timer thread must never die
-                log.exception("pulse bus timer failed")
-
     def close(self) -> None:
         """Detach every subscriber and stop the timer thread."""
         with self._lock:
             subs = list(self._subs)
         for sub in subs:
             sub.close()
-        with self._timer_cond:
-            self._closed = True
-            self._timer_cond.notify()
+        self._timer.close()
 
 
 _default_bus: Bus | None = None

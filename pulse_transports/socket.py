@@ -43,8 +43,9 @@ from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
-from pulse_core.policy import CONNECT_BACKOFF, Retry, sampled
-from pulse_transports._sender import BackgroundSender
+from pulse_core.policy import CONNECT_BACKOFF, BoundedBuffer, Retry, sample_kind, sampled
+from pulse_transports._sender import BackgroundSender, shed_details
+from pulse_transports.config import check_limits
 from pulse_transports.hubtoken import client_token
 from pulse_transports.wire import (
     ENV_TOKEN,
@@ -96,7 +97,7 @@ class _ProbeRetry(Retry):
         return super().failed(now, u)
 
 
-class SocketSink(BackgroundSender):
+class SocketSink(BackgroundSender[Event]):
     """Sends a run's events to a PULSE hub (the ``socket`` transport).
 
     Args:
@@ -155,11 +156,13 @@ class SocketSink(BackgroundSender):
             self.address = Address(host=host, port=port)
         else:
             self.address = Address(path=Path(path) if path else default_socket_path(home))
-        if queue < 16:
-            raise ConfigError(
-                f"option 'queue' of transport 'socket' must be at least 16, got {queue}"
-            )
-        super().__init__(log=log, queue=queue, close_timeout=close_timeout, label="socket sink")
+        check_limits("transport 'socket'", {"queue": (queue, 16)})
+        super().__init__(
+            log=log,
+            buffer=BoundedBuffer(queue, key=sample_kind),
+            close_timeout=close_timeout,
+            label="socket sink",
+        )
         self.home = home  # over TCP without a token: <home>/hub.token's, read at each connect
         self.token = token if token is not None else (os.environ.get(ENV_TOKEN) or None)
         self.interval = interval
@@ -217,6 +220,10 @@ class SocketSink(BackgroundSender):
             error=f"{type(exc).__name__}: {exc}",
         )
 
+    def prepare(self, event: Event) -> Event:
+        """The event itself is queued (encoded when sent, to the hub's frame limit)."""
+        return event
+
     def connect(self) -> None:
         """Connect to the hub, say hello and read its welcome."""
         path = self.address.path
@@ -266,13 +273,7 @@ class SocketSink(BackgroundSender):
             return line
         if isinstance(event, ErrorReported):
             # An error is never dropped: shed its details to fit the frame.
-            line = encode(
-                attrs.evolve(
-                    event,
-                    message=event.message[:1000],
-                    details={"pulse_truncated": f"details were {len(line)} bytes; too large"},
-                )
-            )
+            line = encode(shed_details(event, len(line)))
             if len(line) <= self.max_frame:
                 return line
         self.dropped += 1

@@ -16,14 +16,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any, Final, SupportsFloat, SupportsInt
 
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 from pulse_core.codec import bound_event
 from pulse_core.emitter._hooks import _quietly, _register, _watch_signals
 from pulse_core.emitter._ids import new_training_id
 from pulse_core.emitter._lifecycle import _RunLifecycle
+from pulse_core.emitter._metrics import _DROPPED_NAMES_MAX, _METRIC_NAMES_MAX, _Bounds
 from pulse_core.emitter._route import _Route
 from pulse_core.emitter._settings import (
     ENV_ATTEMPT,
@@ -52,7 +53,7 @@ from pulse_core.emitter._value import (
     _as_opt_text,
     _swallowed,
 )
-from pulse_core.emitter._writer import _DROPPED_NAMES_MAX, _INF, _METRIC_NAMES_MAX
+from pulse_core.emitter._writer import _INF
 from pulse_core.errors import PulseError
 from pulse_core.events import Metrics, Progress, RunMeta, validate_training_id
 from pulse_core.policy import CLOSE_TIMEOUT, FLOOD_BURST, HEARTBEAT_INTERVAL
@@ -63,7 +64,7 @@ log = get_logger("pulse.emitter")
 _PROGRESS_FIELDS: Final = ("epoch", "total_epochs", "step", "total_steps")
 
 
-class TrainingRun(_RunLifecycle):
+class TrainingRun(ClosesOnExit, _RunLifecycle):
     """One training run, reported to the configured sinks.
 
     Use it as a context manager (``with TrainingRun(...) as run:``) or call
@@ -229,8 +230,7 @@ class TrainingRun(_RunLifecycle):
         self._mgen = 0
         # Exact min/max of every metrics() call, per metric name (13.14);
         # names past the cap are counted, not kept (13.10).
-        self._loss_bounds: list[float] = [_INF, -_INF]
-        self._bounds: dict[str, list[float]] = {"loss": self._loss_bounds}
+        self._bounds = _Bounds()
         self._names_dropped: set[str] = set()
         self._latest_progress: Progress | None = None
         self._latest_metrics: Metrics | None = None
@@ -353,28 +353,25 @@ class TrainingRun(_RunLifecycle):
         """
         try:
             m = self._m
+            # Exact best/worst of every call (13.14); other number types
+            # than float and int are compared when the event is built.
+            note = self._bounds.note
             if loss is None:
                 loss = m[0]
-            elif loss.__class__ is float or loss.__class__ is int:
-                # Exact best/worst of every call (13.14): two compares; NaN
-                # compares false. Other number types are compared in _build.
-                b = self._loss_bounds
-                if loss < b[0]:  # noqa: PLR1730 - min() costs a call on the hot path
-                    b[0] = loss
-                if loss > b[1]:  # noqa: PLR1730
-                    b[1] = loss
+            else:
+                note("loss", loss)
             if time_per_epoch is None:
                 time_per_epoch = m[1]
             else:
-                self._bound("time_per_epoch", time_per_epoch)
+                note("time_per_epoch", time_per_epoch)
             if samples_per_second is None:
                 samples_per_second = m[2]
             else:
-                self._bound("samples_per_second", samples_per_second)
+                note("samples_per_second", samples_per_second)
             if tokens_per_second is None:
                 tokens_per_second = m[3]
             else:
-                self._bound("tokens_per_second", tokens_per_second)
+                note("tokens_per_second", tokens_per_second)
             named = m[4]
             if extra:
                 named = {**named, **extra}  # copied: a reader may hold the old one
@@ -412,20 +409,9 @@ class TrainingRun(_RunLifecycle):
 
     # -- ending -----------------------------------------------------------------
 
-    def __enter__(self) -> TrainingRun:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if exc is not None:
-                self.fail_with(exc)
-        finally:
-            self.close()
+    def exited_with(self, exc: BaseException) -> None:
+        """An exception left the ``with`` block: the run ends by it (see fail_with)."""
+        self.fail_with(exc)
 
     def _progress_coerced(self, *given: Any) -> None:
         """progress() whose arguments raised: whole numbers kept, the rest dropped."""
@@ -448,22 +434,6 @@ class TrainingRun(_RunLifecycle):
                 self._pump_soon()
         except Exception as exc:  # noqa: BLE001 - reporting never raises into training
             _swallowed("progress", exc)
-
-    def _bound(self, name: str, value: Any) -> None:
-        # Plain floats and ints only (cheap, exact); others are compared when
-        # the event is built. NaN compares false and never becomes a bound.
-        if value.__class__ is not float and value.__class__ is not int:
-            return
-        bounds = self._bounds.get(name)
-        if bounds is None:
-            if len(self._bounds) > _METRIC_NAMES_MAX + 4 or value != value:
-                return
-            self._bounds[name] = [value, value]
-            return
-        if value < bounds[0]:  # noqa: PLR1730 - called per metrics() argument: no min() call
-            bounds[0] = value
-        if value > bounds[1]:  # noqa: PLR1730
-            bounds[1] = value
 
     def _cap_names(self, named: dict[str, Any]) -> dict[str, Any]:
         """Keep the first ``_METRIC_NAMES_MAX`` names; count (and warn once about) the rest."""

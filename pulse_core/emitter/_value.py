@@ -223,24 +223,3 @@ def _swallowed(where: str, exc: BaseException) -> None:
         call=where,
         error=f"{type(exc).__name__}: {_as_text(exc)[:200]}",
     )
-
-
-def min_max(
-    bounds: dict[str, list[float]], values: Mapping[str, float | None], most: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The run's min and max per metric, folding *values* into *bounds* (at most *most* names)."""
-    lows: dict[str, float] = {}
-    highs: dict[str, float] = {}
-    for name, value in values.items():
-        pair = bounds.get(name)
-        if value is not None and value == value:
-            if pair is None:
-                if len(bounds) > most:
-                    continue
-                pair = bounds[name] = [value, value]
-            # A numpy/torch value the hot path did not compare is folded in here.
-            pair[0] = min(pair[0], value)
-            pair[1] = max(pair[1], value)
-        if pair is not None and pair[0] <= pair[1]:  # not the empty [inf, -inf]
-            lows[name], highs[name] = pair[0], pair[1]
-    return lows, highs

@@ -20,8 +20,9 @@ from typing import Any, Final
 from pulse_core._log import get_logger
 from pulse_core.codec import bound_event
 from pulse_core.emitter._hooks import _quietly
+from pulse_core.emitter._metrics import _Bounds, _metric_fields
 from pulse_core.emitter._route import _Route
-from pulse_core.emitter._value import _as_float, _as_int, _as_text, min_max
+from pulse_core.emitter._value import _as_int
 from pulse_core.events import (
     TERMINAL_STATUSES,
     Dropped,
@@ -33,12 +34,9 @@ from pulse_core.events import (
     StatusChanged,
 )
 from pulse_core.policy import FLOOD_BURST, background_tick
-from pulse_core.state import MAX_METRIC_NAMES
 
 log = get_logger("pulse.emitter")
 
-_METRIC_NAMES_MAX: Final = MAX_METRIC_NAMES  # extra names; loss and named metrics always kept
-_DROPPED_NAMES_MAX: Final = 10_000  # distinct dropped names counted (bounded memory)
 _INF: Final = float("inf")
 #: Seconds the writer lets hand-overs gather after a wake-up before writing.
 _BATCH_WAIT: Final = 0.005
@@ -88,8 +86,7 @@ class _RunWriter:
     _mdirty: bool
     _pgen: int
     _mgen: int
-    _loss_bounds: list[float]
-    _bounds: dict[str, list[float]]
+    _bounds: _Bounds
     _names_dropped: set[str]
     _latest_progress: Progress | None
     _latest_metrics: Metrics | None
@@ -311,31 +308,12 @@ class _RunWriter:
             )
         if self._mdirty:
             self._mdirty = False
-            loss, tpe, sps, tps, named = self._m
             self._mgen += 1
-            extra: dict[str, float] = {}
-            for key, value in list(named.items())[:_METRIC_NAMES_MAX]:
-                number = _as_float(value)
-                if number is not None:
-                    extra[_as_text(key)[:200]] = number
-            given = {
-                "loss": _as_float(loss),
-                "time_per_epoch": _as_float(tpe),
-                "samples_per_second": _as_float(sps),
-                "tokens_per_second": _as_float(tps),
-            }
-            lows, highs = min_max(self._bounds, {**given, **extra}, _METRIC_NAMES_MAX + 4)
             self._latest_metrics = Metrics(
                 training_id=self.training_id,
                 seq=self._next_seq(),
                 timestamp=self._wall(),
-                loss=given["loss"],
-                time_per_epoch=given["time_per_epoch"],
-                samples_per_second=given["samples_per_second"],
-                tokens_per_second=given["tokens_per_second"],
-                extra=extra,
-                min=lows,
-                max=highs,
+                **_metric_fields(self._m, self._bounds),
                 names_dropped=len(self._names_dropped) or None,
             )
 

@@ -198,12 +198,9 @@ async def _watch(
         record = await source.aload_run(found.training_id)
     watch = NatsWatch(source, record)
     screen = _Screen(Console(highlight=False), cast(Any, watch), as_json)
-    screen.emit("start")
-    if once:
-        screen.finish()
-        return 0
-    if watch.liveness in ("ended", "lost"):
-        return screen.finish()
+    done = screen.start(once)
+    if done is not None:
+        return done
     deadline = None if timeout is None else time.monotonic() + timeout
     async with source.session(reconnect=True) as js:
         reader = StreamReader(

@@ -65,6 +65,7 @@ HUB_KEYS: Final[Mapping[str, type]] = {
     "subscriber_buffer": int,
     "subscriber_limit": int,
     "max_connections": int,
+    "keep_ended": float,
 }
 
 
@@ -210,6 +211,12 @@ def rate_option(func: F) -> F:
     help="HTTP connections beyond this are answered 503 (counted apart from the hub "
     "socket's; at most a quarter of the open-file limit) [default: 256].",
 )
+@click.option(
+    "--keep-ended",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a run that ended (or was lost) stays in the hub's memory [default: 3600].",
+)
 def serve(
     home: Path | None,
     socket_path: Path | None,
@@ -226,6 +233,7 @@ def serve(
     subscriber_limit: int | None,
     max_connections: int | None,
     http_max_connections: int | None,
+    keep_ended: float | None,
 ) -> None:
     """Run the hub: producers push run events, UIs subscribe to them live.
 
@@ -261,6 +269,7 @@ def serve(
         "subscriber_buffer": subscriber_buffer,
         "subscriber_limit": subscriber_limit,
         "max_connections": max_connections,
+        "keep_ended": keep_ended,
     }
     http_address = None
     if http:

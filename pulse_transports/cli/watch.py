@@ -31,10 +31,11 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import click
 
+from pulse_core.closing import ClosesOnExit
 from pulse_transports.cli._common import EXIT_FAILED, EXIT_NOT_FOUND, main, resolve_config
 from pulse_transports.cli._source import file_only, source_options
 from pulse_transports.cli.ls import (
@@ -68,7 +69,7 @@ def eta_of(row: dict[str, Any], now: float) -> float | None:
     return float(elapsed * (1.0 - fraction) / fraction)
 
 
-class RunWatch:
+class RunWatch(ClosesOnExit):
     """Follow one run and tell what changed: the logic of ``watch``, no drawing.
 
     Args:
@@ -166,7 +167,7 @@ class RunWatch:
         self.follower.close()
 
 
-def _pick(home: Path, stale_after: float, lost_after: float, wait: float | None) -> Any:
+def _pick(home: Path, wait: float | None, thresholds: dict[str, Any]) -> Any:
     """The most recently active live run, waiting up to *wait* seconds for one."""
     from pulse_transports.file import log_dir
     from pulse_transports.history import recover, v1_choice
@@ -178,11 +179,7 @@ def _pick(home: Path, stale_after: float, lost_after: float, wait: float | None)
     try:
         while True:
             # A fresh directory has no home yet: the first run creates it.
-            records = (
-                recover(home, stale_after=stale_after, lost_after=lost_after)
-                if home.is_dir()
-                else []
-            )
+            records = recover(home, **thresholds) if home.is_dir() else []
             live = [r for r in records if r.liveness in ("alive", "stale")]
             if live:
                 return v1_choice(live)
@@ -264,20 +261,15 @@ def watch_command(
             open_home(home)
     else:
         config = open_home(home)
-    thresholds = {"stale_after": config.stale_after, "lost_after": config.lost_after}
+    thresholds: dict[str, Any] = dict(stale_after=config.stale_after, lost_after=config.lost_after)
     try:
         if training_id is not None:
             try:
-                record = load_run(
-                    config.home,
-                    training_id,
-                    stale_after=config.stale_after,
-                    lost_after=config.lost_after,
-                )
+                record = load_run(config.home, training_id, **thresholds)
             except RunNotFound as exc:
                 fail(str(exc), EXIT_NOT_FOUND)
         else:
-            record = _pick(config.home, wait=0 if once else timeout, **thresholds)
+            record = _pick(config.home, 0 if once else timeout, thresholds)
             if record is None and not once:
                 # --timeout ran out before any run started: as the help says, exit 0.
                 click.echo(f"no run started under {config.home} within {timeout:g}s", err=True)
@@ -299,22 +291,18 @@ def _watch(
     once: bool,
     timeout: float | None,
     as_json: bool,
-    thresholds: dict[str, float],
+    thresholds: dict[str, Any],
 ) -> int:
     from rich.console import Console
 
-    watch = RunWatch(home, record, **thresholds)
     # Piped: complete lines, never re-wrapped at the console width.
     console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
-    screen = _Screen(console, watch, as_json)
     deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        screen.emit("start")
-        if once:
-            screen.finish()
-            return 0
-        if watch.liveness in ("ended", "lost"):
-            return screen.finish()
+    with RunWatch(home, record, **thresholds) as watch:
+        screen = _Screen(console, watch, as_json)
+        done = screen.start(once)
+        if done is not None:
+            return done
         with screen:
             while True:
                 wait = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
@@ -328,11 +316,9 @@ def _watch(
                 screen.tick(bool(events))
                 if deadline is not None and time.monotonic() >= deadline:
                     return 0
-    finally:
-        watch.close()
 
 
-class _Screen:
+class _Screen(ClosesOnExit):
     """Draws a RunWatch: a rich Live panel, or JSON Lines."""
 
     def __init__(self, console: Any, watch: RunWatch, as_json: bool) -> None:
@@ -343,7 +329,7 @@ class _Screen:
         self._drawn = 0.0
         self._dirty = False
 
-    def __enter__(self) -> _Screen:
+    def __enter__(self) -> Self:
         if not self.as_json:
             from rich.live import Live
 
@@ -353,10 +339,21 @@ class _Screen:
             self.live.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Take the live panel down (the lines said stay)."""
         if self.live is not None:
             self.live.stop()
             self.live = None
+
+    def start(self, once: bool) -> int | None:
+        """Show the run as it stands; the exit status when there is nothing to follow."""
+        self.emit("start")
+        if once:
+            self.finish()
+            return 0
+        if self.watch.liveness in ("ended", "lost"):
+            return self.finish()
+        return None
 
     def say(self, text: str) -> None:
         """Print a line above the live panel (untrusted parts must be escaped)."""
@@ -471,7 +468,7 @@ class _Screen:
 
     def finish(self) -> int:
         """Say how the run ended (or that it is lost); return the exit status."""
-        self.__exit__()
+        self.close()
         row = self.watch.row(time.time())
         if self.as_json:
             print_json_line({"reason": "end", "eta": None, "run": row})

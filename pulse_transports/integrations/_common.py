@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, Final
 
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 from pulse_core.emitter import TrainingRun
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_transports.integrations.distributed import (
@@ -315,24 +315,18 @@ class RunBinding:
             self.run.close()
 
 
-class RunContext:
+class RunContext(ClosesOnExit):
     """Mixin: a callback used as a context manager reports exceptions leaving the block."""
 
     binding: RunBinding
 
-    def __enter__(self) -> Any:
-        return self
+    def exited_with(self, exc: BaseException) -> None:
+        """Training raised *exc* inside the ``with`` block: the run ends by it."""
+        self.binding.fail(exc)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is not None:
-            self.binding.fail(exc)
-        else:
-            self.binding.close()
+    def close(self) -> None:
+        """End an owned run that is still open (nothing after a failure ended it)."""
+        self.binding.close()
 
     @property
     def run(self) -> Run | None:

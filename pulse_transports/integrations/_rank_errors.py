@@ -29,9 +29,9 @@ import attrs
 import orjson
 
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 from pulse_core.emitter import classify_exception, register_abortable, unregister_abortable
 from pulse_core.events import TERMINAL_STATUSES, is_error_code
-from pulse_transports._closing import ClosesOnExit
 from pulse_transports.homemode import make_dirs, open_file
 from pulse_transports.integrations._registration import Registration, _int, rank_dir
 

@@ -56,7 +56,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, Final
 
 import keras  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -157,17 +157,10 @@ class PulseCallback(RunContext, keras.callbacks.Callback):  # type: ignore[misc,
 
     # -- the exception path --------------------------------------------------------
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            super().__exit__(exc_type, exc, tb)
-            return
+    def exited_with(self, exc: BaseException) -> None:
+        """Report *exc* with its text cleaned (Keras' tracebacks in the message)."""
         with _cleaned(exc):
-            super().__exit__(exc_type, exc, tb)
+            super().exited_with(exc)
 
     def _wrap(self, model: Any) -> None:
         original = getattr(model, "train_function", None)

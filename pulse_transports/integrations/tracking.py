@@ -57,10 +57,11 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from types import FrameType, TracebackType
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Self, TypeVar
 
 from pulse_core import emitter
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 from pulse_core.emitter import TrainingRun
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_transports.integrations.distributed import PeerRun, open_run
@@ -225,7 +226,7 @@ def _length(iterable: object) -> int | None:
         return None
 
 
-class track(Generic[T]):  # lower case: it stands in for tqdm()
+class track(ClosesOnExit, Generic[T]):  # lower case: it stands in for tqdm()
     """Iterate over *iterable*, reporting progress to a PULSE run.
 
     Args:
@@ -287,22 +288,21 @@ class track(Generic[T]):  # lower case: it stands in for tqdm()
     def __iter__(self) -> Iterator[T]:
         return self._iterate()
 
-    def __enter__(self) -> track[T]:
+    def __enter__(self) -> Self:
         self._in_with = True
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        run = self.run
+    def exited_with(self, exc: BaseException) -> None:
+        """An exception left the ``with`` block: the run (if any) ends by it."""
         self._in_with = False
-        if exc is not None and run is not None:
-            run.fail_with(exc)
-        if self._owned and run is not None:
-            run.close()
+        if self.run is not None:
+            self.run.fail_with(exc)
+
+    def close(self) -> None:
+        """Leave the ``with`` block: end the run if this loop opened it."""
+        self._in_with = False
+        if self._owned and self.run is not None:
+            self.run.close()
 
     # -- the loop ---------------------------------------------------------------------
 

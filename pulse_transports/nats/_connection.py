@@ -57,16 +57,10 @@ def redact_url(url: str) -> str:
     return redact(url)
 
 
-_OPTION_KEYS: Final = (
-    "url",
-    "token",
-    "user",
-    "password",
-    "creds",
-    "tls_ca",
-    "tls_cert",
-    "tls_key",
-    "tls_hostname",
+#: The connection options of every ``nats`` table (sink, source, hub), all strings.
+CONNECTION_OPTIONS: Final[Mapping[str, type]] = dict.fromkeys(
+    ("url", "token", "user", "password", "creds", "tls_ca", "tls_cert", "tls_key", "tls_hostname"),
+    str,
 )
 _ENV_OF: Final = {
     "url": ENV_URL,
@@ -124,7 +118,7 @@ class NatsOptions:
         environ = os.environ if env is None else env
         values: dict[str, Any] = {}
         source = {**(given or {}), **extra}
-        for key in _OPTION_KEYS:
+        for key in CONNECTION_OPTIONS:
             value = source.get(key)
             if value in (None, "") and key in _ENV_OF:
                 value = environ.get(_ENV_OF[key]) or None

@@ -1,21 +1,19 @@
 """The ``nats`` sink: a run's events published to JetStream from a sender thread.
 
-This module owns :class:`NatsSink`, the ``nats`` transport. ``write()`` puts
-the encoded event in a bounded queue and returns; a background thread running
-a private asyncio event loop publishes it with a JetStream acknowledgement,
-retrying with backoff and deduplicated by ``Nats-Msg-Id``
-(``<training_id>:<seq>``), and keeps the runs bucket up to date. Must not be
-imported by :mod:`pulse_core`.
+This module owns :class:`NatsSink`, the ``nats`` transport: a
+:class:`~pulse_transports._sender.BackgroundSender` whose ``send()``
+publishes each event with a JetStream acknowledgement, deduplicated by
+``Nats-Msg-Id`` (``<training_id>:<seq>``), and keeps the runs bucket up to
+date. The nats client lives on a private asyncio event loop on its own
+thread. Must not be imported by :mod:`pulse_core`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -25,18 +23,11 @@ import nats.js.errors
 
 from pulse_core._log import get_logger
 from pulse_core.codec import encode
-from pulse_core.errors import ConfigError
 from pulse_core.events import ErrorReported, Event
-from pulse_core.policy import (
-    CONNECT_BACKOFF,
-    LIVE_INTERVAL,
-    POISON_ATTEMPTS,
-    BoundedBuffer,
-    sampled,
-)
-from pulse_core.reducer import Folder
-from pulse_transports._sender import wait_sent
-from pulse_transports.nats._connection import NatsOptions, connect, explain
+from pulse_core.policy import LIVE_INTERVAL, POISON_ATTEMPTS, BoundedBuffer
+from pulse_transports._sender import BackgroundSender, LoopThread, shed_details
+from pulse_transports.config import check_limits
+from pulse_transports.nats._connection import CONNECTION_OPTIONS, NatsOptions, connect, explain
 from pulse_transports.nats._errors import NatsError
 from pulse_transports.nats._reader import fold_run
 from pulse_transports.nats._store import (
@@ -45,19 +36,17 @@ from pulse_transports.nats._store import (
     MAX_AGE,
     MAX_BYTES,
     MAX_MSGS_PER_SUBJECT,
+    STORE_OPTIONS,
     STREAM,
+    RunEntry,
     StoreConfig,
     ensure_store,
-    history_document,
-    history_key,
-    state_document,
 )
 from pulse_transports.nats._subject import KEPT_KINDS, kind_of, msg_id, run_token, subject_of
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.js import JetStreamContext
-    from nats.js.kv import KeyValue
 
 log = get_logger("pulse.nats")
 
@@ -96,8 +85,12 @@ class _Out:
     payload: bytes
     attempts: int = 0
 
+    @property
+    def seq(self) -> int:
+        return self.event.seq
 
-class NatsSink:
+
+class NatsSink(BackgroundSender[_Out]):
     """Publishes a run's events to NATS JetStream (the ``nats`` transport).
 
     ``write()`` never blocks on the network and never raises because of it.
@@ -109,6 +102,9 @@ class NatsSink:
     for its JetStream acknowledgement and is retried with backoff; the
     server drops a retried copy by its ``Nats-Msg-Id``. Events are sent one
     at a time, in seq order, so the stream holds a run's events in order.
+    The queue, the sender thread, the backoff and the close deadline are
+    :class:`~pulse_transports._sender.BackgroundSender`'s; this class says
+    how to connect and publish, on a private asyncio loop (a ``LoopThread``).
 
     Args:
         home: unused (every transport factory takes it).
@@ -147,18 +143,11 @@ class NatsSink:
 
     name = "nats"
     boundaries = False
+    failures_are = (NatsError,)
+    DOWN_LOG_EVERY = 100
     OPTIONS: Final = {
-        "url": str,
-        "token": str,
-        "user": str,
-        "password": str,
-        "creds": str,
-        "tls_ca": str,
-        "tls_cert": str,
-        "tls_key": str,
-        "tls_hostname": str,
-        "stream": str,
-        "bucket": str,
+        **CONNECTION_OPTIONS,
+        **STORE_OPTIONS,
         "create": bool,
         "kv": bool,
         "interval": float,
@@ -168,10 +157,6 @@ class NatsSink:
         "ack_timeout": float,
         "close_timeout": float,
         "kv_interval": float,
-        "max_msgs_per_subject": int,
-        "max_age": float,
-        "max_bytes": int,
-        "duplicate_window": float,
     }
 
     def __init__(
@@ -204,35 +189,21 @@ class NatsSink:
         duplicate_window: float = DUPLICATE_WINDOW,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        if queue < 16:
-            raise ConfigError(
-                f"option 'queue' of transport 'nats' must be at least 16, got {queue}"
-            )
-        if buffer_bytes < 64 * 1024:
-            raise ConfigError("option 'buffer_bytes' of transport 'nats' must be >= 65536")
-        for key, value in (
-            ("connect_timeout", connect_timeout),
-            ("ack_timeout", ack_timeout),
-            ("close_timeout", close_timeout),
-            ("kv_interval", kv_interval),
-        ):
-            if not value > 0:
-                raise ConfigError(f"option {key!r} of transport 'nats' must be positive")
-        self.options = NatsOptions.resolve(
+        check_limits(
+            "transport 'nats'",
             {
-                "url": url,
-                "token": token,
-                "user": user,
-                "password": password,
-                "creds": creds,
-                "tls_ca": tls_ca,
-                "tls_cert": tls_cert,
-                "tls_key": tls_key,
-                "tls_hostname": tls_hostname,
-                "connect_timeout": connect_timeout,
-                "name": "pulse-sink",
+                "queue": (queue, 16),
+                "buffer_bytes": (buffer_bytes, 64 * 1024),
+                "connect_timeout": (connect_timeout, None),
+                "ack_timeout": (ack_timeout, None),
+                "close_timeout": (close_timeout, None),
+                "kv_interval": (kv_interval, None),
             },
-            env,
+        )
+        given = (url, token, user, password, creds, tls_ca, tls_cert, tls_key, tls_hostname)
+        connection = dict(zip(CONNECTION_OPTIONS, given, strict=True))
+        self.options = NatsOptions.resolve(
+            {**connection, "connect_timeout": connect_timeout, "name": "pulse-sink"}, env
         )
         self.store = StoreConfig(
             stream=stream,
@@ -243,113 +214,56 @@ class NatsSink:
             duplicate_window=duplicate_window,
         )
         self.store.check()
+        super().__init__(
+            log=log,
+            buffer=BoundedBuffer(
+                queue, max_bytes=buffer_bytes, key=_kind, size=_size, protect=_is_meta
+            ),
+            close_timeout=close_timeout,
+            label="nats sink",
+        )
         self.create = create
         self.kv = kv
         self.interval = interval
-        self.queue_limit = queue
-        self.buffer_bytes = buffer_bytes
         self.connect_timeout = connect_timeout
         self.ack_timeout = ack_timeout
-        self.close_timeout = close_timeout
-        self.kv_interval = kv_interval
-        self.training_id: str | None = None
         #: the highest seq the stream held for the run when the sink opened.
         self.held_seq: int | None = None
-        # counters, for tests, benchmarks and logs
+        # counters, for tests, benchmarks and logs (the rest are the sender's)
         self.published = 0
         self.published_bytes = 0
         self.duplicates = 0
-        self.coalesced = 0
-        self.dropped = 0
-        self.failures = 0
-        self.connects = 0
         self.disconnects = 0
-        self.kv_puts = 0
-        self.last_error = ""
-        self.stream_seq = 0
-        self._token = ""
-        self._queue: BoundedBuffer[_Out] = BoundedBuffer(
-            queue,
-            max_bytes=buffer_bytes,
-            key=_kind,
-            size=_size,
-            protect=_is_meta,
-        )
-        self._inflight: _Out | None = None
-        self._cond = threading.Condition()
-        self._closing = False
-        self._deadline = float("inf")
-        self._idle = False
-        self._opened = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._entry = RunEntry(bucket, "", interval=kv_interval)
+        self._aio: LoopThread | None = None
+        self._closed = False
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._kv: KeyValue | None = None
-        self._kv_retry_at = 0.0
-        self._folder = Folder()
-        self._kv_due = False
-        self._kv_dirty = False
-        self._kv_at = 0.0
-        self._kv_metrics = -1
-        self._streak = 0  # failures since the last success
-        self._logged_down = False
 
     # -- the Sink protocol ---------------------------------------------------------
 
     def open(self, training_id: str) -> int | None:
-        """Start the sender thread and wait (at most ``connect_timeout``) for the server.
+        """Try the server once (about ``connect_timeout``) and start the sender thread.
 
         Returns:
             The highest seq the stream already holds for this run (a
             continued run goes on after it), or None if it holds none or the
-            server could not be reached in time.
+            server could not be reached now.
         """
-        self.training_id = training_id
-        self._token = run_token(training_id)
-        self._thread = threading.Thread(
-            target=self._thread_main, name=f"pulse-nats-{training_id}", daemon=True
-        )
-        self._thread.start()
-        self._opened.wait(self.connect_timeout + 0.5)
+        self._entry.token = run_token(training_id)
+        self._aio = LoopThread(f"pulse-nats-loop-{training_id}")
+        self._aio.start()
+        self.start(training_id)
         return self.held_seq or None
-
-    def write(self, event: Event) -> None:
-        """Queue *event* for the sender thread; never blocks on the network."""
-        item = self._prepare(event)
-        if item is None:
-            return
-        with self._cond:
-            if self._closing:
-                return  # nothing follows close()
-            self._hold(item)
-            wake, self._idle = self._idle, False
-        if wake:
-            self._kick()
-
-    def flush(self, durable: bool) -> None:
-        """With *durable*, wait (up to ``close_timeout``) until every queued event is acked.
-
-        Returns at once while the server is unreachable: events then stay queued.
-        """
-        if durable:
-            pending = lambda: bool(self._queue or self._inflight is not None)  # noqa: E731
-            wait_sent(self._cond, pending, self, self.close_timeout, poll=0.1)
 
     def close(self) -> None:
         """Publish what is queued (bounded by ``close_timeout``), then disconnect."""
-        with self._cond:
-            if self._closing:
-                return
-            self._closing = True
-            self._deadline = time.monotonic() + self.close_timeout
-        self._kick()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self.close_timeout + 3.0)
-        with self._cond:
-            lost = len(self._queue) + (1 if self._inflight is not None else 0)
+        if self._closed:
+            return
+        self._closed = True
+        lost = self.stop()
+        if self._aio is not None:
+            self._aio.stop()
         if lost or self.dropped:
             log.warning(
                 "pulse nats sink closed with events the server never acknowledged",
@@ -366,11 +280,6 @@ class NatsSink:
         nc = self._nc
         return nc is not None and nc.is_connected
 
-    def queued(self) -> int:
-        """Events waiting to be published (and acknowledged)."""
-        with self._cond:
-            return len(self._queue) + (1 if self._inflight is not None else 0)
-
     def stats(self) -> dict[str, Any]:
         """Counters: published, duplicates, coalesced, dropped, failures, ..."""
         return {
@@ -382,34 +291,30 @@ class NatsSink:
             "failures": self.failures,
             "connects": self.connects,
             "disconnects": self.disconnects,
-            "kv_puts": self.kv_puts,
+            "kv_puts": self._entry.puts,
             "queued": self.queued(),
             "connected": self.connected,
             "last_error": self.last_error,
         }
 
-    # -- the queue -------------------------------------------------------------------
+    # -- the sender hooks --------------------------------------------------------------
 
-    def _prepare(self, event: Event) -> _Out | None:
+    def prepare(self, event: Event) -> _Out | None:
         """Encode *event* with its subject (shedding an error's details if too large)."""
         payload = encode(event)
         limit = self.store.max_msg_size - 1024  # room for headers
         if len(payload) > limit and isinstance(event, ErrorReported):
-            event = attrs.evolve(
-                event,
-                message=event.message[:1000],
-                details={"pulse_truncated": f"details were {len(payload)} bytes; too large"},
-            )
+            event = shed_details(event, len(payload))
             payload = encode(event)
         if len(payload) > limit:
             with self._cond:
-                self._count_drop(event, "larger than the stream's message limit")
+                self.count_drop("larger than the stream's message limit", event.seq)
             return None
         kind = kind_of(event)
         return _Out(
             event=event,
             kind=None if kind in KEPT_KINDS else kind,
-            subject=subject_of(event, self._token or None),
+            subject=subject_of(event, self._entry.token or None),
             payload=payload,
         )
 
@@ -418,85 +323,58 @@ class NatsSink:
         """Encoded bytes waiting."""
         return self._queue.nbytes
 
-    def _hold(self, item: _Out) -> None:
-        """Append, coalescing sampled kinds, within the count and byte bounds.
+    def _on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
+        aio = self._aio
+        if aio is None or not aio.running:
+            coro.close()
+            raise NatsError("the sink is not open")
+        aio.run(coro)
 
-        A newer value replaces the same kind still waiting since the last
-        kept event, so the order of kept events is never changed. Past the
-        bounds the oldest sampled values go first, then the oldest kept
-        events but meta (see :class:`~pulse_core.policy.BoundedBuffer`).
-        """
-        coalesced, dropped = self._queue.put(item)
-        self.coalesced += coalesced
-        self._dropped(dropped)
+    def connect(self) -> None:
+        """Connect (or wait for the client's own reconnection), as the sender thread asks."""
+        self._on_loop(self._connect())
 
-    def _dropped(self, items: tuple[_Out, ...]) -> None:
-        for gone in items:
-            self._count_drop(gone.event, "the queue of an unreachable server is full")
+    def send(self, batch: list[_Out]) -> None:
+        """Publish *batch* in order, each with its acknowledgement."""
+        self._on_loop(self._send(batch))
 
-    def _count_drop(self, event: Event, why: str) -> None:
-        self.dropped += 1
-        if sampled(self.dropped, 1000):
-            log.warning(
-                "pulse nats sink dropped an event",
-                training_id=self.training_id,
-                kind=kind_of(event),
-                seq=event.seq,
-                reason=why,
-                dropped=self.dropped,
-            )
+    def poll(self) -> None:
+        """Update the runs bucket when it is due (a low rate while only samples flow)."""
+        if self.kv and self._entry.wanted(time.monotonic()):
+            self._on_loop(self._update_kv())
 
-    def _take(self) -> _Out | None:
-        with self._cond:
-            if not self._queue:
-                return None
-            item = self._queue.popleft()
-            self._inflight = item
-            return item
+    def lost(self, exc: BaseException) -> None:
+        """A publish failed: keep the client (nats-py reconnects by itself); retry later."""
 
-    def _done(self, item: _Out, *, sent: bool) -> None:
-        """Finish the in-flight item: acknowledged (or given up), or back to the front."""
-        with self._cond:
-            self._inflight = None
-            if not sent:
-                self._dropped(self._queue.requeue([item]))
-            self._cond.notify_all()
+    def disconnect(self) -> None:
+        """Store the final state in the bucket and close the connection."""
+        with contextlib.suppress(NatsError):
+            self._on_loop(self._shutdown())
 
-    # -- the sender thread ------------------------------------------------------------
+    def explain(self, exc: BaseException) -> str:
+        return str(exc if isinstance(exc, NatsError) else explain(exc, self.options))
 
-    def _kick(self) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop has ended
-            loop.call_soon_threadsafe(wake.set)
+    def describe_down(self, exc: BaseException) -> None:
+        log.warning(
+            "pulse nats sink cannot publish; keeping events and retrying",
+            training_id=self.training_id,
+            server=self.options.shown,
+            error=self.last_error,
+            failures=self.failures,
+            queued=self.queued(),
+        )
 
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except Exception:  # the reporter thread must never take training down
-            log.exception("pulse nats sink thread failed", training_id=self.training_id)
-        finally:
-            self._opened.set()
-            with self._cond:
-                self._cond.notify_all()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        try:
-            try:
-                await self._connect()
-            except NatsError as exc:
-                self._failed(exc)
-            finally:
-                self._opened.set()
-            await self._pump()
-        finally:
-            await self._shutdown()
+    # -- on the loop -------------------------------------------------------------------
 
     async def _connect(self) -> None:
         """Connect, make the store if asked, and learn what the stream holds of the run."""
+        if self._nc is not None:  # nats-py is reconnecting: give it connect_timeout
+            deadline = time.monotonic() + self.connect_timeout
+            while not self._nc.is_connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if not self._nc.is_connected:
+                raise NatsError(f"reconnecting to NATS at {self.options.shown}")
+            return
 
         async def disconnected() -> None:
             if self._closing:
@@ -516,131 +394,44 @@ class NatsSink:
                 queued=self.queued(),
             )
 
-        nc = await connect(
-            self.options, reconnect=True, on_disconnect=disconnected, on_reconnect=reconnected
-        )
+        try:
+            nc = await connect(
+                self.options, reconnect=True, on_disconnect=disconnected, on_reconnect=reconnected
+            )
+        except Exception as exc:  # noqa: BLE001 - mapped to NatsError, with the reason
+            raise explain(exc, self.options) from None
         js = nc.jetstream(timeout=self.ack_timeout)
         try:
             if self.create:
                 await ensure_store(js, self.store)
             assert self.training_id is not None
             state, stream_seq, _bad = await fold_run(js, self.store, self.training_id)
-        except NatsError:
-            await nc.close()
-            raise
         except Exception as exc:  # noqa: BLE001 - mapped to NatsError, with the reason
             await nc.close()
             raise explain(exc, self.options) from None
         self._nc, self._js = nc, js
-        self.connects += 1
         if state.last_seq:
             # A continued run (a reused training id): go on after what the
             # stream holds, and keep the bucket's state whole.
             self.held_seq = state.last_seq
-            self._folder = Folder(state)
-            self.stream_seq = stream_seq
-            with self._cond:
-                while self._queue and self._queue[0].event.seq <= state.last_seq:
-                    self._queue.popleft()
-        if self._logged_down:
-            log.info(
-                "pulse nats server reachable again; publishing queued events",
-                training_id=self.training_id,
-                server=self.options.shown,
-                queued=self.queued(),
-            )
-        self._logged_down = False
-        self._streak = 0
+            self._entry.resume(state, stream_seq)
+            self.drop_through(state.last_seq)
 
-    def _failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        self._streak += 1
-        error = exc if isinstance(exc, NatsError) else explain(exc, self.options)
-        self.last_error = str(error)[:300]
-        if not self._logged_down or sampled(self.failures, 100):
-            self._logged_down = True
-            log.warning(
-                "pulse nats sink cannot publish; keeping events and retrying",
-                training_id=self.training_id,
-                server=self.options.shown,
-                error=self.last_error,
-                failures=self.failures,
-                queued=self.queued(),
-            )
-
-    def _backoff(self) -> float:
-        return CONNECT_BACKOFF.delay(max(self._streak, 1), random.random())  # noqa: S311 - jitter
-
-    async def _sleep(self, seconds: float) -> None:
-        """Wait *seconds*, or less if ``close()`` asks."""
-        wake = self._wake
-        assert wake is not None
-        if self._closing:
-            seconds = min(seconds, max(0.0, self._deadline - time.monotonic()))
-        wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), seconds)
-
-    def _expired(self) -> bool:
-        return self._closing and time.monotonic() >= self._deadline
-
-    async def _pump(self) -> None:
-        while True:
-            if self._expired():
-                return
-            nc = self._nc
-            if nc is None:
-                if self._closing and self._streak > 0 and self._never_reached():
-                    return  # never reached: no waiting on a server that is down
-                await self._sleep(self._backoff())
-                try:
-                    await self._connect()
-                except NatsError as exc:
-                    self._failed(exc)
-                continue
-            if not nc.is_connected:  # nats-py is reconnecting
-                with self._cond:
-                    nothing = not self._queue
-                if self._closing and nothing:
-                    return
-                await self._sleep(0.05)
-                continue
-            item = self._take()
-            if item is None:
-                await self._update_kv()
-                if self._closing:
-                    return
-                await self._idle_wait(self._kv_wait())
-                continue
-            sent = await self._publish(item)
-            self._done(item, sent=sent)
-            if sent:
-                await self._update_kv()
-            else:
-                await self._sleep(self._backoff())
-
-    def _never_reached(self) -> bool:
-        return self.connects == 0
-
-    async def _idle_wait(self, timeout: float) -> None:
-        wake = self._wake
-        assert wake is not None
-        wake.clear()
-        with self._cond:
-            if self._queue or self._closing:
-                return
-            self._idle = True
+    async def _send(self, batch: list[_Out]) -> None:
+        js, nc = self._js, self._nc
+        if js is None or nc is None or not nc.is_connected:
+            raise NatsError(f"not connected to NATS at {self.options.shown}")
+        done = 0
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
+            for item in batch:
+                await self._publish(js, item)
+                done += 1
+                await self._update_kv()
         finally:
-            with self._cond:
-                self._idle = False
+            del batch[:done]  # what is done with does not go back to the queue
 
-    async def _publish(self, item: _Out) -> bool:
-        """Publish one event and wait for its ack; True once it is done with."""
-        js = self._js
-        assert js is not None
+    async def _publish(self, js: JetStreamContext, item: _Out) -> None:
+        """Publish one event and wait for its ack (or give up on a poisonous one)."""
         event = item.event
         try:
             ack = await js.publish(
@@ -650,24 +441,22 @@ class NatsSink:
                 headers={"Nats-Msg-Id": msg_id(event)},
             )
         except nats.js.errors.NoStreamResponseError as exc:
-            self._failed(NatsError(f"no stream takes {item.subject!r}: {exc or 'no responders'}"))
             if self.create:
                 with contextlib.suppress(Exception):
                     await ensure_store(js, self.store)
-            return False
+            raise NatsError(f"no stream takes {item.subject!r}: {exc or 'no responders'}") from None
         except (nats.js.errors.APIError, nats.errors.MaxPayloadError) as exc:
             # The server refused this very message: it may never take it. A
             # few tries, then it is dropped so the events behind it go on.
             item.attempts += 1
-            self._failed(exc)
             if item.attempts >= POISON_ATTEMPTS:
-                self._count_drop(event, f"refused by the server: {exc}"[:200])
-                return True
-            return False
+                with self._cond:
+                    self.count_drop(f"refused by the server: {exc}"[:200], event.seq)
+                return
+            raise explain(exc, self.options) from None
         except (nats.errors.Error, TimeoutError, OSError) as exc:
             item.attempts += 1
-            self._failed(exc)
-            return False
+            raise explain(exc, self.options) from None
         if ack.duplicate:
             self.duplicates += 1
             if item.attempts == 0:
@@ -677,66 +466,25 @@ class NatsSink:
                     seq=event.seq,
                 )
         self.published += 1
+        self.sent += 1
         self.published_bytes += len(item.payload)
-        self._streak = 0
-        if self._logged_down:
-            self._logged_down = False
-            log.info(
-                "pulse nats sink publishing again",
-                training_id=self.training_id,
-                server=self.options.shown,
-                queued=self.queued(),
-            )
-        self.stream_seq = max(self.stream_seq, int(ack.seq))
-        self._folder.apply(event)
-        self._kv_dirty = True
-        if item.kind is None:
-            self._kv_due = True
-        return True
-
-    def _kv_wait(self) -> float:
-        if self._kv_dirty and self.kv:
-            return max(0.01, self._kv_at + self.kv_interval - time.monotonic())
-        return 0.5
+        self._entry.published(event, int(ack.seq), kept=item.kind is None)
 
     async def _update_kv(self, force: bool = False) -> None:
-        """Store the run's state in the bucket: after a kept event, else at a low rate."""
-        if not self.kv or not self._kv_dirty:
-            return
+        """Store the run's state in the bucket when due (see :class:`RunEntry`)."""
         now = time.monotonic()
-        if not (force or self._kv_due or now - self._kv_at >= self.kv_interval):
-            return
-        if now < self._kv_retry_at and not force:
-            return
         js = self._js
-        if js is None:
+        if js is None or not self.kv or not self._entry.wanted(now, force):
             return
         try:
-            if self._kv is None:
-                self._kv = await js.key_value(self.store.bucket)
-            state = self._folder.state
-            await self._kv.put(
-                self._token, state_document(state, stream_seq=self.stream_seq, now=time.time())
-            )
-            metrics = sum(series.count for series in state.history.values())
-            if metrics != self._kv_metrics or force:
-                await self._kv.put(
-                    history_key(self._token), history_document(state, stream_seq=self.stream_seq)
-                )
-                self._kv_metrics = metrics
+            await self._entry.update(js, now, force)
         except Exception as exc:  # noqa: BLE001 - the bucket is a cache: events go on
-            self._kv_retry_at = now + 10.0
-            self._kv = None
             log.warning(
                 "pulse nats sink cannot update the runs bucket; retrying in 10 s",
                 training_id=self.training_id,
                 bucket=self.store.bucket,
                 error=self.options.redact(f"{type(exc).__name__}: {exc}")[:300],
             )
-            return
-        self.kv_puts += 1
-        self._kv_due = self._kv_dirty = False
-        self._kv_at = now
 
     async def _shutdown(self) -> None:
         nc = self._nc

@@ -6,8 +6,9 @@ latest ``max_msgs_per_subject`` values of each sampled kind of a run, while
 every kept event has a subject of its own and so is never discarded by it;
 ``max_age`` and ``max_bytes`` bound the whole. Beside it, the key-value
 bucket ``pulse_runs`` holds each run's latest state, v2 view and v1 snapshot
-(:func:`state_document`, :func:`read_documents`), so a reader recovers every
-run from one read of the bucket. Must not be imported by :mod:`pulse_core`.
+(:func:`state_document`, :func:`read_documents`; a sink keeps its run's
+entries with :class:`RunEntry`), so a reader recovers every run from one
+read of the bucket. Must not be imported by :mod:`pulse_core`.
 """
 
 from __future__ import annotations
@@ -29,15 +30,29 @@ from nats.js.api import (
 )
 
 from pulse_core.errors import ConfigError
+from pulse_core.events import Event
 from pulse_core.projections import to_v1, to_view
+from pulse_core.reducer import Folder
 from pulse_core.state import RunState
 from pulse_core.statecodec import STATE_FORMAT, state_from_obj, state_to_obj
-from pulse_transports.config import check_table
+from pulse_transports.config import check_limits, check_table
 from pulse_transports.nats._subject import ROOT, run_token
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
+
+#: The options of a ``nats`` table that configure the store.
+STORE_OPTIONS: Final[Mapping[str, type]] = {
+    "stream": str,
+    "bucket": str,
+    "max_msgs_per_subject": int,
+    "max_age": float,
+    "max_bytes": int,
+    "duplicate_window": float,
+}
+#: Seconds the bucket is left alone after a failed update (it is a cache).
+KV_RETRY: Final = 10.0
 
 
 # -- names and defaults (specs/nats.md says why each default is what it is) ------
@@ -98,15 +113,7 @@ class StoreConfig:
         Raises:
             ConfigError: for a mistyped or impossible limit.
         """
-        kinds: dict[str, type] = {
-            "stream": str,
-            "bucket": str,
-            "max_msgs_per_subject": int,
-            "max_age": float,
-            "max_bytes": int,
-            "duplicate_window": float,
-        }
-        values = check_table(table, kinds, what="transport 'nats'", ignore_unknown=True)
+        values = check_table(table, STORE_OPTIONS, what="transport 'nats'", ignore_unknown=True)
         store = cls(**values)
         store.check()
         return store
@@ -117,16 +124,19 @@ class StoreConfig:
         Raises:
             ConfigError: naming the option.
         """
-        if self.max_msgs_per_subject < 1:
-            raise ConfigError("option 'max_msgs_per_subject' of transport 'nats' must be >= 1")
-        for key in ("max_age", "duplicate_window"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"option {key!r} of transport 'nats' must be positive")
+        check_limits(
+            "transport 'nats'",
+            {
+                "max_msgs_per_subject": (self.max_msgs_per_subject, 1),
+                "max_age": (self.max_age, None),
+                "duplicate_window": (self.duplicate_window, None),
+                "max_bytes": (self.max_bytes, 1024),
+                "kv_max_bytes": (self.kv_max_bytes, 1024),
+                "max_msg_size": (self.max_msg_size, 1024),
+            },
+        )
         if self.duplicate_window > self.max_age:
             raise ConfigError("option 'duplicate_window' of transport 'nats' exceeds 'max_age'")
-        for key in ("max_bytes", "kv_max_bytes", "max_msg_size"):
-            if getattr(self, key) < 1024:
-                raise ConfigError(f"option {key!r} of transport 'nats' must be >= 1024 bytes")
 
     def stream_config(self) -> StreamConfig:
         """The JetStream configuration of the stream."""
@@ -347,3 +357,67 @@ async def store_states(
         await kv.put(token, state_document(state, stream_seq=stream_seq, now=now))
         await kv.put(history_key(token), history_document(state, stream_seq=stream_seq))
     return len(states)
+
+
+class RunEntry:
+    """One run's bucket entries, kept up to date by the sink that publishes it.
+
+    The sink folds each acknowledged event in (:meth:`published`); the state
+    is stored after a kept event, else at most every *interval* seconds
+    (:meth:`wanted`), and the history entry only when it grew. The bucket is
+    a cache: a failed update is logged by the caller and retried after
+    :data:`KV_RETRY` seconds, and events go on meanwhile.
+    """
+
+    def __init__(self, bucket: str, token: str, *, interval: float) -> None:
+        self.bucket = bucket
+        self.token = token
+        self.interval = interval
+        self.folder = Folder()
+        self.stream_seq = 0
+        self.puts = 0
+        self._kv: KeyValue | None = None
+        self._due = self._dirty = False
+        self._at = 0.0
+        self._retry_at = 0.0
+        self._metrics = -1
+
+    def resume(self, state: RunState, stream_seq: int) -> None:
+        """Go on from what the stream holds of a continued run."""
+        self.folder = Folder(state)
+        self.stream_seq = stream_seq
+
+    def published(self, event: Event, stream_seq: int, *, kept: bool) -> None:
+        """Fold in an acknowledged event (a kept one makes an update due)."""
+        self.stream_seq = max(self.stream_seq, stream_seq)
+        self.folder.apply(event)
+        self._dirty = True
+        self._due = self._due or kept
+
+    def wanted(self, now: float, force: bool = False) -> bool:
+        """Whether to store the state now: after a kept event, else at a low rate."""
+        if not self._dirty:
+            return False
+        due = force or self._due or now - self._at >= self.interval
+        return due and (force or now >= self._retry_at)
+
+    async def update(self, js: JetStreamContext, now: float, force: bool = False) -> None:
+        """Store the state (and the history when it grew); raise what the bucket raised."""
+        try:
+            if self._kv is None:
+                self._kv = await js.key_value(self.bucket)
+            state = self.folder.state
+            doc = state_document(state, stream_seq=self.stream_seq, now=time.time())
+            await self._kv.put(self.token, doc)
+            metrics = sum(series.count for series in state.history.values())
+            if metrics != self._metrics or force:
+                history = history_document(state, stream_seq=self.stream_seq)
+                await self._kv.put(history_key(self.token), history)
+                self._metrics = metrics
+        except Exception:
+            self._retry_at = now + KV_RETRY
+            self._kv = None
+            raise
+        self.puts += 1
+        self._due = self._dirty = False
+        self._at = now

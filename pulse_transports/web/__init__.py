@@ -11,11 +11,12 @@ here may be imported by :mod:`pulse_core`, nor by the rest of
 from __future__ import annotations
 
 from pulse_transports.web.app import WebApp, WebSettings
-from pulse_transports.web.cursor import format_cursor, parse_cursor
+from pulse_transports.web.cursor import Cursor, format_cursor, parse_cursor
 from pulse_transports.web.openapi import openapi
 from pulse_transports.web.server import WebServer, http_url
 
 __all__ = [
+    "Cursor",
     "WebApp",
     "WebServer",
     "WebSettings",

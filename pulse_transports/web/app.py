@@ -35,10 +35,11 @@ imported by :mod:`pulse_core`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any, Final
@@ -61,14 +62,14 @@ from pulse_core.projections import to_history_record, to_metric_history, to_v1, 
 from pulse_core.state import RunState
 from pulse_transports.history import HomeNotFound, load_run, recover
 from pulse_transports.hub import liveness_now
-from pulse_transports.inprocess import Bus
+from pulse_transports.inprocess import Bus, EncodedEvents
 from pulse_transports.retention import removed_records
 from pulse_transports.web import flowruns
 from pulse_transports.web.cursor import parse_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
 from pulse_transports.web.recent import Pacing, RecentRuns
-from pulse_transports.web.stream import EncodedEvents, EventStream
+from pulse_transports.web.stream import EventStream
 from pulse_transports.wire import MIN_RATE
 
 log = get_logger("pulse.web")
@@ -162,17 +163,14 @@ class WebApp:
             tick=settings.liveness_tick,
         )
         self.encoded = EncodedEvents()
+        #: the HTTP server's open connections (uvicorn protocol objects, each
+        #: with ``client`` and ``transport``): set by the server that runs the app.
+        self.connections: Collection[Any] = ()
         self.streams: set[EventStream] = set()
         self.closing = False
-        self.pacing = Pacing()
-        self.recent = RecentRuns(
-            bus,
-            settings.home,
-            stale_after=settings.stale_after,
-            lost_after=settings.lost_after,
-            liveness=self._liveness,
-            pacing=self.pacing,
-        )
+        self.pacing = p = Pacing()
+        s = settings
+        self.recent = RecentRuns(bus, s.home, s.stale_after, s.lost_after, self._liveness, p)
         self.starlette = Starlette(
             routes=[
                 Route("/", self.index, methods=["GET"]),
@@ -222,9 +220,7 @@ class WebApp:
         if scope["path"] == "/events":
             await app(scope, receive, send_secured)  # a long stream: never holds a turn
             return
-        # Few requests at a time on the loop the hub shares: a flood waits its
-        # turn here, and a producer's welcome is never queued behind it.
-        async with self.pacing.turns:
+        async with self.pacing.turns:  # a flood waits here, not ahead of the hub's producers
             await app(scope, receive, send_secured)
 
     def _refusal(self, scope: Scope) -> Response | None:
@@ -444,6 +440,8 @@ class WebApp:
             resume=parse_cursor(cursor),
             retry_ms=self.settings.retry_ms,
             keepalive=self.settings.keepalive,
+            abort=functools.partial(self._abort, request.scope.get("client")),
+            peer=_peer(request),
         )
         self.streams.add(stream)
 
@@ -460,6 +458,12 @@ class WebApp:
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
+    def _abort(self, client: Any) -> None:
+        """Cut the HTTP connection of *client* (``(host, port)``) at once, unsent data and all."""
+        for conn in list(self.connections):
+            if client is not None and tuple(getattr(conn, "client", ()) or ()) == tuple(client):
+                conn.transport.abort()
+
     # -- errors ----------------------------------------------------------------------
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
@@ -468,6 +472,11 @@ class WebApp:
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"nothing at {request.url.path}")
+
+
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client is not None else "?"
 
 
 def _hostname(host: str) -> str:

@@ -297,12 +297,14 @@ events (objects with a `type`) and control items (`hello`, `snapshot`, `live`,
 `liveness`, `resync`). Per run and per stream (progress, metrics, heartbeat) at most
 `rate` values per second are sent (leading and trailing edge, the last value always
 arrives); status, error, meta and dropped events are never dropped; a run's events come
-in seq order, each at most once. A message that moves the cursor has an `id`: the
-highest seq the client holds per run, `training_id:seq` pairs joined by commas.
-Reconnecting with it (`Last-Event-ID` header, or `last_event_id`) resumes every named
-run after that seq -- also after a hub restart, from the run's log -- and sends a
-snapshot of every other run. A client that falls behind gets a `resync` item and the
-stream ends: reconnect with the last id."""
+in seq order, each at most once. A message that moves the cursor has an `id`: a quiet
+mark `@<unix seconds>` (runs ended or lost and silent since are held whole) and the
+highest seq the client holds of every other run, `training_id:seq` pairs, joined by
+commas. Reconnecting with it (`Last-Event-ID` header, or `last_event_id`) resumes every
+named run after that seq -- also after a hub restart, from the run's log -- skips the
+runs under the mark and sends a snapshot of every other run. A client that falls behind
+gets a `resync` item and the stream ends: reconnect with the last id. A client that
+stops reading is disconnected."""
 
 _PATHS: Final[dict[str, Any]] = {
     "/api/runs": {

@@ -67,7 +67,6 @@ class RecentRuns:
         self,
         bus: Bus,
         home: Path,
-        *,
         stale_after: float,
         lost_after: float,
         liveness: Callable[[str, RunState, float], Liveness],

@@ -244,6 +244,7 @@ class WebServer:
         _relay_uvicorn_logs()
         await self.app.start()
         self._server = server = _Server(config)
+        self.app.connections = server.server_state.connections  # to cut stuck streams
         self._task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         while not server.started:
             if self._task.done():

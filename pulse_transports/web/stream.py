@@ -13,21 +13,28 @@ status/error events and slow-subscriber bound as a socket subscriber
   ``live`` (the catch-up is over), ``liveness`` (``{"runs": {training_id:
   liveness}}``: what changed since the stream last said) or ``resync`` (the
   client fell behind; the stream ends and the client reconnects).
-* A message that moves the cursor carries ``id:`` = the cursor after it
-  (:mod:`pulse_transports.web.cursor`): the highest seq the client holds per
-  run. A browser sends it back as ``Last-Event-ID`` when it reconnects (or a
-  page passes it as ``?last_event_id=``), and the stream resumes from it:
-  every run in the cursor gets exactly the events after its seq that the
-  run's log or the bus's memory holds (both are read and merged, each seq
-  once, in order), runs not in it a snapshot. So a reconnect -- after a
+* A message after which the cursor's text differs from the last one sent
+  carries ``id:`` = that text (:mod:`pulse_transports.web.cursor`): a quiet
+  mark (runs ended or lost and silent since are held whole) and the highest
+  seq the client holds of every other run it holds. A browser sends it back
+  as ``Last-Event-ID`` when it reconnects (or a page passes it as
+  ``?last_event_id=``), and the stream resumes from it: every run named gets
+  exactly the events after its seq that the run's log or the bus's memory
+  holds (both are read and merged, each seq once, in order), runs older than
+  the quiet mark nothing, other runs a snapshot. So a reconnect -- after a
   dropped connection, a resync or a hub restart -- loses nothing that was
-  logged and repeats nothing (specs/sse.md, "Resuming").
+  logged and repeats nothing (specs/sse.md, "Resuming"), and the id grows
+  with the runs running now, not with every run ever carried.
 * ``retry:`` asks the browser to reconnect after ``retry_ms``; a comment line
   every ``keepalive`` seconds keeps idle connections open.
 
-Backpressure: at most two batches (256 items each) wait between the bus and
-the socket; beyond that items wait in the subscription's bounded mailbox,
-which coalesces and finally resyncs a client that does not read.
+Backpressure: at most two batches (256 items and 1 MiB each) wait between the
+bus and the socket; beyond that items wait in the subscription's mailbox,
+bounded in items and bytes as a socket subscriber's is, which coalesces and
+finally drops a client that does not read: the bus tells it to resync (its
+last item), a warning is logged, and if the stream has not ended
+:data:`DROP_GRACE` seconds later (the client does not read even that) the
+connection is cut.
 Must not be imported by :mod:`pulse_core`.
 """
 
@@ -35,24 +42,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
 from pulse_core._log import get_logger
-from pulse_core.codec import encode
 from pulse_core.errors import PulseError
 from pulse_core.events import STATUSES, Event
 from pulse_core.lifecycle import allowed_targets
 from pulse_core.liveness import LOST, Liveness, liveness_of
 from pulse_core.projections import to_view
+from pulse_core.state import RunState
 from pulse_transports.file import log_path
 from pulse_transports.follow import read_events
 from pulse_transports.history import load_run
-from pulse_transports.inprocess import AsyncSubscription, Bus, Item, StateSnapshot
-from pulse_transports.web.cursor import format_cursor
+from pulse_transports.inprocess import (
+    BATCH_BYTES,
+    AsyncSubscription,
+    Bus,
+    EncodedEvents,
+    Item,
+    StateSnapshot,
+)
+from pulse_transports.web.cursor import Cursor, format_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.wire import Live, Resync
 
@@ -62,6 +76,11 @@ log = get_logger("pulse.web")
 SSE_PROTOCOL: Final = "pulse-sse/1"
 #: Items taken from the subscription per message.
 BATCH: Final = 256
+#: Seconds a dropped client has to read its ``resync`` before its connection is cut.
+DROP_GRACE: Final = 10.0
+#: Seconds a run must have been silent (after it ended or was lost) before
+#: the cursor stops naming it and the quiet mark covers it instead.
+QUIET_AFTER: Final = 10.0
 #: Legal status moves, for clients that fold events themselves (from pulse_core.lifecycle).
 TRANSITIONS: Final[Mapping[str, list[str]]] = {s: allowed_targets(s) for s in STATUSES}
 
@@ -70,24 +89,6 @@ def sse_message(data: bytes, event_id: str | None = None) -> bytes:
     """One SSE message: an optional ``id`` line and one ``data`` line (no newlines in it)."""
     head = b"id: " + event_id.encode() + b"\n" if event_id is not None else b""
     return head + b"data: " + data + b"\n\n"
-
-
-class EncodedEvents:
-    """Every stream sends the same event: encode it once (a bounded cache keyed by the event)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._cache: dict[Event, bytes] = {}
-
-    def __call__(self, event: Event) -> bytes:
-        data = self._cache.get(event)
-        if data is not None:
-            return data
-        data = encode(event).rstrip(b"\n")
-        if len(self._cache) >= self.size:
-            self._cache.clear()
-        self._cache[event] = data
-        return data
 
 
 class EventStream:
@@ -101,9 +102,14 @@ class EventStream:
         scope: only this run (None: every run).
         interval: this client's rate limit: least seconds between two values
             of one stream (progress, metrics, heartbeat) of a run.
-        resume: the client's cursor: highest seq held per run.
+        resume: the client's cursor.
         retry_ms: the reconnect delay asked of the browser.
         keepalive: seconds of silence after which a comment line is sent.
+        quiet_after: seconds a run ended or lost must have been silent before
+            the cursor's quiet mark covers it instead of naming it.
+        abort: cuts the client's connection (a client dropped for falling
+            behind that did not read its resync within *drop_grace*).
+        peer: the client's address, for log lines.
     """
 
     def __init__(
@@ -115,9 +121,13 @@ class EventStream:
         encoded: EncodedEvents,
         scope: str | None,
         interval: float,
-        resume: Mapping[str, int],
+        resume: Cursor,
         retry_ms: int = 1000,
         keepalive: float = 15.0,
+        quiet_after: float = QUIET_AFTER,
+        abort: Callable[[], object] | None = None,
+        drop_grace: float = DROP_GRACE,
+        peer: str = "?",
     ) -> None:
         self.bus = bus
         self.monitor = monitor
@@ -127,14 +137,28 @@ class EventStream:
         self.interval = interval
         self.resume = {
             t: s
-            for t, s in resume.items()
+            for t, s in resume.seqs.items()
             # A cursor ahead of what the hub holds is no resume: a snapshot instead.
             if (scope is None or t == scope) and s <= (bus.last_seq(t) or s)
         }
+        #: the runs the cursor named and that are resumed (the hello lists them).
+        self.named = sorted(self.resume)
+        if resume.quiet is not None:
+            # Runs silent since before the quiet mark and not named: held whole.
+            for tid, state in bus.states().items():
+                at = state.last_event_at
+                wanted = (scope is None or tid == scope) and tid not in resume.seqs
+                if wanted and at is not None and at <= resume.quiet:
+                    self.resume[tid] = state.last_seq
         self.retry_ms = retry_ms
         self.keepalive = keepalive
-        #: what the client holds: highest seq per run (the SSE id).
+        self.quiet_after = quiet_after
+        #: what the client holds: highest seq per run (what the SSE id is made of).
         self.cursor: dict[str, int] = {}
+        #: the id last sent (a message carries one only when it differs).
+        self._last_id: str | None = None
+        #: the catch-up is over (before, the id names every run held).
+        self._caught_up = False
         #: the liveness the client was last told, per run.
         self.told: dict[str, Liveness] = {}
         self._pending: list[list[Item]] = []
@@ -144,6 +168,12 @@ class EventStream:
         #: liveness of resumed runs the bus does not hold (read from their logs).
         self._offline: dict[str, Liveness] = {}
         self._closed = False
+        self._ended = False
+        self.abort = abort
+        self.drop_grace = drop_grace
+        self.peer = peer
+        #: True once the bus dropped this client for falling behind.
+        self.dropped = False
 
     def close(self) -> None:
         """End the stream soon (the hub is closing)."""
@@ -177,11 +207,29 @@ class EventStream:
             history=history,
             marker=True,
         )
+        sub.on_drop = self._on_drop
         held = self.bus.states()
         for tid, after in self.resume.items():
             if tid in held or tid in history:
                 self.cursor[tid] = after
         return sub
+
+    def _on_drop(self) -> None:
+        """The bus dropped this client (too slow): say so, cut it if it stays stuck."""
+        self.dropped = True
+        log.warning(
+            "pulse /events client too slow; told to resync and dropped",
+            peer=self.peer,
+            grace=self.drop_grace,
+        )
+        asyncio.get_running_loop().call_later(self.drop_grace, self._cut)
+
+    def _cut(self) -> None:
+        if not self._ended and self.abort is not None:
+            log.warning(
+                "pulse /events client did not read its resync; connection closed", peer=self.peer
+            )
+            self.abort()
 
     def _log_liveness(self, training_id: str) -> Liveness:
         """The liveness of a run the bus does not hold, from its log (blocking)."""
@@ -202,7 +250,7 @@ class EventStream:
         while True:
             await self._room.wait()
             self._room.clear()
-            items = await sub.batch(BATCH)
+            items = await sub.batch(BATCH, BATCH_BYTES)
             self._pending.append(items)
             self._wake.set()
             if not items or isinstance(items[-1], Resync):
@@ -214,7 +262,7 @@ class EventStream:
                 "protocol": SSE_PROTOCOL,
                 "scope": self.scope,
                 "rate": 1.0 / self.interval,
-                "resumed": sorted(self.resume),
+                "resumed": self.named,
                 "time": time.time(),
                 "stale_after": self.monitor.stale_after,
                 "lost_after": self.monitor.lost_after,
@@ -225,7 +273,7 @@ class EventStream:
     def _item(self, item: Item, parts: list[bytes]) -> bool:
         """Append an item's JSON to *parts*, note it in the cursor; True if it ends the stream."""
         if isinstance(item, Event):
-            parts.append(self.encoded(item))
+            parts.append(self.encoded(item)[:-1])  # the line without its newline
             tid = item.training_id
             if item.seq > self.cursor.get(tid, 0):
                 self.cursor[tid] = item.seq
@@ -245,6 +293,7 @@ class EventStream:
             self.told[tid] = view["liveness"]
             return False
         if isinstance(item, Live):
+            self._caught_up = True
             parts.append(orjson.dumps({"live": {"runs": list(item.runs), "time": item.time}}))
             return False
         if isinstance(item, Resync):
@@ -253,6 +302,50 @@ class EventStream:
             )
             return True
         return False
+
+    def _next_id(self) -> str | None:
+        """The cursor's text if it changed since the last id sent, else None.
+
+        Runs the bus no longer holds are forgotten (the client keeps them;
+        a resume has nothing to send for them). After the catch-up, a run
+        that ended or was lost, whose every event the client holds and that
+        has been silent since the quiet mark, is covered by the mark instead
+        of being named -- unless a run the client does not hold is as old,
+        which pulls the mark below it.
+        """
+        states = self.bus.states()
+        for gone in self.cursor.keys() - states.keys():
+            del self.cursor[gone]
+            self.told.pop(gone, None)
+            self._offline.pop(gone, None)
+        named = self.cursor
+        quiet: int | None = None
+        if self._caught_up:
+            quiet = int(time.time() - self.quiet_after)
+            for tid, state in states.items():
+                at = state.last_event_at
+                if at is not None and tid not in self.cursor and self._wants(tid):
+                    quiet = min(quiet, int(at) - 1)  # not held: never claim it
+            named = {
+                tid: seq
+                for tid, seq in self.cursor.items()
+                if not self._settled(tid, states[tid], seq, quiet)
+            }
+        text = format_cursor(named, quiet)
+        if text == self._last_id:
+            return None
+        self._last_id = text
+        return text
+
+    def _wants(self, training_id: str) -> bool:
+        return self.scope is None or self.scope == training_id
+
+    def _settled(self, training_id: str, state: RunState, held: int, quiet: int) -> bool:
+        """True if the quiet mark may stand for a run the client holds to seq *held*."""
+        at = state.last_event_at
+        if at is None or at > quiet or held < state.last_seq:
+            return False
+        return state.is_terminal or self.monitor.liveness.get(training_id) == LOST
 
     def _liveness_item(self) -> bytes | None:
         """The liveness changes of runs the client holds, or None."""
@@ -288,7 +381,6 @@ class EventStream:
                     self._room.set()
                 elif self._closed:
                     return
-                before = dict(self.cursor)
                 parts: list[bytes] = []
                 ended = False
                 for items in batches:
@@ -302,12 +394,12 @@ class EventStream:
                     if liveness is not None:
                         parts.append(liveness)
                 if parts:
-                    moved = self.cursor != before
                     data = b"[" + b",".join(parts) + b"]"
-                    yield sse_message(data, format_cursor(self.cursor) if moved else None)
+                    yield sse_message(data, self._next_id())
                 if ended or self._closed:
                     return  # closing: what was taken went out; the cursor resumes the rest
         finally:
+            self._ended = True
             unlisten()
             pump.cancel()
             sub.close()

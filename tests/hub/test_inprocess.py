@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 
@@ -20,7 +21,14 @@ from pulse_core.events import (
     UnknownEvent,
 )
 from pulse_core.testing import FakeClock, RecordingSink
-from pulse_transports.inprocess import Bus, InProcessSink, Item, StateSnapshot, default_bus
+from pulse_transports.inprocess import (
+    Bus,
+    EncodedEvents,
+    InProcessSink,
+    Item,
+    StateSnapshot,
+    default_bus,
+)
 from pulse_transports.wire import Live, Resync
 
 TID = "run-1"
@@ -459,3 +467,85 @@ class TestMemory:
         clock.advance(61)
         bus.publish(s(1, tid="new"))
         assert set(bus.states()) == {"new"}
+
+    def test_expire_without_new_runs_and_lost_runs(self, clock: FakeClock) -> None:
+        """expire() forgets ended runs on its own, and lost ones once silent as long."""
+        bus = Bus(clock=clock.monotonic, timer=False, keep_ended=60)
+        bus.publish(s(1, "done", tid="ended"))
+        bus.publish(s(1, tid="lost"))
+        bus.publish(s(1, tid="alive"))
+        clock.advance(61)
+        assert bus.expire(lost={"lost"}) == 2
+        assert set(bus.states()) == {"alive"}
+        assert bus.recent_used == sum(r.nbytes for r in bus._runs.values())
+
+    def test_recent_events_bounded_in_bytes(self, clock: FakeClock) -> None:
+        bus = Bus(clock=clock.monotonic, timer=False, recent_bytes=20_000, recent_total=50_000)
+        big = "x" * 5_000
+        for n in range(6):
+            tid = f"run-{n}"
+            for seq in range(1, 11):
+                bus.publish(s(seq, message=big, tid=tid))
+            clock.advance(1)
+        runs = bus._runs
+        assert all(r.nbytes <= 20_000 for r in runs.values())
+        assert bus.recent_used == sum(r.nbytes for r in runs.values())
+        assert bus.recent_used <= 50_000
+        newest = runs["run-5"]
+        assert not newest.reaches(0)  # the oldest were let go: a resume needs the log
+        assert newest.reaches(newest.recent[0].seq - 1)
+
+
+class TestByteBounds:
+    """Subscribers are bounded in bytes as in items; past the bound they are dropped once."""
+
+    def test_limit_bytes_drops_with_the_hook(self, clock: FakeClock) -> None:
+        bus = Bus(clock=clock.monotonic, timer=False, buffer_bytes=20_000, limit_bytes=50_000)
+        dropped: list[int] = []
+
+        async def run() -> list[Item]:
+            sub = bus.stream()
+            sub.on_drop = lambda: dropped.append(1)
+            for seq in range(1, 40):
+                bus.publish(s(seq, message="y" * 5_000))
+            await asyncio.sleep(0)
+            return await sub.batch()
+
+        items = asyncio.run(run())
+        assert dropped == [1]
+        assert isinstance(items[-1], Resync)
+        assert bus.subscribers() == 0
+
+    def test_batches_bounded_in_bytes(self, clock: FakeClock) -> None:
+        bus = Bus(clock=clock.monotonic, timer=False)
+
+        async def run() -> list[list[Item]]:
+            sub = bus.stream(marker=False)
+            for seq in range(1, 11):
+                bus.publish(s(seq, message="z" * 10_000))
+            return [await sub.batch(256, 25_000) for _ in range(5)]
+
+        sizes = [len(events(b)) for b in asyncio.run(run())]
+        assert sizes == [2, 2, 2, 2, 2]
+
+
+class TestEncodedEvents:
+    """The shared encode cache is bounded in bytes and lets go of lines with their events."""
+
+    def test_freed_with_the_event_and_bounded(self) -> None:
+        cache = EncodedEvents(max_bytes=100_000)
+        event = s(1, message="m" * 1000)
+        line = cache(event)
+        assert cache(event) is line
+        assert cache.nbytes == len(line)
+        del event
+        gc.collect()
+        assert len(cache) == 0
+        assert cache.nbytes == 0
+        held = [s(n, message="k" * 5_000) for n in range(1, 60)]
+        for event in held:
+            cache(event)
+        assert 0 < cache.nbytes <= 100_000
+        big = s(99, message="h" * 20_000)  # longer than an eighth of the budget: not kept
+        cache(big)
+        assert cache(big) is not cache(big)

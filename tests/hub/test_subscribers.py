@@ -21,7 +21,7 @@ from hubkit import (
 )
 
 from pulse_core.codec import encode
-from pulse_core.events import Event
+from pulse_core.events import ErrorReported, Event
 from pulse_transports.wire import Address
 
 RATE_INTERVAL = 0.1  # the hub's default: 10 updates/s per run and stream
@@ -330,3 +330,87 @@ class TestSlowSubscriber:
         assert len(received) < 3004
         assert "too slow" in hub.log()
         assert hub.alive()
+
+
+def _stuck_subscriber(hub: HubProcess) -> socket.socket:
+    """A subscriber with a tiny receive buffer that never reads."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    assert hub.socket_path is not None
+    sock.connect(str(hub.socket_path))
+    sock.sendall(b'{"hello": "pulse", "role": "subscriber", "protocol": 2}\n')
+    return sock
+
+
+def _closed(sock: socket.socket, timeout: float) -> bool:
+    """True once the hub closed *sock* (reading and discarding what it holds)."""
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+class TestDroppedMeansClosed:
+    """Subscribers past their bound are closed, not left connected (issues 16.5, 21.4)."""
+
+    def test_stuck_subscribers_are_closed(
+        self, start_hub: Callable[..., HubProcess], clients: Callable[[Address], RawClient]
+    ) -> None:
+        hub = start_hub("--subscriber-buffer", "10", "--subscriber-limit", "200")
+        stuck = [_stuck_subscriber(hub) for _ in range(10)]
+        healthy = clients(hub.unix)
+        healthy.hello("subscriber")
+        healthy.until(lambda o: "live" in o)
+        producer = clients(hub.unix)
+        producer.hello("producer", training_id="run-s")
+        pad = "x" * 20_000
+        events: list[Event] = [meta("run-s")]
+        events += [status("run-s", seq, "running", f"{seq} {pad}") for seq in range(2, 802)]
+
+        def produce() -> None:
+            for start in range(0, len(events), 20):
+                producer.send_events(*events[start : start + 20])
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=produce)
+        thread.start()
+        lines = healthy.until(lambda o: o.get("seq") == 801, timeout=60)
+        thread.join(30)
+        assert [o["seq"] for o in events_of(lines)] == list(range(1, 802))
+        started = time.monotonic()
+        # They never read: the hub cuts them once the grace for reading the resync is over.
+        assert all(_closed(sock, timeout=30) for sock in stuck), "a dropped subscriber stayed open"
+        assert time.monotonic() - started < 30
+        for sock in stuck:
+            sock.close()
+        assert "too slow; closing" in hub.log()
+        healthy.send(b"\n")  # the healthy one is still served
+        assert hub.alive()
+
+    def test_the_byte_bound_drops_a_subscriber_of_large_events(
+        self, start_hub: Callable[..., HubProcess], clients: Callable[[Address], RawClient]
+    ) -> None:
+        """Default item bounds, ~60 KB events: the byte bound (16 MiB) drops it; RSS stays low."""
+        hub = start_hub()
+        stuck = _stuck_subscriber(hub)
+        producer = clients(hub.unix)
+        producer.hello("producer", training_id="run-b")
+        pad = "y" * 60_000
+        producer.send_events(meta("run-b"))
+        for seq in range(2, 902):  # ~54 MB in all, far below the 10,000-item bound
+            producer.send_events(
+                ErrorReported(
+                    "run-b", seq, time.time(), "UNHANDLED_EXCEPTION", "big", details={"pad": pad}
+                )
+            )
+        assert _closed(stuck, timeout=40), "the stuck subscriber stayed open"
+        stuck.close()
+        assert hub.pid_stats()["rss"] < 200 * 1024 * 1024
+        assert "too slow; closing" in hub.log()

@@ -11,9 +11,10 @@ import orjson
 from pulse_core.codec import encode
 from pulse_core.events import Event, Metrics, Progress, StatusChanged
 from pulse_transports.file import log_path
-from pulse_transports.inprocess import Bus
+from pulse_transports.inprocess import Bus, EncodedEvents
+from pulse_transports.web.cursor import Cursor
 from pulse_transports.web.monitor import LivenessMonitor
-from pulse_transports.web.stream import EncodedEvents, EventStream
+from pulse_transports.web.stream import EventStream
 
 TID = "gap-run"
 
@@ -68,7 +69,7 @@ class TestResumeFillsHolesFromTheLog:
             encoded=EncodedEvents(),
             scope=None,
             interval=0.001,
-            resume={TID: 3},
+            resume=Cursor({TID: 3}),
         )
         items = asyncio.run(_catch_up(stream))
         seqs = [i["seq"] for i in items if isinstance(i, dict) and i.get("training_id") == TID]
@@ -92,7 +93,7 @@ class TestCursorAheadOfTheHub:
             encoded=EncodedEvents(),
             scope=None,
             interval=0.001,
-            resume={TID: 100},
+            resume=Cursor({TID: 100}),
         )
         items = asyncio.run(_catch_up(stream))
         snapshots = [i["snapshot"] for i in items if isinstance(i, dict) and "snapshot" in i]

@@ -12,7 +12,8 @@ from pagekit import Producer, SseReader, WebHub, events_in
 from pulse_core.events import StatusChanged
 from pulse_transports.file import log_path
 from pulse_transports.follow import read_events
-from pulse_transports.web import format_cursor, openapi, parse_cursor
+from pulse_transports.web import Cursor, format_cursor, openapi, parse_cursor
+from pulse_transports.web.stream import QUIET_AFTER
 
 
 def finished(produce: Callable[..., Producer], tid: str) -> None:
@@ -27,23 +28,30 @@ def is_live(item: Any) -> bool:
 
 
 class TestCursor:
-    """The SSE id is ``training_id:seq`` pairs; malformed entries are left out."""
+    """The SSE id is a quiet mark and ``training_id:seq`` pairs; malformed entries are left out."""
 
     def test_round_trip(self) -> None:
         seqs = {"run-b": 7, "20261129-013724-123-9f2c41d07b": 41}
         text = format_cursor(seqs)
         assert text == "20261129-013724-123-9f2c41d07b:41,run-b:7"
-        assert parse_cursor(text) == seqs
+        assert parse_cursor(text) == Cursor(seqs)
+        marked = format_cursor(seqs, 1765062000)
+        assert marked == "@1765062000,20261129-013724-123-9f2c41d07b:41,run-b:7"
+        assert parse_cursor(marked) == Cursor(seqs, 1765062000)
+        assert parse_cursor(format_cursor({}, 5)) == Cursor({}, 5)
 
     def test_malformed(self) -> None:
-        assert parse_cursor(None) == {}
-        assert parse_cursor("") == {}
-        assert parse_cursor("run-a:3,<x>:4,run-b:-1,run-c:x,:5,run-d,run-e:9") == {
+        assert parse_cursor(None) == Cursor()
+        assert parse_cursor("") == Cursor()
+        assert parse_cursor("run-a:3,<x>:4,run-b:-1,run-c:x,:5,run-d,run-e:9").seqs == {
             "run-a": 3,
             "run-e": 9,
         }
-        assert parse_cursor("run-a:3,run-a:8,run-a:5") == {"run-a": 8}
-        assert parse_cursor("x" * 70_000) == {}
+        assert parse_cursor("run-a:3,run-a:8,run-a:5").seqs == {"run-a": 8}
+        assert parse_cursor("x" * 70_000) == Cursor()
+        # Only the first well-formed mark counts; a bad one is left out.
+        assert parse_cursor("@x,@12,@13,run-a:1") == Cursor({"run-a": 1}, 12)
+        assert parse_cursor("@" + "9" * 30).quiet is None
 
 
 class TestStream:
@@ -76,7 +84,7 @@ class TestStream:
         }
         assert snapshots["sse-1"]["status"] == "done"
         ids = [event_id for event_id, _ in messages if event_id is not None]
-        assert parse_cursor(ids[-1])["sse-1"] == snapshots["sse-1"]["stats"]["last_seq"]
+        assert parse_cursor(ids[-1]).seqs["sse-1"] == snapshots["sse-1"]["stats"]["last_seq"]
 
 
 class TestResume:
@@ -104,7 +112,7 @@ class TestResume:
         # Every status after seq 3 (never coalesced, so in the log too) is there.
         assert {s for s in logged if s > 3} <= set(seqs)
         assert not any("snapshot" in i for _, items in messages for i in items)
-        assert reader.last_id == f"res-1:{last}"
+        assert parse_cursor(reader.last_id).seqs == {"res-1": last}
 
     def test_query_parameter_and_header_precedence(
         self, start_hub: Callable[..., WebHub], produce: Callable[..., Producer]
@@ -146,7 +154,7 @@ class TestResume:
         reader.close()
         before = [e["seq"] for e in events_in(got, "res-3")]
         after = [e["seq"] for e in events_in(more, "res-3")]
-        assert after[0] > parse_cursor(cursor)["res-3"] >= before[-1]
+        assert after[0] > parse_cursor(cursor).seqs["res-3"] >= before[-1]
         assert after == sorted(set(after))
         # Nothing lost: every status the run reported reached this client once.
         statuses = [
@@ -189,3 +197,71 @@ class TestRateLimit:
         assert 3 <= len(slow_progress) <= 2 * elapsed + 2
         assert len(fast_progress) > 2 * len(slow_progress)
         assert len(fast_progress) <= 10 * elapsed + 2
+
+
+def snapshotted(messages: list[tuple[str | None, list[Any]]]) -> set[str]:
+    return {tid for _, items in messages for i in items for tid in i.get("snapshot", {})}
+
+
+class TestQuietMark:
+    """Runs ended and silent for QUIET_AFTER leave the id for its quiet mark; nothing is lost."""
+
+    def test_cursor_names_only_live_runs_and_resumes(
+        self, start_hub: Callable[..., WebHub], produce: Callable[..., Producer]
+    ) -> None:
+        first = start_hub()
+        ended = [f"quiet-{n}" for n in range(4)]
+        for tid in ended:
+            finished(produce, tid)
+        live = produce("until", "quiet-live")
+        reader = SseReader(first.port)
+        reader.items_until(is_live)
+        for _ in reader.messages(timeout=QUIET_AFTER + 10):  # the live run keeps it moving
+            last = reader.last_id or ""
+            if last.startswith("@") and not any(tid in last for tid in ended):
+                break
+        reader.close()
+        cursor = parse_cursor(reader.last_id)
+        assert cursor.quiet is not None, reader.last_id
+        assert set(cursor.seqs) == {"quiet-live"}  # the ended runs are under the mark
+        assert len(reader.last_id or "") < 40
+        # A run that ends while the client is away is newer than the mark: a snapshot.
+        finished(produce, "quiet-new")
+        reader = SseReader(first.port, headers={"Last-Event-ID": reader.last_id or ""})
+        messages = reader.items_until(is_live)
+        messages += reader.items_until(
+            lambda i: isinstance(i, dict) and i.get("training_id") == "quiet-live"
+        )
+        reader.close()
+        assert snapshotted(messages) == {"quiet-new"}
+        for tid in ended:
+            assert events_in(messages, tid) == []
+        seqs = [e["seq"] for e in events_in(messages, "quiet-live")]
+        assert seqs
+        assert seqs[0] > cursor.seqs["quiet-live"]
+        assert seqs == sorted(set(seqs))
+        # After a hub restart the mark still covers the runs the new hub reads from the logs.
+        resume = reader.last_id
+        first.stop()
+        second = start_hub(http=first.http)
+        reader = SseReader(second.port, headers={"Last-Event-ID": resume or ""})
+        live.open_gate(1)
+        more = reader.items_until(
+            lambda i: isinstance(i, dict) and i.get("status") == "done", timeout=20
+        )
+        reader.close()
+        assert snapshotted(more) == set()
+        for tid in [*ended, "quiet-new"]:
+            assert events_in(more, tid) == []
+        after = [e["seq"] for e in events_in(more, "quiet-live")]
+        assert after[0] > parse_cursor(resume).seqs["quiet-live"] >= seqs[-1]
+        assert after == sorted(set(after))
+        statuses = {
+            e["seq"] for e in events_in(messages + more, "quiet-live") if e["type"] == "status"
+        }
+        logged = {
+            e.seq
+            for e in read_events(log_path(second.home, "quiet-live"), "quiet-live") or []
+            if isinstance(e, StatusChanged) and e.seq > cursor.seqs["quiet-live"]
+        }
+        assert logged <= statuses

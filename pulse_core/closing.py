@@ -1,9 +1,12 @@
 """The ``with`` protocol for objects that have a ``close()``.
 
 This module owns :class:`ClosesOnExit`, the one ``__enter__``/``__exit__``
-pair the transports' closeable objects share: ``with thing:`` gives the
-thing, and leaving the block closes it, after handing an exception that
-leaves the block to :meth:`ClosesOnExit.exited_with` (default: nothing).
+pair every closeable object of the library shares (the training run, the
+framework callbacks, ``track``, the transports' readers and subscribers):
+``with thing:`` gives the thing, and leaving the block closes it, after
+handing an exception that leaves the block to
+:meth:`ClosesOnExit.exited_with` (default: nothing). Pure: it imports no
+I/O module.
 """
 
 from __future__ import annotations

@@ -1,0 +1,244 @@
+"""Benchmark the hub's memory over many runs and under a stuck subscriber (issues 21.3, 16.3).
+
+Run ``python tests/bench/bench_hub_memory.py`` (a few minutes on 2 cores) or
+with ``--quick`` (seconds; what the smoke test runs). ``--json PATH`` also
+writes the figures as JSON. Every part starts a real ``pulse serve`` process.
+
+1. **runs**: producer processes run short runs one after another through
+   ``TrainingRun`` with the default transports (file log, v1 file, socket to
+   the hub), so the hub hears each run twice (socket and log follow), with a
+   web client (``/events``) and a socket subscriber reading throughout. The
+   hub keeps ended runs ``keep_ended`` seconds (``pulse serve --keep-ended``,
+   shortened here). Reported: hub RSS after the first 10 runs have expired
+   (the base), the peak over all runs, and RSS once every run has expired.
+   Goals: peak <= 100 MiB; after expiry within 10 % of the base.
+2. **stuck**: a socket subscriber that never reads (small receive buffer)
+   while a raw producer sends ``--big`` error events of 400 KB, then a
+   reading subscriber that leaves. Reported: hub RSS peak (goal <= 200 MB),
+   whether the stuck subscriber was closed by the hub, RSS after every
+   subscriber left (the run still held), and once the run ended and expired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from bench_hub import Hub, Sampler
+
+MIB = 1024 * 1024
+
+
+def producer(params: dict[str, Any]) -> None:
+    """A training process running *runs* short runs one after another."""
+    from pulse_core.emitter import TrainingRun
+
+    prefix, runs, steps = params["prefix"], params["runs"], params["steps"]
+    for n in range(runs):
+        with TrainingRun(f"{prefix}-{n:04d}", name=f"short run {n}", total_steps=steps) as run:
+            run.status("running", "training " + "x" * 200)
+            for step in range(1, steps + 1):
+                run.progress(epoch=1, step=step, total_steps=steps)
+                run.metrics(loss=1.0 / step, accuracy=step / steps, lr=1e-3)
+            run.status("cooling_down", "saving")
+    print("done", flush=True)
+
+
+def _spawn(role: str, params: dict[str, Any], **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, __file__, "--role", role, "--params", json.dumps(params)], **kwargs
+    )
+
+
+def _reader(hub: Hub) -> socket.socket:
+    """A socket subscriber that reads everything, in a thread."""
+    import threading
+
+    from pulse_transports.wire import hello_line
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(hub.socket))
+    sock.sendall(hello_line("subscriber"))
+
+    def drain() -> None:
+        try:
+            while sock.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    return sock
+
+
+def _settle(hub: Hub, seconds: float) -> int:
+    """Wait, then the lowest RSS seen in the last second (RSS wobbles with the allocator)."""
+    time.sleep(max(0.0, seconds - 1.0))
+    lows = []
+    for _ in range(5):
+        lows.append(hub.rss())
+        time.sleep(0.2)
+    return min(lows)
+
+
+def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict[str, Any]:
+    scratch = Path(tempfile.mkdtemp(prefix="pm-"))
+    home = scratch / "home"
+    hub = Hub(home, "--keep-ended", str(keep_ended))
+    sampler = Sampler(hub, every=0.1)
+    reader = _reader(hub)
+    env = {**os.environ, "PULSE_HOME": str(home)}
+    try:
+        first = _spawn("producer", {"prefix": "warm", "runs": 10, "steps": steps}, env=env)
+        first.wait(120)
+        base = _settle(hub, keep_ended + 3.0)  # the 10 runs have expired
+        start = time.monotonic()
+        per = total // producers
+        procs = [
+            _spawn(
+                "producer",
+                {"prefix": f"p{n}", "runs": per, "steps": steps},
+                env=env,
+                stdout=subprocess.PIPE,
+            )
+            for n in range(producers)
+        ]
+        for proc in procs:
+            proc.wait(1800)
+        elapsed = time.monotonic() - start
+        peak = sampler.peak
+        after = _settle(hub, keep_ended + 3.0)
+    finally:
+        sampler.stop()
+        reader.close()
+        hub.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        "runs": 10 + per * producers,
+        "seconds": round(elapsed, 1),
+        "base_mib": round(base / MIB, 1),
+        "peak_mib": round(peak / MIB, 1),
+        "after_expiry_mib": round(after / MIB, 1),
+        "after_vs_base": round(after / base, 3),
+    }
+
+
+def stuck_case(count: int, size: int) -> dict[str, Any]:
+    from pulse_core.codec import encode, to_dict
+    from pulse_core.events import ErrorReported, RunMeta, StatusChanged
+    from pulse_transports.wire import hello_line
+
+    scratch = Path(tempfile.mkdtemp(prefix="pm-"))
+    home = scratch / "home"
+    hub = Hub(home, "--keep-ended", "3")
+    sampler = Sampler(hub, every=0.05)
+    base = hub.rss()
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(str(hub.socket))
+    stuck.sendall(hello_line("subscriber"))
+    reader = _reader(hub)
+    prod = socket.socket(socket.AF_UNIX)
+    prod.connect(str(hub.socket))
+    tid = "big-run"
+    prod.sendall(hello_line("producer", training_id=tid))
+    prod.recv(4096)
+    try:
+        prod.sendall(encode(RunMeta(training_id=tid, seq=1, timestamp=time.time())))
+        blob = "e" * size
+        for seq in range(2, count + 2):
+            event = ErrorReported(
+                training_id=tid,
+                seq=seq,
+                timestamp=time.time(),
+                error_code="UNHANDLED_EXCEPTION",
+                message="big",
+                details={"blob": blob},
+            )
+            # Unbounded (encode() would cut it to 64 KiB): a hostile or foreign producer.
+            prod.sendall(orjson.dumps(to_dict(event)) + b"\n")
+        time.sleep(1.0)
+        stuck.setblocking(False)
+        closed = False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not closed:
+            try:
+                data = stuck.recv(1 << 20)
+                closed = data == b""
+            except BlockingIOError:
+                time.sleep(0.2)
+            except OSError:
+                closed = True
+        peak = sampler.peak
+        reader.close()
+        stuck.close()
+        after = _settle(hub, 6.0)  # the run is still held; the subscribers are gone
+        done = StatusChanged(training_id=tid, seq=count + 2, timestamp=time.time(), status="done")
+        prod.sendall(encode(done))
+        prod.close()
+        expired = _settle(hub, 3.0 + 6.0)  # the run ended, expired, and was forgotten
+    finally:
+        sampler.stop()
+        hub.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        "events": count,
+        "event_kb": size // 1000,
+        "base_mib": round(base / MIB, 1),
+        "peak_mib": round(peak / MIB, 1),
+        "stuck_closed": closed,
+        "after_leave_mib": round(after / MIB, 1),
+        "after_expiry_mib": round(expired / MIB, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--role", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--params", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "producer":
+        producer(json.loads(args.params))
+        return 0
+    if args.quick:
+        figures = {
+            "runs": runs_case(40, 2, 10, keep_ended=2.0),
+            "stuck": stuck_case(80, 400_000),
+        }
+    else:
+        figures = {
+            "runs": runs_case(args.runs, 4, 20, keep_ended=5.0),
+            "stuck": stuck_case(1500, 400_000),
+        }
+    r, s = figures["runs"], figures["stuck"]
+    print(
+        f"runs: {r['runs']} in {r['seconds']} s; RSS base {r['base_mib']} MiB, "
+        f"peak {r['peak_mib']} MiB (goal <= 100), after expiry {r['after_expiry_mib']} MiB "
+        f"({r['after_vs_base']:.2f} x base, goal <= 1.10)"
+    )
+    print(
+        f"stuck: {s['events']} x {s['event_kb']} KB; RSS {s['base_mib']} -> peak "
+        f"{s['peak_mib']} MiB (goal <= 200 MB), stuck closed {s['stuck_closed']}, "
+        f"after every subscriber left {s['after_leave_mib']} MiB, after the run "
+        f"expired {s['after_expiry_mib']} MiB"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
