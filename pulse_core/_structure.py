@@ -49,6 +49,11 @@ def _check_map(value: Any, value_type: type | None) -> None:
 def _float_map(value: Any) -> dict[str, float]:
     if value.__class__ is not dict:
         raise TypeError("expected an object")
+    for item in value.values():
+        if item.__class__ is not float:
+            break
+    else:
+        return value  # all floats (the common case): no copy
     out: dict[str, float] = {}
     for key, item in value.items():
         cls = item.__class__

@@ -42,6 +42,7 @@ from pulse_core.events import (
     StateCheckpoint,
     StatusChanged,
     UnknownEvent,
+    _valid_ids,
     validate_training_id,
 )
 
@@ -261,10 +262,12 @@ def from_dict(obj: Any, line: bytes | str | None = None) -> Event:
     tag = obj.get("type")
     # Only a string can name a known type; a list or object tag is unhashable.
     hook = _STRUCTURE.get(tag) if tag.__class__ is str else None
-    try:
-        validate_training_id(obj.get("training_id"))
-    except InvalidTrainingId as exc:
-        raise DecodeError(f"bad training_id: {exc}", line) from None
+    tid = obj.get("training_id")
+    if tid.__class__ is not str or tid not in _valid_ids:  # checked before: logs repeat one id
+        try:
+            validate_training_id(tid)
+        except InvalidTrainingId as exc:
+            raise DecodeError(f"bad training_id: {exc}", line) from None
     version = obj.get("v")
     if version.__class__ is not int or version < PROTOCOL_VERSION:
         raise DecodeError(

@@ -58,7 +58,11 @@ def liveness_of(
     last = state.last_event_at
     if last is None:
         return ALIVE if writer_alive else STALE
-    silence = now - last
+    return by_silence(now - last, stale_after=stale_after, lost_after=lost_after)
+
+
+def by_silence(silence: float, *, stale_after: float, lost_after: float) -> Liveness:
+    """The liveness of a run whose writer said nothing for *silence* seconds."""
     if silence > lost_after:
         return LOST
     if silence > stale_after:

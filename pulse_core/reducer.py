@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, assert_never
 
+from pulse_core._series import SeriesAcc
 from pulse_core.events import (
     PHASES,
     TERMINAL_STATUSES,
@@ -51,13 +52,10 @@ from pulse_core.state import (
     MAX_METRIC_NAMES,
     MAX_SERIES,
     MAX_TIMELINE,
-    MAX_WINDOWS,
     PROTOCOL_METRICS,
     Anomaly,
     RunState,
-    Series,
     StatusEntry,
-    Window,
 )
 
 _PHASES: Final = PHASES
@@ -70,55 +68,6 @@ def _push(items: list[Any], item: Any, limit: int) -> None:
     if len(items) >= limit:
         del items[HEAD_KEPT]
     items.append(item)
-
-
-class _SeriesAcc:
-    """Mutable metric series: windows as a list of immutable tuples."""
-
-    __slots__ = ("count", "width", "windows")
-
-    def __init__(self, series: Series | None = None) -> None:
-        if series is None:
-            self.width, self.count, self.windows = 1, 0, []
-        else:
-            self.width, self.count = series.width, series.count
-            self.windows = list(series.windows)
-
-    def add(self, value: float, ts: float) -> None:
-        index = self.count
-        self.count = index + 1
-        windows = self.windows
-        if windows:
-            x, n, first, _last, lo, hi, t0, _t1 = windows[-1]
-            if index < x + self.width:
-                windows[-1] = (
-                    x,
-                    n + 1,
-                    first,
-                    value,
-                    value if value < lo else lo,
-                    value if value > hi else hi,
-                    t0,
-                    ts,
-                )
-                return
-            if len(windows) >= MAX_WINDOWS:
-                # Windows start at multiples of width and MAX_WINDOWS is even,
-                # so pairs merge into windows aligned at multiples of 2*width:
-                # the result depends only on the sequence, never on where a
-                # fold was checkpointed.
-                self.windows = windows = [
-                    _merge(windows[i], windows[i + 1]) for i in range(0, len(windows), 2)
-                ]
-                self.width *= 2
-        windows.append((index, 1, value, value, value, value, ts, ts))
-
-    def freeze(self) -> Series:
-        return Series(width=self.width, count=self.count, windows=tuple(self.windows))
-
-
-def _merge(a: Window, b: Window) -> Window:
-    return (a[0], a[1] + b[1], a[2], b[3], min(a[4], b[4]), max(a[5], b[5]), a[6], b[7])
 
 
 class _Acc:
@@ -176,7 +125,7 @@ class _Acc:
             name: [low, highs.get(name, low)] for name, low in s.metrics_min.items()
         }
         self.metrics_dropped = s.metrics_dropped
-        self.history = {name: _SeriesAcc(series) for name, series in s.history.items()}
+        self.history = {name: SeriesAcc(series) for name, series in s.history.items()}
         self.errors = list(s.errors)
         self.error_count = s.error_count
         self.timeline = list(s.timeline)
@@ -322,41 +271,29 @@ class _Acc:
         self.duplicates += 1
 
     def _metrics(self, event: Metrics, ts: float) -> None:
-        values: list[tuple[str, float | None]] = [
-            ("loss", event.loss),
-            ("time_per_epoch", event.time_per_epoch),
-            ("samples_per_second", event.samples_per_second),
-            ("tokens_per_second", event.tokens_per_second),
-        ]
-        if event.extra:
-            values.extend(event.extra.items())
-        metrics = self.metrics
-        history = self.history
+        extra = event.extra
+        if (
+            event.time_per_epoch is None
+            and event.samples_per_second is None
+            and event.tokens_per_second is None
+        ):
+            # The common shape: loss and a few extra names (no tuple list built).
+            if event.loss is not None:
+                self._metric("loss", event.loss, ts, event.seq)
+            if extra:
+                for name, value in extra.items():
+                    self._metric(name, value, ts, event.seq)
+        else:
+            for name, value in (
+                ("loss", event.loss),
+                ("time_per_epoch", event.time_per_epoch),
+                ("samples_per_second", event.samples_per_second),
+                ("tokens_per_second", event.tokens_per_second),
+                *(extra.items() if extra else ()),
+            ):
+                if value is not None:
+                    self._metric(name, value, ts, event.seq)
         bounds = self.metrics_bounds
-        for name, value in values:
-            if value is None or value != value:  # None or NaN: nothing said
-                continue
-            if name not in metrics and name not in PROTOCOL_METRICS:
-                kept = len(metrics) - len(PROTOCOL_METRICS.intersection(metrics))
-                if kept >= MAX_METRIC_NAMES:
-                    self.anomaly(event.seq, "too_many_metrics", f"metric {name!r:.80} not kept")
-                    continue
-            metrics[name] = value
-            pair = bounds.get(name)
-            if pair is None:
-                bounds[name] = [value, value]
-            elif value < pair[0]:
-                pair[0] = value
-            elif value > pair[1]:
-                pair[1] = value
-            series = history.get(name)
-            if series is None:
-                if name not in PROTOCOL_METRICS:
-                    extra = len(history) - len(PROTOCOL_METRICS.intersection(history))
-                    if extra >= MAX_SERIES:
-                        continue
-                series = history[name] = _SeriesAcc()
-            series.add(value, ts)
         # Exact bounds from the writer (every call, not only these samples).
         if event.min:
             for name, value in event.min.items():
@@ -373,6 +310,34 @@ class _Acc:
         pair = bounds.get("loss")
         if pair is not None and (self.best_loss is None or pair[0] < self.best_loss):
             self.best_loss = pair[0]
+
+    def _metric(self, name: str, value: float, ts: float, seq: int) -> None:
+        """One metric value said (not None): latest, bounds and history."""
+        if value != value:  # NaN: nothing said
+            return
+        metrics = self.metrics
+        if name not in metrics and name not in PROTOCOL_METRICS:
+            kept = len(metrics) - len(PROTOCOL_METRICS.intersection(metrics))
+            if kept >= MAX_METRIC_NAMES:
+                self.anomaly(seq, "too_many_metrics", f"metric {name!r:.80} not kept")
+                return
+        metrics[name] = value
+        pair = self.metrics_bounds.get(name)
+        if pair is None:
+            self.metrics_bounds[name] = [value, value]
+        elif value < pair[0]:
+            pair[0] = value
+        elif value > pair[1]:
+            pair[1] = value
+        series = self.history.get(name)
+        if series is None:
+            history = self.history
+            if name not in PROTOCOL_METRICS:
+                extra = len(history) - len(PROTOCOL_METRICS.intersection(history))
+                if extra >= MAX_SERIES:
+                    return
+            series = history[name] = SeriesAcc()
+        series.add(value, ts)
 
     def _status(self, event: StatusChanged, ts: float) -> None:
         target = _PHASES.get(event.status)

@@ -7,9 +7,10 @@ This module owns both sides of the ``state_checkpoint`` line (specs/protocol.md)
   and says when a checkpoint is due: every :data:`EVERY_LINES` lines or
   :data:`EVERY_BYTES` bytes, whichever comes first, but never closer than
   :data:`SPACING` times the last checkpoint's own size (so checkpoints stay a
-  small part of the log). The writer also appends one after every compaction
-  and every recreation of the log: its state is the run's true state, not the
-  fold of the downsampled file.
+  small part of the log). The writer also appends one after every compaction:
+  its state is the run's true state, not the fold of the downsampled file. A
+  log recreated after it was deleted restarts the fold from the restated lines
+  (readers of the new file see its ``dropped`` note).
 * :func:`last_checkpoint` -- a reader's start: the last checkpoint of a log
   (found from the end, reading backwards), as a follower
   :class:`~pulse_transports.position.Checkpoint` just after that line, so
@@ -61,6 +62,13 @@ class CheckpointWriter:
         self._lines = 0  # since the last checkpoint
         self._bytes = 0
         self._spacing = 0
+
+    def restart(self, events: list[Event]) -> None:
+        """Fold afresh from *events*: a recreated log holds only these (restated)."""
+        self._folder = Folder(RunState(training_id=self._folder.state.training_id))
+        for event in events:
+            self._folder.apply(event)
+        self._lines = self._bytes = 0
 
     @property
     def state(self) -> RunState:

@@ -34,6 +34,7 @@ from pulse_core.events import (
     RunMeta,
     StatusChanged,
 )
+from pulse_transports._checkpoint import CheckpointWriter
 from pulse_transports._logfile import ends_with_newline, retake_lock
 from pulse_transports._logfile import fsync_dir as _fsync_dir
 from pulse_transports.homemode import make_dirs, open_file
@@ -124,11 +125,9 @@ class RecreatingLog:
     _dir_warned: bool
     _unsynced: Event | None
     _memory: WriterMemory
+    _checkpoints: CheckpointWriter
 
     def _append(self, line: bytes) -> None:
-        raise NotImplementedError
-
-    def _write_checkpoint(self) -> None:
         raise NotImplementedError
 
     # -- a log deleted or replaced under the writer -------------------------------
@@ -191,7 +190,7 @@ class RecreatingLog:
         if self.fsync:
             os.fsync(fd)
             _fsync_dir(self.path.parent)
-        self._write_checkpoint()  # the run's whole state, beyond what was restated
+        self._checkpoints.restart(restated)  # the new file's fold, its dropped note counted
         self.recreations += 1
         if self.recreations == 1:
             log.warning(

@@ -266,15 +266,19 @@ class BackgroundSender(Generic[T]):
             self._failed(exc)
             return False
         self.connects += 1
+        self._succeeded("reachable again")
+        return True
+
+    def _succeeded(self, what: str) -> None:
+        """End a failure streak (logged once, with how long it was)."""
         failures = self.retry.succeeded()
         if failures:
             self.log.info(
-                f"pulse {self.label} reachable again; sending queued events",
+                f"pulse {self.label} {what}; sending queued events",
                 training_id=self.training_id,
                 attempts=failures,
                 queued=self.queued(),
             )
-        return True
 
     def _run(self) -> None:
         try:
@@ -336,6 +340,8 @@ class BackgroundSender(Generic[T]):
                 if closing and time.monotonic() >= self._deadline:
                     return
                 continue
+            if self._inflight and self.retry.failures:
+                self._succeeded("sending again")  # a client that kept its connection
             with cond:
                 self._inflight = 0
                 cond.notify_all()
@@ -352,10 +358,9 @@ class LoopThread:
     """
 
     def __init__(self, name: str) -> None:
+        """Start the loop on a daemon thread called *name*."""
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-
-    def start(self) -> None:
         self._thread.start()
 
     @property

@@ -44,6 +44,7 @@ from typing import Final
 import attrs
 
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
 from pulse_core.events import Event, StateCheckpoint
@@ -77,7 +78,7 @@ class BadLine:
 # -- the follower ----------------------------------------------------------------
 
 
-class LogFollower:
+class LogFollower(ClosesOnExit):
     """Read one run's log from an offset and follow its appends.
 
     Call :meth:`poll` whenever the file may have changed (a :class:`Notifier`
@@ -233,12 +234,6 @@ class LogFollower:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self) -> LogFollower:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- file identity -------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 
 log = get_logger("pulse.follow")
 
@@ -28,7 +29,7 @@ def _polling_forced() -> bool:
     return os.environ.get(ENV_POLLING, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-class Notifier:
+class Notifier(ClosesOnExit):
     """Wake a reader when anything in a folder changes.
 
     Uses ``watchfiles`` (OS notifications; latency ~10 ms) in a daemon thread
@@ -127,9 +128,3 @@ class Notifier:
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
-
-    def __enter__(self) -> Notifier:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -45,7 +45,7 @@ import orjson
 
 from pulse_core._log import get_logger
 from pulse_core.errors import ConfigError
-from pulse_core.liveness import ENDED, LOST
+from pulse_core.liveness import ENDED, LOST, LOST_AFTER
 from pulse_core.projections import to_history_record
 from pulse_transports._logfile import fsync_dir
 from pulse_transports.config import Config, check_table
@@ -135,14 +135,26 @@ def _flow_run(record: RunRecord) -> str | None:
     return meta.flow_run_id if meta is not None and meta.flow_run_id else None
 
 
-def plan(home: Path | str, policy: RetentionPolicy, *, now: float | None = None) -> Plan:
+def plan(
+    home: Path | str,
+    policy: RetentionPolicy,
+    *,
+    now: float | None = None,
+    lost_after: float = LOST_AFTER,
+) -> Plan:
     """Choose the runs to remove (see the module doc); removes nothing.
+
+    Args:
+        home: the PULSE home.
+        policy: the limits.
+        now: the current time (Unix seconds).
+        lost_after: the configured silence after which a run is lost.
 
     Raises:
         HomeNotFound: if *home* does not exist.
     """
     now = time.time() if now is None else now
-    records = recover(home, now=now)  # newest first
+    records = recover(home, now=now, lost_after=lost_after)  # newest first
     sizes: dict[str, tuple[int, float]] = {}
     for record in records:
         try:
@@ -285,9 +297,10 @@ def removed_records(home: Path | str) -> list[dict[str, Any]]:
 class RetentionFeed:
     """The hub's periodic collection: a feed task that never touches the bus."""
 
-    def __init__(self, home: Path, policy: RetentionPolicy) -> None:
+    def __init__(self, home: Path, policy: RetentionPolicy, lost_after: float = LOST_AFTER) -> None:
         self.home = home
         self.policy = policy
+        self.lost_after = lost_after
 
     def __repr__(self) -> str:
         return f"RetentionFeed({str(self.home)!r})"
@@ -295,7 +308,7 @@ class RetentionFeed:
     def run_once(self) -> list[Doomed]:
         """Plan and collect now (blocking)."""
         try:
-            return collect(self.home, plan(self.home, self.policy))
+            return collect(self.home, plan(self.home, self.policy, lost_after=self.lost_after))
         except HomeNotFound:
             return []
 

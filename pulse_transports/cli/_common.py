@@ -194,6 +194,15 @@ def home_option(func: F) -> F:
     )(func)
 
 
+#: ``--json`` of the commands whose JSON shape docs/reference/cli.md describes.
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
+)
+
+
 def home_source(home: Path | None) -> str:
     """Where the home came from, for messages: ``--home``, ``PULSE_HOME`` or the default."""
     if home is not None:

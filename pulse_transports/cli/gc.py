@@ -64,7 +64,7 @@ def gc_command(
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     started = time.perf_counter()
-    chosen = plan(config.home, policy)
+    chosen = plan(config.home, policy, lost_after=config.lost_after)
     removed = collect(config.home, chosen) if yes else chosen.remove
     seconds = time.perf_counter() - started
     freed = sum(d.size for d in removed)

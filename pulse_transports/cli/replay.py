@@ -53,7 +53,13 @@ from typing import Any
 
 import click
 
-from pulse_transports.cli._common import EXIT_UNREADABLE, home_option, main, resolve_config
+from pulse_transports.cli._common import (
+    EXIT_UNREADABLE,
+    home_option,
+    json_option,
+    main,
+    resolve_config,
+)
 from pulse_transports.cli.ls import (
     fail,
     fmt_duration,
@@ -200,12 +206,7 @@ def cloudevent_lines(data: bytes, source: str | None = None) -> tuple[list[bytes
 
 @main.command("replay")
 @click.argument("file", metavar="FILE|ID")
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
-)
+@json_option
 @click.option(
     "--cloudevents",
     "as_cloudevents",

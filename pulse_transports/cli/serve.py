@@ -288,7 +288,8 @@ def serve(
     from pulse_transports.retention import RetentionFeed, RetentionPolicy
 
     try:
-        retention = RetentionFeed(config.home, RetentionPolicy.from_config(config))
+        policy = RetentionPolicy.from_config(config)
+        retention = RetentionFeed(config.home, policy, lost_after=config.lost_after)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     if http_address is not None:

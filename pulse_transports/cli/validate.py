@@ -34,7 +34,13 @@ from typing import Any, BinaryIO
 
 import click
 
-from pulse_transports.cli._common import EXIT_FAILED, EXIT_UNREADABLE, home_option, main
+from pulse_transports.cli._common import (
+    EXIT_FAILED,
+    EXIT_UNREADABLE,
+    home_option,
+    json_option,
+    main,
+)
 from pulse_transports.cli.ls import fail, print_json
 from pulse_transports.cli.replay import resolve_file
 
@@ -96,10 +102,12 @@ class Checker:
 
     def check(self, event: Any) -> list[tuple[str, str]]:
         """Return ``(kind, message)`` problems of the next event."""
-        from pulse_core.events import Heartbeat, StatusChanged, UnknownEvent
+        from pulse_core.events import Heartbeat, StateCheckpoint, StatusChanged, UnknownEvent
         from pulse_core.lifecycle import is_terminal, next_status
 
         problems: list[tuple[str, str]] = []
+        if isinstance(event, StateCheckpoint):
+            return problems  # the fold so far (its seq is the last one folded), not an event
         if self.training_id is None:
             self.training_id = event.training_id
         elif event.training_id != self.training_id:
@@ -199,12 +207,7 @@ def validate_file(path: Path, max_errors: int = 100) -> dict[str, Any]:
 
 @main.command("validate")
 @click.argument("file", metavar="FILE|ID")
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print JSON (its shape: docs/reference/cli.md, JSON output).",
-)
+@json_option
 @click.option(
     "--max-errors",
     type=click.IntRange(min=1),

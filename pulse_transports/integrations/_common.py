@@ -320,6 +320,21 @@ class RunContext(ClosesOnExit):
 
     binding: RunBinding
 
+    def bind(
+        self,
+        framework: str,
+        run: Run | None,
+        name: str | None,
+        all_ranks: bool | None,
+        run_options: dict[str, Any],
+    ) -> None:
+        """Report to *run*, else the current run, else one opened with *name*, *run_options*."""
+        if name is not None:
+            run_options["name"] = name
+        self.binding = RunBinding(
+            run, framework=framework, all_ranks=all_ranks, run_options=run_options
+        )
+
     def exited_with(self, exc: BaseException) -> None:
         """Training raised *exc* inside the ``with`` block: the run ends by it."""
         self.binding.fail(exc)

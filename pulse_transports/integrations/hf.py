@@ -64,7 +64,6 @@ from transformers import TrainerCallback  # type: ignore[import-not-found, unuse
 
 from pulse_transports.integrations._common import (
     Run,
-    RunBinding,
     RunContext,
     numeric_items,
 )
@@ -95,11 +94,7 @@ class PulseCallback(TrainerCallback, RunContext):  # type: ignore[misc, unused-i
         all_ranks: bool | None = None,
         **run_options: Any,
     ) -> None:
-        if name is not None:
-            run_options["name"] = name
-        self.binding = RunBinding(
-            run, framework="transformers", all_ranks=all_ranks, run_options=run_options
-        )
+        self.bind("transformers", run, name, all_ranks, run_options)
         self._trainer: weakref.ReferenceType[Any] | None = None
         self._epoch = 0
         self._first_epoch = True

@@ -63,7 +63,6 @@ import keras  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
 from pulse_transports.integrations._common import (
     Run,
-    RunBinding,
     RunContext,
     numeric_items,
 )
@@ -140,11 +139,7 @@ class PulseCallback(RunContext, keras.callbacks.Callback):  # type: ignore[misc,
         **run_options: Any,
     ) -> None:
         super().__init__()
-        if name is not None:
-            run_options["name"] = name
-        self.binding = RunBinding(
-            run, framework="keras", all_ranks=all_ranks, run_options=run_options
-        )
+        self.bind("keras", run, name, all_ranks, run_options)
         self.batch_size = batch_size
         self._others: list[Any] | None = None
         self._fit_model: Any = None

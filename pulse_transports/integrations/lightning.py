@@ -60,7 +60,6 @@ except ImportError:  # pragma: no cover - the standalone package
 
 from pulse_transports.integrations._common import (
     Run,
-    RunBinding,
     RunContext,
     numeric_items,
 )
@@ -96,11 +95,7 @@ class _PulseLightning(RunContext):
         **run_options: Any,
     ) -> None:
         super().__init__()
-        if name is not None:
-            run_options["name"] = name
-        self.binding = RunBinding(
-            run, framework="lightning", all_ranks=all_ranks, run_options=run_options
-        )
+        self.bind("lightning", run, name, all_ranks, run_options)
         self._epoch = 0
         self._step = 0
         self._total_epochs: int | None = None

@@ -11,6 +11,7 @@ thread. Must not be imported by :mod:`pulse_core`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
 from collections.abc import Coroutine, Mapping
@@ -236,7 +237,6 @@ class NatsSink(BackgroundSender[_Out]):
         self.disconnects = 0
         self._entry = RunEntry(bucket, "", interval=kv_interval)
         self._aio: LoopThread | None = None
-        self._closed = False
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
 
@@ -252,15 +252,13 @@ class NatsSink(BackgroundSender[_Out]):
         """
         self._entry.token = run_token(training_id)
         self._aio = LoopThread(f"pulse-nats-loop-{training_id}")
-        self._aio.start()
         self.start(training_id)
         return self.held_seq or None
 
     def close(self) -> None:
         """Publish what is queued (bounded by ``close_timeout``), then disconnect."""
-        if self._closed:
-            return
-        self._closed = True
+        if self._closing:
+            return  # closed already
         lost = self.stop()
         if self._aio is not None:
             self._aio.stop()
@@ -328,7 +326,10 @@ class NatsSink(BackgroundSender[_Out]):
         if aio is None or not aio.running:
             coro.close()
             raise NatsError("the sink is not open")
-        aio.run(coro)
+        try:
+            aio.run(coro)
+        except concurrent.futures.CancelledError:
+            raise NatsError("the sink closed while talking to NATS") from None
 
     def connect(self) -> None:
         """Connect (or wait for the client's own reconnection), as the sender thread asks."""

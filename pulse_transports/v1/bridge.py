@@ -67,6 +67,7 @@ from typing import Any, ClassVar, Final
 import attrs
 
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 from pulse_core.errors import ConfigError, PulseError, RunLocked
 from pulse_core.events import (
     ErrorReported,
@@ -102,7 +103,7 @@ HEAL_EVERY: Final = 1.0
 _REFUSED: Final = frozenset({"v1"})
 
 
-class V1FileSource:
+class V1FileSource(ClosesOnExit):
     """Bridge a legacy v1 snapshot file into v2 runs (the ``v1file`` source).
 
     Call :meth:`poll` repeatedly (every ``interval`` seconds), or
@@ -262,12 +263,6 @@ class V1FileSource:
         if self._run is not None:
             self._close_sinks(self._run)
             self._run = None
-
-    def __enter__(self) -> V1FileSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- deciding ---------------------------------------------------------------------
 

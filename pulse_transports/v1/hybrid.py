@@ -27,7 +27,15 @@ from typing import Any, Final, Literal
 import attrs
 
 from pulse_core._log import get_logger
-from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE, STALE_AFTER, Liveness
+from pulse_core.liveness import (
+    ENDED,
+    LOST,
+    LOST_AFTER,
+    STALE,
+    STALE_AFTER,
+    Liveness,
+    by_silence,
+)
 from pulse_core.projections import LOST_MESSAGE, V1_KEYS, to_v1, to_view
 from pulse_core.state import RunState
 from pulse_transports.file import write_json_atomic
@@ -153,12 +161,7 @@ def snapshot_liveness(
     last = snapshot.timestamp if snapshot.timestamp is not None else modified
     if last is None:
         return STALE
-    silence = now - last
-    if silence > lost_after:
-        return LOST
-    if silence > stale_after:
-        return STALE
-    return ALIVE
+    return by_silence(now - last, stale_after=stale_after, lost_after=lost_after)
 
 
 def snapshot_state(snapshot: V1Snapshot, training_id: str = V1_ONLY_ID) -> RunState:

@@ -150,15 +150,21 @@ def parse_timestamp(value: object) -> float | None:
     return number / 1000.0 if number > MILLIS_ABOVE else number
 
 
-def _count(value: object) -> int | None:
-    """A non-negative integer from an int, an integral float or numeric text."""
+def _numeric(value: object) -> object:
+    """*value*, numeric text read as a float; None for a bool or nothing."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, str):
         try:
-            value = float(value.strip())
+            return float(value.strip())
         except ValueError:
             return None
+    return value
+
+
+def _count(value: object) -> int | None:
+    """A non-negative integer from an int, an integral float or numeric text."""
+    value = _numeric(value)
     if isinstance(value, int):
         return value if value >= 0 else None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer() and value >= 0:
@@ -167,13 +173,8 @@ def _count(value: object) -> int | None:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
+    """A finite number from an int, a float or numeric text."""
+    value = _numeric(value)
     if isinstance(value, int | float):
         number = float(value)
         return number if math.isfinite(number) else None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -161,3 +163,22 @@ class TestReaders:
         assert last_checkpoint(path, TID) is None
         state, lines, tail = fold_log(path, TID)
         assert (state.status, lines, tail) == ("running", 2, path.stat().st_size)
+
+
+class TestCommands:
+    """The commands that read a log whole treat checkpoints as what they are."""
+
+    def test_validate_accepts_a_log_with_checkpoints(self, tmp_home: Path) -> None:
+        """``pulse validate`` finds nothing wrong with a FileSink log full of checkpoints."""
+        write_run(tmp_home, 3000, end=True)
+        path = log_path(tmp_home, TID)
+        assert len(checkpoints(path)) >= 3
+        done = subprocess.run(
+            [sys.executable, "-m", "pulse_transports.cli", "validate", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "0 errors" in done.stdout

@@ -23,7 +23,15 @@ import pulse_core
 from pulse_core.codec import decode, encode
 from pulse_core.emitter import TrainingRun
 from pulse_core.errors import PulseError, RunExists
-from pulse_core.events import Dropped, Event, Metrics, Progress, RunMeta, StatusChanged
+from pulse_core.events import (
+    Dropped,
+    Event,
+    Metrics,
+    Progress,
+    RunMeta,
+    StateCheckpoint,
+    StatusChanged,
+)
 from pulse_transports.file import FileSink, lock_path, log_dir, log_path, writer_alive
 from pulse_transports.follow import LogFollower, read_log
 from pulse_transports.history import load_run, recover
@@ -66,7 +74,9 @@ WRITER = textwrap.dedent(
 
 
 def events_of(path: Path) -> list[Event]:
-    return [decode(line) for line in path.read_bytes().splitlines() if line.strip()]
+    """The run's events in a log (its state_checkpoint lines are not events)."""
+    events = [decode(line) for line in path.read_bytes().splitlines() if line.strip()]
+    return [e for e in events if not isinstance(e, StateCheckpoint)]
 
 
 def pulse(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +86,34 @@ class TestFlowsApi:
             assert {k: mine[record["training_id"]][k] for k in record if k != "duration"} == {
                 k: v for k, v in record.items() if k != "duration"
             }
+
+    def test_removed_flow_run_still_listed(
+        self, home: Path, start_hub: Callable[..., WebHub], produce: Callable[..., Producer]
+    ) -> None:
+        """A flow run whose logs pulse gc removed is still in /api/flows, from its records."""
+        flow(produce, "fr-gone")
+        flow(produce, "fr-kept")
+        first = start_hub()
+        before = first.get_json("/api/flows/fr-gone")
+        first.stop()
+        gc = [sys.executable, "-m", "pulse_transports.cli", "gc", "--home", str(home)]
+        done = subprocess.run(
+            [*gc, "--keep-runs", "3", "--yes", "--json"],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        assert len(orjson.loads(done.stdout)["removed"]) == 3
+        hub = start_hub()
+        listing = hub.get_json("/api/flows")
+        check(openapi(), "FlowRunList", listing)
+        assert [f["flow_run_id"] for f in listing["flow_runs"]] == ["fr-kept", "fr-gone"]
+        after = hub.get_json("/api/flows/fr-gone")
+        check(openapi(), "FlowRun", after)
+        assert after["outcome"] == before["outcome"] == "success"
+        assert [outcomes(step) for step in after["steps"]] == [
+            outcomes(step) for step in before["steps"]
+        ]
 
     def test_unknown_flow_run(self, start_hub: Callable[..., WebHub]) -> None:
         """An unknown flow run is a 404 in the API's error shape; a bad limit a 400."""

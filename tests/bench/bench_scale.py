@@ -1,0 +1,314 @@
+"""Benchmarks of scale on one machine (issue 19): recovery, ``pulse ls``, replay, ``pulse gc``.
+
+Run it as a script (it is not collected by pytest; a smoke test runs it tiny)::
+
+    python tests/bench/bench_scale.py                  # default sizes, prints the figures
+    python tests/bench/bench_scale.py --json out.json  # also writes them
+
+Figures:
+
+* cold recovery: :func:`pulse_transports.history.recover` without the index
+  over ``--logs`` run logs of each size in ``--sizes`` MiB (real FileSink logs
+  with their checkpoints, cloned under new ids), per run; and the same logs
+  with their checkpoint lines stripped (what a log of an older writer costs).
+  Goal: flat in log size (1,000 full-size runs <= 2 s means <= 2 ms a run).
+  Plus ``--finished`` small ended runs and 3 live ones (writers holding locks).
+* warm ``pulse ls``: the real command in a new process over ``--finished``
+  runs, index warm, next to ``python -c pass``. Goal: <= 150 ms.
+* replay: ``pulse replay --json`` of a mixed log (``--events`` events, half of
+  them metrics events with 3 metrics) in a new process, and the in-process
+  read + fold, next to ``orjson.loads`` alone over the same lines. Goal:
+  >= 500k events/s.
+* ``pulse gc --yes`` on ``--gc-runs`` runs keeping 10 %: time and bytes freed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pulse_core.codec import encode
+from pulse_core.events import Event, Metrics, Progress, RunMeta, StatusChanged
+from pulse_transports.file import FileSink, log_dir, log_path
+from pulse_transports.history import recover
+from pulse_transports.index import INDEX_FILE
+
+MIB = 1 << 20
+TEMPLATE = "bench-template"
+
+
+def _env() -> dict[str, str]:
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed package has its bytecode cached
+    return env
+
+
+def full_log(home: Path, size: int) -> bytes:
+    """A real FileSink log of about *size* bytes (compacted at its cap if that is the cap)."""
+    sink = FileSink(home=home, interval=0.0, fsync=False, max_bytes=max(size, 64 * 1024))
+    sink.open(TEMPLATE)
+    sink.write(RunMeta(TEMPLATE, 1, 1.0, name="bench", total_epochs=10))
+    sink.write(StatusChanged(TEMPLATE, 2, 1.0, "running"))
+    seq, step = 2, 0
+    path = log_path(home, TEMPLATE)
+    while path.stat().st_size < size * 0.9:
+        for _ in range(500):
+            step += 1
+            seq += 1
+            sink.write(Progress(TEMPLATE, seq, 2.0 + step, epoch=step // 5000, step=step))
+            seq += 1
+            extra = {"acc": step / 1e6, "lr": 0.001}
+            sink.write(Metrics(TEMPLATE, seq, 2.0 + step, loss=1.0 / step, extra=extra))
+    sink.write(StatusChanged(TEMPLATE, seq + 1, 3.0 + step, "done"))
+    sink.close()
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def clone(home: Path, data: bytes, tid: str) -> None:
+    """Write *data* as the log of *tid* (the template id replaced; same length)."""
+    assert len(tid) == len(TEMPLATE)
+    log_dir(home).mkdir(parents=True, exist_ok=True)
+    log_path(home, tid).write_bytes(data.replace(TEMPLATE.encode(), tid.encode()))
+
+
+def _strip_checkpoints(data: bytes) -> bytes:
+    return b"".join(
+        line + b"\n"
+        for line in data.splitlines()
+        if not line.startswith(b'{"type":"state_checkpoint"')
+    )
+
+
+def _cold(home: Path, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        (home / INDEX_FILE).unlink(missing_ok=True)
+        started = time.perf_counter()
+        recover(home, use_index=False)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def bench_cold(sizes: list[float], logs: int, repeat: int) -> list[dict[str, Any]]:
+    """Per-run cold recovery cost, with and without checkpoints, by log size."""
+    rows = []
+    for mib in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp)
+            data = full_log(home, int(mib * MIB))
+            for i in range(logs):
+                clone(home, data, f"bench-{i:08d}")
+            with_ck = _cold(home, repeat) / logs
+            stripped = _strip_checkpoints(data)
+            for i in range(logs):
+                clone(home, stripped, f"bench-{i:08d}")
+            without = _cold(home, max(1, repeat // 2)) / logs
+        rows.append(
+            {
+                "log_mib": round(len(data) / MIB, 2),
+                "checkpoints": data.count(b'{"type":"state_checkpoint"'),
+                "ms_per_run": round(with_ck * 1000, 2),
+                "ms_per_run_without_checkpoints": round(without * 1000, 2),
+            }
+        )
+    return rows
+
+
+def small_run(tid: str, at: float, end: bool = True) -> bytes:
+    events: list[Event] = [
+        RunMeta(tid, 1, at, name="bench", total_epochs=3),
+        StatusChanged(tid, 2, at, "running"),
+    ]
+    for i in range(20):
+        events.append(Progress(tid, 3 + 2 * i, at + i, epoch=1 + i // 10, step=i))
+        events.append(Metrics(tid, 4 + 2 * i, at + i, loss=1.0 / (i + 1)))
+    if end:
+        events.append(StatusChanged(tid, 43, at + 30, "done"))
+    return b"".join(encode(e) for e in events)
+
+
+def many_runs(home: Path, count: int, prefix: str = "run") -> None:
+    folder = log_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        tid = f"{prefix}-{i:06d}"
+        (folder / f"{tid}.jsonl").write_bytes(small_run(tid, 1_767_225_600.0 + i * 60))
+
+
+def bench_live_case(finished: int) -> dict[str, float]:
+    """Cold and warm recovery of *finished* ended runs plus 3 live ones."""
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        many_runs(home, finished)
+        sinks = []
+        for i in range(3):
+            sink = FileSink(home=home, fsync=False, interval=0.0)
+            sink.open(f"live-{i}")
+            sink.write(RunMeta(f"live-{i}", 1, time.time()))
+            sink.write(StatusChanged(f"live-{i}", 2, time.time(), "running"))
+            sinks.append(sink)
+        try:
+            cold = _cold(home, 1)
+            recover(home)  # builds the index
+            started = time.perf_counter()
+            records = recover(home)
+            warm = time.perf_counter() - started
+            alive = sum(1 for r in records if r.liveness == "alive")
+        finally:
+            for sink in sinks:
+                sink.close()
+    return {
+        "runs": finished + 3,
+        "alive": alive,
+        "cold_s": round(cold, 3),
+        "warm_s": round(warm, 3),
+    }
+
+
+def _wall(command: list[str], repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True, env=_env())
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def bench_ls(finished: int, repeat: int) -> dict[str, float]:
+    """Warm ``pulse ls`` in a new process, next to ``python -c pass``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        many_runs(home, finished)
+        ls = [sys.executable, "-m", "pulse_transports.cli", "ls", "--home", str(home)]
+        _wall(ls, 1)  # warms the index
+        ls_times = _wall(ls, repeat)
+        base = _wall([sys.executable, "-c", "pass"], repeat)
+        show = [sys.executable, "-m", "pulse_transports.cli", "show", "--home", str(home)]
+        show_times = _wall(show, repeat)
+    return {
+        "runs": finished,
+        "ls_ms_best": round(min(ls_times) * 1000, 1),
+        "ls_ms_median": round(statistics.median(ls_times) * 1000, 1),
+        "show_ms_best": round(min(show_times) * 1000, 1),
+        "python_pass_ms_best": round(min(base) * 1000, 1),
+    }
+
+
+def mixed_log(path: Path, count: int) -> None:
+    """*count* events, half of them metrics events with 3 metrics."""
+    tid = "mixed-run"
+    out = [
+        encode(RunMeta(tid, 1, 1.0, name="mixed")),
+        encode(StatusChanged(tid, 2, 1.0, "running")),
+    ]
+    for i in range(3, count + 1):
+        if i % 2:
+            out.append(encode(Progress(tid, i, 1.0 + i * 0.01, epoch=1 + i // 100_000, step=i)))
+        else:
+            loss = 1.0 / i
+            out.append(
+                encode(Metrics(tid, i, 1.0 + i * 0.01, loss=loss, extra={"acc": 0.5, "lr": 1e-3}))
+            )
+    path.write_bytes(b"".join(out))
+
+
+def bench_replay(count: int, repeat: int) -> dict[str, float]:
+    """``pulse replay`` events/s on the mixed log, next to orjson.loads alone."""
+    from pulse_transports.follow import read_log
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mixed.jsonl"
+        mixed_log(path, count)
+        lines = path.read_bytes().splitlines()
+        loads = min(_time(lambda: [orjson.loads(x) for x in lines]) for _ in range(repeat))
+        fold = min(_time(lambda: read_log(path)) for _ in range(repeat))
+        command = [sys.executable, "-m", "pulse_transports.cli", "replay", str(path), "--json"]
+        wall = min(_wall(command, max(1, repeat // 2)))
+    return {
+        "events": count,
+        "orjson_loads_ev_s": round(count / loads),
+        "read_and_fold_ev_s": round(count / fold),
+        "pulse_replay_ev_s": round(count / wall),
+        "pulse_replay_s": round(wall, 3),
+    }
+
+
+def _time(func: Any) -> float:
+    started = time.perf_counter()
+    func()
+    return time.perf_counter() - started
+
+
+def bench_gc(count: int) -> dict[str, float]:
+    """``pulse gc --yes`` keeping a tenth of *count* runs: time and bytes freed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        many_runs(home, count)
+        before = sum(p.stat().st_size for p in log_dir(home).iterdir())
+        keep = str(max(1, count // 10))
+        command = [sys.executable, "-m", "pulse_transports.cli", "gc", "--home", str(home)]
+        started = time.perf_counter()
+        done = subprocess.run(
+            [*command, "--keep-runs", keep, "--yes", "--json"],
+            capture_output=True,
+            check=True,
+            env=_env(),
+        )
+        seconds = time.perf_counter() - started
+        result = orjson.loads(done.stdout)
+        after = sum(p.stat().st_size for p in log_dir(home).glob("*.jsonl"))
+        removed_file = (home / "logs" / "removed.jsonl").stat().st_size
+    return {
+        "runs": count,
+        "removed": len(result["removed"]),
+        "seconds": round(seconds, 2),
+        "bytes_before": before,
+        "bytes_freed": result["bytes_freed"],
+        "bytes_after": after,
+        "removed_history_bytes": removed_file,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every benchmark, print the figures, return them."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="0.5,2,8", help="log sizes (MiB) for cold recovery")
+    parser.add_argument("--logs", type=int, default=50, help="logs of each size")
+    parser.add_argument("--finished", type=int, default=1000, help="runs for ls and the live case")
+    parser.add_argument("--events", type=int, default=1_000_000, help="events of the mixed log")
+    parser.add_argument("--gc-runs", type=int, default=10_000, help="runs for pulse gc")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (best is kept)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+    sizes = [float(x) for x in args.sizes.split(",") if x]
+    figures: dict[str, Any] = {}
+    figures["cold_recovery"] = bench_cold(sizes, args.logs, args.repeat)
+    for row in figures["cold_recovery"]:
+        print(f"cold recovery, {args.logs} logs of {row['log_mib']} MiB: {row}")
+    figures["live_case"] = bench_live_case(args.finished)
+    print(f"recovery, {args.finished} ended + 3 live runs: {figures['live_case']}")
+    figures["ls"] = bench_ls(args.finished, args.repeat + 2)
+    print(f"warm pulse ls: {figures['ls']}")
+    figures["replay"] = bench_replay(args.events, args.repeat)
+    print(f"replay: {figures['replay']}")
+    figures["gc"] = bench_gc(args.gc_runs)
+    print(f"pulse gc: {figures['gc']}")
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
