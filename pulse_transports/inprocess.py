@@ -20,10 +20,9 @@ Delivery rules (the same as the hub's, specs/hub-protocol.md):
   value wins, as :class:`~pulse_core.policy.Throttle`): at most one of each
   kind per ``interval``, and the last value always arrives.
 * A run's events reach a subscriber in seq order: a status, error, meta or
-  dropped event waits behind the value held before it until that value is
-  due, or goes at once when a newer value of that kind supersedes the held
-  one -- and, whatever the subscriber's rate, waits at most 0.1 s: then the
-  values held before it go out with it, early.
+  dropped event waits behind the value held before it until that value is due
+  or superseded, but never over 0.1 s whatever the rate (the held values then
+  go out with it, early).
 * Status, error, meta and dropped events are never dropped for a connected
   subscriber. A subscriber that falls behind has its progress coalesced
   once ``buffer`` items wait; past ``limit`` it gets a :class:`Resync` and
