@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pulse_core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pulse_core.codec import decode, encode, from_cloudevent, to_cloudevent
@@ -114,10 +115,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pulse_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"pulse_core.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE, globals())

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from pulse_core._log import get_logger
+from pulse_core.closing import ClosesOnExit
 from pulse_core.errors import DecodeError, PulseError
 from pulse_core.events import Event
 from pulse_core.policy import Backoff
@@ -160,7 +161,7 @@ class _Client:
         )
 
 
-class Subscriber(_Client):
+class Subscriber(ClosesOnExit, _Client):
     """A blocking hub subscriber.
 
     Args:
@@ -291,14 +292,6 @@ class Subscriber(_Client):
             else:
                 self.connect()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class AsyncSubscriber(_Client):

@@ -19,8 +19,9 @@ modules, e.g. ``from pulse_transports.integrations.hf import PulseCallback``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pulse_core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pulse_transports.integrations.distributed import (
@@ -58,10 +59,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pulse_transports.integrations' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"pulse_transports.integrations.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE, globals())
