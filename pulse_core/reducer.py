@@ -24,7 +24,7 @@ Must never import I/O modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, assert_never
 
 from pulse_core._series import SeriesAcc
@@ -277,12 +277,26 @@ class _Acc:
             and event.samples_per_second is None
             and event.tokens_per_second is None
         ):
-            # The common shape: loss and a few extra names (no tuple list built).
-            if event.loss is not None:
-                self._metric("loss", event.loss, ts, event.seq)
-            if extra:
-                for name, value in extra.items():
+            # The common shape: loss and a few extra names already seen. A name
+            # already kept with its bounds and series is updated inline (the same
+            # steps as _metric, which takes everything else: new names, NaN).
+            metrics, bounds, history = self.metrics, self.metrics_bounds, self.history
+            for name, value in (
+                (("loss", event.loss), *extra.items()) if extra else (("loss", event.loss),)
+            ):
+                if value is None:
+                    continue
+                series = history.get(name)
+                pair = bounds.get(name)
+                if series is None or pair is None or value != value or name not in metrics:
                     self._metric(name, value, ts, event.seq)
+                    continue
+                metrics[name] = value
+                if value < pair[0]:
+                    pair[0] = value
+                elif value > pair[1]:
+                    pair[1] = value
+                series.add(value, ts)
         else:
             for name, value in (
                 ("loss", event.loss),
@@ -451,6 +465,15 @@ class Folder:
         """Apply one event (never raises)."""
         self._cached = None
         self._acc.apply(event)
+
+    def applier(self) -> Callable[[Event], None]:
+        """The bare apply, for a loop over many events that reads no state meanwhile.
+
+        The state is recomputed on the next read after this call (a reader
+        of a log saves a call and a store per line).
+        """
+        self._cached = None
+        return self._acc.apply
 
     @property
     def state(self) -> RunState:
