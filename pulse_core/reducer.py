@@ -277,26 +277,12 @@ class _Acc:
             and event.samples_per_second is None
             and event.tokens_per_second is None
         ):
-            # The common shape: loss and a few extra names already seen. A name
-            # already kept with its bounds and series is updated inline (the same
-            # steps as _metric, which takes everything else: new names, NaN).
-            metrics, bounds, history = self.metrics, self.metrics_bounds, self.history
-            for name, value in (
-                (("loss", event.loss), *extra.items()) if extra else (("loss", event.loss),)
-            ):
-                if value is None:
-                    continue
-                series = history.get(name)
-                pair = bounds.get(name)
-                if series is None or pair is None or value != value or name not in metrics:
+            # The common shape: loss and a few extra names (no tuple list built).
+            if event.loss is not None:
+                self._metric("loss", event.loss, ts, event.seq)
+            if extra:
+                for name, value in extra.items():
                     self._metric(name, value, ts, event.seq)
-                    continue
-                metrics[name] = value
-                if value < pair[0]:
-                    pair[0] = value
-                elif value > pair[1]:
-                    pair[1] = value
-                series.add(value, ts)
         else:
             for name, value in (
                 ("loss", event.loss),
