@@ -12,8 +12,11 @@ down are known the moment it starts (:meth:`HomeFeed.prime`).
 What it costs: with notifications only the logs named in a notification are
 read (one ``stat`` and one ``pread`` each); every :data:`SWEEP` seconds, and
 on every wake when polling, all followed logs are looked at. A run that
-ended is no longer followed (its file is closed); if its log grows again it
-is followed afresh and the hub drops what it already has (by seq).
+ended is no longer followed (its file is closed), nor is one whose log has
+not grown for :data:`IDLE` seconds (a run lost for good: its writer was
+killed); if such a log grows again it is followed afresh and the hub drops
+what it already has (by seq). So what is followed is bounded by the runs
+writing now, not by every run ever seen.
 
 Events reach the bus in log order; the bus keeps only events newer than the
 run's last seq, so a run also reported over the socket is applied once.
@@ -45,6 +48,8 @@ SWEEP: Final = 2.0
 POLL: Final = 0.25
 #: Longest a feed step waits for a notification (bounds how long closing takes).
 WAIT: Final = 0.5
+#: Seconds without growth after which a log is no longer followed (until it grows).
+IDLE: Final = 600.0
 
 
 class HomeFeed:
@@ -76,6 +81,8 @@ class HomeFeed:
         self._notifier: Notifier | None = None
         self._followers: dict[str, LogFollower] = {}
         self._ended: dict[str, int] = {}  # runs that ended: log size when they did
+        self._grew: dict[str, float] = {}  # followed runs: when their log last grew
+        self.idle = IDLE
         self._next_sweep = 0.0
         self._lock = threading.Lock()
         self._closed = False
@@ -178,9 +185,13 @@ class HomeFeed:
             names = sorted(n for n in os.listdir(self.folder) if n.endswith(".jsonl"))
         except OSError:
             return out
+        now = time.monotonic()
         for tid in list(self._followers):
             if f"{tid}.jsonl" not in names:
                 self._followers.pop(tid).close()  # deleted: the hub keeps what it has
+                self._grew.pop(tid, None)
+            elif now - self._grew.get(tid, now) > self.idle and not self._followers[tid].pending:
+                self._unfollow(tid)  # silent for long: a lost run; followed again if it grows
         for name in names:
             out.extend(self._poll_path(self.folder / name))
         return out
@@ -198,14 +209,20 @@ class HomeFeed:
                     return []
             follower = self._followers[tid] = LogFollower(path, training_id=tid)
         events = follower.poll()
+        if events or tid not in self._grew:
+            self._grew[tid] = time.monotonic()
         if follower.state.is_terminal and not follower.pending:
-            # An ended run: stop following it (its file is closed).
-            self._ended[tid] = follower.offset
-            follower.close()
-            del self._followers[tid]
+            self._unfollow(tid)  # an ended run: its file is closed
         else:
             self._ended.pop(tid, None)
         return events
+
+    def _unfollow(self, tid: str) -> None:
+        """Stop following a log (until it grows past where it was read)."""
+        follower = self._followers.pop(tid)
+        self._ended[tid] = follower.offset
+        self._grew.pop(tid, None)
+        follower.close()
 
 
 def _size(path: Path) -> int:

@@ -36,9 +36,9 @@ T = TypeVar("T")
 #: enough for a paused subscriber to still read its ``resync`` line.
 _GRACE: Final = 10.0
 #: Bytes read from a connection at a time.
-CHUNK: Final = 64 * 1024
+CHUNK: Final = 16 * 1024
 #: An unfinished line at most this long is never refused for the hub's budget.
-_SMALL_LINE: Final = 64 * 1024
+_SMALL_LINE: Final = CHUNK
 
 
 class Conn:
@@ -122,8 +122,9 @@ class HubConnections:
         """
         s = self.settings
         buffer = conn.buffer
+        start = 0  # bytes of the buffer already searched for a newline
         while True:
-            end = buffer.find(b"\n")
+            end = buffer.find(b"\n", start)
             if end >= 0:
                 if end + 1 > s.max_frame:
                     self._too_large(conn)
@@ -133,7 +134,8 @@ class HubConnections:
                 self.held -= end + 1
                 conn.begun = time.monotonic()  # what is left is a line just begun
                 return line
-            if len(buffer) >= s.max_frame:
+            start = len(buffer)  # search only what comes next: a long line costs O(n)
+            if start >= s.max_frame:
                 self._too_large(conn)
                 return None
             if buffer:

@@ -54,8 +54,10 @@ class HubProducers(HubLiveness):
             old.close()
         self._producers[tid] = conn
         try:
-            if self.bus.last_seq(tid) is None:
-                events = await self._blocking(read_events, log_path(self.settings.home, tid), tid)
+            path = log_path(self.settings.home, tid)
+            # One stat on the loop spares a new run's welcome a thread hop.
+            if self.bus.last_seq(tid) is None and path.exists():
+                events = await self._blocking(read_events, path, tid)
                 if events:
                     self.bus.seed(tid, events)
             conn.send(

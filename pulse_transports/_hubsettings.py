@@ -23,7 +23,7 @@ MAX_CONNECTIONS: Final = 10_000
 #: Default seconds between two checks of the held runs' writers.
 LIVENESS_TICK: Final = 1.0
 #: Default most bytes held in unfinished lines over all connections.
-MAX_HELD: Final = 64 * 1024 * 1024
+MAX_HELD: Final = 32 * 1024 * 1024
 
 
 @attrs.frozen
@@ -44,7 +44,7 @@ class HubSettings:
         line_timeout: seconds a line, once begun, has to reach its newline.
         max_held: bytes of unfinished lines the hub holds over all
             connections; past it, a connection whose unfinished line is
-            over 64 KiB is refused (``overloaded``).
+            over 16 KiB is refused (``overloaded``).
         subscriber_buffer: waiting items above which a subscriber's
             progress stays coalesced.
         subscriber_limit: waiting items above which it is dropped (resync).

@@ -51,9 +51,10 @@ BATCH_BYTES: Final = 1 << 20
 RECENT: Final = 256
 #: Bytes of recent events kept per run, and for all runs together.
 RECENT_BYTES: Final = 512 << 10
-RECENT_TOTAL: Final = 16 << 20
-#: Bytes of encoded events cached for subscribers (each also freed with its event).
-ENCODED_BYTES: Final = 8 << 20
+RECENT_TOTAL: Final = 8 << 20
+#: Bytes of encoded events cached for subscribers (each also freed with its event):
+#: what every subscriber sends within moments of a publish.
+ENCODED_BYTES: Final = 2 << 20
 #: What a snapshot is counted as (a run's state: bounded lists and a few fields).
 SNAPSHOT_BYTES: Final = 4096
 #: Runs kept in memory (ended ones are forgotten first).
@@ -83,18 +84,19 @@ _KIND_OF: Final[Mapping[type[Any], str]] = {
 
 
 def item_size(item: Item) -> int:
-    """About how many bytes *item* takes, encoded or held (what the byte budgets count).
+    """About how many bytes *item* takes held in memory (what the byte budgets count).
 
     Progress and heartbeats are small and fixed; metrics grow with their
-    names; other events (status, error, meta, unknown types: they carry
-    free text and details) are measured as JSON, without the line bound.
+    names (three mappings); other events (status, error, meta, unknown
+    types: they carry free text and details) are measured as JSON, without
+    the line bound, plus the object's own overhead.
     """
     cls = item.__class__
     if cls is Progress or cls is Heartbeat:
-        return 256
+        return 400
     if cls is Metrics:
         assert isinstance(item, Metrics)
-        return 256 + 64 * (len(item.extra) + len(item.min) + len(item.max))
+        return 700 + 120 * (len(item.extra) + len(item.min) + len(item.max))
     if isinstance(item, StateSnapshot):
         return SNAPSHOT_BYTES
     if isinstance(item, Live):
@@ -102,9 +104,9 @@ def item_size(item: Item) -> int:
     if isinstance(item, Resync):
         return 128
     try:
-        return 64 + len(orjson.dumps(to_dict(item)))
+        return 400 + len(orjson.dumps(to_dict(item)))
     except TypeError:  # a value orjson cannot write: the encoder will repair it
-        return 64 + len(encode(item))
+        return 400 + len(encode(item))
 
 
 def coalesce_kind(event: Event) -> str | None:
@@ -345,8 +347,7 @@ class Mailbox:
         self.nbytes = item_size(resync)
 
     def take(self, now: float, limit: int = 1 << 30, max_bytes: int = 1 << 62) -> list[Item]:
-        """Remove and return items due now, oldest first: at most *limit* of them and,
-        beyond the first, at most *max_bytes* together."""
+        """Remove and return items due now, oldest first (*limit*; *max_bytes* past one)."""
         ready = self.ready
         if self.lines and not self._full():
             for tid in list(self.lines):
@@ -487,8 +488,7 @@ def trim_heap() -> bool:
     """Give freed heap memory back to the system (glibc's ``malloc_trim``), if possible.
 
     Large event texts are malloc'ed; once freed (runs expired, a subscriber
-    gone) glibc keeps the pages unless asked. Returns False where there is no
-    such call (another C library).
+    gone) glibc keeps the pages unless asked. False without such a call.
     """
     if _LIBC is None:
         return False

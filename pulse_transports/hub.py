@@ -300,6 +300,9 @@ class Hub(HubSubscribers, HubProducers):
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, kind: str
     ) -> None:
+        # Reads of at most CHUNK bytes, and the stream buffers at most 2 * CHUNK
+        # more (its limit): 1,000 connections hold megabytes, not hundreds.
+        writer.transport.max_size = CHUNK  # type: ignore[attr-defined]
         conn = Conn(writer, kind)
         if self._closing:
             self._refuse(conn, "hub_closing", "the hub is shutting down")

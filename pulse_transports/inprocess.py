@@ -20,10 +20,9 @@ Delivery rules (the same as the hub's, specs/hub-protocol.md):
   value wins, as :class:`~pulse_core.policy.Throttle`): at most one of each
   kind per ``interval``, and the last value always arrives.
 * A run's events reach a subscriber in seq order: a status, error, meta or
-  dropped event waits behind the value held before it until that value is
-  due, or goes at once when a newer value of that kind supersedes the held
-  one -- and, whatever the subscriber's rate, waits at most 0.1 s: then the
-  values held before it go out with it, early.
+  dropped event waits behind the value held before it until that value is due
+  or superseded, but never over 0.1 s whatever the rate (the held values then
+  go out with it, early).
 * Status, error, meta and dropped events are never dropped for a connected
   subscriber. A subscriber that falls behind has its progress coalesced
   once ``buffer`` items wait; past ``limit`` it gets a :class:`Resync` and
@@ -210,10 +209,9 @@ class Bus:
         return True
 
     def _keep(self, run: _Run, event: Event) -> None:
-        """Keep *event* among its run's recent ones, within the per-run and total budgets."""
+        """Keep *event* in its run's recent ones, in budget (past the total: ended runs' first)."""
         self.recent_used += run.keep(event, self.recent, self.recent_bytes)
         if self.recent_used > self.recent_total:
-            # Ended runs' oldest events go first, then the least recently active runs'.
             target = self.recent_total * 9 // 10
             for other in sorted(self._runs.values(), key=lambda r: (r.ended_at is None, r.touched)):
                 while other.recent and self.recent_used > target:

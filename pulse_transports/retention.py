@@ -51,6 +51,7 @@ from pulse_transports._logfile import fsync_dir
 from pulse_transports.config import Config, check_table
 from pulse_transports.file import lock_path, log_dir
 from pulse_transports.history import HomeNotFound, RunRecord, recover
+from pulse_transports.homemode import open_file
 
 log = get_logger("pulse.retention")
 
@@ -210,7 +211,7 @@ def _remove_run(home: Path, record: RunRecord) -> bool:
     """Delete one run's files under its lock; False if a writer holds it now."""
     lock = lock_path(home, record.training_id)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_file(lock, os.O_RDWR | os.O_CREAT)
     except OSError:
         return False
     try:

@@ -93,11 +93,7 @@ class HubRefused(HandshakeError):
 
 
 class FrameTooLarge(ValueError):
-    """A received line was longer than the frame limit; it was skipped whole.
-
-    Attributes:
-        size: the skipped line's length in bytes, newline included.
-    """
+    """A received line of ``size`` bytes was over the frame ``limit``; it was skipped whole."""
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"skipped a line of {size} bytes, longer than the limit of {limit}")
@@ -179,8 +175,7 @@ def parse_hello(line: bytes | str) -> Hello:
         if not isinstance(raw, dict):
             raise HandshakeError("bad_hello", "'resume' must be an object {training_id: last_seq}")
         if len(raw) > MAX_RESUME:
-            # Checking (and reading logs for) every entry costs the hub: as the
-            # web stream's cursor, entries past the cap are ignored.
+            # Each entry costs the hub: as in the web stream's cursor, later ones are ignored.
             raw = dict(itertools.islice(raw.items(), MAX_RESUME))
         for key, value in raw.items():
             try:
@@ -265,11 +260,7 @@ def snapshot_line(training_id: str, view: Mapping[str, Any], limit: int = MAX_FR
         return line
     wrapper = len(line) - len(orjson.dumps(view))
     bounded = bound_dict(dict(view), max(limit - wrapper, 256))
-    line = _line({"snapshot": {training_id: bounded}})
-    if len(line) <= limit:
-        return line
-    small = {k: v for k, v in bounded.items() if len(orjson.dumps(v)) <= 256}
-    return _line({"snapshot": {training_id: small}})  # pragma: no cover - bound_dict fits
+    return _line({"snapshot": {training_id: bounded}})
 
 
 def live_line(runs: tuple[str, ...], now: float) -> bytes:

@@ -85,8 +85,8 @@ def serve_command(
       pulse nats serve --url nats://127.0.0.1:4222
       pulse nats serve --tcp 127.0.0.1:7433
     """
+    from pulse_transports.cli._limits import raise_open_files
     from pulse_transports.cli.serve import (
-        _raise_open_files,
         _table,
         _warn_argv_token,
         hub_settings,
@@ -107,7 +107,7 @@ def serve_command(
     }
     _warn_argv_token("hub_token")
     settings = hub_settings(config.home, table, given)
-    _raise_open_files(settings.max_connections + 64)
+    raise_open_files(settings.max_connections + 64)
     feed = module.NatsFeed(source.options, source.store)
 
     async def check_credentials() -> None:

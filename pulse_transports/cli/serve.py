@@ -30,9 +30,7 @@ line works but warns: other users see argv in ``ps``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import resource
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -47,6 +45,7 @@ from pulse_core._log import get_logger
 from pulse_core.errors import ConfigError
 from pulse_transports import homemode
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
+from pulse_transports.cli._limits import loop_error, raise_open_files, share_descriptors
 from pulse_transports.config import check_table
 from pulse_transports.hub import Feed, Hub, HubAddressInUse, HubSettings
 from pulse_transports.hubtoken import hub_token
@@ -100,15 +99,6 @@ def parse_http(text: str) -> tuple[str, int]:
             raise ValueError(f"port must be 0-65535, got {port}")
         return "127.0.0.1", port
     return parse_hostport(text)
-
-
-def _raise_open_files(wanted: int) -> None:
-    """Lift the soft RLIMIT_NOFILE towards *wanted* (never above the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -267,6 +257,12 @@ def serve(
         homemode.parse_policy(os.environ.get(homemode.ENV_MODE))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if homemode.others_can_read(config.home):
+        log.warning(
+            "pulse home can be entered by other users: their processes can read its runs "
+            "(chmod 700 it, or 2770 for a group)",
+            home=str(config.home),
+        )
     given = {
         "socket": str(socket_path) if socket_path is not None else None,
         "tcp": tcp,
@@ -310,16 +306,13 @@ def serve(
             raise click.UsageError(
                 f"--http needs the web extra: pip install 'pulse-v2[web]' ({exc})"
             ) from None
-    _raise_open_files(settings.max_connections + 64)
-    settings, http_cap = share_descriptors(
-        settings, http_max_connections if http_address is not None else 0
-    )
-    if homemode.others_can_read(config.home):
-        log.warning(
-            "pulse home can be entered by other users: their processes can read its runs "
-            "(chmod 700 it, or 2770 for a group)",
-            home=str(config.home),
-        )
+    http_wanted = 0
+    if http_address is not None:
+        from pulse_transports.web.server import MAX_HTTP_CONNECTIONS
+
+        http_wanted = http_max_connections or MAX_HTTP_CONNECTIONS
+    raise_open_files(settings.max_connections + 64)
+    settings, http_cap = share_descriptors(settings, http_wanted)
 
     def ready(addresses: list[Address], url: str | None) -> None:
         if url and settings.token:
@@ -353,46 +346,6 @@ def serve(
     except OSError as exc:
         click.echo(f"pulse serve: cannot listen: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-
-
-def share_descriptors(settings: HubSettings, http_wanted: int | None) -> tuple[HubSettings, int]:
-    """Split the open-file limit between the web view and the hub socket.
-
-    Args:
-        settings: the hub's settings (its ``max_connections``).
-        http_wanted: the HTTP connection cap asked for (None: the default;
-            0: no web view).
-
-    Returns:
-        The settings with ``max_connections`` lowered to what the limit
-        leaves the hub socket, and the HTTP cap (at most a quarter of the
-        limit; 0 without a web view).
-    """
-    from pulse_transports.web.server import MAX_HTTP_CONNECTIONS
-
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    files = 1 << 20 if soft == resource.RLIM_INFINITY else soft
-    http_cap = 0
-    if http_wanted != 0:
-        http_cap = min(http_wanted or MAX_HTTP_CONNECTIONS, max(8, files // 4))
-    spare = max(16, files - http_cap - _RESERVED_FILES)
-    if settings.max_connections > spare:
-        settings = attrs.evolve(settings, max_connections=spare)
-    return settings, http_cap
-
-
-#: Descriptors kept for everything but connections (logs, the index, threads).
-_RESERVED_FILES: Final = 64
-
-
-def loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The event loop's error handler: one short rate-limited line, no traceback."""
-    exc = context.get("exception")
-    get_logger("pulse.serve").warning(
-        "pulse serve: event loop error",
-        message=context.get("message"),
-        error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
-    )
 
 
 def hub_settings(

@@ -26,14 +26,14 @@ only on ``/`` and ``/events``, where a browser cannot send a header. Without
 one -- loopback only -- the ``Host`` header must name a loopback host, so a
 web page elsewhere cannot reach the API by DNS rebinding. Blocking reads
 (logs, the index, lock files) run in worker threads, at most
-:data:`API_WORKERS` at a time: a flood of requests queues here instead of
-crowding the hub (its producers are served first). Must not be imported by
-:mod:`pulse_core`.
+a few at a time, and the ``/api/runs`` list is computed at most once a
+second (:mod:`pulse_transports.web.recent`): a flood of requests waits its
+turn instead of crowding the hub (its producers come first). Must not be
+imported by :mod:`pulse_core`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import hmac
@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Collection
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 import attrs
@@ -58,7 +58,7 @@ from pulse_core._log import get_logger
 from pulse_core.errors import InvalidTrainingId, RunNotFound
 from pulse_core.events import validate_training_id
 from pulse_core.liveness import LOST_AFTER, STALE_AFTER, Liveness
-from pulse_core.projections import to_history_record, to_metric_history, to_summary, to_v1, to_view
+from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
 from pulse_core.state import RunState
 from pulse_transports.history import HomeNotFound, load_run, recover
 from pulse_transports.hub import liveness_now
@@ -68,12 +68,11 @@ from pulse_transports.web import flowruns
 from pulse_transports.web.cursor import parse_cursor
 from pulse_transports.web.monitor import LivenessMonitor
 from pulse_transports.web.openapi import openapi
-from pulse_transports.web.stream import EventStream
+from pulse_transports.web.recent import Pacing, RecentRuns
+from pulse_transports.web.stream import EventStream, cut
 from pulse_transports.wire import MIN_RATE
 
 log = get_logger("pulse.web")
-
-T = TypeVar("T")
 
 STATIC: Final = Path(__file__).parent / "static"
 #: The cookie the page's token is kept in after ``/?token=`` (``pulse_token_<port>``).
@@ -84,8 +83,6 @@ QUERY_TOKEN_PATHS: Final = frozenset({"/", "/events"})
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Most rows ``/api/runs`` returns.
 MAX_LIMIT: Final = 1000
-#: Most blocking API reads running at once (the others wait their turn).
-API_WORKERS: Final = 2
 CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -166,12 +163,12 @@ class WebApp:
             tick=settings.liveness_tick,
         )
         self.encoded = EncodedEvents()
-        #: the HTTP server's open connections (uvicorn protocol objects, each
-        #: with ``client`` and ``transport``): set by the server that runs the app.
-        self.connections: Collection[Any] = ()
+        self.connections: Collection[Any] = ()  # uvicorn's, set by WebServer (see cut)
         self.streams: set[EventStream] = set()
         self.closing = False
-        self._workers = asyncio.Semaphore(API_WORKERS)
+        self.pacing = p = Pacing()
+        s = settings
+        self.recent = RecentRuns(bus, s.home, s.stale_after, s.lost_after, self._liveness, p)
         self.starlette = Starlette(
             routes=[
                 Route("/", self.index, methods=["GET"]),
@@ -218,7 +215,11 @@ class WebApp:
 
         refusal = self._refusal(scope)
         app: ASGIApp = refusal if refusal is not None else self.starlette
-        await app(scope, receive, send_secured)
+        if scope["path"] == "/events":
+            await app(scope, receive, send_secured)  # a long stream: never holds a turn
+            return
+        async with self.pacing.turns:  # a flood waits here, not ahead of the hub's producers
+            await app(scope, receive, send_secured)
 
     def _refusal(self, scope: Scope) -> Response | None:
         """The answer to a request that may not go on (bad host, no token), or None."""
@@ -264,11 +265,6 @@ class WebApp:
             return response
         return None
 
-    async def _blocking(self, func: Callable[..., T], *args: Any) -> T:
-        """Run a blocking read in a worker thread, at most API_WORKERS at once."""
-        async with self._workers:
-            return await asyncio.to_thread(func, *args)
-
     # -- pages ---------------------------------------------------------------------
 
     async def index(self, request: Request) -> Response:
@@ -292,32 +288,7 @@ class WebApp:
     async def runs(self, request: Request) -> Response:
         """Live and recent runs, newest first."""
         limit = _int_param(request, "limit", default=100, lo=1, hi=MAX_LIMIT)
-        rows = await self._blocking(self._runs, limit)
-        return _Json({"runs": rows, "time": time.time()})
-
-    def _runs(self, limit: int) -> list[dict[str, Any]]:
-        s = self.settings
-        now = time.time()
-        rows: dict[str, dict[str, Any]] = {}
-        try:
-            records = recover(
-                s.home, now=now, stale_after=s.stale_after, lost_after=s.lost_after, limit=limit
-            )
-        except HomeNotFound:
-            records = []
-        for record in records:
-            rows[record.training_id] = dict(record.summary)
-        for tid, state in self.bus.states().items():
-            live = self._liveness(tid, state, now)
-            rows[tid] = to_summary(state, liveness=live, now=now, training_id=tid)
-        for row in rows.values():
-            row.pop("log", None)  # a server path: nothing for a browser
-
-        def newest(row: dict[str, Any]) -> tuple[float, str]:
-            at = row.get("created_at") or row.get("last_event_at") or 0.0
-            return (float(at), str(row.get("training_id")))
-
-        return sorted(rows.values(), key=newest, reverse=True)[:limit]
+        return Response(await self.recent.body(limit), media_type="application/json")
 
     def _liveness(self, tid: str, state: RunState, now: float) -> Liveness:
         # Checked now, not taken from the monitor's last tick: a lock check is
@@ -350,7 +321,7 @@ class WebApp:
         self, request: Request, project: Callable[[RunState, Liveness, float], Any]
     ) -> Response:
         tid = request.path_params["training_id"]
-        state, live, now = await self._blocking(self._run, tid)
+        state, live, now = await self.pacing.blocking(self._run, tid)
         return _Json(project(state, live, now))
 
     async def view(self, request: Request) -> Response:
@@ -386,14 +357,14 @@ class WebApp:
     async def flows(self, request: Request) -> Response:
         """Flow runs, newest first, each with its steps' outcomes."""
         limit = _int_param(request, "limit", default=50, lo=1, hi=MAX_LIMIT)
-        records = await self._blocking(self._flow_records)
+        records = await self.pacing.blocking(self._flow_records)
         runs = flowruns.flow_runs(records)[:limit]
         return _Json({"flow_runs": [flowruns.summary(r) for r in runs], "time": time.time()})
 
     async def flow(self, request: Request) -> Response:
         """One flow run: its TRAIN steps, each with every attempt's history record."""
         frid = request.path_params["flow_run_id"]
-        records = await self._blocking(self._flow_records)
+        records = await self.pacing.blocking(self._flow_records)
         mine = [r for r in records if r.get("flow_run_id") == frid]
         if not mine:
             raise ApiError(404, "not_found", f"no flow run {frid!r}")
@@ -467,8 +438,8 @@ class WebApp:
             resume=parse_cursor(cursor),
             retry_ms=self.settings.retry_ms,
             keepalive=self.settings.keepalive,
-            abort=functools.partial(self._abort, request.scope.get("client")),
-            peer=_peer(request),
+            abort=functools.partial(cut, self.connections, request.scope.get("client")),
+            peer=f"{request.client.host}:{request.client.port}" if request.client else "?",
         )
         self.streams.add(stream)
 
@@ -485,12 +456,6 @@ class WebApp:
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
-    def _abort(self, client: Any) -> None:
-        """Cut the HTTP connection of *client* (``(host, port)``) at once, unsent data and all."""
-        for conn in list(self.connections):
-            if client is not None and tuple(getattr(conn, "client", ()) or ()) == tuple(client):
-                conn.transport.abort()
-
     # -- errors ----------------------------------------------------------------------
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
@@ -499,11 +464,6 @@ class WebApp:
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not_found", f"nothing at {request.url.path}")
-
-
-def _peer(request: Request) -> str:
-    client = request.client
-    return f"{client.host}:{client.port}" if client is not None else "?"
 
 
 def _hostname(host: str) -> str:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -83,6 +83,17 @@ DROP_GRACE: Final = 10.0
 QUIET_AFTER: Final = 10.0
 #: Legal status moves, for clients that fold events themselves (from pulse_core.lifecycle).
 TRANSITIONS: Final[Mapping[str, list[str]]] = {s: allowed_targets(s) for s in STATUSES}
+
+
+def cut(connections: Collection[Any], client: Any) -> None:
+    """Cut the HTTP connection of *client* (``(host, port)``) at once, unsent data and all.
+
+    *connections* are the server's open ones (uvicorn protocol objects, each
+    with ``client`` and ``transport``).
+    """
+    for conn in list(connections):
+        if client is not None and tuple(getattr(conn, "client", ()) or ()) == tuple(client):
+            conn.transport.abort()
 
 
 def sse_message(data: bytes, event_id: str | None = None) -> bytes:
@@ -157,14 +168,12 @@ class EventStream:
         self.cursor: dict[str, int] = {}
         #: the id last sent (a message carries one only when it differs).
         self._last_id: str | None = None
-        #: the catch-up is over (before, the id names every run held).
-        self._caught_up = False
         #: the liveness the client was last told, per run.
         self.told: dict[str, Liveness] = {}
         self._pending: list[list[Item]] = []
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
-        self._liveness_due = True  # after the catch-up, say every run's liveness once
+        self._liveness_due = False  # set after the catch-up: every run's liveness once
         #: liveness of resumed runs the bus does not hold (read from their logs).
         self._offline: dict[str, Liveness] = {}
         self._closed = False
@@ -293,7 +302,10 @@ class EventStream:
             self.told[tid] = view["liveness"]
             return False
         if isinstance(item, Live):
-            self._caught_up = True
+            # The catch-up is over: tell every run's liveness now, after the
+            # events it replayed (an old event does not make a lost run alive).
+            self.told.clear()
+            self._liveness_due = True
             parts.append(orjson.dumps({"live": {"runs": list(item.runs), "time": item.time}}))
             return False
         if isinstance(item, Resync):
@@ -307,30 +319,27 @@ class EventStream:
         """The cursor's text if it changed since the last id sent, else None.
 
         Runs the bus no longer holds are forgotten (the client keeps them;
-        a resume has nothing to send for them). After the catch-up, a run
-        that ended or was lost, whose every event the client holds and that
-        has been silent since the quiet mark, is covered by the mark instead
-        of being named -- unless a run the client does not hold is as old,
-        which pulls the mark below it.
+        a resume has nothing to send for them). A run that ended or was
+        lost, whose every event the client holds and that has been silent
+        since the quiet mark, is covered by the mark instead of being named;
+        a run in scope the client does not hold (yet: its snapshot is still
+        on its way during the catch-up) pulls the mark below its last event.
         """
         states = self.bus.states()
         for gone in self.cursor.keys() - states.keys():
             del self.cursor[gone]
             self.told.pop(gone, None)
             self._offline.pop(gone, None)
-        named = self.cursor
-        quiet: int | None = None
-        if self._caught_up:
-            quiet = int(time.time() - self.quiet_after)
-            for tid, state in states.items():
-                at = state.last_event_at
-                if at is not None and tid not in self.cursor and self._wants(tid):
-                    quiet = min(quiet, int(at) - 1)  # not held: never claim it
-            named = {
-                tid: seq
-                for tid, seq in self.cursor.items()
-                if not self._settled(tid, states[tid], seq, quiet)
-            }
+        quiet = int(time.time() - self.quiet_after)
+        for tid, state in states.items():
+            at = state.last_event_at
+            if at is not None and tid not in self.cursor and self._wants(tid):
+                quiet = min(quiet, int(at) - 1)  # not held: never claim it
+        named = {
+            tid: seq
+            for tid, seq in self.cursor.items()
+            if not self._settled(tid, states[tid], seq, quiet)
+        }
         text = format_cursor(named, quiet)
         if text == self._last_id:
             return None

@@ -216,7 +216,8 @@ def main() -> int:
     if args.quick:
         figures = {
             "runs": runs_case(40, 2, 10, keep_ended=2.0),
-            "stuck": stuck_case(80, 400_000),
+            # 300: the hub bounds each event to 64 KiB, so 16 MiB must take that many
+            "stuck": stuck_case(300, 400_000),
         }
     else:
         figures = {

@@ -8,11 +8,12 @@ A real ``pulse serve --http`` process serves a fresh home. ``--slots`` (20)
 slots each run training processes one after another: ``TrainingRun`` with
 the default transports (file log, v1 file, socket to the hub) at 20 steps/s
 with a status note every 2 s, ending in turn ``done``, with an exception, by
-SIGKILL or by SIGINT (Ctrl-C) after 3-10 s. Four ``/events`` clients read
-throughout (reconnecting with their last id, as a browser does) and one
-never reads (a tiny receive buffer). At 40 % of the time the hub is
-SIGKILLed, stays down ``--outage`` seconds and restarts on the same home,
-socket and port.
+SIGKILL or by SIGINT (Ctrl-C) after 5-30 s (at most half the soak). Four
+``/events`` clients read throughout (reconnecting with their last id, as a
+browser does) and one never reads (a tiny receive buffer; the hub runs with
+``--subscriber-limit`` 500 so that it is dropped within the soak; a new one
+joins the restarted hub). At 40 % of the time the hub is SIGKILLed, stays
+down ``--outage`` seconds and restarts on the same home, socket and port.
 
 Reported: hub RSS and CPU over time; connection attempts per producer that
 lived through the outage (goal: what the backoff allows, as in
@@ -47,6 +48,8 @@ from bench_reconnect import allowed
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "truth"))
 from truthkit import cli, free_port
+
+from pulse_transports.hubtoken import read_token
 
 #: status and liveness each ending must leave behind.
 EXPECT: dict[str, tuple[str, str]] = {
@@ -97,9 +100,9 @@ def producer(params: dict[str, Any]) -> None:
 class SseClient(threading.Thread):
     """An ``/events`` client folding status and liveness per run; reconnects with its last id."""
 
-    def __init__(self, port: int, stop: threading.Event) -> None:
+    def __init__(self, port: int, token: str | None, stop: threading.Event) -> None:
         super().__init__(daemon=True)
-        self.port, self._stop = port, stop
+        self.port, self.token, self._stop = port, token, stop
         self.runs: dict[str, dict[str, str]] = {}
         self.last_id = ""
         self.longest_id = 0
@@ -116,7 +119,9 @@ class SseClient(threading.Thread):
     def _stream(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
         try:
-            conn.request("GET", "/events", headers={"Last-Event-ID": self.last_id})
+            conn.request(
+                "GET", "/events", headers=_auth(self.token, {"Last-Event-ID": self.last_id})
+            )
             response = conn.getresponse()
             if response.status != 200:
                 return
@@ -165,29 +170,49 @@ class SseClient(threading.Thread):
             return {tid: dict(run) for tid, run in self.runs.items()}
 
 
-def stuck_client(port: int) -> socket.socket:
+def _auth(token: str | None, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """*headers* with the hub's token (``<home>/hub.token``) as a Bearer."""
+    out = dict(headers or {})
+    if token:
+        out["Authorization"] = f"Bearer {token}"
+    return out
+
+
+def stuck_client(port: int, token: str | None) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = "".join(f"{k}: {v}\r\n" for k, v in _auth(token).items())
+    sock.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
     sock.setblocking(False)
     return sock
 
 
 def closed(sock: socket.socket) -> bool:
-    """True if the peer closed *sock* (peeking, never reading what is queued)."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
+    """True once the hub let go of *sock*'s connection.
+
+    The client never reads, so a FIN from the hub waits behind the unread data
+    and the client cannot see it: look at the hub's side instead -- no socket
+    of the connection that a process still owns (an orphan's inode is 0).
+    """
+    port = sock.getsockname()[1]
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and fields[9] != "0":
+                return False  # the hub's end of it, still held by the hub
+    return True
 
 
-def api_runs(port: int) -> dict[str, dict[str, Any]]:
+def api_runs(port: int, token: str | None) -> dict[str, dict[str, Any]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", "/api/runs?limit=1000")
+        conn.request("GET", "/api/runs?limit=1000", headers=_auth(token))
         rows = orjson.loads(conn.getresponse().read())["runs"]
     finally:
         conn.close()
@@ -204,8 +229,9 @@ def ls_runs(home: Path) -> dict[str, dict[str, Any]]:
 
 
 class Soak:
-    def __init__(self, seconds: float, slots: int, outage: float) -> None:
+    def __init__(self, seconds: float, slots: int, outage: float, subscriber_limit: int) -> None:
         self.seconds, self.slots, self.outage = seconds, slots, outage
+        self.subscriber_limit = subscriber_limit
         self.scratch = Path(tempfile.mkdtemp(prefix="soak-"))
         self.home = self.scratch / "home"
         (self.home / "logs" / "training").mkdir(parents=True)
@@ -219,7 +245,9 @@ class Soak:
         self.samples: list[dict[str, float]] = []
 
     def start_hub(self) -> Hub:
-        return Hub(self.home, "--http", f"127.0.0.1:{self.port}")
+        limit = self.subscriber_limit
+        bounds = ["--subscriber-limit", str(limit), "--subscriber-buffer", str(max(1, limit // 2))]
+        return Hub(self.home, "--http", f"127.0.0.1:{self.port}", *bounds)
 
     def slot(self, n: int, until: float) -> None:
         k = 0
@@ -230,7 +258,7 @@ class Soak:
             tid = f"soak-{n:02d}-{k:03d}"
             k += 1
             with self.lock:
-                seconds = self.rand.uniform(3.0, 10.0)
+                seconds = self.rand.uniform(5.0, min(30.0, self.seconds / 2))
             steps = int(seconds * 20) if ending in ("done", "error") else 1_000_000
             params = {
                 "tid": tid,
@@ -278,10 +306,12 @@ class Soak:
         stop = threading.Event()
         t0 = time.monotonic()
         self.hub = self.start_hub()
-        clients = [SseClient(self.port, stop) for _ in range(4)]
+        token = read_token(self.home)  # made by the hub at its start
+        clients = [SseClient(self.port, token, stop) for _ in range(4)]
         for client in clients:
             client.start()
-        stuck = stuck_client(self.port)
+        stuck = [stuck_client(self.port, token)]  # one per hub
+        closed_at: list[float | None] = [None]
         sampler = threading.Thread(target=self.sample, args=(stop, t0), daemon=True)
         sampler.start()
         until = t0 + self.seconds
@@ -291,14 +321,15 @@ class Soak:
         ]
         for thread in slots:
             thread.start()
-        stuck_closed_at: float | None = None
         crash_at = t0 + 0.4 * self.seconds
         outage: tuple[float, float] | None = None
+        crashed = 0.0
         try:
             while any(thread.is_alive() for thread in slots):
                 now = time.monotonic()
-                if stuck_closed_at is None and closed(stuck):
-                    stuck_closed_at = now - t0
+                for i, sock in enumerate(stuck):
+                    if closed_at[i] is None and closed(sock):
+                        closed_at[i] = now - t0
                 # Mid-way, once most slots run (processes start slowly on a busy machine).
                 if outage is None and now >= crash_at and len(self.endings) >= self.slots // 2:
                     os.killpg(self.hub.proc.pid, signal.SIGKILL)
@@ -308,18 +339,25 @@ class Soak:
                     time.sleep(self.outage)
                     self.hub = self.start_hub()
                     outage = (down, time.monotonic())
+                    crashed = down - t0
+                    stuck.append(stuck_client(self.port, read_token(self.home)))
+                    closed_at.append(None)
                 time.sleep(0.2)
             time.sleep(4.0)  # liveness checks, last events, SSE delivery
-            if stuck_closed_at is None and closed(stuck):
-                stuck_closed_at = time.monotonic() - t0
+            for i, sock in enumerate(stuck):
+                if closed_at[i] is None and closed(sock):
+                    closed_at[i] = time.monotonic() - t0
             figures = self.judge(clients, outage)
         finally:
             stop.set()
-            stuck.close()
+            for sock in stuck:
+                sock.close()
             if self.hub is not None:
                 self.hub.stop()
             shutil.rmtree(self.scratch, ignore_errors=True)
-        figures["stuck_closed_after_s"] = stuck_closed_at
+        # The first hub's stuck client: dropped before the crash (or by it); the second's.
+        figures["stuck_closed_at_s"] = [None if c is None else round(c, 1) for c in closed_at]
+        figures["crash_at_s"] = round(crashed, 1) if outage is not None else None
         figures["seconds"] = round(time.monotonic() - t0, 1)
         figures["slots"] = self.slots
         figures["rss_mib"] = _series(self.samples, "rss_mib")
@@ -327,7 +365,7 @@ class Soak:
         return figures
 
     def judge(self, clients: list[SseClient], outage: tuple[float, float] | None) -> dict[str, Any]:
-        api = api_runs(self.port)
+        api = api_runs(self.port, read_token(self.home))
         ls = ls_runs(self.home)
         readers: dict[str, dict[str, dict[str, Any]]] = {"api": api, "ls": ls}
         for i, client in enumerate(clients):
@@ -384,6 +422,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=180.0, help="how long runs start")
     parser.add_argument("--slots", type=int, default=20, help="concurrent training processes")
     parser.add_argument("--outage", type=float, default=10.0, help="seconds the hub is down")
+    parser.add_argument(
+        "--subscriber-limit",
+        type=int,
+        default=500,
+        help="the hub's --subscriber-limit (its default, 10,000, drops the stuck client "
+        "only after about 17 minutes at this load)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--role", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--params", default=None, help=argparse.SUPPRESS)
@@ -393,7 +438,8 @@ def main() -> int:
         return 0
     if args.quick:
         args.seconds, args.slots, args.outage = 20.0, 4, 3.0
-    f = Soak(args.seconds, args.slots, args.outage).run()
+        args.subscriber_limit = 200
+    f = Soak(args.seconds, args.slots, args.outage, args.subscriber_limit).run()
     print(
         f"soak: {f['runs']} runs {f['endings']} in {f['seconds']} s, {f['slots']} at a time; "
         f"hub down {f['outage_s']} s"
@@ -407,7 +453,8 @@ def main() -> int:
     print(
         f"SSE cursor: longest {f['cursor_longest']} chars, last {f['cursor_last']}; "
         f"connects {f['sse_connects']}, KiB read {f['sse_kib']}; "
-        f"stuck client closed after {f['stuck_closed_after_s']} s"
+        f"stuck clients (one per hub) closed at {f['stuck_closed_at_s']} s "
+        f"(the hub crashed at {f['crash_at_s']} s)"
     )
     print(f"truth mismatches: {f['mismatches']} (goal 0) {f['mismatch_examples']}")
     if args.json is not None:

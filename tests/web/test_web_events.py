@@ -214,7 +214,7 @@ class TestQuietMark:
         for tid in ended:
             finished(produce, tid)
         live = produce("until", "quiet-live")
-        reader = SseReader(first.port)
+        reader = SseReader(first)
         reader.items_until(is_live)
         for _ in reader.messages(timeout=QUIET_AFTER + 10):  # the live run keeps it moving
             last = reader.last_id or ""
@@ -227,7 +227,7 @@ class TestQuietMark:
         assert len(reader.last_id or "") < 40
         # A run that ends while the client is away is newer than the mark: a snapshot.
         finished(produce, "quiet-new")
-        reader = SseReader(first.port, headers={"Last-Event-ID": reader.last_id or ""})
+        reader = SseReader(first, headers={"Last-Event-ID": reader.last_id or ""})
         messages = reader.items_until(is_live)
         messages += reader.items_until(
             lambda i: isinstance(i, dict) and i.get("training_id") == "quiet-live"
@@ -244,7 +244,7 @@ class TestQuietMark:
         resume = reader.last_id
         first.stop()
         second = start_hub(http=first.http)
-        reader = SseReader(second.port, headers={"Last-Event-ID": resume or ""})
+        reader = SseReader(second, headers={"Last-Event-ID": resume or ""})
         live.open_gate(1)
         more = reader.items_until(
             lambda i: isinstance(i, dict) and i.get("status") == "done", timeout=20

@@ -299,3 +299,20 @@ class TestBidi:
         expect(page.locator("#d-name")).to_have_text(shown)
         text = page.locator("#runs-page").inner_text()
         assert not any(c in text for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+class TestNewToken:
+    """A page whose cookie no longer carries the hub's token says what to do."""
+
+    def test_rotated_token(self, page: Page, start_hub: Callable[..., WebHub]) -> None:
+        first = start_hub()
+        page.goto(first.url)
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        old = first.token
+        first.stop()
+        (first.home / "hub.token").unlink()  # rotate: the next start makes a new token
+        second = start_hub(http=first.http)
+        assert second.token != old
+        expect(page.get_by_test_id("connection")).to_contain_text("token")
+        page.goto(second.url)  # the new URL the hub printed
+        expect(page.get_by_test_id("connection")).to_have_text("live")

@@ -22,7 +22,10 @@ MAX_EXAMPLES = 8
 
 
 def schemathesis(hub: WebHub, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the schemathesis CLI against *hub*, showing its token as a local client would."""
+    """Run the schemathesis CLI against *hub*, showing its token as a local client would.
+
+    It runs in the hub's scratch folder: schemathesis keeps a cache in its working folder.
+    """
     return subprocess.run(
         [
             sys.executable,
@@ -45,6 +48,7 @@ def schemathesis(hub: WebHub, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=240,
         check=False,
+        cwd=hub.home.parent,
     )
 
 
@@ -93,6 +97,7 @@ class TestSchemathesis:
             text=True,
             timeout=120,
             check=False,
+            cwd=hub.home.parent,
         )
         # The document itself needs the token: schemathesis cannot even load it.
         assert result.returncode != 0

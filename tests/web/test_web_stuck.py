@@ -22,12 +22,13 @@ from pulse_transports.wire import default_socket_path, hello_line
 TID = "stuck-web"
 
 
-def stuck_client(port: int) -> socket.socket:
-    """An ``/events`` request whose sender then never reads."""
+def stuck_client(hub: WebHub) -> socket.socket:
+    """An ``/events`` request (with the hub's token) whose sender then never reads."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    sock.connect(("127.0.0.1", hub.port))
+    auth = f"Authorization: Bearer {hub.token}\r\n".encode()
+    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"\r\n")
     return sock
 
 
@@ -89,8 +90,8 @@ class TestStuckEventsClient:
         self, start_hub: Callable[..., WebHub]
     ) -> None:
         hub = start_hub(args=("--subscriber-buffer", "20", "--subscriber-limit", "100"))
-        stuck = [stuck_client(hub.port) for _ in range(3)]
-        reader = SseReader(hub.port)
+        stuck = [stuck_client(hub) for _ in range(3)]
+        reader = SseReader(hub)
         reader.items_until(lambda i: isinstance(i, dict) and "live" in i)
         time.sleep(0.5)  # the stuck requests are streams by now
         started = time.monotonic()
@@ -126,7 +127,7 @@ class TestStuckEventsClient:
         self, start_hub: Callable[..., WebHub]
     ) -> None:
         hub = start_hub(args=("--subscriber-buffer", "20", "--subscriber-limit", "100"))
-        slow = SseReader(hub.port)
+        slow = SseReader(hub)
         slow.items_until(lambda i: isinstance(i, dict) and "live" in i)
         prod = produce_errors(hub, count=600, size=30_000)
         try:

@@ -457,8 +457,21 @@
 
   async function getJson(path) {
     const response = await fetch(path, { headers: { accept: "application/json" } });
+    if (response.status === 401) showUnauthorized();
     if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
     return response.json();
+  }
+
+  // The hub asks for a token this page's cookie does not carry (a new token, an
+  // expired cookie): say what to do, instead of "reconnecting" for ever.
+  function showUnauthorized() {
+    setConnection("unauthorized", "needs the hub's token: open the URL pulse serve printed");
+  }
+
+  function checkToken() {
+    fetch("/api/runs?limit=1", { headers: { accept: "application/json" } })
+      .then((response) => { if (response.status === 401) showUnauthorized(); })
+      .catch(() => {});
   }
 
   async function loadView(tid) {
@@ -786,6 +799,7 @@
     };
     source.onerror = () => {
       setConnection("reconnecting", "reconnecting…");
+      checkToken();
       // The browser retries by itself; if it gave up (CLOSED), start over with our cursor.
       if (source.readyState === EventSource.CLOSED) {
         reconnectTimer = setTimeout(connect, RECONNECT_MS);
