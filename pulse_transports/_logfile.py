@@ -28,7 +28,6 @@ from typing import Any, Final
 
 import orjson
 
-from pulse_core.codec import decode
 from pulse_core.errors import DecodeError, RunExists, RunLocked
 from pulse_core.events import TERMINAL_STATUSES
 from pulse_core.state import RunState
@@ -161,6 +160,8 @@ def take_lock(lock: Path, training_id: str, log_file: Path, wait: float = LOCK_W
 
 def last_seq(path: Path, window: int = 1 << 16) -> int | None:
     """The highest seq among the decodable lines at the end of a log."""
+    from pulse_core.codec import decode  # here: readers of the index (pulse ls) never decode
+
     with path.open("rb") as handle:
         size = handle.seek(0, os.SEEK_END)
         while True:

@@ -14,9 +14,7 @@ default, so the documentation is generated from this table.
 
 from __future__ import annotations
 
-import json
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -163,6 +161,8 @@ def check_limits(what: str, limits: Mapping[str, tuple[float, float | None]]) ->
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # here: most commands run where no configuration file exists
+
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -210,6 +210,8 @@ def _env_tables(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     text = environ.get(ENV_TRANSPORT_OPTIONS, "").strip()
     if not text:
         return {}
+    import json  # here: the variable is rarely set
+
     try:
         value = json.loads(text)
     except ValueError as exc:

@@ -37,7 +37,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import orjson
@@ -49,12 +49,15 @@ from pulse_core.liveness import ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
 from pulse_core.projections import to_summary
 from pulse_core.state import RunState
 from pulse_core.statecodec import STATE_FORMAT, decode_state, encode_state, state_from_obj
-from pulse_transports._checkpoint import last_checkpoint
-from pulse_transports.file import log_dir, log_path
-from pulse_transports.follow import LogFollower
+from pulse_transports._logfile import log_dir, log_path
 from pulse_transports.index import IndexRow, RunIndex
 from pulse_transports.liveness import check_writer, run_liveness
-from pulse_transports.position import Checkpoint, Position, position_matches
+
+if TYPE_CHECKING:
+    from pulse_transports.position import Checkpoint, Position
+
+# Folding a log (follow, _checkpoint, the reducer) and positions are imported where
+# used: a warm ``pulse ls`` reads only the index and pays none of them (issue 19).
 
 log = get_logger("pulse.history")
 
@@ -85,6 +88,8 @@ def checkpoint_from_bytes(data: bytes) -> Checkpoint:
     Raises:
         ValueError: if *data* is not such a checkpoint (or of another format).
     """
+    from pulse_transports.position import Checkpoint, Position
+
     try:
         obj = orjson.loads(data)
         if obj.get("format") != STATE_FORMAT:
@@ -141,6 +146,8 @@ class RunRecord:
         """Where reading the log stopped (to follow it on from there)."""
         if self._position is None:
             assert self._position_json is not None
+            from pulse_transports.position import Position
+
             self._position = Position.from_dict(orjson.loads(self._position_json))
         return self._position
 
@@ -159,6 +166,8 @@ class RunRecord:
 
     def checkpoint(self) -> Checkpoint:
         """Where recovery stopped reading, to follow the log on from there."""
+        from pulse_transports.position import Checkpoint
+
         return Checkpoint(self.position, self.state)
 
 
@@ -207,6 +216,10 @@ def _fold(
     tid: str, st: os.stat_result, row: IndexRow | None, cfg: _Settings
 ) -> tuple[RunRecord, IndexRow]:
     """Read a log (continuing a row whose file only grew) into a record and a row."""
+    from pulse_transports._checkpoint import last_checkpoint
+    from pulse_transports.follow import LogFollower
+    from pulse_transports.position import Checkpoint, Position, position_matches
+
     path = log_path(cfg.home, tid)
     checkpoint: Checkpoint | None = None
     bad_before = 0

@@ -29,7 +29,7 @@ import orjson
 
 from pulse_core.liveness import LOST_AFTER, STALE_AFTER, Liveness, liveness_of
 from pulse_core.state import RunState
-from pulse_transports.file import lock_path, writer_alive
+from pulse_transports._logfile import lock_path, writer_alive
 
 #: Seconds after a run's last event during which a free lock whose last
 #: holder still lives is taken for a lock hand-over, not a dead writer.

@@ -72,6 +72,10 @@ from pulse_transports.config import Config
 
 log = get_logger("pulse.cli")
 
+#: :data:`pulse_transports.v1.V1_FILE`, named here so a home without one skips that import
+#: (tests/transports/test_fast_start.py checks they agree).
+V1_FILE_NAME = "training_status.json"
+
 STATUS_CHOICES = (
     "idle",
     "preparing",
@@ -148,10 +152,12 @@ def heal_v1(config: Config, records: Sequence[Any] | None = None) -> None:
     and runs are recovered only when the slot shows an unfinished status and
     *records* (the home's runs) were not given. Never fails the command.
     """
-    from pulse_transports.v1 import heal_v1_snapshot
-
     option = (config.transport_options.get("v1") or {}).get("path")
     path = config.home / str(option) if option else None
+    if not (path or config.home / V1_FILE_NAME).exists():
+        return  # nothing to heal; skips importing the v1 adapter (a tenth of ``pulse ls``)
+    from pulse_transports.v1 import heal_v1_snapshot
+
     try:
         heal_v1_snapshot(
             config.home,
