@@ -24,7 +24,7 @@ Must never import I/O modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, assert_never
 
 from pulse_core._series import SeriesAcc
@@ -451,15 +451,6 @@ class Folder:
         """Apply one event (never raises)."""
         self._cached = None
         self._acc.apply(event)
-
-    def applier(self) -> Callable[[Event], None]:
-        """The bare apply, for a loop over many events that reads no state meanwhile.
-
-        The state is recomputed on the next read after this call (a reader
-        of a log saves a call and a store per line).
-        """
-        self._cached = None
-        return self._acc.apply
 
     @property
     def state(self) -> RunState:

@@ -323,8 +323,6 @@ class LogFollower(ClosesOnExit):
         limit = self.max_line
         start = 0
         find = chunk.find
-        tid = self.training_id
-        apply = self._folder.applier()  # nothing below reads the state
         while True:
             nl = find(b"\n", start)
             if nl < 0:
@@ -350,22 +348,7 @@ class LogFollower(ClosesOnExit):
                 self._overlong()
                 self._skipping = False
             else:
-                line = chunk[start:nl]
-                try:
-                    event = decode(line)
-                except DecodeError:
-                    self._line(line, line_start, out)  # blank or bad: the slow path says which
-                else:
-                    # _apply inlined: this is the per-line cost of every replay.
-                    if event.__class__ is StateCheckpoint:
-                        pass
-                    elif tid is not None and event.training_id != tid:
-                        apply(event)  # recorded as a foreign_event anomaly
-                    elif event.seq <= self._skip_upto:
-                        self.skipped += 1
-                    else:
-                        apply(event)
-                        out.append(event)
+                self._line(chunk[start:nl], line_start, out)
             self._pending_counted = False
             self._offset = base + nl + 1
             self._line_no += 1
