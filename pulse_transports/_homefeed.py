@@ -98,6 +98,11 @@ class HomeFeed:
         """How many logs are followed now."""
         return len(self._followers)
 
+    @property
+    def remembered(self) -> int:
+        """How many ended logs are remembered (by size, so as not to read them again)."""
+        return len(self._ended)
+
     # -- blocking steps (worker thread) ----------------------------------------------
 
     def prime(self) -> dict[str, list[Event]]:
@@ -186,6 +191,9 @@ class HomeFeed:
         except OSError:
             return out
         now = time.monotonic()
+        present = {name[: -len(".jsonl")] for name in names}
+        for tid in self._ended.keys() - present:
+            del self._ended[tid]  # its log was deleted (retention): nothing left to skip
         for tid in list(self._followers):
             if f"{tid}.jsonl" not in names:
                 self._followers.pop(tid).close()  # deleted: the hub keeps what it has

@@ -207,35 +207,36 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", choices=("runs", "stuck"), default=None, help="run one part")
     parser.add_argument("--role", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--params", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "producer":
         producer(json.loads(args.params))
         return 0
-    if args.quick:
-        figures = {
-            "runs": runs_case(40, 2, 10, keep_ended=2.0),
-            # 300: the hub bounds each event to 64 KiB, so 16 MiB must take that many
-            "stuck": stuck_case(300, 400_000),
-        }
-    else:
-        figures = {
-            "runs": runs_case(args.runs, 4, 20, keep_ended=5.0),
-            "stuck": stuck_case(1500, 400_000),
-        }
-    r, s = figures["runs"], figures["stuck"]
-    print(
-        f"runs: {r['runs']} in {r['seconds']} s; RSS base {r['base_mib']} MiB, "
-        f"peak {r['peak_mib']} MiB (goal <= 100), after expiry {r['after_expiry_mib']} MiB "
-        f"({r['after_vs_base']:.2f} x base, goal <= 1.10)"
-    )
-    print(
-        f"stuck: {s['events']} x {s['event_kb']} KB; RSS {s['base_mib']} -> peak "
-        f"{s['peak_mib']} MiB (goal <= 200 MB), stuck closed {s['stuck_closed']}, "
-        f"after every subscriber left {s['after_leave_mib']} MiB, after the run "
-        f"expired {s['after_expiry_mib']} MiB"
-    )
+    figures: dict[str, dict[str, Any]] = {}
+    if args.only in (None, "runs"):
+        figures["runs"] = (
+            runs_case(40, 2, 10, keep_ended=2.0)
+            if args.quick
+            else runs_case(args.runs, 4, 20, keep_ended=5.0)
+        )
+        r = figures["runs"]
+        print(
+            f"runs: {r['runs']} in {r['seconds']} s; RSS base {r['base_mib']} MiB, "
+            f"peak {r['peak_mib']} MiB (goal <= 100), after expiry {r['after_expiry_mib']} MiB "
+            f"({r['after_vs_base']:.2f} x base, goal <= 1.10)"
+        )
+    if args.only in (None, "stuck"):
+        # quick: 300, as the hub bounds each event to 64 KiB, so 16 MiB must take that many
+        figures["stuck"] = stuck_case(300 if args.quick else 1500, 400_000)
+        s = figures["stuck"]
+        print(
+            f"stuck: {s['events']} x {s['event_kb']} KB; RSS {s['base_mib']} -> peak "
+            f"{s['peak_mib']} MiB (goal <= 200 MB), stuck closed {s['stuck_closed']}, "
+            f"after every subscriber left {s['after_leave_mib']} MiB, after the run "
+            f"expired {s['after_expiry_mib']} MiB"
+        )
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

@@ -35,3 +35,31 @@ class TestIdleLogs:
             assert feed.followed == 1
         finally:
             feed.close()
+
+
+class TestDeletedLogs:
+    """What the feed keeps per ended log goes with the log (retention deleting runs)."""
+
+    def test_a_deleted_ended_log_is_forgotten(self, tmp_path: Path) -> None:
+        paths = [
+            write_log(
+                tmp_path,
+                [
+                    meta(f"done-{n}"),
+                    status(f"done-{n}", 2, "running"),
+                    status(f"done-{n}", 3, "done"),
+                ],
+            )
+            for n in range(5)
+        ]
+        feed = HomeFeed(tmp_path, notifications=False, poll_interval=0.01)
+        try:
+            assert set(feed.prime()) == {f"done-{n}" for n in range(5)}
+            assert feed.remembered == 5  # ended: skipped while unchanged
+            for path in paths[:4]:
+                path.unlink()
+            feed.step(timeout=0.05)
+            assert feed.remembered == 1
+            assert feed.step(timeout=0.05) == []  # the one left is still not read again
+        finally:
+            feed.close()
