@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pulse_transports.cli import main
+from pulse_transports.cli import run
 
 if __name__ == "__main__":
-    main(prog_name="pulse")
+    run(prog_name="pulse")

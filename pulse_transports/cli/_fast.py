@@ -1,0 +1,304 @@
+"""``pulse ls`` without click: the common case answered from the index's stored rows.
+
+This module owns the fast path of the ``pulse`` script (:func:`fast_ls`).
+It handles ``pulse [--home H] ls`` with ``--json``, ``--status``,
+``--flow-run-id``, ``--limit``, ``--home`` and ``--source file``, and only
+when its answer is the click command's, byte for byte: the home is a folder,
+its configuration comes from the defaults, ``$PULSE_HOME`` or a
+configuration file read by :func:`pulse_transports.config.load_config`,
+there is no v1 snapshot to heal, and the index
+(:mod:`pulse_transports.index`) is of this code's state format, has a row
+for each log and none for a deleted one.
+
+Ended runs whose log is unchanged since their row was written are printed
+from the row's stored ``ls`` summary, without decoding any state; the few
+others (live runs, grown logs) are read through
+:func:`pulse_transports.history.load_run`, so their liveness is judged as
+``pulse ls`` always does (writer lock, pid, silence). Anything else -- help,
+an unknown or malformed option, ``-v``, another source, an error to report,
+many changed logs -- returns ``None`` before any output, and the click
+command runs as before.
+
+Imports only the standard library (and ``orjson`` for JSON) on the fast path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pulse_transports.cli._table import STATUS_CHOICES, print_json, render_table, select_rows
+
+TYPE_CHECKING = False  # not typing's: see pulse_transports.cli
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+#: :data:`pulse_core.statecodec.STATE_FORMAT`, named here so the fast path skips the core
+#: (tests/transports/test_fast_ls.py checks they agree).
+STATE_FORMAT: Final = (
+    "2:training_id,status,message,meta,epoch,total_epochs,step,total_steps,metrics,best_loss,"
+    "metrics_min,metrics_max,metrics_dropped,history,errors,error_count,timeline,"
+    "timeline_count,status_durations,created_at,started_at,finished_at,status_since,"
+    "last_event_at,last_seq,event_count,duplicates,missing,gaps,anomalies,anomaly_count,"
+    "unknown_events,dropped"
+)
+#: :data:`pulse_transports.cli.ls.V1_FILE_NAME` (the v1 snapshot a read may heal).
+V1_FILE_NAME: Final = "training_status.json"
+#: The environment variables of :data:`pulse_transports.config.KEYS` other than
+#: ``PULSE_HOME``, and the transport options: set, the configuration is loaded in full.
+CONFIG_ENV: Final = frozenset(
+    {
+        "PULSE_TRANSPORTS",
+        "PULSE_HEARTBEAT_INTERVAL",
+        "PULSE_STALE_AFTER",
+        "PULSE_LOST_AFTER",
+        "PULSE_STRICT",
+        "PULSE_CLOSE_TIMEOUT",
+        "PULSE_TRANSPORT_OPTIONS",
+    }
+)
+#: Changed logs read one by one; with more, the whole ``pulse ls`` is cheaper.
+MAX_CHANGED: Final = 16
+
+_ID_FIRST: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS: Final = _ID_FIRST | frozenset("._-")
+_VALUED: Final = frozenset({"--home", "--status", "--flow-run-id", "--limit", "--source"})
+_SELECT: Final = (
+    "SELECT training_id, inode, device, size, mtime_ns, terminal, sort_key, summary FROM runs"
+)
+
+
+class _Settings:
+    """What ``pulse ls`` needs of the configuration."""
+
+    __slots__ = ("home", "lost_after", "stale_after", "v1_path")
+
+    def __init__(
+        self, home: str, v1_path: str | None, stale_after: float, lost_after: float
+    ) -> None:
+        self.home = home
+        self.v1_path = v1_path
+        self.stale_after = stale_after
+        self.lost_after = lost_after
+
+
+def parse(argv: list[str]) -> dict[str, Any] | None:
+    """The options of ``[--home H] ls [options]``; ``None`` for anything else."""
+    args: dict[str, Any] = {"json": False, "status": None, "flow_run_id": None, "limit": None}
+    homes: dict[bool, str] = {}  # the group's (False) and the command's (True) --home
+    seen_ls = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not seen_ls and arg == "ls":
+            seen_ls = True
+            continue
+        if arg == "--json" and seen_ls:
+            args["json"] = True
+            continue
+        name, eq, value = arg.partition("=")
+        if name not in _VALUED or (not seen_ls and name != "--home"):
+            return None
+        if not eq:
+            if i >= len(argv):
+                return None
+            value = argv[i]
+            i += 1
+        if not value or value.startswith("-"):
+            return None
+        if name == "--home":
+            homes[seen_ls] = value
+        elif name == "--status":
+            if value not in STATUS_CHOICES:
+                return None
+            args["status"] = value
+        elif name == "--flow-run-id":
+            args["flow_run_id"] = value
+        elif name == "--limit":
+            if not (value.isascii() and value.isdigit()) or value[0] == "0":
+                return None
+            args["limit"] = int(value)
+        elif value != "file":  # --source
+            return None
+    args["home"] = homes.get(True, homes.get(False))
+    return args if seen_ls else None
+
+
+def path_str(text: str) -> str:
+    """``str(pathlib.PurePosixPath(text))`` without importing pathlib."""
+    root = "//" if text[:2] == "//" and text[:3] != "///" else "/" if text[:1] == "/" else ""
+    parts = [part for part in text.split("/") if part and part != "."]
+    return root + "/".join(parts) if root or parts else "."
+
+
+def join(base: str, name: str) -> str:
+    """``str(PurePosixPath(base) / name)`` for a normalised *base* and a plain *name*."""
+    if base == ".":
+        return name
+    return base + name if base.endswith("/") else f"{base}/{name}"
+
+
+def settings(home: str | None) -> _Settings | None:
+    """The home and thresholds as :func:`~pulse_transports.config.load_config` resolves them."""
+    environ = os.environ
+    if not any(environ.get(name) for name in CONFIG_ENV):
+        try:
+            here = os.path.realpath(os.getcwd())
+        except OSError:
+            return None
+        while True:
+            if os.path.isfile(os.path.join(here, "pulse.toml")) or os.path.isfile(
+                os.path.join(here, "pyproject.toml")
+            ):
+                break
+            parent = os.path.dirname(here)
+            if parent == here:
+                chosen = home if home is not None else environ.get("PULSE_HOME") or ".pulse"
+                if chosen.startswith("~"):
+                    break
+                return _Settings(path_str(chosen), None, 15.0, 600.0)
+            here = parent
+    from pulse_core.errors import PulseError
+    from pulse_transports.config import load_config
+
+    try:
+        config = load_config(home=home)
+    except PulseError:
+        return None
+    option = (config.transport_options.get("v1") or {}).get("path")
+    return _Settings(
+        str(config.home),
+        str(option) if option else None,
+        config.stale_after,
+        config.lost_after,
+    )
+
+
+def _index_rows(home: str) -> dict[str, tuple[Any, ...]] | None:
+    path = join(home, "index.sqlite")
+    import sqlite3
+
+    uri = "file:" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    try:
+        db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=2.0)
+        try:
+            found = db.execute("SELECT value FROM info WHERE key = 'format'").fetchone()
+            if found is None or found[0] != STATE_FORMAT:
+                return None
+            return {row[0]: row for row in db.execute(_SELECT)}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+
+
+def _scan(folder: str) -> dict[str, os.stat_result] | None:
+    found: dict[str, os.stat_result] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return found
+    except OSError:
+        return None
+    for entry in entries:
+        name = entry.name
+        if not name.endswith(".jsonl"):
+            continue
+        tid = name[:-6]
+        if not (0 < len(tid) <= 128 and tid[0] in _ID_FIRST and _ID_CHARS.issuperset(tid)):
+            continue
+        try:
+            if entry.is_file():
+                found[tid] = entry.stat()
+        except OSError:
+            continue
+    return found
+
+
+def read_rows(cfg: _Settings, as_json: bool = False) -> list[dict[str, Any]] | None:
+    """Every run's ``ls`` row, newest first; ``None`` when the full command must answer."""
+    if os.path.exists(os.path.join(cfg.home, cfg.v1_path or V1_FILE_NAME)):
+        return None  # a snapshot to heal: pulse_transports.cli.ls.heal_v1
+    folder = join(cfg.home, "logs/training")
+    found = _scan(folder)
+    if found is None:
+        return None
+    if not found:
+        return [] if not os.path.exists(join(cfg.home, "index.sqlite")) else None
+    rows = _index_rows(cfg.home)
+    if rows is None or any(tid not in found for tid in rows):
+        return None
+    if as_json:  # printed by orjson: read by it too
+        from orjson import loads
+    else:  # stdlib json imports in a fifth of orjson's time
+        from json import loads
+
+    keyed: list[tuple[float, str, dict[str, Any]]] = []
+    changed: list[str] = []
+    for tid, st in found.items():
+        row = rows.get(tid)
+        if (
+            row is None
+            or not row[5]
+            or (row[1], row[2], row[3], row[4])
+            != (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+        ):
+            changed.append(tid)
+            continue
+        summary = loads(row[7])
+        summary["log"] = join(folder, f"{tid}.jsonl")
+        keyed.append((row[6], tid, summary))
+    if len(changed) > MAX_CHANGED:
+        return None
+    if changed:
+        keyed.extend(_changed(cfg, changed))
+    keyed.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return [summary for _key, _tid, summary in keyed]
+
+
+def _changed(cfg: _Settings, ids: list[str]) -> list[tuple[float, str, dict[str, Any]]]:
+    """Live or changed runs, read and judged as :func:`~pulse_transports.history.recover` does."""
+    import time
+
+    from pulse_core.errors import RunNotFound
+    from pulse_transports.cli._logsetup import configure_logging
+    from pulse_transports.history import load_run
+
+    configure_logging(False)
+    now = time.time()
+    out = []
+    for tid in ids:
+        try:
+            record = load_run(
+                cfg.home, tid, now=now, stale_after=cfg.stale_after, lost_after=cfg.lost_after
+            )
+        except RunNotFound:
+            continue  # removed since the scan
+        out.append((record.sort_key, tid, record.summary))
+    return out
+
+
+def fast_ls(argv: list[str]) -> int | None:
+    """Run ``pulse ls`` from *argv* if it is the common case; ``None`` if click must."""
+    args = parse(argv)
+    if args is None:
+        return None
+    cfg = settings(args["home"])
+    if cfg is None or not os.path.isdir(cfg.home):
+        return None
+    rows = read_rows(cfg, args["json"])
+    if rows is None:
+        return None
+    rows = select_rows(rows, args["status"], args["flow_run_id"], args["limit"])
+    try:
+        if args["json"]:
+            print_json({"home": cfg.home, "runs": rows})
+        else:
+            render_table(rows, cfg.home)
+    except BrokenPipeError:
+        # As click does: no traceback, exit 1, and nothing more written to the pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return 0
