@@ -206,20 +206,30 @@ def render_table(rows: list[dict[str, Any]], home: object) -> None:
         import shutil  # here: only a terminal needs its width
 
         header, cells, gap = fit_table(header, cells, shutil.get_terminal_size().columns)
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-
-    def paint(text: str, column: int, width: int) -> str:
-        padded = text.ljust(width)
-        if not color:
-            return padded
-        colour = (STATUS_COLOR if column == 1 else LIVENESS_COLOR if column == 2 else {}).get(text)
-        return style(padded, fg=colour) if colour else padded
-
-    out = [gap.join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    if color:
-        out[0] = style(out[0], bold=True)
-    for cell in cells:
-        line = gap.join(paint(t, i, w) for i, (t, w) in enumerate(zip(cell, widths, strict=True)))
-        out.append(line.rstrip())
+    widths = [max(map(len, column)) for column in zip(header, *cells, strict=True)]
+    if not color:  # one format for every line: a thousand rows in a few milliseconds
+        line = gap.join(f"{{:<{w}}}" for w in widths).format
+        out = [line(*header).rstrip()]
+        out.extend(line(*cell).rstrip() for cell in cells)
+    else:
+        out = [
+            style(
+                gap.join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
+                bold=True,
+            )
+        ]
+        for cell in cells:
+            out.append(
+                gap.join(
+                    _paint(t, i, w) for i, (t, w) in enumerate(zip(cell, widths, strict=True))
+                ).rstrip()
+            )
     sys.stdout.write("\n".join(out) + "\n")
     sys.stdout.flush()
+
+
+def _paint(text: str, column: int, width: int) -> str:
+    """One terminal cell: padded, a status (column 1) or liveness (2) in its colour."""
+    padded = text.ljust(width)
+    colour = (STATUS_COLOR if column == 1 else LIVENESS_COLOR if column == 2 else {}).get(text)
+    return style(padded, fg=colour) if colour else padded
