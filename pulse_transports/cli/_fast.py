@@ -148,9 +148,7 @@ def settings(home: str | None) -> _Settings | None:
         except OSError:
             return None
         while True:
-            if os.path.isfile(os.path.join(here, "pulse.toml")) or os.path.isfile(
-                os.path.join(here, "pyproject.toml")
-            ):
+            if os.path.isfile(os.path.join(here, "pulse.toml")) or _names_pulse(here):
                 break
             parent = os.path.dirname(here)
             if parent == here:
@@ -173,6 +171,22 @@ def settings(home: str | None) -> _Settings | None:
         config.stale_after,
         config.lost_after,
     )
+
+
+def _names_pulse(folder: str) -> bool:
+    """Whether *folder*'s ``pyproject.toml`` may hold a ``[tool.pulse]`` table.
+
+    A file that never says ``pulse`` holds none and is passed over, as
+    :func:`~pulse_transports.config.find_file_table` passes over one without
+    the table (unparsed: a malformed one is not reported here).
+    """
+    try:
+        with open(os.path.join(folder, "pyproject.toml"), "rb") as handle:
+            return b"pulse" in handle.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def _index_rows(home: str) -> dict[str, tuple[Any, ...]] | None:

@@ -35,7 +35,7 @@ class TestBenchScaleSmoke:
         assert cold["ms_per_run"] > 0
         assert cold["ms_per_run_without_checkpoints"] > 0
         assert results["live_case"]["alive"] == 3
-        assert results["ls"]["ls_ms_best"] > results["ls"]["python_pass_ms_best"] > 0
+        assert results["ls"]["ls"]["best_ms"] > results["ls"]["python_pass"]["best_ms"] > 0
         assert results["replay"]["events"] == 4000
         assert results["replay"]["orjson_loads_ev_s"] > 0
         assert results["gc"]["removed"] == 27

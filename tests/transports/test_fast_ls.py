@@ -296,3 +296,21 @@ def test_style_is_click_style() -> None:
     for fg in (None, "red", "green", "yellow"):
         for bold in (False, True):
             assert style("x y", fg=fg, bold=bold) == click.style("x y", fg=fg, bold=bold or None)
+
+
+def test_a_pyproject_without_pulse_is_passed_over(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    path = log_path(home, "done-1")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(_events("done-1", time.time() - 60, "done"))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[project]\nname = "mnist"\n')
+    argv = ["ls", "--home", str(home)]
+    assert _run(CLICK, argv, project).returncode == 0  # builds the index
+    probe = _run([sys.executable, "-c", PROBE], argv, project)
+    assert probe.stderr.decode().split()[-3:] == ["0", "False", "False"], probe.stderr
+    assert probe.stdout == _run(CLICK, argv, project).stdout
+    (project / "pyproject.toml").write_text("[tool.pulse]\nstale_after = 30\n")
+    probe = _run([sys.executable, "-c", PROBE], argv, project)
+    assert probe.stderr.decode().split()[-3:] == ["0", "False", "True"], probe.stderr
