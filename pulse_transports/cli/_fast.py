@@ -244,9 +244,10 @@ def read_rows(cfg: _Settings, as_json: bool = False) -> list[dict[str, Any]] | N
     if rows is None or any(tid not in found for tid in rows):
         return None
     if as_json:  # printed by orjson: read by it too
-        from orjson import loads
+        import orjson as decoder
     else:  # stdlib json imports in a fifth of orjson's time
-        from json import loads
+        import json as decoder  # type: ignore[no-redef]
+    loads = decoder.loads
 
     keyed: list[tuple[float, str, dict[str, Any]]] = []
     changed: list[str] = []

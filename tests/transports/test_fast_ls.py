@@ -54,6 +54,18 @@ def _run(
     )
 
 
+def _same(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """Run *argv* through the ``pulse`` entry and the click group; assert the same result."""
+    fast = _run(FAST, argv, cwd, **env)
+    slow = _run(CLICK, argv, cwd, **env)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (
+        slow.returncode,
+        slow.stdout,
+        slow.stderr,
+    )
+    return fast
+
+
 def _events(tid: str, start: float, end: str | None, flow_run_id: str | None = None) -> bytes:
     out: list[Event] = [
         RunMeta(
@@ -114,13 +126,7 @@ ARGS = [
 @pytest.mark.parametrize("args", ARGS, ids=lambda a: " ".join(a) or "plain")
 def test_same_bytes_as_click_and_no_click(home: Path, args: list[str]) -> None:
     argv = ["ls", "--home", str(home), *args]
-    fast = _run(FAST, argv, home.parent)
-    slow = _run(CLICK, argv, home.parent)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
+    fast = _same(argv, home.parent)
     assert fast.returncode == 0
     assert fast.stdout
     probe = _run([sys.executable, "-c", PROBE], argv, home.parent)
@@ -137,13 +143,7 @@ def test_same_bytes_as_click_and_no_click(home: Path, args: list[str]) -> None:
 )
 def test_group_home_same_bytes(home: Path, argv: list[str]) -> None:
     argv = [a.format(home=home) for a in argv]
-    fast = _run(FAST, argv, home.parent)
-    slow = _run(CLICK, argv, home.parent)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
+    fast = _same(argv, home.parent)
     assert b"done-1" in fast.stdout
 
 
@@ -177,26 +177,14 @@ HANDED_ON = [
 @pytest.mark.parametrize("args", HANDED_ON, ids=lambda a: " ".join(a) or "none")
 def test_anything_else_is_handed_to_click(home: Path, args: list[str]) -> None:
     assert _fast.fast_ls(args) is None
-    fast = _run(FAST, [*args, "--home", str(home)] if args else args, home.parent)
-    slow = _run(CLICK, [*args, "--home", str(home)] if args else args, home.parent)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
+    _same([*args, "--home", str(home)] if args else args, home.parent)
 
 
 def test_missing_home_and_file_home_exit_like_click(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     for home in (tmp_path / "missing", tmp_path / "file"):
         argv = ["ls", "--home", str(home)]
-        fast = _run(FAST, argv, tmp_path)
-        slow = _run(CLICK, argv, tmp_path)
-        assert (fast.returncode, fast.stdout, fast.stderr) == (
-            slow.returncode,
-            slow.stdout,
-            slow.stderr,
-        )
+        fast = _same(argv, tmp_path)
         assert fast.returncode in (2, 3)
 
 
@@ -266,13 +254,7 @@ def test_a_config_file_is_read_in_full(home: Path, tmp_path: Path) -> None:
     assert (fast.returncode, fast.stdout) == (slow.returncode, slow.stdout)
     assert b"done-1" in fast.stdout
     (project / "pulse.toml").write_text("bogus = 1\n")
-    fast = _run(FAST, ["ls"], project)
-    slow = _run(CLICK, ["ls"], project)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
+    fast = _same(["ls"], project)
     assert fast.returncode == 2
 
 
