@@ -85,6 +85,7 @@ from pulse_transports._logfile import (
     log_dir,
     log_path,
     refuse_ended,
+    replace,
     take_lock,
     write_json_atomic,
     write_lock_info,
@@ -374,13 +375,7 @@ class FileSink(RecreatingLog):
         where = "in-process" if result is None else "child"
         if result is None:
             kept, before, _ = write_compacted(self.path, target)
-            tmp = tmp_path(self.path)
-            try:
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
+            replace(tmp_path(self.path), self.path)
         else:
             kept, before = result
         _fsync_dir(self.path.parent)
