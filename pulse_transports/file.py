@@ -67,8 +67,6 @@ from pulse_core.events import (
     Dropped,
     ErrorReported,
     Event,
-    Metrics,
-    Progress,
     RunMeta,
     StatusChanged,
 )
@@ -112,7 +110,6 @@ log = get_logger("pulse.file")
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
 MIN_MAX_BYTES: Final = 4096
 _DURABLE: Final[frozenset[type[Any]]] = frozenset({RunMeta, StatusChanged, ErrorReported, Dropped})
-_SAMPLES: Final = (Progress, Metrics)
 #: Default least seconds between two progress/metrics lines: a quarter of
 #: the log's base rate, so a reader following the log without a hub
 #: (``pulse watch``) shows a new value within about 300 ms. Compaction keeps
