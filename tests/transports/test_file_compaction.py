@@ -474,12 +474,12 @@ class TestWriterKilledDuringChildCompaction:
 
 
 class TestFailingCompactionBacksOff:
-    """A compaction that keeps failing is retried after more and more growth, not every few lines."""
+    """A compaction that keeps failing is retried after more and more growth."""
 
     def test_retries_double_their_growth_and_recover(
         self, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A log growing to ~12 caps while compaction fails tries ~15 times (not ~180); then works."""
+        """A log growing ~12 caps while compaction fails tries ~15 times (not ~200), then works."""
         real = file_module.write_compacted
         broken = [True]
 
