@@ -25,11 +25,10 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from pulse_core._log import get_logger
-from pulse_core.closing import ClosesOnExit
+from pulse_core.closing import AsyncClosesOnExit, ClosesOnExit
 from pulse_core.errors import DecodeError, PulseError
 from pulse_core.events import Event
 from pulse_core.policy import Backoff
@@ -305,7 +304,7 @@ class Subscriber(ClosesOnExit, _Client):
         return self
 
 
-class AsyncSubscriber(_Client):
+class AsyncSubscriber(AsyncClosesOnExit, _Client):
     """An asyncio hub subscriber; the same arguments as :class:`Subscriber`."""
 
     # The connection, set by connect(); the constructor is _Client's.
@@ -398,21 +397,13 @@ class AsyncSubscriber(_Client):
         self._closed = True
         self._drop()
 
-    async def __aenter__(self) -> AsyncSubscriber:
+    async def __aenter__(self) -> Self:
         if self._reader is None:
             if self.reconnect:
                 await self._reconnect()
             else:
                 await self.connect()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:
