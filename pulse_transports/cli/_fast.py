@@ -296,6 +296,14 @@ def _changed(cfg: _Settings, ids: list[str]) -> list[tuple[float, str, dict[str,
 
 def fast_ls(argv: list[str]) -> int | None:
     """Run ``pulse ls`` from *argv* if it is the common case; ``None`` if click must."""
+    try:
+        return _fast_ls(argv)
+    except KeyboardInterrupt:  # as click reports it
+        sys.stderr.write("\nAborted!\n")
+        return 1
+
+
+def _fast_ls(argv: list[str]) -> int | None:
     args = parse(argv)
     if args is None:
         return None
