@@ -42,7 +42,8 @@ STATE_FORMAT: Final = (
     "last_event_at,last_seq,event_count,duplicates,missing,gaps,anomalies,anomaly_count,"
     "unknown_events,dropped"
 )
-#: :data:`pulse_transports.cli.ls.V1_FILE_NAME` (the v1 snapshot a read may heal).
+#: :data:`pulse_transports.v1.V1_FILE`, named here so a home without one skips that import
+#: (tests/transports/test_fast_start.py checks they agree); ``ls`` heals it when present.
 V1_FILE_NAME: Final = "training_status.json"
 #: The environment variables of :data:`pulse_transports.config.KEYS` other than
 #: ``PULSE_HOME``, and the transport options: set, the configuration is loaded in full.

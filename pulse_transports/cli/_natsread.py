@@ -23,7 +23,14 @@ import click
 
 from pulse_transports.cli._common import EXIT_NOT_FOUND
 from pulse_transports.cli._source import nats_errors, nats_source
-from pulse_transports.cli.ls import check_id, fail, print_json, render_table, select_rows
+from pulse_transports.cli.ls import (
+    LsQuery,
+    check_id,
+    fail,
+    print_json,
+    render_table,
+    select_rows,
+)
 
 if TYPE_CHECKING:
     from pulse_core.events import Event
@@ -31,20 +38,14 @@ if TYPE_CHECKING:
     from pulse_transports.nats import NatsRunRecord, NatsSource
 
 
-def ls_nats(
-    as_json: bool,
-    status: str | None,
-    flow_run_id: str | None,
-    limit: int | None,
-    home: Path | None,
-    connection: dict[str, Any],
-) -> None:
+def ls_nats(query: LsQuery, connection: dict[str, Any]) -> None:
     """``pulse ls --source nats``: the runs in NATS, newest first (bucket, then stream)."""
-    source = nats_source(home, connection)
+    source = nats_source(query.home, connection)
     with nats_errors():
         records = source.recover()
-    rows = select_rows([dict(r.summary) for r in records], status, flow_run_id, limit)
-    if as_json:
+    summaries = [dict(r.summary) for r in records]
+    rows = select_rows(summaries, query.status, query.flow_run_id, query.limit)
+    if query.as_json:
         print_json({"source": _source_info(source), "runs": rows})
         return
     if not rows:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import click
 
@@ -62,6 +62,7 @@ from pulse_transports.cli._common import (
     main,
     resolve_config,
 )
+from pulse_transports.cli._fast import V1_FILE_NAME
 from pulse_transports.cli._source import file_only, open_source, source_options
 from pulse_transports.cli._table import (
     LIVENESS_COLOR,
@@ -81,9 +82,6 @@ from pulse_transports.config import Config
 
 log = get_logger("pulse.cli")
 
-#: :data:`pulse_transports.v1.V1_FILE`, named here so a home without one skips that import
-#: (tests/transports/test_fast_start.py checks they agree).
-V1_FILE_NAME = "training_status.json"
 
 LIVENESS_STYLE = {"alive": "green", "stale": "yellow", "lost": "red", "ended": "dim"}
 STATUS_STYLE = {
@@ -217,7 +215,7 @@ def ls_command(
     from pulse_transports.history import recover
 
     if not file_only(source, connection):
-        ls_other(source, as_json, status, flow_run_id, limit, home, connection)
+        ls_other(source, LsQuery(as_json, status, flow_run_id, limit, home), connection)
         return
     config = open_home(home)
     records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
@@ -229,27 +227,30 @@ def ls_command(
     render_table(rows, config.home)
 
 
-def ls_other(
-    source: str,
-    as_json: bool,
-    status: str | None,
-    flow_run_id: str | None,
-    limit: int | None,
-    home: Path | None,
-    connection: dict[str, Any],
-) -> None:
+class LsQuery(NamedTuple):
+    """What ``pulse ls`` was asked for, whichever source answers it."""
+
+    as_json: bool
+    status: str | None
+    flow_run_id: str | None
+    limit: int | None
+    home: Path | None
+
+
+def ls_other(source: str, query: LsQuery, connection: dict[str, Any]) -> None:
     """``ls`` from a source other than the home's logs: NATS, or a plugin's rows."""
     if source == "nats":
         from pulse_transports.cli._natsread import ls_nats
 
-        ls_nats(as_json, status, flow_run_id, limit, home, connection)
+        ls_nats(query, connection)
         return
-    found = open_source(source, home, connection)
+    found = open_source(source, query.home, connection)
     try:
-        rows = select_rows([dict(r.summary) for r in found.runs()], status, flow_run_id, limit)
+        summaries = [dict(r.summary) for r in found.runs()]
     finally:
         found.close()
-    if as_json:
+    rows = select_rows(summaries, query.status, query.flow_run_id, query.limit)
+    if query.as_json:
         print_json({"source": {"kind": source}, "runs": rows})
     else:
         render_table(rows, Path(source))
@@ -264,6 +265,7 @@ __all__ = [
     "STATUS_STYLE",
     "V1_FILE_NAME",
     "CommandError",
+    "LsQuery",
     "check_id",
     "fail",
     "fmt_clock",

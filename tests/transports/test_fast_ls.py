@@ -260,7 +260,6 @@ def test_a_config_file_is_read_in_full(home: Path, tmp_path: Path) -> None:
 
 def test_mirrored_constants_agree() -> None:
     assert _fast.STATE_FORMAT == STATE_FORMAT
-    assert _fast.V1_FILE_NAME == V1_FILE_NAME
     env = {key.env for key in KEYS if key.env} - {"PULSE_HOME"} | {ENV_TRANSPORT_OPTIONS}
     assert env == _fast.CONFIG_ENV
 
