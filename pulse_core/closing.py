@@ -39,3 +39,32 @@ class ClosesOnExit:
                 self.exited_with(exc)
         finally:
             self.close()
+
+
+class EndsOnExit(ClosesOnExit):
+    """Mixin of a run: an exception leaving ``with`` ends it through ``fail_with()``.
+
+    Shared by :class:`~pulse_core.emitter.TrainingRun` and the stand-in run of
+    a rank other than 0, which keep their state in ``_status`` and ``_closed``.
+    """
+
+    _status: str
+    _closed: bool
+
+    if TYPE_CHECKING:  # the class it is mixed into defines fail_with()
+
+        def fail_with(self, exc: BaseException) -> None: ...
+
+    def exited_with(self, exc: BaseException) -> None:
+        """An exception left the ``with`` block: the run ends by it (see fail_with)."""
+        self.fail_with(exc)
+
+    @property
+    def current_status(self) -> str:
+        """The run's lifecycle state as this process last set it."""
+        return self._status
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, SupportsFloat, SupportsInt
 
 from pulse_core._log import get_logger
-from pulse_core.closing import ClosesOnExit
+from pulse_core.closing import EndsOnExit
 from pulse_core.codec import bound_event
 from pulse_core.emitter import _settings
 from pulse_core.emitter._hooks import _quietly, _register, _watch_signals
@@ -47,7 +47,7 @@ log = get_logger("pulse.emitter")
 _PROGRESS_FIELDS: Final = ("epoch", "total_epochs", "step", "total_steps")
 
 
-class TrainingRun(ClosesOnExit, _RunLifecycle):
+class TrainingRun(EndsOnExit, _RunLifecycle):
     """One training run, reported to the configured sinks.
 
     Use it as a context manager (``with TrainingRun(...) as run:``) or call
@@ -371,16 +371,6 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
             _swallowed("metrics", exc)
 
     @property
-    def current_status(self) -> str:
-        """The run's lifecycle state as the emitter last reported it."""
-        return self._status
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran."""
-        return self._closed
-
-    @property
     def degraded(self) -> bool:
         """True while any sink is failing, unopened, or has unreported drops."""
         return any(r.degraded for r in self._routes)
@@ -391,10 +381,6 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
             return [r.stats() for r in self._routes]
 
     # -- ending -----------------------------------------------------------------
-
-    def exited_with(self, exc: BaseException) -> None:
-        """An exception left the ``with`` block: the run ends by it (see fail_with)."""
-        self.fail_with(exc)
 
     def _progress_coerced(self, *given: Any) -> None:
         """progress() whose arguments raised: whole numbers kept, the rest dropped."""
