@@ -135,57 +135,32 @@ def rate_option(func: F) -> F:
     )(func)
 
 
-#: ``pulse serve``'s limits: option, type, help. Each one's value (None: not
-#: given) goes to the hub settings under its name, as its HUB_KEYS key.
-LIMITS: Final = (
-    (
-        "--max-frame",
-        click.IntRange(min=1024),
-        "Longest accepted line in bytes, newline included [default: 1048576].",
-    ),
-    (
-        "--handshake-timeout",
-        click.FloatRange(min=0.01),
-        "Seconds a new connection has to send its hello [default: 10].",
-    ),
-    (
-        "--line-timeout",
-        click.FloatRange(min=0.01),
-        "Seconds a line, once begun, has to reach its newline [default: 10].",
-    ),
-    (
-        "--subscriber-buffer",
-        click.IntRange(min=1),
-        "Waiting items per subscriber above which progress coalesces [default: 1000].",
-    ),
-    (
-        "--subscriber-limit",
-        click.IntRange(min=1),
-        "Waiting items per subscriber above which it is dropped with resync [default: 10000].",
-    ),
-    (
-        "--max-connections",
-        click.IntRange(min=1),
-        "Connections beyond this are refused [default: 10000].",
-    ),
-    (
-        "--http-max-connections",
-        click.IntRange(min=1),
-        "HTTP connections beyond this are answered 503 (counted apart from the hub "
-        "socket's; at most a quarter of the open-file limit) [default: 256].",
-    ),
-    (
-        "--keep-ended",
-        click.FloatRange(min=0),
-        "Seconds a run that ended (or was lost) stays in the hub's memory [default: 3600].",
-    ),
-)
+#: ``pulse serve``'s limits: HUB_KEYS key -> (least value, help). A given value
+#: goes to the hub settings under its key; the type is HUB_KEYS', the default
+#: HubSettings'.
+LIMITS: Final = {
+    "max_frame": (1024, "Longest accepted line in bytes, newline included"),
+    "handshake_timeout": (0.01, "Seconds a new connection has to send its hello"),
+    "line_timeout": (0.01, "Seconds a line, once begun, has to reach its newline"),
+    "subscriber_buffer": (1, "Waiting items per subscriber above which progress coalesces"),
+    "subscriber_limit": (1, "Waiting items per subscriber above which it is dropped with resync"),
+    "max_connections": (1, "Connections beyond this are refused"),
+    "keep_ended": (0, "Seconds a run that ended (or was lost) stays in the hub's memory"),
+}
 
 
 def limit_options(func: F) -> F:
-    """The :data:`LIMITS` options, each ``default=None``, in the table's order."""
-    for name, kind, text in reversed(LIMITS):
-        func = click.option(name, type=kind, default=None, help=text)(func)
+    """The :data:`LIMITS` options (``--max-frame``, ...), each ``default=None``."""
+    defaults = attrs.fields_dict(HubSettings)
+    for key, (least, what) in reversed(LIMITS.items()):
+        default = defaults[key].default
+        kind: click.IntRange | click.FloatRange
+        if HUB_KEYS[key] is int:
+            kind, shown = click.IntRange(min=int(least)), str(default)
+        else:
+            kind, shown = click.FloatRange(min=least), f"{default:g}"
+        text = f"{what} [default: {shown}]."
+        func = click.option("--" + key.replace("_", "-"), type=kind, default=None, help=text)(func)
     return func
 
 
@@ -222,6 +197,13 @@ def limit_options(func: F) -> F:
     "then read and write runs).",
 )
 @rate_option
+@click.option(
+    "--http-max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="HTTP connections beyond this are answered 503 (counted apart from the hub "
+    "socket's; at most a quarter of the open-file limit) [default: 256].",
+)
 @limit_options
 def serve(
     home: Path | None,
