@@ -266,6 +266,15 @@ _TID_PARAM: Final = {
 }
 
 
+def _limit_param(default: int) -> dict[str, Any]:
+    """The ``limit`` query parameter of a list (1-1000 items, *default* when absent)."""
+    return {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": default},
+    }
+
+
 def _json(schema: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
@@ -310,13 +319,7 @@ _PATHS: Final[dict[str, Any]] = {
     "/api/runs": {
         "get": {
             "summary": "Runs: those the hub holds live and the newest on disk, newest first",
-            "parameters": [
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-                }
-            ],
+            "parameters": [_limit_param(100)],
             "responses": {"200": _json("RunList", "The runs."), **_ERRORS},
         }
     },
@@ -347,13 +350,7 @@ _PATHS: Final[dict[str, Any]] = {
         "get": {
             "operationId": "listFlowRuns",
             "summary": "Flow runs (runs linked to a flow_run_id), newest first",
-            "parameters": [
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
-                }
-            ],
+            "parameters": [_limit_param(50)],
             "responses": {"200": _json("FlowRunList", "The flow runs."), **_ERRORS},
         }
     },
