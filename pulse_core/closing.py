@@ -5,8 +5,9 @@ pair every closeable object of the library shares (the training run, the
 framework callbacks, ``track``, the transports' readers and subscribers):
 ``with thing:`` gives the thing, and leaving the block closes it, after
 handing an exception that leaves the block to
-:meth:`ClosesOnExit.exited_with` (default: nothing). Pure: it imports no
-I/O module.
+:meth:`ClosesOnExit.exited_with` (default: nothing); and :class:`EndsOnExit`,
+what a run and a peer rank's stand-in share (an exception leaving the block
+ends the run). Pure: it imports no I/O module.
 """
 
 from __future__ import annotations
