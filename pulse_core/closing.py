@@ -5,9 +5,11 @@ pair every closeable object of the library shares (the training run, the
 framework callbacks, ``track``, the transports' readers and subscribers):
 ``with thing:`` gives the thing, and leaving the block closes it, after
 handing an exception that leaves the block to
-:meth:`ClosesOnExit.exited_with` (default: nothing); and :class:`EndsOnExit`,
+:meth:`ClosesOnExit.exited_with` (default: nothing); :class:`EndsOnExit`,
 what a run and a peer rank's stand-in share (an exception leaving the block
-ends the run). Pure: it imports no I/O module.
+ends the run); and :class:`AsyncClosesOnExit`, the ``async with`` pair of the
+asyncio subscribers (leaving the block awaits ``aclose()``). Pure: it imports
+no I/O module.
 """
 
 from __future__ import annotations
@@ -69,3 +71,22 @@ class EndsOnExit(ClosesOnExit):
     def closed(self) -> bool:
         """True once :meth:`close` ran."""
         return self._closed
+
+
+class AsyncClosesOnExit:
+    """Mixin: ``async with x:`` yields *x* and awaits ``x.aclose()`` on the way out."""
+
+    if TYPE_CHECKING:  # the class it is mixed into defines aclose()
+
+        async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
