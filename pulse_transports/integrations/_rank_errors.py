@@ -32,7 +32,8 @@ from pulse_core._log import get_logger
 from pulse_core.closing import EndsOnExit
 from pulse_core.emitter import classify_exception, register_abortable, unregister_abortable
 from pulse_core.events import TERMINAL_STATUSES, is_error_code
-from pulse_transports.homemode import make_dirs, open_file
+from pulse_transports._logfile import replace, write_file
+from pulse_transports.homemode import make_dirs
 from pulse_transports.integrations._registration import Registration, _int, rank_dir
 
 log = get_logger("pulse.distributed")
@@ -78,15 +79,8 @@ def write_rank_error(home: Path | str, training_id: str, error: RankError) -> Pa
     make_dirs(path.parent)
     data = orjson.dumps(attrs.asdict(error), default=str)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_file(tmp, data)
+    replace(tmp, path)
     return path
 
 
