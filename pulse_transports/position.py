@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 
 from pulse_core.state import RunState
+
+T = TypeVar("T")
 
 #: Bytes before the offset a checkpoint remembers, to tell a rewritten file.
 FINGERPRINT_BYTES: Final = 64
@@ -71,24 +74,36 @@ def fingerprint(fd: int, offset: int) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
+def read_file(path: Path | str, read: Callable[[int], T], failed: T) -> T:
+    """What *read* finds in *path* opened read-only; *failed* if it cannot be opened or read.
+
+    *read* gets the file descriptor, which is closed after it returns.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return failed
+    try:
+        return read(fd)
+    except OSError:
+        return failed
+    finally:
+        os.close(fd)
+
+
 def position_matches(path: Path | str, position: Position) -> bool:
     """Tell whether *path* is still the file *position* was taken in, grown or not.
 
     True when the inode and device are the same, the file is at least
     ``offset`` bytes long and the bytes just before ``offset`` are unchanged.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
+
+    def matches(fd: int) -> bool:
         st = os.fstat(fd)
         return (
             (st.st_ino, st.st_dev) == (position.inode, position.device)
             and position.offset <= st.st_size
             and fingerprint(fd, position.offset) == position.fingerprint
         )
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+
+    return read_file(path, matches, False)
