@@ -2,10 +2,12 @@
 
 This module owns :class:`Position` (offset, line, last seq, the file's
 identity and a fingerprint of the bytes before the offset),
-:class:`Checkpoint` (a position plus the run's state) and
+:class:`Checkpoint` (a position plus the run's state),
 :func:`position_matches` (is a file still the one a position was taken in,
-grown or not). :mod:`pulse_transports.follow` takes positions; the index
-stores them. Must never import :mod:`pulse_transports.cli`.
+grown or not; :func:`taken_in` for a file already open) and
+:func:`read_file` (read a file by descriptor, failure as a value).
+:mod:`pulse_transports.follow` takes positions; the index stores them.
+Must never import :mod:`pulse_transports.cli`.
 """
 
 from __future__ import annotations
@@ -100,10 +102,18 @@ def position_matches(path: Path | str, position: Position) -> bool:
 
     def matches(fd: int) -> bool:
         st = os.fstat(fd)
-        return (
-            (st.st_ino, st.st_dev) == (position.inode, position.device)
-            and position.offset <= st.st_size
-            and fingerprint(fd, position.offset) == position.fingerprint
-        )
+        return taken_in(position, fd, (st.st_ino, st.st_dev), st.st_size)
 
     return read_file(path, matches, False)
+
+
+def taken_in(position: Position, fd: int, identity: tuple[int, int], size: int) -> bool:
+    """Tell whether an open file is the one *position* was taken in, grown or not.
+
+    *fd* is the file, *identity* its inode and device, *size* its length.
+    """
+    return (
+        (position.inode, position.device) == identity
+        and position.offset <= size
+        and fingerprint(fd, position.offset) == position.fingerprint
+    )
