@@ -53,10 +53,10 @@ CHUNK: Final = 16 * 1024
 _SMALL_LINE: Final = CHUNK
 #: Connections accepted per listener per event-loop iteration; the kernel's
 #: queue of connections waiting to be accepted stays :data:`BACKLOG` long.
-ACCEPT_BATCH: Final = 16
+ACCEPT_BATCH: Final = 8
 BACKLOG: Final = 4096
 #: Reads of low-priority connections let through per event-loop iteration.
-LANE_PER_TICK: Final = 16
+LANE_PER_TICK: Final = 8
 
 
 def listen_wide(sock: socket.socket | Any, backlog: int = BACKLOG) -> None:

@@ -51,7 +51,7 @@ IDLE_TIMEOUT: Final = 5
 #: Default most open HTTP connections (the hub socket's are counted apart).
 MAX_HTTP_CONNECTIONS: Final = 256
 #: Connections accepted per event-loop iteration, and the kernel's queue of them.
-_ACCEPT_BATCH: Final = 16
+_ACCEPT_BATCH: Final = 8
 _BACKLOG: Final = 4096
 _BUSY: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
