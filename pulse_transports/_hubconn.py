@@ -11,13 +11,24 @@ may make the hub hold is bounded: a line is refused as soon as it passes the
 frame limit (newline included), a line once begun must end within the line
 timeout, and past the hub's budget of bytes held in unfinished lines, a
 connection holding a large one is refused (``overloaded``).
+
+Connections that may be hostile -- before their hello, or in the middle of
+a long line -- are served at a lower priority than established ones: each
+of their reads waits its turn in a :class:`Lane`, which lets a few through
+per event-loop iteration, and listeners accept a few connections per
+iteration (:func:`listen_wide`). A flood of such connections then makes
+its own work slower, not an established subscriber's: what a loop iteration
+runs stays bounded, so a subscriber's line waits at most about one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hmac
+import os
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +48,83 @@ T = TypeVar("T")
 _GRACE: Final = 10.0
 #: Bytes read from a connection at a time.
 CHUNK: Final = 16 * 1024
-#: An unfinished line at most this long is never refused for the hub's budget.
+#: An unfinished line at most this long is never refused for the hub's budget;
+#: past it, the connection's reads go through the :class:`Lane`.
 _SMALL_LINE: Final = CHUNK
+#: Connections accepted per listener per event-loop iteration; the kernel's
+#: queue of connections waiting to be accepted stays :data:`BACKLOG` long.
+ACCEPT_BATCH: Final = 8
+BACKLOG: Final = 4096
+#: Reads of low-priority connections let through per event-loop iteration.
+LANE_PER_TICK: Final = 8
+
+
+def listen_wide(sock: socket.socket | Any, backlog: int = BACKLOG) -> None:
+    """Give a listening socket a kernel queue of *backlog*.
+
+    asyncio accepts at most its ``backlog`` argument per iteration, so a
+    server is started with :data:`ACCEPT_BATCH` and its queue widened here.
+    *sock* may be asyncio's wrapper of the socket (a dup of it is used).
+    """
+    with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+        dup.listen(backlog)
+
+
+class Lane:
+    """Turns for low-priority work: at most *per_tick* per event-loop iteration.
+
+    ``await lane.turn()`` returns at once while the iteration's turns last and
+    nobody waits; otherwise the caller queues and is let through, first come
+    first served, in a later iteration. A connection waiting here does not
+    consume its stream, so its transport stops reading and the selector stops
+    reporting it: thousands of such connections cost an iteration no more
+    than *per_tick* reads.
+    """
+
+    def __init__(self, per_tick: int = LANE_PER_TICK) -> None:
+        self.per_tick = per_tick
+        self.waited = 0  # turns that had to wait (for statistics)
+        self._given = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._ticking = False
+
+    async def turn(self, transport: asyncio.BaseTransport | None = None) -> None:
+        """Wait for a turn; *transport* (a reading one) stops reading meanwhile."""
+        if not self._waiting and self._given < self.per_tick:
+            self._given += 1
+            self._tick_soon()
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self.waited += 1
+        self._tick_soon()
+        # Paused here only if reading: a transport its stream paused is left to the stream.
+        paused = isinstance(transport, asyncio.ReadTransport) and transport.is_reading()
+        if paused:
+            transport.pause_reading()  # type: ignore[union-attr]
+        try:
+            await future  # a cancelled waiter is skipped by _tick
+        finally:
+            if paused and not transport.is_closing():  # type: ignore[union-attr]
+                transport.resume_reading()  # type: ignore[union-attr]
+
+    def _tick_soon(self) -> None:
+        if not self._ticking:
+            self._ticking = True
+            asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        """A new iteration: give this one's turns to the first waiters."""
+        self._ticking = False
+        self._given = 0
+        waiting = self._waiting
+        while waiting and self._given < self.per_tick:
+            future = waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                self._given += 1
+        if self._given:
+            self._tick_soon()
 
 
 class Conn:
@@ -88,6 +174,8 @@ class HubConnections:
     settings: HubSettings
     bus: Bus
     refused: int
+    #: Low-priority reads (before the hello, inside a long line).
+    lane: Lane
     #: Bytes held in every connection's buffer (unfinished lines, mostly).
     held: int
     #: The hub's own worker threads: a flood of web requests on the loop's
@@ -141,7 +229,8 @@ class HubConnections:
             if buffer:
                 left = conn.begun + s.line_timeout - time.monotonic()
                 try:
-                    chunk = await asyncio.wait_for(reader.read(CHUNK), max(left, 0.0))
+                    async with asyncio.timeout(max(left, 0.0)):
+                        chunk = await reader.read(CHUNK)
                 except TimeoutError:
                     self._refuse(
                         conn, "line_timeout", f"a line did not end within {s.line_timeout:g} s"
@@ -154,6 +243,9 @@ class HubConnections:
                 if buffer:
                     log.info("pulse hub connection closed mid-line", peer=conn.peer, role=conn.role)
                 return None
+            if conn.role is None or start > _SMALL_LINE:
+                # not yet welcomed, or inside a long line: after the others
+                await self.lane.turn(conn.writer.transport)
             buffer += chunk
             self.held += len(chunk)
             if self.held > s.max_held and len(buffer) > _SMALL_LINE:

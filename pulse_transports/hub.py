@@ -62,7 +62,7 @@ from pulse_core._log import get_logger
 from pulse_core.errors import PulseError
 from pulse_core.liveness import Liveness
 from pulse_transports._homefeed import HomeFeed
-from pulse_transports._hubconn import CHUNK, Conn
+from pulse_transports._hubconn import ACCEPT_BATCH, CHUNK, Conn, Lane, listen_wide
 from pulse_transports._hubliveness import liveness_now
 from pulse_transports._hubowner import RunOwners
 from pulse_transports._hubproducers import HubProducers
@@ -138,6 +138,7 @@ class Hub(HubSubscribers, HubProducers):
         self._encoded = EncodedEvents()
         self.refused = 0
         self.held = 0
+        self.lane = Lane()
         self._pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="pulse-hub")
         self._feeds = tuple(feeds)
         self._feed_tasks: list[asyncio.Task[None]] = []
@@ -174,8 +175,10 @@ class Hub(HubSubscribers, HubProducers):
             await self._bind_unix(s.socket_path)
         if s.tcp is not None:
             server = await asyncio.start_server(
-                self._on_tcp, s.tcp[0], s.tcp[1], limit=CHUNK, backlog=1024
+                self._on_tcp, s.tcp[0], s.tcp[1], limit=CHUNK, backlog=ACCEPT_BATCH
             )
+            for sock in server.sockets:
+                listen_wide(sock)
             self._servers.append(server)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
@@ -209,10 +212,12 @@ class Hub(HubSubscribers, HubProducers):
         old_umask = os.umask(0o177)
         try:
             server = await asyncio.start_unix_server(
-                self._on_unix, str(path), limit=CHUNK, backlog=1024
+                self._on_unix, str(path), limit=CHUNK, backlog=ACCEPT_BATCH
             )
         finally:
             os.umask(old_umask)
+        for sock in server.sockets:
+            listen_wide(sock)
         os.chmod(path, 0o600)
         self._socket_inode = path.stat().st_ino
         self._servers.append(server)
@@ -283,6 +288,7 @@ class Hub(HubSubscribers, HubProducers):
             "overflows": self.bus.overflows,
             "refused": self.refused,
             "held": self.held,
+            "lane_waits": self.lane.waited,
         }
 
     # -- connections -------------------------------------------------------------

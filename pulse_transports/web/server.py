@@ -50,6 +50,9 @@ HEAD_TIMEOUT: Final = 10.0
 IDLE_TIMEOUT: Final = 5
 #: Default most open HTTP connections (the hub socket's are counted apart).
 MAX_HTTP_CONNECTIONS: Final = 256
+#: Connections accepted per event-loop iteration, and the kernel's queue of them.
+_ACCEPT_BATCH: Final = 8
+_BACKLOG: Final = 4096
 _BUSY: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: 82\r\n\r\n"
@@ -240,6 +243,7 @@ class WebServer:
             timeout_graceful_shutdown=GRACE,
             h11_max_incomplete_event_size=MAX_HEAD,
             timeout_keep_alive=IDLE_TIMEOUT,
+            backlog=_ACCEPT_BATCH,  # accepted per loop iteration: a flood waits its turn
         )
         _relay_uvicorn_logs()
         await self.app.start()
@@ -251,6 +255,7 @@ class WebServer:
                 await self._task  # raises what stopped it
                 raise OSError(f"the HTTP server stopped before it started on {host}:{port}")
             await asyncio.sleep(0.01)
+        sock.listen(_BACKLOG)  # the kernel's queue stays long (asyncio set it to the batch)
         self.url = http_url(host, port)
         log.info("pulse web view serving", url=self.url)
         return self.url

@@ -199,10 +199,14 @@ def bench_hostile(work: Path, n: int, seconds: float) -> dict[str, Any]:
         measuring.start()
         time.sleep(0.5)
         opening = time.time()
+        cpu0 = hub.cpu_seconds()
         kinds = open_hostile(hub, n)
         opened = time.time()
         fds = hub.fds()
-        time.sleep(_SETTLE + seconds)
+        time.sleep(_SETTLE)
+        cpu1 = hub.cpu_seconds(), time.process_time()
+        time.sleep(seconds)
+        cpu2 = hub.cpu_seconds(), time.process_time()
         stats = {k: sum(not _closed(s) for s in socks) for k, socks in kinds.items()}
         measuring.join(seconds + 20)
         for socks in kinds.values():
@@ -211,6 +215,8 @@ def bench_hostile(work: Path, n: int, seconds: float) -> dict[str, Any]:
         during = [d for at, d in samples if opening <= at < opened + _SETTLE]
         steady = [d for at, d in samples if opened + _SETTLE <= at < opened + _SETTLE + seconds]
         p99 = percentile(steady, 99)
+        begin = opened + _SETTLE
+        slow = [(at - begin, d) for at, d in samples if d > 50.0 and 0 <= at - begin < seconds]
         return {
             "hostile_per_kind": n,
             "open_s": round(opened - opening, 1),
@@ -221,6 +227,13 @@ def bench_hostile(work: Path, n: int, seconds: float) -> dict[str, Any]:
             "p50_ms": round(percentile(steady, 50), 2),
             "p99_ms": round(p99, 2),
             "max_ms": round(max(steady, default=float("nan")), 2),
+            # CPU in cores: the hub's while they open and settle, the hub's
+            # and this process's (attackers and measuring clients) while measured
+            "hub_cpu_opening": round((cpu1[0] - cpu0) / (opened + _SETTLE - opening), 2),
+            "hub_cpu": round((cpu2[0] - cpu1[0]) / seconds, 2),
+            "clients_cpu": round((cpu2[1] - cpu1[1]) / seconds, 2),
+            # measured samples over 50 ms: (s into the window, ms)
+            "slow": [(round(t, 2), round(d)) for t, d in slow],
             "hub_peak_rss_mb": round(peak / 2**20, 1),
             "hub_stderr_kb": round(hub.stderr_bytes() / 1024, 1),
             "warmup_s": round(opening - t0, 1),

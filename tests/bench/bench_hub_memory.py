@@ -91,6 +91,11 @@ def _settle(hub: Hub, seconds: float) -> int:
     return min(lows)
 
 
+def _threads(hub: Hub) -> int:
+    """The hub's threads now (worker pools grow with concurrent work)."""
+    return len(os.listdir(f"/proc/{hub.proc.pid}/task"))
+
+
 def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="pm-"))
     home = scratch / "home"
@@ -102,6 +107,7 @@ def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict
         first = _spawn("producer", {"prefix": "warm", "runs": 10, "steps": steps}, env=env)
         first.wait(120)
         base = _settle(hub, keep_ended + 3.0)  # the 10 runs have expired
+        threads_base = _threads(hub)
         start = time.monotonic()
         per = total // producers
         procs = [
@@ -118,6 +124,7 @@ def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict
         elapsed = time.monotonic() - start
         peak = sampler.peak
         after = _settle(hub, keep_ended + 3.0)
+        threads_after = _threads(hub)
     finally:
         sampler.stop()
         reader.close()
@@ -130,6 +137,9 @@ def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict
         "peak_mib": round(peak / MIB, 1),
         "after_expiry_mib": round(after / MIB, 1),
         "after_vs_base": round(after / base, 3),
+        # each worker thread the hub starts keeps a stack and a malloc arena
+        "threads_base": threads_base,
+        "threads_after": threads_after,
     }
 
 
@@ -225,7 +235,8 @@ def main() -> int:
         print(
             f"runs: {r['runs']} in {r['seconds']} s; RSS base {r['base_mib']} MiB, "
             f"peak {r['peak_mib']} MiB (goal <= 100), after expiry {r['after_expiry_mib']} MiB "
-            f"({r['after_vs_base']:.2f} x base, goal <= 1.10)"
+            f"({r['after_vs_base']:.2f} x base, goal <= 1.10); hub threads "
+            f"{r['threads_base']} -> {r['threads_after']}"
         )
     if args.only in (None, "stuck"):
         # quick: 300, as the hub bounds each event to 64 KiB, so 16 MiB must take that many
