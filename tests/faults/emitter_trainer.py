@@ -76,18 +76,65 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class Timer:
-    """Worst, p99.9 and count of each method's call latency, in seconds."""
+    """Worst, p99.9 and count of each method's call latency, in seconds.
 
-    def __init__(self) -> None:
+    With *attribute*, each call is also bracketed by the training thread's CPU
+    time (``time.thread_time_ns``) and its run-queue wait (2nd field of
+    ``/proc/thread-self/schedstat``, read with ``os.pread`` on a pre-opened fd),
+    and a gc callback counts the collector's time on this thread. A call over
+    *slow_s* is then split: wall = cpu + runqueue (the OS ran something else:
+    machine noise) + blocked (the GIL, a lock, I/O: the library's share). The
+    ``pread`` releases the GIL twice per call (outside the timed span), which
+    hands the writer thread the GIL between calls: report plain runs beside.
+    """
+
+    def __init__(self, attribute: bool = False, slow_s: float = 0.0005) -> None:
         self.samples: dict[str, list[float]] = {}
+        self.slow: dict[str, list[tuple[int, int, int, int]]] = {}
+        self.attribute = attribute
+        self.slow_ns = int(slow_s * 1e9)
+        self.gc_ns = 0
+        self.gc_gen2 = 0
+        self._gc_start = 0
+        self._fd = -1
+        if attribute:
+            self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            self._thread = threading.get_ident()
+            import gc
+
+            gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if threading.get_ident() != self._thread:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter_ns()
+        else:
+            self.gc_ns += time.perf_counter_ns() - self._gc_start
+            self.gc_gen2 += info["generation"] == 2
 
     def call(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> None:
-        start = time.perf_counter()
+        if self._fd < 0:
+            start = time.perf_counter()
+            fn(*args, **kwargs)
+            self.samples.setdefault(name, []).append(time.perf_counter() - start)
+            return
+        fd, pread = self._fd, os.pread
+        q0 = int(pread(fd, 64, 0).split()[1])
+        gc0 = self.gc_ns
+        c0 = time.thread_time_ns()
+        t0 = time.perf_counter_ns()
         fn(*args, **kwargs)
-        self.samples.setdefault(name, []).append(time.perf_counter() - start)
+        t1 = time.perf_counter_ns()
+        c1 = time.thread_time_ns()
+        q1 = int(pread(fd, 64, 0).split()[1])
+        wall = t1 - t0
+        self.samples.setdefault(name, []).append(wall / 1e9)
+        if wall > self.slow_ns:
+            self.slow.setdefault(name, []).append((wall, c1 - c0, q1 - q0, self.gc_ns - gc0))
 
     def report(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             name: {
                 "worst_s": max(values),
                 "p999_s": _percentile(values, 0.999),
@@ -95,6 +142,76 @@ class Timer:
             }
             for name, values in self.samples.items()
         }
+        if self.attribute:
+            for name, entry in out.items():
+                slow = self.slow.get(name, [])
+                # blocked = wall - cpu - runqueue (clamped: the brackets are a bit wider)
+                blocked = [max(0, w - c - q) for w, c, q, _ in slow]
+                entry["slow_calls"] = len(slow)
+                entry["blocked_over_1ms"] = sum(b > 1_000_000 for b in blocked)
+                entry["worst_blocked_s"] = max(blocked, default=0) / 1e9
+                entry["worst_runq_s"] = max((q for _, _, q, _ in slow), default=0) / 1e9
+                entry["worst_cpu_s"] = max((c for _, c, _, _ in slow), default=0) / 1e9
+                entry["worst_gc_s"] = max((g for *_, g in slow), default=0) / 1e9
+                worst = max(slow, default=(0, 0, 0, 0))
+                entry["worst_split_s"] = {  # the worst wall call, split
+                    "cpu": worst[1] / 1e9,
+                    "runq": worst[2] / 1e9,
+                    "blocked": max(0, worst[0] - worst[1] - worst[2]) / 1e9,
+                    "gc": worst[3] / 1e9,
+                }
+        return out
+
+    def extra(self) -> dict[str, Any]:
+        """The attribution's process-wide figures: gc on this thread, the writer's steps."""
+        if not self.attribute:
+            return {}
+        return {
+            "gc": {"training_thread_s": self.gc_ns / 1e9, "gen2": self.gc_gen2},
+            "writer": dict(_writer_steps),
+        }
+
+
+#: The writer thread's steps (``_drain``/``_tick_locked`` off the training thread):
+#: the longest one in CPU time (an upper bound of one GIL hold: the short
+#: syscalls inside release the GIL but rarely let another thread in) and in wall time.
+_writer_steps: dict[str, float] = {"worst_cpu_s": 0.0, "worst_wall_s": 0.0, "steps": 0}
+
+
+_probed: list[bool] = []
+
+
+def _probe_writer() -> None:
+    from pulse_core.emitter._writer import _RunWriter
+
+    main = threading.get_ident()
+    for name in ("_drain", "_tick_locked", "_flush_if_asked"):
+        original = getattr(_RunWriter, name)
+
+        def probed(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if threading.get_ident() == main:
+                return _original(self, *args, **kwargs)
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                cpu, wall = time.thread_time_ns() - c0, time.perf_counter_ns() - t0
+                steps = _writer_steps
+                steps["steps"] += 1
+                steps["worst_cpu_s"] = max(steps["worst_cpu_s"], cpu / 1e9)
+                steps["worst_wall_s"] = max(steps["worst_wall_s"], wall / 1e9)
+
+        setattr(_RunWriter, name, probed)
+
+
+def _timer(opts: dict[str, str]) -> Timer:
+    """A Timer; ``attribute=1`` splits slow calls (and probes the writer's steps)."""
+    if opts.get("attribute") != "1":
+        return Timer()
+    if not _probed:
+        _probe_writer()
+        _probed.append(True)  # once per process
+    return Timer(attribute=True, slow_s=float(opts.get("slow_ms", "0.5")) / 1e3)
 
 
 def busy(us: float) -> None:
@@ -128,7 +245,7 @@ def scenario_loop(home: Path, opts: dict[str, str]) -> dict[str, Any]:
     slow = opts.get("slow", "none")
     rounds = int(opts.get("rounds", "1"))
     result: dict[str, Any] = {"loop_s": _INF, "baseline_loop_s": _INF}
-    timer, base_timer = Timer(), Timer()
+    timer, base_timer = _timer(opts), _timer(opts)
     for n in range(rounds):
         if opts.get("baseline") == "1":
             # The same loop undisturbed, side by side (the fault switched off).
@@ -148,6 +265,7 @@ def scenario_loop(home: Path, opts: dict[str, str]) -> dict[str, Any]:
         result["loop_s"] = min(result["loop_s"], loop(run, opts, timer))
         timer.call("close", run.close)
     result["calls"] = timer.report()
+    result.update(timer.extra())
     if base_timer.samples:
         result["baseline"] = base_timer.report()
     result["training_thread"] = threading.current_thread().name
@@ -165,7 +283,7 @@ def scenario_compact(home: Path, opts: dict[str, str]) -> dict[str, Any]:
 
     FileSink._compact = slow_compact  # type: ignore[method-assign]
     sink = FileSink(home=home, max_bytes=int(opts.get("max_bytes", "65536")), interval=0.0)
-    timer = Timer()
+    timer = _timer(opts)
     run = TrainingRun("compact-run", sinks=[sink])
     timer.call("status", run.status, "running", "go")
     loop_s = loop(run, opts, timer)
@@ -173,6 +291,7 @@ def scenario_compact(home: Path, opts: dict[str, str]) -> dict[str, Any]:
     return {
         "loop_s": loop_s,
         "calls": timer.report(),
+        **timer.extra(),
         "compactions": sink.compactions,
         "training_thread": threading.current_thread().name,
     }
