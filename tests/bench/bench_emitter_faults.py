@@ -139,6 +139,8 @@ def _split(call: dict[str, Any]) -> dict[str, float]:
         "worst_wall_ms": call["worst_s"] * 1e3,
         "p999_ms": call["p999_s"] * 1e3,
         "worst_blocked_ms": call["worst_blocked_s"] * 1e3,
+        "worst_net_blocked_ms": call["worst_net_blocked_s"] * 1e3,
+        "net_blocked_over_1ms": call["net_blocked_over_1ms"],
         "worst_runq_ms": call["worst_runq_s"] * 1e3,
         "worst_gc_ms": call["worst_gc_s"] * 1e3,
         "slow_calls": call["slow_calls"],
@@ -151,9 +153,11 @@ def format_split(name: str, loop: dict[str, Any]) -> str:
     if "split" not in loop:
         return ""
     parts = [
-        f"{method} worst {s['worst_wall_ms']:.2f} (blocked {s['worst_blocked_ms']:.2f}, "
-        f"runq {s['worst_runq_ms']:.2f}, gc {s['worst_gc_ms']:.2f}) p99.9 {s['p999_ms']:.3f} ms, "
-        f"{s['slow_calls']} calls > 0.5 ms, {s['blocked_over_1ms']} blocked > 1 ms"
+        f"{method} worst {s['worst_wall_ms']:.2f} (blocked {s['worst_blocked_ms']:.2f}, net of "
+        f"the writer's run-queue wait {s['worst_net_blocked_ms']:.2f}, runq "
+        f"{s['worst_runq_ms']:.2f}, gc {s['worst_gc_ms']:.2f}) p99.9 {s['p999_ms']:.3f} ms, "
+        f"{s['slow_calls']} calls > 0.5 ms, blocked > 1 ms: {s['blocked_over_1ms']} "
+        f"({s['net_blocked_over_1ms']} net)"
         for method, s in loop["split"].items()
     ]
     w, g = loop["writer"], loop["gc"]
