@@ -163,7 +163,9 @@ def format_split(name: str, loop: dict[str, Any]) -> str:
     w, g = loop["writer"], loop["gc"]
     return (
         f"  {name}: " + "; ".join(parts) + f"; writer's longest step {w['worst_cpu_s'] * 1e3:.2f} "
-        f"ms cpu; gen2 gc on the training thread {g['gen2']}x, gc {g['training_thread_s']:.3f} s"
+        f"ms cpu, longest slice between GIL yields {w['worst_slice_cpu_s'] * 1e3:.2f} ms cpu "
+        f"({w['yields']} yields); gen2 gc on the training thread {g['gen2']}x, "
+        f"gc {g['training_thread_s']:.3f} s"
     )
 
 

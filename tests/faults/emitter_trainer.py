@@ -197,7 +197,21 @@ class Timer:
 #: The writer thread's steps (``_drain``/``_tick_locked`` off the training thread):
 #: the longest one in CPU time (an upper bound of one GIL hold: the short
 #: syscalls inside release the GIL but rarely let another thread in) and in wall time.
-_writer_steps: dict[str, float] = {"worst_cpu_s": 0.0, "worst_wall_s": 0.0, "steps": 0}
+_writer_steps: dict[str, float] = {
+    "worst_cpu_s": 0.0,
+    "worst_wall_s": 0.0,
+    "steps": 0,
+    "worst_slice_cpu_s": 0.0,  # the longest CPU stretch between two yields of the GIL
+    "yields": 0,
+}
+_slice_cpu0 = [0]
+
+
+def _end_slice() -> None:
+    now = time.thread_time_ns()
+    steps = _writer_steps
+    steps["worst_slice_cpu_s"] = max(steps["worst_slice_cpu_s"], (now - _slice_cpu0[0]) / 1e9)
+    _slice_cpu0[0] = now
 
 
 _probed: list[bool] = []
@@ -214,9 +228,11 @@ def _probe_writer() -> None:
             if threading.get_ident() == main:
                 return _original(self, *args, **kwargs)
             c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            _slice_cpu0[0] = c0
             try:
                 return _original(self, *args, **kwargs)
             finally:
+                _end_slice()
                 cpu, wall = time.thread_time_ns() - c0, time.perf_counter_ns() - t0
                 steps = _writer_steps
                 steps["steps"] += 1
@@ -224,6 +240,20 @@ def _probe_writer() -> None:
                 steps["worst_wall_s"] = max(steps["worst_wall_s"], wall / 1e9)
 
         setattr(_RunWriter, name, probed)
+    pace = getattr(_RunWriter, "_pace", None)
+    if pace is not None:
+
+        def paced(self: Any) -> None:
+            start, before = self._slice_start, time.thread_time_ns()
+            pace(self)
+            if self._slice_start != start:  # it slept: the slice ended before the sleep
+                steps = _writer_steps
+                steps["yields"] += 1
+                slice_s = (before - _slice_cpu0[0]) / 1e9
+                steps["worst_slice_cpu_s"] = max(steps["worst_slice_cpu_s"], slice_s)
+                _slice_cpu0[0] = time.thread_time_ns()
+
+        _RunWriter._pace = paced  # type: ignore[method-assign]
 
 
 def _timer(opts: dict[str, str]) -> Timer:
