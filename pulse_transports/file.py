@@ -183,6 +183,7 @@ class FileSink(RecreatingLog):
         self.path: Path | None = None
         self.compactions = 0
         self.compaction_failures = 0
+        self._failed_in_row = 0  # compactions failed since the last one that worked
         self.recreations = 0
         self.training_id = ""
         self._lines = 0  # lines in the current file (for the dropped count)
@@ -354,9 +355,14 @@ class FileSink(RecreatingLog):
             if self._fd < 0:
                 raise  # compacted, but not reopened: this write fails, its retry reopens
             # The old log is whole; append to it and try again after some
-            # growth, rather than fail (and lose) the line being written.
+            # growth, rather than fail (and lose) the line being written. The
+            # growth doubles with each failure in a row (1/16 of the cap up to
+            # the whole cap): a folder that stays read-only must not cost the
+            # training process a compaction attempt every few lines.
             self.compaction_failures += 1
-            self._compact_at = self._size + max(self.max_bytes // 16, 1)
+            growth = max(self.max_bytes // 16, 1) << min(self._failed_in_row, 4)
+            self._failed_in_row += 1
+            self._compact_at = self._size + growth
             log.warning(
                 "pulse log compaction failed; the log stays whole and over its cap for now",
                 path=str(self.path),
@@ -385,6 +391,7 @@ class FileSink(RecreatingLog):
             kept, before = result
         _fsync_dir(self.path.parent)
         self.compactions += 1
+        self._failed_in_row = 0
         self._compact_at = self.max_bytes
         # The path now names the new file: append there from now on.
         old, self._fd = self._fd, -1
