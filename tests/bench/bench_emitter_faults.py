@@ -165,7 +165,8 @@ def format_split(name: str, loop: dict[str, Any]) -> str:
         f"  {name}: " + "; ".join(parts) + f"; writer's longest step {w['worst_cpu_s'] * 1e3:.2f} "
         f"ms cpu, longest slice between GIL yields {w['worst_slice_cpu_s'] * 1e3:.2f} ms cpu "
         f"({w['yields']} yields); gen2 gc on the training thread {g['gen2']}x, "
-        f"gc {g['training_thread_s']:.3f} s"
+        f"gc {g['training_thread_s']:.3f} s; on the writer: gen2 {g['other_threads_gen2']}x, "
+        f"longest collection {g['other_threads_worst_s'] * 1e3:.2f} ms"
     )
 
 

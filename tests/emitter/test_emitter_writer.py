@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -184,7 +185,7 @@ class TestSharingTheGil:
         seen = sink.seen[:150]
         assert len(seen) == 150
         runs = [1]  # lengths of the stretches of writes the loop did not move in
-        for before, after in zip(seen, seen[1:], strict=False):
+        for before, after in itertools.pairwise(seen):
             if after == before:
                 runs[-1] += 1
             else:

@@ -96,6 +96,9 @@ class Timer:
         self.gc_ns = 0
         self.gc_gen2 = 0
         self._gc_start = 0
+        self._other_start = 0
+        self.other_gc_worst_ns = 0
+        self.other_gen2 = 0
         self._fd = -1
         self._wfd = -1  # the writer thread's schedstat (see watch_writer)
         if attribute:
@@ -120,6 +123,14 @@ class Timer:
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if threading.get_ident() != self._thread:
+            # Another thread (the writer) collecting holds the GIL throughout:
+            # no switch interval interrupts a collection.
+            if phase == "start":
+                self._other_start = time.perf_counter_ns()
+            else:
+                took = time.perf_counter_ns() - self._other_start
+                self.other_gc_worst_ns = max(self.other_gc_worst_ns, took)
+                self.other_gen2 += info["generation"] == 2
             return
         if phase == "start":
             self._gc_start = time.perf_counter_ns()
@@ -189,7 +200,12 @@ class Timer:
         if not self.attribute:
             return {}
         return {
-            "gc": {"training_thread_s": self.gc_ns / 1e9, "gen2": self.gc_gen2},
+            "gc": {
+                "training_thread_s": self.gc_ns / 1e9,
+                "gen2": self.gc_gen2,
+                "other_threads_worst_s": self.other_gc_worst_ns / 1e9,
+                "other_threads_gen2": self.other_gen2,
+            },
             "writer": dict(_writer_steps),
         }
 
