@@ -173,6 +173,13 @@ class TestSharingTheGil:
         after the 5 ms switch interval, so a writer that never blocked would
         make ~50 writes in a row while the loop stood still.
         """
+        # Writer threads of earlier tests' runs (a stuck sink released at
+        # teardown still writes its backlog) would compete for the GIL too.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+            t.name.startswith("pulse-run-") for t in threading.enumerate()
+        ):
+            time.sleep(0.05)
         counter = [0]
         sink = BusySink(counter)
         run = TrainingRun("gil-1", sinks=[sink], env={}, heartbeat_interval=3600)
