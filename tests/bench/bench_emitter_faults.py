@@ -65,7 +65,12 @@ def _trainer(home: Path, scenario: str, *opts: str, env: dict[str, str] | None =
 
 
 def measure_slow_disk(
-    fault: str, delay: float = 2.0, steps: int = 3000, work_us: float = 1000.0, rounds: int = 3
+    fault: str,
+    delay: float = 2.0,
+    steps: int = 3000,
+    work_us: float = 1000.0,
+    rounds: int = 3,
+    attribute: bool = False,
 ) -> dict[str, Any]:
     """Worst call latencies and throughput with *fault* (write|fsync) sleeping *delay* s.
 
@@ -83,10 +88,19 @@ def measure_slow_disk(
             f"work_us={work_us}",
             "baseline=1",
             f"rounds={rounds}",
+            f"attribute={int(attribute)}",
             env={"PULSE_CLOSE_TIMEOUT": "1"},
         )
     calls = report["calls"]
+    split = {}
+    if attribute:
+        split = {
+            "split": {name: _split(calls[name]) for name in ("progress", "metrics", "status")},
+            "gc": report["gc"],
+            "writer": report["writer"],
+        }
     return {
+        **split,
         "fault": fault,
         "rounds": rounds,
         "delay_s": delay,
@@ -463,18 +477,21 @@ def _format_compaction_line(c: dict[str, Any]) -> str:
     )
 
 
+def _format_slow(name: str, r: dict[str, Any]) -> str:
+    return (
+        f"{name}: worst progress {r['worst_progress_ms']:.3f} ms, metrics "
+        f"{r['worst_metrics_ms']:.3f} ms (goal <= 1), status {r['worst_status_ms']:.3f} ms, "
+        f"error {r['worst_error_ms']:.3f} ms (goal <= 10), throughput "
+        f"{100 * r['throughput_ratio']:.1f} % (goal >= 95), close {r['close_s']:.2f} s; "
+        f"undisturbed worst progress {r['baseline_worst_progress_ms']:.3f} ms"
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The figures against the goals, one line each."""
     lines = []
     for name in ("slow_write", "slow_fsync"):
-        r = results[name]
-        lines.append(
-            f"{name}: worst progress {r['worst_progress_ms']:.3f} ms, metrics "
-            f"{r['worst_metrics_ms']:.3f} ms (goal <= 1), status {r['worst_status_ms']:.3f} ms, "
-            f"error {r['worst_error_ms']:.3f} ms (goal <= 10), throughput "
-            f"{100 * r['throughput_ratio']:.1f} % (goal >= 95), close {r['close_s']:.2f} s; "
-            f"undisturbed worst progress {r['baseline_worst_progress_ms']:.3f} ms"
-        )
+        lines.append(_format_slow(name, results[name]))
     lines.append(format_compaction(results["compaction"]))
     if "compaction_ab" in results:
         lines.append(format_compaction_ab(results["compaction_ab"]))
@@ -501,7 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
-    parser.add_argument("--only", choices=["compaction"], default=None, help="one case")
+    parser.add_argument(
+        "--only", choices=["compaction", "slow_disk"], default=None, help="one case"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --only compaction")
     parser.add_argument(
         "--attribute",
@@ -514,6 +533,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.memory_child is not None:
         print(json.dumps(_memory_child(args.memory_child)), flush=True)
+        return 0
+    if args.only == "slow_disk":
+        rounds = 1 if args.quick else args.rounds
+        for fault in ("write", "fsync"):
+            r = measure_slow_disk(fault, rounds=rounds, attribute=args.attribute)
+            print(_format_slow(f"slow_{fault}", r))
+            if "split" in r:
+                print(format_split(f"slow_{fault}", r))
         return 0
     if args.only == "compaction":
         if args.quick:

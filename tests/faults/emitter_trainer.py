@@ -121,6 +121,17 @@ class Timer:
                 os.close(self._wfd)
             self._wfd = os.open(f"/proc/self/task/{thread.native_id}/schedstat", os.O_RDONLY)
 
+    def _writer_runq(self) -> int:
+        """The writer thread's run-queue wait so far (ns); -1 once it is gone."""
+        if self._wfd < 0:
+            return -1
+        try:
+            return int(os.pread(self._wfd, 64, 0).split()[1])
+        except OSError:  # the thread ended (the run closed)
+            os.close(self._wfd)
+            self._wfd = -1
+            return -1
+
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if threading.get_ident() != self._thread:
             # Another thread (the writer) collecting holds the GIL throughout:
@@ -144,8 +155,8 @@ class Timer:
             fn(*args, **kwargs)
             self.samples.setdefault(name, []).append(time.perf_counter() - start)
             return
-        fd, wfd, pread = self._fd, self._wfd, os.pread
-        w0 = int(pread(wfd, 64, 0).split()[1]) if wfd >= 0 else 0
+        fd, pread = self._fd, os.pread
+        w0 = self._writer_runq()
         q0 = int(pread(fd, 64, 0).split()[1])
         gc0 = self.gc_ns
         c0 = time.thread_time_ns()
@@ -154,11 +165,11 @@ class Timer:
         t1 = time.perf_counter_ns()
         c1 = time.thread_time_ns()
         q1 = int(pread(fd, 64, 0).split()[1])
-        w1 = int(pread(wfd, 64, 0).split()[1]) if wfd >= 0 else 0
+        w1 = self._writer_runq() if w0 >= 0 else -1
         wall = t1 - t0
         self.samples.setdefault(name, []).append(wall / 1e9)
         if wall > self.slow_ns:
-            slow = (wall, c1 - c0, q1 - q0, self.gc_ns - gc0, w1 - w0)
+            slow = (wall, c1 - c0, q1 - q0, self.gc_ns - gc0, max(0, w1 - w0))
             self.slow.setdefault(name, []).append(slow)
 
     def report(self) -> dict[str, Any]:
