@@ -5,8 +5,9 @@ pair every closeable object of the library shares (the training run, the
 framework callbacks, ``track``, the transports' readers and subscribers):
 ``with thing:`` gives the thing, and leaving the block closes it, after
 handing an exception that leaves the block to
-:meth:`ClosesOnExit.exited_with` (default: nothing). Pure: it imports no
-I/O module.
+:meth:`ClosesOnExit.exited_with` (default: nothing); and
+:class:`AsyncClosesOnExit`, the ``async with`` pair of the asyncio subscribers
+(leaving the block awaits ``aclose()``). Pure: it imports no I/O module.
 """
 
 from __future__ import annotations
@@ -39,3 +40,22 @@ class ClosesOnExit:
                 self.exited_with(exc)
         finally:
             self.close()
+
+
+class AsyncClosesOnExit:
+    """Mixin: ``async with x:`` yields *x* and awaits ``x.aclose()`` on the way out."""
+
+    if TYPE_CHECKING:  # the class it is mixed into defines aclose()
+
+        async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -67,8 +67,6 @@ from pulse_core.events import (
     Dropped,
     ErrorReported,
     Event,
-    Metrics,
-    Progress,
     RunMeta,
     StatusChanged,
 )
@@ -85,6 +83,7 @@ from pulse_transports._logfile import (
     log_dir,
     log_path,
     refuse_ended,
+    replace,
     take_lock,
     write_json_atomic,
     write_lock_info,
@@ -111,7 +110,6 @@ log = get_logger("pulse.file")
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
 MIN_MAX_BYTES: Final = 4096
 _DURABLE: Final[frozenset[type[Any]]] = frozenset({RunMeta, StatusChanged, ErrorReported, Dropped})
-_SAMPLES: Final = (Progress, Metrics)
 #: Default least seconds between two progress/metrics lines: a quarter of
 #: the log's base rate, so a reader following the log without a hub
 #: (``pulse watch``) shows a new value within about 300 ms. Compaction keeps
@@ -380,13 +378,7 @@ class FileSink(RecreatingLog):
         where = "in-process" if result is None else "child"
         if result is None:
             kept, before, _ = write_compacted(self.path, target)
-            tmp = tmp_path(self.path)
-            try:
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
+            replace(tmp_path(self.path), self.path)
         else:
             kept, before = result
         _fsync_dir(self.path.parent)
