@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from pulse_core._log import get_logger
@@ -178,8 +179,14 @@ class _Route:
             for victim in victims:
                 self._count_drop(victim, None)
 
-    def deliver(self, now: float, force: bool = False) -> None:
-        """Write what the outbox holds (writer thread, without the run's lock)."""
+    def deliver(
+        self, now: float, force: bool = False, pace: Callable[[], object] | None = None
+    ) -> None:
+        """Write what the outbox holds (writer thread, without the run's lock).
+
+        *pace*, if given, is called after each event: the writer thread's
+        chance to hand the GIL back to the training thread between slices.
+        """
         self.retry(now, force)
         outbox = self.outbox
         while outbox:
@@ -189,6 +196,8 @@ class _Route:
                 event = outbox.popleft()
                 self.outbox_bytes -= _size(event)
             self.write(event, now)
+            if pace is not None:
+                pace()
 
     def write(self, event: Event, now: float) -> bool:
         """Write or buffer *event* now (writer side); True if the sink took it."""

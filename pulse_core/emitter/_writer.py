@@ -32,6 +32,18 @@ log = get_logger("pulse.emitter")
 _INF: Final = float("inf")
 #: Seconds the writer lets hand-overs gather after a wake-up before writing.
 _BATCH_WAIT: Final = 0.005
+#: The writer's longest stretch of work (s) before it lets the training thread
+#: have the GIL. A thread waiting for the GIL gets it only when the holder
+#: blocks or after the 5 ms switch interval; a syscall as short as a write to
+#: the page cache gives it back before the waiter wakes up. So the writer
+#: works in slices and sleeps long enough between them for the waiter to run.
+_SLICE: Final = 0.0002
+_YIELD: Final = 0.0001
+#: Outbox length at which a sink is not due for new progress/metrics: values
+#: coalesce on the hot path until the writer catches up. A backlog of
+#: thousands of events outlives the young gc generations, so the training
+#: thread would pay for full collections of a bigger heap (7-30 ms each here).
+_BACKLOG: Final = 256
 _NOT_STARTED: Final = frozenset({"idle", "preparing"})
 
 
@@ -84,6 +96,7 @@ class _RunWriter:
     _latest_metrics: events.Metrics | None
     _next_at: float
     _routes: list[_Route]
+    _slice_start: float = 0.0  # when the writer thread last took up work
 
     def tick(self) -> None:
         """Deliver due trailing values, heartbeats and retries (background work).
@@ -159,7 +172,9 @@ class _RunWriter:
     def _kick(self) -> None:
         """Events were handed over: wake the writer, or write inline without one."""
         if self._thread is not None:
-            self._wake.set()
+            wake = self._wake
+            if not wake.is_set():  # set() takes a lock and may wake a thread: once per batch
+                wake.set()
         else:
             self._drain()
 
@@ -171,11 +186,12 @@ class _RunWriter:
         """
         if self._inert:
             return
+        pace = self._pace if threading.current_thread() is self._thread else None
         with self._io_lock:
             for _ in range(4):  # a drop report adds one event; then it is done
                 now = self._clock()
                 for route in self._routes:
-                    route.deliver(now, force)
+                    route.deliver(now, force, pace)
                 with self._lock:
                     reported = False
                     for route in self._routes:
@@ -184,6 +200,12 @@ class _RunWriter:
                             reported = True
                 if not reported:
                     return
+
+    def _pace(self) -> None:
+        """Writer thread, between two events: after a slice of work, yield the GIL."""
+        if time.perf_counter() - self._slice_start >= _SLICE:
+            time.sleep(_YIELD)  # blocks: a training thread waiting for the GIL runs now
+            self._slice_start = time.perf_counter()
 
     def _finish(self) -> None:
         """Write what is left, then flush every sink durably and close it (once)."""
@@ -215,6 +237,7 @@ class _RunWriter:
             self._wake.clear()
             if self._inert:
                 return
+            self._slice_start = time.perf_counter()
             self._writing = True
             try:
                 if not self._stop.is_set():
@@ -272,6 +295,13 @@ class _RunWriter:
             for r in routes
             if (force or now >= r.next_at) and (r.boundaries or not only_boundaries)
         ]
+        if not force:
+            backlogged = [r for r in due if len(r.outbox) >= _BACKLOG]
+            for route in backlogged:
+                # Its writer is behind: coalesce values here (no event, no seq)
+                # and look again a little later.
+                route.next_at = now + _BATCH_WAIT
+                due.remove(route)
         if due:
             self._build()
             for route in due:

@@ -65,7 +65,12 @@ def _trainer(home: Path, scenario: str, *opts: str, env: dict[str, str] | None =
 
 
 def measure_slow_disk(
-    fault: str, delay: float = 2.0, steps: int = 3000, work_us: float = 1000.0, rounds: int = 3
+    fault: str,
+    delay: float = 2.0,
+    steps: int = 3000,
+    work_us: float = 1000.0,
+    rounds: int = 3,
+    attribute: bool = False,
 ) -> dict[str, Any]:
     """Worst call latencies and throughput with *fault* (write|fsync) sleeping *delay* s.
 
@@ -83,10 +88,19 @@ def measure_slow_disk(
             f"work_us={work_us}",
             "baseline=1",
             f"rounds={rounds}",
+            f"attribute={int(attribute)}",
             env={"PULSE_CLOSE_TIMEOUT": "1"},
         )
     calls = report["calls"]
+    split = {}
+    if attribute:
+        split = {
+            "split": {name: _split(calls[name]) for name in ("progress", "metrics", "status")},
+            "gc": report["gc"],
+            "writer": report["writer"],
+        }
     return {
+        **split,
         "fault": fault,
         "rounds": rounds,
         "delay_s": delay,
@@ -102,7 +116,9 @@ def measure_slow_disk(
     }
 
 
-def _compact_loop(steps: int, max_bytes: int, work_us: float) -> dict[str, Any]:
+def _compact_loop(
+    steps: int, max_bytes: int, work_us: float, attribute: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         report = _trainer(
             Path(tmp),
@@ -113,9 +129,10 @@ def _compact_loop(steps: int, max_bytes: int, work_us: float) -> dict[str, Any]:
             f"work_us={work_us}",
             "note_every=0",
             "error_every=0",
+            f"attribute={int(attribute)}",
         )
     calls = report["calls"]
-    return {
+    result = {
         "compactions": report["compactions"],
         "compaction_threads": sorted(report["io_threads"]["compact"]),
         "p999_progress_ms": calls["progress"]["p999_s"] * 1e3,
@@ -123,10 +140,56 @@ def _compact_loop(steps: int, max_bytes: int, work_us: float) -> dict[str, Any]:
         "p999_metrics_ms": calls["metrics"]["p999_s"] * 1e3,
         "worst_metrics_ms": calls["metrics"]["worst_s"] * 1e3,
     }
+    if attribute:
+        result["split"] = {name: _split(calls[name]) for name in ("progress", "metrics")}
+        result["gc"] = report["gc"]
+        result["writer"] = report["writer"]
+    return result
+
+
+def _split(call: dict[str, Any]) -> dict[str, float]:
+    """One method's slow calls split into wall, blocked, run-queue wait (ms)."""
+    return {
+        "worst_wall_ms": call["worst_s"] * 1e3,
+        "p999_ms": call["p999_s"] * 1e3,
+        "worst_blocked_ms": call["worst_blocked_s"] * 1e3,
+        "worst_net_blocked_ms": call["worst_net_blocked_s"] * 1e3,
+        "net_blocked_over_1ms": call["net_blocked_over_1ms"],
+        "worst_runq_ms": call["worst_runq_s"] * 1e3,
+        "worst_gc_ms": call["worst_gc_s"] * 1e3,
+        "slow_calls": call["slow_calls"],
+        "blocked_over_1ms": call["blocked_over_1ms"],
+    }
+
+
+def format_split(name: str, loop: dict[str, Any]) -> str:
+    """A compaction loop's attribution, one line (when measured with attribute)."""
+    if "split" not in loop:
+        return ""
+    parts = [
+        f"{method} worst {s['worst_wall_ms']:.2f} (blocked {s['worst_blocked_ms']:.2f}, net of "
+        f"the writer's run-queue wait {s['worst_net_blocked_ms']:.2f}, runq "
+        f"{s['worst_runq_ms']:.2f}, gc {s['worst_gc_ms']:.2f}) p99.9 {s['p999_ms']:.3f} ms, "
+        f"{s['slow_calls']} calls > 0.5 ms, blocked > 1 ms: {s['blocked_over_1ms']} "
+        f"({s['net_blocked_over_1ms']} net)"
+        for method, s in loop["split"].items()
+    ]
+    w, g = loop["writer"], loop["gc"]
+    return (
+        f"  {name}: " + "; ".join(parts) + f"; writer's longest step {w['worst_cpu_s'] * 1e3:.2f} "
+        f"ms cpu, longest slice between GIL yields {w['worst_slice_cpu_s'] * 1e3:.2f} ms cpu "
+        f"({w['yields']} yields); gen2 gc on the training thread {g['gen2']}x, "
+        f"gc {g['training_thread_s']:.3f} s; on the writer: gen2 {g['other_threads_gen2']}x, "
+        f"longest collection {g['other_threads_worst_s'] * 1e3:.2f} ms"
+    )
 
 
 def measure_compaction(
-    steps: int = 600_000, max_bytes: int = 8 * MIB, work_us: float = 100.0, rounds: int = 1
+    steps: int = 600_000,
+    max_bytes: int = 8 * MIB,
+    work_us: float = 100.0,
+    rounds: int = 1,
+    attribute: bool = False,
 ) -> dict[str, Any]:
     """Loop latencies while the log compacts at its cap (interval 0: every call a line).
 
@@ -136,11 +199,13 @@ def measure_compaction(
     Each round runs the same loop twice in fresh processes: first with a cap the
     run never reaches (no compaction: the machine's noise), then at *max_bytes*.
     The top-level figures are the worst over all rounds; ``rounds`` keeps each.
+    With *attribute* each slow call is split into CPU, run-queue wait and
+    blocked time (see ``Timer`` in ``emitter_trainer.py``).
     """
     pairs = []
     for _ in range(rounds):
-        baseline = _compact_loop(steps, 1 << 40, work_us)
-        compacting = _compact_loop(steps, max_bytes, work_us)
+        baseline = _compact_loop(steps, 1 << 40, work_us, attribute)
+        compacting = _compact_loop(steps, max_bytes, work_us, attribute)
         pairs.append({"baseline": baseline, "compaction": compacting})
     keys = ("p999_progress_ms", "worst_progress_ms", "p999_metrics_ms", "worst_metrics_ms")
     result: dict[str, Any] = {
@@ -369,7 +434,9 @@ def run_all(quick: bool = False) -> dict[str, Any]:
         return {
             "slow_write": measure_slow_disk("write", delay=0.05, steps=100, work_us=200, rounds=1),
             "slow_fsync": measure_slow_disk("fsync", delay=0.05, steps=100, work_us=200, rounds=1),
-            "compaction": measure_compaction(steps=3000, max_bytes=262144, work_us=0),
+            "compaction": measure_compaction(
+                steps=3000, max_bytes=262144, work_us=0, attribute=True
+            ),
             "compaction_ab": measure_compaction_ab(steps=3000, max_bytes=262144, rounds=1),
             "flood": measure_flood(steps=2000, max_bytes=65536),
             "hot_path": measure_hot_path(calls=2000, repeat=2),
@@ -387,7 +454,17 @@ def run_all(quick: bool = False) -> dict[str, Any]:
 
 
 def format_compaction(c: dict[str, Any]) -> str:
-    """The compaction case's figures against the goal, one line."""
+    """The compaction case's figures against the goal (and each round's split)."""
+    splits = [
+        line
+        for n, pair in enumerate(c["rounds"])
+        for kind, loop in pair.items()
+        if (line := format_split(f"round {n + 1} {kind}", loop))
+    ]
+    return "\n".join([_format_compaction_line(c), *splits])
+
+
+def _format_compaction_line(c: dict[str, Any]) -> str:
     return (
         f"compaction ({c['compactions']}x at {c['max_bytes']} B, on {c['compaction_threads']}): "
         f"progress p99.9 {c['p999_progress_ms']:.3f} ms worst {c['worst_progress_ms']:.3f} ms; "
@@ -400,18 +477,21 @@ def format_compaction(c: dict[str, Any]) -> str:
     )
 
 
+def _format_slow(name: str, r: dict[str, Any]) -> str:
+    return (
+        f"{name}: worst progress {r['worst_progress_ms']:.3f} ms, metrics "
+        f"{r['worst_metrics_ms']:.3f} ms (goal <= 1), status {r['worst_status_ms']:.3f} ms, "
+        f"error {r['worst_error_ms']:.3f} ms (goal <= 10), throughput "
+        f"{100 * r['throughput_ratio']:.1f} % (goal >= 95), close {r['close_s']:.2f} s; "
+        f"undisturbed worst progress {r['baseline_worst_progress_ms']:.3f} ms"
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The figures against the goals, one line each."""
     lines = []
     for name in ("slow_write", "slow_fsync"):
-        r = results[name]
-        lines.append(
-            f"{name}: worst progress {r['worst_progress_ms']:.3f} ms, metrics "
-            f"{r['worst_metrics_ms']:.3f} ms (goal <= 1), status {r['worst_status_ms']:.3f} ms, "
-            f"error {r['worst_error_ms']:.3f} ms (goal <= 10), throughput "
-            f"{100 * r['throughput_ratio']:.1f} % (goal >= 95), close {r['close_s']:.2f} s; "
-            f"undisturbed worst progress {r['baseline_worst_progress_ms']:.3f} ms"
-        )
+        lines.append(_format_slow(name, results[name]))
     lines.append(format_compaction(results["compaction"]))
     if "compaction_ab" in results:
         lines.append(format_compaction_ab(results["compaction_ab"]))
@@ -438,12 +518,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
-    parser.add_argument("--only", choices=["compaction"], default=None, help="one case")
+    parser.add_argument(
+        "--only", choices=["compaction", "slow_disk"], default=None, help="one case"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --only compaction")
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="--only compaction: split slow calls into cpu / run-queue wait / blocked",
+    )
+    parser.add_argument("--steps", type=int, default=600_000, help="--only compaction: steps")
+    parser.add_argument("--no-ab", action="store_true", help="--only compaction: skip the A/B")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child is not None:
         print(json.dumps(_memory_child(args.memory_child)), flush=True)
+        return 0
+    if args.only == "slow_disk":
+        rounds = 1 if args.quick else args.rounds
+        for fault in ("write", "fsync"):
+            r = measure_slow_disk(fault, rounds=rounds, attribute=args.attribute)
+            print(_format_slow(f"slow_{fault}", r))
+            if "split" in r:
+                print(format_split(f"slow_{fault}", r))
         return 0
     if args.only == "compaction":
         if args.quick:
@@ -453,11 +550,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         else:
             results = {
-                "compaction": measure_compaction(rounds=args.rounds),
-                "compaction_ab": measure_compaction_ab(rounds=args.rounds),
+                "compaction": measure_compaction(
+                    steps=args.steps, rounds=args.rounds, attribute=args.attribute
+                )
             }
+            if not args.no_ab:
+                results["compaction_ab"] = measure_compaction_ab(rounds=args.rounds)
         print(format_compaction(results["compaction"]))
-        print(format_compaction_ab(results["compaction_ab"]))
+        if "compaction_ab" in results:
+            print(format_compaction_ab(results["compaction_ab"]))
         if args.json is not None:
             args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -143,6 +144,63 @@ class TestWriterThread:
         assert route.outbox_bytes <= OUTBOX_BYTES + 2_000_000
         assert run.sink_stats()[0]["dropped_total"] > 0
         run.close()
+
+
+class BusySink(RecordingSink):
+    """A sink whose every write is 0.1 ms of Python work, noting how far a counter got."""
+
+    def __init__(self, counter: list[int]) -> None:
+        super().__init__(interval=0.0)
+        self.counter = counter
+        self.seen: list[int] = []
+
+    def write(self, event: Event) -> None:
+        """Burn 0.1 ms holding the GIL, then record the training thread's counter."""
+        end = time.perf_counter() + 1e-4
+        while time.perf_counter() < end:
+            pass
+        self.seen.append(self.counter[0])
+        super().write(event)
+
+
+class TestSharingTheGil:
+    """The writer thread hands the GIL back to a busy training thread between slices."""
+
+    def test_training_thread_runs_between_writer_slices(self) -> None:
+        """Between a few 0.1 ms writes the pure-Python loop moves on.
+
+        A thread waiting for the GIL gets it only when the holder blocks or
+        after the 5 ms switch interval, so a writer that never blocked would
+        make ~50 writes in a row while the loop stood still.
+        """
+        # Writer threads of earlier tests' runs (a stuck sink released at
+        # teardown still writes its backlog) would compete for the GIL too.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+            t.name.startswith("pulse-run-") for t in threading.enumerate()
+        ):
+            time.sleep(0.05)
+        counter = [0]
+        sink = BusySink(counter)
+        run = TrainingRun("gil-1", sinks=[sink], env={}, heartbeat_interval=3600)
+        for step in range(200):
+            run.progress(epoch=1, step=step)
+        deadline = time.monotonic() + 60
+        while len(sink.seen) < 150 and time.monotonic() < deadline:
+            counter[0] += 1  # the training loop: pure Python, never blocking
+        run.close()
+        seen = sink.seen[:150]
+        assert len(seen) == 150
+        runs = [1]  # lengths of the stretches of writes the loop did not move in
+        for before, after in itertools.pairwise(seen):
+            if after == before:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+        # On a loaded machine the loop may miss a pause now and then (the OS
+        # did not run it in time); never most of them.
+        in_long_runs = sum(n for n in runs if n > 10)
+        assert in_long_runs <= 75, f"{in_long_runs} of 150 writes in stretches of > 10: {runs}"
 
 
 class TestInline:

@@ -76,18 +76,104 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class Timer:
-    """Worst, p99.9 and count of each method's call latency, in seconds."""
+    """Worst, p99.9 and count of each method's call latency, in seconds.
 
-    def __init__(self) -> None:
+    With *attribute*, each call is also bracketed by the training thread's CPU
+    time (``time.thread_time_ns``) and its run-queue wait (2nd field of
+    ``/proc/thread-self/schedstat``, read with ``os.pread`` on a pre-opened fd),
+    and a gc callback counts the collector's time on this thread. A call over
+    *slow_s* is then split: wall = cpu + runqueue (the OS ran something else:
+    machine noise) + blocked (the GIL, a lock, I/O: the library's share). The
+    ``pread`` releases the GIL twice per call (outside the timed span), which
+    hands the writer thread the GIL between calls: report plain runs beside.
+    """
+
+    def __init__(self, attribute: bool = False, slow_s: float = 0.0005) -> None:
         self.samples: dict[str, list[float]] = {}
+        self.slow: dict[str, list[tuple[int, int, int, int, int]]] = {}
+        self.attribute = attribute
+        self.slow_ns = int(slow_s * 1e9)
+        self.gc_ns = 0
+        self.gc_gen2 = 0
+        self._gc_start = 0
+        self._other_start = 0
+        self.other_gc_worst_ns = 0
+        self.other_gen2 = 0
+        self._fd = -1
+        self._wfd = -1  # the writer thread's schedstat (see watch_writer)
+        if attribute:
+            self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            self._thread = threading.get_ident()
+            import gc
+
+            gc.callbacks.append(self._on_gc)
+
+    def watch_writer(self, run: TrainingRun) -> None:
+        """Also read *run*'s writer thread's run-queue wait around each call.
+
+        A training thread that waits for the GIL while the writer holding it
+        is itself waiting on a run queue is blocked by the OS, not by the
+        library: ``net blocked`` subtracts that wait.
+        """
+        thread = run._thread
+        if self._fd >= 0 and thread is not None and thread.native_id is not None:
+            if self._wfd >= 0:
+                os.close(self._wfd)
+            self._wfd = os.open(f"/proc/self/task/{thread.native_id}/schedstat", os.O_RDONLY)
+
+    def _writer_runq(self) -> int:
+        """The writer thread's run-queue wait so far (ns); -1 once it is gone."""
+        if self._wfd < 0:
+            return -1
+        try:
+            return int(os.pread(self._wfd, 64, 0).split()[1])
+        except OSError:  # the thread ended (the run closed)
+            os.close(self._wfd)
+            self._wfd = -1
+            return -1
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if threading.get_ident() != self._thread:
+            # Another thread (the writer) collecting holds the GIL throughout:
+            # no switch interval interrupts a collection.
+            if phase == "start":
+                self._other_start = time.perf_counter_ns()
+            else:
+                took = time.perf_counter_ns() - self._other_start
+                self.other_gc_worst_ns = max(self.other_gc_worst_ns, took)
+                self.other_gen2 += info["generation"] == 2
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter_ns()
+        else:
+            self.gc_ns += time.perf_counter_ns() - self._gc_start
+            self.gc_gen2 += info["generation"] == 2
 
     def call(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> None:
-        start = time.perf_counter()
+        if self._fd < 0:
+            start = time.perf_counter()
+            fn(*args, **kwargs)
+            self.samples.setdefault(name, []).append(time.perf_counter() - start)
+            return
+        fd, pread = self._fd, os.pread
+        w0 = self._writer_runq()
+        q0 = int(pread(fd, 64, 0).split()[1])
+        gc0 = self.gc_ns
+        c0 = time.thread_time_ns()
+        t0 = time.perf_counter_ns()
         fn(*args, **kwargs)
-        self.samples.setdefault(name, []).append(time.perf_counter() - start)
+        t1 = time.perf_counter_ns()
+        c1 = time.thread_time_ns()
+        q1 = int(pread(fd, 64, 0).split()[1])
+        w1 = self._writer_runq() if w0 >= 0 else -1
+        wall = t1 - t0
+        self.samples.setdefault(name, []).append(wall / 1e9)
+        if wall > self.slow_ns:
+            slow = (wall, c1 - c0, q1 - q0, self.gc_ns - gc0, max(0, w1 - w0))
+            self.slow.setdefault(name, []).append(slow)
 
     def report(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             name: {
                 "worst_s": max(values),
                 "p999_s": _percentile(values, 0.999),
@@ -95,6 +181,116 @@ class Timer:
             }
             for name, values in self.samples.items()
         }
+        if self.attribute:
+            for name, entry in out.items():
+                slow = self.slow.get(name, [])
+                # blocked = wall - cpu - runqueue (clamped: the brackets are a bit wider)
+                blocked = [max(0, w - c - q) for w, c, q, *_ in slow]
+                # minus the time the writer (maybe holding the GIL) waited on a run queue
+                net = [max(0, b - s[4]) for b, s in zip(blocked, slow, strict=True)]
+                entry["worst_net_blocked_s"] = max(net, default=0) / 1e9
+                entry["net_blocked_over_1ms"] = sum(b > 1_000_000 for b in net)
+                entry["slow_calls"] = len(slow)
+                entry["blocked_over_1ms"] = sum(b > 1_000_000 for b in blocked)
+                entry["worst_blocked_s"] = max(blocked, default=0) / 1e9
+                entry["worst_runq_s"] = max((s[2] for s in slow), default=0) / 1e9
+                entry["worst_cpu_s"] = max((s[1] for s in slow), default=0) / 1e9
+                entry["worst_gc_s"] = max((s[3] for s in slow), default=0) / 1e9
+                worst = max(slow, default=(0, 0, 0, 0, 0))
+                entry["worst_split_s"] = {  # the worst wall call, split
+                    "cpu": worst[1] / 1e9,
+                    "runq": worst[2] / 1e9,
+                    "blocked": max(0, worst[0] - worst[1] - worst[2]) / 1e9,
+                    "gc": worst[3] / 1e9,
+                    "writer_runq": worst[4] / 1e9,
+                }
+        return out
+
+    def extra(self) -> dict[str, Any]:
+        """The attribution's process-wide figures: gc on this thread, the writer's steps."""
+        if not self.attribute:
+            return {}
+        return {
+            "gc": {
+                "training_thread_s": self.gc_ns / 1e9,
+                "gen2": self.gc_gen2,
+                "other_threads_worst_s": self.other_gc_worst_ns / 1e9,
+                "other_threads_gen2": self.other_gen2,
+            },
+            "writer": dict(_writer_steps),
+        }
+
+
+#: The writer thread's steps (``_drain``/``_tick_locked`` off the training thread):
+#: the longest one in CPU time (an upper bound of one GIL hold: the short
+#: syscalls inside release the GIL but rarely let another thread in) and in wall time.
+_writer_steps: dict[str, float] = {
+    "worst_cpu_s": 0.0,
+    "worst_wall_s": 0.0,
+    "steps": 0,
+    "worst_slice_cpu_s": 0.0,  # the longest CPU stretch between two yields of the GIL
+    "yields": 0,
+}
+_slice_cpu0 = [0]
+
+
+def _end_slice() -> None:
+    now = time.thread_time_ns()
+    steps = _writer_steps
+    steps["worst_slice_cpu_s"] = max(steps["worst_slice_cpu_s"], (now - _slice_cpu0[0]) / 1e9)
+    _slice_cpu0[0] = now
+
+
+_probed: list[bool] = []
+
+
+def _probe_writer() -> None:
+    from pulse_core.emitter._writer import _RunWriter
+
+    main = threading.get_ident()
+    for name in ("_drain", "_tick_locked", "_flush_if_asked"):
+        original = getattr(_RunWriter, name)
+
+        def probed(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if threading.get_ident() == main:
+                return _original(self, *args, **kwargs)
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            _slice_cpu0[0] = c0
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                _end_slice()
+                cpu, wall = time.thread_time_ns() - c0, time.perf_counter_ns() - t0
+                steps = _writer_steps
+                steps["steps"] += 1
+                steps["worst_cpu_s"] = max(steps["worst_cpu_s"], cpu / 1e9)
+                steps["worst_wall_s"] = max(steps["worst_wall_s"], wall / 1e9)
+
+        setattr(_RunWriter, name, probed)
+    pace = getattr(_RunWriter, "_pace", None)
+    if pace is not None:
+
+        def paced(self: Any) -> None:
+            start, before = self._slice_start, time.thread_time_ns()
+            pace(self)
+            if self._slice_start != start:  # it slept: the slice ended before the sleep
+                steps = _writer_steps
+                steps["yields"] += 1
+                slice_s = (before - _slice_cpu0[0]) / 1e9
+                steps["worst_slice_cpu_s"] = max(steps["worst_slice_cpu_s"], slice_s)
+                _slice_cpu0[0] = time.thread_time_ns()
+
+        _RunWriter._pace = paced  # type: ignore[method-assign]
+
+
+def _timer(opts: dict[str, str]) -> Timer:
+    """A Timer; ``attribute=1`` splits slow calls (and probes the writer's steps)."""
+    if opts.get("attribute") != "1":
+        return Timer()
+    if not _probed:
+        _probe_writer()
+        _probed.append(True)  # once per process
+    return Timer(attribute=True, slow_s=float(opts.get("slow_ms", "0.5")) / 1e3)
 
 
 def busy(us: float) -> None:
@@ -128,12 +324,13 @@ def scenario_loop(home: Path, opts: dict[str, str]) -> dict[str, Any]:
     slow = opts.get("slow", "none")
     rounds = int(opts.get("rounds", "1"))
     result: dict[str, Any] = {"loop_s": _INF, "baseline_loop_s": _INF}
-    timer, base_timer = Timer(), Timer()
+    timer, base_timer = _timer(opts), _timer(opts)
     for n in range(rounds):
         if opts.get("baseline") == "1":
             # The same loop undisturbed, side by side (the fault switched off).
             _faults["write"] = _faults["fsync"] = 0.0
             run = TrainingRun(f"baseline-run-{n}")
+            base_timer.watch_writer(run)
             base_timer.call("status", run.status, "running", "go")
             result["baseline_loop_s"] = min(result["baseline_loop_s"], loop(run, opts, base_timer))
             base_timer.call("close", run.close)
@@ -144,10 +341,12 @@ def scenario_loop(home: Path, opts: dict[str, str]) -> dict[str, Any]:
             f"{opts.get('tid', 'slow-run')}-{n}" if n else opts.get("tid", "slow-run")
         )
         result["open_s"] = time.perf_counter() - start  # close_timeout: $PULSE_CLOSE_TIMEOUT
+        timer.watch_writer(run)
         timer.call("status", run.status, "running", "go")
         result["loop_s"] = min(result["loop_s"], loop(run, opts, timer))
         timer.call("close", run.close)
     result["calls"] = timer.report()
+    result.update(timer.extra())
     if base_timer.samples:
         result["baseline"] = base_timer.report()
     result["training_thread"] = threading.current_thread().name
@@ -165,14 +364,16 @@ def scenario_compact(home: Path, opts: dict[str, str]) -> dict[str, Any]:
 
     FileSink._compact = slow_compact  # type: ignore[method-assign]
     sink = FileSink(home=home, max_bytes=int(opts.get("max_bytes", "65536")), interval=0.0)
-    timer = Timer()
+    timer = _timer(opts)
     run = TrainingRun("compact-run", sinks=[sink])
+    timer.watch_writer(run)
     timer.call("status", run.status, "running", "go")
     loop_s = loop(run, opts, timer)
     run.close()
     return {
         "loop_s": loop_s,
         "calls": timer.report(),
+        **timer.extra(),
         "compactions": sink.compactions,
         "training_thread": threading.current_thread().name,
     }
