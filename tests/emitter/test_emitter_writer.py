@@ -197,10 +197,11 @@ class TestSharingTheGil:
                 runs[-1] += 1
             else:
                 runs.append(1)
-        # On a loaded machine the loop may miss a pause now and then (the OS
-        # did not run it in time); never most of them.
+        # On a loaded machine the loop may miss many pauses (the OS did not run
+        # it within the writer's 0.1 ms pause); a writer that never hands the
+        # GIL over puts 141-150 of the 150 writes in such stretches.
         in_long_runs = sum(n for n in runs if n > 10)
-        assert in_long_runs <= 75, f"{in_long_runs} of 150 writes in stretches of > 10: {runs}"
+        assert in_long_runs <= 110, f"{in_long_runs} of 150 writes in stretches of > 10: {runs}"
 
 
 class TestInline:
