@@ -31,8 +31,14 @@ import orjson
 
 from pulse_core._series import SeriesAcc
 from pulse_core.codec import decode
-from pulse_core.errors import DecodeError
-from pulse_core.events import PROTOCOL_VERSION, TERMINAL_STATUSES, Event, _valid_ids
+from pulse_core.errors import DecodeError, InvalidTrainingId
+from pulse_core.events import (
+    PROTOCOL_VERSION,
+    TERMINAL_STATUSES,
+    Event,
+    _valid_ids,
+    validate_training_id,
+)
 from pulse_core.reducer import INITIAL_STATE, MAX_COUNT, Folder
 from pulse_core.state import RunState
 
@@ -50,9 +56,20 @@ def _floats(value: Any) -> bool:
     """True for a JSON object of floats only (what the decoder keeps as it is)."""
     if value.__class__ is not dict:
         return False
-    for item in value.values():
+    for item in value.values():  # noqa: SIM110 - a loop: no generator per line
         if item.__class__ is not float:
             return False
+    return True
+
+
+def _valid_id(tid: str) -> bool:
+    """Whether *tid* is a valid training id (the decoder's cache holds only the first 4096)."""
+    if tid in _valid_ids:
+        return True
+    try:
+        validate_training_id(tid)
+    except InvalidTrainingId:
+        return False
     return True
 
 
@@ -87,9 +104,8 @@ class LineFolder(Folder):
         if (
             tid.__class__ is not str
             or tid != acc.training_id  # another run's, or the run's first event
-            or tid not in _valid_ids  # an id not checked yet: decoded to check it
+            or not _valid_id(tid)
             or acc.created_at is None
-            or acc.last_event_at is None
             or acc.last_seq < 0
             or acc.status in TERMINAL_STATUSES
         ):
@@ -97,7 +113,7 @@ class LineFolder(Folder):
         self._owner = tid
         return True
 
-    def fold_line(self, line: bytes, floor: int = 0) -> bool:  # noqa: C901, PLR0911, PLR0912
+    def fold_line(self, line: bytes, floor: int = 0) -> bool:
         """Fold one log line if it is a common event of exactly the common shape.
 
         Args:
@@ -160,10 +176,11 @@ class LineFolder(Folder):
         self._cached = None
         self.folded += 1
         if seq != last + 1:
-            acc._gap(last, seq)  # noqa: SLF001 - the reducer's own step
+            acc._gap(last, seq)  # the reducer's own step
         acc.last_seq = seq
         acc.event_count += 1
-        if ts > acc.last_event_at:
+        latest = acc.last_event_at
+        if latest is None or ts > latest:
             acc.last_event_at = ts
         if tag == "progress":
             if epoch is not None:
@@ -211,7 +228,7 @@ class LineFolder(Folder):
         kept = self._kept.get(name)
         if kept is None:
             acc = self._acc
-            acc._metric(name, value, ts, seq)  # noqa: SLF001 - the reducer's own step
+            acc._metric(name, value, ts, seq)  # the reducer's own step
             pair = acc.metrics_bounds.get(name)
             series = acc.history.get(name)
             if pair is not None and series is not None and name in acc.metrics:
