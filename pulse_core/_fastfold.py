@@ -50,6 +50,9 @@ _UNREAD: Final = (orjson.JSONDecodeError, KeyError, TypeError)
 _VERSION: Final = PROTOCOL_VERSION
 _EMPTY: Final[Mapping[str, float]] = {}
 _UNSAID: Final = (None, None, None)
+#: The owner while no run's lines may take the fast path: equal to no JSON value
+#: (None would match a line whose training_id is null).
+_NOBODY: Final = object()
 
 
 def _floats(value: Any) -> bool:
@@ -87,7 +90,7 @@ class LineFolder(Folder):
         self.folded = 0
         # The run whose lines the fast path takes: set once its state allows it
         # (see _open), reset by every ordinary apply (it may end the run).
-        self._owner: str | None = None
+        self._owner: object = _NOBODY
         # metric name -> its [min, max] pair and series in the accumulator, for
         # names the reducer keeps whole (latest, bounds, history): neither is
         # ever replaced or removed once made, so the pair stays valid.
@@ -95,7 +98,7 @@ class LineFolder(Folder):
 
     def apply(self, event: Event) -> None:
         """Apply one event the ordinary way (never raises)."""
-        self._owner = None
+        self._owner = _NOBODY
         super().apply(event)
 
     def _open(self, tid: Any) -> bool:

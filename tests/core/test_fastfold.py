@@ -287,6 +287,17 @@ class TestFastPath:
         assert folder.state.status == "done"
         assert not folder.fold_line(encode(Progress(TID, 3, 2.0, epoch=1)))
 
+    def test_null_training_id_after_an_ordinary_line(self) -> None:
+        """A line with a null training_id is never taken for the run's (found by hypothesis)."""
+        lines = [
+            b'{"type":"heartbeat","training_id":"fast-run","seq":1,"timestamp":1.0,"v":2}',
+            b'{"type":"progress","training_id":"fast-run","seq":3,"timestamp":1.0,"v":2}',
+            b'{"type":"progress","training_id":"fast-run","seq":2,"timestamp":1.0,"v":2}',
+            b'{"type":"progress","training_id":null,"seq":6,"timestamp":1.0,"v":2}',
+        ]
+        assert fold_lines(lines) == slow_fold(lines)
+        assert fold_lines(lines).last_seq == 3
+
     def test_floor(self) -> None:
         """Seqs at or below the floor (a follower's already-read ones) are left alone."""
         folder = LineFolder()
