@@ -108,7 +108,7 @@ def compile_structure(cls: type[Any]) -> Callable[[dict[str, Any]], Any]:
     lines.append("    e = _new(cls)")
     setters: dict[str, Any] = {}
     for index, (x, field) in enumerate(zip(args, attrs.fields(cls), strict=True)):
-        setters[f"_set{index}"] = cls.__dict__[field.name].__set__
+        setters[f"_set{index}"] = getattr(cls, field.name).__set__  # slots, own or inherited
         lines.append(f"    _set{index}(e, {x})")
     lines.append("    return e")
     namespace: dict[str, Any] = {

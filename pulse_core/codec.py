@@ -27,20 +27,14 @@ from urllib.parse import quote
 
 import orjson
 
+from pulse_core import events
 from pulse_core._bound import MAX_KEY_BYTES, MAX_LINE_BYTES, bound_dict, bound_text, finite
 from pulse_core._structure import compile_structure
 from pulse_core.errors import DecodeError, InvalidTrainingId
 from pulse_core.events import (
     PROTOCOL_VERSION,
-    Dropped,
-    ErrorReported,
     Event,
-    Heartbeat,
     Metrics,
-    Progress,
-    RunMeta,
-    StateCheckpoint,
-    StatusChanged,
     UnknownEvent,
     _valid_ids,
     validate_training_id,
@@ -48,14 +42,14 @@ from pulse_core.events import (
 
 #: wire tag -> event class. The one place tags live.
 TAGS: Final[Mapping[str, type[Any]]] = {
-    "meta": RunMeta,
-    "status": StatusChanged,
-    "progress": Progress,
-    "metrics": Metrics,
-    "error": ErrorReported,
-    "heartbeat": Heartbeat,
-    "dropped": Dropped,
-    "state_checkpoint": StateCheckpoint,
+    "meta": events.RunMeta,
+    "status": events.StatusChanged,
+    "progress": events.Progress,
+    "metrics": events.Metrics,
+    "error": events.ErrorReported,
+    "heartbeat": events.Heartbeat,
+    "dropped": events.Dropped,
+    "state_checkpoint": events.StateCheckpoint,
 }
 TAG_OF: Final[Mapping[type[Any], str]] = {cls: tag for tag, cls in TAGS.items()}
 _ENVELOPE: Final = ("v", "type", "training_id", "seq", "timestamp")

@@ -133,13 +133,25 @@ def is_error_code(value: str) -> bool:
     return ERROR_CODE_RE.fullmatch(value) is not None
 
 
+def _version_last(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
+    """Move the envelope's ``v`` after the event's own fields: the wire order."""
+    return [f for f in fields if f.name != "v"] + [f for f in fields if f.name == "v"]
+
+
 @attrs.frozen(slots=True)
-class RunMeta:
-    """What the run is and where it comes from; normally the first event."""
+class _Envelope:
+    """The fields every event carries (``v`` keyword-only, last on the wire)."""
 
     training_id: str
     seq: int
     timestamp: float
+    v: int = attrs.field(default=PROTOCOL_VERSION, kw_only=True)
+
+
+@attrs.frozen(slots=True, field_transformer=_version_last)
+class RunMeta(_Envelope):
+    """What the run is and where it comes from; normally the first event."""
+
     name: str | None = None
     flow_id: str | None = None
     flow_run_id: str | None = None
@@ -151,37 +163,28 @@ class RunMeta:
     host: str | None = None
     world_size: int | None = None
     labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
-    v: int = PROTOCOL_VERSION
 
 
-@attrs.frozen(slots=True)
-class StatusChanged:
+@attrs.frozen(slots=True, field_transformer=_version_last)
+class StatusChanged(_Envelope):
     """The run moved to a lifecycle state (or restated it with a new message)."""
 
-    training_id: str
-    seq: int
-    timestamp: float
     status: str
     message: str = ""
-    v: int = PROTOCOL_VERSION
 
 
-@attrs.frozen(slots=True)
-class Progress:
+@attrs.frozen(slots=True, field_transformer=_version_last)
+class Progress(_Envelope):
     """Where training is; every field optional, the latest value wins."""
 
-    training_id: str
-    seq: int
-    timestamp: float
     epoch: int | None = None
     total_epochs: int | None = None
     step: int | None = None
     total_steps: int | None = None
-    v: int = PROTOCOL_VERSION
 
 
-@attrs.frozen(slots=True)
-class Metrics:
+@attrs.frozen(slots=True, field_transformer=_version_last)
+class Metrics(_Envelope):
     """Measured values; every one optional. ``extra`` holds named numbers.
 
     ``min`` and ``max`` (optional, protocol 2.1) are the lowest and highest
@@ -190,9 +193,6 @@ class Metrics:
     extra metric names the emitter left out past its cap (64).
     """
 
-    training_id: str
-    seq: int
-    timestamp: float
     loss: float | None = None
     time_per_epoch: float | None = None
     samples_per_second: float | None = None
@@ -201,65 +201,47 @@ class Metrics:
     min: Mapping[str, float] = attrs.field(factory=dict, hash=False)
     max: Mapping[str, float] = attrs.field(factory=dict, hash=False)
     names_dropped: int | None = None
-    v: int = PROTOCOL_VERSION
 
 
-@attrs.frozen(slots=True)
-class ErrorReported:
+@attrs.frozen(slots=True, field_transformer=_version_last)
+class ErrorReported(_Envelope):
     """An error, as its own event; the progress at that moment rides along.
 
     An error event does not by itself end the run: the terminal
     ``status: error`` event does. The emitter sends both for a fatal error.
     """
 
-    training_id: str
-    seq: int
-    timestamp: float
     error_code: str
     message: str
     is_retryable: bool = False
     details: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
     epoch: int | None = None
     step: int | None = None
-    v: int = PROTOCOL_VERSION
 
 
-@attrs.frozen(slots=True)
-class Heartbeat:
+@attrs.frozen(slots=True, field_transformer=_version_last)
+class Heartbeat(_Envelope):
     """The writer is alive; carries nothing else."""
 
-    training_id: str
-    seq: int
-    timestamp: float
-    v: int = PROTOCOL_VERSION
 
-
-@attrs.frozen(slots=True)
-class Dropped:
+@attrs.frozen(slots=True, field_transformer=_version_last)
+class Dropped(_Envelope):
     """A sink had to drop events (buffer full while failing); says how many."""
 
-    training_id: str
-    seq: int
-    timestamp: float
     count: int
     reason: str = ""
-    v: int = PROTOCOL_VERSION
 
 
-@attrs.frozen(slots=True)
-class UnknownEvent:
+@attrs.frozen(slots=True, field_transformer=_version_last)
+class UnknownEvent(_Envelope):
     """An event of a type this version does not know; readers skip it."""
 
-    training_id: str
-    seq: int
-    timestamp: float
     type: str
     data: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
-    v: int = PROTOCOL_VERSION
 
 
-@attrs.frozen(slots=True)
-class StateCheckpoint:
+@attrs.frozen(slots=True, field_transformer=_version_last)
+class StateCheckpoint(_Envelope):
     """The run's folded state up to this line of its log (wire tag ``state_checkpoint``).
 
     Not a run event: a file writer appends one every so often and at every
@@ -274,13 +256,9 @@ class StateCheckpoint:
         lines: how many lines of the log lie before this one.
     """
 
-    training_id: str
-    seq: int
-    timestamp: float
     format: str
     state: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     lines: int = 0
-    v: int = PROTOCOL_VERSION
 
 
 Event: TypeAlias = (

@@ -25,7 +25,9 @@ Must never import I/O modules.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, assert_never
+from typing import TYPE_CHECKING, Any, Final, assert_never
+
+import attrs
 
 from pulse_core._series import SeriesAcc
 from pulse_core.events import (
@@ -70,118 +72,101 @@ def _push(items: list[Any], item: Any, limit: int) -> None:
     items.append(item)
 
 
+#: How the accumulator holds the RunState fields it does not keep as they are:
+#: field -> (thaw, freeze), expressions of the state ``s`` and the accumulator
+#: ``a`` (an empty thaw sets nothing). ``metrics_min`` and ``metrics_max`` are
+#: held together as ``metrics_bounds``, name -> [low, high]: one lookup per
+#: value in the fold.
+_HELD_AS: Final[Mapping[str, tuple[str, str]]] = {
+    "metrics": ("dict(s.metrics)", "dict(a.metrics)"),
+    "metrics_min": (
+        "{n: [low, s.metrics_max.get(n, low)] for n, low in s.metrics_min.items()}",
+        "{n: pair[0] for n, pair in a.metrics_bounds.items()}",
+    ),
+    "metrics_max": ("", "{n: pair[1] for n, pair in a.metrics_bounds.items()}"),
+    "history": (
+        "{n: SeriesAcc(x) for n, x in s.history.items()}",
+        "{n: x.freeze() for n, x in a.history.items()}",
+    ),
+    "errors": ("list(s.errors)", "tuple(a.errors)"),
+    "timeline": ("list(s.timeline)", "tuple(a.timeline)"),
+    "status_durations": ("dict(s.status_durations)", "dict(a.status_durations)"),
+    "gaps": ("list(s.gaps)", "tuple(a.gaps)"),
+    "anomalies": ("list(s.anomalies)", "tuple(a.anomalies)"),
+}
+_BOUNDS_OF: Final = {"metrics_min": "metrics_bounds", "metrics_max": "metrics_bounds"}
+
+
+def _compile_thaw_freeze() -> tuple[Any, Any]:
+    """Generate the accumulator's ``__init__`` and ``freeze`` from RunState's fields.
+
+    Generated once at import (as :mod:`pulse_core._structure` does for
+    decoding) so they cannot drift from RunState and cost what hand-written
+    ones do: one attribute copy per field.
+    """
+    thaw, freeze = ["def __init__(a, s):"], ["def freeze(a):", "    return RunState("]
+    for field in attrs.fields(RunState):
+        name = field.name
+        into, out = _HELD_AS.get(name, (f"s.{name}", f"a.{name}"))
+        if into:
+            thaw.append(f"    a.{_BOUNDS_OF.get(name, name)} = {into}")
+        freeze.append(f"        {name}={out},")
+    freeze.append("    )")
+    namespace: dict[str, Any] = {"RunState": RunState, "SeriesAcc": SeriesAcc}
+    exec("\n".join(thaw + freeze), namespace)  # noqa: S102 - source built from RunState's fields
+    return namespace["__init__"], namespace["freeze"]
+
+
 class _Acc:
-    """The private mutable twin of RunState used inside folds."""
+    """The private mutable twin of RunState used inside folds.
 
-    __slots__ = (
-        "anomalies",
-        "anomaly_count",
-        "best_loss",
-        "created_at",
-        "dropped",
-        "duplicates",
-        "epoch",
-        "error_count",
-        "errors",
-        "event_count",
-        "finished_at",
-        "gaps",
-        "history",
-        "last_event_at",
-        "last_seq",
-        "message",
-        "meta",
-        "metrics",
-        "metrics_bounds",
-        "metrics_dropped",
-        "missing",
-        "started_at",
-        "status",
-        "status_durations",
-        "status_since",
-        "step",
-        "timeline",
-        "timeline_count",
-        "total_epochs",
-        "total_steps",
-        "training_id",
-        "unknown_events",
-    )
+    Its attributes are RunState's fields (see :data:`_HELD_AS` for the ones
+    held in another form); ``__init__`` (thaw) and ``freeze`` are generated.
+    """
 
-    def __init__(self, s: RunState) -> None:
-        self.training_id = s.training_id
-        self.status = s.status
-        self.message = s.message
-        self.meta = s.meta
-        self.epoch = s.epoch
-        self.total_epochs = s.total_epochs
-        self.step = s.step
-        self.total_steps = s.total_steps
-        self.metrics = dict(s.metrics)
-        self.best_loss = s.best_loss
-        # name -> [min, max]: one lookup per value in the fold.
-        highs = s.metrics_max
-        self.metrics_bounds = {
-            name: [low, highs.get(name, low)] for name, low in s.metrics_min.items()
-        }
-        self.metrics_dropped = s.metrics_dropped
-        self.history = {name: SeriesAcc(series) for name, series in s.history.items()}
-        self.errors = list(s.errors)
-        self.error_count = s.error_count
-        self.timeline = list(s.timeline)
-        self.timeline_count = s.timeline_count
-        self.status_durations = dict(s.status_durations)
-        self.created_at = s.created_at
-        self.started_at = s.started_at
-        self.finished_at = s.finished_at
-        self.status_since = s.status_since
-        self.last_event_at = s.last_event_at
-        self.last_seq = s.last_seq
-        self.event_count = s.event_count
-        self.duplicates = s.duplicates
-        self.missing = s.missing
-        self.gaps = list(s.gaps)
-        self.anomalies = list(s.anomalies)
-        self.anomaly_count = s.anomaly_count
-        self.unknown_events = s.unknown_events
-        self.dropped = s.dropped
+    __slots__ = tuple(dict.fromkeys(_BOUNDS_OF.get(f.name, f.name) for f in attrs.fields(RunState)))
 
-    def freeze(self) -> RunState:
-        return RunState(
-            training_id=self.training_id,
-            status=self.status,
-            message=self.message,
-            meta=self.meta,
-            epoch=self.epoch,
-            total_epochs=self.total_epochs,
-            step=self.step,
-            total_steps=self.total_steps,
-            metrics=dict(self.metrics),
-            best_loss=self.best_loss,
-            metrics_min={name: pair[0] for name, pair in self.metrics_bounds.items()},
-            metrics_max={name: pair[1] for name, pair in self.metrics_bounds.items()},
-            metrics_dropped=self.metrics_dropped,
-            history={name: acc.freeze() for name, acc in self.history.items()},
-            errors=tuple(self.errors),
-            error_count=self.error_count,
-            timeline=tuple(self.timeline),
-            timeline_count=self.timeline_count,
-            status_durations=dict(self.status_durations),
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            status_since=self.status_since,
-            last_event_at=self.last_event_at,
-            last_seq=self.last_seq,
-            event_count=self.event_count,
-            duplicates=self.duplicates,
-            missing=self.missing,
-            gaps=tuple(self.gaps),
-            anomalies=tuple(self.anomalies),
-            anomaly_count=self.anomaly_count,
-            unknown_events=self.unknown_events,
-            dropped=self.dropped,
-        )
+    training_id: str | None
+    status: Phase
+    message: str
+    meta: RunMeta | None
+    epoch: int | None
+    total_epochs: int | None
+    step: int | None
+    total_steps: int | None
+    metrics: dict[str, float]
+    best_loss: float | None
+    metrics_bounds: dict[str, list[float]]
+    metrics_dropped: int
+    history: dict[str, SeriesAcc]
+    errors: list[ErrorReported]
+    error_count: int
+    timeline: list[StatusEntry]
+    timeline_count: int
+    status_durations: dict[str, float]
+    created_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    status_since: float | None
+    last_event_at: float | None
+    last_seq: int
+    event_count: int
+    duplicates: int
+    missing: int
+    gaps: list[tuple[int, int]]
+    anomalies: list[Anomaly]
+    anomaly_count: int
+    unknown_events: int
+    dropped: int
+
+    if TYPE_CHECKING:
+
+        def __init__(self, s: RunState) -> None: ...
+
+        def freeze(self) -> RunState: ...
+
+    else:
+        __init__, freeze = _compile_thaw_freeze()
 
     # -- applying ---------------------------------------------------------
 

@@ -38,7 +38,7 @@ from pulse_core.events import PROTOCOL_VERSION, Event, StateCheckpoint
 from pulse_core.reducer import Folder
 from pulse_core.state import RunState
 from pulse_core.statecodec import STATE_FORMAT, state_from_obj, state_to_obj
-from pulse_transports.position import Checkpoint, Position, fingerprint
+from pulse_transports.position import Checkpoint, Position, fingerprint, read_file
 
 #: A checkpoint is due after this many lines since the last one ...
 EVERY_LINES: Final = 1000
@@ -133,58 +133,54 @@ def last_checkpoint(path: Path | str, training_id: str) -> Checkpoint | None:
     Reads the log backwards in blocks until it finds one; a log without any
     is read whole (at most once, without decoding the other lines).
     """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        end = st.st_size
-        tail = b""  # the start of the line cut at the block's end
-        while end > 0:
-            start = max(0, end - BLOCK)
-            data = os.pread(fd, end - start, start) + tail
-            at = len(data)
-            while True:
-                at = data.rfind(MARK, 0, at)
-                if at < 0:
-                    break
-                if at > 0 and data[at - 1] != 0x0A:
-                    continue  # not at a line start (inside some text)
-                if at == 0 and start > 0:
-                    break  # maybe not at a line start: seen again with the block before
-                stop = data.find(b"\n", at)
-                if stop < 0:
-                    continue  # not ended yet: being written
-                found = _parse(data[at:stop], training_id)
-                if found is None:
-                    continue
-                offset = start + stop + 1
-                try:
-                    state = state_from_obj(found.state)
-                except ValueError:
-                    continue
-                position = Position(
-                    offset=offset,
-                    line=found.lines + 1,
-                    last_seq=found.seq,
-                    inode=st.st_ino,
-                    device=st.st_dev,
-                    fingerprint=fingerprint(fd, offset),
-                )
-                return Checkpoint(position, state)
-            cut = data.find(b"\n")
-            tail = data[: cut + 1] if cut >= 0 and start > 0 else b""
-            if start > 0 and cut < 0:
-                tail = data  # one long line across blocks
-                if len(tail) > MAX_CHECKPOINT_BYTES:
-                    tail = b""  # longer than any checkpoint: not one
-            end = start
-        return None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return read_file(path, lambda fd: _last_checkpoint(fd, training_id), None)
+
+
+def _last_checkpoint(fd: int, training_id: str) -> Checkpoint | None:
+    """:func:`last_checkpoint` in the open log *fd*."""
+    st = os.fstat(fd)
+    end = st.st_size
+    tail = b""  # the start of the line cut at the block's end
+    while end > 0:
+        start = max(0, end - BLOCK)
+        data = os.pread(fd, end - start, start) + tail
+        at = len(data)
+        while True:
+            at = data.rfind(MARK, 0, at)
+            if at < 0:
+                break
+            if at > 0 and data[at - 1] != 0x0A:
+                continue  # not at a line start (inside some text)
+            if at == 0 and start > 0:
+                break  # maybe not at a line start: seen again with the block before
+            stop = data.find(b"\n", at)
+            if stop < 0:
+                continue  # not ended yet: being written
+            found = _parse(data[at:stop], training_id)
+            if found is None:
+                continue
+            offset = start + stop + 1
+            try:
+                state = state_from_obj(found.state)
+            except ValueError:
+                continue
+            position = Position(
+                offset=offset,
+                line=found.lines + 1,
+                last_seq=found.seq,
+                inode=st.st_ino,
+                device=st.st_dev,
+                fingerprint=fingerprint(fd, offset),
+            )
+            return Checkpoint(position, state)
+        cut = data.find(b"\n")
+        tail = data[: cut + 1] if cut >= 0 and start > 0 else b""
+        if start > 0 and cut < 0:
+            tail = data  # one long line across blocks
+            if len(tail) > MAX_CHECKPOINT_BYTES:
+                tail = b""  # longer than any checkpoint: not one
+        end = start
+    return None
 
 
 def fold_log(path: Path, training_id: str) -> tuple[RunState, int, int]:

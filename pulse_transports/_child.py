@@ -58,7 +58,7 @@ CHILD_LOG_INTERVAL: Final = 0.25
 
 @attrs.frozen
 class FlowLink:
-    """Which flow step a run belongs to (all optional)."""
+    """Which flow step a run belongs to (all optional; named as in :class:`RunMeta`)."""
 
     flow_id: str | None = None
     flow_run_id: str | None = None
@@ -174,14 +174,11 @@ def meta_event(
         seq=seq,
         timestamp=now,
         name=name,
-        flow_id=link.flow_id,
-        flow_run_id=link.flow_run_id,
-        flow_step_id=link.flow_step_id,
-        attempt=link.attempt,
         total_epochs=total_epochs,
         pid=os.getpid(),
         host=socket.gethostname(),
         labels=labels,
+        **attrs.asdict(link),  # the flow step the run belongs to
     )
 
 

@@ -15,7 +15,8 @@ run's lock fd, so a new writer cannot take the run while the child may still
 rename; and it renames nothing once the writer that started it is gone. It
 lowers its own CPU priority (``nice``) so that it yields a shared core to training.
 
-Must not import pulse_transports modules: the child imports only this one.
+Imports no pulse_transports module but the file helpers (:mod:`~pulse_transports._logfile`):
+the child imports little more than this one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import orjson
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
 from pulse_core.events import Event, Heartbeat, Metrics, Progress, StateCheckpoint
-from pulse_transports.homemode import open_file
+from pulse_transports._logfile import discard, replace, write_file
 
 _SAMPLES: Final = (Progress, Metrics)
 #: Exit code of a child whose parent (the writer) is gone before the rename.
@@ -123,20 +124,7 @@ def write_compacted(path: Path, target: int) -> tuple[int, int, int]:
     data = path.read_bytes()
     kept = compact_lines(data.splitlines(), target=target)
     body = b"".join(line + b"\n" for line in kept)
-    tmp = tmp_path(path)
-    try:
-        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_file(tmp_path(path), body)
     return len(kept), len(data), len(body)
 
 
@@ -150,15 +138,9 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent:
         # The writer died while we worked: a new writer may be about to append
         # to the old log; leave it whole (the inherited lock is released on exit).
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        discard(tmp)
         return ORPHANED
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    replace(tmp, path)
     sys.stdout.buffer.write(orjson.dumps({"kept": kept, "before": before, "after": after}))
     sys.stdout.buffer.flush()
     return 0

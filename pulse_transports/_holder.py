@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
+
 from pulse_core._log import get_logger
 from pulse_core.errors import RunLocked
 from pulse_core.events import Event, Heartbeat
@@ -30,6 +32,7 @@ def read_state(home: Path, training_id: str) -> RunState:
     return read_log(log_path(home, training_id), training_id=training_id).state
 
 
+@attrs.define(eq=False, repr=False)
 class RunHolder:
     """The supervisor's own writer on a run's log: the lock, its lines and the v1 snapshot.
 
@@ -40,15 +43,12 @@ class RunHolder:
         lock_wait: seconds :meth:`hold` waits for the lock.
     """
 
-    def __init__(
-        self, home: Path, training_id: str, v1_path: Path | None, lock_wait: float = 30.0
-    ) -> None:
-        self.home = home
-        self.training_id = training_id
-        self.v1_path = v1_path
-        self.lock_wait = lock_wait
-        self._sink: FileSink | None = None
-        self._seq = 0
+    home: Path
+    training_id: str
+    v1_path: Path | None
+    lock_wait: float = 30.0
+    _sink: FileSink | None = attrs.field(default=None, init=False)
+    _seq: int = attrs.field(default=0, init=False)
 
     @property
     def holding(self) -> bool:

@@ -197,15 +197,10 @@ def _read_holder(lock: Path) -> str:
     return ""
 
 
-def write_json_atomic(path: Path, value: Any, fsync: bool = True) -> None:
-    """Write *value* as JSON to *path* atomically: temp file, fsync, rename.
-
-    A reader sees the old file or the new one, never a part of either.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    data = orjson.dumps(value)
+def write_file(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write *data* to *path* (created or truncated), fsync it; remove it on an error."""
     try:
-        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             view = memoryview(data)
             while view:
@@ -214,11 +209,34 @@ def write_json_atomic(path: Path, value: Any, fsync: bool = True) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        discard(path)
+        raise
+
+
+def replace(tmp: Path, path: Path) -> None:
+    """Rename *tmp* over *path*; if that fails, remove *tmp* and raise."""
+    try:
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        discard(tmp)
         raise
+
+
+def discard(path: Path) -> None:
+    """Remove a temp file if it is there (a failure to is no error)."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def write_json_atomic(path: Path, value: Any, fsync: bool = True) -> None:
+    """Write *value* as JSON to *path* atomically: temp file, fsync, rename.
+
+    A reader sees the old file or the new one, never a part of either.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    write_file(tmp, orjson.dumps(value), fsync)
+    replace(tmp, path)
 
 
 def write_lock_info(fd: int) -> None:

@@ -147,6 +147,7 @@ class _Line:
         self.dead = 0
 
 
+@attrs.define(eq=False, repr=False)
 class Mailbox:
     """One subscriber's queue: scope, rate limit, coalescing and bounds.
 
@@ -170,49 +171,24 @@ class Mailbox:
         buffer_bytes, limit_bytes: the same two bounds in bytes (:func:`item_size`).
     """
 
-    __slots__ = (
-        "buffer",
-        "buffer_bytes",
-        "coalesced",
-        "floor",
-        "interval",
-        "limit",
-        "limit_bytes",
-        "lines",
-        "nbytes",
-        "overflowed",
-        "ready",
-        "sent_at",
-        "training_id",
-        "waiting",
-    )
-
-    def __init__(
-        self,
-        interval: float,
-        buffer: int,
-        limit: int,
-        training_id: str | None = None,
-        *,
-        buffer_bytes: int = BUFFER_BYTES,
-        limit_bytes: int = LIMIT_BYTES,
-    ) -> None:
-        self.interval = interval
-        self.buffer = buffer
-        self.limit = limit
-        self.buffer_bytes = buffer_bytes
-        self.limit_bytes = limit_bytes
-        self.training_id = training_id
-        self.nbytes = 0  # of the items in ready and the live events in lines
-        self.ready: deque[Item] = deque()
-        self.lines: dict[str, _Line] = {}
-        self.waiting = 0  # live events in lines
-        #: (run, stream) -> its rate limiter (when its last value went out).
-        self.sent_at: dict[tuple[str, str], Throttle] = {}
-        #: per run: the highest seq already delivered or covered (no duplicates).
-        self.floor: dict[str, int] = {}
-        self.overflowed = False
-        self.coalesced = 0
+    interval: float
+    buffer: int
+    limit: int
+    training_id: str | None = None
+    buffer_bytes: int = attrs.field(default=BUFFER_BYTES, kw_only=True)
+    limit_bytes: int = attrs.field(default=LIMIT_BYTES, kw_only=True)
+    #: of the items in ready and the live events in lines
+    nbytes: int = attrs.field(default=0, init=False)
+    ready: deque[Item] = attrs.field(factory=deque, init=False)
+    lines: dict[str, _Line] = attrs.field(factory=dict, init=False)
+    #: live events in lines
+    waiting: int = attrs.field(default=0, init=False)
+    #: (run, stream) -> its rate limiter (when its last value went out).
+    sent_at: dict[tuple[str, str], Throttle] = attrs.field(factory=dict, init=False)
+    #: per run: the highest seq already delivered or covered (no duplicates).
+    floor: dict[str, int] = attrs.field(factory=dict, init=False)
+    overflowed: bool = attrs.field(default=False, init=False)
+    coalesced: int = attrs.field(default=0, init=False)
 
     def wants(self, training_id: str) -> bool:
         """True if *training_id* is in this subscriber's scope."""

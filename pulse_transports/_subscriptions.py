@@ -13,11 +13,10 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from pulse_core._log import get_logger
-from pulse_core.closing import ClosesOnExit
+from pulse_core.closing import AsyncClosesOnExit, ClosesOnExit
 from pulse_core.events import (
     Event,
 )
@@ -135,7 +134,7 @@ class CallbackSubscription(_Subscription, ClosesOnExit):
                         log.exception("pulse bus callback failed", failures=self.failures)
 
 
-class AsyncSubscription(_Subscription):
+class AsyncSubscription(AsyncClosesOnExit, _Subscription):
     """A subscription read with ``async for`` (or :meth:`batch`) in one event loop."""
 
     def __init__(self, bus: Bus, mailbox: Mailbox, loop: asyncio.AbstractEventLoop) -> None:
@@ -204,15 +203,8 @@ class AsyncSubscription(_Subscription):
                 raise StopAsyncIteration
         return self._items.popleft()
 
-    async def __aenter__(self) -> AsyncSubscription:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Stop receiving (what ``async with`` calls on the way out)."""
         self.close()
 
 

@@ -67,8 +67,6 @@ from pulse_core.events import (
     Dropped,
     ErrorReported,
     Event,
-    Metrics,
-    Progress,
     RunMeta,
     StatusChanged,
 )
@@ -85,6 +83,7 @@ from pulse_transports._logfile import (
     log_dir,
     log_path,
     refuse_ended,
+    replace,
     take_lock,
     write_json_atomic,
     write_lock_info,
@@ -111,7 +110,6 @@ log = get_logger("pulse.file")
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
 MIN_MAX_BYTES: Final = 4096
 _DURABLE: Final[frozenset[type[Any]]] = frozenset({RunMeta, StatusChanged, ErrorReported, Dropped})
-_SAMPLES: Final = (Progress, Metrics)
 #: Default least seconds between two progress/metrics lines: a quarter of
 #: the log's base rate, so a reader following the log without a hub
 #: (``pulse watch``) shows a new value within about 300 ms. Compaction keeps
@@ -183,6 +181,7 @@ class FileSink(RecreatingLog):
         self.path: Path | None = None
         self.compactions = 0
         self.compaction_failures = 0
+        self._failed_in_row = 0  # compactions failed since the last one that worked
         self.recreations = 0
         self.training_id = ""
         self._lines = 0  # lines in the current file (for the dropped count)
@@ -354,9 +353,14 @@ class FileSink(RecreatingLog):
             if self._fd < 0:
                 raise  # compacted, but not reopened: this write fails, its retry reopens
             # The old log is whole; append to it and try again after some
-            # growth, rather than fail (and lose) the line being written.
+            # growth, rather than fail (and lose) the line being written. The
+            # growth doubles with each failure in a row (1/16 of the cap up to
+            # the whole cap): a folder that stays read-only must not cost the
+            # training process a compaction attempt every few lines.
             self.compaction_failures += 1
-            self._compact_at = self._size + max(self.max_bytes // 16, 1)
+            growth = max(self.max_bytes // 16, 1) << min(self._failed_in_row, 4)
+            self._failed_in_row += 1
+            self._compact_at = self._size + growth
             log.warning(
                 "pulse log compaction failed; the log stays whole and over its cap for now",
                 path=str(self.path),
@@ -374,17 +378,12 @@ class FileSink(RecreatingLog):
         where = "in-process" if result is None else "child"
         if result is None:
             kept, before, _ = write_compacted(self.path, target)
-            tmp = tmp_path(self.path)
-            try:
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
+            replace(tmp_path(self.path), self.path)
         else:
             kept, before = result
         _fsync_dir(self.path.parent)
         self.compactions += 1
+        self._failed_in_row = 0
         self._compact_at = self.max_bytes
         # The path now names the new file: append there from now on.
         old, self._fd = self._fd, -1

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from pulse_core.errors import RunNotFound
 from pulse_core.events import Event, validate_training_id
 from pulse_core.liveness import LOST_AFTER, STALE_AFTER
@@ -43,6 +45,7 @@ def record_of(found: history.RunRecord) -> RunRecord:
     )
 
 
+@attrs.define(eq=False)
 class FileSource:
     """Reads runs from the logs of one PULSE home.
 
@@ -55,21 +58,12 @@ class FileSource:
 
     name = "file"
 
-    def __init__(
-        self,
-        home: Path | str,
-        *,
-        stale_after: float = STALE_AFTER,
-        lost_after: float = LOST_AFTER,
-        use_index: bool = True,
-        tick: float = 0.5,
-    ) -> None:
-        self.home = Path(home)
-        self.stale_after = stale_after
-        self.lost_after = lost_after
-        self.use_index = use_index
-        self.tick = tick
-        self._closed = threading.Event()
+    home: Path = attrs.field(converter=Path)
+    stale_after: float = attrs.field(default=STALE_AFTER, kw_only=True)
+    lost_after: float = attrs.field(default=LOST_AFTER, kw_only=True)
+    use_index: bool = attrs.field(default=True, kw_only=True)
+    tick: float = attrs.field(default=0.5, kw_only=True)
+    _closed: threading.Event = attrs.field(factory=threading.Event, init=False)
 
     @classmethod
     def from_config(cls, config: Config, **given: Any) -> FileSource:

@@ -51,7 +51,7 @@ from pulse_core.errors import DecodeError
 from pulse_core.events import Event, StateCheckpoint
 from pulse_core.state import RunState
 from pulse_transports.notify import Notifier
-from pulse_transports.position import Checkpoint, Position, fingerprint
+from pulse_transports.position import Checkpoint, Position, fingerprint, taken_in
 
 log = get_logger("pulse.follow")
 
@@ -285,11 +285,7 @@ class LogFollower(ClosesOnExit):
         resume, self._resume = self._resume, None
         if resume is None:
             return
-        if (
-            (resume.inode, resume.device) == identity
-            and resume.offset <= size
-            and fingerprint(self._fd, resume.offset) == resume.fingerprint
-        ):
+        if taken_in(resume, self._fd, identity, size):
             self._read_pos = self._offset = resume.offset
             self._line_no = resume.line
         else:

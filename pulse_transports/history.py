@@ -289,27 +289,21 @@ def _liveness(state: RunState, writer: bool | None, cfg: _Settings) -> Liveness:
 
 def _from_row(row: IndexRow, cfg: _Settings) -> RunRecord:
     path = cfg.folder / f"{row.training_id}{LOG_SUFFIX}"
+    state: RunState | None = None
+    writer: bool | None = None
     if row.terminal:
         # Ended runs do not change: the stored summary is final (but the home
-        # may have moved since, so the log path is the current one).
+        # may have moved since, so the log path is the current one); the state
+        # is decoded only if asked for.
+        liveness: Liveness = ENDED
         summary = orjson.loads(row.summary)
         summary["log"] = str(path)
-        return RunRecord(
-            training_id=row.training_id,
-            path=path,
-            liveness=ENDED,
-            writer=None,
-            summary=summary,
-            position_json=row.position,
-            bad_lines=row.bad_lines,
-            sort_key=row.sort_key,
-            state_json=row.state,
-        )
-    state = decode_state(row.state)
-    writer = check_writer(cfg.home, row.training_id, state)
-    liveness = _liveness(state, writer, cfg)
-    summary = summarize(state, liveness=liveness, now=cfg.now, path=path)
-    summary["bad_lines"] = row.bad_lines
+    else:
+        state = decode_state(row.state)
+        writer = check_writer(cfg.home, row.training_id, state)
+        liveness = _liveness(state, writer, cfg)
+        summary = summarize(state, liveness=liveness, now=cfg.now, path=path)
+        summary["bad_lines"] = row.bad_lines
     return RunRecord(
         training_id=row.training_id,
         path=path,
@@ -320,6 +314,7 @@ def _from_row(row: IndexRow, cfg: _Settings) -> RunRecord:
         bad_lines=row.bad_lines,
         sort_key=row.sort_key,
         state=state,
+        state_json=row.state if state is None else None,
     )
 
 

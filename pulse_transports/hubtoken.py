@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from pulse_core._log import get_logger
+from pulse_transports._logfile import replace
 from pulse_transports.homemode import file_mode, make_dirs, open_file
 from pulse_transports.wire import ENV_TOKEN
 
@@ -137,9 +138,4 @@ def _write(path: Path, token: str) -> None:
         os.write(fd, token.encode() + b"\n")
     finally:
         os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    replace(tmp, path)

@@ -45,6 +45,8 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final
 
+import attrs
+
 from pulse_core._log import get_logger
 from pulse_core.events import (
     TERMINAL_STATUSES,
@@ -103,6 +105,7 @@ __all__ = [
 log = get_logger("pulse.inprocess")
 
 
+@attrs.define(eq=False, repr=False, kw_only=True)
 class Bus:
     """Live run state and rate-limited fan-out to subscribers, in one process.
 
@@ -121,44 +124,31 @@ class Bus:
             subscribers (tests may call :meth:`tick` instead).
     """
 
-    def __init__(
-        self,
-        *,
-        interval: float = LIVE_INTERVAL,
-        buffer: int = BUFFER,
-        limit: int = LIMIT,
-        recent: int = RECENT,
-        max_runs: int = MAX_RUNS,
-        keep_ended: float = KEEP_ENDED,
-        clock: Callable[[], float] = time.monotonic,
-        timer: bool = True,
-        buffer_bytes: int = BUFFER_BYTES,
-        limit_bytes: int = LIMIT_BYTES,
-        recent_bytes: int = RECENT_BYTES,
-        recent_total: int = RECENT_TOTAL,
-    ) -> None:
-        if buffer < 1 or limit < buffer:
+    interval: float = LIVE_INTERVAL
+    buffer: int = BUFFER
+    limit: int = LIMIT
+    recent: int = RECENT
+    max_runs: int = MAX_RUNS
+    keep_ended: float = KEEP_ENDED
+    _clock: Callable[[], float] = time.monotonic
+    _use_timer: bool = attrs.field(default=True, alias="timer")
+    buffer_bytes: int = BUFFER_BYTES
+    limit_bytes: int = LIMIT_BYTES
+    recent_bytes: int = RECENT_BYTES
+    recent_total: int = RECENT_TOTAL
+    #: bytes of recent events held, all runs
+    recent_used: int = attrs.field(default=0, init=False)
+    _lock: threading.RLock = attrs.field(factory=threading.RLock, init=False)
+    _runs: dict[str, _Run] = attrs.field(factory=dict, init=False)
+    _subs: list[_Subscription] = attrs.field(factory=list, init=False)
+    _timer: _Timer = attrs.field(default=attrs.Factory(_Timer, takes_self=True), init=False)
+    published: int = attrs.field(default=0, init=False)
+    duplicates: int = attrs.field(default=0, init=False)
+    overflows: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.buffer < 1 or self.limit < self.buffer:
             raise ValueError("need 1 <= buffer <= limit")
-        self.interval = interval
-        self.buffer = buffer
-        self.limit = limit
-        self.recent = recent
-        self.max_runs = max_runs
-        self.keep_ended = keep_ended
-        self.buffer_bytes = buffer_bytes
-        self.limit_bytes = limit_bytes
-        self.recent_bytes = recent_bytes
-        self.recent_total = recent_total
-        self.recent_used = 0  # bytes of recent events held, all runs
-        self._clock = clock
-        self._lock = threading.RLock()
-        self._runs: dict[str, _Run] = {}
-        self._subs: list[_Subscription] = []
-        self._use_timer = timer
-        self._timer = _Timer(self)
-        self.published = 0
-        self.duplicates = 0
-        self.overflows = 0
 
     # -- producing -------------------------------------------------------------
 

@@ -2,22 +2,27 @@
 
 This module owns :class:`Position` (offset, line, last seq, the file's
 identity and a fingerprint of the bytes before the offset),
-:class:`Checkpoint` (a position plus the run's state) and
+:class:`Checkpoint` (a position plus the run's state),
 :func:`position_matches` (is a file still the one a position was taken in,
-grown or not). :mod:`pulse_transports.follow` takes positions; the index
-stores them. Must never import :mod:`pulse_transports.cli`.
+grown or not; :func:`taken_in` for a file already open) and
+:func:`read_file` (read a file by descriptor, failure as a value).
+:mod:`pulse_transports.follow` takes positions; the index stores them.
+Must never import :mod:`pulse_transports.cli`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 
 from pulse_core.state import RunState
+
+T = TypeVar("T")
 
 #: Bytes before the offset a checkpoint remembers, to tell a rewritten file.
 FINGERPRINT_BYTES: Final = 64
@@ -71,24 +76,44 @@ def fingerprint(fd: int, offset: int) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
+def read_file(path: Path | str, read: Callable[[int], T], failed: T) -> T:
+    """What *read* finds in *path* opened read-only; *failed* if it cannot be opened or read.
+
+    *read* gets the file descriptor, which is closed after it returns.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return failed
+    try:
+        return read(fd)
+    except OSError:
+        return failed
+    finally:
+        os.close(fd)
+
+
 def position_matches(path: Path | str, position: Position) -> bool:
     """Tell whether *path* is still the file *position* was taken in, grown or not.
 
     True when the inode and device are the same, the file is at least
     ``offset`` bytes long and the bytes just before ``offset`` are unchanged.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
+
+    def matches(fd: int) -> bool:
         st = os.fstat(fd)
-        return (
-            (st.st_ino, st.st_dev) == (position.inode, position.device)
-            and position.offset <= st.st_size
-            and fingerprint(fd, position.offset) == position.fingerprint
-        )
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+        return taken_in(position, fd, (st.st_ino, st.st_dev), st.st_size)
+
+    return read_file(path, matches, False)
+
+
+def taken_in(position: Position, fd: int, identity: tuple[int, int], size: int) -> bool:
+    """Tell whether an open file is the one *position* was taken in, grown or not.
+
+    *fd* is the file, *identity* its inode and device, *size* its length.
+    """
+    return (
+        (position.inode, position.device) == identity
+        and position.offset <= size
+        and fingerprint(fd, position.offset) == position.fingerprint
+    )

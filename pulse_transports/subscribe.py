@@ -25,11 +25,10 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from pulse_core._log import get_logger
-from pulse_core.closing import ClosesOnExit
+from pulse_core.closing import AsyncClosesOnExit, ClosesOnExit
 from pulse_core.errors import DecodeError, PulseError
 from pulse_core.events import Event
 from pulse_core.policy import Backoff
@@ -122,6 +121,27 @@ class _Client:
             resume=self.last_seq,
             rate=self.rate,
         )
+
+    if TYPE_CHECKING:  # each client closes its own kind of connection
+
+        def _drop(self) -> None: ...
+
+    def _received(self, line: bytes) -> Message | None:
+        """Decode and take note of one line; None for a line this client does not understand."""
+        try:
+            message = decode_message(line)
+        except DecodeError:
+            return None
+        self._note(message)
+        if isinstance(message, Resync) or (isinstance(message, HubError) and message.fatal):
+            self._drop()
+        return message
+
+    def _lost(self, exc: BaseException) -> None:
+        """The connection ended: drop it; without reconnect that ends the subscriber."""
+        self._drop()
+        if not self.reconnect:
+            raise HubDisconnected(f"connection to the hub {self.address} ended: {exc}") from None
 
     def _note(self, message: Message) -> None:
         if isinstance(message, Snapshot):
@@ -234,19 +254,9 @@ class Subscriber(ClosesOnExit, _Client):
                 continue
             if line is None:
                 return None
-            try:
-                message = decode_message(line)
-            except DecodeError:
-                continue  # a line this client does not understand: skip it
-            self._note(message)
-            if isinstance(message, Resync) or (isinstance(message, HubError) and message.fatal):
-                self._drop()
-            return message
-
-    def _lost(self, exc: BaseException) -> None:
-        self._drop()
-        if not self.reconnect:
-            raise HubDisconnected(f"connection to the hub {self.address} ended: {exc}") from None
+            message = self._received(line)
+            if message is not None:
+                return message
 
     def _reconnect(self, deadline: float | None) -> bool:
         if not self.reconnect and self.connects:
@@ -294,7 +304,7 @@ class Subscriber(ClosesOnExit, _Client):
         return self
 
 
-class AsyncSubscriber(_Client):
+class AsyncSubscriber(AsyncClosesOnExit, _Client):
     """An asyncio hub subscriber; the same arguments as :class:`Subscriber`."""
 
     # The connection, set by connect(); the constructor is _Client's.
@@ -349,19 +359,9 @@ class AsyncSubscriber(_Client):
             if not line.endswith(b"\n"):
                 self._lost(EOFError("the hub closed the connection"))
                 continue
-            try:
-                message = decode_message(line)
-            except DecodeError:
-                continue
-            self._note(message)
-            if isinstance(message, Resync) or (isinstance(message, HubError) and message.fatal):
-                self._drop()
-            return message
-
-    def _lost(self, exc: BaseException) -> None:
-        self._drop()
-        if not self.reconnect:
-            raise HubDisconnected(f"connection to the hub {self.address} ended: {exc}")
+            message = self._received(line)
+            if message is not None:
+                return message
 
     async def _reconnect(self) -> None:
         if not self.reconnect and self.connects:
@@ -397,21 +397,13 @@ class AsyncSubscriber(_Client):
         self._closed = True
         self._drop()
 
-    async def __aenter__(self) -> AsyncSubscriber:
+    async def __aenter__(self) -> Self:
         if self._reader is None:
             if self.reconnect:
                 await self._reconnect()
             else:
                 await self.connect()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:

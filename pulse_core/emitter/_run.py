@@ -19,32 +19,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, SupportsFloat, SupportsInt
 
 from pulse_core._log import get_logger
-from pulse_core.closing import ClosesOnExit
+from pulse_core.closing import EndsOnExit
 from pulse_core.codec import bound_event
+from pulse_core.emitter import _settings
 from pulse_core.emitter._hooks import _quietly, _register, _watch_signals
 from pulse_core.emitter._ids import new_training_id
 from pulse_core.emitter._lifecycle import _RunLifecycle
 from pulse_core.emitter._metrics import _DROPPED_NAMES_MAX, _METRIC_NAMES_MAX, _Bounds
 from pulse_core.emitter._route import _Route
-from pulse_core.emitter._settings import (
-    ENV_ATTEMPT,
-    ENV_CLOSE_TIMEOUT,
-    ENV_FLOW_ID,
-    ENV_FLOW_RUN_ID,
-    ENV_FLOW_STEP_ID,
-    ENV_HANDLE_SIGNALS,
-    ENV_HEARTBEAT_INTERVAL,
-    ENV_RUN_NAME,
-    ENV_STRICT,
-    ENV_SUPERVISED,
-    ENV_TOTAL_EPOCHS,
-    ENV_TRAINING_ID,
-    _as_env,
-    _env_flag,
-    _env_int,
-    _positive,
-    resolve,
-)
+from pulse_core.emitter._settings import _as_env, _env_flag, _env_int, _positive, resolve
 from pulse_core.emitter._value import (
     _as_bool,
     _as_float,
@@ -64,7 +47,7 @@ log = get_logger("pulse.emitter")
 _PROGRESS_FIELDS: Final = ("epoch", "total_epochs", "step", "total_steps")
 
 
-class TrainingRun(ClosesOnExit, _RunLifecycle):
+class TrainingRun(EndsOnExit, _RunLifecycle):
     """One training run, reported to the configured sinks.
 
     Use it as a context manager (``with TrainingRun(...) as run:``) or call
@@ -193,7 +176,7 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
         self._signals = False
         tid = training_id
         if tid is None:
-            tid = environ.get(ENV_TRAINING_ID) or new_training_id(wall())
+            tid = environ.get(_settings.ENV_TRAINING_ID) or new_training_id(wall())
         self.training_id: str = validate_training_id(tid)
 
         # Configuration is read once, for the settings and the default sinks.
@@ -203,25 +186,25 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
             need_sinks=sinks is None,
         )
         if strict is None:
-            strict = bool(defaults.get("strict", _env_flag(environ, ENV_STRICT)))
+            strict = bool(defaults.get("strict", _env_flag(environ, _settings.ENV_STRICT)))
         self._strict = bool(strict)
         if heartbeat_interval is None:
             heartbeat_interval = _positive(
-                defaults.get("heartbeat_interval", environ.get(ENV_HEARTBEAT_INTERVAL)),
+                defaults.get("heartbeat_interval", environ.get(_settings.ENV_HEARTBEAT_INTERVAL)),
                 HEARTBEAT_INTERVAL,
-                ENV_HEARTBEAT_INTERVAL,
+                _settings.ENV_HEARTBEAT_INTERVAL,
             )
         self._heartbeat = _positive(heartbeat_interval, HEARTBEAT_INTERVAL, "heartbeat_interval")
         if handle_signals is None:
-            handle_signals = _env_flag(environ, ENV_HANDLE_SIGNALS)
+            handle_signals = _env_flag(environ, _settings.ENV_HANDLE_SIGNALS)
         if close_timeout is None:
-            close_timeout = defaults.get("close_timeout", environ.get(ENV_CLOSE_TIMEOUT))
+            close_timeout = defaults.get("close_timeout", environ.get(_settings.ENV_CLOSE_TIMEOUT))
         self._close_timeout = _positive(close_timeout, CLOSE_TIMEOUT, "close_timeout")
 
         # Raw values written by the hot path, one tuple per kind (a single
         # store: the background thread never sees half an update).
         if total_epochs is None:
-            total_epochs = _env_int(environ, ENV_TOTAL_EPOCHS)
+            total_epochs = _env_int(environ, _settings.ENV_TOTAL_EPOCHS)
         self._p: tuple[Any, Any, Any, Any] = (None, total_epochs, None, total_steps)
         self._m: tuple[Any, Any, Any, Any, Mapping[str, Any]] = (None, None, None, None, {})
         self._pdirty = False
@@ -260,7 +243,7 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
             raise
 
         continued = self._seq > 0  # the log already holds events (e.g. a supervisor's)
-        given_name = environ.get(ENV_RUN_NAME) or None
+        given_name = environ.get(_settings.ENV_RUN_NAME) or None
         if given_name is not None:
             # The supervisor's (the flow's) name is the run's name; the script's
             # own name is kept beside it as the label ``script_name``.
@@ -272,10 +255,10 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
             seq=self._next_seq(),
             timestamp=wall(),
             name=name,
-            flow_id=flow_id or environ.get(ENV_FLOW_ID) or None,
-            flow_run_id=flow_run_id or environ.get(ENV_FLOW_RUN_ID) or None,
-            flow_step_id=flow_step_id or environ.get(ENV_FLOW_STEP_ID) or None,
-            attempt=attempt if attempt is not None else _env_int(environ, ENV_ATTEMPT),
+            flow_id=flow_id or environ.get(_settings.ENV_FLOW_ID) or None,
+            flow_run_id=flow_run_id or environ.get(_settings.ENV_FLOW_RUN_ID) or None,
+            flow_step_id=flow_step_id or environ.get(_settings.ENV_FLOW_STEP_ID) or None,
+            attempt=attempt if attempt is not None else _env_int(environ, _settings.ENV_ATTEMPT),
             total_epochs=_as_int(total_epochs),
             total_steps=_as_int(total_steps),
             pid=os.getpid(),
@@ -294,7 +277,7 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
         _register(self)
         if handle_signals:
             self._signals = _watch_signals(self)
-        if continued and _env_flag(environ, ENV_SUPERVISED):
+        if continued and _env_flag(environ, _settings.ENV_SUPERVISED):
             # A supervisor (``pulse run``, a Flow step) already wrote preparing
             # and running for this process: continue from running, no restating.
             self._status = "running"
@@ -388,16 +371,6 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
             _swallowed("metrics", exc)
 
     @property
-    def current_status(self) -> str:
-        """The run's lifecycle state as the emitter last reported it."""
-        return self._status
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran."""
-        return self._closed
-
-    @property
     def degraded(self) -> bool:
         """True while any sink is failing, unopened, or has unreported drops."""
         return any(r.degraded for r in self._routes)
@@ -408,10 +381,6 @@ class TrainingRun(ClosesOnExit, _RunLifecycle):
             return [r.stats() for r in self._routes]
 
     # -- ending -----------------------------------------------------------------
-
-    def exited_with(self, exc: BaseException) -> None:
-        """An exception left the ``with`` block: the run ends by it (see fail_with)."""
-        self.fail_with(exc)
 
     def _progress_coerced(self, *given: Any) -> None:
         """progress() whose arguments raised: whole numbers kept, the rest dropped."""

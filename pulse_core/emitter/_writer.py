@@ -17,22 +17,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from pulse_core import events
 from pulse_core._log import get_logger
 from pulse_core.codec import bound_event
 from pulse_core.emitter._hooks import _quietly
 from pulse_core.emitter._metrics import _Bounds, _metric_fields
 from pulse_core.emitter._route import _Route
 from pulse_core.emitter._value import _as_int
-from pulse_core.events import (
-    TERMINAL_STATUSES,
-    Dropped,
-    ErrorReported,
-    Event,
-    Heartbeat,
-    Metrics,
-    Progress,
-    StatusChanged,
-)
+from pulse_core.events import TERMINAL_STATUSES, Event
 from pulse_core.policy import FLOOD_BURST, background_tick
 
 log = get_logger("pulse.emitter")
@@ -88,8 +80,8 @@ class _RunWriter:
     _mgen: int
     _bounds: _Bounds
     _names_dropped: set[str]
-    _latest_progress: Progress | None
-    _latest_metrics: Metrics | None
+    _latest_progress: events.Progress | None
+    _latest_metrics: events.Metrics | None
     _next_at: float
     _routes: list[_Route]
 
@@ -115,7 +107,7 @@ class _RunWriter:
                 if quiet:
                     for route in quiet:
                         self._send_latest(route, now)  # keep seq order on every sink
-                    beat = Heartbeat(
+                    beat = events.Heartbeat(
                         training_id=self.training_id, seq=self._next_seq(), timestamp=self._wall()
                     )
                     for route in quiet:
@@ -297,7 +289,7 @@ class _RunWriter:
             self._pdirty = False
             epoch, total_epochs, step, total_steps = self._p
             self._pgen += 1
-            self._latest_progress = Progress(
+            self._latest_progress = events.Progress(
                 training_id=self.training_id,
                 seq=self._next_seq(),
                 timestamp=self._wall(),
@@ -309,7 +301,7 @@ class _RunWriter:
         if self._mdirty:
             self._mdirty = False
             self._mgen += 1
-            self._latest_metrics = Metrics(
+            self._latest_metrics = events.Metrics(
                 training_id=self.training_id,
                 seq=self._next_seq(),
                 timestamp=self._wall(),
@@ -364,12 +356,12 @@ class _RunWriter:
                 self._pump(self._clock(), force=True, only_boundaries=True)
             self._kick()
 
-    def _error_event(self, fields: Mapping[str, Any], count: int) -> ErrorReported:
+    def _error_event(self, fields: Mapping[str, Any], count: int) -> events.ErrorReported:
         details = fields["details"]
         if count > 1:
             details = {**(details or {}), "count": count}
         return bound_event(  # type: ignore[return-value] # fits one line, valid text
-            ErrorReported(
+            events.ErrorReported(
                 training_id=self.training_id,
                 seq=self._next_seq(),
                 timestamp=self._wall(),
@@ -429,7 +421,7 @@ class _RunWriter:
             # events after a terminal status), buffered if the sink still fails.
             for route in self._routes:
                 self._report_dropped(route, now)
-        event = StatusChanged(
+        event = events.StatusChanged(
             training_id=self.training_id,
             seq=self._next_seq(),
             timestamp=self._wall(),
@@ -450,7 +442,7 @@ class _RunWriter:
             route.send(event, now)
 
     def _dropped_event(self, count: int) -> Event:
-        return Dropped(
+        return events.Dropped(
             training_id=self.training_id,
             seq=self._next_seq(),
             timestamp=self._wall(),

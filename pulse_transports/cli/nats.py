@@ -89,6 +89,7 @@ def serve_command(
     from pulse_transports.cli.serve import (
         _table,
         _warn_argv_token,
+        given_settings,
         hub_settings,
     )
     from pulse_transports.hub import HubAddressInUse, run_hub
@@ -98,13 +99,7 @@ def serve_command(
     module = nats_module()
     config = resolve_config(home)
     table = _table(config.transport_options)
-    given = {
-        "socket": str(socket_path) if socket_path is not None else None,
-        "tcp": tcp,
-        "token": hub_token,
-        "allow_remote": True if allow_remote else None,
-        "rate": rate,
-    }
+    given = given_settings(socket_path, tcp, hub_token, allow_remote, rate)
     _warn_argv_token("hub_token")
     settings = hub_settings(config.home, table, given)
     raise_open_files(settings.max_connections + 64)

@@ -135,6 +135,35 @@ def rate_option(func: F) -> F:
     )(func)
 
 
+#: ``pulse serve``'s limits: HUB_KEYS key -> (least value, help). A given value
+#: goes to the hub settings under its key; the type is HUB_KEYS', the default
+#: HubSettings'.
+LIMITS: Final = {
+    "max_frame": (1024, "Longest accepted line in bytes, newline included"),
+    "handshake_timeout": (0.01, "Seconds a new connection has to send its hello"),
+    "line_timeout": (0.01, "Seconds a line, once begun, has to reach its newline"),
+    "subscriber_buffer": (1, "Waiting items per subscriber above which progress coalesces"),
+    "subscriber_limit": (1, "Waiting items per subscriber above which it is dropped with resync"),
+    "max_connections": (1, "Connections beyond this are refused"),
+    "keep_ended": (0, "Seconds a run that ended (or was lost) stays in the hub's memory"),
+}
+
+
+def limit_options(func: F) -> F:
+    """The :data:`LIMITS` options (``--max-frame``, ...), each ``default=None``."""
+    defaults = attrs.fields_dict(HubSettings)
+    for key, (least, what) in reversed(LIMITS.items()):
+        default = defaults[key].default
+        kind: click.IntRange | click.FloatRange
+        if HUB_KEYS[key] is int:
+            kind, shown = click.IntRange(min=int(least)), str(default)
+        else:
+            kind, shown = click.FloatRange(min=least), f"{default:g}"
+        text = f"{what} [default: {shown}]."
+        func = click.option("--" + key.replace("_", "-"), type=kind, default=None, help=text)(func)
+    return func
+
+
 @main.command()
 @home_option
 @listen_options
@@ -169,54 +198,13 @@ def rate_option(func: F) -> F:
 )
 @rate_option
 @click.option(
-    "--max-frame",
-    type=click.IntRange(min=1024),
-    default=None,
-    help="Longest accepted line in bytes, newline included [default: 1048576].",
-)
-@click.option(
-    "--handshake-timeout",
-    type=click.FloatRange(min=0.01),
-    default=None,
-    help="Seconds a new connection has to send its hello [default: 10].",
-)
-@click.option(
-    "--line-timeout",
-    type=click.FloatRange(min=0.01),
-    default=None,
-    help="Seconds a line, once begun, has to reach its newline [default: 10].",
-)
-@click.option(
-    "--subscriber-buffer",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Waiting items per subscriber above which progress coalesces [default: 1000].",
-)
-@click.option(
-    "--subscriber-limit",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Waiting items per subscriber above which it is dropped with resync [default: 10000].",
-)
-@click.option(
-    "--max-connections",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Connections beyond this are refused [default: 10000].",
-)
-@click.option(
     "--http-max-connections",
     type=click.IntRange(min=1),
     default=None,
     help="HTTP connections beyond this are answered 503 (counted apart from the hub "
     "socket's; at most a quarter of the open-file limit) [default: 256].",
 )
-@click.option(
-    "--keep-ended",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Seconds a run that ended (or was lost) stays in the hub's memory [default: 3600].",
-)
+@limit_options
 def serve(
     home: Path | None,
     socket_path: Path | None,
@@ -226,14 +214,8 @@ def serve(
     token: str | None,
     no_token: bool,
     rate: float | None,
-    max_frame: int | None,
-    handshake_timeout: float | None,
-    line_timeout: float | None,
-    subscriber_buffer: int | None,
-    subscriber_limit: int | None,
-    max_connections: int | None,
     http_max_connections: int | None,
-    keep_ended: float | None,
+    **limits: Any,
 ) -> None:
     """Run the hub: producers push run events, UIs subscribe to them live.
 
@@ -263,20 +245,7 @@ def serve(
             "(chmod 700 it, or 2770 for a group)",
             home=str(config.home),
         )
-    given = {
-        "socket": str(socket_path) if socket_path is not None else None,
-        "tcp": tcp,
-        "token": token,
-        "allow_remote": True if allow_remote else None,
-        "rate": rate,
-        "max_frame": max_frame,
-        "handshake_timeout": handshake_timeout,
-        "line_timeout": line_timeout,
-        "subscriber_buffer": subscriber_buffer,
-        "subscriber_limit": subscriber_limit,
-        "max_connections": max_connections,
-        "keep_ended": keep_ended,
-    }
+    given = given_settings(socket_path, tcp, token, allow_remote, rate, **limits)
     http_address = None
     if http:
         try:
@@ -346,6 +315,25 @@ def serve(
     except OSError as exc:
         click.echo(f"pulse serve: cannot listen: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def given_settings(
+    socket_path: Path | None,
+    tcp: str | None,
+    token: str | None,
+    allow_remote: bool | None,
+    rate: float | None,
+    **limits: Any,
+) -> dict[str, Any]:
+    """The hub settings given on a serve command's line, by key (None: not given)."""
+    return {
+        "socket": str(socket_path) if socket_path is not None else None,
+        "tcp": tcp,
+        "token": token,
+        "allow_remote": True if allow_remote else None,
+        "rate": rate,
+        **limits,
+    }
 
 
 def hub_settings(

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from pulse_core._log import get_logger
 from pulse_core.closing import ClosesOnExit
@@ -316,23 +316,34 @@ class RunBinding:
 
 
 class RunContext(ClosesOnExit):
-    """Mixin: a callback used as a context manager reports exceptions leaving the block."""
+    """Base of the framework callbacks: binds the run; in a ``with``, an exception ends it.
 
+    Args:
+        run: a run to report to (kept open at the end: its owner ends it);
+            default the current run, else a run opened for this training.
+        name: the run's name (when the callback opens it).
+        all_ranks: every rank reports its own run (default ``$PULSE_RANKS``).
+        run_options: more :class:`~pulse_core.emitter.TrainingRun` arguments
+            for a run the callback opens (``sinks``, ``labels``, ...).
+    """
+
+    #: The framework's name, put in the run's labels.
+    framework: ClassVar[str]
     binding: RunBinding
 
-    def bind(
+    def __init__(
         self,
-        framework: str,
-        run: Run | None,
-        name: str | None,
-        all_ranks: bool | None,
-        run_options: dict[str, Any],
+        run: Run | None = None,
+        *,
+        name: str | None = None,
+        all_ranks: bool | None = None,
+        **run_options: Any,
     ) -> None:
-        """Report to *run*, else the current run, else one opened with *name*, *run_options*."""
+        super().__init__()  # the framework's callback base, next in the MRO
         if name is not None:
             run_options["name"] = name
         self.binding = RunBinding(
-            run, framework=framework, all_ranks=all_ranks, run_options=run_options
+            run, framework=self.framework, all_ranks=all_ranks, run_options=run_options
         )
 
     def exited_with(self, exc: BaseException) -> None:

@@ -29,10 +29,11 @@ import attrs
 import orjson
 
 from pulse_core._log import get_logger
-from pulse_core.closing import ClosesOnExit
+from pulse_core.closing import EndsOnExit
 from pulse_core.emitter import classify_exception, register_abortable, unregister_abortable
 from pulse_core.events import TERMINAL_STATUSES, is_error_code
-from pulse_transports.homemode import make_dirs, open_file
+from pulse_transports._logfile import replace, write_file
+from pulse_transports.homemode import make_dirs
 from pulse_transports.integrations._registration import Registration, _int, rank_dir
 
 log = get_logger("pulse.distributed")
@@ -78,15 +79,8 @@ def write_rank_error(home: Path | str, training_id: str, error: RankError) -> Pa
     make_dirs(path.parent)
     data = orjson.dumps(attrs.asdict(error), default=str)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_file(tmp, data)
+    replace(tmp, path)
     return path
 
 
@@ -148,7 +142,7 @@ def describe_exception(exc: BaseException) -> tuple[str, bool, str, dict[str, An
 # -- the two kinds of run ----------------------------------------------------------------
 
 
-class PeerRun(ClosesOnExit):
+class PeerRun(EndsOnExit):
     """What a rank other than 0 reports to: nothing, except its own failure.
 
     It has the calls training code and the callbacks make on a
@@ -156,7 +150,8 @@ class PeerRun(ClosesOnExit):
     (:meth:`fail_with`, :meth:`error`, an exception leaving ``with``, an
     uncaught exception) writes this rank's error file for rank 0 to fold in.
     A KeyboardInterrupt or a clean ``SystemExit`` is not a failure: rank 0
-    sees the same interrupt.
+    sees the same interrupt. Its ``current_status`` is this rank's view of
+    the run (never reported).
 
     Args:
         training_id: the run's id as rank 0 reports it (None: failures are
@@ -290,26 +285,12 @@ class PeerRun(ClosesOnExit):
         """True once a cancel was requested on this rank."""
         return self._cancel_reason is not None
 
-    @property
-    def current_status(self) -> str:
-        """This rank's view of the status (never reported)."""
-        return self._status
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran."""
-        return self._closed
-
     def close(self) -> None:
         """Stop watching for uncaught exceptions on this rank; unregister it; idempotent."""
         self._closed = True
         unregister_abortable(self)
         if self._registration is not None:
             self._registration.remove()
-
-    def exited_with(self, exc: BaseException) -> None:
-        """An exception leaving ``with run:`` is recorded as this rank's failure."""
-        self.fail_with(exc)
 
 
 def _watch_peer(run: PeerRun) -> None:

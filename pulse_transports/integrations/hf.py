@@ -77,34 +77,21 @@ _FRAMES: Final = 12
 class PulseCallback(TrainerCallback, RunContext):  # type: ignore[misc, unused-ignore]
     """Report a ``transformers.Trainer`` run to PULSE.
 
-    Args:
-        run: a run to report to (kept open at the end: its owner ends it);
-            default the current run, else a run opened for this training.
-        name: the run's name (when the callback opens it).
-        all_ranks: every rank reports its own run (default ``$PULSE_RANKS``).
-        run_options: more :class:`~pulse_core.emitter.TrainingRun` arguments
-            for a run the callback opens (``sinks``, ``labels``, ...).
+    Takes the arguments of :class:`RunContext`: *run*, *name*, *all_ranks*
+    and *run_options*.
     """
 
-    def __init__(
-        self,
-        run: Run | None = None,
-        *,
-        name: str | None = None,
-        all_ranks: bool | None = None,
-        **run_options: Any,
-    ) -> None:
-        self.bind("transformers", run, name, all_ranks, run_options)
-        self._trainer: weakref.ReferenceType[Any] | None = None
-        self._epoch = 0
-        self._first_epoch = True
-        self._epoch_start = 0
-        self._per_epoch: int | None = None
-        self._max_steps = 0
-        self._epoch_t0 = 0.0
-        self._log_t = 0.0
-        self._log_tokens = 0
-        self._samples_per_step = 1.0
+    framework = "transformers"
+    _trainer: weakref.ReferenceType[Any] | None = None
+    _epoch = 0
+    _first_epoch = True
+    _epoch_start = 0
+    _per_epoch: int | None = None
+    _max_steps = 0
+    _epoch_t0 = 0.0
+    _log_t = 0.0
+    _log_tokens = 0
+    _samples_per_step = 1.0
 
     # -- finding the trainer ---------------------------------------------------------
 

@@ -118,37 +118,26 @@ def _batch_size(data: Any) -> int | None:
 class PulseCallback(RunContext, keras.callbacks.Callback):  # type: ignore[misc, unused-ignore]
     """Report a Keras ``model.fit`` run to PULSE.
 
-    Args:
-        run: a run to report to (kept open at the end: its owner ends it);
-            default the current run, else a run opened for this fit.
-        name: the run's name (when the callback opens it).
-        batch_size: samples per batch, for ``samples_per_second`` (default:
-            the first batch's size).
-        all_ranks: every rank reports its own run (default ``$PULSE_RANKS``).
-        run_options: more :class:`~pulse_core.emitter.TrainingRun` arguments
-            for a run the callback opens (``sinks``, ``labels``, ...).
+    Takes the arguments of :class:`RunContext` (*run*, *name*, *all_ranks*,
+    *run_options*) and *batch_size*: samples per batch, for
+    ``samples_per_second`` (default: the first batch's size).
     """
 
+    framework = "keras"
+    _others: list[Any] | None = None
+    _fit_model: Any = None
+    _original: Any = None
+    _epoch = 0
+    _epochs: int | None = None
+    _step = 0
+    _steps: int | None = None
+    _epoch_t0 = 0.0
+
     def __init__(
-        self,
-        run: Run | None = None,
-        *,
-        name: str | None = None,
-        batch_size: int | None = None,
-        all_ranks: bool | None = None,
-        **run_options: Any,
+        self, run: Run | None = None, *, batch_size: int | None = None, **options: Any
     ) -> None:
-        super().__init__()
-        self.bind("keras", run, name, all_ranks, run_options)
+        super().__init__(run, **options)
         self.batch_size = batch_size
-        self._others: list[Any] | None = None
-        self._fit_model: Any = None
-        self._original: Any = None
-        self._epoch = 0
-        self._epochs: int | None = None
-        self._step = 0
-        self._steps: int | None = None
-        self._epoch_t0 = 0.0
 
     # -- the exception path --------------------------------------------------------
 

@@ -59,7 +59,6 @@ except ImportError:  # pragma: no cover - the standalone package
     )
 
 from pulse_transports.integrations._common import (
-    Run,
     RunContext,
     numeric_items,
 )
@@ -86,25 +85,16 @@ def _loss(outputs: Any) -> Any:
 class _PulseLightning(RunContext):
     """The hooks of the Lightning callback (mixed into the framework's ``Callback``)."""
 
-    def __init__(
-        self,
-        run: Run | None = None,
-        *,
-        name: str | None = None,
-        all_ranks: bool | None = None,
-        **run_options: Any,
-    ) -> None:
-        super().__init__()
-        self.bind("lightning", run, name, all_ranks, run_options)
-        self._epoch = 0
-        self._step = 0
-        self._total_epochs: int | None = None
-        self._total_steps: int | None = None
-        self._global = False
-        self._max_steps = 0
-        self._epoch_t0 = 0.0
-        self._batch: int | None = None
-        self._world = 1
+    framework = "lightning"
+    _epoch = 0
+    _step = 0
+    _total_epochs: int | None = None
+    _total_steps: int | None = None
+    _global = False
+    _max_steps = 0
+    _epoch_t0 = 0.0
+    _batch: int | None = None
+    _world = 1
 
     def _at_end(self) -> bool:
         if self._global:
@@ -256,11 +246,6 @@ def callback_class(base: type[Any]) -> type[Any]:
 class PulseCallback(_PulseLightning, _LightningCallback):  # type: ignore[misc, unused-ignore]
     """Report a Lightning ``Trainer.fit`` run to PULSE.
 
-    Args:
-        run: a run to report to (kept open at the end: its owner ends it);
-            default the current run, else a run opened for this fit.
-        name: the run's name (when the callback opens it).
-        all_ranks: every rank reports its own run (default ``$PULSE_RANKS``).
-        run_options: more :class:`~pulse_core.emitter.TrainingRun` arguments
-            for a run the callback opens (``sinks``, ``labels``, ...).
+    Takes the arguments of :class:`RunContext`: *run*, *name*, *all_ranks*
+    and *run_options*.
     """

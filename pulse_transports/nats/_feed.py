@@ -13,6 +13,8 @@ import random
 import time
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 from pulse_core._log import get_logger
 from pulse_core.events import Event
 from pulse_core.policy import CONNECT_BACKOFF, sampled
@@ -34,6 +36,11 @@ log = get_logger("pulse.nats")
 KEEP_ENDED: Final = 3600.0
 
 
+def _default_store(store: StoreConfig | None) -> StoreConfig:
+    return store or StoreConfig()
+
+
+@attrs.define(eq=False, repr=False)
 class NatsFeed:
     """Feeds a hub's bus from NATS: every run's events, as its producers would.
 
@@ -52,22 +59,14 @@ class NatsFeed:
         create: make the stream and bucket when missing (as sinks do).
     """
 
-    def __init__(
-        self,
-        options: NatsOptions,
-        store: StoreConfig | None = None,
-        *,
-        keep_ended: float = KEEP_ENDED,
-        create: bool = True,
-    ) -> None:
-        self.options = options
-        self.store = store or StoreConfig()
-        self.keep_ended = keep_ended
-        self.create = create
-        self.forwarded = 0
-        self.failures = 0
-        #: set once the current state of every run was handed to the bus.
-        self.caught_up = asyncio.Event()
+    options: NatsOptions
+    store: StoreConfig = attrs.field(default=None, converter=_default_store)
+    keep_ended: float = attrs.field(default=KEEP_ENDED, kw_only=True)
+    create: bool = attrs.field(default=True, kw_only=True)
+    forwarded: int = attrs.field(default=0, init=False)
+    failures: int = attrs.field(default=0, init=False)
+    #: set once the current state of every run was handed to the bus.
+    caught_up: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
 
     def __repr__(self) -> str:
         return f"NatsFeed({self.options.shown!r}, stream={self.store.stream!r})"

@@ -68,6 +68,7 @@ _POLICIES: Final = {
 }
 
 
+@attrs.define(eq=False, repr=False)
 class StreamReader:
     """An ordered consumer on one subject filter: catch up, then follow live.
 
@@ -84,23 +85,14 @@ class StreamReader:
         start_seq: the first stream sequence, for ``by_start_sequence``.
     """
 
-    def __init__(
-        self,
-        js: JetStreamContext,
-        stream: str,
-        subject: str,
-        *,
-        policy: Policy = "all",
-        start_seq: int | None = None,
-    ) -> None:
-        self.js = js
-        self.stream = stream
-        self.subject = subject
-        self.policy = policy
-        self.start_seq = start_seq
-        #: messages waiting when the reader opened (0: nothing to catch up).
-        self.initial_pending = 0
-        self._sub: Any = None
+    js: JetStreamContext
+    stream: str
+    subject: str
+    policy: Policy = attrs.field(default="all", kw_only=True)
+    start_seq: int | None = attrs.field(default=None, kw_only=True)
+    #: messages waiting when the reader opened (0: nothing to catch up).
+    initial_pending: int = attrs.field(default=0, init=False)
+    _sub: Any = attrs.field(default=None, init=False)
 
     async def open(self) -> int:
         """Create the consumer; return how many messages it starts behind.

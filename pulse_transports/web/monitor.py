@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
+
 from pulse_core._log import get_logger
 from pulse_core.liveness import Liveness
 from pulse_transports.hub import liveness_now
@@ -31,6 +33,7 @@ from pulse_transports.inprocess import Bus
 log = get_logger("pulse.web")
 
 
+@attrs.define(eq=False, repr=False)
 class LivenessMonitor:
     """Keeps :attr:`liveness` of every run on the bus current; tells listeners of changes.
 
@@ -41,18 +44,15 @@ class LivenessMonitor:
         tick: seconds between two checks.
     """
 
-    def __init__(
-        self, bus: Bus, home: Path, *, stale_after: float, lost_after: float, tick: float = 1.0
-    ) -> None:
-        self.bus = bus
-        self.home = home
-        self.stale_after = stale_after
-        self.lost_after = lost_after
-        self.tick = tick
-        #: training id -> its liveness at the last check.
-        self.liveness: dict[str, Liveness] = {}
-        self._listeners: set[Callable[[], None]] = set()
-        self._task: asyncio.Task[None] | None = None
+    bus: Bus
+    home: Path
+    stale_after: float = attrs.field(kw_only=True)
+    lost_after: float = attrs.field(kw_only=True)
+    tick: float = attrs.field(default=1.0, kw_only=True)
+    #: training id -> its liveness at the last check.
+    liveness: dict[str, Liveness] = attrs.field(factory=dict, init=False)
+    _listeners: set[Callable[[], None]] = attrs.field(factory=set, init=False)
+    _task: asyncio.Task[None] | None = attrs.field(default=None, init=False)
 
     def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call *callback* (in the event loop) after each change; returns the undo."""

@@ -48,6 +48,23 @@ _INT: Final = {"type": "integer"}
 _STR: Final = {"type": "string"}
 _BOOL: Final = {"type": "boolean"}
 
+
+def _flow_run(outcome: dict[str, Any], step: str) -> dict[str, Any]:
+    """The properties a flow run has as a list row and whole: *step* names its steps' schema."""
+    return {
+        "flow_run_id": _STR,
+        "flow_id": _nullable("string"),
+        "outcome": outcome,
+        "started_at": _nullable("number"),
+        "finished_at": _nullable("number"),
+        "duration": _nullable("number"),
+        "step_count": _INT,
+        "run_count": _INT,
+        "error_count": _INT,
+        "steps": {"type": "array", "items": _ref(step)},
+    }
+
+
 _SCHEMAS: Final[dict[str, Any]] = {
     "Status": {"type": "string", "enum": list(STATUSES)},
     "Liveness": {
@@ -103,42 +120,20 @@ _SCHEMAS: Final[dict[str, Any]] = {
         }
     ),
     "FlowRunSummary": _obj(
-        {
-            "flow_run_id": _STR,
-            "flow_id": _nullable("string"),
-            "outcome": {
+        _flow_run(
+            {
                 **_ref("FlowOutcome"),
                 "description": "From each step's last attempt: running, not_started, lost, "
                 "error, cancelled, success -- the first of these any step has.",
             },
-            "started_at": _nullable("number"),
-            "finished_at": _nullable("number"),
-            "duration": _nullable("number"),
-            "step_count": _INT,
-            "run_count": _INT,
-            "error_count": _INT,
-            "steps": {"type": "array", "items": _ref("FlowStepSummary")},
-        }
+            "FlowStepSummary",
+        )
     ),
     "FlowRunList": _obj(
         {"flow_runs": {"type": "array", "items": _ref("FlowRunSummary")}, "time": _NUM},
     ),
     "FlowRun": {
-        **_obj(
-            {
-                "flow_run_id": _STR,
-                "flow_id": _nullable("string"),
-                "outcome": _ref("FlowOutcome"),
-                "started_at": _nullable("number"),
-                "finished_at": _nullable("number"),
-                "duration": _nullable("number"),
-                "step_count": _INT,
-                "run_count": _INT,
-                "error_count": _INT,
-                "steps": {"type": "array", "items": _ref("FlowStep")},
-                "time": _NUM,
-            }
-        ),
+        **_obj({**_flow_run(_ref("FlowOutcome"), "FlowStep"), "time": _NUM}),
         "description": "A flow run's TRAIN steps in the order they started.",
     },
     "Window": _obj(
@@ -266,6 +261,15 @@ _TID_PARAM: Final = {
 }
 
 
+def _limit_param(default: int) -> dict[str, Any]:
+    """The ``limit`` query parameter of a list (1-1000 items, *default* when absent)."""
+    return {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": default},
+    }
+
+
 def _json(schema: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
@@ -310,13 +314,7 @@ _PATHS: Final[dict[str, Any]] = {
     "/api/runs": {
         "get": {
             "summary": "Runs: those the hub holds live and the newest on disk, newest first",
-            "parameters": [
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-                }
-            ],
+            "parameters": [_limit_param(100)],
             "responses": {"200": _json("RunList", "The runs."), **_ERRORS},
         }
     },
@@ -347,13 +345,7 @@ _PATHS: Final[dict[str, Any]] = {
         "get": {
             "operationId": "listFlowRuns",
             "summary": "Flow runs (runs linked to a flow_run_id), newest first",
-            "parameters": [
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
-                }
-            ],
+            "parameters": [_limit_param(50)],
             "responses": {"200": _json("FlowRunList", "The flow runs."), **_ERRORS},
         }
     },

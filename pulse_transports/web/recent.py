@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import attrs
 import orjson
 
 from pulse_core.liveness import Liveness
@@ -52,6 +53,7 @@ class Pacing:
             return await asyncio.to_thread(func, *args)
 
 
+@attrs.define(eq=False, repr=False)
 class RecentRuns:
     """The ``/api/runs`` rows per ``limit``: single flight, at most RUNS_TTL old.
 
@@ -63,23 +65,15 @@ class RecentRuns:
         pacing: where the computation runs.
     """
 
-    def __init__(
-        self,
-        bus: Bus,
-        home: Path,
-        stale_after: float,
-        lost_after: float,
-        liveness: Callable[[str, RunState, float], Liveness],
-        pacing: Pacing,
-    ) -> None:
-        self.bus = bus
-        self.home = home
-        self.stale_after = stale_after
-        self.lost_after = lost_after
-        self._liveness = liveness
-        self._pacing = pacing
-        self._lock = asyncio.Lock()
-        self._kept: dict[int, tuple[float, bytes]] = {}  # limit -> (when, JSON of the rows)
+    bus: Bus
+    home: Path
+    stale_after: float
+    lost_after: float
+    _liveness: Callable[[str, RunState, float], Liveness]
+    _pacing: Pacing
+    _lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    #: limit -> (when, JSON of the rows)
+    _kept: dict[int, tuple[float, bytes]] = attrs.field(factory=dict, init=False)
 
     async def body(self, limit: int) -> bytes:
         """The ``/api/runs`` answer for *limit*: ``{"runs": [...], "time": now}``."""

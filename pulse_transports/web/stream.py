@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import attrs
 import orjson
 
 from pulse_core._log import get_logger
@@ -102,6 +103,7 @@ def sse_message(data: bytes, event_id: str | None = None) -> bytes:
     return head + b"data: " + data + b"\n\n"
 
 
+@attrs.define(eq=False, repr=False, kw_only=True)
 class EventStream:
     """One client's ``/events`` stream.
 
@@ -123,66 +125,57 @@ class EventStream:
         peer: the client's address, for log lines.
     """
 
-    def __init__(
-        self,
-        *,
-        bus: Bus,
-        monitor: LivenessMonitor,
-        home: Path,
-        encoded: EncodedEvents,
-        scope: str | None,
-        interval: float,
-        resume: Cursor,
-        retry_ms: int = 1000,
-        keepalive: float = 15.0,
-        quiet_after: float = QUIET_AFTER,
-        abort: Callable[[], object] | None = None,
-        drop_grace: float = DROP_GRACE,
-        peer: str = "?",
-    ) -> None:
-        self.bus = bus
-        self.monitor = monitor
-        self.home = home
-        self.encoded = encoded
-        self.scope = scope
-        self.interval = interval
+    bus: Bus
+    monitor: LivenessMonitor
+    home: Path
+    encoded: EncodedEvents
+    scope: str | None
+    interval: float
+    _asked: Cursor = attrs.field(alias="resume")
+    retry_ms: int = 1000
+    keepalive: float = 15.0
+    quiet_after: float = QUIET_AFTER
+    abort: Callable[[], object] | None = None
+    drop_grace: float = DROP_GRACE
+    peer: str = "?"
+    #: run -> the seq the client resumes after (set from the cursor, below).
+    resume: dict[str, int] = attrs.field(init=False)
+    #: the runs the cursor named and that are resumed (the hello lists them).
+    named: list[str] = attrs.field(init=False)
+    #: what the client holds: highest seq per run (what the SSE id is made of).
+    cursor: dict[str, int] = attrs.field(factory=dict, init=False)
+    #: the id last sent (a message carries one only when it differs).
+    _last_id: str | None = attrs.field(default=None, init=False)
+    #: the liveness the client was last told, per run.
+    told: dict[str, Liveness] = attrs.field(factory=dict, init=False)
+    _pending: list[list[Item]] = attrs.field(factory=list, init=False)
+    _wake: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    _room: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    #: set after the catch-up: every run's liveness once
+    _liveness_due: bool = attrs.field(default=False, init=False)
+    #: liveness of resumed runs the bus does not hold (read from their logs).
+    _offline: dict[str, Liveness] = attrs.field(factory=dict, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _ended: bool = attrs.field(default=False, init=False)
+    #: True once the bus dropped this client for falling behind.
+    dropped: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        bus, scope, asked = self.bus, self.scope, self._asked
         self.resume = {
             t: s
-            for t, s in resume.seqs.items()
+            for t, s in asked.seqs.items()
             # A cursor ahead of what the hub holds is no resume: a snapshot instead.
             if (scope is None or t == scope) and s <= (bus.last_seq(t) or s)
         }
-        #: the runs the cursor named and that are resumed (the hello lists them).
         self.named = sorted(self.resume)
-        if resume.quiet is not None:
+        if asked.quiet is not None:
             # Runs silent since before the quiet mark and not named: held whole.
             for tid, state in bus.states().items():
                 at = state.last_event_at
-                wanted = (scope is None or tid == scope) and tid not in resume.seqs
-                if wanted and at is not None and at <= resume.quiet:
+                wanted = (scope is None or tid == scope) and tid not in asked.seqs
+                if wanted and at is not None and at <= asked.quiet:
                     self.resume[tid] = state.last_seq
-        self.retry_ms = retry_ms
-        self.keepalive = keepalive
-        self.quiet_after = quiet_after
-        #: what the client holds: highest seq per run (what the SSE id is made of).
-        self.cursor: dict[str, int] = {}
-        #: the id last sent (a message carries one only when it differs).
-        self._last_id: str | None = None
-        #: the liveness the client was last told, per run.
-        self.told: dict[str, Liveness] = {}
-        self._pending: list[list[Item]] = []
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._liveness_due = False  # set after the catch-up: every run's liveness once
-        #: liveness of resumed runs the bus does not hold (read from their logs).
-        self._offline: dict[str, Liveness] = {}
-        self._closed = False
-        self._ended = False
-        self.abort = abort
-        self.drop_grace = drop_grace
-        self.peer = peer
-        #: True once the bus dropped this client for falling behind.
-        self.dropped = False
 
     def close(self) -> None:
         """End the stream soon (the hub is closing)."""

@@ -426,12 +426,21 @@ class TestCommand:
             text=True,
         )
         try:
-            writer = start_v1_writer(path, hold=0.15, pause=0.05)
+            # The bridge must be polling before the writer starts, and each state must stay
+            # longer than a loaded machine may starve the bridge, or it misses whole runs.
+            assert bridge.stderr is not None
+            first = ""
+            while not first.endswith(f"-> {tmp_home}\n"):
+                line = bridge.stderr.readline()
+                assert line, first
+                first += line
+            writer = start_v1_writer(path, hold=0.4, pause=0.05)
             assert writer.wait(timeout=120) == 0
             wait_for(lambda: len(recover(tmp_home)) == 4 and recover(tmp_home)[0].terminal)
         finally:
             bridge.send_signal(signal.SIGTERM)
-            _out, err = bridge.communicate(timeout=30)
+            _out, rest = bridge.communicate(timeout=30)
+        err = first + rest
         assert bridge.returncode == 0, err
         assert err.count("started") == 4
         assert "ended done" in err

@@ -1,9 +1,10 @@
 """The reducer's private accumulator mirrors RunState field for field.
 
 ``_Acc`` is the mutable twin of :class:`~pulse_core.state.RunState` used
-inside folds (for speed); it lists RunState's fields three times (slots,
-``__init__``, ``freeze``). These tests fail when a RunState field is added,
-renamed or forgotten in any of the three.
+inside folds (for speed). Its slots, ``__init__`` (thaw) and ``freeze`` are
+generated from RunState's fields and a table of the fields held in another
+form; its attribute types are written out for mypy. These tests fail when a
+RunState field is added, renamed or forgotten in any of them.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ class TestAccumulatorMirrorsState:
         """The accumulator's slots are RunState's fields (min/max kept as bounds pairs)."""
         expected = {RENAMED.get(f.name, f.name) for f in attrs.fields(RunState)}
         assert set(_Acc.__slots__) == expected
+
+    def test_annotations_match_slots(self) -> None:
+        """Every slot has its type written out (mypy checks the fold against it)."""
+        assert set(_Acc.__annotations__) == set(_Acc.__slots__)
 
     def test_round_trip(self) -> None:
         """Freezing a fresh accumulator gives back the state it was made from, field by field."""

@@ -471,3 +471,35 @@ class TestWriterKilledDuringChildCompaction:
         assert len(before) > 16384 - 200
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
         assert held == events[-1].seq
+
+
+class TestFailingCompactionBacksOff:
+    """A compaction that keeps failing is retried after more and more growth."""
+
+    def test_retries_double_their_growth_and_recover(
+        self, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A log growing ~12 caps while compaction fails tries ~15 times (not ~200), then works."""
+        real = file_module.write_compacted
+        broken = [True]
+
+        def failing(path: Path, target: int) -> Any:
+            if broken[0]:
+                raise PermissionError(13, "Permission denied", str(path) + ".tmp")
+            return real(path, target)
+
+        monkeypatch.setattr(file_module, "write_compacted", failing)
+        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
+        sink.out_of_process_bytes = 1 << 40  # in-process: the failure is ours, not a child's
+        sink.open(TID)
+        events = synthetic(3000)
+        fill(sink, events[:2000])
+        grown = log_path(tmp_home, TID).stat().st_size
+        assert grown > 10 * 16384
+        # With a fixed retry step of 1/16 of the cap this would be about 16 per cap grown.
+        assert 1 <= sink.compaction_failures <= 20
+        broken[0] = False
+        fill(sink, events[2000:])
+        sink.close()
+        assert sink.compactions >= 1
+        assert log_path(tmp_home, TID).stat().st_size <= 16384
