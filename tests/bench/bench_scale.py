@@ -18,7 +18,8 @@ Figures:
   runs, index warm, next to ``python -c pass``. Goal: <= 150 ms.
 * replay: ``pulse replay --json`` of a mixed log (``--events`` events, half of
   them metrics events with 3 metrics) in a new process, and the in-process
-  read + fold, next to ``orjson.loads`` alone over the same lines. Goal:
+  read + fold, next to ``orjson.loads`` alone over the same lines (kept in a
+  list, as the figure always was, and not kept: the true floor). Goal:
   >= 500k events/s.
 * ``pulse gc --yes`` on ``--gc-runs`` runs keeping 10 %: time and bytes freed.
 """
