@@ -193,10 +193,7 @@ class _Acc:
             self._late_or_duplicate(seq)
             return
         if seq != last + 1:
-            self.missing += seq - last - 1
-            self.gaps.append((last + 1, seq - 1))
-            if len(self.gaps) > MAX_GAPS:
-                del self.gaps[0]  # keep the most recent gaps
+            self._gap(last, seq)
         self.last_seq = seq
         self.event_count += 1
         ts = event.timestamp
@@ -243,6 +240,13 @@ class _Acc:
             self.unknown_events += 1
         else:
             assert_never(event)
+
+    def _gap(self, last: int, seq: int) -> None:
+        """Record the seqs between *last* and *seq* as missing (a gap)."""
+        self.missing += seq - last - 1
+        self.gaps.append((last + 1, seq - 1))
+        if len(self.gaps) > MAX_GAPS:
+            del self.gaps[0]  # keep the most recent gaps
 
     def _late_or_duplicate(self, seq: int) -> None:
         for index, (lo, hi) in enumerate(self.gaps):

@@ -31,6 +31,7 @@ from typing import Final
 
 import orjson
 
+from pulse_core._fastfold import fold_lines
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
 from pulse_core.events import PROTOCOL_VERSION, Event, StateCheckpoint
@@ -194,14 +195,8 @@ def fold_log(path: Path, training_id: str) -> tuple[RunState, int, int]:
         state, offset, lines = RunState(training_id=training_id), 0, 0
     else:
         state, offset, lines = found.state, found.position.offset, found.position.line
-    folder = Folder(state)
     with path.open("rb") as handle:
         handle.seek(offset)
         data = handle.read()
-    for line in data.splitlines():
-        lines += 1
-        try:
-            folder.apply(decode(line))
-        except DecodeError:
-            continue
-    return folder.state, lines, len(data)
+    pieces = data.splitlines()
+    return fold_lines(pieces, state), lines + len(pieces), len(data)

@@ -233,7 +233,7 @@ def _fold(
         # The log's own last checkpoint: only the lines after it are folded
         # (bad lines before it are then not counted).
         checkpoint = last_checkpoint(path, tid)
-    follower = LogFollower(path, checkpoint=checkpoint, training_id=tid)
+    follower = LogFollower(path, checkpoint=checkpoint, training_id=tid, fast=True)
     try:
         follower.poll()
         state = follower.state

@@ -49,7 +49,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -67,6 +67,10 @@ from pulse_transports.cli.ls import (
     fmt_progress,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from pulse_core.events import Event
+    from pulse_transports.follow import LogFollower
 
 
 def resolve_file(arg: str, home: Path | None) -> Path:
@@ -114,7 +118,6 @@ def _home_of(path: Path, training_id: str, home: Path | None) -> Path | None:
 
 def replay_file(path: Path, home: Path | None, now: float) -> dict[str, Any]:
     """Fold *path* and return the ``--json`` document (raises OSError if unreadable)."""
-    from pulse_core.events import Event
     from pulse_core.projections import to_history_record, to_v1, to_view
     from pulse_core.reducer import replay_runs
     from pulse_transports.config import load_config
@@ -125,15 +128,14 @@ def replay_file(path: Path, home: Path | None, now: float) -> dict[str, Any]:
         raise IsADirectoryError(21, "not a regular file", str(path))
     with path.open("rb"):
         pass  # fail early and plainly if it cannot be read at all
-    follower = LogFollower(path)
-    events: list[Event] = []
-    try:
-        events.extend(follower.poll())
-        events.extend(follower.settle())
-    finally:
-        follower.close()
+    follower, events = _read(LogFollower(path, fast=True))
+    # The common lines of the run were folded without event objects: the run's
+    # first event and anything uncommon (another run's lines too) came back.
+    count = len(events) + (follower.fast.folded if follower.fast else 0)
     ids = list(dict.fromkeys(e.training_id for e in events))
-    if len(ids) > 1:
+    if len(ids) > 1:  # several runs (logs concatenated): every event, folded per run
+        follower, events = _read(LogFollower(path))
+        count = len(events)
         states = replay_runs(events)
         runs = [states[i] for i in ids]
     else:
@@ -166,12 +168,20 @@ def replay_file(path: Path, home: Path | None, now: float) -> dict[str, Any]:
     return {
         "file": str(path),
         "lines": follower.lines + (1 if follower.pending else 0),
-        "events": len(events),
+        "events": count,
         "bad_lines": follower.bad_lines,
         "blank_lines": follower.blank_lines,
         "bad": [{"line": b.line, "offset": b.offset, "reason": b.reason} for b in follower.bad],
         "runs": documents,
     }
+
+
+def _read(follower: LogFollower) -> tuple[LogFollower, list[Event]]:
+    """Read a whole file with *follower*: it and the events it returned."""
+    try:
+        return follower, [*follower.poll(), *follower.settle()]
+    finally:
+        follower.close()
 
 
 def cloudevent_lines(data: bytes, source: str | None = None) -> tuple[list[bytes], int]:
@@ -180,7 +190,7 @@ def cloudevent_lines(data: bytes, source: str | None = None) -> tuple[list[bytes
 
     from pulse_core.codec import cloudevent_source, decode, to_cloudevent
     from pulse_core.errors import DecodeError
-    from pulse_core.events import Event, RunMeta
+    from pulse_core.events import RunMeta
 
     pieces = data.split(b"\n")
     if pieces and pieces[-1] == b"":
