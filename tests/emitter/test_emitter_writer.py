@@ -146,6 +146,26 @@ class TestWriterThread:
         run.close()
 
 
+class TestBacklog:
+    """A writer far behind makes progress/metrics coalesce on the hot path, not queue."""
+
+    def test_values_coalesce_once_the_writer_is_behind(self, stuck: BlockingSink) -> None:
+        """1,000 steps on a stuck interval-0 sink queue ~256 events, then the latest arrive."""
+        run = TrainingRun("backlog-1", sinks=[stuck], env={}, strict=False, heartbeat_interval=3600)
+        for step in range(1_000):
+            run.progress(epoch=1, step=step)
+            run.metrics(loss=float(step))
+            time.sleep(0.0001)
+        queued = run.sink_stats()[0]["queued"]
+        assert queued <= 300, queued  # without the rule: one event per value (~2,000)
+        stuck.release.set()
+        run.close()
+        assert stuck.of_type(Progress)[-1].step == 999  # the latest value arrives
+        seqs = [e.seq for e in stuck.events]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # contiguous: nothing lost
+        assert replay(stuck.events).anomalies == ()
+
+
 class BusySink(RecordingSink):
     """A sink whose every write is 0.1 ms of Python work, noting how far a counter got."""
 
