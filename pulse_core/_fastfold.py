@@ -25,7 +25,7 @@ Private to the core; must never import I/O modules.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, KeysView, Mapping, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
@@ -299,6 +299,20 @@ class LineFolder(Folder):
                 )
         return i
 
+    def unfolded(self, lines: Sequence[bytes], floor: int = 0) -> Iterator[int]:
+        """Fold *lines* (:meth:`fold_block`), yielding the index of each line not folded.
+
+        The caller decodes and applies (or reports) that line before it asks
+        for the next one: folding goes on from the state it leaves.
+        """
+        i, end = 0, len(lines)
+        while True:
+            i = self.fold_block(lines, i, floor)
+            if i >= end:
+                return
+            yield i
+            i += 1
+
     def _metrics(
         self, obj: dict[str, Any], seq: int, ts: float, loss: Any, extra: Mapping[str, float]
     ) -> None:
@@ -449,12 +463,7 @@ def fold_lines(lines: Iterable[bytes], state: RunState = INITIAL_STATE) -> RunSt
     """
     folder = LineFolder(state)
     pieces = lines if isinstance(lines, list) else list(lines)
-    fold_block, apply = folder.fold_block, folder.apply
-    i, end = 0, len(pieces)
-    while i < end:
-        i = fold_block(pieces, i)
-        if i < end:
-            with contextlib.suppress(DecodeError):
-                apply(decode(pieces[i]))
-            i += 1
+    for i in folder.unfolded(pieces):
+        with contextlib.suppress(DecodeError):
+            folder.apply(decode(pieces[i]))
     return folder.state
