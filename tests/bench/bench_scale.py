@@ -17,10 +17,11 @@ Figures:
 * warm ``pulse ls``: the real command in a new process over ``--finished``
   runs, index warm, next to ``python -c pass``. Goal: <= 150 ms.
 * replay: ``pulse replay --json`` of a mixed log (``--events`` events, half of
-  them metrics events with 3 metrics) in a new process, and the in-process
-  read + fold, next to ``orjson.loads`` alone over the same lines (kept in a
-  list, as the figure always was, and not kept: the true floor). Goal:
-  >= 500k events/s.
+  them metrics events with 3 metrics) in a new process -- of this tree and,
+  with ``--base DIR``, of another checkout, in turn -- next to ``orjson.loads``
+  alone over the same lines in a process of its own; the in-process read +
+  fold next to ``orjson.loads`` alone; and the machine factor (``orjson.loads``
+  of the BENCHMARKS.md ~10-field event, 0.58 us there). Goal: >= 500k events/s.
 * ``pulse gc --yes`` on ``--gc-runs`` runs keeping 10 %: time and bytes freed.
 """
 
@@ -255,29 +256,103 @@ def mixed_log(path: Path, count: int) -> None:
     path.write_bytes(b"".join(out))
 
 
-def bench_replay(count: int, repeat: int) -> dict[str, float]:
-    """``pulse replay`` events/s on the mixed log, next to orjson.loads alone."""
+#: The ~10-field event of the shared BENCHMARKS.md ("orjson.loads(line)" 0.58 us there):
+#: its loads time here against that figure is the machine factor.
+TEN_FIELDS = (
+    b'{"type":"meta","training_id":"run-0001","seq":1,"timestamp":1767225600.25,"v":2,'
+    b'"name":"resnet","total_epochs":10,"total_steps":1000,"host":"gpu-1","pid":4242}'
+)
+#: orjson.loads over every line of a file, as a process (what ``pulse replay`` is measured as).
+LOADS_SCRIPT = (
+    "import sys, orjson\n"
+    "loads = orjson.loads\n"
+    "for line in open(sys.argv[1], 'rb').read().splitlines():\n"
+    "    loads(line)\n"
+)
+
+
+def _tree_env(tree: Path) -> dict[str, str]:
+    """The environment of a process that imports the code of *tree* first."""
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), env["PYTHONPATH"]])
+    return env
+
+
+def _run_timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of *command* in a new process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, capture_output=True, check=True, env=env)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def machine_factor(repeat: int = 5) -> float:
+    """Median us of ``orjson.loads`` of the BENCHMARKS.md ~10-field event."""
+    number = 100_000
+    loads, line = orjson.loads, TEN_FIELDS
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(number):
+            loads(line)
+        times.append((time.perf_counter() - started) / number * 1e6)
+    return statistics.median(times)
+
+
+def bench_replay(count: int, repeat: int, base: Path | None = None) -> dict[str, Any]:
+    """``pulse replay`` events/s on the mixed log, next to orjson.loads alone.
+
+    In one run, in turn so they share the machine's load: ``pulse replay
+    --json`` of this tree, of *base* (another checkout, e.g. the code before
+    the fast fold) if given, and ``orjson.loads`` of every line in a process
+    of its own; in process, the read + fold and ``orjson.loads`` alone. With
+    the machine factor: ``orjson.loads`` of the BENCHMARKS.md ~10-field event.
+    """
     from pulse_transports.follow import read_log
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mixed.jsonl"
         mixed_log(path, count)
         lines = path.read_bytes().splitlines()
-        loads = min(_time(lambda: [orjson.loads(x) for x in lines]) for _ in range(repeat))
-        # The same without keeping the dicts (no list of a million objects for the GC).
-        bare = min(_time(lambda: _loads_each(lines)) for _ in range(repeat))
-        fold = min(_time(lambda: read_log(path)) for _ in range(repeat))
-        command = [sys.executable, "-m", "pulse_transports.cli", "replay", str(path), "--json"]
-        wall = min(_wall(command, max(1, repeat // 2)))
-    return {
-        "events": count,
-        "orjson_loads_ev_s": round(count / loads),
-        "orjson_loads_unkept_ev_s": round(count / bare),
-        "read_and_fold_ev_s": round(count / fold),
-        "read_and_fold_vs_loads": round(loads / fold, 2),
-        "pulse_replay_ev_s": round(count / wall),
-        "pulse_replay_s": round(wall, 3),
-    }
+        replay = [sys.executable, "-m", "pulse_transports.cli", "replay", str(path), "--json"]
+        here = Path(__file__).resolve().parents[2]
+        commands = {"new": (replay, _tree_env(here))}
+        if base is not None:
+            commands["base"] = (replay, _tree_env(base))
+        commands["loads"] = ([sys.executable, "-c", LOADS_SCRIPT, str(path)], _env())
+        wall: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
+        folds, bare = [], []
+        for _ in range(repeat):
+            for name, (command, env) in commands.items():
+                seconds, used = _run_timed(command, env)
+                wall[name].append(seconds)
+                cpu[name].append(used)
+            bare.append(_time(lambda: _loads_each(lines)))
+            folds.append(_time(lambda: read_log(path)))
+        factor = machine_factor()
+    figures: dict[str, Any] = {"events": count, "repeat": repeat}
+    for name in commands:
+        figures[f"{name}_ev_s_best"] = round(count / min(wall[name]))
+        figures[f"{name}_ev_s_median"] = round(count / statistics.median(wall[name]))
+        figures[f"{name}_cpu_s_median"] = round(statistics.median(cpu[name]), 3)
+    if base is not None:
+        figures["speedup_over_base_best"] = round(min(wall["base"]) / min(wall["new"]), 2)
+        figures["speedup_over_base_cpu"] = round(
+            statistics.median(cpu["base"]) / statistics.median(cpu["new"]), 2
+        )
+    figures["new_vs_loads_best"] = round(min(wall["loads"]) / min(wall["new"]), 2)
+    figures["new_vs_loads_cpu"] = round(
+        statistics.median(cpu["loads"]) / statistics.median(cpu["new"]), 2
+    )
+    figures["in_process_read_and_fold_ev_s"] = round(count / min(folds))
+    figures["in_process_loads_ev_s"] = round(count / min(bare))
+    figures["in_process_fold_vs_loads"] = round(min(bare) / min(folds), 2)
+    figures["ten_field_loads_us"] = round(factor, 3)
+    figures["machine_factor_vs_benchmarks_md"] = round(factor / 0.58, 2)
+    return figures
 
 
 def _loads_each(lines: list[bytes]) -> None:
@@ -333,6 +408,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (best is kept)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument(
+        "--base", type=Path, default=None, help="replay also with this checkout's code (a worktree)"
+    )
+    parser.add_argument(
         "--only", choices=PARTS, action="append", default=None, help="run this part (repeatable)"
     )
     args = parser.parse_args(argv)
@@ -350,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         figures["ls"] = bench_ls(args.finished, args.repeat + 2)
         print(f"warm pulse ls: {figures['ls']}")
     if "replay" in parts:
-        figures["replay"] = bench_replay(args.events, args.repeat)
+        figures["replay"] = bench_replay(args.events, args.repeat, args.base)
         print(f"replay: {figures['replay']}")
     if "gc" in parts:
         figures["gc"] = bench_gc(args.gc_runs)
