@@ -278,11 +278,14 @@ def _tree_env(tree: Path) -> dict[str, str]:
     return env
 
 
-def _run_timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall and CPU (user + system) seconds of *command* in a new process."""
+def _run_timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of *command* in a new process run in *cwd*.
+
+    ``python -m`` imports from its working directory first: a tree's code runs in its tree.
+    """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, capture_output=True, check=True, env=env)
+    subprocess.run(command, capture_output=True, check=True, env=env, cwd=cwd)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
@@ -318,16 +321,16 @@ def bench_replay(count: int, repeat: int, base: Path | None = None) -> dict[str,
         lines = path.read_bytes().splitlines()
         replay = [sys.executable, "-m", "pulse_transports.cli", "replay", str(path), "--json"]
         here = Path(__file__).resolve().parents[2]
-        commands = {"new": (replay, _tree_env(here))}
+        commands = {"new": (replay, _tree_env(here), here)}
         if base is not None:
-            commands["base"] = (replay, _tree_env(base))
-        commands["loads"] = ([sys.executable, "-c", LOADS_SCRIPT, str(path)], _env())
+            commands["base"] = (replay, _tree_env(base), base)
+        commands["loads"] = ([sys.executable, "-c", LOADS_SCRIPT, str(path)], _env(), here)
         wall: dict[str, list[float]] = {name: [] for name in commands}
         cpu: dict[str, list[float]] = {name: [] for name in commands}
         folds, bare = [], []
         for _ in range(repeat):
-            for name, (command, env) in commands.items():
-                seconds, used = _run_timed(command, env)
+            for name, (command, env, cwd) in commands.items():
+                seconds, used = _run_timed(command, env, cwd)
                 wall[name].append(seconds)
                 cpu[name].append(used)
             bare.append(_time(lambda: _loads_each(lines)))
