@@ -76,6 +76,7 @@ from pulse_core.events import (
     validate_training_id,
 )
 from pulse_core.liveness import LOST
+from pulse_core.policy import sampled
 from pulse_core.ports import Sink
 from pulse_transports.file import FileSink, log_path, writer_alive
 from pulse_transports.history import HomeNotFound, RunRecord, recover
@@ -384,7 +385,7 @@ class V1FileSource(ClosesOnExit):
                     sink.write(event)
                 except Exception as exc:  # noqa: BLE001 - logged and counted, never fatal
                     self.sink_failures += 1
-                    if self.sink_failures == 1 or self.sink_failures % 100 == 0:
+                    if sampled(self.sink_failures):
                         log.warning(
                             "pulse v1 bridge: a sink failed to take an event",
                             sink=str(getattr(sink, "name", type(sink).__name__)),
@@ -406,7 +407,7 @@ class V1FileSource(ClosesOnExit):
 
     def _skip(self, why: str) -> None:
         self.invalid += 1
-        if self.invalid <= 10 or self.invalid % 1000 == 0:
+        if sampled(self.invalid, 1000, first=10):
             log.debug("pulse v1 bridge: snapshot skipped", path=str(self.path), reason=why[:200])
 
     # -- v2 runs in the same file -------------------------------------------------
