@@ -321,12 +321,11 @@ class LogFollower(ClosesOnExit):
         buf = self._buf
         limit = self.max_line
         start = 0
-        find = chunk.find
         blocks = self.fast is not None and limit >= CHUNK  # no line of a chunk is over-long
         while True:
             if blocks and not buf and not self._skipping and not self._pending_counted:
                 start = self._feed_lines(chunk, start, base, out)
-            nl = find(b"\n", start)
+            nl = chunk.find(b"\n", start)
             if nl < 0:
                 if not self._skipping:
                     if len(buf) + len(chunk) - start > limit:
