@@ -4,9 +4,8 @@ This module owns the fast path of the ``pulse`` script (:func:`fast_ls`).
 It handles ``pulse [--home H] ls`` with ``--json``, ``--status``,
 ``--flow-run-id``, ``--limit``, ``--home`` and ``--source file``, and only
 when its answer is the click command's, byte for byte: the home is a folder,
-its configuration comes from the defaults, ``$PULSE_HOME`` or a
-configuration file read by :func:`pulse_transports.config.load_config`,
-there is no v1 snapshot to heal, and the index
+the configuration resolves (by :func:`pulse_transports.configfile.resolve`,
+the rules ``load_config`` applies), there is no v1 snapshot to heal, and the index
 (:mod:`pulse_transports.index`) is of this code's state format, has a row
 for each log and none for a deleted one.
 
@@ -19,7 +18,8 @@ an unknown or malformed option, ``-v``, another source, an error to report,
 many changed logs -- returns ``None`` before any output, and the click
 command runs as before.
 
-Imports only the standard library (and ``orjson`` for JSON) on the fast path.
+Imports only the standard library (``tomllib`` where a configuration file
+is read, ``orjson`` for JSON) on the fast path.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import os
 import sys
 
 from pulse_transports.cli._table import STATUS_CHOICES, print_json, render_table, select_rows
+from pulse_transports.configfile import path_str, resolve
 
 TYPE_CHECKING = False  # not typing's: see pulse_transports.cli
 if TYPE_CHECKING:
@@ -45,19 +46,6 @@ STATE_FORMAT: Final = (
 #: :data:`pulse_transports.v1.V1_FILE`, named here so a home without one skips that import
 #: (tests/transports/test_fast_start.py checks they agree); ``ls`` heals it when present.
 V1_FILE_NAME: Final = "training_status.json"
-#: The environment variables of :data:`pulse_transports.config.KEYS` other than
-#: ``PULSE_HOME``, and the transport options: set, the configuration is loaded in full.
-CONFIG_ENV: Final = frozenset(
-    {
-        "PULSE_TRANSPORTS",
-        "PULSE_HEARTBEAT_INTERVAL",
-        "PULSE_STALE_AFTER",
-        "PULSE_LOST_AFTER",
-        "PULSE_STRICT",
-        "PULSE_CLOSE_TIMEOUT",
-        "PULSE_TRANSPORT_OPTIONS",
-    }
-)
 #: Changed logs read one by one; with more, the whole ``pulse ls`` is cheaper.
 MAX_CHANGED: Final = 16
 
@@ -126,13 +114,6 @@ def parse(argv: list[str]) -> dict[str, Any] | None:
     return args if seen_ls else None
 
 
-def path_str(text: str) -> str:
-    """``str(pathlib.PurePosixPath(text))`` without importing pathlib."""
-    root = "//" if text[:2] == "//" and text[:3] != "///" else "/" if text[:1] == "/" else ""
-    parts = [part for part in text.split("/") if part and part != "."]
-    return root + "/".join(parts) if root or parts else "."
-
-
 def join(base: str, name: str) -> str:
     """``str(PurePosixPath(base) / name)`` for a normalised *base* and a plain *name*."""
     if base == ".":
@@ -141,53 +122,21 @@ def join(base: str, name: str) -> str:
 
 
 def settings(home: str | None) -> _Settings | None:
-    """The home and thresholds as :func:`~pulse_transports.config.load_config` resolves them."""
-    environ = os.environ
-    if not any(environ.get(name) for name in CONFIG_ENV):
-        try:
-            here = os.path.realpath(os.getcwd())
-        except OSError:
-            return None
-        while True:
-            if os.path.isfile(os.path.join(here, "pulse.toml")) or _names_pulse(here):
-                break
-            parent = os.path.dirname(here)
-            if parent == here:
-                chosen = home if home is not None else environ.get("PULSE_HOME") or ".pulse"
-                if chosen.startswith("~"):
-                    break
-                return _Settings(path_str(chosen), None, 15.0, 600.0)
-            here = parent
-    from pulse_core.errors import PulseError
-    from pulse_transports.config import load_config
+    """The home and thresholds as :func:`~pulse_transports.config.load_config` resolves them.
 
-    try:
-        config = load_config(home=home)
-    except PulseError:
-        return None
-    option = (config.transport_options.get("v1") or {}).get("path")
-    return _Settings(
-        str(config.home),
-        str(option) if option else None,
-        config.stale_after,
-        config.lost_after,
-    )
-
-
-def _names_pulse(folder: str) -> bool:
-    """Whether *folder*'s ``pyproject.toml`` may hold a ``[tool.pulse]`` table.
-
-    A file that never says ``pulse`` holds none and is passed over, as
-    :func:`~pulse_transports.config.find_file_table` passes over one without
-    the table (unparsed: a malformed one is not reported here).
+    ``None`` when the configuration cannot be resolved: the click command reports why.
     """
     try:
-        with open(os.path.join(folder, "pyproject.toml"), "rb") as handle:
-            return b"pulse" in handle.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
+        values = resolve(None if home is None else path_str(home))
+    except Exception:  # noqa: BLE001 - any failure is the full command's to report
+        return None
+    option = (values["transport_options"].get("v1") or {}).get("path")
+    return _Settings(
+        values["home"],
+        str(option) if option else None,
+        values["stale_after"],
+        values["lost_after"],
+    )
 
 
 def _index_rows(home: str) -> dict[str, tuple[Any, ...]] | None:
