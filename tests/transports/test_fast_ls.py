@@ -24,6 +24,7 @@ from pulse_core.statecodec import STATE_FORMAT
 from pulse_transports.cli import _fast
 from pulse_transports.cli._table import style
 from pulse_transports.cli.ls import V1_FILE_NAME
+from pulse_transports.configfile import expand_user, path_str
 from pulse_transports.file import FileSink, log_path
 from pulse_transports.index import INDEX_FILE
 
@@ -298,7 +299,7 @@ def test_a_bad_config_file_is_reported_as_click_does(home: Path, name: str, text
         {"PULSE_TRANSPORT_OPTIONS": '{"v1": {"path": "x.json"}}'},
         {"PULSE_HOME": "~/nowhere-ls19"},
     ],
-    ids=lambda e: ",".join(e),
+    ids=",".join,
 )
 def test_environment_settings_same_as_click(home: Path, env: dict[str, str]) -> None:
     _same(["ls", "--home", str(home)], home.parent, **env)
@@ -313,9 +314,22 @@ def test_mirrored_constants_agree() -> None:
     "text", [".", "./", "a", "a/", "a//b/./c", "/", "//", "///x", "//x/y", "/a/../b", "./.pulse"]
 )
 def test_path_str_is_pathlib(text: str) -> None:
-    assert _fast.path_str(text) == str(PurePosixPath(text))
-    base = _fast.path_str(text)
+    assert path_str(text) == str(PurePosixPath(text))
+    base = path_str(text)
     assert _fast.join(base, "logs/training") == str(PurePosixPath(base) / "logs" / "training")
+
+
+@pytest.mark.parametrize(
+    "text", ["~", "~/x", "~//x/./y", "x/~", "~root/a", "~nobody-ls19-none/a", "/a/~"]
+)
+def test_expand_user_is_pathlib(text: str) -> None:
+    try:
+        expected = str(Path(text).expanduser())
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            expand_user(text)
+        return
+    assert expand_user(text) == expected
 
 
 def test_style_is_click_style() -> None:
