@@ -210,10 +210,15 @@ def _scan(folder: str) -> dict[str, os.stat_result] | None:
     return found
 
 
+def _has_v1(cfg: _Settings) -> bool:
+    """Whether the home has a v1 snapshot: the full command heals it (``ls.heal_v1``)."""
+    return os.path.exists(os.path.join(cfg.home, cfg.v1_path or V1_FILE_NAME))
+
+
 def read_rows(cfg: _Settings, as_json: bool = False) -> list[dict[str, Any]] | None:
     """Every run's ``ls`` row, newest first; ``None`` when the full command must answer."""
-    if os.path.exists(os.path.join(cfg.home, cfg.v1_path or V1_FILE_NAME)):
-        return None  # a snapshot to heal: pulse_transports.cli.ls.heal_v1
+    if _has_v1(cfg):
+        return None
     folder = join(cfg.home, "logs/training")
     found = _scan(folder)
     if found is None:
@@ -365,8 +370,8 @@ def _fast_show(argv: list[str]) -> Callable[[], None] | None:
     cfg = settings(args["home"])
     if cfg is None or not os.path.isdir(cfg.home):
         return None
-    if os.path.exists(join(cfg.home, cfg.v1_path or V1_FILE_NAME)):
-        return None  # a snapshot to heal: pulse_transports.cli.ls.heal_v1
+    if _has_v1(cfg):
+        return None
     record = _show_record(cfg, args["id"])
     if record is None:
         return None

@@ -212,6 +212,19 @@ def test_missing_home_and_v1_snapshot_are_handed_on(home: Path, tmp_path: Path) 
     assert _probe(argv, home.parent)[:2] == ["None", "False"]
 
 
+def test_a_configured_v1_snapshot_is_handed_on(home: Path) -> None:
+    """``[v1] path`` (absolute here) names the snapshot the full command heals."""
+    snapshot = home.parent / "elsewhere" / "status.json"
+    snapshot.parent.mkdir()
+    project = home.parent / "project"
+    project.mkdir()
+    (project / "pulse.toml").write_text(f'home = "{home}"\n[v1]\npath = "{snapshot}"\n')
+    assert _probe(["show", "done-1"], project)[:2] == ["0", "False"]
+    snapshot.write_text('{"status": "running"}')
+    assert _probe(["show", "done-1"], project)[:2] == ["None", "False"]
+    _same(["show", "done-1"], project)
+
+
 def test_a_terminal_or_forced_colour_is_rich(home: Path) -> None:
     argv = ["show", "done-1", "--home", str(home)]
     assert _probe(argv, home.parent, FORCE_COLOR="1")[:2] == ["None", "False"]
