@@ -240,6 +240,20 @@ def test_changed_deleted_or_old_index_is_handed_on_then_fast_again(home: Path) -
     assert probe.stderr.decode().split()[-3:-1] == ["0", "False"], probe.stderr
 
 
+@pytest.mark.parametrize("summary", ["{bad", "[1]", '{"a": 1}, {"b": 2}', ""])
+def test_an_unreadable_summary_row_is_handed_on_then_fast_again(home: Path, summary: str) -> None:
+    argv = ["ls", "--home", str(home)]
+    db = sqlite3.connect(home / INDEX_FILE)
+    with db:
+        db.execute("UPDATE runs SET summary = ? WHERE training_id = 'done-1'", (summary,))
+    db.close()
+    assert _fast.fast_ls(argv) is None
+    fast = _same(argv, home)  # the full command folds that log again
+    assert b"done-1" in fast.stdout
+    probe = _run([sys.executable, "-c", PROBE], argv, home)
+    assert probe.stderr.decode().split()[-3:-1] == ["0", "False"], probe.stderr
+
+
 def test_v1_snapshot_is_healed_by_the_full_command(home: Path) -> None:
     (home / V1_FILE_NAME).write_text('{"status": "running"}')
     assert _fast.fast_ls(["ls", "--home", str(home)]) is None
