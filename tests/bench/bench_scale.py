@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -260,7 +261,23 @@ stale_after = 30
 """
 
 
-def bench_ls(finished: int, repeat: int, base: Path | None = None) -> dict[str, Any]:
+def _instructions(command: list[str], cwd: Path | None, env: dict[str, str]) -> int:
+    """Instructions *command* executes (valgrind's callgrind): a figure load does not move."""
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+        capture_output=True,
+        check=True,
+        cwd=cwd,
+        env=env,
+    )
+    found = re.search(rb"Collected : (\d+)", done.stderr)
+    assert found is not None, done.stderr[-500:]
+    return int(found.group(1))
+
+
+def bench_ls(
+    finished: int, repeat: int, base: Path | None = None, instructions: bool = False
+) -> dict[str, Any]:
     """Warm ``pulse ls`` and ``pulse show`` in new processes, next to ``python -c pass``.
 
     ``ls`` runs from a plain folder (``--home``), ``ls_project`` from a project
@@ -270,6 +287,8 @@ def bench_ls(finished: int, repeat: int, base: Path | None = None) -> dict[str, 
     ``show_json`` one ended run in detail. With *base* (a checkout of other
     code, e.g. ``git worktree add --detach /tmp/base main``), each ``pulse``
     command also runs on that code as ``base_<name>``, in the same rounds.
+    With *instructions*, each command's instruction count (millions, under
+    valgrind) is added as ``minstr``.
     """
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -296,6 +315,10 @@ def bench_ls(finished: int, repeat: int, base: Path | None = None) -> dict[str, 
                 commands[f"base_{name}"] = (argv, cwd, base)
         commands["ls_click"] = ([*group, "ls", "--home", str(home)], plain, None)
         figures = _alternating(commands, repeat)
+        if instructions:
+            for name, (command, where, root) in commands.items():
+                count = _instructions(command, where, _tree_env(root))
+                figures[name]["minstr"] = round(count / 1e6)
     return {"runs": finished, "repeat": repeat, "base": str(base) if base else None, **figures}
 
 
@@ -398,6 +421,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--base", type=Path, default=None, help="also time ls/show on the code of this checkout"
     )
     parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count ls/show instructions under valgrind (load-independent)",
+    )
+    parser.add_argument(
         "--only", choices=PARTS, action="append", default=None, help="run this part (repeatable)"
     )
     args = parser.parse_args(argv)
@@ -412,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         figures["live_case"] = bench_live_case(args.finished)
         print(f"recovery, {args.finished} ended + 3 live runs: {figures['live_case']}")
     if "ls" in parts:
-        figures["ls"] = bench_ls(args.finished, 5 * args.repeat, args.base)
+        figures["ls"] = bench_ls(args.finished, 5 * args.repeat, args.base, args.instructions)
         print(f"warm pulse ls/show, {args.finished} runs, {5 * args.repeat} rounds:")
         for name, row in figures["ls"].items():
             if isinstance(row, dict):
