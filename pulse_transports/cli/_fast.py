@@ -1,25 +1,33 @@
-"""``pulse ls`` without click: the common case answered from the index's stored rows.
+"""``pulse ls`` and ``pulse show ID`` without click: the common cases, from the index.
 
-This module owns the fast path of the ``pulse`` script (:func:`fast_ls`).
+This module owns the fast path of the ``pulse`` script (:func:`fast`).
 It handles ``pulse [--home H] ls`` with ``--json``, ``--status``,
-``--flow-run-id``, ``--limit``, ``--home`` and ``--source file``, and only
-when its answer is the click command's, byte for byte: the home is a folder,
-the configuration resolves (by :func:`pulse_transports.configfile.resolve`,
-the rules ``load_config`` applies), there is no v1 snapshot to heal, and the index
-(:mod:`pulse_transports.index`) is of this code's state format, has a row
-for each log and none for a deleted one.
+``--flow-run-id``, ``--limit``, ``--home`` and ``--source file``, and
+``pulse [--home H] show ID`` with ``--json``, ``--home`` and ``--source
+file``, and only when its answer is the click command's, byte for byte: the
+home is a folder, the configuration resolves (by
+:func:`pulse_transports.configfile.resolve`, the rules ``load_config``
+applies), there is no v1 snapshot to heal, and the index
+(:mod:`pulse_transports.index`) is of this code's state format (for ``ls``:
+with a row for each log and none for a deleted one).
 
-Ended runs whose log is unchanged since their row was written are printed
-from the row's stored ``ls`` summary, without decoding any state; the few
-others (live runs, grown logs) are read through
+``ls``: ended runs whose log is unchanged since their row was written are
+printed from the row's stored ``ls`` summary, without decoding any state; the
+few others (live runs, grown logs) are read through
 :func:`pulse_transports.history.load_run`, so their liveness is judged as
-``pulse ls`` always does (writer lock, pid, silence). Anything else -- help,
+``pulse ls`` always does (writer lock, pid, silence). ``show``: an ended,
+unchanged run's state is decoded from its row (:mod:`pulse_core.statecodec`,
+no history), any other run is read through ``load_run``; the document and
+lines are :mod:`pulse_transports.cli._detail`'s, printed without rich only
+to a pipe and when rich would print the text as it is
+(:func:`~pulse_transports.cli._detail.plain_text`). Anything else -- help,
 an unknown or malformed option, ``-v``, another source, an error to report,
-many changed logs -- returns ``None`` before any output, and the click
-command runs as before.
+many changed logs, a terminal or ``FORCE_COLOR`` for ``show`` -- returns
+``None`` before any output, and the click command runs as before.
 
 Imports only the standard library (``tomllib`` where a configuration file
-is read, ``orjson`` for JSON) on the fast path.
+is read, ``orjson`` for JSON) for ``ls``; ``show`` adds the core's state
+codec and projections.
 """
 
 from __future__ import annotations
