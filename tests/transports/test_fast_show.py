@@ -404,3 +404,18 @@ def test_parse_show() -> None:
     }
     assert _fast.parse(["show", "x", "--status", "done"], "show") is None
     assert _fast.parse(["ls", "x"]) is None
+
+
+@pytest.mark.parametrize(
+    "text", ["a", "A.b-c_d", "0", "", ".a", "-a", "_a", "a b", "é", "a" * 128, "a" * 129, "a/b"]
+)
+def test_valid_id_is_the_core_rule(text: str) -> None:
+    from pulse_core.errors import InvalidTrainingId
+    from pulse_core.events import validate_training_id
+
+    try:
+        validate_training_id(text)
+    except InvalidTrainingId:
+        assert not _fast.valid_id(text)
+    else:
+        assert _fast.valid_id(text)
