@@ -42,7 +42,7 @@ import click
 from pulse_transports.cli._common import EXIT_NOT_FOUND, main
 from pulse_transports.cli._detail import run_document, seq_gaps, show_lines, sparkline
 from pulse_transports.cli._source import file_only, open_source, source_options
-from pulse_transports.cli.ls import check_id, fail, heal_v1, open_home, print_json
+from pulse_transports.cli.ls import check_id, fail, open_home, print_json, shown_run
 
 
 @main.command("show")
@@ -69,9 +69,6 @@ def show_command(
       pulse show my-run --json | jq .view.progress
       pulse show my-run --source nats --json | jq .v1
     """
-    from pulse_core.errors import RunNotFound
-    from pulse_transports.history import load_run, recover, v1_choice
-
     if training_id is not None:
         check_id(training_id)
     if not file_only(source, connection):
@@ -85,23 +82,7 @@ def show_command(
             show_other(source, training_id, as_json, home, connection)
         return
     config = open_home(home)
-    if training_id is None:
-        records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
-        heal_v1(config, records)
-        record = v1_choice(records)
-        if record is None:
-            fail(f"no runs under {config.home} (try pulse demo)", EXIT_NOT_FOUND)
-    else:
-        try:
-            record = load_run(
-                config.home,
-                training_id,
-                stale_after=config.stale_after,
-                lost_after=config.lost_after,
-            )
-        except RunNotFound as exc:
-            fail(str(exc), EXIT_NOT_FOUND)
-        heal_v1(config)  # the v1 slot may show this run, now lost or ended
+    record = shown_run(config, training_id, f"no runs under {config.home} (try pulse demo)")
     document = run_document(record, time.time())
     if as_json:
         print_json(document)
