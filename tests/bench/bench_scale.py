@@ -15,7 +15,10 @@ Figures:
   Goal: flat in log size (1,000 full-size runs <= 2 s means <= 2 ms a run).
   Plus ``--finished`` small ended runs and 3 live ones (writers holding locks).
 * warm ``pulse ls``: the real command in a new process over ``--finished``
-  runs, index warm, next to ``python -c pass``. Goal: <= 150 ms.
+  runs, index warm, from a plain folder and from a project whose
+  ``pyproject.toml`` configures pulse, and ``pulse show`` of one ended run,
+  alternating with ``python -c pass`` (5 x ``--repeat`` rounds; ``--base``
+  adds the same commands on another checkout). Goal: <= 150 ms.
 * replay: ``pulse replay --json`` of a mixed log (``--events`` events, half of
   them metrics events with 3 metrics) in a new process, and the in-process
   read + fold, next to ``orjson.loads`` alone over the same lines (kept in a
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -182,23 +186,40 @@ def bench_live_case(finished: int) -> dict[str, float]:
     }
 
 
-def _wall(command: list[str], repeat: int) -> list[float]:
+def _wall(
+    command: list[str], repeat: int, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> list[float]:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        subprocess.run(command, capture_output=True, check=True, env=_env())
+        subprocess.run(command, capture_output=True, check=True, cwd=cwd, env=env or _env())
         times.append(time.perf_counter() - started)
     return times
 
 
-def _alternating(commands: dict[str, list[str]], repeat: int) -> dict[str, dict[str, float]]:
+#: One command of an alternating set: argv, working directory, PYTHONPATH root (None: this tree).
+Timed = tuple[list[str], Path | None, Path | None]
+
+
+def _tree_env(root: Path | None) -> dict[str, str]:
+    """The environment with *root*'s code first on the path (this tree's for None)."""
+    env = _env()
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    return env
+
+
+def _alternating(commands: dict[str, Timed], repeat: int) -> dict[str, dict[str, float]]:
     """Wall and CPU (user + system) ms of each command, run in turn so they share the load."""
     wall: dict[str, list[float]] = {name: [] for name in commands}
     cpu: dict[str, list[float]] = {name: [] for name in commands}
+    envs = {name: _tree_env(root) for name, (_argv, _cwd, root) in commands.items()}
+    for name, (command, cwd, _root) in commands.items():
+        _wall(command, 1, cwd, envs[name])  # bytecode written, caches warm
     for _ in range(repeat):
-        for name, command in commands.items():
+        for name, (command, cwd, _root) in commands.items():
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            wall[name].extend(_wall(command, 1))
+            wall[name].extend(_wall(command, 1, cwd, envs[name]))
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
             cpu[name].append(used)
@@ -212,29 +233,93 @@ def _alternating(commands: dict[str, list[str]], repeat: int) -> dict[str, dict[
     }
 
 
-def bench_ls(finished: int, repeat: int) -> dict[str, Any]:
-    """Warm ``pulse ls`` in a new process, next to ``python -c pass`` and the click command.
+#: A project's pyproject.toml that configures pulse (where users type ``pulse ls``).
+PROJECT_TOML = """\
+[project]
+name = "mnist-train"
+version = "0.3.1"
+requires-python = ">=3.11"
+dependencies = ["numpy>=1.26", "torch>=2.2", "pulse-v2"]
 
-    ``ls`` is the ``pulse`` entry (its fast path, :mod:`pulse_transports.cli._fast`);
-    ``ls_click`` the same listing through the click group (the path every
-    ``ls`` took before); ``show`` the latest run in detail.
+[project.optional-dependencies]
+dev = ["pytest>=8", "ruff>=0.4", "mypy>=1.10"]
+
+[tool.ruff]
+line-length = 100
+target-version = "py311"
+
+[tool.ruff.lint]
+select = ["E", "F", "I", "UP", "B"]
+
+[tool.pytest.ini_options]
+addopts = "-q"
+testpaths = ["tests"]
+
+[tool.pulse]
+home = "{home}"
+stale_after = 30
+"""
+
+
+def _instructions(command: list[str], cwd: Path | None, env: dict[str, str]) -> int:
+    """Instructions *command* executes (valgrind's callgrind): a figure load does not move."""
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+        capture_output=True,
+        check=True,
+        cwd=cwd,
+        env=env,
+    )
+    found = re.search(rb"Collected : (\d+)", done.stderr)
+    assert found is not None, done.stderr[-500:]
+    return int(found.group(1))
+
+
+def bench_ls(
+    finished: int, repeat: int, base: Path | None = None, instructions: bool = False
+) -> dict[str, Any]:
+    """Warm ``pulse ls`` and ``pulse show`` in new processes, next to ``python -c pass``.
+
+    ``ls`` runs from a plain folder (``--home``), ``ls_project`` from a project
+    whose ``pyproject.toml`` has a ``[tool.pulse]`` table naming the home (the
+    configuration is read), ``ls_click`` is the listing through the click
+    group (the path every ``ls`` took before the short path), ``show`` and
+    ``show_json`` one ended run in detail. With *base* (a checkout of other
+    code, e.g. ``git worktree add --detach /tmp/base main``), each ``pulse``
+    command also runs on that code as ``base_<name>``, in the same rounds.
+    With *instructions*, each command's instruction count (millions, under
+    valgrind) is added as ``minstr``.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
+        home = Path(tmp) / "home"
         many_runs(home, finished)
+        plain = Path(tmp) / "plain"
+        project = Path(tmp) / "project"
+        plain.mkdir()
+        project.mkdir()
+        (project / "pyproject.toml").write_text(PROJECT_TOML.format(home=home))
         entry = [sys.executable, "-m", "pulse_transports.cli"]
         group = [sys.executable, "-c", "from pulse_transports.cli import main; main()"]
         _wall([*entry, "ls", "--home", str(home)], 1)  # warms the index
-        figures = _alternating(
-            {
-                "python_pass": [sys.executable, "-c", "pass"],
-                "ls": [*entry, "ls", "--home", str(home)],
-                "ls_click": [*group, "ls", "--home", str(home)],
-                "show": [*entry, "show", "--home", str(home)],
-            },
-            repeat,
-        )
-    return {"runs": finished, "cwd": os.getcwd(), **figures}
+        shown = f"run-{finished - 1:06d}"
+        pulse: dict[str, tuple[list[str], Path]] = {
+            "ls": ([*entry, "ls", "--home", str(home)], plain),
+            "ls_project": ([*entry, "ls"], project),
+            "show": ([*entry, "show", shown, "--home", str(home)], plain),
+            "show_json": ([*entry, "show", shown, "--home", str(home), "--json"], plain),
+        }
+        commands: dict[str, Timed] = {"python_pass": ([sys.executable, "-c", "pass"], plain, None)}
+        for name, (argv, cwd) in pulse.items():
+            commands[name] = (argv, cwd, None)
+            if base is not None:
+                commands[f"base_{name}"] = (argv, cwd, base)
+        commands["ls_click"] = ([*group, "ls", "--home", str(home)], plain, None)
+        figures = _alternating(commands, repeat)
+        if instructions:
+            for name, (command, where, root) in commands.items():
+                count = _instructions(command, where, _tree_env(root))
+                figures[name]["minstr"] = round(count / 1e6)
+    return {"runs": finished, "repeat": repeat, "base": str(base) if base else None, **figures}
 
 
 def mixed_log(path: Path, count: int) -> None:
@@ -333,6 +418,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (best is kept)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument(
+        "--base", type=Path, default=None, help="also time ls/show on the code of this checkout"
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count ls/show instructions under valgrind (load-independent)",
+    )
+    parser.add_argument(
         "--only", choices=PARTS, action="append", default=None, help="run this part (repeatable)"
     )
     args = parser.parse_args(argv)
@@ -347,8 +440,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         figures["live_case"] = bench_live_case(args.finished)
         print(f"recovery, {args.finished} ended + 3 live runs: {figures['live_case']}")
     if "ls" in parts:
-        figures["ls"] = bench_ls(args.finished, args.repeat + 2)
-        print(f"warm pulse ls: {figures['ls']}")
+        figures["ls"] = bench_ls(args.finished, 5 * args.repeat, args.base, args.instructions)
+        print(f"warm pulse ls/show, {args.finished} runs, {5 * args.repeat} rounds:")
+        for name, row in figures["ls"].items():
+            if isinstance(row, dict):
+                print(f"  {name:<16} {row}")
     if "replay" in parts:
         figures["replay"] = bench_replay(args.events, args.repeat)
         print(f"replay: {figures['replay']}")
