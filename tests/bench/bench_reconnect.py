@@ -48,7 +48,7 @@ def producer(params: dict[str, Any]) -> None:
     """A training process: 50 Hz reports until stdin closes; prints its sink's figures."""
     import threading
 
-    import pulse_transports.socket as socket_module
+    import pulse_transports._hubclient as socket_module  # where the sink connects
     from pulse_core.emitter import TrainingRun
     from pulse_transports.socket import SocketSink
 

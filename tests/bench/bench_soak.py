@@ -67,7 +67,7 @@ MIB = 1024 * 1024
 
 def producer(params: dict[str, Any]) -> None:
     """One run at 20 steps/s; counts its connection attempts into a file as they happen."""
-    import pulse_transports.socket as socket_module
+    import pulse_transports._hubclient as socket_module  # where the sink connects
     from pulse_core.emitter import TrainingRun
 
     counter = Path(params["attempts"])
