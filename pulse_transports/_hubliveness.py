@@ -164,11 +164,14 @@ class HubLiveness(HubConnections):
                 await self.check_liveness()
                 # Ended runs, and lost ones silent as long, leave memory...
                 lost = {t for t, (live, _) in self.liveness.items() if live == LOST}
-                pending = bool(self.bus.expire(lost=lost)) or pending
+                expired = self.bus.expire(lost=lost)
+                pending = bool(expired) or pending
                 pending = pending or self.bus.subscribers() < subscribers
                 subscribers = self.bus.subscribers()
                 now = time.monotonic()
-                if pending and now - trimmed > TRIM_EVERY:
+                # At most every TRIM_EVERY while runs keep expiring, and at once
+                # when they stop: the memory of a burst of expiries comes back.
+                if pending and (now - trimmed > TRIM_EVERY or not expired):
                     trimmed, pending = now, False  # ... and what they held goes back
                     await asyncio.to_thread(trim_heap)
             except asyncio.CancelledError:
