@@ -84,6 +84,7 @@ from pulse_transports._logfile import (
     log_path,
     refuse_ended,
     replace,
+    run_file,
     take_lock,
     write_json_atomic,
     write_lock_info,
@@ -101,6 +102,7 @@ __all__ = [
     "lock_path",
     "log_dir",
     "log_path",
+    "run_file",
     "write_json_atomic",
     "writer_alive",
 ]
