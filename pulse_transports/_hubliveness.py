@@ -173,7 +173,7 @@ class HubLiveness(HubConnections):
                 # when they stop: the memory of a burst of expiries comes back.
                 if pending and (now - trimmed > TRIM_EVERY or not expired):
                     trimmed, pending = now, False  # ... and what they held goes back
-                    await asyncio.to_thread(trim_heap)
+                    await self._blocking(trim_heap)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the watch must outlive one bad check

@@ -256,6 +256,17 @@ def write_lock_info(fd: int) -> None:
     os.write(fd, orjson.dumps(info))
 
 
+def read_lock_info(home: Path | str, training_id: str) -> Any:
+    """What :func:`write_lock_info` wrote in a run's lock file (decoded JSON).
+
+    Raises:
+        OSError: the lock file cannot be read.
+        orjson.JSONDecodeError: it holds no JSON (being written, or foreign).
+    """
+    with open(run_file(home, training_id, ".lock"), "rb") as lock:
+        return orjson.loads(lock.read())
+
+
 def retake_lock(lock: Path, lock_fd: int) -> int | None:
     """Hold the lock at *lock*'s path again if it was deleted or replaced.
 

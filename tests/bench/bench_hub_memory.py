@@ -121,10 +121,14 @@ def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict
         ]
         for proc in procs:
             proc.wait(1800)
-        elapsed = time.monotonic() - start
+        ended = time.monotonic()
+        elapsed = ended - start
         peak = sampler.peak
         after = _settle(hub, keep_ended + 3.0)
+        # What the hub allocates once the runs have ended (expiry, retention, trims).
+        peak_after = sampler.peak_between(ended, time.monotonic())
         threads_after = _threads(hub)
+        load = os.getloadavg()[0]
     finally:
         sampler.stop()
         reader.close()
@@ -137,6 +141,9 @@ def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict
         "peak_mib": round(peak / MIB, 1),
         "after_expiry_mib": round(after / MIB, 1),
         "after_vs_base": round(after / base, 3),
+        "peak_after_runs_mib": round(peak_after / MIB, 1),
+        # the machine's 1-minute load average at the end (the figures move with it)
+        "load": round(load, 1),
         # each worker thread the hub starts keeps a stack and a malloc arena
         "threads_base": threads_base,
         "threads_after": threads_after,
@@ -235,8 +242,9 @@ def main() -> int:
         print(
             f"runs: {r['runs']} in {r['seconds']} s; RSS base {r['base_mib']} MiB, "
             f"peak {r['peak_mib']} MiB (goal <= 100), after expiry {r['after_expiry_mib']} MiB "
-            f"({r['after_vs_base']:.2f} x base, goal <= 1.10); hub threads "
-            f"{r['threads_base']} -> {r['threads_after']}"
+            f"({r['after_vs_base']:.2f} x base, goal <= 1.10; peak once the runs ended "
+            f"{r['peak_after_runs_mib']} MiB); hub threads {r['threads_base']} -> "
+            f"{r['threads_after']}; load {r['load']}"
         )
     if args.only in (None, "stuck"):
         # quick: 300, as the hub bounds each event to 64 KiB, so 16 MiB must take that many
