@@ -9,9 +9,12 @@ writes the figures as JSON. Every part starts a real ``pulse serve`` process.
    the hub), so the hub hears each run twice (socket and log follow), with a
    web client (``/events``) and a socket subscriber reading throughout. The
    hub keeps ended runs ``keep_ended`` seconds (``pulse serve --keep-ended``,
-   shortened here). Reported: hub RSS after the first 10 runs have expired
-   (the base), the peak over all runs, and RSS once every run has expired.
-   Goals: peak <= 100 MiB; after expiry within 10 % of the base.
+   shortened here), and collects the home (retention) every
+   ``--retention-every`` seconds, so that a pass over every run's log also
+   follows the runs, as it does in a hub that lives on. Reported: hub RSS
+   after the first 10 runs have expired (the base), the peak over all runs
+   and once they ended, and RSS once every run has expired. Goals: peak <=
+   100 MiB; after expiry within 10 % of the base.
 2. **stuck**: a socket subscriber that never reads (small receive buffer)
    while a raw producer sends ``--big`` error events of 400 KB, then a
    reading subscriber that leaves. Reported: hub RSS peak (goal <= 200 MB),
@@ -22,6 +25,7 @@ writes the figures as JSON. Every part starts a real ``pulse serve`` process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +96,37 @@ def _settle(hub: Hub, seconds: float) -> int:
     return min(lows)
 
 
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable (for a process started meanwhile)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
 def _threads(hub: Hub) -> int:
     """The hub's threads now (worker pools grow with concurrent work)."""
     return len(os.listdir(f"/proc/{hub.proc.pid}/task"))
 
 
-def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict[str, Any]:
+def runs_case(
+    total: int, producers: int, steps: int, keep_ended: float, retention_every: float
+) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="pm-"))
     home = scratch / "home"
-    hub = Hub(home, "--keep-ended", str(keep_ended))
+    env = {**os.environ, "PULSE_HOME": str(home)}
+    # The hub alone gets the retention interval (its first pass: after it or 60 s).
+    options = json.dumps({"retention": {"interval": retention_every}})
+    with _environ("PULSE_TRANSPORT_OPTIONS", options):
+        hub = Hub(home, "--keep-ended", str(keep_ended))
     sampler = Sampler(hub, every=0.1)
     reader = _reader(hub)
-    env = {**os.environ, "PULSE_HOME": str(home)}
     try:
         first = _spawn("producer", {"prefix": "warm", "runs": 10, "steps": steps}, env=env)
         first.wait(120)
@@ -144,6 +168,7 @@ def runs_case(total: int, producers: int, steps: int, keep_ended: float) -> dict
         "peak_after_runs_mib": round(peak_after / MIB, 1),
         # the machine's 1-minute load average at the end (the figures move with it)
         "load": round(load, 1),
+        "retention_every_s": retention_every,
         # each worker thread the hub starts keeps a stack and a malloc arena
         "threads_base": threads_base,
         "threads_after": threads_after,
@@ -224,6 +249,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--retention-every",
+        type=float,
+        default=5.0,
+        help="seconds between the hub's retention passes (runs part; 600 is the default)",
+    )
     parser.add_argument("--only", choices=("runs", "stuck"), default=None, help="run one part")
     parser.add_argument("--role", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--params", default=None, help=argparse.SUPPRESS)
@@ -234,9 +265,9 @@ def main() -> int:
     figures: dict[str, dict[str, Any]] = {}
     if args.only in (None, "runs"):
         figures["runs"] = (
-            runs_case(40, 2, 10, keep_ended=2.0)
+            runs_case(40, 2, 10, keep_ended=2.0, retention_every=args.retention_every)
             if args.quick
-            else runs_case(args.runs, 4, 20, keep_ended=5.0)
+            else runs_case(args.runs, 4, 20, keep_ended=5.0, retention_every=args.retention_every)
         )
         r = figures["runs"]
         print(
