@@ -165,8 +165,9 @@ def bound_dict(obj: dict[str, Any], limit: int = MAX_LINE_BYTES) -> dict[str, An
     cleaned = _clean(obj)
     out: dict[str, Any] = cleaned if isinstance(cleaned, dict) else {}
     for key in _KEPT:
-        if key in obj and key not in out:
-            out[key] = obj[key]  # never dropped (they come from the emitter, small)
+        value = obj.get(key, _DROP)
+        if key not in out and value is not _DROP and _clean(value) is not _DROP:
+            out[key] = value  # kept whole (they come from the emitter, small)
     if len(orjson.dumps(out)) + 1 <= limit:
         return out
     fixed = {key: out[key] for key in out if key in _KEPT}

@@ -552,6 +552,19 @@ class TestBoundedLines:
         assert isinstance(back, Progress)
         assert (back.epoch, back.step) == (None, 4)
 
+    def test_huge_int_in_the_envelope_left_out(self) -> None:
+        """A hostile ``v`` or ``seq`` beyond 64 bits is left out too: encode never raises."""
+        for event in (
+            Progress("run-1", 2, 1.0, epoch=1, v=10**30),
+            Progress("run-1", 10**30, 1.0, epoch=1),
+            StatusChanged("run-1", -(10**30), 1.0, status="running", message="m"),
+        ):
+            line = encode(event)
+            assert line.endswith(b"\n")
+            fields = orjson.loads(line)
+            assert all(abs(value) < 2**64 for value in fields.values() if type(value) is int)
+            assert fields["training_id"] == "run-1"
+
     def test_many_metric_names(self) -> None:
         """Thousands of long metric names: numbers-only maps lose entries, never their type."""
         extra = {f"metric-{i}-" + "n" * 300: float(i) for i in range(2000)}
