@@ -86,11 +86,16 @@ def _reader(hub: Hub) -> socket.socket:
     return sock
 
 
-def _settle(hub: Hub, seconds: float) -> int:
-    """Wait, then the lowest RSS seen in the last second (RSS wobbles with the allocator)."""
-    time.sleep(max(0.0, seconds - 1.0))
+def _settle(hub: Hub, seconds: float, window: float = 1.0) -> int:
+    """Wait, then the lowest RSS seen in the last *window* seconds.
+
+    RSS wobbles with the allocator, and a retention pass (every
+    ``--retention-every`` seconds) holds a few MiB while it reads: the window
+    is longer than one pass, so the level at rest is read.
+    """
+    time.sleep(max(0.0, seconds - window))
     lows = []
-    for _ in range(5):
+    for _ in range(round(window / 0.2)):
         lows.append(hub.rss())
         time.sleep(0.2)
     return min(lows)
@@ -130,7 +135,7 @@ def runs_case(
     try:
         first = _spawn("producer", {"prefix": "warm", "runs": 10, "steps": steps}, env=env)
         first.wait(120)
-        base = _settle(hub, keep_ended + 3.0)  # the 10 runs have expired
+        base = _settle(hub, keep_ended + 6.0, window=3.0)  # the 10 runs have expired
         threads_base = _threads(hub)
         start = time.monotonic()
         per = total // producers
@@ -148,7 +153,7 @@ def runs_case(
         ended = time.monotonic()
         elapsed = ended - start
         peak = sampler.peak
-        after = _settle(hub, keep_ended + 3.0)
+        after = _settle(hub, keep_ended + 6.0, window=3.0)
         # What the hub allocates once the runs have ended (expiry, retention, trims).
         peak_after = sampler.peak_between(ended, time.monotonic())
         threads_after = _threads(hub)
