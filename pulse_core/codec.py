@@ -133,6 +133,7 @@ __all__ = [
     "encode",
     "from_cloudevent",
     "from_dict",
+    "parse_json",
     "to_cloudevent",
     "to_dict",
 ]
@@ -275,17 +276,25 @@ def from_dict(obj: Any, line: bytes | str | None = None) -> Event:
         raise DecodeError(_explain(obj, obj["type"], exc), line) from None
 
 
+def parse_json(line: bytes | str) -> Any:
+    """The JSON value of one line (of a log or of the hub protocol).
+
+    Raises:
+        DecodeError: if the line is not valid JSON.
+    """
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc}", line) from None
+
+
 def decode(line: bytes | str) -> Event:
     """Decode one JSON line into an event.
 
     Raises:
         DecodeError: if the line is not JSON or not a valid event.
     """
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"not valid JSON: {exc}", line) from None
-    return from_dict(obj, line)
+    return from_dict(parse_json(line), line)
 
 
 def _unknown(obj: dict[str, Any], line: bytes | str | None) -> UnknownEvent:

@@ -49,6 +49,7 @@ from pulse_core.closing import ClosesOnExit
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
 from pulse_core.events import Event, StateCheckpoint
+from pulse_core.policy import sampled
 from pulse_core.state import RunState
 from pulse_transports.notify import Notifier
 from pulse_transports.position import Checkpoint, Position, fingerprint, taken_in
@@ -394,7 +395,7 @@ class LogFollower(ClosesOnExit):
         line = self._line_no + 1
         if len(self.bad) < KEEP_BAD:
             self.bad.append(BadLine(offset=offset, line=line, reason=reason[:300]))
-        if self.bad_lines <= LOG_FIRST or self.bad_lines % LOG_EVERY == 0:
+        if sampled(self.bad_lines, LOG_EVERY, first=LOG_FIRST):
             log.warning(
                 "pulse log line skipped",
                 file=str(self.path),

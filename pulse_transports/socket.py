@@ -44,22 +44,18 @@ from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
 from pulse_core.policy import CONNECT_BACKOFF, BoundedBuffer, Retry, sample_kind, sampled
+from pulse_transports._hubclient import handshake, hub_address
 from pulse_transports._sender import BackgroundSender, shed_details
 from pulse_transports.config import check_limits
 from pulse_transports.hubtoken import client_token
 from pulse_transports.wire import (
     ENV_TOKEN,
     MAX_FRAME,
-    Address,
     HandshakeError,
     HubError,
     LineReader,
-    connect,
     decode_message,
-    default_socket_path,
     hello_line,
-    parse_hostport,
-    parse_welcome,
 )
 
 log = get_logger("pulse.socket")
@@ -148,14 +144,10 @@ class SocketSink(BackgroundSender[Event]):
         close_timeout: float = 2.0,
         hub: Mapping[str, Any] | None = None,
     ) -> None:
-        if tcp:
-            try:
-                host, port = parse_hostport(tcp)
-            except ValueError as exc:
-                raise ConfigError(f"option 'tcp' of transport 'socket': {exc}") from None
-            self.address = Address(host=host, port=port)
-        else:
-            self.address = Address(path=Path(path) if path else default_socket_path(home))
+        try:
+            self.address = hub_address(home, path, tcp)
+        except ValueError as exc:
+            raise ConfigError(f"option 'tcp' of transport 'socket': {exc}") from None
         check_limits("transport 'socket'", {"queue": (queue, 16)})
         super().__init__(
             log=log,
@@ -230,19 +222,11 @@ class SocketSink(BackgroundSender[Event]):
         self._probe.absent = path is not None and not os.path.exists(path)
         if self._probe.absent:
             raise _NoHub(f"no hub socket at {path}")
-        sock = connect(self.address, self.connect_timeout)
-        try:
-            token = self.token or (client_token(self.home) if self.address.path is None else None)
-            sock.sendall(hello_line("producer", training_id=self.training_id, token=token))
-            reader = LineReader(sock)
-            line = reader.readline(self.connect_timeout)
-            if line is None:
-                raise TimeoutError(f"no answer from the hub within {self.connect_timeout:g} s")
-            welcome = parse_welcome(line)
-            sock.settimeout(SEND_TIMEOUT)
-        except BaseException:
-            sock.close()
-            raise
+        token = self.token or (client_token(self.home) if self.address.path is None else None)
+        hello = hello_line("producer", training_id=self.training_id, token=token)
+        reader, welcome = handshake(self.address, hello, self.connect_timeout)
+        sock = reader.sock
+        sock.settimeout(SEND_TIMEOUT)
         last = welcome.get("last_seq")
         self.hub_last_seq = last if isinstance(last, int) else None
         frame = welcome.get("max_frame")

@@ -32,10 +32,10 @@ from pulse_core.closing import AsyncClosesOnExit, ClosesOnExit
 from pulse_core.errors import DecodeError, PulseError
 from pulse_core.events import Event
 from pulse_core.policy import Backoff
+from pulse_transports._hubclient import handshake, hub_address
 from pulse_transports.hubtoken import client_token
 from pulse_transports.wire import (
     MAX_FRAME,
-    Address,
     FrameTooLarge,
     HubError,
     LineReader,
@@ -43,11 +43,8 @@ from pulse_transports.wire import (
     Message,
     Resync,
     Snapshot,
-    connect,
     decode_message,
-    default_socket_path,
     hello_line,
-    parse_hostport,
     parse_welcome,
 )
 
@@ -90,13 +87,7 @@ class _Client:
         timeout: float = 10.0,
         reconnect: bool = False,
     ) -> None:
-        if tcp:
-            host, port = parse_hostport(tcp)
-            self.address = Address(host=host, port=port)
-        elif path is not None:
-            self.address = Address(path=Path(path))
-        else:
-            self.address = Address(path=default_socket_path(home if home is not None else ".pulse"))
+        self.address = hub_address(home if home is not None else ".pulse", path, tcp)
         self.token = token
         self.home = home  # over TCP without a token: <home>/hub.token's, at each connect
         self.training_id = training_id
@@ -214,18 +205,7 @@ class Subscriber(ClosesOnExit, _Client):
             HubRefused: the hub answered with an error (e.g. unauthorized).
         """
         self._drop()
-        sock = connect(self.address, self.timeout)
-        try:
-            sock.sendall(self._hello())
-            reader = LineReader(sock, MAX_FRAME)
-            line = reader.readline(self.timeout)
-            if line is None:
-                raise TimeoutError(f"no welcome from the hub within {self.timeout:g} s")
-            self.welcome = parse_welcome(line)
-        except BaseException:
-            sock.close()
-            raise
-        self._reader = reader
+        self._reader, self.welcome = handshake(self.address, self._hello(), self.timeout)
         self._up()
         return self.welcome
 

@@ -29,7 +29,7 @@ from typing import Any, Final, Literal, TypeAlias
 import attrs
 import orjson
 
-from pulse_core.codec import bound_dict, from_dict
+from pulse_core.codec import bound_dict, from_dict, parse_json
 from pulse_core.errors import DecodeError, InvalidTrainingId, PulseError
 from pulse_core.events import Event, validate_training_id
 
@@ -337,10 +337,7 @@ def decode_message(line: bytes | str) -> Message:
     Raises:
         DecodeError: if it is neither an event nor a known control message.
     """
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"not valid JSON: {exc}", line) from None
+    obj = parse_json(line)
     if not isinstance(obj, dict):
         raise DecodeError("a hub message must be a JSON object", line)
     if "type" in obj:

@@ -2,7 +2,8 @@
 
 This module owns :class:`_RunLifecycle`, the part of
 :class:`~pulse_core.emitter.TrainingRun` that moves the run through its
-lifecycle: ``status()``, ``error()`` (with the flood limit's leading edge),
+lifecycle: ``status()``, ``error()`` (declared by
+:class:`~pulse_core.closing.EndsOnExit`, sent here with the flood limit's leading edge),
 ``cancel()``/``request_cancel()``, ``heartbeat()``, ``fail_with()`` (an
 exception as error or cancelled, never done) and ``close()``. Illegal
 requests are warned about, or raise in strict mode. Uses secrets,
@@ -16,7 +17,7 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from pulse_core._log import get_logger
@@ -82,26 +83,10 @@ class _RunLifecycle(_RunWriter):
         self._kick()
 
     @_guarded
-    def error(
-        self,
-        error_code: str,
-        message: str,
-        is_retryable: bool = False,
-        details: Mapping[str, Any] | None = None,
-        *,
-        fatal: bool = True,
+    def _report_error(
+        self, error_code: str, message: str, is_retryable: bool, details: Any, fatal: bool
     ) -> None:
-        """Report an error; by default it also ends the run with status ``error``.
-
-        Args:
-            error_code: an UPPER_SNAKE code, e.g. ``DATASET_NOT_FOUND``
-                (anything else is replaced by ``UNHANDLED_EXCEPTION``, with
-                the given code kept in details).
-            message: a short sentence for people.
-            is_retryable: whether a UI should offer "try again".
-            details: JSON-ready context (trace id, paths, ...); other values
-                are turned into strings.
-            fatal: False to record the error and keep the run going.
+        """Send an error event, and end the run ``error`` if *fatal* (see ``error()``).
 
         Raises:
             IllegalTransition: in strict mode, if the run already ended.
@@ -248,12 +233,14 @@ class _RunLifecycle(_RunWriter):
                 if code is None or (code.__class__ is int and code == 0):
                     self.cancel("the process exited before the run finished")
                 else:
-                    self.error(
+                    self._report_error(
                         "PROCESS_EXITED_WITHOUT_RESULT",
                         f"the process exited with status {code!r} before the run finished",
+                        is_retryable=False,
                         details={
                             "exit_code": _as_int(code) if code.__class__ is int else _as_text(code)
                         },
+                        fatal=True,
                     )
                 return
             try:
@@ -273,11 +260,12 @@ class _RunLifecycle(_RunWriter):
                 exception_type=kind,
                 trace_id=trace_id,
             )  # no traceback: Python prints the user's exception itself
-            self.error(
+            self._report_error(
                 error_code,
                 f"{type(exc).__name__}: {_as_text(exc)}"[:500],
                 is_retryable=retryable,
                 details={"exception_type": kind, "trace_id": trace_id, "traceback": text[-4000:]},
+                fatal=True,
             )
 
     def close(self) -> None:
@@ -334,9 +322,12 @@ class _RunLifecycle(_RunWriter):
         if self._cancel_reason is not None:
             self.cancel(self._cancel_reason)
         elif self._status not in TERMINAL_STATUSES:
-            self.error(
+            self._report_error(
                 "PROCESS_EXITED_WITHOUT_RESULT",
                 "the interpreter exited while the run was still open",
+                is_retryable=False,
+                details=None,
+                fatal=True,
             )
 
     def _transition_ok(self, state: str) -> bool:

@@ -85,6 +85,7 @@ class _Route:
         "interval",
         "last_error",
         "last_write",
+        "log_context",
         "name",
         "next_at",
         "opened",
@@ -102,6 +103,7 @@ class _Route:
         self.sink = sink
         self.training_id = training_id
         self.name = str(getattr(sink, "name", type(sink).__name__))
+        self.log_context = {"sink": self.name, "training_id": training_id}  # in every log line
         try:
             interval = float(getattr(sink, "interval", 0.1))
         except (TypeError, ValueError):
@@ -253,8 +255,7 @@ class _Route:
         if self.failures:
             log.info(
                 "pulse sink recovered",
-                sink=self.name,
-                training_id=self.training_id,
+                **self.log_context,
                 failures=self.failures,
                 dropped=self.dropped,
             )
@@ -283,13 +284,12 @@ class _Route:
             self._failed(exc, now)
             return False
         self.opened = True
-        log.info("pulse sink opened after failing", sink=self.name, training_id=self.training_id)
+        log.info("pulse sink opened after failing", **self.log_context)
         if isinstance(held, int) and not isinstance(held, bool) and held > 0:
             log.warning(
                 "pulse sink opened late on a log that already has events; "
                 "readers may skip this run's early events as duplicates",
-                sink=self.name,
-                training_id=self.training_id,
+                **self.log_context,
                 last_seq=held,
             )
         return True
@@ -302,8 +302,7 @@ class _Route:
         if sampled(self.failures):
             log.warning(
                 "pulse sink failed; buffering and retrying",
-                sink=self.name,
-                training_id=self.training_id,
+                **self.log_context,
                 error=self.last_error,
                 failures=self.failures,
                 buffered=len(self.buffer),
@@ -322,8 +321,7 @@ class _Route:
         if sampled(self.dropped_total):
             log.warning(
                 "pulse sink dropped an event",
-                sink=self.name,
-                training_id=self.training_id,
+                **self.log_context,
                 kind=type(event).__name__,
                 seq=event.seq,
                 reason=(

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import click
 
@@ -79,6 +79,9 @@ from pulse_transports.cli._table import (
     select_rows,
 )
 from pulse_transports.config import Config
+
+if TYPE_CHECKING:
+    from pulse_transports.history import RunRecord
 
 log = get_logger("pulse.cli")
 
@@ -160,6 +163,32 @@ def heal_v1(config: Config, records: Sequence[Any] | None = None) -> None:
         )
     except Exception as exc:  # noqa: BLE001 - a repair must never break a read
         log.warning("pulse could not check the v1 snapshot", error=f"{type(exc).__name__}: {exc}")
+
+
+def shown_run(config: Config, training_id: str | None, empty: str) -> RunRecord:
+    """The run ``pulse show`` and ``pulse v1`` show: *training_id*, or the v1 slot's choice.
+
+    Heals the v1 snapshot on the way (:func:`heal_v1`). Fails the command
+    (``EXIT_NOT_FOUND``) with *empty* when the home has no runs, or when
+    *training_id* is not one of them.
+    """
+    from pulse_core.errors import RunNotFound
+    from pulse_transports.history import load_run, recover, v1_choice
+
+    stale_after, lost_after = config.stale_after, config.lost_after
+    if training_id is None:
+        records = recover(config.home, stale_after=stale_after, lost_after=lost_after)
+        heal_v1(config, records)
+        record = v1_choice(records)
+        if record is None:
+            fail(empty, EXIT_NOT_FOUND)
+        return record
+    try:
+        record = load_run(config.home, training_id, stale_after=stale_after, lost_after=lost_after)
+    except RunNotFound as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    heal_v1(config)  # the v1 slot may show this run, now lost or ended
+    return record
 
 
 def check_id(training_id: str) -> str:

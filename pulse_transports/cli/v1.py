@@ -19,8 +19,8 @@ from pathlib import Path
 
 import click
 
-from pulse_transports.cli._common import EXIT_NOT_FOUND, home_option, main
-from pulse_transports.cli.ls import check_id, fail, heal_v1, open_home, print_json
+from pulse_transports.cli._common import home_option, main
+from pulse_transports.cli.ls import check_id, open_home, print_json, shown_run
 
 
 @main.command("v1")
@@ -39,28 +39,12 @@ def v1_command(training_id: str | None, as_json: bool, home: Path | None) -> Non
       pulse v1 --json > training_status.json
       pulse v1 20261129-013724-123-9f2c41d07b
     """
-    from pulse_core.errors import RunNotFound
     from pulse_core.projections import to_v1
-    from pulse_transports.history import load_run, recover, v1_choice
 
     if training_id is not None:
         check_id(training_id)
     config = open_home(home)
-    stale_after, lost_after = config.stale_after, config.lost_after
-    if training_id is None:
-        records = recover(config.home, stale_after=stale_after, lost_after=lost_after)
-        heal_v1(config, records)
-        record = v1_choice(records)
-        if record is None:
-            fail(f"no runs under {config.home}", EXIT_NOT_FOUND)
-    else:
-        try:
-            record = load_run(
-                config.home, training_id, stale_after=stale_after, lost_after=lost_after
-            )
-        except RunNotFound as exc:
-            fail(str(exc), EXIT_NOT_FOUND)
-        heal_v1(config)
+    record = shown_run(config, training_id, f"no runs under {config.home}")
     snapshot = to_v1(record.state, liveness=record.liveness)
     if as_json:
         print_json(snapshot, sort_keys=False)  # the v1 field order, as on disk

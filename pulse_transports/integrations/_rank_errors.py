@@ -198,14 +198,8 @@ class PeerRun(EndsOnExit):
 
     # -- failures -----------------------------------------------------------------
 
-    def error(
-        self,
-        error_code: str,
-        message: str,
-        is_retryable: bool = False,
-        details: Mapping[str, Any] | None = None,
-        *,
-        fatal: bool = True,
+    def _report_error(
+        self, error_code: str, message: str, is_retryable: bool, details: Any, fatal: bool
     ) -> None:
         """Write this rank's error file for rank 0 (a fatal one ends this rank's reporting)."""
         if self._status in TERMINAL_STATUSES:

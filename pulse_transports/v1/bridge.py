@@ -76,6 +76,7 @@ from pulse_core.events import (
     validate_training_id,
 )
 from pulse_core.liveness import LOST
+from pulse_core.policy import sampled
 from pulse_core.ports import Sink
 from pulse_transports.file import FileSink, log_path, writer_alive
 from pulse_transports.history import HomeNotFound, RunRecord, recover
@@ -103,6 +104,16 @@ HEAL_EVERY: Final = 1.0
 _REFUSED: Final = frozenset({"v1"})
 
 
+def _sinks(factories: Sequence[Callable[[], Sink]]) -> list[Callable[[], Sink]]:
+    return list(factories)
+
+
+def _positive(source: V1FileSource, attribute: attrs.Attribute[float], interval: float) -> None:
+    if not interval > 0:
+        raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+
+
+@attrs.define(eq=False, kw_only=True, slots=False)
 class V1FileSource(ClosesOnExit):
     """Bridge a legacy v1 snapshot file into v2 runs (the ``v1file`` source).
 
@@ -132,43 +143,37 @@ class V1FileSource(ClosesOnExit):
         runs_started: runs this source started.
     """
 
-    name = "v1file"
+    name: ClassVar[str] = "v1file"
     OPTIONS: ClassVar[dict[str, type]] = {"path": str, "interval": float, "heal": bool}
 
-    def __init__(
-        self,
-        *,
-        home: Path | str,
-        path: Path | str | None = None,
-        interval: float = DEFAULT_INTERVAL,
-        sinks: Sequence[Callable[[], Sink]] = (),
-        heal: bool = True,
-        clock: Callable[[], float] = time.time,
-        fsync: bool = True,
-    ) -> None:
-        if not interval > 0:
-            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
-        self.home = Path(home)
-        self.path = self.home / path if path is not None else self.home / V1_FILE
-        self.interval = interval
-        self.heal = heal
-        self.invalid = 0
-        self.skipped_v2 = 0
-        self.ignored_statuses = 0
-        self.sink_failures = 0
-        self.healed = 0
-        self.runs_started = 0
-        self._factories = list(sinks)
-        self._clock = clock
-        self._fsync = fsync
+    home: Path = attrs.field(converter=Path)
+    _given_path: Path | str | None = attrs.field(default=None, alias="path")
+    interval: float = attrs.field(default=DEFAULT_INTERVAL, validator=_positive)
+    _factories: list[Callable[[], Sink]] = attrs.field(default=(), converter=_sinks, alias="sinks")
+    heal: bool = True
+    _clock: Callable[[], float] = time.time
+    _fsync: bool = True
+    invalid: int = attrs.field(default=0, init=False)
+    skipped_v2: int = attrs.field(default=0, init=False)
+    ignored_statuses: int = attrs.field(default=0, init=False)
+    sink_failures: int = attrs.field(default=0, init=False)
+    healed: int = attrs.field(default=0, init=False)
+    runs_started: int = attrs.field(default=0, init=False)
+    _run: BridgedRun | None = attrs.field(default=None, init=False)
+    path: Path = attrs.field(init=False)  # the v1 file, from home and the given path
+    _label: str = attrs.field(init=False)  # the file's resolved path, in the runs' labels
+    #: the end of the last closed run.
+    _last_end: V1Snapshot | None = attrs.field(default=None, init=False)
+    _last_bytes: bytes | None = attrs.field(default=None, init=False)
+    _v2_owner: str | None = attrs.field(default=None, init=False)  # the v2 run the file showed last
+    _next_heal: float = attrs.field(default=0.0, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _resumed: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        given = self._given_path
+        self.path = self.home / (given if given is not None else V1_FILE)
         self._label = str(self.path.resolve())
-        self._run: BridgedRun | None = None
-        self._last_end: V1Snapshot | None = None  # the end of the last closed run
-        self._last_bytes: bytes | None = None
-        self._v2_owner: str | None = None  # the v2 run the file showed last
-        self._next_heal = 0.0
-        self._closed = False
-        self._resumed = False
 
     @classmethod
     def from_transports(
@@ -380,7 +385,7 @@ class V1FileSource(ClosesOnExit):
                     sink.write(event)
                 except Exception as exc:  # noqa: BLE001 - logged and counted, never fatal
                     self.sink_failures += 1
-                    if self.sink_failures == 1 or self.sink_failures % 100 == 0:
+                    if sampled(self.sink_failures):
                         log.warning(
                             "pulse v1 bridge: a sink failed to take an event",
                             sink=str(getattr(sink, "name", type(sink).__name__)),
@@ -402,7 +407,7 @@ class V1FileSource(ClosesOnExit):
 
     def _skip(self, why: str) -> None:
         self.invalid += 1
-        if self.invalid <= 10 or self.invalid % 1000 == 0:
+        if sampled(self.invalid, 1000, first=10):
             log.debug("pulse v1 bridge: snapshot skipped", path=str(self.path), reason=why[:200])
 
     # -- v2 runs in the same file -------------------------------------------------

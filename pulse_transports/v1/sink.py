@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pulse_core._log import get_logger
 from pulse_core.events import Event
-from pulse_core.policy import LIVE_INTERVAL
+from pulse_core.policy import LIVE_INTERVAL, sampled
 from pulse_core.projections import to_v1
 from pulse_core.reducer import Folder
 from pulse_transports.file import write_json_atomic
@@ -155,7 +155,7 @@ class V1SnapshotSink:
                 self._write_now()
             except Exception as exc:  # noqa: BLE001 - a v1 write failure must not stop reporting
                 self.failures += 1
-                if self.failures == 1 or self.failures % 100 == 0:
+                if sampled(self.failures):
                     log.warning(
                         "pulse v1 snapshot write failed; retrying",
                         path=str(self.path),
