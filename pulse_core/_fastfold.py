@@ -24,7 +24,9 @@ Private to the core; must never import I/O modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, Final
 
 import orjson
@@ -49,7 +51,8 @@ _UNREAD: Final = (orjson.JSONDecodeError, KeyError, TypeError)
 #: so ``v is _VERSION`` is true exactly for the integer 2 (any other is decoded).
 _VERSION: Final = PROTOCOL_VERSION
 _EMPTY: Final[Mapping[str, float]] = {}
-_UNSAID: Final = (None, None, None)
+#: Metrics lines batched before their values are folded (a bound on the memory held).
+_BATCH: Final = 4096
 #: The owner while no run's lines may take the fast path: equal to no JSON value
 #: (None would match a line whose training_id is null).
 _NOBODY: Final = object()
@@ -76,14 +79,36 @@ def _valid_id(tid: str) -> bool:
     return True
 
 
+class _Batch:
+    """Metrics lines of one shape whose values are not in their series yet.
+
+    The shape: the envelope plus ``loss`` (if :attr:`loss`) and ``extra``
+    with exactly the names :attr:`names` (if not None), every name kept
+    whole (:attr:`LineFolder._kept`), no other field -- so nothing of the
+    line but these values touches the accumulator, and each name's latest
+    value, bounds and series can be folded a batch at a time, after the
+    lines' envelopes (which are folded line by line).
+    """
+
+    __slots__ = ("extras", "loss", "losses", "names", "stamps", "width")
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self.losses: list[float] = []
+        self.extras: list[dict[str, float]] = []
+        self.width = 0  # the lines' field count; 0: no shape is batched
+        self.loss = False
+        self.names: KeysView[str] | None = None
+
+
 class LineFolder(Folder):
     """A :class:`~pulse_core.reducer.Folder` that also folds raw log lines (module doc).
 
     Attributes:
-        folded: events folded by :meth:`fold_line` (checkpoint lines not counted).
+        folded: events folded from their lines (checkpoint lines not counted).
     """
 
-    __slots__ = ("_kept", "_owner", "folded")
+    __slots__ = ("_batch", "_kept", "_owner", "folded")
 
     def __init__(self, state: RunState = INITIAL_STATE) -> None:
         super().__init__(state)
@@ -95,11 +120,19 @@ class LineFolder(Folder):
         # names the reducer keeps whole (latest, bounds, history): neither is
         # ever replaced or removed once made, so the pair stays valid.
         self._kept: dict[str, tuple[list[Any], SeriesAcc]] = {}
+        self._batch = _Batch()
 
     def apply(self, event: Event) -> None:
         """Apply one event the ordinary way (never raises)."""
+        self._flush()
         self._owner = _NOBODY
         super().apply(event)
+
+    @property
+    def state(self) -> RunState:
+        """The state after everything folded and applied so far."""
+        self._flush()
+        return super().state
 
     def _open(self, tid: Any) -> bool:
         """Whether lines of *tid* may take the fast path now (and remember it)."""
@@ -128,98 +161,200 @@ class LineFolder(Folder):
             changes nothing); False if nothing was done: decode it and apply
             it the ordinary way (it may be a bad line).
         """
-        try:
-            obj = _loads(line)
-            tag = obj["type"]
-            tid = obj["training_id"]
-            seq = obj["seq"]
-            ts = obj["timestamp"]
-            version = obj["v"]
-        except _UNREAD:
-            return False
-        if (
-            version is not _VERSION
-            or seq.__class__ is not int
-            or ts.__class__ is not float  # an integer timestamp: decoded (it may overflow)
-            or (tid != self._owner and not self._open(tid))
-        ):
-            return False
+        return self.fold_block((line,), 0, floor) == 1
+
+    def fold_block(self, lines: Sequence[bytes], start: int = 0, floor: int = 0) -> int:
+        """Fold ``lines[start:]`` up to the first that is not a common line (:meth:`fold_line`).
+
+        Args:
+            lines: lines of a log, without their newlines.
+            start: the index of the first line to fold.
+            floor: only seqs above this are folded (a follower's already-read seqs).
+
+        Returns:
+            The index of the first line not folded (``len(lines)`` if none):
+            decode it and apply it the ordinary way, then fold on after it.
+        """
         acc = self._acc
-        last = acc.last_seq
-        if seq <= last or seq <= floor:
-            return tag == "state_checkpoint" and _checkpoint(obj)
-        get = obj.get
-        if tag == "progress":
-            epoch, total_epochs = get("epoch"), get("total_epochs")
-            step, total_steps = get("step"), get("total_steps")
-            if not (
-                (epoch is None or epoch.__class__ is int)
-                and (total_epochs is None or total_epochs.__class__ is int)
-                and (step is None or step.__class__ is int)
-                and (total_steps is None or total_steps.__class__ is int)
-            ):
-                return False
-        elif tag == "metrics":
-            loss = get("loss")
-            named = (get("time_per_epoch"), get("samples_per_second"), get("tokens_per_second"))
-            extra, lows, highs = get("extra", _EMPTY), get("min", _EMPTY), get("max", _EMPTY)
-            names_dropped = get("names_dropped")
-            if not (
-                (loss is None or loss.__class__ is float)
-                and (extra is _EMPTY or _floats(extra))
-                and (lows is _EMPTY or _floats(lows))
-                and (highs is _EMPTY or _floats(highs))
-                and (names_dropped is None or names_dropped.__class__ is int)
-                and (named == _UNSAID or all(v is None or v.__class__ is float for v in named))
-            ):
-                return False
-        elif tag != "heartbeat":
-            return tag == "state_checkpoint" and _checkpoint(obj)
-        # Folded: _Acc.apply's envelope step, then the event's own step.
-        self._cached = None
-        self.folded += 1
-        if seq != last + 1:
-            acc._gap(last, seq)  # the reducer's own step
-        acc.last_seq = seq
-        acc.event_count += 1
+        if self._owner is _NOBODY and not self._open(acc.training_id):
+            return start
+        # The fields every common line changes are held in locals here and
+        # written back at the end (the steps called below never read them).
+        owner, last, events = self._owner, acc.last_seq, acc.event_count
+        bar = last if last > floor else floor
         latest = acc.last_event_at
-        if latest is None or ts > latest:
-            acc.last_event_at = ts
-        if tag == "progress":
-            if epoch is not None:
-                acc.epoch = epoch
-            if total_epochs is not None:
-                acc.total_epochs = total_epochs
-            if step is not None:
-                acc.step = step
-            if total_steps is not None:
-                acc.total_steps = total_steps
-        elif tag == "metrics":
-            # _Acc._metrics: the values in its order, then the writer's bounds.
-            value = self._value
-            if loss is not None:
-                value("loss", loss, ts, seq)
-            if named != _UNSAID:
-                for name, number in zip(_NAMED, named, strict=True):
-                    if number is not None:
-                        value(name, number, ts, seq)
-            for name, number in extra.items():
+        epoch, total_epochs, step, total_steps = (
+            acc.epoch,
+            acc.total_epochs,
+            acc.step,
+            acc.total_steps,
+        )
+        batch = self._batch
+        width, want_loss, names = batch.width, batch.loss, batch.names
+        stamp, lose, add_extra = batch.stamps.append, batch.losses.append, batch.extras.append
+        loads, count, i, end = _loads, 0, start, len(lines)
+        try:
+            # Not ``while i < end``: 3.11 specializes a function's bytecode only
+            # after a few unconditional backward jumps, which that loop lacks.
+            while True:
+                if i >= end:
+                    break
+                try:
+                    obj = loads(lines[i])
+                    tag = obj["type"]
+                    tid = obj["training_id"]
+                    seq = obj["seq"]
+                    ts = obj["timestamp"]
+                    version = obj["v"]
+                except _UNREAD:
+                    break
+                if (
+                    version is not _VERSION
+                    or seq.__class__ is not int
+                    or ts.__class__ is not float  # an integer timestamp: decoded (may overflow)
+                    or tid != owner
+                ):
+                    break
+                if seq <= bar:
+                    if tag == "state_checkpoint" and _checkpoint(obj):
+                        i += 1
+                        continue
+                    break
+                # Is it folded, and how: checked before anything changes.
+                get = obj.get
+                batched = False
+                if tag == "progress":
+                    new_epoch, new_total_epochs = get("epoch"), get("total_epochs")
+                    new_step, new_total_steps = get("step"), get("total_steps")
+                    if (
+                        (new_epoch.__class__ is not int and new_epoch is not None)
+                        or (new_step.__class__ is not int and new_step is not None)
+                        or (new_total_epochs.__class__ is not int and new_total_epochs is not None)
+                        or (new_total_steps.__class__ is not int and new_total_steps is not None)
+                    ):
+                        break
+                elif tag == "metrics":
+                    loss, extra = get("loss"), get("extra", _EMPTY)
+                    if (
+                        len(obj) == width
+                        and (loss.__class__ is float if want_loss else loss is None)
+                        and (
+                            extra is _EMPTY
+                            if names is None
+                            else extra.__class__ is dict and extra.keys() == names
+                        )
+                    ):
+                        batched = True
+                        for item in extra.values():
+                            if item.__class__ is not float:
+                                batched = False
+                                break
+                    if not batched and not _common_metrics(obj, loss, extra):
+                        break
+                elif tag != "heartbeat":
+                    if tag == "state_checkpoint" and _checkpoint(obj):
+                        i += 1
+                        continue
+                    break
+                # Folded: _Acc.apply's envelope step, then the event's own step.
+                count += 1
+                if seq != last + 1:
+                    acc._gap(last, seq)  # the reducer's own step
+                last = bar = seq
+                events += 1
+                if latest is None or ts > latest:
+                    latest = ts
+                i += 1
+                if tag == "progress":
+                    if new_epoch is not None:
+                        epoch = new_epoch
+                    if new_total_epochs is not None:
+                        total_epochs = new_total_epochs
+                    if new_step is not None:
+                        step = new_step
+                    if new_total_steps is not None:
+                        total_steps = new_total_steps
+                elif batched:
+                    stamp(ts)
+                    if want_loss:
+                        lose(loss)
+                    if names is not None:
+                        add_extra(extra)
+                    if len(batch.stamps) >= _BATCH:
+                        self._flush()
+                elif tag == "metrics":
+                    self._flush()
+                    self._metrics(obj, seq, ts, loss, extra)
+                    width, want_loss, names = batch.width, batch.loss, batch.names
+        finally:
+            if count:
+                self._cached = None
+                self.folded += count
+                acc.last_seq, acc.event_count, acc.last_event_at = last, events, latest
+                acc.epoch, acc.total_epochs, acc.step, acc.total_steps = (
+                    epoch,
+                    total_epochs,
+                    step,
+                    total_steps,
+                )
+        return i
+
+    def unfolded(self, lines: Sequence[bytes], floor: int = 0) -> Iterator[int]:
+        """Fold *lines* (:meth:`fold_block`), yielding the index of each line not folded.
+
+        The caller decodes and applies (or reports) that line before it asks
+        for the next one: folding goes on from the state it leaves.
+        """
+        i, end = 0, len(lines)
+        while True:
+            i = self.fold_block(lines, i, floor)
+            if i >= end:
+                return
+            yield i
+            i += 1
+
+    def _metrics(
+        self, obj: dict[str, Any], seq: int, ts: float, loss: Any, extra: Mapping[str, float]
+    ) -> None:
+        """``_Acc._metrics`` for a line, one value at a time; then batch lines of its shape."""
+        acc = self._acc
+        get = obj.get
+        value = self._value
+        if loss is not None:
+            value("loss", loss, ts, seq)
+        for name in _NAMED:
+            number = get(name)
+            if number is not None:
                 value(name, number, ts, seq)
-            bounds = acc.metrics_bounds
-            for name, number in lows.items():
-                pair = bounds.get(name)
-                if pair is not None and number < pair[0]:  # kept names only
-                    pair[0] = number
-            for name, number in highs.items():
-                pair = bounds.get(name)
-                if pair is not None and number > pair[1]:
-                    pair[1] = number
-            if names_dropped is not None and names_dropped > acc.metrics_dropped:
-                acc.metrics_dropped = min(names_dropped, MAX_COUNT)
-            pair = bounds.get("loss")
-            if pair is not None and (acc.best_loss is None or pair[0] < acc.best_loss):
-                acc.best_loss = pair[0]
-        return True
+        for name, number in extra.items():
+            value(name, number, ts, seq)
+        bounds = acc.metrics_bounds
+        for name, number in get("min", _EMPTY).items():
+            pair = bounds.get(name)
+            if pair is not None and number < pair[0]:  # kept names only
+                pair[0] = number
+        for name, number in get("max", _EMPTY).items():
+            pair = bounds.get(name)
+            if pair is not None and number > pair[1]:
+                pair[1] = number
+        names_dropped = get("names_dropped")
+        if names_dropped is not None and names_dropped > acc.metrics_dropped:
+            acc.metrics_dropped = min(names_dropped, MAX_COUNT)
+        pair = bounds.get("loss")
+        if pair is not None and (acc.best_loss is None or pair[0] < acc.best_loss):
+            acc.best_loss = pair[0]
+        # The next lines of this shape are batched if every name of it is kept.
+        kept, batch = self._kept, self._batch
+        batch.width = 0
+        said = (loss is not None) + (extra is not _EMPTY)
+        if (
+            said
+            and len(obj) == 5 + said
+            and (loss is None or "loss" in kept)
+            and all(name in kept for name in extra)
+        ):
+            batch.width, batch.loss = 5 + said, loss is not None
+            batch.names = None if extra is _EMPTY else extra.keys()
 
     def _value(self, name: str, value: float, ts: float, seq: int) -> None:
         """``_Acc._metric`` for one value; for a name kept whole, its common case inline.
@@ -245,8 +380,69 @@ class LineFolder(Folder):
             pair[1] = value
         series.add(value, ts)
 
+    def _flush(self) -> None:
+        """Fold the batched lines' values into their names' latest, bounds and series.
+
+        What ``_value`` does for each value of each line in turn: names are
+        independent of each other, so each name's values are folded at once
+        (``min``/``max`` keep the first of equal values, as ``_value``'s
+        strict comparisons do); then ``_Acc._metrics``' last step, the best
+        loss, whose bound only fell through the lines.
+        """
+        batch = self._batch
+        stamps = batch.stamps
+        if not stamps:
+            return
+        acc = self._acc
+        if batch.loss:
+            self._values("loss", batch.losses, stamps)
+        if batch.names is not None:
+            extras = batch.extras
+            for name in batch.names:
+                self._values(name, list(map(itemgetter(name), extras)), stamps)
+        pair = acc.metrics_bounds.get("loss")
+        if pair is not None and (acc.best_loss is None or pair[0] < acc.best_loss):
+            acc.best_loss = pair[0]
+        stamps.clear()
+        batch.losses.clear()
+        batch.extras.clear()
+
+    def _values(self, name: str, values: list[float], stamps: list[float]) -> None:
+        """``_value`` for each of *values* of a kept name, in order."""
+        pair, series = self._kept[name]
+        self._acc.metrics[name] = values[-1]
+        low, high = pair
+        if low.__class__ is float and high.__class__ is float and low <= high:
+            least, most = min(values), max(values)
+            if least < low:
+                pair[0] = least
+            if most > high:
+                pair[1] = most
+        else:  # odd bounds (a hostile checkpoint's): one value at a time
+            for value in values:
+                if value < pair[0]:
+                    pair[0] = value
+                elif value > pair[1]:
+                    pair[1] = value
+        series.extend(values, stamps)
+
 
 _NAMED: Final = ("time_per_epoch", "samples_per_second", "tokens_per_second")
+
+
+def _common_metrics(obj: dict[str, Any], loss: Any, extra: Any) -> bool:
+    """Whether every field of a metrics line is of the type the decoder keeps as it is."""
+    get = obj.get
+    lows, highs = get("min", _EMPTY), get("max", _EMPTY)
+    names_dropped = get("names_dropped")
+    return (
+        (loss is None or loss.__class__ is float)
+        and (extra is _EMPTY or _floats(extra))
+        and (lows is _EMPTY or _floats(lows))
+        and (highs is _EMPTY or _floats(highs))
+        and (names_dropped is None or names_dropped.__class__ is int)
+        and all((v := get(name)) is None or v.__class__ is float for name in _NAMED)
+    )
 
 
 def _checkpoint(obj: dict[str, Any]) -> bool:
@@ -266,12 +462,8 @@ def fold_lines(lines: Iterable[bytes], state: RunState = INITIAL_STATE) -> RunSt
     the log with a follower).
     """
     folder = LineFolder(state)
-    fold_line = folder.fold_line
-    apply = folder.apply
-    for line in lines:
-        if not fold_line(line):
-            try:
-                apply(decode(line))
-            except DecodeError:
-                continue
+    pieces = lines if isinstance(lines, list) else list(lines)
+    for i in folder.unfolded(pieces):
+        with contextlib.suppress(DecodeError):
+            folder.apply(decode(pieces[i]))
     return folder.state

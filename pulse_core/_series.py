@@ -58,6 +58,41 @@ class SeriesAcc:
                 self.width *= 2
         self.cur = [index, 1, value, value, value, value, ts, ts]
 
+    def extend(self, values: list[float], stamps: list[float]) -> None:
+        """:meth:`add` each of *values* (never NaN) with its timestamp, in order.
+
+        The values that fall in the open window update it once: ``min`` and
+        ``max`` keep the first of equal values, as ``add``'s strict
+        comparisons do. A value that opens a window -- or meets a window of
+        odd bounds (a hostile checkpoint's) -- goes through ``add`` itself.
+        """
+        add = self.add
+        i, n = 0, len(values)
+        while i < n:
+            cur = self.cur
+            room = 0 if cur is None else cur[0] + self.width - self.count
+            if (
+                room.__class__ is not int
+                or room <= 0
+                or cur is None  # (room is 0 then: for mypy)
+                or cur[4].__class__ is not float
+                or cur[5].__class__ is not float
+                or not cur[4] <= cur[5]
+            ):
+                add(values[i], stamps[i])
+                i += 1
+                continue
+            end = n if n - i <= room else i + room
+            run = values[i:end]
+            self.count += end - i
+            cur[1] += end - i
+            cur[3] = run[-1]
+            # min/max keep their first argument when equal, as add's strict < and >.
+            cur[4] = min(cur[4], *run)
+            cur[5] = max(cur[5], *run)
+            cur[7] = stamps[end - 1]
+            i = end
+
     def freeze(self) -> Series:
         windows = tuple(self.windows)
         if self.cur is not None:

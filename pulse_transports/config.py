@@ -9,7 +9,10 @@ This module owns reading configuration. Precedence, highest first:
 4. defaults.
 
 Every key is listed in :data:`KEYS` with its environment variable and
-default, so the documentation is generated from this table.
+default, so the documentation is generated from this table. The rules that
+turn inputs into values live in :mod:`pulse_transports.configfile` (no attrs
+or pathlib: the fast ``pulse ls`` uses them too); this module wraps them in
+:class:`Config` and owns the option-table checks of the transports.
 """
 
 from __future__ import annotations
@@ -17,46 +20,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import attrs
 
 from pulse_core.errors import ConfigError
-
-
-@attrs.frozen
-class Key:
-    """One configuration key."""
-
-    name: str
-    env: str | None
-    default: Any
-    kind: type
-    help: str
-
-
-KEYS: Final[tuple[Key, ...]] = (
-    Key("home", "PULSE_HOME", ".pulse", str, "Folder for logs, the v1 snapshot, the hub socket."),
-    Key(
-        "transports",
-        "PULSE_TRANSPORTS",
-        ("file", "v1", "socket"),
-        tuple,
-        "Sinks a TrainingRun writes to, by entry-point name (comma-separated in the env var).",
-    ),
-    Key("heartbeat_interval", "PULSE_HEARTBEAT_INTERVAL", 5.0, float, "Seconds between beats."),
-    Key("stale_after", "PULSE_STALE_AFTER", 15.0, float, "Silence (s) after which a run is stale."),
-    Key("lost_after", "PULSE_LOST_AFTER", 600.0, float, "Silence (s) after which a run is lost."),
-    Key("strict", "PULSE_STRICT", False, bool, "Raise on illegal lifecycle requests, not warn."),
-    Key(
-        "close_timeout",
-        "PULSE_CLOSE_TIMEOUT",
-        5.0,
-        float,
-        "Seconds close() waits for a run's writer to flush; then it warns and returns.",
-    ),
+from pulse_transports.configfile import (
+    ENV_TRANSPORT_OPTIONS,
+    KEYS,
+    ConfigProblem,
+    Key,
+    find_file_table,
+    resolve,
 )
-_BY_NAME: Final = {key.name: key for key in KEYS}
 
 
 @attrs.frozen
@@ -78,26 +54,6 @@ class Config:
     def log_dir(self) -> Path:
         """``<home>/logs/training``: one ``<training_id>.jsonl`` per run."""
         return self.home / "logs" / "training"
-
-
-def find_file_table(start: Path | None = None) -> tuple[dict[str, Any], Path | None]:
-    """Find the nearest ``pulse.toml`` or ``pyproject.toml`` with a pulse table."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / "pulse.toml"
-        if candidate.is_file():
-            data = _read_toml(candidate)
-            table = data.get("pulse", data)
-            if not isinstance(table, dict):
-                raise ConfigError(f"'pulse' in {candidate} must be a table")
-            return dict(table), candidate
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            data = _read_toml(candidate)
-            table = data.get("tool", {}).get("pulse")
-            if isinstance(table, dict):
-                return dict(table), candidate
-    return {}, None
 
 
 def is_kind(value: Any, kind: type) -> bool:
@@ -160,70 +116,6 @@ def check_limits(what: str, limits: Mapping[str, tuple[float, float | None]]) ->
             raise ConfigError(f"option {key!r} of {what} must be at least {least:g}, got {value!r}")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    import tomllib  # here: most commands run where no configuration file exists
-
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read configuration {path}: {exc}") from None
-
-
-def _coerce(key: Key, value: Any, where: str) -> Any:
-    try:
-        if key.kind is tuple:
-            if isinstance(value, str):
-                return tuple(part.strip() for part in value.split(",") if part.strip())
-            if isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value):
-                return tuple(value)
-            raise TypeError("expected a list of transport names")
-        if key.kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise TypeError("expected true or false")
-        if key.kind is float:
-            if isinstance(value, bool):
-                raise TypeError("expected a number")
-            number = float(value)
-            if number == float("inf"):
-                raise ValueError("expected a finite number")
-            if not number > 0:
-                raise ValueError("expected a positive number")
-            return number
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad value {value!r:.60} for {key.name!r} in {where}: {exc}") from None
-
-
-#: Per-transport option tables as a JSON object, merged over the file's tables
-#: (e.g. ``{"file": {"interval": 0.25}}``; supervisors set it for their children).
-ENV_TRANSPORT_OPTIONS: Final = "PULSE_TRANSPORT_OPTIONS"
-
-
-def _env_tables(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    text = environ.get(ENV_TRANSPORT_OPTIONS, "").strip()
-    if not text:
-        return {}
-    import json  # here: the variable is rarely set
-
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"${ENV_TRANSPORT_OPTIONS} is not JSON: {exc}") from None
-    if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
-        raise ConfigError(
-            f"${ENV_TRANSPORT_OPTIONS} must be a JSON object of option tables, "
-            f'e.g. {{"file": {{"interval": 0.25}}}}; got {text!r:.80}'
-        )
-    return {str(name): dict(table) for name, table in value.items()}
-
-
 def load_config(
     home: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -239,39 +131,34 @@ def load_config(
     Raises:
         ConfigError: naming the key, the place and the valid choices.
     """
-    environ = os.environ if env is None else env
-    table, source = find_file_table(start)
-    where_file = str(source) if source else "configuration"
-    values: dict[str, Any] = {}
-    options: dict[str, Mapping[str, Any]] = {}
-    for name, value in table.items():
-        if name in _BY_NAME:
-            values[name] = _coerce(_BY_NAME[name], value, where_file)
-        elif isinstance(value, dict):
-            options[name] = dict(value)
-        else:
-            valid = ", ".join(sorted(_BY_NAME))
-            raise ConfigError(f"unknown key {name!r} in {where_file}; valid keys: {valid}")
-    for name, table in _env_tables(environ).items():
-        options[name] = {**options.get(name, {}), **table}
-    for key in KEYS:
-        if key.env and environ.get(key.env) not in (None, ""):
-            values[key.name] = _coerce(key, environ[key.env], f"${key.env}")
-    if home is not None:
-        values["home"] = str(home)
-    resolved = {key.name: values.get(key.name, key.default) for key in KEYS}
-    home_path = Path(resolved["home"]).expanduser()
-    from_file = home is None and "home" in table and not environ.get("PULSE_HOME")
-    if source is not None and from_file and not home_path.is_absolute():
-        home_path = source.parent / home_path  # relative to the file that says it
+    try:
+        values = resolve(
+            None if home is None else str(home), env, None if start is None else str(start)
+        )
+    except ConfigProblem as exc:
+        raise ConfigError(str(exc)) from None
+    source = values["source"]
     return Config(
-        home=home_path,
-        transports=tuple(resolved["transports"]),
-        heartbeat_interval=resolved["heartbeat_interval"],
-        stale_after=resolved["stale_after"],
-        lost_after=resolved["lost_after"],
-        strict=resolved["strict"],
-        close_timeout=resolved["close_timeout"],
-        transport_options=options,
-        source=source,
+        home=Path(values["home"]),
+        transports=tuple(values["transports"]),
+        heartbeat_interval=values["heartbeat_interval"],
+        stale_after=values["stale_after"],
+        lost_after=values["lost_after"],
+        strict=values["strict"],
+        close_timeout=values["close_timeout"],
+        transport_options=values["transport_options"],
+        source=None if source is None else Path(source),
     )
+
+
+__all__ = [
+    "ENV_TRANSPORT_OPTIONS",
+    "KEYS",
+    "Config",
+    "Key",
+    "check_limits",
+    "check_table",
+    "find_file_table",
+    "is_kind",
+    "load_config",
+]

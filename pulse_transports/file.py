@@ -52,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -123,6 +122,8 @@ FOLLOW_INTERVAL: Final = LOG_INTERVAL / 4
 OUT_OF_PROCESS_BYTES: Final = 128 * 1024
 #: Seconds a compaction child may take before it is killed (the compaction then fails).
 COMPACT_TIMEOUT: Final = 300.0
+#: Seconds the writer sleeps between the steps of a compaction (see _yield_gil).
+_YIELD: Final = 0.0001
 _NEVER: Final = 1 << 62
 #: A checkpoint line is left out when longer than max_bytes / this (tiny caps).
 CHECKPOINT_SHARE: Final = 16
@@ -247,6 +248,8 @@ class FileSink(RecreatingLog):
             raise
         self._lock_fd = lock_fd
         self._lock_path = lock
+        if self.out_of_process_bytes <= self.max_bytes:
+            _compact_module.prepare_spawn()  # here, not in the training loop
         if tail >= EVERY_BYTES:
             self._write_checkpoint()  # a log of an older writer: the next open is quick
         return held
@@ -385,6 +388,7 @@ class FileSink(RecreatingLog):
             replace(tmp_path(self.path), self.path)
         else:
             kept, before = result
+            _yield_gil()  # the child's report was read: the GIL was ours since it exited
         _fsync_dir(self.path.parent)
         self.compactions += 1
         self._failed_in_row = 0
@@ -393,6 +397,7 @@ class FileSink(RecreatingLog):
         old, self._fd = self._fd, -1
         os.close(old)
         self._open_log()
+        _yield_gil()  # before the checkpoint (its encoding is a few tenths of a ms)
         self._lines = kept
         if self._size > self.max_bytes * 3 // 4:
             # Status/error/meta lines alone fill the log (they are never
@@ -424,22 +429,16 @@ class FileSink(RecreatingLog):
         """
         assert self.path is not None
         try:
-            proc = subprocess.run(
-                _child_command(self.path, target),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                pass_fds=(self._lock_fd,),  # a new writer waits until the child is done
-                env=_child_env(),
-                timeout=COMPACT_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            # Killed by run(); the log is whole unless it renamed just before
-            # (then the next compaction finds it small). Back off like a failure.
+            command, env = _child_command(self.path, target), _child_env()
+            _yield_gil()  # building the environment took a slice; starting the child is next
+            code, output = _compact_module.run_child(command, env, self._lock_fd, COMPACT_TIMEOUT)
+        except TimeoutError:
+            # Killed; the log is whole unless it renamed just before (then the
+            # next compaction finds it small). Back off like a failure.
             raise OSError(
                 errno.ETIMEDOUT, f"compaction child took over {COMPACT_TIMEOUT} s"
             ) from None
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             self.out_of_process_bytes = _NEVER  # no interpreter: do not try again
             log.warning(
                 "pulse log compaction cannot start its child process; compacting in-process",
@@ -448,19 +447,29 @@ class FileSink(RecreatingLog):
                 error=f"{type(exc).__name__}: {exc}",
             )
             return None
-        if proc.returncode == 0:
+        if code in (0, None):  # None: the application reaped it; its report tells
             try:
-                report = orjson.loads(proc.stdout)
+                report = orjson.loads(output.rpartition(b"\n")[2])
                 return int(report["kept"]), int(report["before"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 pass
         log.warning(
             "pulse log compaction child failed; compacting in-process",
             path=str(self.path),
-            returncode=proc.returncode,
-            stderr=proc.stderr.decode("utf-8", "replace")[-2000:],
+            returncode=code,
+            stderr=output.decode("utf-8", "replace")[-2000:],
         )
         return None
+
+
+def _yield_gil() -> None:
+    """Let a thread waiting for the GIL run now (see ``_SLICE`` in the emitter's writer).
+
+    A syscall as short as a page-cache write gives the GIL back before the
+    waiter wakes; a sleep lets it in. The compaction's steps between blocking
+    calls are each well under a millisecond of CPU with these in between.
+    """
+    time.sleep(_YIELD)
 
 
 def _child_command(path: Path, target: int) -> list[str]:

@@ -92,9 +92,9 @@ class LogFollower(ClosesOnExit):
         max_line: lines longer than this many bytes are skipped unread.
         training_id: the run the log belongs to (its file name); lines of
             any other run are anomalies. None: the first line's run.
-        fast: a read for the state only: common lines are folded straight
-            from their JSON (``fast`` is then the LineFolder, its ``folded``
-            counts them) and :meth:`poll` does not return them.
+        fast: a read for the state only: common lines are folded from their
+            JSON a chunk at a time (``fast`` is then the LineFolder, its
+            ``folded`` counts them); :meth:`poll` does not return them.
 
     Attributes:
         bad_lines: lines skipped because they are not decodable events
@@ -121,10 +121,7 @@ class LogFollower(ClosesOnExit):
         self.path = Path(path)
         self.training_id = training_id
         self.max_line = max_line
-        self.bad_lines = 0
-        self.blank_lines = 0
-        self.skipped = 0
-        self.replaced = 0
+        self.bad_lines = self.blank_lines = self.skipped = self.replaced = 0
         self.deleted = False
         self.bad: list[BadLine] = []
         if checkpoint is not None and training_id is not None:
@@ -324,9 +321,11 @@ class LogFollower(ClosesOnExit):
         buf = self._buf
         limit = self.max_line
         start = 0
-        find = chunk.find
+        blocks = self.fast is not None and limit >= CHUNK  # no line of a chunk is over-long
         while True:
-            nl = find(b"\n", start)
+            if blocks and not buf and not self._skipping and not self._pending_counted:
+                start = self._feed_lines(chunk, start, base, out)
+            nl = chunk.find(b"\n", start)
             if nl < 0:
                 if not self._skipping:
                     if len(buf) + len(chunk) - start > limit:
@@ -356,6 +355,20 @@ class LogFollower(ClosesOnExit):
             self._line_no += 1
             start = nl + 1
 
+    def _feed_lines(self, chunk: bytes, start: int, base: int, out: list[Event]) -> int:
+        """``_feed`` for the whole lines of ``chunk[start:]``; returns where its tail starts."""
+        end = chunk.rfind(b"\n", start)
+        if end < 0 or self.fast is None:
+            return start
+        pieces = chunk[start:end].split(b"\n")
+        first, offset, at = self._line_no, base + start, 0
+        for i in self.fast.unfolded(pieces, self._skip_upto):  # the others are folded
+            offset += sum(map(len, pieces[at:i])) + i - at  # where line i starts
+            self._offset, self._line_no, at = offset, first + i, i
+            self._line(pieces[i], offset, out, fast=False)
+        self._offset, self._line_no = base + end + 1, first + len(pieces)
+        return end + 1
+
     def _overlong(self) -> None:
         if not self._pending_counted:
             self._bad(self._offset, f"line longer than {self.max_line} bytes, skipped unread")
@@ -363,8 +376,8 @@ class LogFollower(ClosesOnExit):
         self._buf.clear()
         self._skipping = True
 
-    def _line(self, line: bytes, offset: int, out: list[Event]) -> None:
-        if self.fast is not None and self.fast.fold_line(line, self._skip_upto):
+    def _line(self, line: bytes, offset: int, out: list[Event], fast: bool = True) -> None:
+        if fast and self.fast is not None and self.fast.fold_line(line, self._skip_upto):
             return
         if not line or line.isspace():
             self.blank_lines += 1
@@ -424,14 +437,8 @@ def read_log(
     Returns:
         The follower after reading (its ``state``, ``bad_lines``, ...).
     """
-    follower = LogFollower(path, max_line=max_line, training_id=training_id, fast=True)
-    try:
-        if final:
-            follower.settle()
-        else:
-            follower.poll()
-    finally:
-        follower.close()
+    with LogFollower(path, max_line=max_line, training_id=training_id, fast=True) as follower:
+        (follower.settle if final else follower.poll)()
     return follower
 
 
@@ -443,12 +450,8 @@ def read_events(path: Path | str, training_id: str, after: int = 0) -> list[Even
     """
     if not Path(path).is_file():
         return None
-    follower = LogFollower(path, training_id=training_id)
-    try:
-        events = follower.settle()
-    finally:
-        follower.close()
-    return [e for e in events if e.seq > after]
+    with LogFollower(path, training_id=training_id) as follower:
+        return [e for e in follower.settle() if e.seq > after]
 
 
 def follow(

@@ -5,9 +5,9 @@ configures logging (libraries never do). Each command lives in its own
 module, registers itself on :data:`main` and is imported only when used.
 
 :data:`main` (the click group) is loaded on first use: the ``pulse`` script
-calls :func:`run`, which answers the common ``pulse ls`` without importing
-click (:mod:`pulse_transports.cli._fast`) and hands everything else to
-:data:`main`.
+calls :func:`run`, which answers the common ``pulse ls`` and ``pulse show ID``
+without importing click (:mod:`pulse_transports.cli._fast`) and hands
+everything else to :data:`main`.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def __getattr__(name: str) -> Any:
 
 
 def run(prog_name: str | None = None) -> None:
-    """The ``pulse`` script: the fast ``pulse ls`` when it applies, else the click group."""
-    from pulse_transports.cli._fast import fast_ls
+    """The ``pulse`` script: the fast ``ls``/``show`` when it applies, else the click group."""
+    from pulse_transports.cli._fast import fast
 
-    code = fast_ls(sys.argv[1:])
+    code = fast(sys.argv[1:])
     if code is not None:
         sys.exit(code)
     group: Any = __getattr__("main")

@@ -62,6 +62,7 @@ from pulse_transports.cli._common import (
     main,
     resolve_config,
 )
+from pulse_transports.cli._detail import LIVENESS_STYLE, STATUS_STYLE
 from pulse_transports.cli._fast import V1_FILE_NAME
 from pulse_transports.cli._source import file_only, open_source, source_options
 from pulse_transports.cli._table import (
@@ -84,18 +85,6 @@ if TYPE_CHECKING:
     from pulse_transports.history import RunRecord
 
 log = get_logger("pulse.cli")
-
-
-LIVENESS_STYLE = {"alive": "green", "stale": "yellow", "lost": "red", "ended": "dim"}
-STATUS_STYLE = {
-    "running": "bold green",
-    "preparing": "cyan",
-    "cooling_down": "cyan",
-    "done": "green",
-    "error": "bold red",
-    "cancelled": "yellow",
-    "idle": "dim",
-}
 
 
 class CommandError(click.ClickException):

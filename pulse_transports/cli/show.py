@@ -40,70 +40,9 @@ from typing import Any
 import click
 
 from pulse_transports.cli._common import EXIT_NOT_FOUND, main
+from pulse_transports.cli._detail import run_document, seq_gaps, show_lines, sparkline
 from pulse_transports.cli._source import file_only, open_source, source_options
-from pulse_transports.cli.ls import (
-    LIVENESS_STYLE,
-    STATUS_STYLE,
-    check_id,
-    fail,
-    fmt_duration,
-    fmt_flow,
-    fmt_number,
-    fmt_progress,
-    fmt_time,
-    heal_v1,
-    open_home,
-    print_json,
-)
-
-SPARK = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(values: list[float], width: int = 40) -> str:
-    """Draw *values* as a one-line sparkline of at most *width* characters."""
-    if not values:
-        return ""
-    if len(values) > width:
-        step = len(values) / width
-        values = [values[int(i * step)] for i in range(width - 1)] + [values[-1]]
-    lo, hi = min(values), max(values)
-    span = hi - lo
-    if span <= 0:
-        return SPARK[0] * len(values)
-    return "".join(SPARK[min(int((v - lo) / span * len(SPARK)), len(SPARK) - 1)] for v in values)
-
-
-def run_document(record: Any, now: float) -> dict[str, Any]:
-    """Build the ``show --json`` object of a recovered run."""
-    from pulse_core.projections import to_history_record, to_metric_history, to_v1, to_view
-
-    state = record.state
-    # A lost run's clock stopped at its last event: its durations end there.
-    at = state.last_event_at if record.liveness == "lost" and state.last_event_at else now
-    return {
-        "training_id": record.training_id,
-        "liveness": record.liveness,
-        "writer_alive": record.writer,
-        "log": {
-            "path": str(record.path),
-            "bad_lines": record.bad_lines,
-            "offset": record.position.offset,
-            **seq_gaps(state.missing, record.bad_lines),
-        },
-        "view": to_view(state, now=at, liveness=record.liveness),
-        "v1": to_v1(state, liveness=record.liveness),
-        "history": to_history_record(state, liveness=record.liveness, now=at),
-        "metric_history": to_metric_history(state),
-    }
-
-
-def seq_gaps(skipped: int, bad_lines: int) -> dict[str, int]:
-    """Split the log's skipped seq numbers into ``coalesced`` (normal) and ``missing``.
-
-    See the module doc: only an unreadable line can hide a lost event.
-    """
-    missing = max(0, min(skipped, bad_lines))
-    return {"coalesced": max(0, skipped - missing), "missing": missing}
+from pulse_transports.cli.ls import check_id, fail, open_home, print_json, shown_run
 
 
 @main.command("show")
@@ -130,9 +69,6 @@ def show_command(
       pulse show my-run --json | jq .view.progress
       pulse show my-run --source nats --json | jq .v1
     """
-    from pulse_core.errors import RunNotFound
-    from pulse_transports.history import load_run, recover, v1_choice
-
     if training_id is not None:
         check_id(training_id)
     if not file_only(source, connection):
@@ -146,23 +82,7 @@ def show_command(
             show_other(source, training_id, as_json, home, connection)
         return
     config = open_home(home)
-    if training_id is None:
-        records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
-        heal_v1(config, records)
-        record = v1_choice(records)
-        if record is None:
-            fail(f"no runs under {config.home} (try pulse demo)", EXIT_NOT_FOUND)
-    else:
-        try:
-            record = load_run(
-                config.home,
-                training_id,
-                stale_after=config.stale_after,
-                lost_after=config.lost_after,
-            )
-        except RunNotFound as exc:
-            fail(str(exc), EXIT_NOT_FOUND)
-        heal_v1(config)  # the v1 slot may show this run, now lost or ended
+    record = shown_run(config, training_id, f"no runs under {config.home} (try pulse demo)")
     document = run_document(record, time.time())
     if as_json:
         print_json(document)
@@ -210,111 +130,18 @@ def show_other(
 
 
 def render(doc: dict[str, Any]) -> None:
-    """Print a ``show`` document for people.
+    """Print a ``show`` document for people (:func:`~pulse_transports.cli._detail.show_lines`).
 
-    Everything from the log (ids, names, messages, error codes, details,
-    metric names, anomaly details) is untrusted text: it is escaped, never
-    read as rich markup (gloo's errors contain ``[...]``).
+    Everything from the log is escaped, never read as rich markup.
     """
     from rich.console import Console
     from rich.markup import escape
 
-    def esc(value: Any) -> str:
-        return escape(str(value))
-
     # soft_wrap: long lines are never cut or re-wrapped by rich (a terminal
     # wraps them itself; a pipe gets complete lines).
     console = Console(highlight=False, soft_wrap=True)
-    view = doc["view"]
-    out = console.print
-    status, liveness = view["status"], doc["liveness"]
-    name = f"  ({esc(view['run']['name'])})" if view["run"]["name"] else ""
-    out(f"[bold]{esc(doc['training_id'])}[/bold]{name}")
-    out(
-        f"  status    [{STATUS_STYLE.get(status, '')}]{esc(status)}[/]  "
-        f"[{LIVENESS_STYLE.get(liveness, '')}]{esc(liveness)}[/]  {esc(view['message'])}"
-    )
-    if liveness == "lost":
-        out(f"  v1 shows  [red]{esc(doc['v1']['status'])}: {esc(doc['v1']['message'])}[/red]")
-    progress = view["progress"]
-    parts = [fmt_progress(progress["fraction"])]
-    if progress["epoch"] is not None:
-        parts.append(f"epoch {progress['epoch']}/{progress['total_epochs'] or '?'}")
-    if progress["step"] is not None:
-        parts.append(f"step {progress['step']}/{progress['total_steps'] or '?'}")
-    out(f"  progress  {'  '.join(parts)}")
-    timings = view["timings"]
-    out(
-        f"  started   {fmt_time(timings['started_at'] or timings['created_at'])}   "
-        f"duration {fmt_duration(timings['duration'])}   "
-        f"last event {fmt_time(timings['last_event_at'])}"
-    )
-    out(f"  flow      {esc(fmt_flow(view['flow']))}")
-    out(f"  log       {esc(doc['log']['path'])}  (bad lines: {doc['log']['bad_lines']})")
+    for line in show_lines(doc, lambda value: escape(str(value))):
+        console.print(line)
 
-    out("\n[bold]timeline[/bold]")
-    timeline = view["timeline"]
-    end = timings["finished_at"] or timings["last_event_at"]
-    for index, entry in enumerate(timeline):
-        following = timeline[index + 1]["timestamp"] if index + 1 < len(timeline) else None
-        current = following is None and not view["terminal"]
-        if following is not None:
-            until = following
-        elif view["terminal"] or liveness == "lost":
-            until = end
-        else:
-            until = doc["now"]
-        spent = fmt_duration(max(0.0, until - entry["timestamp"]) if until is not None else None)
-        if current:
-            spent += " (lost)" if liveness == "lost" else " so far"
-        out(
-            f"  {fmt_time(entry['timestamp'])}  {esc(entry['status']):<13}{spent:>12}  "
-            f"{esc(entry['message'])}"
-        )
-    if not timeline:
-        out("  (no status yet)")
 
-    out("\n[bold]metrics[/bold]")
-    metrics = view["metrics"]
-    for key in sorted(metrics):
-        out(f"  {esc(key):<20} {fmt_number(metrics[key])}")
-    if view["best_loss"] is not None:
-        out(f"  {'best_loss':<20} {fmt_number(view['best_loss'])}")
-    loss = doc["metric_history"].get("loss")
-    if loss and loss["windows"]:
-        values = [w["last"] for w in loss["windows"]]
-        count = loss["count"]
-        plural = "s" if count != 1 else ""
-        out(f"  loss trend           {sparkline(values)}  ({count} sample{plural})")
-    if not metrics:
-        out("  (none yet)")
-
-    if view["errors"]:
-        out(f"\n[bold]errors[/bold] ({view['error_count']})")
-        for error in view["errors"]:
-            retry = "retryable" if error["is_retryable"] else "not retryable"
-            out(
-                f"  {fmt_time(error['timestamp'])}  [red]{esc(error['error_code'])}[/red]  "
-                f"{esc(error['message'])}  ({retry})"
-            )
-            for key, value in sorted((error["details"] or {}).items()):
-                text = str(value)
-                if key == "traceback":
-                    text = text.strip().splitlines()[-1] if text.strip() else text
-                out(f"      {esc(key)}: {esc(text[:200])}")
-    if view["anomalies"]:
-        out(f"\n[bold]anomalies[/bold] ({view['anomaly_count']})")
-        for anomaly in view["anomalies"]:
-            out(f"  seq {anomaly['seq']:<6} {esc(anomaly['kind']):<18} {esc(anomaly['detail'])}")
-    stats = view["stats"]
-    log_doc = doc.get("log") or {}
-    # Sources that cannot tell coalesced from missing (NATS) give neither.
-    coalesced, missing = log_doc.get("coalesced", 0), log_doc.get("missing", 0)
-    counts = [f"events {stats['events']}"]
-    if coalesced:
-        counts.append(f"coalesced {coalesced} (normal)")
-    if missing or stats["duplicates"] or stats["dropped"]:
-        counts.append(
-            f"missing {missing}, duplicates {stats['duplicates']}, dropped {stats['dropped']}"
-        )
-    out("\n  " + ", ".join(counts))
+__all__ = ["render", "run_document", "seq_gaps", "show_command", "show_other", "sparkline"]

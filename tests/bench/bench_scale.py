@@ -15,12 +15,16 @@ Figures:
   Goal: flat in log size (1,000 full-size runs <= 2 s means <= 2 ms a run).
   Plus ``--finished`` small ended runs and 3 live ones (writers holding locks).
 * warm ``pulse ls``: the real command in a new process over ``--finished``
-  runs, index warm, next to ``python -c pass``. Goal: <= 150 ms.
+  runs, index warm, from a plain folder and from a project whose
+  ``pyproject.toml`` configures pulse, and ``pulse show`` of one ended run,
+  alternating with ``python -c pass`` (5 x ``--repeat`` rounds; ``--base``
+  adds the same commands on another checkout). Goal: <= 150 ms.
 * replay: ``pulse replay --json`` of a mixed log (``--events`` events, half of
-  them metrics events with 3 metrics) in a new process, and the in-process
-  read + fold, next to ``orjson.loads`` alone over the same lines (kept in a
-  list, as the figure always was, and not kept: the true floor). Goal:
-  >= 500k events/s.
+  them metrics events with 3 metrics) in a new process -- of this tree and,
+  with ``--base DIR``, of another checkout, in turn -- next to ``orjson.loads``
+  alone over the same lines in a process of its own; the in-process read +
+  fold next to ``orjson.loads`` alone; and the machine factor (``orjson.loads``
+  of the BENCHMARKS.md ~10-field event, 0.58 us there). Goal: >= 500k events/s.
 * ``pulse gc --yes`` on ``--gc-runs`` runs keeping 10 %: time and bytes freed.
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -182,23 +187,40 @@ def bench_live_case(finished: int) -> dict[str, float]:
     }
 
 
-def _wall(command: list[str], repeat: int) -> list[float]:
+def _wall(
+    command: list[str], repeat: int, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> list[float]:
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        subprocess.run(command, capture_output=True, check=True, env=_env())
+        subprocess.run(command, capture_output=True, check=True, cwd=cwd, env=env or _env())
         times.append(time.perf_counter() - started)
     return times
 
 
-def _alternating(commands: dict[str, list[str]], repeat: int) -> dict[str, dict[str, float]]:
+#: One command of an alternating set: argv, working directory, PYTHONPATH root (None: this tree).
+Timed = tuple[list[str], Path | None, Path | None]
+
+
+def _tree_env(root: Path | None) -> dict[str, str]:
+    """The environment with *root*'s code first on the path (this tree's for None)."""
+    env = _env()
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    return env
+
+
+def _alternating(commands: dict[str, Timed], repeat: int) -> dict[str, dict[str, float]]:
     """Wall and CPU (user + system) ms of each command, run in turn so they share the load."""
     wall: dict[str, list[float]] = {name: [] for name in commands}
     cpu: dict[str, list[float]] = {name: [] for name in commands}
+    envs = {name: _tree_env(root) for name, (_argv, _cwd, root) in commands.items()}
+    for name, (command, cwd, _root) in commands.items():
+        _wall(command, 1, cwd, envs[name])  # bytecode written, caches warm
     for _ in range(repeat):
-        for name, command in commands.items():
+        for name, (command, cwd, _root) in commands.items():
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            wall[name].extend(_wall(command, 1))
+            wall[name].extend(_wall(command, 1, cwd, envs[name]))
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
             cpu[name].append(used)
@@ -212,29 +234,93 @@ def _alternating(commands: dict[str, list[str]], repeat: int) -> dict[str, dict[
     }
 
 
-def bench_ls(finished: int, repeat: int) -> dict[str, Any]:
-    """Warm ``pulse ls`` in a new process, next to ``python -c pass`` and the click command.
+#: A project's pyproject.toml that configures pulse (where users type ``pulse ls``).
+PROJECT_TOML = """\
+[project]
+name = "mnist-train"
+version = "0.3.1"
+requires-python = ">=3.11"
+dependencies = ["numpy>=1.26", "torch>=2.2", "pulse-v2"]
 
-    ``ls`` is the ``pulse`` entry (its fast path, :mod:`pulse_transports.cli._fast`);
-    ``ls_click`` the same listing through the click group (the path every
-    ``ls`` took before); ``show`` the latest run in detail.
+[project.optional-dependencies]
+dev = ["pytest>=8", "ruff>=0.4", "mypy>=1.10"]
+
+[tool.ruff]
+line-length = 100
+target-version = "py311"
+
+[tool.ruff.lint]
+select = ["E", "F", "I", "UP", "B"]
+
+[tool.pytest.ini_options]
+addopts = "-q"
+testpaths = ["tests"]
+
+[tool.pulse]
+home = "{home}"
+stale_after = 30
+"""
+
+
+def _instructions(command: list[str], cwd: Path | None, env: dict[str, str]) -> int:
+    """Instructions *command* executes (valgrind's callgrind): a figure load does not move."""
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+        capture_output=True,
+        check=True,
+        cwd=cwd,
+        env=env,
+    )
+    found = re.search(rb"Collected : (\d+)", done.stderr)
+    assert found is not None, done.stderr[-500:]
+    return int(found.group(1))
+
+
+def bench_ls(
+    finished: int, repeat: int, base: Path | None = None, instructions: bool = False
+) -> dict[str, Any]:
+    """Warm ``pulse ls`` and ``pulse show`` in new processes, next to ``python -c pass``.
+
+    ``ls`` runs from a plain folder (``--home``), ``ls_project`` from a project
+    whose ``pyproject.toml`` has a ``[tool.pulse]`` table naming the home (the
+    configuration is read), ``ls_click`` is the listing through the click
+    group (the path every ``ls`` took before the short path), ``show`` and
+    ``show_json`` one ended run in detail. With *base* (a checkout of other
+    code, e.g. ``git worktree add --detach /tmp/base main``), each ``pulse``
+    command also runs on that code as ``base_<name>``, in the same rounds.
+    With *instructions*, each command's instruction count (millions, under
+    valgrind) is added as ``minstr``.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
+        home = Path(tmp) / "home"
         many_runs(home, finished)
+        plain = Path(tmp) / "plain"
+        project = Path(tmp) / "project"
+        plain.mkdir()
+        project.mkdir()
+        (project / "pyproject.toml").write_text(PROJECT_TOML.format(home=home))
         entry = [sys.executable, "-m", "pulse_transports.cli"]
         group = [sys.executable, "-c", "from pulse_transports.cli import main; main()"]
         _wall([*entry, "ls", "--home", str(home)], 1)  # warms the index
-        figures = _alternating(
-            {
-                "python_pass": [sys.executable, "-c", "pass"],
-                "ls": [*entry, "ls", "--home", str(home)],
-                "ls_click": [*group, "ls", "--home", str(home)],
-                "show": [*entry, "show", "--home", str(home)],
-            },
-            repeat,
-        )
-    return {"runs": finished, "cwd": os.getcwd(), **figures}
+        shown = f"run-{finished - 1:06d}"
+        pulse: dict[str, tuple[list[str], Path]] = {
+            "ls": ([*entry, "ls", "--home", str(home)], plain),
+            "ls_project": ([*entry, "ls"], project),
+            "show": ([*entry, "show", shown, "--home", str(home)], plain),
+            "show_json": ([*entry, "show", shown, "--home", str(home), "--json"], plain),
+        }
+        commands: dict[str, Timed] = {"python_pass": ([sys.executable, "-c", "pass"], plain, None)}
+        for name, (argv, cwd) in pulse.items():
+            commands[name] = (argv, cwd, None)
+            if base is not None:
+                commands[f"base_{name}"] = (argv, cwd, base)
+        commands["ls_click"] = ([*group, "ls", "--home", str(home)], plain, None)
+        figures = _alternating(commands, repeat)
+        if instructions:
+            for name, (command, where, root) in commands.items():
+                count = _instructions(command, where, _tree_env(root))
+                figures[name]["minstr"] = round(count / 1e6)
+    return {"runs": finished, "repeat": repeat, "base": str(base) if base else None, **figures}
 
 
 def mixed_log(path: Path, count: int) -> None:
@@ -255,29 +341,78 @@ def mixed_log(path: Path, count: int) -> None:
     path.write_bytes(b"".join(out))
 
 
-def bench_replay(count: int, repeat: int) -> dict[str, float]:
-    """``pulse replay`` events/s on the mixed log, next to orjson.loads alone."""
+#: The ~10-field event of the shared BENCHMARKS.md ("orjson.loads(line)" 0.58 us there):
+#: its loads time here against that figure is the machine factor.
+TEN_FIELDS = (
+    b'{"type":"meta","training_id":"run-0001","seq":1,"timestamp":1767225600.25,"v":2,'
+    b'"name":"resnet","total_epochs":10,"total_steps":1000,"host":"gpu-1","pid":4242}'
+)
+#: orjson.loads over every line of a file, as a process (what ``pulse replay`` is measured as).
+LOADS_SCRIPT = (
+    "import sys, orjson\n"
+    "loads = orjson.loads\n"
+    "for line in open(sys.argv[1], 'rb').read().splitlines():\n"
+    "    loads(line)\n"
+)
+
+
+def machine_factor(repeat: int = 5) -> float:
+    """Median us of ``orjson.loads`` of the BENCHMARKS.md ~10-field event."""
+    number = 100_000
+    loads, line = orjson.loads, TEN_FIELDS
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(number):
+            loads(line)
+        times.append((time.perf_counter() - started) / number * 1e6)
+    return statistics.median(times)
+
+
+def bench_replay(count: int, repeat: int, base: Path | None = None) -> dict[str, Any]:
+    """``pulse replay`` events/s on the mixed log, next to orjson.loads alone.
+
+    In one run, in turn so they share the machine's load (after one warm-up
+    run each): ``pulse replay --json`` of this tree, of *base* (another
+    checkout, e.g. the code before the fast fold) if given, and
+    ``orjson.loads`` of every line in a process of its own; then in process
+    the read + fold and ``orjson.loads`` alone; and the machine factor:
+    ``orjson.loads`` of the BENCHMARKS.md ~10-field event.
+    """
     from pulse_transports.follow import read_log
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mixed.jsonl"
         mixed_log(path, count)
         lines = path.read_bytes().splitlines()
-        loads = min(_time(lambda: [orjson.loads(x) for x in lines]) for _ in range(repeat))
-        # The same without keeping the dicts (no list of a million objects for the GC).
-        bare = min(_time(lambda: _loads_each(lines)) for _ in range(repeat))
-        fold = min(_time(lambda: read_log(path)) for _ in range(repeat))
-        command = [sys.executable, "-m", "pulse_transports.cli", "replay", str(path), "--json"]
-        wall = min(_wall(command, max(1, repeat // 2)))
-    return {
-        "events": count,
-        "orjson_loads_ev_s": round(count / loads),
-        "orjson_loads_unkept_ev_s": round(count / bare),
-        "read_and_fold_ev_s": round(count / fold),
-        "read_and_fold_vs_loads": round(loads / fold, 2),
-        "pulse_replay_ev_s": round(count / wall),
-        "pulse_replay_s": round(wall, 3),
-    }
+        replay = [sys.executable, "-m", "pulse_transports.cli", "replay", str(path), "--json"]
+        commands: dict[str, Timed] = {"new": (replay, Path(tmp), None)}
+        if base is not None:
+            commands["base"] = (replay, Path(tmp), base)
+        commands["loads"] = ([sys.executable, "-c", LOADS_SCRIPT, str(path)], Path(tmp), None)
+        timed = _alternating(commands, repeat)
+        folds = [_time(lambda: read_log(path)) for _ in range(repeat)]
+        bare = [_time(lambda: _loads_each(lines)) for _ in range(repeat)]
+        factor = machine_factor()
+    figures: dict[str, Any] = {"events": count, "repeat": repeat}
+    for name, row in timed.items():
+        figures[f"{name}_ev_s_best"] = round(count / row["best_ms"] * 1000)
+        figures[f"{name}_ev_s_median"] = round(count / row["median_ms"] * 1000)
+        figures[f"{name}_cpu_s_median"] = round(row["cpu_median_ms"] / 1000, 3)
+    new = timed["new"]
+    if base is not None:
+        figures["speedup_over_base_best"] = round(timed["base"]["best_ms"] / new["best_ms"], 2)
+        figures["speedup_over_base_cpu"] = round(
+            timed["base"]["cpu_median_ms"] / new["cpu_median_ms"], 2
+        )
+    figures["new_vs_loads_best"] = round(timed["loads"]["best_ms"] / new["best_ms"], 2)
+    figures["new_vs_loads_cpu"] = round(timed["loads"]["cpu_median_ms"] / new["cpu_median_ms"], 2)
+    figures["in_process_read_and_fold_ev_s"] = round(count / min(folds))
+    figures["in_process_loads_ev_s"] = round(count / min(bare))
+    figures["in_process_fold_vs_loads"] = round(min(bare) / min(folds), 2)
+    figures["ten_field_loads_us"] = round(factor, 3)
+    figures["machine_factor_vs_benchmarks_md"] = round(factor / 0.58, 2)
+    return figures
 
 
 def _loads_each(lines: list[bytes]) -> None:
@@ -333,6 +468,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (best is kept)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="ls/show and replay also on this checkout's code",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count ls/show instructions under valgrind (load-independent)",
+    )
+    parser.add_argument(
         "--only", choices=PARTS, action="append", default=None, help="run this part (repeatable)"
     )
     args = parser.parse_args(argv)
@@ -347,10 +493,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         figures["live_case"] = bench_live_case(args.finished)
         print(f"recovery, {args.finished} ended + 3 live runs: {figures['live_case']}")
     if "ls" in parts:
-        figures["ls"] = bench_ls(args.finished, args.repeat + 2)
-        print(f"warm pulse ls: {figures['ls']}")
+        figures["ls"] = bench_ls(args.finished, 5 * args.repeat, args.base, args.instructions)
+        print(f"warm pulse ls/show, {args.finished} runs, {5 * args.repeat} rounds:")
+        for name, row in figures["ls"].items():
+            if isinstance(row, dict):
+                print(f"  {name:<16} {row}")
     if "replay" in parts:
-        figures["replay"] = bench_replay(args.events, args.repeat)
+        figures["replay"] = bench_replay(args.events, args.repeat, args.base)
         print(f"replay: {figures['replay']}")
     if "gc" in parts:
         figures["gc"] = bench_gc(args.gc_runs)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
+from unittest import mock
 
 import attrs
 import orjson
@@ -11,12 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import HOSTILE, REALISTIC, WIRE, events, run_events, well_formed_runs
 
+from pulse_core import _fastfold
 from pulse_core._fastfold import LineFolder, fold_lines
+from pulse_core._series import SeriesAcc
 from pulse_core.codec import decode, encode, to_dict
 from pulse_core.errors import DecodeError
 from pulse_core.events import Event, Heartbeat, Metrics, Progress, RunMeta, StatusChanged
 from pulse_core.reducer import INITIAL_STATE, Folder, replay
-from pulse_core.state import RunState
+from pulse_core.state import RunState, Series
 
 TID = "fast-run"
 
@@ -175,6 +179,22 @@ class TestSameStateAsTheReducer:
         """Runs of any valid id (more than the decoder's cache of checked ids holds)."""
         assert fold_lines(lines) == slow_fold(lines)
 
+    def test_batches_are_taken(self) -> None:
+        """Lines of one shape after the first are batched: their values wait for the state."""
+        lines = [line_of(RunMeta(TID, 1, 1.0)), line_of(StatusChanged(TID, 2, 1.0, "running"))]
+        lines += [
+            line_of(Metrics(TID, seq, float(seq), loss=1.0 / seq, extra={"acc": seq / 1e3}))
+            for seq in range(3, 103)
+        ]
+        folder, unfolded = LineFolder(), []
+        for i in folder.unfolded(lines):
+            unfolded.append(i)
+            folder.apply(decode(lines[i]))
+        assert unfolded == [0, 1]  # meta and running: decoded
+        assert len(folder._batch.stamps) == 99
+        assert exact(folder.state) == exact(slow_fold(lines))
+        assert folder._batch.stamps == []
+
     def test_the_fast_path_is_taken(self) -> None:
         """The properties exercise it: most lines of a started run take the fast path."""
         run: list[Event] = [RunMeta(TID, 1, 1.0), StatusChanged(TID, 2, 1.0, "running")]
@@ -306,3 +326,142 @@ class TestFastPath:
         assert not folder.fold_line(encode(Progress(TID, 3, 2.0)), floor=3)
         assert folder.fold_line(encode(Progress(TID, 4, 2.0)), floor=3)
         assert attrs.evolve(folder.state).last_seq == 4
+
+
+#: Metric values where the batched fold could differ from one at a time: ties
+#: of 0.0 and -0.0 (equal, yet kept apart in JSON), repeats, extremes.
+BATCH_VALUES = st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 2.5, 1e308, -1e308, 5e-324, 3.0])
+#: The shapes a metrics line of a loop takes: loss, extra names, both.
+SHAPES = st.sampled_from(
+    [("loss",), ("acc",), ("loss", "acc"), ("loss", "acc", "lr"), ("acc", "loss"), ("lr",)]
+)
+
+
+@st.composite
+def metric_lines(draw: Any, start: int = 3) -> list[bytes]:
+    """A started run's lines: runs of metrics lines of a few shapes, odd lines between."""
+    lines = [line_of(RunMeta(TID, 1, 1.0)), line_of(StatusChanged(TID, 2, 1.0, "running"))]
+    seq = start - 1
+    for _ in range(draw(st.integers(0, 8))):
+        shape = draw(SHAPES)
+        for _ in range(draw(st.integers(1, 30))):
+            seq += draw(st.sampled_from([1] * 12 + [0, 2, -3]))  # a duplicate, a gap, a late one
+            wire: dict[str, Any] = {"type": "metrics", "v": 2, "training_id": TID, "seq": seq}
+            wire["timestamp"] = draw(st.sampled_from([1.0, 2.0, float(seq), 0.5]))
+            extra = {name: draw(BATCH_VALUES) for name in shape if name != "loss"}
+            if "loss" in shape:
+                wire["loss"] = draw(BATCH_VALUES)
+            if extra:
+                wire["extra"] = extra
+            roll = draw(st.integers(0, 30))
+            if roll == 0:  # a line of another shape for one step: the writer's bounds
+                wire["min"] = {name: draw(BATCH_VALUES) for name in shape}
+            elif roll == 1:
+                wire["samples_per_second"] = draw(BATCH_VALUES)
+            elif roll == 2:
+                wire["names_dropped"] = draw(st.integers(0, 3))
+            elif roll == 3:  # an integer value: decoded the ordinary way
+                wire.setdefault("extra", {})["acc"] = 1
+            lines.append(orjson.dumps(wire))
+            roll = draw(st.integers(0, 20))
+            if roll == 0:
+                seq += 1
+                lines.append(line_of(Progress(TID, seq, float(seq), epoch=1, step=seq)))
+            elif roll == 1:
+                seq += 1
+                lines.append(line_of(StatusChanged(TID, seq, float(seq), "running", "again")))
+            elif roll == 2:
+                lines.append(b"garbage")
+    return lines
+
+
+def exact(state: RunState) -> str:
+    """The state with what ``==`` does not see: -0.0 apart from 0.0, the order of names."""
+    return repr(state)
+
+
+class TestBatchedMetrics:
+    """Metrics lines of one shape are folded a batch at a time: the same state, exactly."""
+
+    @given(metric_lines())
+    def test_same_state_as_the_reducer(self, lines: list[bytes]) -> None:
+        """Runs of shapes, ties of 0.0 and -0.0, gaps, duplicates, odd lines between."""
+        fast, slow = fold_lines(lines), slow_fold(lines)
+        assert fast == slow
+        assert exact(fast) == exact(slow)
+
+    @given(metric_lines())
+    def test_batches_cut_short(self, lines: list[bytes]) -> None:
+        """A batch folded whenever it holds 3 lines (the cap, made small) ends the same."""
+        with mock.patch.object(_fastfold, "_BATCH", 3):
+            fast = fold_lines(lines)
+        assert exact(fast) == exact(slow_fold(lines))
+
+    @given(metric_lines(), st.data())
+    def test_state_read_mid_batch(self, lines: list[bytes], data: st.DataObject) -> None:
+        """Reading the state between lines (a follower's poll) folds the batch first."""
+        reads = data.draw(st.sets(st.integers(0, len(lines) - 1), max_size=3))
+        folder = LineFolder()
+        for i, line in enumerate(lines):
+            if not folder.fold_line(line):
+                with contextlib.suppress(DecodeError):
+                    folder.apply(decode(line))
+            if i in reads:
+                assert exact(folder.state) == exact(slow_fold(lines[: i + 1]))
+        assert exact(folder.state) == exact(slow_fold(lines))
+
+    @given(metric_lines(), st.data())
+    def test_from_odd_bounds(self, lines: list[bytes], data: st.DataObject) -> None:
+        """From a checkpoint state whose bounds or windows have min above max, folded one by one."""
+        cut = data.draw(st.integers(2, len(lines)))
+        state = slow_fold(lines[:cut])
+        if state.metrics_min:
+            name = data.draw(st.sampled_from(sorted(state.metrics_min)))
+            state = attrs.evolve(
+                state,
+                metrics_min={**state.metrics_min, name: 9.0},
+                metrics_max={**state.metrics_max, name: -9.0},
+            )
+        if state.history:
+            name = data.draw(st.sampled_from(sorted(state.history)))
+            series = state.history[name]
+            last = (*series.windows[-1][:4], 9.0, -9.0, *series.windows[-1][6:])
+            odd = attrs.evolve(series, windows=(*series.windows[:-1], last))
+            state = attrs.evolve(state, history={**state.history, name: odd})
+        tail = lines[cut:]
+        assert exact(fold_lines(tail, state)) == exact(slow_fold(tail, state))
+
+
+class TestSeriesExtend:
+    """``SeriesAcc.extend`` leaves exactly the windows ``add`` one value at a time leaves."""
+
+    @given(
+        st.lists(BATCH_VALUES, max_size=60),
+        st.lists(st.lists(BATCH_VALUES, max_size=300), max_size=4),
+        st.integers(1, 8),
+    )
+    def test_same_windows(
+        self, before: list[float], batches: list[list[float]], width: int
+    ) -> None:
+        """Across window boundaries and merges, from any series a fold left."""
+        one, many = SeriesAcc(), SeriesAcc()
+        for acc in (one, many):
+            acc.width = width
+            for i, value in enumerate(before):
+                acc.add(value, float(i))
+        for batch in batches:
+            stamps = [float(i) for i in range(len(batch))]
+            for value, ts in zip(batch, stamps, strict=True):
+                one.add(value, ts)
+            many.extend(batch, stamps)
+            assert repr(many.freeze()) == repr(one.freeze())
+
+    def test_odd_window_bounds(self) -> None:
+        """A window with min above max (a hostile checkpoint's) is updated value by value."""
+        series = Series(width=4, count=1, windows=((0, 1, 1.0, 1.0, 9.0, -9.0, 0.0, 0.0),))
+        one, many = SeriesAcc(series), SeriesAcc(series)
+        for value in (0.5, 2.0, 1.0):
+            one.add(value, 1.0)
+        many.extend([0.5, 2.0, 1.0], [1.0, 1.0, 1.0])
+        assert many.freeze() == one.freeze()
+        assert many.freeze().windows[0][4:6] == (0.5, 2.0)

@@ -30,6 +30,7 @@ Scenarios:
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import sys
@@ -91,11 +92,19 @@ class Timer:
     def __init__(self, attribute: bool = False, slow_s: float = 0.0005) -> None:
         self.samples: dict[str, list[float]] = {}
         self.slow: dict[str, list[tuple[int, int, int, int, int]]] = {}
+        self.slow_gc: dict[str, list[tuple[int, int, int, int]]] = {}
+        #: calls made during a compaction: every wall time, the net blocked of slow ones (s)
+        self.during_walls: dict[str, array.array[float]] = {}
+        self.during_net: dict[str, array.array[float]] = {}
         self.attribute = attribute
         self.slow_ns = int(slow_s * 1e9)
         self.gc_ns = 0
         self.gc_gen2 = 0
+        self.gc_cpu_ns = 0
+        self.gc_by_gen = [0, 0, 0]  # collections on this thread, per generation
+        self._gc_gen = -1  # the oldest generation collected inside the current call
         self._gc_start = 0
+        self._gc_cpu_start = 0
         self._other_start = 0
         self.other_gc_worst_ns = 0
         self.other_gen2 = 0
@@ -145,9 +154,14 @@ class Timer:
             return
         if phase == "start":
             self._gc_start = time.perf_counter_ns()
+            self._gc_cpu_start = time.thread_time_ns()
         else:
+            generation = info["generation"]
             self.gc_ns += time.perf_counter_ns() - self._gc_start
-            self.gc_gen2 += info["generation"] == 2
+            self.gc_cpu_ns += time.thread_time_ns() - self._gc_cpu_start
+            self.gc_gen2 += generation == 2
+            self.gc_by_gen[generation] += 1
+            self._gc_gen = max(self._gc_gen, generation)
 
     def call(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         if self._fd < 0:
@@ -158,7 +172,8 @@ class Timer:
         fd, pread = self._fd, os.pread
         w0 = self._writer_runq()
         q0 = int(pread(fd, 64, 0).split()[1])
-        gc0 = self.gc_ns
+        gc0, gcc0 = self.gc_ns, self.gc_cpu_ns
+        self._gc_gen = -1
         c0 = time.thread_time_ns()
         t0 = time.perf_counter_ns()
         fn(*args, **kwargs)
@@ -168,9 +183,18 @@ class Timer:
         w1 = self._writer_runq() if w0 >= 0 else -1
         wall = t1 - t0
         self.samples.setdefault(name, []).append(wall / 1e9)
+        if _compacting[0] or t1 / 1e9 < _window_end[0]:
+            # An array of floats: no container per call for the gc to count.
+            self.during_walls.setdefault(name, array.array("d")).append(wall / 1e9)
+            if wall > self.slow_ns:
+                net = max(0, wall - (c1 - c0) - (q1 - q0) - max(0, w1 - w0))
+                self.during_net.setdefault(name, array.array("d")).append(net / 1e9)
         if wall > self.slow_ns:
             slow = (wall, c1 - c0, q1 - q0, self.gc_ns - gc0, max(0, w1 - w0))
             self.slow.setdefault(name, []).append(slow)
+            if self._gc_gen >= 0:  # (generation, gc wall, gc cpu, call wall) of slow calls
+                gc_call = (self._gc_gen, self.gc_ns - gc0, self.gc_cpu_ns - gcc0, wall)
+                self.slow_gc.setdefault(name, []).append(gc_call)
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -196,6 +220,20 @@ class Timer:
                 entry["worst_runq_s"] = max((s[2] for s in slow), default=0) / 1e9
                 entry["worst_cpu_s"] = max((s[1] for s in slow), default=0) / 1e9
                 entry["worst_gc_s"] = max((s[3] for s in slow), default=0) / 1e9
+                with_gc = self.slow_gc.get(name, [])
+                entry["slow_calls_with_gc"] = [  # by the oldest generation collected
+                    sum(g[0] == gen for g in with_gc) for gen in range(3)
+                ]
+                entry["worst_gc_cpu_s"] = max((g[2] for g in with_gc), default=0) / 1e9
+                walls = list(self.during_walls.get(name, []))
+                nets = list(self.during_net.get(name, []))
+                entry["during_compaction"] = {
+                    "calls": len(walls),
+                    "worst_s": max(walls, default=0.0),
+                    "p999_s": _percentile(walls, 0.999),
+                    "worst_net_blocked_s": max(nets, default=0.0),
+                    "net_blocked_over_1ms": sum(n > 0.001 for n in nets),
+                }
                 worst = max(slow, default=(0, 0, 0, 0, 0))
                 entry["worst_split_s"] = {  # the worst wall call, split
                     "cpu": worst[1] / 1e9,
@@ -213,6 +251,8 @@ class Timer:
         return {
             "gc": {
                 "training_thread_s": self.gc_ns / 1e9,
+                "training_thread_cpu_s": self.gc_cpu_ns / 1e9,
+                "training_thread_by_gen": self.gc_by_gen,
                 "gen2": self.gc_gen2,
                 "other_threads_worst_s": self.other_gc_worst_ns / 1e9,
                 "other_threads_gen2": self.other_gen2,
@@ -229,16 +269,32 @@ _writer_steps: dict[str, float] = {
     "worst_wall_s": 0.0,
     "steps": 0,
     "worst_slice_cpu_s": 0.0,  # the longest CPU stretch between two yields of the GIL
+    "worst_slice_end": "",  # where that stretch ended (step, pace, spawn, yield)
+    "worst_spawn_wall_s": 0.0,  # the longest start of a compaction child (GIL held)
     "yields": 0,
 }
 _slice_cpu0 = [0]
 
 
-def _end_slice() -> None:
-    now = time.thread_time_ns()
-    steps = _writer_steps
-    steps["worst_slice_cpu_s"] = max(steps["worst_slice_cpu_s"], (now - _slice_cpu0[0]) / 1e9)
+def _end_slice(where: str, now: int | None = None) -> None:
+    now = time.thread_time_ns() if now is None else now
+    _note_slice((now - _slice_cpu0[0]) / 1e9, where)
     _slice_cpu0[0] = now
+
+
+def _note_slice(slice_s: float, where: str) -> None:
+    steps = _writer_steps
+    if slice_s > steps["worst_slice_cpu_s"]:
+        steps["worst_slice_cpu_s"] = slice_s
+        steps["worst_slice_end"] = where + (" (compacting)" if _compacting[0] else "")
+
+
+#: True while the writer is inside FileSink._compact; the end of the window
+#: (perf_counter) in which calls count as "during compaction".
+_compacting = [False]
+_window_end = [0.0]
+#: Calls this long after a compaction still count as during it (the backlog drains).
+AFTER_COMPACTION_S = 0.1
 
 
 _probed: list[bool] = []
@@ -251,7 +307,9 @@ def _probe_writer() -> None:
     for name in ("_drain", "_tick_locked", "_flush_if_asked"):
         original = getattr(_RunWriter, name)
 
-        def probed(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+        def probed(
+            self: Any, *args: Any, _original: Any = original, _name: str = name, **kwargs: Any
+        ) -> Any:
             if threading.get_ident() == main:
                 return _original(self, *args, **kwargs)
             c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
@@ -259,7 +317,7 @@ def _probe_writer() -> None:
             try:
                 return _original(self, *args, **kwargs)
             finally:
-                _end_slice()
+                _end_slice(_name)
                 cpu, wall = time.thread_time_ns() - c0, time.perf_counter_ns() - t0
                 steps = _writer_steps
                 steps["steps"] += 1
@@ -276,11 +334,61 @@ def _probe_writer() -> None:
             if self._slice_start != start:  # it slept: the slice ended before the sleep
                 steps = _writer_steps
                 steps["yields"] += 1
-                slice_s = (before - _slice_cpu0[0]) / 1e9
-                steps["worst_slice_cpu_s"] = max(steps["worst_slice_cpu_s"], slice_s)
+                _note_slice((before - _slice_cpu0[0]) / 1e9, "pace")
                 _slice_cpu0[0] = time.thread_time_ns()
 
         _RunWriter._pace = paced  # type: ignore[method-assign]
+    _probe_compaction_yields()
+
+
+def _probe_compaction_yields() -> None:
+    """End a writer slice where a compaction really lets the GIL go.
+
+    At the compaction's explicit yields (``file._yield_gil``) and right after
+    its child is started (the writer then blocks until the child exits): so the
+    longest slice is the longest stretch the writer held the GIL in a compaction.
+    """
+    import _posixsubprocess
+
+    def after(original: Any, where: str) -> Any:
+        def ended(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if threading.current_thread().name.startswith("pulse-run"):
+                    _end_slice(where)
+                    _writer_steps["yields"] += 1
+
+        return ended
+
+    if hasattr(file_module, "_yield_gil"):
+        real_yield = file_module._yield_gil
+
+        def labelled() -> None:  # which of the compaction's yields ends a stretch
+            after(real_yield, f"yield at file.py:{sys._getframe(1).f_lineno}")()
+
+        file_module._yield_gil = labelled
+    os.posix_spawn = after(timed(os.posix_spawn), "spawn")
+    from pulse_transports import _compact as compact_module
+
+    libc_spawn = getattr(compact_module, "_LibcSpawn", None)
+    if libc_spawn is not None:  # posix_spawn through ctypes
+        libc_spawn.spawn = after(timed(libc_spawn.spawn), "spawn")
+    _posixsubprocess.fork_exec = after(timed(_posixsubprocess.fork_exec), "spawn")
+
+
+def timed(spawn: Any) -> Any:
+    """Note the longest wall time of starting a child (the GIL is held throughout)."""
+
+    def started(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return spawn(*args, **kwargs)
+        finally:
+            took = time.perf_counter() - t0
+            _writer_steps["worst_spawn_wall_s"] = max(_writer_steps["worst_spawn_wall_s"], took)
+
+    return started
 
 
 def _timer(opts: dict[str, str]) -> Timer:
@@ -359,8 +467,14 @@ def scenario_compact(home: Path, opts: dict[str, str]) -> dict[str, Any]:
 
     def slow_compact(self: FileSink) -> None:
         _io_threads["compact"].add(threading.current_thread().name)
-        time.sleep(delay)
-        original(self)
+        _compacting[0] = True
+        try:
+            if delay:
+                time.sleep(delay)
+            original(self)
+        finally:
+            _compacting[0] = False
+            _window_end[0] = time.perf_counter() + AFTER_COMPACTION_S
 
     FileSink._compact = slow_compact  # type: ignore[method-assign]
     sink = FileSink(home=home, max_bytes=int(opts.get("max_bytes", "65536")), interval=0.0)

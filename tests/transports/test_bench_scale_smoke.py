@@ -28,7 +28,9 @@ class TestBenchScaleSmoke:
         bench = load_bench()
         out = tmp_path / "bench.json"
         args = ["--sizes", "0.5", "--logs", "3", "--finished", "20", "--events", "4000"]
-        results = bench.main([*args, "--gc-runs", "30", "--repeat", "1", "--json", str(out)])
+        here = str(BENCH.parents[2])  # the base checkout: this one (the path is exercised)
+        args += ["--gc-runs", "30", "--repeat", "1", "--base", here]
+        results = bench.main([*args, "--json", str(out)])
         assert orjson.loads(out.read_bytes()) == orjson.loads(orjson.dumps(results))
         [cold] = results["cold_recovery"]
         assert cold["checkpoints"] >= 1
@@ -37,6 +39,11 @@ class TestBenchScaleSmoke:
         assert results["live_case"]["alive"] == 3
         assert results["ls"]["ls"]["best_ms"] > results["ls"]["python_pass"]["best_ms"] > 0
         assert results["replay"]["events"] == 4000
-        assert results["replay"]["orjson_loads_ev_s"] > 0
+        replay = results["replay"]
+        assert replay["in_process_loads_ev_s"] > 0
+        assert replay["new_ev_s_best"] > 0
+        assert replay["base_ev_s_best"] > 0
+        assert replay["loads_ev_s_best"] > replay["new_ev_s_best"]
+        assert replay["ten_field_loads_us"] > 0
         assert results["gc"]["removed"] == 27
         assert 0 < results["gc"]["bytes_freed"] < results["gc"]["bytes_before"]

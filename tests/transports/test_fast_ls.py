@@ -24,7 +24,7 @@ from pulse_core.statecodec import STATE_FORMAT
 from pulse_transports.cli import _fast
 from pulse_transports.cli._table import style
 from pulse_transports.cli.ls import V1_FILE_NAME
-from pulse_transports.config import ENV_TRANSPORT_OPTIONS, KEYS
+from pulse_transports.configfile import expand_user, path_str
 from pulse_transports.file import FileSink, log_path
 from pulse_transports.index import INDEX_FILE
 
@@ -240,37 +240,110 @@ def test_changed_deleted_or_old_index_is_handed_on_then_fast_again(home: Path) -
     assert probe.stderr.decode().split()[-3:-1] == ["0", "False"], probe.stderr
 
 
+@pytest.mark.parametrize("summary", ["{bad", "[1]", '{"a": 1}, {"b": 2}', ""])
+def test_an_unreadable_summary_row_is_handed_on_then_fast_again(home: Path, summary: str) -> None:
+    argv = ["ls", "--home", str(home)]
+    db = sqlite3.connect(home / INDEX_FILE)
+    with db:
+        db.execute("UPDATE runs SET summary = ? WHERE training_id = 'done-1'", (summary,))
+    db.close()
+    assert _fast.fast_ls(argv) is None
+    fast = _same(argv, home)  # the full command folds that log again
+    assert b"done-1" in fast.stdout
+    probe = _run([sys.executable, "-c", PROBE], argv, home)
+    assert probe.stderr.decode().split()[-3:-1] == ["0", "False"], probe.stderr
+
+
 def test_v1_snapshot_is_healed_by_the_full_command(home: Path) -> None:
     (home / V1_FILE_NAME).write_text('{"status": "running"}')
     assert _fast.fast_ls(["ls", "--home", str(home)]) is None
 
 
-def test_a_config_file_is_read_in_full(home: Path, tmp_path: Path) -> None:
-    project = tmp_path / "project"
+CONFIGS = [
+    'home = "{home}"\n',
+    'home = "{rel}"\nstale_after = 30\nlost_after = 0.5\n',
+    '[pulse]\nhome = "{home}"\n[pulse.file]\nmax_bytes = 65536\n',
+    'home = "./{rel}/"\n[v1]\npath = "elsewhere.json"\n',
+]
+
+
+@pytest.mark.parametrize("text", CONFIGS)
+def test_a_config_file_is_resolved_by_the_fast_path(home: Path, text: str) -> None:
+    """A pulse.toml (home relative to it, thresholds, option tables) is read without click."""
+    project = home.parent / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "pulse.toml").write_text(text.format(home=home, rel="../home"))
+    for args in (["ls"], ["ls", "--json"], ["ls", "--status", "lost"]):
+        fast = _same(args, project / "sub")
+        assert fast.returncode == 0
+        assert b"done-1" in fast.stdout or args[-1] == "lost"
+    probe = _run([sys.executable, "-c", PROBE], ["ls"], project / "sub")
+    assert probe.stderr.decode().split()[-3:-1] == ["0", "False"], probe.stderr
+
+
+BAD_CONFIGS = [
+    ("pulse.toml", "bogus = 1\n"),
+    ("pulse.toml", "home = [\n"),
+    ("pulse.toml", "stale_after = -1\n"),
+    ("pulse.toml", "pulse = 3\n"),
+    ("pyproject.toml", "[tool.pulse]\nhome = 3\nlost_after = 'x'\n"),
+    ("pyproject.toml", "[tool.pulse\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "text"), BAD_CONFIGS)
+def test_a_bad_config_file_is_reported_as_click_does(home: Path, name: str, text: str) -> None:
+    project = home.parent / "project"
     project.mkdir()
-    (project / "pulse.toml").write_text(f'home = "{home}"\n')
-    fast = _run(FAST, ["ls", "--json"], project)
-    slow = _run(CLICK, ["ls", "--json"], project)
-    assert (fast.returncode, fast.stdout) == (slow.returncode, slow.stdout)
-    assert b"done-1" in fast.stdout
-    (project / "pulse.toml").write_text("bogus = 1\n")
-    fast = _same(["ls"], project)
+    (project / name).write_text(text)
+    argv = ["ls", "--home", str(home)]
+    probe = _run([sys.executable, "-c", PROBE], argv, project)
+    assert probe.stderr.decode().split()[-3:-1] == ["None", "False"], probe.stderr  # handed on
+    fast = _same(argv, project)
     assert fast.returncode == 2
+    assert b"Error" in fast.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PULSE_STALE_AFTER": "nope"},
+        {"PULSE_TRANSPORTS": "file,,v1", "PULSE_LOST_AFTER": "1"},
+        {"PULSE_TRANSPORT_OPTIONS": "{bad"},
+        {"PULSE_TRANSPORT_OPTIONS": '{"v1": {"path": "x.json"}}'},
+        {"PULSE_HOME": "~/nowhere-ls19"},
+    ],
+    ids=",".join,
+)
+def test_environment_settings_same_as_click(home: Path, env: dict[str, str]) -> None:
+    _same(["ls", "--home", str(home)], home.parent, **env)
+    _same(["ls"], home.parent, **env)
 
 
 def test_mirrored_constants_agree() -> None:
     assert _fast.STATE_FORMAT == STATE_FORMAT
-    env = {key.env for key in KEYS if key.env} - {"PULSE_HOME"} | {ENV_TRANSPORT_OPTIONS}
-    assert env == _fast.CONFIG_ENV
 
 
 @pytest.mark.parametrize(
     "text", [".", "./", "a", "a/", "a//b/./c", "/", "//", "///x", "//x/y", "/a/../b", "./.pulse"]
 )
 def test_path_str_is_pathlib(text: str) -> None:
-    assert _fast.path_str(text) == str(PurePosixPath(text))
-    base = _fast.path_str(text)
+    assert path_str(text) == str(PurePosixPath(text))
+    base = path_str(text)
     assert _fast.join(base, "logs/training") == str(PurePosixPath(base) / "logs" / "training")
+
+
+@pytest.mark.parametrize(
+    "text", ["~", "~/x", "~//x/./y", "x/~", "~root/a", "~nobody-ls19-none/a", "/a/~"]
+)
+def test_expand_user_is_pathlib(text: str) -> None:
+    try:
+        expected = str(Path(text).expanduser())
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            expand_user(text)
+        return
+    assert expand_user(text) == expected
 
 
 def test_style_is_click_style() -> None:
@@ -279,7 +352,8 @@ def test_style_is_click_style() -> None:
             assert style("x y", fg=fg, bold=bold) == click.style("x y", fg=fg, bold=bold or None)
 
 
-def test_a_pyproject_without_pulse_is_passed_over(tmp_path: Path) -> None:
+def test_a_pyproject_is_read_on_the_fast_path(tmp_path: Path) -> None:
+    """With or without a [tool.pulse] table, ls answers without click or the core."""
     home = tmp_path / "home"
     path = log_path(home, "done-1")
     path.parent.mkdir(parents=True)
@@ -294,4 +368,5 @@ def test_a_pyproject_without_pulse_is_passed_over(tmp_path: Path) -> None:
     assert probe.stdout == _run(CLICK, argv, project).stdout
     (project / "pyproject.toml").write_text("[tool.pulse]\nstale_after = 30\n")
     probe = _run([sys.executable, "-c", PROBE], argv, project)
-    assert probe.stderr.decode().split()[-3:] == ["0", "False", "True"], probe.stderr
+    assert probe.stderr.decode().split()[-3:] == ["0", "False", "False"], probe.stderr
+    assert probe.stdout == _run(CLICK, argv, project).stdout
