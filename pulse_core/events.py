@@ -92,6 +92,9 @@ ERROR_CODE_RE: Final = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
 TRAINING_ID_MAX_LEN: Final = 128
 _TRAINING_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _valid_ids: set[str] = set()  # ids already checked: logs repeat one id
+#: Most ids remembered as checked; then they are forgotten at once (a hub
+#: hears thousands of runs: what it keeps of them must not grow with them).
+_VALID_IDS_KEPT: Final = 256
 
 
 def validate_training_id(value: object) -> str:
@@ -123,8 +126,9 @@ def validate_training_id(value: object) -> str:
             f"training_id {shown!r} has characters outside [A-Za-z0-9._-] "
             "or does not start with a letter or digit"
         )
-    if len(_valid_ids) < 4096:
-        _valid_ids.add(value)
+    if len(_valid_ids) >= _VALID_IDS_KEPT:
+        _valid_ids.clear()
+    _valid_ids.add(value)
     return value
 
 

@@ -26,6 +26,7 @@ Must not be imported by :mod:`pulse_core`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -50,6 +51,7 @@ POLL: Final = 0.25
 WAIT: Final = 0.5
 #: Seconds without growth after which a log is no longer followed (until it grows).
 IDLE: Final = 600.0
+_SUFFIX: Final = ".jsonl"
 
 
 class HomeFeed:
@@ -75,6 +77,9 @@ class HomeFeed:
     ) -> None:
         self.home = Path(home)
         self.folder = log_dir(self.home)
+        # Per-run file names stay plain strings here, out of pathlib (see
+        # pulse_transports.file.run_file): the hub looks at every log often.
+        self._dir = os.fspath(self.folder)
         self.max_runs = max_runs
         self.poll_interval = poll_interval
         self._notifications = notifications
@@ -110,17 +115,14 @@ class HomeFeed:
         with self._lock:
             self._ensure_notifier()
             out: dict[str, list[Event]] = {}
-            try:
-                paths = sorted(self.folder.glob("*.jsonl"), key=_mtime, reverse=True)
-            except OSError:
-                paths = []
-            for path in paths[: self.max_runs]:
-                events = self._poll_path(path)
+            logs = sorted(self._logs(), key=lambda log: log[1].st_mtime, reverse=True)
+            for name, _ in logs[: self.max_runs]:
+                events = self._poll(name)
                 if events:
-                    out[path.stem] = events
-            for path in paths[self.max_runs :]:
+                    out[name[: -len(_SUFFIX)]] = events
+            for name, st in logs[self.max_runs :]:
                 # Older than the runs the hub keeps: followed only if they grow.
-                self._ended[path.stem] = _size(path)
+                self._ended[name[: -len(_SUFFIX)]] = st.st_size
             self._next_sweep = time.monotonic() + SWEEP
             return out
 
@@ -144,9 +146,9 @@ class HomeFeed:
             out: list[Event] = []
             # The notifier watches this one folder (not recursively): a path's
             # name is enough (the reported folder may be spelled differently).
-            for name in sorted({Path(path).name for path in changed}):
-                if name.endswith(".jsonl"):
-                    out.extend(self._poll_path(self.folder / name))
+            for name in sorted({os.path.basename(path) for path in changed}):
+                if name.endswith(_SUFFIX):
+                    out.extend(self._poll(name))
             return out
 
     def close(self) -> None:
@@ -187,35 +189,50 @@ class HomeFeed:
         """Look at every log of the folder (new ones included)."""
         out: list[Event] = []
         try:
-            names = sorted(n for n in os.listdir(self.folder) if n.endswith(".jsonl"))
+            names = sorted(n for n in os.listdir(self._dir) if n.endswith(_SUFFIX))
         except OSError:
             return out
         now = time.monotonic()
-        present = {name[: -len(".jsonl")] for name in names}
+        present = {name[: -len(_SUFFIX)] for name in names}
         for tid in self._ended.keys() - present:
             del self._ended[tid]  # its log was deleted (retention): nothing left to skip
         for tid in list(self._followers):
-            if f"{tid}.jsonl" not in names:
+            if tid + _SUFFIX not in names:
                 self._followers.pop(tid).close()  # deleted: the hub keeps what it has
                 self._grew.pop(tid, None)
             elif now - self._grew.get(tid, now) > self.idle and not self._followers[tid].pending:
                 self._unfollow(tid)  # silent for long: a lost run; followed again if it grows
         for name in names:
-            out.extend(self._poll_path(self.folder / name))
+            out.extend(self._poll(name))
         return out
 
-    def _poll_path(self, path: Path) -> list[Event]:
-        tid = path.stem
+    def _logs(self) -> list[tuple[str, os.stat_result]]:
+        """The folder's logs: file name and stat."""
+        out = []
+        try:
+            with os.scandir(self._dir) as entries:
+                for entry in entries:
+                    if entry.name.endswith(_SUFFIX):
+                        with contextlib.suppress(OSError):
+                            out.append((entry.name, entry.stat()))
+        except OSError:
+            pass
+        return out
+
+    def _poll(self, name: str) -> list[Event]:
+        """Read what is new in the log *name* (of the folder)."""
+        tid = name[: -len(_SUFFIX)]
         follower = self._followers.get(tid)
         if follower is None:
             size = self._ended.get(tid)
             if size is not None:
                 try:
-                    if path.stat().st_size == size:
+                    if os.stat(os.path.join(self._dir, name)).st_size == size:
                         return []  # an ended run's log, unchanged
                 except OSError:
                     return []
-            follower = self._followers[tid] = LogFollower(path, training_id=tid)
+            follower = LogFollower(self.folder / name, training_id=tid)
+            self._followers[tid] = follower
         events = follower.poll()
         if events or tid not in self._grew:
             self._grew[tid] = time.monotonic()
@@ -231,17 +248,3 @@ class HomeFeed:
         self._ended[tid] = follower.offset
         self._grew.pop(tid, None)
         follower.close()
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0

@@ -11,6 +11,7 @@ the home's v1 snapshot when a run turns lost. Must not be imported by
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Final
@@ -20,7 +21,7 @@ from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE_AFTER, Liv
 from pulse_core.state import RunState
 from pulse_transports._hubconn import HubConnections
 from pulse_transports._mailbox import trim_heap
-from pulse_transports.file import lock_path
+from pulse_transports.file import run_file
 from pulse_transports.liveness import check_writer, run_liveness
 
 log = get_logger("pulse.hub")
@@ -49,9 +50,8 @@ def liveness_now(
     """
     if state.is_terminal:
         return ENDED
-    writer = (
-        check_writer(home, training_id, state) if lock_path(home, training_id).exists() else None
-    )
+    lock = run_file(home, training_id, ".lock")
+    writer = check_writer(home, training_id, state) if os.path.exists(lock) else None
     return run_liveness(
         state, now=now, writer=writer, stale_after=stale_after, lost_after=lost_after
     )
@@ -164,13 +164,16 @@ class HubLiveness(HubConnections):
                 await self.check_liveness()
                 # Ended runs, and lost ones silent as long, leave memory...
                 lost = {t for t, (live, _) in self.liveness.items() if live == LOST}
-                pending = bool(self.bus.expire(lost=lost)) or pending
+                expired = self.bus.expire(lost=lost)
+                pending = bool(expired) or pending
                 pending = pending or self.bus.subscribers() < subscribers
                 subscribers = self.bus.subscribers()
                 now = time.monotonic()
-                if pending and now - trimmed > TRIM_EVERY:
+                # At most every TRIM_EVERY while runs keep expiring, and at once
+                # when they stop: the memory of a burst of expiries comes back.
+                if pending and (now - trimmed > TRIM_EVERY or not expired):
                     trimmed, pending = now, False  # ... and what they held goes back
-                    await asyncio.to_thread(trim_heap)
+                    await self._blocking(trim_heap)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the watch must outlive one bad check

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import orjson
 
-from pulse_transports.file import lock_path, writer_alive
+from pulse_transports.file import read_lock_info, writer_alive
 
 #: Seconds an owning producer connection must have been silent before another
 #: connection may take its run over: above the default heartbeat interval (5 s),
@@ -67,7 +67,7 @@ def lock_holder(home: Path, training_id: str) -> int | None:
     if writer_alive(home, training_id) is not True:
         return None
     with contextlib.suppress(OSError, orjson.JSONDecodeError):
-        info = orjson.loads(lock_path(home, training_id).read_bytes())
+        info = read_lock_info(home, training_id)
         if isinstance(info, dict) and info.get("host") == socket.gethostname():
             pid = info.get("pid")
             if isinstance(pid, int) and pid > 0:

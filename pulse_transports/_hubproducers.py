@@ -9,6 +9,7 @@ non-fatal ``error`` line. Must not be imported by :mod:`pulse_core`.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Final
 
@@ -19,7 +20,7 @@ from pulse_core.policy import sampled
 from pulse_transports._hubconn import Conn
 from pulse_transports._hubliveness import HubLiveness
 from pulse_transports._hubowner import RunOwners, peer_pid, seq_refusal
-from pulse_transports.file import log_path
+from pulse_transports.file import run_file
 from pulse_transports.follow import read_events
 from pulse_transports.wire import Hello, error_line, welcome_line
 
@@ -54,9 +55,9 @@ class HubProducers(HubLiveness):
             old.close()
         self._producers[tid] = conn
         try:
-            path = log_path(self.settings.home, tid)
+            path = run_file(self.settings.home, tid, ".jsonl")
             # One stat on the loop spares a new run's welcome a thread hop.
-            if self.bus.last_seq(tid) is None and path.exists():
+            if self.bus.last_seq(tid) is None and os.path.exists(path):
                 events = await self._blocking(read_events, path, tid)
                 if events:
                     self.bus.seed(tid, events)

@@ -52,6 +52,16 @@ def lock_path(home: Path, training_id: str) -> Path:
     return log_dir(home) / f"{training_id}.lock"
 
 
+def run_file(home: Path | str, training_id: str, suffix: str) -> str:
+    """A run's file (*suffix* ``.jsonl`` or ``.lock``) as a plain string.
+
+    For code that handles every run of a home again and again (the hub):
+    pathlib interns each component of every path it parses (CPython 3.11),
+    so per-run file names through it grow a table that never shrinks.
+    """
+    return os.path.join(home, "logs", "training", training_id + suffix)
+
+
 def writer_alive(home: Path, training_id: str) -> bool | None:
     """Tell whether a writer holds the run's lock.
 
@@ -59,7 +69,7 @@ def writer_alive(home: Path, training_id: str) -> bool | None:
         True if a live process holds it, False if it is free or absent
         (the writer is gone), None if it could not be checked.
     """
-    path = lock_path(home, training_id)
+    path = run_file(home, training_id, ".lock")
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -244,6 +254,17 @@ def write_lock_info(fd: int) -> None:
     os.ftruncate(fd, 0)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
     os.write(fd, orjson.dumps(info))
+
+
+def read_lock_info(home: Path | str, training_id: str) -> Any:
+    """What :func:`write_lock_info` wrote in a run's lock file (decoded JSON).
+
+    Raises:
+        OSError: the lock file cannot be read.
+        orjson.JSONDecodeError: it holds no JSON (being written, or foreign).
+    """
+    with open(run_file(home, training_id, ".lock"), "rb") as lock:
+        return orjson.loads(lock.read())
 
 
 def retake_lock(lock: Path, lock_fd: int) -> int | None:

@@ -422,6 +422,9 @@ class EncodedEvents:
         line = encode(event)
         if len(line) > self.max_bytes // 8:
             return line
+        # orjson hands its output over in a buffer of at least 4 KiB: a line
+        # kept is copied to its own size, so the cache costs what it counts.
+        line = bytes(memoryview(line))
         ref = weakref.ref(event, functools.partial(self._gone, key))
         with self._lock:
             self._purge()

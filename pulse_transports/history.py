@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 log = get_logger("pulse.history")
 
 LOG_SUFFIX: Final = ".jsonl"
+#: Index rows written per transaction while folding: what a pass over many new
+#: logs holds at once (a hub's retention pass over 1,000 new runs) stays small.
+WRITE_BATCH: Final = 64
 
 
 class HomeNotFound(PulseError):
@@ -245,11 +248,14 @@ def _fold(
     finally:
         follower.close()
     liveness = _liveness(state, writer, cfg)
-    state_json = encode_state(state)
+    # orjson returns its output in a buffer of at least 4 KiB (16 KiB for a
+    # state): a copy of the state's own size is what is kept.
+    state_json = bytes(memoryview(encode_state(state)))
     bad = bad_before + follower.bad_lines
     summary = summarize(state, liveness=liveness, now=cfg.now, path=path)
     summary["bad_lines"] = bad
     sort_key = state.created_at if state.created_at is not None else st.st_mtime
+    ended = state.is_terminal
     record = RunRecord(
         training_id=tid,
         path=path,
@@ -259,7 +265,10 @@ def _fold(
         position=position,
         bad_lines=bad,
         sort_key=sort_key,
-        state=state,
+        # An ended run's state is kept encoded, as when read from the index:
+        # a pass over many runs holds ~2 KB per run, not its objects.
+        state=None if ended else state,
+        state_json=state_json if ended else None,
     )
     new_row = IndexRow(
         training_id=tid,
@@ -268,7 +277,7 @@ def _fold(
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
         position=orjson.dumps(position.to_dict()).decode(),
-        terminal=int(state.is_terminal),
+        terminal=int(ended),
         sort_key=sort_key,
         bad_lines=bad,
         summary=orjson.dumps(summary).decode(),
@@ -340,7 +349,7 @@ def _records(
     records: list[RunRecord] = []
     fresh: list[IndexRow] = []
     for tid, st in found.items():
-        row = rows.get(tid)
+        row = rows.pop(tid, None)  # what is left at the end: logs gone
         record = None
         if row is not None and _same_file(row, st):
             try:
@@ -352,9 +361,11 @@ def _records(
         if record is None:
             record, new_row = _fold(tid, st, row, cfg)
             fresh.append(new_row)
+            if len(fresh) >= WRITE_BATCH:
+                index.write(fresh)
+                fresh = []
         records.append(record)
-    gone = [tid for tid in rows if tid not in found]
-    index.write(fresh, gone)
+    index.write(fresh, list(rows))
     return records
 
 

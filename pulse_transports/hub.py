@@ -88,8 +88,10 @@ __all__ = [
 
 log = get_logger("pulse.hub")
 
-#: The hub's worker threads (log reads for welcomes and resumes, lock checks).
-_WORKERS: Final = 4
+#: The hub's worker threads (log reads for welcomes and resumes, lock checks):
+#: few and fixed, as each keeps a stack and a malloc arena (liveness checks
+#: run one at a time, leaving the other to welcomes and resumes).
+_WORKERS: Final = 2
 
 
 class HubAddressInUse(PulseError):

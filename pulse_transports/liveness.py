@@ -29,7 +29,7 @@ import orjson
 
 from pulse_core.liveness import LOST_AFTER, STALE_AFTER, Liveness, liveness_of
 from pulse_core.state import RunState
-from pulse_transports._logfile import lock_path, writer_alive
+from pulse_transports._logfile import read_lock_info, writer_alive
 
 #: Seconds after a run's last event during which a free lock whose last
 #: holder still lives is taken for a lock hand-over, not a dead writer.
@@ -63,7 +63,7 @@ def check_writer(home: Path, training_id: str, state: RunState | None = None) ->
     pid: Any = None
     host: Any = None
     with contextlib.suppress(OSError, orjson.JSONDecodeError):
-        holder = orjson.loads(lock_path(home, training_id).read_bytes())
+        holder = read_lock_info(home, training_id)
         if isinstance(holder, dict):
             pid, host = holder.get("pid"), holder.get("host")
     if alive is False:

@@ -48,6 +48,7 @@ from pulse_core.errors import ConfigError
 from pulse_core.liveness import ENDED, LOST, LOST_AFTER
 from pulse_core.projections import to_history_record
 from pulse_transports._logfile import fsync_dir
+from pulse_transports._mailbox import trim_heap
 from pulse_transports.config import Config, check_table
 from pulse_transports.file import lock_path, log_dir
 from pulse_transports.history import HomeNotFound, RunRecord, recover
@@ -132,8 +133,10 @@ class Plan:
 
 
 def _flow_run(record: RunRecord) -> str | None:
-    meta = record.state.meta
-    return meta.flow_run_id if meta is not None and meta.flow_run_id else None
+    # From the summary: an ended run's state stays encoded (a pass over
+    # thousands of runs decodes only the few it removes).
+    flow = record.summary.get("flow")
+    return (flow.get("flow_run_id") or None) if isinstance(flow, dict) else None
 
 
 def plan(
@@ -313,6 +316,11 @@ class RetentionFeed:
         except HomeNotFound:
             return []
 
+    def _collect(self) -> None:
+        """One collection in the hub, then what reading every run took goes back."""
+        self.run_once()
+        trim_heap()
+
     async def __call__(self, bus: object) -> None:
         if not self.policy.enabled:
             return
@@ -320,7 +328,7 @@ class RetentionFeed:
         await asyncio.sleep(min(self.policy.interval, FIRST_DELAY))
         while True:
             try:
-                await asyncio.to_thread(self.run_once)
+                await asyncio.to_thread(self._collect)
             except OSError as exc:
                 log.warning("pulse retention failed; trying again later", error=str(exc))
             await asyncio.sleep(self.policy.interval)

@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlencode
@@ -54,6 +55,12 @@ from pulse_transports.wire import Address, default_socket_path, is_loopback, par
 log = get_logger("pulse.hub")
 
 #: Keys of the ``[tool.pulse.socket.hub]`` table and their types.
+#: Threads of the serving loop's default executor: the home feed's wait, the
+#: web view's reads (two at a time), the retention pass and heap trims. Fixed,
+#: so that their count does not grow with load (each keeps a stack and a
+#: malloc arena); the hub's own reads have their own pool.
+SERVE_THREADS: Final = 4
+
 HUB_KEYS: Final[Mapping[str, type]] = {
     "tcp": str,
     "token": str,
@@ -294,6 +301,9 @@ def serve(
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(loop_error)
+        loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=SERVE_THREADS, thread_name_prefix="pulse-serve")
+        )
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await _run(

@@ -6,6 +6,7 @@ import pytest
 
 from pulse_core import lifecycle
 from pulse_core.codec import decode, encode
+from pulse_core.errors import InvalidTrainingId
 from pulse_core.events import (
     STATUSES,
     TERMINAL_STATUSES,
@@ -16,6 +17,7 @@ from pulse_core.events import (
     StatusChanged,
     UnknownEvent,
     is_terminal,
+    validate_training_id,
 )
 from pulse_core.reducer import replay
 from pulse_core.state import RunState, StatusEntry
@@ -93,3 +95,17 @@ class TestHashableEvents:
             twin = decode(encode(event)) if not isinstance(event, UnknownEvent) else event
             assert hash(twin) == hash(event)
             assert cache[twin] == index
+
+
+class TestCheckedIds:
+    """Ids already checked are remembered, but not every id a hub ever hears."""
+
+    def test_the_remembered_ids_stay_few(self) -> None:
+        from pulse_core import events
+
+        for n in range(1_000):
+            assert validate_training_id(f"run-{n:05d}") == f"run-{n:05d}"
+        assert 0 < len(events._valid_ids) <= events._VALID_IDS_KEPT
+        assert validate_training_id("run-00999") == "run-00999"
+        with pytest.raises(InvalidTrainingId):
+            validate_training_id("-not an id")

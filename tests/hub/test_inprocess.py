@@ -6,6 +6,7 @@ import asyncio
 import gc
 import threading
 import time
+import tracemalloc
 
 import pytest
 
@@ -531,6 +532,20 @@ class TestByteBounds:
 
 class TestEncodedEvents:
     """The shared encode cache is bounded in bytes and lets go of lines with their events."""
+
+    def test_a_cached_line_costs_its_own_size(self) -> None:
+        """orjson hands a line over in a buffer of 4 KiB or more: the cache keeps a copy."""
+        held = [s(n, message="m") for n in range(1, 501)]
+        cache = EncodedEvents()
+        cache(s(999))  # the encoder's first call imports what it needs (its line goes with it)
+        tracemalloc.start()
+        try:
+            lines = [cache(event) for event in held]
+            traced = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert len(cache) == len(lines) == 500
+        assert traced < 500 * 1024, traced  # ~2.5 MB when orjson's buffers are kept
 
     def test_freed_with_the_event_and_bounded(self) -> None:
         cache = EncodedEvents(max_bytes=100_000)

@@ -34,6 +34,7 @@ class TestMemoryBenchSmoke:
         assert isinstance(stuck, dict)
         assert runs["runs"] == 50
         assert runs["peak_mib"] < 200
+        assert runs["peak_after_runs_mib"] > 0
         assert stuck["stuck_closed"] is True
         assert stuck["peak_mib"] < 200
 

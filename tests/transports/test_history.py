@@ -30,6 +30,7 @@ from pulse_core.statecodec import decode_state, encode_state
 from pulse_transports.file import FileSink, lock_path, log_dir, log_path
 from pulse_transports.follow import LogFollower
 from pulse_transports.history import (
+    WRITE_BATCH,
     HomeNotFound,
     checkpoint_from_bytes,
     checkpoint_to_bytes,
@@ -116,6 +117,31 @@ class TestRecover:
             assert record.summary["status"] == "done"
             assert record.summary["flow"]["flow_run_id"] == f"fr-{record.training_id}"
         assert len(recover(tmp_home, now=T0, limit=2)) == 2
+
+    def test_many_new_logs_are_indexed_in_batches_and_ended_states_kept_encoded(
+        self, tmp_home: Path
+    ) -> None:
+        """More new logs than one batch: every row is written, ended states decode on use."""
+        count = WRITE_BATCH * 2 + 3
+        runs = {
+            f"b{i:03d}": run(f"b{i:03d}", T0 + i, end=None if i == 0 else "done")
+            for i in range(count)
+        }
+        for evs in runs.values():
+            write(tmp_home, evs)
+        cold = recover(tmp_home, now=T0 + 1000)
+        index = RunIndex(tmp_home)
+        assert index.open()
+        try:
+            assert set(index.rows()) == set(runs)
+        finally:
+            index.close()
+        for record in cold:
+            # An ended run holds its state encoded, at its own size, until asked for it.
+            assert (record._state is None) == (record.liveness == "ended")
+            assert record.state == replay(runs[record.training_id])
+        warm = recover(tmp_home, now=T0 + 1000)
+        assert [r.summary for r in warm] == [r.summary for r in cold]
 
     def test_warm_index_gives_the_same_answer(self, tmp_home: Path) -> None:
         for i in range(4):
