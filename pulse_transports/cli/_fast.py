@@ -40,8 +40,11 @@ from pulse_transports.configfile import path_str, resolve
 
 TYPE_CHECKING = False  # not typing's: see pulse_transports.cli
 if TYPE_CHECKING:
+    import sqlite3
     from collections.abc import Callable
-    from typing import Any, Final
+    from typing import Any, Final, TypeVar
+
+    _T = TypeVar("_T")
 
 #: :data:`pulse_core.statecodec.STATE_FORMAT`, named here so the fast path skips the core
 #: (tests/transports/test_fast_ls.py checks they agree).
@@ -179,7 +182,8 @@ def _connect(home: str) -> Any:
     return sqlite3.connect(uri + "?mode=ro", uri=True, timeout=2.0)
 
 
-def _index_rows(home: str) -> dict[str, tuple[Any, ...]] | None:
+def _read_index(home: str, query: Callable[[sqlite3.Connection], _T]) -> _T | None:
+    """*query* on the home's index if it is of this state format, else ``None``."""
     import sqlite3
 
     try:
@@ -188,11 +192,15 @@ def _index_rows(home: str) -> dict[str, tuple[Any, ...]] | None:
             found = db.execute("SELECT value FROM info WHERE key = 'format'").fetchone()
             if found is None or found[0] != STATE_FORMAT:
                 return None
-            return {row[0]: row for row in db.execute(_SELECT)}
+            return query(db)
         finally:
             db.close()
     except sqlite3.Error:
         return None
+
+
+def _index_rows(home: str) -> dict[str, tuple[Any, ...]] | None:
+    return _read_index(home, lambda db: {row[0]: row for row in db.execute(_SELECT)})
 
 
 def _scan(folder: str) -> dict[str, os.stat_result] | None:
@@ -446,17 +454,7 @@ def _show_record(cfg: _Settings, tid: str) -> Any:
 
 def _index_row(home: str, tid: str) -> tuple[Any, ...] | None:
     """The index row of *tid* if the index is of this state format, else ``None``."""
-    import sqlite3
-
-    try:
-        db = _connect(home)
-        try:
-            found = db.execute("SELECT value FROM info WHERE key = 'format'").fetchone()
-            if found is None or found[0] != STATE_FORMAT:
-                return None
-            row: tuple[Any, ...] | None = db.execute(_SHOW_SELECT, (tid,)).fetchone()
-            return row
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return None
+    row: tuple[Any, ...] | None = _read_index(
+        home, lambda db: db.execute(_SHOW_SELECT, (tid,)).fetchone()
+    )
+    return row

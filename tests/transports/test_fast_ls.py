@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path, PurePosixPath
 
 import click
 import pytest
+from fastcli import CLICK, FAST
+from fastcli import run as _run
+from fastcli import same as _same
 
 from pulse_core.codec import encode
 from pulse_core.events import ErrorReported, Event, Metrics, Progress, RunMeta, StatusChanged
@@ -28,42 +30,12 @@ from pulse_transports.configfile import expand_user, path_str
 from pulse_transports.file import FileSink, log_path
 from pulse_transports.index import INDEX_FILE
 
-ROOT = Path(__file__).resolve().parents[2]
-FAST = [sys.executable, "-m", "pulse_transports.cli"]
-CLICK = [sys.executable, "-c", "from pulse_transports.cli import main; main(prog_name='pulse')"]
 PROBE = """
 import sys
 from pulse_transports.cli._fast import fast_ls
 code = fast_ls(sys.argv[1:])
 print(code, "click" in sys.modules, "pulse_core" in sys.modules, file=sys.stderr)
 """
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
-
-
-def _run(
-    command: list[str], args: list[str], cwd: Path, **env: str
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [*command, *args], capture_output=True, cwd=cwd, env=_env(**env), timeout=120, check=False
-    )
-
-
-def _same(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[bytes]:
-    """Run *argv* through the ``pulse`` entry and the click group; assert the same result."""
-    fast = _run(FAST, argv, cwd, **env)
-    slow = _run(CLICK, argv, cwd, **env)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
-    return fast
 
 
 def _events(tid: str, start: float, end: str | None, flow_run_id: str | None = None) -> bytes:

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastcli import CLICK, FAST, RICH_ENV
+from fastcli import env as _env
+from fastcli import run as _run
+from fastcli import same as _same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,9 +41,6 @@ from pulse_transports.cli.ls import V1_FILE_NAME
 from pulse_transports.file import FileSink, log_path
 from pulse_transports.history import load_run
 
-ROOT = Path(__file__).resolve().parents[2]
-FAST = [sys.executable, "-m", "pulse_transports.cli"]
-CLICK = [sys.executable, "-c", "from pulse_transports.cli import main; main(prog_name='pulse')"]
 PROBE = """
 import sys
 from pulse_transports.cli._fast import fast
@@ -47,34 +48,6 @@ code = fast(sys.argv[1:])
 modules = ("click", "rich", "pulse_transports.history")
 print(code, *(name in sys.modules for name in modules), file=sys.stderr)
 """
-RICH_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "COLUMNS")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_") and k not in RICH_ENV}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
-
-
-def _run(
-    command: list[str], args: list[str], cwd: Path, **env: str
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [*command, *args], capture_output=True, cwd=cwd, env=_env(**env), timeout=120, check=False
-    )
-
-
-def _same(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[bytes]:
-    """Run *argv* through the ``pulse`` entry and the click group; assert the same result."""
-    fast = _run(FAST, argv, cwd, **env)
-    slow = _run(CLICK, argv, cwd, **env)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
-    return fast
 
 
 def _probe(argv: list[str], cwd: Path, **env: str) -> list[str]:
