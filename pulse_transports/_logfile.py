@@ -37,9 +37,13 @@ from pulse_transports.homemode import open_file
 LOCK_WAIT: Final = 1.0
 
 
+#: The run logs' folder under the home.
+LOG_SUBDIR: Final = ("logs", "training")
+
+
 def log_dir(home: Path) -> Path:
     """Where the run logs live: ``<home>/logs/training``."""
-    return Path(home) / "logs" / "training"
+    return Path(home).joinpath(*LOG_SUBDIR)
 
 
 def log_path(home: Path, training_id: str) -> Path:
@@ -59,7 +63,7 @@ def run_file(home: Path | str, training_id: str, suffix: str) -> str:
     pathlib interns each component of every path it parses (CPython 3.11),
     so per-run file names through it grow a table that never shrinks.
     """
-    return os.path.join(home, "logs", "training", training_id + suffix)
+    return os.path.join(home, *LOG_SUBDIR, training_id + suffix)
 
 
 def writer_alive(home: Path, training_id: str) -> bool | None:

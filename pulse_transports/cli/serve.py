@@ -54,13 +54,13 @@ from pulse_transports.wire import Address, default_socket_path, is_loopback, par
 
 log = get_logger("pulse.hub")
 
-#: Keys of the ``[tool.pulse.socket.hub]`` table and their types.
 #: Threads of the serving loop's default executor: the home feed's wait, the
 #: web view's reads (two at a time), the retention pass and heap trims. Fixed,
 #: so that their count does not grow with load (each keeps a stack and a
 #: malloc arena); the hub's own reads have their own pool.
 SERVE_THREADS: Final = 4
 
+#: Keys of the ``[tool.pulse.socket.hub]`` table and their types.
 HUB_KEYS: Final[Mapping[str, type]] = {
     "tcp": str,
     "token": str,
