@@ -20,6 +20,13 @@ Measurements (goals from issue 14):
   compaction timed apart from the rest.
 * **Hot path**: coalesced ``run.progress()`` next to a bare ``time.monotonic()`` in the
   same run (from ``bench_emitter.measure_hot_path``). Goal: <= 0.3 us.
+* **Thread switching** (``--only gil``): the compaction loop's pattern with no
+  compaction, in four modes taking turns in fresh processes: no-op calls, no-op calls
+  handing values to a plain Python thread that works like the writer at interval 0 (no
+  PULSE code), a run on a FileSink with interval 0, a run with the README's default
+  sinks. Calls over 1 ms that also appear with the plain thread are the interpreter's
+  GIL hand-over between two busy threads, not the library's; the default sinks wake the
+  writer about 40 times a second instead of 200.
 * **Status flood**: 100k steps with a note and a non-fatal error each, default cap.
   Goals: log <= cap, worst step <= 1 ms.
 * **Memory under hostile patterns**: peak traced memory (tracemalloc) of a run in a
@@ -445,6 +452,61 @@ def measure_memory(calls: int = 360_000) -> dict[str, Any]:
     return result
 
 
+GIL_MODES = ("none", "thread", "interval0", "default")
+
+
+def measure_gil(
+    steps: int = 200_000, work_us: float = 100.0, rounds: int = 3, attribute: bool = False
+) -> dict[str, Any]:
+    """The loop's slow calls per mode (see the module docstring), modes taking turns.
+
+    Per mode: the worst and p99.9 call over all rounds, the calls over 1 ms summed
+    over rounds, and the load average before each round; with *attribute* also the
+    calls whose net blocked time (wall minus CPU, run-queue waits and the other
+    thread's run-queue wait) is over 1 ms.
+    """
+    result: dict[str, Any] = {"steps": steps, "rounds": rounds, "load": [], "modes": {}}
+    for _ in range(rounds):
+        result["load"].append(os.getloadavg()[0])
+        for mode in GIL_MODES:
+            with tempfile.TemporaryDirectory() as tmp:
+                report = _trainer(
+                    Path(tmp),
+                    "gil",
+                    f"mode={mode}",
+                    f"steps={steps}",
+                    f"work_us={work_us}",
+                    f"attribute={int(attribute)}",
+                )
+            entry = result["modes"].setdefault(
+                mode, {"loop_s": [], "worst_ms": 0.0, "p999_ms": 0.0, "over_1ms": 0}
+            )
+            entry["loop_s"].append(report["loop_s"])
+            for call in report["calls"].values():
+                entry["worst_ms"] = max(entry["worst_ms"], call["worst_s"] * 1e3)
+                entry["p999_ms"] = max(entry["p999_ms"], call["p999_s"] * 1e3)
+                entry["over_1ms"] += call["over_1ms"]
+                if attribute:
+                    entry["net_over_1ms"] = (
+                        entry.get("net_over_1ms", 0) + call["net_blocked_over_1ms"]
+                    )
+    return result
+
+
+def format_gil(r: dict[str, Any]) -> str:
+    """One line per mode: calls over 1 ms, worst, p99.9."""
+    calls = 2 * r["steps"] * r["rounds"]
+    loads = ", ".join(f"{x:.1f}" for x in r["load"])
+    lines = [f"thread switching: {calls:,} calls per mode, load {loads}"]
+    for mode, e in r["modes"].items():
+        net = f", net blocked > 1 ms {e['net_over_1ms']}" if "net_over_1ms" in e else ""
+        lines.append(
+            f"  {mode:<10} calls > 1 ms {e['over_1ms']:>4}{net}, worst {e['worst_ms']:.2f} ms,"
+            f" p99.9 {e['p999_ms']:.3f} ms, loop {min(e['loop_s']):.2f} s"
+        )
+    return "\n".join(lines)
+
+
 def run_all(quick: bool = False) -> dict[str, Any]:
     """Every measurement; *quick* uses small sizes (seconds, not minutes)."""
     if quick:
@@ -455,6 +517,7 @@ def run_all(quick: bool = False) -> dict[str, Any]:
                 steps=3000, max_bytes=262144, work_us=0, attribute=True
             ),
             "compaction_ab": measure_compaction_ab(steps=3000, max_bytes=262144, rounds=1),
+            "gil": measure_gil(steps=2000, rounds=1, attribute=True),
             "flood": measure_flood(steps=2000, max_bytes=65536),
             "hot_path": measure_hot_path(calls=2000, repeat=2),
             "memory": measure_memory(calls=5000),
@@ -464,6 +527,7 @@ def run_all(quick: bool = False) -> dict[str, Any]:
         "slow_fsync": measure_slow_disk("fsync"),
         "compaction": measure_compaction(rounds=3),
         "compaction_ab": measure_compaction_ab(),
+        "gil": measure_gil(),
         "flood": measure_flood(),
         "hot_path": measure_hot_path(),
         "memory": measure_memory(),
@@ -512,6 +576,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append(format_compaction(results["compaction"]))
     if "compaction_ab" in results:
         lines.append(format_compaction_ab(results["compaction_ab"]))
+    if "gil" in results:
+        lines.append(format_gil(results["gil"]))
     f = results["flood"]
     lines.append(
         f"flood {f['steps']} steps: log {f['log_bytes']} B (cap {f['max_bytes']}), "
@@ -536,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     parser.add_argument(
-        "--only", choices=["compaction", "slow_disk"], default=None, help="one case"
+        "--only", choices=["compaction", "slow_disk", "gil"], default=None, help="one case"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --only compaction")
     parser.add_argument(
@@ -558,6 +624,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_format_slow(f"slow_{fault}", r))
             if "split" in r:
                 print(format_split(f"slow_{fault}", r))
+        return 0
+    if args.only == "gil":
+        steps = 2000 if args.quick else args.steps // 3
+        r = measure_gil(
+            steps=steps, rounds=1 if args.quick else args.rounds, attribute=args.attribute
+        )
+        print(format_gil(r))
+        if args.json is not None:
+            args.json.write_text(json.dumps(r, indent=2), encoding="utf-8")
         return 0
     if args.only == "compaction":
         if args.quick:

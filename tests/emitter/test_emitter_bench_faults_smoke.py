@@ -37,6 +37,11 @@ class TestBenchFaultsSmoke:
         split = results["compaction"]["rounds"][0]["compaction"]["split"]["progress"]
         assert split["worst_wall_ms"] >= split["worst_blocked_ms"] >= 0
         assert "blocked" in bench.format_compaction(results["compaction"])
+        assert set(results["gil"]["modes"]) == {"none", "thread", "interval0", "default"}
+        assert all(
+            m["over_1ms"] >= m["net_over_1ms"] >= 0 for m in results["gil"]["modes"].values()
+        )
+        assert "thread switching" in bench.format_gil(results["gil"])
         assert results["flood"]["log_bytes"] <= results["flood"]["max_bytes"]
         assert results["hot_path"]["progress_us"] > 0
         assert set(results["memory"]) >= {

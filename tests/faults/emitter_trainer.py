@@ -22,6 +22,15 @@ Scenarios:
 * ``flood``: ``steps`` steps each with a status note and a non-fatal error.
 * ``epochs``: ``epochs`` epochs of ``per_epoch`` steps, ``step_sleep`` s
   each (the v1 snapshot is due about every other step), default sinks.
+* ``gil``: the compaction loop's pattern (``work_us`` of busy work, then
+  ``progress()`` + ``metrics()``) in one of four modes (``mode=``), to tell the
+  interpreter's thread switching from the library's share: ``none`` (no-op
+  calls, no other thread), ``thread`` (no-op calls that hand a value to a
+  plain Python thread which, like the writer at interval 0, wakes 5 ms after
+  a hand-over and encodes and writes what it got in 0.2 ms slices: no PULSE
+  code at all), ``interval0`` (a run whose FileSink has interval 0 and a cap
+  never reached: the compaction benchmark's baseline) and ``default`` (a run
+  with the README's default sinks).
 * ``thread_death``: a thread opens a run and dies of FileNotFoundError; the
   main thread lives on until killed.
 * ``fork_exit`` / ``fork_raise``: a run is open, the process forks; the child
@@ -528,6 +537,98 @@ def scenario_epochs(home: Path, opts: dict[str, str]) -> dict[str, Any]:
     return {"epochs": epochs, "per_epoch": per_epoch}
 
 
+class _HandOver:
+    """The ``thread`` control: a plain Python writer thread, no PULSE code.
+
+    Each call appends its values and wakes the thread once per batch (as the
+    emitter's hot path does); the thread waits 5 ms for the batch to gather,
+    then JSON-encodes and writes every item to ``/dev/null``, sleeping 0.1 ms
+    after each 0.2 ms of work (the emitter writer's ``_SLICE``/``_YIELD``).
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        self.wake = threading.Event()
+        self.stop = False
+        self.fd = os.open(os.devnull, os.O_WRONLY)
+        self._thread = threading.Thread(target=self._work, name="control-writer", daemon=True)
+        self._thread.start()
+
+    def progress(self, **values: Any) -> None:
+        self.items.append(("progress", values))
+        if not self.wake.is_set():
+            self.wake.set()
+
+    def metrics(self, **values: Any) -> None:
+        self.items.append(("metrics", values))
+        if not self.wake.is_set():
+            self.wake.set()
+
+    def _work(self) -> None:
+        while not self.stop:
+            if self.wake.wait(0.05):
+                time.sleep(0.005)
+            self.wake.clear()
+            items, self.items = self.items, []
+            start = time.perf_counter()
+            for kind, values in items:
+                _real_write(self.fd, json.dumps({"type": kind, **values}).encode() + b"\n")
+                if time.perf_counter() - start >= 0.0002:
+                    time.sleep(0.0001)
+                    start = time.perf_counter()
+
+    def close(self) -> None:
+        self.stop = True
+        self._thread.join()
+        os.close(self.fd)
+
+
+class _NoOp:
+    """The ``none`` control: calls that do nothing."""
+
+    _thread = None
+
+    def progress(self, **values: Any) -> None:
+        pass
+
+    def metrics(self, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def scenario_gil(home: Path, opts: dict[str, str]) -> dict[str, Any]:
+    mode = opts.get("mode", "none")
+    run: Any
+    if mode == "none":
+        run = _NoOp()
+    elif mode == "thread":
+        run = _HandOver()
+    elif mode == "interval0":
+        run = TrainingRun("gil-run", sinks=[FileSink(home=home, max_bytes=1 << 40, interval=0.0)])
+    elif mode == "default":
+        run = TrainingRun("gil-run")
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    steps = int(opts.get("steps", "300"))
+    work_us = float(opts.get("work_us", "100"))
+    per_epoch = int(opts.get("per_epoch", "100"))
+    timer = _timer(opts)
+    timer.watch_writer(run)  # the writer's (or the control thread's) run-queue wait
+    start = time.perf_counter()
+    for i in range(steps):
+        busy(work_us)
+        timer.call("progress", run.progress, epoch=i // per_epoch + 1, step=i % per_epoch)
+        timer.call("metrics", run.metrics, loss=1.0 / (i + 1))
+    loop_s = time.perf_counter() - start
+    run.close()
+    calls = timer.report()
+    for name, entry in calls.items():
+        entry["over_1ms"] = sum(s > 0.001 for s in timer.samples[name])
+    return {"mode": mode, "loop_s": loop_s, "calls": calls}
+
+
 def scenario_thread_death(home: Path, opts: dict[str, str]) -> dict[str, Any]:
     def train() -> None:
         run = TrainingRun("thread-death-run")
@@ -579,6 +680,8 @@ def main() -> None:
         result = scenario_flood(home, opts)
     elif scenario == "epochs":
         result = scenario_epochs(home, opts)
+    elif scenario == "gil":
+        result = scenario_gil(home, opts)
     elif scenario == "thread_death":
         result = scenario_thread_death(home, opts)
     elif scenario in ("fork_exit", "fork_raise"):
