@@ -50,6 +50,9 @@ _SAMPLES: Final = (Progress, Metrics)
 ORPHANED: Final = 3
 #: How much the child lowers its CPU priority.
 NICENESS: Final = 10
+#: What starts the child's report line in its output (stdout and stderr are
+#: one pipe, so a warning may come before or after it).
+REPORT_MARK: Final = b"\npulse-compact-report "
 #: Bytes of the child's output kept (its report, or the end of its traceback).
 OUTPUT_KEPT: Final = 64 * 1024
 
@@ -313,6 +316,23 @@ def _read_until_exit(fd: int, pid: int, deadline: float) -> bytes:
         kept = (kept + chunk)[-OUTPUT_KEPT:]
 
 
+def read_report(output: bytes) -> tuple[int, int] | None:
+    """(lines kept, lines before) from the child's output; None without a whole report.
+
+    The report is the last line that starts with :data:`REPORT_MARK`, wherever
+    it stands among what else the child printed (a warning at exit, say).
+    """
+    at = output.rfind(REPORT_MARK)
+    if at < 0:
+        return None
+    line = output[at + len(REPORT_MARK) :].partition(b"\n")[0]
+    try:
+        report = orjson.loads(line)
+        return int(report["kept"]), int(report["before"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def main(argv: list[str]) -> int:
     """The child's entry: compact LOG to TARGET bytes and rename, if PARENT_PID lives."""
     path, target, parent = Path(argv[0]), int(argv[1]), int(argv[2])
@@ -326,7 +346,8 @@ def main(argv: list[str]) -> int:
         discard(tmp)
         return ORPHANED
     replace(tmp, path)
-    sys.stdout.buffer.write(orjson.dumps({"kept": kept, "before": before, "after": after}))
+    report = orjson.dumps({"kept": kept, "before": before, "after": after})
+    sys.stdout.buffer.write(REPORT_MARK + report + b"\n")
     sys.stdout.buffer.flush()
     return 0
 

@@ -57,8 +57,6 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-import orjson
-
 import pulse_core
 from pulse_core._log import get_logger
 from pulse_core.codec import encode
@@ -448,11 +446,9 @@ class FileSink(RecreatingLog):
             )
             return None
         if code in (0, None):  # None: the application reaped it; its report tells
-            try:
-                report = orjson.loads(output.rpartition(b"\n")[2])
-                return int(report["kept"]), int(report["before"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                pass
+            report = _compact_module.read_report(output)
+            if report is not None:
+                return report
         log.warning(
             "pulse log compaction child failed; compacting in-process",
             path=str(self.path),

@@ -381,6 +381,44 @@ class TestOutOfProcess:
         assert kept[-1] == events[-1]
         assert log_path(tmp_home, TID).stat().st_size <= 16384
 
+    def test_child_printing_after_its_report(
+        self, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A child that prints a warning after its report still reports: no in-process redo."""
+        real = file_module._child_command
+        noisy = (
+            "import atexit, runpy, sys; "
+            "atexit.register(lambda: sys.stderr.write('SomeWarning: said at exit\\n')); "
+            "print('a line before the report', flush=True); "
+            "runpy.run_module('pulse_transports._compact', run_name='__main__')"
+        )
+        monkeypatch.setattr(
+            file_module,
+            "_child_command",
+            lambda path, target: [sys.executable, "-c", noisy, *real(path, target)[3:]],
+        )
+        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
+        sink.out_of_process_bytes = 0
+        sink.open(TID)
+        logs = fill(sink, synthetic(600))
+        sink.close()
+        done = [e for e in logs if e["event"] == "pulse log compacted"]
+        assert sink.compactions >= 1
+        assert [e["where"] for e in done] == ["child"] * sink.compactions
+        assert not [e for e in logs if e["log_level"] == "warning"]
+
+    def test_report_read_among_other_output(self) -> None:
+        """The last marked line is the report, whatever stands around it; else None."""
+        mark, read = compact_module.REPORT_MARK, compact_module.read_report
+        report = mark + b'{"kept": 7, "before": 9, "after": 100}\n'
+        assert read(b"warning\n" + report) == (7, 9)
+        assert read(report + b"Warning: at exit\nmore\n") == (7, 9)
+        assert read(report.rstrip(b"\n")) == (7, 9)
+        assert read(b"no report at all\n") is None
+        assert read(mark + b'{"kept": 7, "bef') is None  # cut short
+        assert read(mark + b'{"kept": "x", "before": 1}\n') is None
+        assert read(b"") is None
+
     def test_hung_child_is_a_failed_compaction(
         self, tmp_home: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
