@@ -137,6 +137,14 @@ def sampled(count: int, every: int = LOG_EVERY, first: int = 1) -> bool:
     return 0 < count <= first or (every > 0 and count % every == 0)
 
 
+#: Seconds a writer thread sleeps to hand the GIL to a waiting training thread
+#: (the emitter's writer between slices of work, the file sink between the
+#: steps of a compaction). A thread waiting for the GIL gets it only when the
+#: holder blocks or after the 5 ms switch interval; a syscall as short as a
+#: page-cache write gives it back before the waiter wakes up, a sleep lets it in.
+GIL_YIELD: Final = 0.0001
+
+
 def background_tick(intervals: list[float], heartbeat: float) -> float:
     """How often a run's background thread wakes to deliver trailing values.
 
