@@ -137,6 +137,13 @@ def sampled(count: int, every: int = LOG_EVERY, first: int = 1) -> bool:
     return 0 < count <= first or (every > 0 and count % every == 0)
 
 
+#: Bad input a reader skips or refuses (a malformed log line, a refused
+#: producer line, an invalid v1 snapshot) is logged one by one this many times
+#: per reader, then every BAD_LOG_EVERY-th; all of it is counted.
+BAD_LOG_FIRST: Final = 10
+BAD_LOG_EVERY: Final = 1000
+
+
 #: Seconds a writer thread sleeps to hand the GIL to a waiting training thread
 #: (the emitter's writer between slices of work, the file sink between the
 #: steps of a compaction). A thread waiting for the GIL gets it only when the
