@@ -23,6 +23,7 @@ from typing import Final, Generic, TypeVar
 import attrs
 
 from pulse_core.events import Event, Heartbeat, Metrics, Progress
+from pulse_core.liveness import HEARTBEAT_INTERVAL as _BEAT
 
 T = TypeVar("T")
 
@@ -59,9 +60,9 @@ LOG_EVERY: Final = 100
 #: than an OSError (e.g. TypeError: it may never take that event); then the
 #: event is dropped (and counted) so the events behind it are not stuck.
 POISON_ATTEMPTS: Final = 3
-#: Default seconds between heartbeats of a quiet run (the same value as
-#: :data:`pulse_core.liveness.HEARTBEAT_INTERVAL`, which readers assume).
-HEARTBEAT_INTERVAL: Final = 5.0
+#: Default seconds between heartbeats of a quiet run: the interval readers
+#: assume (:data:`pulse_core.liveness.HEARTBEAT_INTERVAL`).
+HEARTBEAT_INTERVAL: Final = _BEAT
 
 
 @attrs.frozen
