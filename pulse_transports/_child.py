@@ -26,6 +26,7 @@ from pulse_core.emitter import (
     ENV_FLOW_ID,
     ENV_FLOW_RUN_ID,
     ENV_FLOW_STEP_ID,
+    ENV_HANDLE_SIGNALS,
     ENV_SUPERVISED,
     ENV_TOTAL_EPOCHS,
     ENV_TRAINING_ID,
@@ -128,7 +129,7 @@ def child_environment(
     env[ENV_TRAINING_ID] = training_id
     env["PULSE_HOME"] = str(home.resolve())
     env[ENV_SUPERVISED] = "1"
-    env["PULSE_HANDLE_SIGNALS"] = "1"
+    env[ENV_HANDLE_SIGNALS] = "1"
     for name, value in (
         (ENV_FLOW_ID, link.flow_id),
         (ENV_FLOW_RUN_ID, link.flow_run_id),
