@@ -1,9 +1,10 @@
 """Rate limiting and failure policy: how often, how much, how long to wait.
 
 This module owns the numbers and small pure helpers that decide when a
-coalesced value is forwarded, how a failing sink is retried and how much a
-failing sink may buffer. It keeps no clock: callers pass ``now``. Must never
-import I/O modules.
+coalesced value is forwarded, how a failing sink is retried, how much a
+failing sink may buffer, how often failures and bad input are logged and how
+long a writer thread yields the GIL. It keeps no clock: callers pass ``now``.
+Must never import I/O modules.
 
 Throttle semantics (per sink, per run): leading and trailing edge. A new
 value is forwarded at once if the sink's interval has passed since its last
