@@ -48,6 +48,8 @@ from pulse_transports.config import ENV_TRANSPORT_OPTIONS
 
 log = get_logger("pulse.supervise")
 
+#: The ``launched_by`` label of the metadata a supervisor writes for its child's run
+#: (a child that reports writes its own, without it: see :func:`child_reported`).
 SUPERVISOR_LABEL: Final = "pulse-supervisor"
 #: Seconds the child's file sink waits for the lock (set in its environment);
 #: far above SCAN_SLOW, so a claim is always seen and let through in time.
