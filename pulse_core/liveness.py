@@ -28,7 +28,7 @@ ENDED: Final = "ended"
 #: Default heartbeat interval of the emitter (seconds).
 HEARTBEAT_INTERVAL: Final = 5.0
 #: Default silence after which a run is stale: three missed heartbeats.
-STALE_AFTER: Final = 15.0
+STALE_AFTER: Final = 3 * HEARTBEAT_INTERVAL
 #: Default silence after which a run is lost even if its writer cannot be checked.
 LOST_AFTER: Final = 600.0
 

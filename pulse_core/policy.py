@@ -1,9 +1,10 @@
 """Rate limiting and failure policy: how often, how much, how long to wait.
 
 This module owns the numbers and small pure helpers that decide when a
-coalesced value is forwarded, how a failing sink is retried and how much a
-failing sink may buffer. It keeps no clock: callers pass ``now``. Must never
-import I/O modules.
+coalesced value is forwarded, how a failing sink is retried, how much a
+failing sink may buffer, how often failures and bad input are logged and how
+long a writer thread yields the GIL. It keeps no clock: callers pass ``now``.
+Must never import I/O modules.
 
 Throttle semantics (per sink, per run): leading and trailing edge. A new
 value is forwarded at once if the sink's interval has passed since its last
@@ -23,6 +24,7 @@ from typing import Final, Generic, TypeVar
 import attrs
 
 from pulse_core.events import Event, Heartbeat, Metrics, Progress
+from pulse_core.liveness import HEARTBEAT_INTERVAL as _BEAT
 
 T = TypeVar("T")
 
@@ -59,9 +61,9 @@ LOG_EVERY: Final = 100
 #: than an OSError (e.g. TypeError: it may never take that event); then the
 #: event is dropped (and counted) so the events behind it are not stuck.
 POISON_ATTEMPTS: Final = 3
-#: Default seconds between heartbeats of a quiet run (the same value as
-#: :data:`pulse_core.liveness.HEARTBEAT_INTERVAL`, which readers assume).
-HEARTBEAT_INTERVAL: Final = 5.0
+#: Default seconds between heartbeats of a quiet run: the interval readers
+#: assume (:data:`pulse_core.liveness.HEARTBEAT_INTERVAL`).
+HEARTBEAT_INTERVAL: Final = _BEAT
 
 
 @attrs.frozen
@@ -135,6 +137,21 @@ def sampled(count: int, every: int = LOG_EVERY, first: int = 1) -> bool:
     counters (``count`` is 1-based, already incremented).
     """
     return 0 < count <= first or (every > 0 and count % every == 0)
+
+
+#: Bad input a reader skips or refuses (a malformed log line, a refused
+#: producer line, an invalid v1 snapshot) is logged one by one this many times
+#: per reader, then every BAD_LOG_EVERY-th; all of it is counted.
+BAD_LOG_FIRST: Final = 10
+BAD_LOG_EVERY: Final = 1000
+
+
+#: Seconds a writer thread sleeps to hand the GIL to a waiting training thread
+#: (the emitter's writer between slices of work, the file sink between the
+#: steps of a compaction). A thread waiting for the GIL gets it only when the
+#: holder blocks or after the 5 ms switch interval; a syscall as short as a
+#: page-cache write gives it back before the waiter wakes up, a sleep lets it in.
+GIL_YIELD: Final = 0.0001
 
 
 def background_tick(intervals: list[float], heartbeat: float) -> float:

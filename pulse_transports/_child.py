@@ -26,6 +26,7 @@ from pulse_core.emitter import (
     ENV_FLOW_ID,
     ENV_FLOW_RUN_ID,
     ENV_FLOW_STEP_ID,
+    ENV_HANDLE_SIGNALS,
     ENV_SUPERVISED,
     ENV_TOTAL_EPOCHS,
     ENV_TRAINING_ID,
@@ -47,6 +48,8 @@ from pulse_transports.config import ENV_TRANSPORT_OPTIONS
 
 log = get_logger("pulse.supervise")
 
+#: The ``launched_by`` label of the metadata a supervisor writes for its child's run
+#: (a child that reports writes its own, without it: see :func:`child_reported`).
 SUPERVISOR_LABEL: Final = "pulse-supervisor"
 #: Seconds the child's file sink waits for the lock (set in its environment);
 #: far above SCAN_SLOW, so a claim is always seen and let through in time.
@@ -128,7 +131,7 @@ def child_environment(
     env[ENV_TRAINING_ID] = training_id
     env["PULSE_HOME"] = str(home.resolve())
     env[ENV_SUPERVISED] = "1"
-    env["PULSE_HANDLE_SIGNALS"] = "1"
+    env[ENV_HANDLE_SIGNALS] = "1"
     for name, value in (
         (ENV_FLOW_ID, link.flow_id),
         (ENV_FLOW_RUN_ID, link.flow_run_id),

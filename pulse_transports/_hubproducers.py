@@ -16,7 +16,7 @@ from typing import Any, Final
 from pulse_core._log import get_logger
 from pulse_core.codec import MAX_LINE_BYTES, bound_event, decode
 from pulse_core.errors import DecodeError
-from pulse_core.policy import sampled
+from pulse_core.policy import BAD_LOG_EVERY, BAD_LOG_FIRST, sampled
 from pulse_transports._hubconn import Conn
 from pulse_transports._hubliveness import HubLiveness
 from pulse_transports._hubowner import RunOwners, peer_pid, seq_refusal
@@ -125,7 +125,7 @@ class HubProducers(HubLiveness):
         """Drop one producer line: log it, and answer with a non-fatal error."""
         conn.rejected += 1
         n = conn.rejected
-        if sampled(n, 1000, first=10):
+        if sampled(n, BAD_LOG_EVERY, first=BAD_LOG_FIRST):
             log.warning(
                 "pulse hub dropped a producer line",
                 code=code,

@@ -12,7 +12,6 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from typing import Final
 
 from pulse_core._log import get_logger
 from pulse_core.events import Event
@@ -22,7 +21,6 @@ from pulse_transports._hubliveness import HubLiveness
 from pulse_transports.file import log_path
 from pulse_transports.follow import read_events
 from pulse_transports.inprocess import (
-    BATCH_BYTES,
     AsyncSubscription,
     EncodedEvents,
     Item,
@@ -39,9 +37,6 @@ from pulse_transports.wire import (
 )
 
 log = get_logger("pulse.hub")
-
-#: Items handed to one subscriber's socket per write.
-_BATCH: Final = 256
 
 
 class HubSubscribers(HubLiveness):
@@ -86,7 +81,7 @@ class HubSubscribers(HubLiveness):
         writer = conn.writer
         try:
             while True:
-                items = await sub.batch(_BATCH, BATCH_BYTES)
+                items = await sub.batch()
                 if not items:
                     return
                 writer.write(b"".join([self._line(item) for item in items]))

@@ -45,7 +45,9 @@ LIMIT: Final = 10_000
 BUFFER_BYTES: Final = 4 << 20
 #: Bytes a subscriber may have waiting before it is told to resync and dropped.
 LIMIT_BYTES: Final = 16 << 20
-#: Bytes of items taken from a mailbox at once (what may wait in a socket's buffer).
+#: Items taken from a mailbox at once (one write to a subscriber's socket, one
+#: SSE message), and their bytes beyond the first (what may wait in a socket's buffer).
+BATCH: Final = 256
 BATCH_BYTES: Final = 1 << 20
 #: Recent events kept per run for resuming subscribers.
 RECENT: Final = 256

@@ -22,7 +22,7 @@ from pulse_core.events import (
 )
 from pulse_core.policy import sampled
 from pulse_core.reducer import Folder
-from pulse_transports._mailbox import BATCH_BYTES, Item, Mailbox, item_size
+from pulse_transports._mailbox import BATCH, BATCH_BYTES, Item, Mailbox, item_size
 from pulse_transports.wire import Resync
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ class AsyncSubscription(AsyncClosesOnExit, _Subscription):
             self.closed = True
             self.bus._detach(self)
 
-    async def batch(self, limit: int = 256, max_bytes: int = BATCH_BYTES) -> list[Item]:
+    async def batch(self, limit: int = BATCH, max_bytes: int = BATCH_BYTES) -> list[Item]:
         """Wait for the next items due (at most *limit*, and *max_bytes* beyond the first).
 
         Returns [] once closed.

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from pulse_core.errors import ConfigError
+from pulse_transports._logfile import log_dir
 from pulse_transports.configfile import (
     ENV_TRANSPORT_OPTIONS,
     KEYS,
@@ -53,7 +54,7 @@ class Config:
     @property
     def log_dir(self) -> Path:
         """``<home>/logs/training``: one ``<training_id>.jsonl`` per run."""
-        return self.home / "logs" / "training"
+        return log_dir(self.home)
 
 
 def is_kind(value: Any, kind: type) -> bool:

@@ -67,7 +67,7 @@ from pulse_core.events import (
     RunMeta,
     StatusChanged,
 )
-from pulse_core.policy import LOG_INTERVAL
+from pulse_core.policy import GIL_YIELD, LOG_INTERVAL
 from pulse_core.state import RunState
 from pulse_transports import _compact as _compact_module
 from pulse_transports._checkpoint import EVERY_BYTES, CheckpointWriter, fold_log
@@ -120,8 +120,6 @@ FOLLOW_INTERVAL: Final = LOG_INTERVAL / 4
 OUT_OF_PROCESS_BYTES: Final = 128 * 1024
 #: Seconds a compaction child may take before it is killed (the compaction then fails).
 COMPACT_TIMEOUT: Final = 300.0
-#: Seconds the writer sleeps between the steps of a compaction (see _yield_gil).
-_YIELD: Final = 0.0001
 _NEVER: Final = 1 << 62
 #: A checkpoint line is left out when longer than max_bytes / this (tiny caps).
 CHECKPOINT_SHARE: Final = 16
@@ -459,13 +457,12 @@ class FileSink(RecreatingLog):
 
 
 def _yield_gil() -> None:
-    """Let a thread waiting for the GIL run now (see ``_SLICE`` in the emitter's writer).
+    """Let a thread waiting for the GIL run now (see :data:`pulse_core.policy.GIL_YIELD`).
 
-    A syscall as short as a page-cache write gives the GIL back before the
-    waiter wakes; a sleep lets it in. The compaction's steps between blocking
-    calls are each well under a millisecond of CPU with these in between.
+    The compaction's steps between blocking calls are each well under a
+    millisecond of CPU with these in between.
     """
-    time.sleep(_YIELD)
+    time.sleep(GIL_YIELD)
 
 
 def _child_command(path: Path, target: int) -> list[str]:

@@ -49,7 +49,7 @@ from pulse_core.closing import ClosesOnExit
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
 from pulse_core.events import Event, StateCheckpoint
-from pulse_core.policy import sampled
+from pulse_core.policy import BAD_LOG_EVERY, BAD_LOG_FIRST, sampled
 from pulse_core.state import RunState
 from pulse_transports.notify import Notifier
 from pulse_transports.position import Checkpoint, Position, fingerprint, taken_in
@@ -60,9 +60,6 @@ log = get_logger("pulse.follow")
 MAX_LINE: Final = 1 << 20
 #: Bytes read per system call.
 CHUNK: Final = 1 << 18
-#: Bad lines logged one by one per follower; after that every LOG_EVERY-th.
-LOG_FIRST: Final = 10
-LOG_EVERY: Final = 1000
 #: Bad lines whose details a follower keeps (all are counted).
 KEEP_BAD: Final = 20
 
@@ -408,7 +405,7 @@ class LogFollower(ClosesOnExit):
         line = self._line_no + 1
         if len(self.bad) < KEEP_BAD:
             self.bad.append(BadLine(offset=offset, line=line, reason=reason[:300]))
-        if sampled(self.bad_lines, LOG_EVERY, first=LOG_FIRST):
+        if sampled(self.bad_lines, BAD_LOG_EVERY, first=BAD_LOG_FIRST):
             log.warning(
                 "pulse log line skipped",
                 file=str(self.path),

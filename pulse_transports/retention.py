@@ -38,7 +38,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_type_hints
 
 import attrs
 import orjson
@@ -63,13 +63,6 @@ REMOVED_KEEP: Final = 100_000
 _DAY: Final = 86400.0
 #: Seconds after the hub starts before its first collection.
 FIRST_DELAY: Final = 60.0
-_KINDS: Final[Mapping[str, type]] = {
-    "keep_runs": int,
-    "max_bytes": int,
-    "max_age_days": float,
-    "interval": float,
-    "enabled": bool,
-}
 
 
 @attrs.frozen
@@ -94,10 +87,12 @@ class RetentionPolicy:
     def from_table(cls, table: Mapping[str, Any]) -> RetentionPolicy:
         """The policy of a ``[retention]`` table (unset keys take the defaults).
 
+        The table's keys and their kinds are the policy's fields.
+
         Raises:
             ConfigError: an unknown key, a value of the wrong kind or not positive.
         """
-        values = check_table(table, _KINDS, what="[retention]")
+        values = check_table(table, get_type_hints(cls), what="[retention]")
         for key, value in values.items():
             if key != "enabled" and not value > 0:
                 raise ConfigError(f"option {key!r} of [retention] must be positive, got {value}")

@@ -43,7 +43,15 @@ from pulse_core._log import get_logger
 from pulse_core.codec import encode
 from pulse_core.errors import ConfigError, DecodeError
 from pulse_core.events import ErrorReported, Event
-from pulse_core.policy import CONNECT_BACKOFF, BoundedBuffer, Retry, sample_kind, sampled
+from pulse_core.policy import (
+    BAD_LOG_EVERY,
+    BAD_LOG_FIRST,
+    CONNECT_BACKOFF,
+    BoundedBuffer,
+    Retry,
+    sample_kind,
+    sampled,
+)
 from pulse_transports._hubclient import handshake, hub_address
 from pulse_transports._sender import BackgroundSender, shed_details
 from pulse_transports.config import check_limits
@@ -287,7 +295,7 @@ class SocketSink(BackgroundSender[Event]):
                 self.rejected += 1
                 if message.fatal:
                     raise HandshakeError(message.code, message.message)
-                if sampled(self.rejected, 1000, first=10):
+                if sampled(self.rejected, BAD_LOG_EVERY, first=BAD_LOG_FIRST):
                     log.warning(
                         "pulse hub rejected an event",
                         training_id=self.training_id,

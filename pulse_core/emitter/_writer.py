@@ -25,7 +25,7 @@ from pulse_core.emitter._metrics import _Bounds, _metric_fields
 from pulse_core.emitter._route import _Route
 from pulse_core.emitter._value import _as_int
 from pulse_core.events import TERMINAL_STATUSES, Event
-from pulse_core.policy import FLOOD_BURST, background_tick
+from pulse_core.policy import FLOOD_BURST, GIL_YIELD, background_tick
 
 log = get_logger("pulse.emitter")
 
@@ -33,12 +33,9 @@ _INF: Final = float("inf")
 #: Seconds the writer lets hand-overs gather after a wake-up before writing.
 _BATCH_WAIT: Final = 0.005
 #: The writer's longest stretch of work (s) before it lets the training thread
-#: have the GIL. A thread waiting for the GIL gets it only when the holder
-#: blocks or after the 5 ms switch interval; a syscall as short as a write to
-#: the page cache gives it back before the waiter wakes up. So the writer
-#: works in slices and sleeps long enough between them for the waiter to run.
+#: have the GIL: it works in slices and sleeps :data:`~pulse_core.policy.GIL_YIELD`
+#: between them, long enough for the waiter to run.
 _SLICE: Final = 0.0002
-_YIELD: Final = 0.0001
 #: Outbox length at which a sink is not due for new progress/metrics: values
 #: coalesce on the hot path until the writer catches up. A backlog of
 #: thousands of events outlives the young gc generations, so the training
@@ -204,7 +201,7 @@ class _RunWriter:
     def _pace(self) -> None:
         """Writer thread, between two events: after a slice of work, yield the GIL."""
         if time.perf_counter() - self._slice_start >= _SLICE:
-            time.sleep(_YIELD)  # blocks: a training thread waiting for the GIL runs now
+            time.sleep(GIL_YIELD)  # blocks: a training thread waiting for the GIL runs now
             self._slice_start = time.perf_counter()
 
     def _finish(self) -> None:

@@ -29,6 +29,7 @@ import orjson
 
 from pulse_core._log import get_logger
 from pulse_core.events import validate_training_id
+from pulse_transports._logfile import log_dir
 from pulse_transports._proctree import signal_name
 from pulse_transports.homemode import make_dirs, open_file
 
@@ -44,7 +45,7 @@ def _int(value: object, default: int) -> int:
 
 def rank_dir(home: Path | str, training_id: str) -> Path:
     """The directory of one run's rank files (errors and registrations)."""
-    return Path(home) / "logs" / "training" / "ranks" / validate_training_id(training_id)
+    return log_dir(Path(home)) / "ranks" / validate_training_id(training_id)
 
 
 #: faulthandler's first line for each fatal signal it reports.

@@ -19,6 +19,7 @@ from pulse_core._log import get_logger
 from pulse_core.events import Event
 from pulse_core.policy import CONNECT_BACKOFF, sampled
 from pulse_core.reducer import Folder
+from pulse_transports._mailbox import KEEP_ENDED as _BUS_KEEP_ENDED
 from pulse_transports.nats._connection import NatsOptions, connect, explain
 from pulse_transports.nats._reader import StreamReader
 from pulse_transports.nats._store import StoreConfig, ensure_store
@@ -32,8 +33,8 @@ log = get_logger("pulse.nats")
 
 # -- names and defaults (specs/nats.md says why each default is what it is) ------
 
-#: Seconds an ended run stays in a hub fed from NATS (as the bus keeps it).
-KEEP_ENDED: Final = 3600.0
+#: Seconds an ended run stays in a hub fed from NATS: as long as the bus keeps it.
+KEEP_ENDED: Final = _BUS_KEEP_ENDED
 
 
 def _default_store(store: StoreConfig | None) -> StoreConfig:

@@ -76,7 +76,7 @@ from pulse_core.events import (
     validate_training_id,
 )
 from pulse_core.liveness import LOST
-from pulse_core.policy import sampled
+from pulse_core.policy import BAD_LOG_EVERY, BAD_LOG_FIRST, sampled
 from pulse_core.ports import Sink
 from pulse_transports.file import FileSink, log_path, writer_alive
 from pulse_transports.history import HomeNotFound, RunRecord, recover
@@ -407,7 +407,7 @@ class V1FileSource(ClosesOnExit):
 
     def _skip(self, why: str) -> None:
         self.invalid += 1
-        if sampled(self.invalid, 1000, first=10):
+        if sampled(self.invalid, BAD_LOG_EVERY, first=BAD_LOG_FIRST):
             log.debug("pulse v1 bridge: snapshot skipped", path=str(self.path), reason=why[:200])
 
     # -- v2 runs in the same file -------------------------------------------------

@@ -36,6 +36,7 @@ from pulse_core.liveness import (
     Liveness,
     by_silence,
 )
+from pulse_core.policy import LOG_INTERVAL
 from pulse_core.projections import LOST_MESSAGE, V1_KEYS, to_v1, to_view
 from pulse_core.state import RunState
 from pulse_transports.file import write_json_atomic
@@ -54,8 +55,9 @@ log = get_logger("pulse.hybrid")
 #: The training id a v1-only run is shown under (there is one v1 slot).
 V1_ONLY_ID: Final = "v1-snapshot"
 #: Seconds a snapshot may be newer than the last event in its run's log: the
-#: durable log gets progress at most once a second, the v1 file ten times.
-MATCH_SLACK: Final = 2.0
+#: durable log gets progress at most once a LOG_INTERVAL (1 s), the v1 file
+#: ten times as often: two of the log's intervals.
+MATCH_SLACK: Final = 2 * LOG_INTERVAL
 #: Two times closer than this are the same time (the v1 file keeps milliseconds).
 SAME_TIME: Final = 0.002
 

@@ -60,7 +60,6 @@ from pulse_transports.file import log_path
 from pulse_transports.follow import read_events
 from pulse_transports.history import load_run
 from pulse_transports.inprocess import (
-    BATCH_BYTES,
     AsyncSubscription,
     Bus,
     EncodedEvents,
@@ -75,8 +74,6 @@ log = get_logger("pulse.web")
 
 #: The stream's own protocol name and version, in its hello.
 SSE_PROTOCOL: Final = "pulse-sse/1"
-#: Items taken from the subscription per message.
-BATCH: Final = 256
 #: Seconds a dropped client has to read its ``resync`` before its connection is cut.
 DROP_GRACE: Final = 10.0
 #: Seconds a run must have been silent (after it ended or was lost) before
@@ -252,7 +249,7 @@ class EventStream:
         while True:
             await self._room.wait()
             self._room.clear()
-            items = await sub.batch(BATCH, BATCH_BYTES)
+            items = await sub.batch()
             self._pending.append(items)
             self._wake.set()
             if not items or isinstance(items[-1], Resync):

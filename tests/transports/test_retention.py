@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import orjson
 import pytest
 
@@ -66,6 +67,19 @@ class TestPolicy:
         """Generous but finite: 5000 runs, 1 GiB, 180 days."""
         policy = RetentionPolicy.from_table({})
         assert (policy.keep_runs, policy.max_bytes, policy.max_age_days) == (5000, 1 << 30, 180.0)
+
+    def test_every_field_is_a_key(self) -> None:
+        """Each field of the policy is a key of the table, of its kind (an int is a float)."""
+        table = {
+            "keep_runs": 3,
+            "max_bytes": 4096,
+            "max_age_days": 2,
+            "interval": 1.5,
+            "enabled": False,
+        }
+        assert attrs.asdict(RetentionPolicy.from_table(table)) == table
+        with pytest.raises(ConfigError, match="must be bool"):
+            RetentionPolicy.from_table({"enabled": 1})
 
     @pytest.mark.parametrize(
         "table", [{"keep": 3}, {"keep_runs": "3"}, {"max_bytes": 0}, {"max_age_days": -1}]
