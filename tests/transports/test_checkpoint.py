@@ -81,6 +81,29 @@ class TestWriter:
         size = sum(len(lines[i]) + 1 for i in marks)
         assert size < path.stat().st_size / 3
 
+    def test_an_ended_run_ends_with_a_checkpoint(self, tmp_home: Path) -> None:
+        """The terminal status is followed by a checkpoint: readers fold no tail."""
+        write_run(tmp_home, 3000, end=True)
+        path = log_path(tmp_home, TID)
+        events = [decode(line) for line in lines_of(path)]
+        last = events[-1]
+        assert isinstance(last, StateCheckpoint)
+        assert isinstance(events[-2], StatusChanged)
+        assert last.lines == len(events) - 1
+        assert state_from_obj(last.state) == replay(events[:-1])
+        found = last_checkpoint(path, TID)
+        assert found is not None
+        assert found.position.offset == path.stat().st_size
+        state, lines, tail = fold_log(path, TID)
+        assert (state.status, lines, tail) == ("done", len(events), 0)
+
+    def test_a_short_ended_run_gets_no_checkpoint(self, tmp_home: Path) -> None:
+        """Under END_BYTES since the last checkpoint, the end adds none (the tail is cheap)."""
+        write_run(tmp_home, 20, end=True)
+        path = log_path(tmp_home, TID)
+        assert path.stat().st_size < _checkpoint.END_BYTES
+        assert checkpoints(path) == []
+
     def test_compaction_writes_the_true_state(self, tmp_home: Path) -> None:
         """After compaction the last checkpoint has every event, not the downsampled fold."""
         sink = write_run(tmp_home, 6000, max_bytes=1024 * 1024)
