@@ -10,7 +10,9 @@ This module owns both sides of the ``state_checkpoint`` line (specs/protocol.md)
   small part of the log). It is also due as soon as the run ends (a line with
   a terminal status) if :data:`END_BYTES` were written since the last one: an
   ended run -- what most logs in a home are -- is then recovered from its last
-  line, at the same cost whatever the log's size. The writer also appends one
+  line, at the same cost whatever the log's size (unless another process
+  appended to the log: the file writer then leaves it out, so that readers
+  fold those lines and count the bad ones). The writer also appends one
   after every compaction:
   its state is the run's true state, not the fold of the downsampled file. A
   log recreated after it was deleted restarts the fold from the restated lines
@@ -69,6 +71,8 @@ class CheckpointWriter:
         self._lines = 0  # since the last checkpoint
         self._bytes = 0
         self._spacing = 0
+        #: The last line noted ended the run (a terminal status).
+        self.ending = False
 
     def restart(self, events: list[Event]) -> None:
         """Fold afresh from *events*: a recreated log holds only these (restated)."""
@@ -87,8 +91,8 @@ class CheckpointWriter:
         self._folder.apply(event)
         self._lines += 1
         self._bytes += size
-        ended = isinstance(event, StatusChanged) and is_terminal(event.status)
-        if ended and self._bytes >= END_BYTES:
+        self.ending = isinstance(event, StatusChanged) and is_terminal(event.status)
+        if self.ending and self._bytes >= END_BYTES:
             return True  # the run ended: readers start from its last line
         if self._bytes < self._spacing:
             return False

@@ -104,6 +104,23 @@ class TestWriter:
         assert path.stat().st_size < _checkpoint.END_BYTES
         assert checkpoints(path) == []
 
+    def test_no_end_checkpoint_over_lines_of_others(self, tmp_home: Path) -> None:
+        """Garbage appended by another process is folded and counted, not hidden by the end."""
+        sink = FileSink(home=tmp_home, interval=0.0, fsync=False)
+        sink.open(TID)
+        sink.write(StatusChanged(TID, 1, 1.0, "running"))
+        path = log_path(tmp_home, TID)
+        with path.open("ab") as other:
+            other.write(b"garbage\n")
+        for i in range(300):
+            sink.write(Progress(TID, 2 + i, 2.0 + i, step=i))
+        assert path.stat().st_size >= _checkpoint.END_BYTES
+        sink.write(StatusChanged(TID, 302, 400.0, "done"))
+        sink.close()
+        assert not [line for line in lines_of(path) if line.startswith(_checkpoint.MARK)]
+        [record] = recover(tmp_home, use_index=False)
+        assert (record.summary["status"], record.bad_lines) == ("done", 1)
+
     def test_compaction_writes_the_true_state(self, tmp_home: Path) -> None:
         """After compaction the last checkpoint has every event, not the downsampled fold."""
         sink = write_run(tmp_home, 6000, max_bytes=1024 * 1024)
