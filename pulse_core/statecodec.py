@@ -71,7 +71,7 @@ def state_from_obj(obj: Any) -> RunState:
         kwargs["meta"] = RunMeta(**meta) if meta is not None else None
         kwargs["errors"] = tuple(ErrorReported(**e) for e in kwargs.get("errors", ()))
         kwargs["history"] = {
-            name: Series(width=w, count=c, windows=tuple(tuple(x) for x in windows))
+            name: Series(width=w, count=c, windows=tuple(map(tuple, windows)))
             for name, (w, c, windows) in kwargs.get("history", {}).items()
         }
         kwargs["timeline"] = tuple(StatusEntry(*t) for t in kwargs.get("timeline", ()))

@@ -7,7 +7,13 @@ This module owns both sides of the ``state_checkpoint`` line (specs/protocol.md)
   and says when a checkpoint is due: every :data:`EVERY_LINES` lines or
   :data:`EVERY_BYTES` bytes, whichever comes first, but never closer than
   :data:`SPACING` times the last checkpoint's own size (so checkpoints stay a
-  small part of the log). The writer also appends one after every compaction:
+  small part of the log). It is also due as soon as the run ends (a line with
+  a terminal status) if :data:`END_BYTES` were written since the last one: an
+  ended run -- what most logs in a home are -- is then recovered from its last
+  line, at the same cost whatever the log's size (unless another process
+  appended to the log: the file writer then leaves it out, so that readers
+  fold those lines and count the bad ones). The writer also appends one
+  after every compaction:
   its state is the run's true state, not the fold of the downsampled file. A
   log recreated after it was deleted restarts the fold from the restated lines
   (readers of the new file see its ``dropped`` note).
@@ -34,7 +40,7 @@ import orjson
 from pulse_core._fastfold import fold_lines
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
-from pulse_core.events import PROTOCOL_VERSION, Event, StateCheckpoint
+from pulse_core.events import PROTOCOL_VERSION, Event, StateCheckpoint, StatusChanged, is_terminal
 from pulse_core.reducer import Folder
 from pulse_core.state import RunState
 from pulse_core.statecodec import STATE_FORMAT, state_from_obj, state_to_obj
@@ -46,6 +52,8 @@ EVERY_LINES: Final = 1000
 EVERY_BYTES: Final = 64 * 1024
 #: ... but not before the log grew by this many times the last checkpoint's size.
 SPACING: Final = 4
+#: When the run ends, a checkpoint is due if this many bytes came after the last one.
+END_BYTES: Final = 16 * 1024
 #: What every checkpoint line starts with (the codec writes ``type`` first).
 MARK: Final = b'{"type":"state_checkpoint"'
 #: The longest checkpoint line (event lines stop at 64 KiB; readers take 1 MiB).
@@ -63,6 +71,8 @@ class CheckpointWriter:
         self._lines = 0  # since the last checkpoint
         self._bytes = 0
         self._spacing = 0
+        #: The last line noted ended the run (a terminal status).
+        self.ending = False
 
     def restart(self, events: list[Event]) -> None:
         """Fold afresh from *events*: a recreated log holds only these (restated)."""
@@ -81,6 +91,9 @@ class CheckpointWriter:
         self._folder.apply(event)
         self._lines += 1
         self._bytes += size
+        self.ending = isinstance(event, StatusChanged) and is_terminal(event.status)
+        if self.ending and self._bytes >= END_BYTES:
+            return True  # the run ended: readers start from its last line
         if self._bytes < self._spacing:
             return False
         return self._lines >= EVERY_LINES or self._bytes >= EVERY_BYTES

@@ -130,6 +130,13 @@ class RecreatingLog:
     def _append(self, line: bytes) -> None:
         raise NotImplementedError
 
+    def _others_wrote(self) -> bool:
+        """True if the open log is not the size this writer made it (others appended)."""
+        try:
+            return os.fstat(self._fd).st_size != self._size
+        except OSError:
+            return True
+
     # -- a log deleted or replaced under the writer -------------------------------
 
     def _check_path(self, durable: bool) -> None:

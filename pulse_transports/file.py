@@ -314,8 +314,10 @@ class FileSink(RecreatingLog):
 
         A checkpoint that cannot be written is left out: readers fold more.
         """
+        if self._fd < 0 or (self._checkpoints.ending and self._others_wrote()):
+            return  # (lines of others in the log: readers fold and count them)
         line = self._checkpoints.line(time.time(), self._lines)
-        if line is None or self._fd < 0:
+        if line is None:
             return
         try:
             self._append(b"\n" + line if self._torn else line)

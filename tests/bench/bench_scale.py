@@ -10,8 +10,10 @@ Figures:
 
 * cold recovery: :func:`pulse_transports.history.recover` without the index
   over ``--logs`` run logs of each size in ``--sizes`` MiB (real FileSink logs
-  with their checkpoints, cloned under new ids), per run; and the same logs
-  with their checkpoint lines stripped (what a log of an older writer costs).
+  with their checkpoints, cloned under new ids), per run; the same logs
+  without the checkpoint that follows their last status (a writer that died
+  before it: the reader folds the lines since the one before); and with every
+  checkpoint line stripped (what a log of an older writer costs).
   Goal: flat in log size (1,000 full-size runs <= 2 s means <= 2 ms a run).
   Plus ``--finished`` small ended runs and 3 live ones (writers holding locks).
 * warm ``pulse ls``: the real command in a new process over ``--finished``
@@ -101,6 +103,17 @@ def _strip_checkpoints(data: bytes) -> bytes:
     )
 
 
+def _unended(data: bytes) -> tuple[bytes, int]:
+    """*data* without the checkpoint after its last status (a writer that died first),
+    and how many lines then follow the last checkpoint (what a reader folds)."""
+    lines = data.splitlines()
+    if lines[-1].startswith(b'{"type":"state_checkpoint"'):
+        lines.pop()
+    marks = [i for i, line in enumerate(lines) if line.startswith(b'{"type":"state_checkpoint"')]
+    tail = len(lines) - 1 - marks[-1] if marks else len(lines)
+    return b"".join(line + b"\n" for line in lines), tail
+
+
 def _cold(home: Path, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -121,6 +134,10 @@ def bench_cold(sizes: list[float], logs: int, repeat: int) -> list[dict[str, Any
             for i in range(logs):
                 clone(home, data, f"bench-{i:08d}")
             with_ck = _cold(home, repeat) / logs
+            unended, tail = _unended(data)
+            for i in range(logs):
+                clone(home, unended, f"bench-{i:08d}")
+            without_end = _cold(home, repeat) / logs
             stripped = _strip_checkpoints(data)
             for i in range(logs):
                 clone(home, stripped, f"bench-{i:08d}")
@@ -130,6 +147,8 @@ def bench_cold(sizes: list[float], logs: int, repeat: int) -> list[dict[str, Any
                 "log_mib": round(len(data) / MIB, 2),
                 "checkpoints": data.count(b'{"type":"state_checkpoint"'),
                 "ms_per_run": round(with_ck * 1000, 2),
+                "ms_per_run_unended": round(without_end * 1000, 2),
+                "tail_lines_unended": tail,
                 "ms_per_run_without_checkpoints": round(without * 1000, 2),
             }
         )

@@ -35,6 +35,7 @@ class TestBenchScaleSmoke:
         [cold] = results["cold_recovery"]
         assert cold["checkpoints"] >= 1
         assert cold["ms_per_run"] > 0
+        assert cold["ms_per_run_unended"] > 0
         assert cold["ms_per_run_without_checkpoints"] > 0
         assert results["live_case"]["alive"] == 3
         assert results["ls"]["ls"]["best_ms"] > results["ls"]["python_pass"]["best_ms"] > 0

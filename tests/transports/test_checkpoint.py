@@ -81,6 +81,46 @@ class TestWriter:
         size = sum(len(lines[i]) + 1 for i in marks)
         assert size < path.stat().st_size / 3
 
+    def test_an_ended_run_ends_with_a_checkpoint(self, tmp_home: Path) -> None:
+        """The terminal status is followed by a checkpoint: readers fold no tail."""
+        write_run(tmp_home, 3000, end=True)
+        path = log_path(tmp_home, TID)
+        events = [decode(line) for line in lines_of(path)]
+        last = events[-1]
+        assert isinstance(last, StateCheckpoint)
+        assert isinstance(events[-2], StatusChanged)
+        assert last.lines == len(events) - 1
+        assert state_from_obj(last.state) == replay(events[:-1])
+        found = last_checkpoint(path, TID)
+        assert found is not None
+        assert found.position.offset == path.stat().st_size
+        state, lines, tail = fold_log(path, TID)
+        assert (state.status, lines, tail) == ("done", len(events), 0)
+
+    def test_a_short_ended_run_gets_no_checkpoint(self, tmp_home: Path) -> None:
+        """Under END_BYTES since the last checkpoint, the end adds none (the tail is cheap)."""
+        write_run(tmp_home, 20, end=True)
+        path = log_path(tmp_home, TID)
+        assert path.stat().st_size < _checkpoint.END_BYTES
+        assert checkpoints(path) == []
+
+    def test_no_end_checkpoint_over_lines_of_others(self, tmp_home: Path) -> None:
+        """Garbage appended by another process is folded and counted, not hidden by the end."""
+        sink = FileSink(home=tmp_home, interval=0.0, fsync=False)
+        sink.open(TID)
+        sink.write(StatusChanged(TID, 1, 1.0, "running"))
+        path = log_path(tmp_home, TID)
+        with path.open("ab") as other:
+            other.write(b"garbage\n")
+        for i in range(300):
+            sink.write(Progress(TID, 2 + i, 2.0 + i, step=i))
+        assert path.stat().st_size >= _checkpoint.END_BYTES
+        sink.write(StatusChanged(TID, 302, 400.0, "done"))
+        sink.close()
+        assert not [line for line in lines_of(path) if line.startswith(_checkpoint.MARK)]
+        [record] = recover(tmp_home, use_index=False)
+        assert (record.summary["status"], record.bad_lines) == ("done", 1)
+
     def test_compaction_writes_the_true_state(self, tmp_home: Path) -> None:
         """After compaction the last checkpoint has every event, not the downsampled fold."""
         sink = write_run(tmp_home, 6000, max_bytes=1024 * 1024)
