@@ -388,36 +388,55 @@ def machine_factor(repeat: int = 5) -> float:
     return statistics.median(times)
 
 
-def bench_replay(count: int, repeat: int, base: Path | None = None) -> dict[str, Any]:
+def bench_replay(
+    count: int, repeat: int, base: Path | None = None, instructions: int = 0
+) -> dict[str, Any]:
     """``pulse replay`` events/s on the mixed log, next to orjson.loads alone.
 
     In one run, in turn so they share the machine's load (after one warm-up
     run each): ``pulse replay --json`` of this tree, of *base* (another
     checkout, e.g. the code before the fast fold) if given, and
-    ``orjson.loads`` of every line in a process of its own; then in process
-    the read + fold and ``orjson.loads`` alone; and the machine factor:
-    ``orjson.loads`` of the BENCHMARKS.md ~10-field event.
+    ``orjson.loads`` of every line in a process of its own, and
+    ``start``: ``pulse replay --json`` of a 3-event log (interpreter start,
+    imports and output: what a run costs besides its events); then in
+    process the read + fold and ``orjson.loads`` alone; and the machine
+    factor: ``orjson.loads`` of the BENCHMARKS.md ~10-field event.
+
+    With *instructions* (a number of events), each process's instructions
+    per event under valgrind (a figure the load does not move): the count
+    on a mixed log of that many events less the count on the 3-event log.
     """
     from pulse_transports.follow import read_log
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mixed.jsonl"
         mixed_log(path, count)
+        tiny = Path(tmp) / "tiny.jsonl"
+        mixed_log(tiny, 3)
         lines = path.read_bytes().splitlines()
-        replay = [sys.executable, "-m", "pulse_transports.cli", "replay", str(path), "--json"]
-        commands: dict[str, Timed] = {"new": (replay, Path(tmp), None)}
+        commands: dict[str, Timed] = {"new": (_replay(path), Path(tmp), None)}
         if base is not None:
-            commands["base"] = (replay, Path(tmp), base)
-        commands["loads"] = ([sys.executable, "-c", LOADS_SCRIPT, str(path)], Path(tmp), None)
+            commands["base"] = (_replay(path), Path(tmp), base)
+        commands["loads"] = (_loads_process(path), Path(tmp), None)
+        commands["start"] = (_replay(tiny), Path(tmp), None)
         timed = _alternating(commands, repeat)
+        per_event = _instructions_per_event(Path(tmp), instructions, base) if instructions else {}
         folds = [_time(lambda: read_log(path)) for _ in range(repeat)]
         bare = [_time(lambda: _loads_each(lines)) for _ in range(repeat)]
         factor = machine_factor()
     figures: dict[str, Any] = {"events": count, "repeat": repeat}
+    start = timed.pop("start")
+    figures["start_ms_best"] = start["best_ms"]
+    figures["start_ms_median"] = start["median_ms"]
     for name, row in timed.items():
         figures[f"{name}_ev_s_best"] = round(count / row["best_ms"] * 1000)
         figures[f"{name}_ev_s_median"] = round(count / row["median_ms"] * 1000)
         figures[f"{name}_cpu_s_median"] = round(row["cpu_median_ms"] / 1000, 3)
+        if name != "loads":  # the events alone: the start of a 3-event run taken off
+            events_ms = max(row["best_ms"] - start["best_ms"], 1e-3)
+            figures[f"{name}_ev_s_best_after_start"] = round(count / events_ms * 1000)
+    for name, instr in per_event.items():
+        figures[f"{name}_instr_per_event"] = instr
     new = timed["new"]
     if base is not None:
         figures["speedup_over_base_best"] = round(timed["base"]["best_ms"] / new["best_ms"], 2)
@@ -432,6 +451,37 @@ def bench_replay(count: int, repeat: int, base: Path | None = None) -> dict[str,
     figures["ten_field_loads_us"] = round(factor, 3)
     figures["machine_factor_vs_benchmarks_md"] = round(factor / 0.58, 2)
     return figures
+
+
+def _replay(path: Path) -> list[str]:
+    return [sys.executable, "-m", "pulse_transports.cli", "replay", str(path), "--json"]
+
+
+def _loads_process(path: Path) -> list[str]:
+    return [sys.executable, "-c", LOADS_SCRIPT, str(path)]
+
+
+def _instructions_per_event(tmp: Path, count: int, base: Path | None) -> dict[str, int]:
+    """Instructions per event of ``pulse replay`` (this tree, *base*) and of orjson.loads.
+
+    Each process on a mixed log of *count* events less the same on a 3-event
+    log: start, imports and output taken off.
+    """
+    big, tiny = tmp / "instr.jsonl", tmp / "tiny.jsonl"
+    mixed_log(big, count)
+    mixed_log(tiny, 3)
+    runs: dict[str, tuple[Any, Path | None]] = {
+        "new": (_replay, None),
+        "loads": (_loads_process, None),
+    }
+    if base is not None:
+        runs["base"] = (_replay, base)
+    out = {}
+    for name, (argv, root) in runs.items():
+        env = _tree_env(root)
+        spent = _instructions(argv(big), tmp, env) - _instructions(argv(tiny), tmp, env)
+        out[name] = round(spent / (count - 3))
+    return out
 
 
 def _loads_each(lines: list[bytes]) -> None:
@@ -495,7 +545,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--instructions",
         action="store_true",
-        help="also count ls/show instructions under valgrind (load-independent)",
+        help="also count ls/show and replay instructions under valgrind (load-independent)",
+    )
+    parser.add_argument(
+        "--instr-events",
+        type=int,
+        default=100_000,
+        help="events of the mixed log replayed under valgrind (with --instructions)",
     )
     parser.add_argument(
         "--only", choices=PARTS, action="append", default=None, help="run this part (repeatable)"
@@ -518,7 +574,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if isinstance(row, dict):
                 print(f"  {name:<16} {row}")
     if "replay" in parts:
-        figures["replay"] = bench_replay(args.events, args.repeat, args.base)
+        figures["replay"] = bench_replay(
+            args.events, args.repeat, args.base, args.instr_events if args.instructions else 0
+        )
         print(f"replay: {figures['replay']}")
     if "gc" in parts:
         figures["gc"] = bench_gc(args.gc_runs)

@@ -45,6 +45,8 @@ class TestBenchScaleSmoke:
         assert replay["new_ev_s_best"] > 0
         assert replay["base_ev_s_best"] > 0
         assert replay["loads_ev_s_best"] > replay["new_ev_s_best"]
+        assert replay["start_ms_best"] > 0
+        assert replay["new_ev_s_best_after_start"] > replay["new_ev_s_best"]
         assert replay["ten_field_loads_us"] > 0
         assert results["gc"]["removed"] == 27
         assert 0 < results["gc"]["bytes_freed"] < results["gc"]["bytes_before"]
