@@ -231,7 +231,7 @@ class HomeFeed:
                         return []  # an ended run's log, unchanged
                 except OSError:
                     return []
-            follower = LogFollower(self.folder / name, training_id=tid)
+            follower = LogFollower(os.path.join(self._dir, name), training_id=tid)
             self._followers[tid] = follower
         events = follower.poll()
         if events or tid not in self._grew:

@@ -18,7 +18,7 @@ from pulse_core.events import Event
 from pulse_core.projections import to_view
 from pulse_transports._hubconn import Conn
 from pulse_transports._hubliveness import HubLiveness
-from pulse_transports.file import log_path
+from pulse_transports.file import run_file
 from pulse_transports.follow import read_events
 from pulse_transports.inprocess import (
     AsyncSubscription,
@@ -53,9 +53,8 @@ class HubSubscribers(HubLiveness):
         history: dict[str, list[Event]] = {}
         for tid, after in resume.items():
             if not self.bus.covers(tid, after):
-                past = await self._blocking(
-                    read_events, log_path(self.settings.home, tid), tid, after
-                )
+                path = run_file(self.settings.home, tid, ".jsonl")
+                past = await self._blocking(read_events, path, tid, after)
                 if past is not None:
                     history[tid] = past
         interval = self.bus.interval

@@ -479,3 +479,19 @@ def trim_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+#: glibc's ``mallopt`` parameter for the most malloc arenas a process makes.
+_M_ARENA_MAX: Final = -8
+
+
+def one_malloc_arena() -> bool:
+    """Make threads started from now on share glibc's main malloc arena; False if not glibc.
+
+    Each thread otherwise gets an arena of its own, and ``malloc_trim``
+    never shrinks such an arena's top: what a worker thread once held stays.
+    """
+    try:
+        return bool(ctypes.CDLL(_LIBC).mallopt(_M_ARENA_MAX, 1)) if _LIBC else False
+    except (OSError, AttributeError):
+        return False

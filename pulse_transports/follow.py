@@ -84,7 +84,7 @@ class LogFollower(ClosesOnExit):
     the file makes it raise.
 
     Args:
-        path: the log file (it may not exist yet, or be deleted later).
+        path: the log file (may be absent, or deleted later); kept as given.
         checkpoint: where a previous follower stopped (resume from there).
         max_line: lines longer than this many bytes are skipped unread.
         training_id: the run the log belongs to (its file name); lines of
@@ -115,7 +115,7 @@ class LogFollower(ClosesOnExit):
         training_id: str | None = None,
         fast: bool = False,
     ) -> None:
-        self.path = Path(path)
+        self.path = path
         self.training_id = training_id
         self.max_line = max_line
         self.bad_lines = self.blank_lines = self.skipped = self.replaced = 0
@@ -445,7 +445,7 @@ def read_events(path: Path | str, training_id: str, after: int = 0) -> list[Even
     Read by a :class:`LogFollower` (the log's rules: bad, over-long and
     foreign lines skipped, a torn last line settled). Blocking.
     """
-    if not Path(path).is_file():
+    if not os.path.isfile(path):
         return None
     with LogFollower(path, training_id=training_id) as follower:
         return [e for e in follower.settle() if e.seq > after]

@@ -49,7 +49,7 @@ from pulse_core.liveness import ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
 from pulse_core.projections import to_summary
 from pulse_core.state import RunState
 from pulse_core.statecodec import STATE_FORMAT, decode_state, encode_state, state_from_obj
-from pulse_transports._logfile import log_dir, log_path
+from pulse_transports._logfile import log_dir, log_path, run_file
 from pulse_transports.index import IndexRow, RunIndex
 from pulse_transports.liveness import check_writer, run_liveness
 
@@ -105,16 +105,17 @@ def checkpoint_from_bytes(data: bytes) -> Checkpoint:
 # -- summaries ---------------------------------------------------------------------
 
 
-def summarize(state: RunState, *, liveness: Liveness, now: float, path: Path) -> dict[str, Any]:
+def summarize(
+    state: RunState, *, liveness: Liveness, now: float, path: Path | str
+) -> dict[str, Any]:
     """The ``pulse ls`` row of a run read from the log at *path*.
 
     :func:`pulse_core.projections.to_summary` plus ``log``; the run's id
     is the log's file name while the state has none.
     """
-    summary = to_summary(
-        state, liveness=liveness, now=now, training_id=path.name[: -len(LOG_SUFFIX)]
-    )
-    summary["log"] = str(path)
+    name = os.path.basename(path)
+    summary = to_summary(state, liveness=liveness, now=now, training_id=name[: -len(LOG_SUFFIX)])
+    summary["log"] = os.fspath(path)
     return summary
 
 
@@ -124,7 +125,9 @@ class RunRecord:
 
     Attributes:
         training_id: the run's id (its log's file name).
-        path: the log file.
+        log: the log file, a ``str``: recovery, which the hub runs over every
+            run again and again, makes no per-run ``Path`` (pathlib interns
+            the parts it parses); :attr:`path` makes one when asked.
         liveness: alive, stale, lost or ended, as of recovery.
         writer: the writer check (True/False/None), None for ended runs.
         summary: the ``ls`` row (JSON-ready; includes liveness).
@@ -133,7 +136,7 @@ class RunRecord:
     """
 
     training_id: str
-    path: Path
+    log: str
     liveness: Liveness
     writer: bool | None
     summary: dict[str, Any]
@@ -143,6 +146,11 @@ class RunRecord:
     _state_json: bytes | None = None
     _position: Position | None = None
     _position_json: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """The log file."""
+        return Path(self.log)
 
     @property
     def position(self) -> Position:
@@ -223,7 +231,7 @@ def _fold(
     from pulse_transports.follow import LogFollower
     from pulse_transports.position import Checkpoint, Position, position_matches
 
-    path = log_path(cfg.home, tid)
+    path = run_file(cfg.home, tid, LOG_SUFFIX)
     checkpoint: Checkpoint | None = None
     bad_before = 0
     if row is not None and row.inode == st.st_ino and st.st_size >= row.size:
@@ -258,7 +266,7 @@ def _fold(
     ended = state.is_terminal
     record = RunRecord(
         training_id=tid,
-        path=path,
+        log=path,
         liveness=liveness,
         writer=writer,
         summary=summary,
@@ -297,7 +305,7 @@ def _liveness(state: RunState, writer: bool | None, cfg: _Settings) -> Liveness:
 
 
 def _from_row(row: IndexRow, cfg: _Settings) -> RunRecord:
-    path = cfg.folder / f"{row.training_id}{LOG_SUFFIX}"
+    path = os.path.join(cfg.folder, row.training_id + LOG_SUFFIX)
     state: RunState | None = None
     writer: bool | None = None
     if row.terminal:
@@ -306,7 +314,7 @@ def _from_row(row: IndexRow, cfg: _Settings) -> RunRecord:
         # is decoded only if asked for.
         liveness: Liveness = ENDED
         summary = orjson.loads(row.summary)
-        summary["log"] = str(path)
+        summary["log"] = path
     else:
         state = decode_state(row.state)
         writer = check_writer(cfg.home, row.training_id, state)
@@ -315,7 +323,7 @@ def _from_row(row: IndexRow, cfg: _Settings) -> RunRecord:
         summary["bad_lines"] = row.bad_lines
     return RunRecord(
         training_id=row.training_id,
-        path=path,
+        log=path,
         liveness=liveness,
         writer=writer,
         summary=summary,

@@ -50,7 +50,7 @@ from pulse_core.projections import to_history_record
 from pulse_transports._logfile import fsync_dir
 from pulse_transports._mailbox import trim_heap
 from pulse_transports.config import Config, check_table
-from pulse_transports.file import lock_path, log_dir
+from pulse_transports.file import log_dir, run_file
 from pulse_transports.history import HomeNotFound, RunRecord, recover
 from pulse_transports.homemode import open_file
 
@@ -157,7 +157,7 @@ def plan(
     sizes: dict[str, tuple[int, float]] = {}
     for record in records:
         try:
-            st = record.path.stat()
+            st = os.stat(record.log)
             sizes[record.training_id] = (st.st_size, st.st_mtime)
         except OSError:
             sizes[record.training_id] = (0, now)
@@ -207,7 +207,7 @@ def _history_line(doomed: Doomed, now: float) -> bytes:
 
 def _remove_run(home: Path, record: RunRecord) -> bool:
     """Delete one run's files under its lock; False if a writer holds it now."""
-    lock = lock_path(home, record.training_id)
+    lock = run_file(home, record.training_id, ".lock")
     try:
         fd = open_file(lock, os.O_RDWR | os.O_CREAT)
     except OSError:
@@ -217,11 +217,11 @@ def _remove_run(home: Path, record: RunRecord) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # a writer took the run since the plan: it is live
-        for path in (record.path, record.path.with_name(record.path.name + ".tmp")):
+        for path in (record.log, record.log + ".tmp"):
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                os.unlink(path)
         with contextlib.suppress(OSError):
-            lock.unlink()  # while holding it: a writer that opened it retries (_take_lock)
+            os.unlink(lock)  # while holding it: a writer that opened it retries (_take_lock)
         return True
     finally:
         os.close(fd)

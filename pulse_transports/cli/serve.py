@@ -45,6 +45,7 @@ import click
 from pulse_core._log import get_logger
 from pulse_core.errors import ConfigError
 from pulse_transports import homemode
+from pulse_transports._mailbox import one_malloc_arena
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
 from pulse_transports.cli._limits import loop_error, raise_open_files, share_descriptors
 from pulse_transports.config import check_table
@@ -317,6 +318,7 @@ def serve(
             retention,
         )
 
+    one_malloc_arena()  # before the hub's threads: what they free, trim_heap gives back
     try:
         asyncio.run(serve_until_signalled())
     except HubAddressInUse as exc:

@@ -1,0 +1,183 @@
+"""Issue 21.3: what the hub allocates for runs goes back once they have expired.
+
+Two sources of memory that stayed after every run had expired: per-run
+``pathlib`` paths in the hub's passes over every run (CPython 3.11 interns
+each part it parses, so every pass over 1,000 logs churned the interned
+table to twice its size), and one glibc malloc arena per worker thread,
+whose top ``malloc_trim`` never gives back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+from hubkit import HubProcess
+
+from pulse_core.events import Metrics, RunMeta, StatusChanged
+from pulse_transports._homefeed import HomeFeed
+from pulse_transports.file import FileSink, log_path
+from pulse_transports.follow import read_events
+from pulse_transports.history import recover
+from pulse_transports.retention import RetentionFeed, RetentionPolicy
+
+RUNS = 12
+T0 = 1_767_225_600.0
+
+
+def _write_runs(home: Path) -> list[str]:
+    tids = [f"heap-run-{n:03d}" for n in range(RUNS)]
+    for n, tid in enumerate(tids):
+        sink = FileSink(home=home, fsync=False, interval=0.0)
+        sink.open(tid)
+        sink.write(RunMeta(tid, 1, T0 + n, name=f"run {n}"))
+        sink.write(Metrics(tid, 2, T0 + n, loss=0.5))
+        sink.write(StatusChanged(tid, 3, T0 + n, "done", "finished"))
+        sink.close()
+    return tids
+
+
+@pytest.fixture
+def interned(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every string ``sys.intern`` is asked for meanwhile (pathlib interns path parts)."""
+    seen: list[str] = []
+    real = sys.intern
+
+    def spy(text: str) -> str:
+        seen.append(text)
+        return real(text)
+
+    monkeypatch.setattr(sys, "intern", spy)
+    return seen
+
+
+def _per_run(seen: list[str]) -> list[str]:
+    return [text for text in seen if "heap-run-" in text]
+
+
+class TestNoPerRunPaths:
+    """The hub's passes over every run parse no per-run path with pathlib."""
+
+    def test_recovery_from_logs_and_from_the_index(
+        self, tmp_path: Path, interned: list[str]
+    ) -> None:
+        """Both the first pass (folding logs) and later ones (index rows) keep plain strings."""
+        home = tmp_path / "home"
+        tids = _write_runs(home)
+        interned.clear()
+        first = recover(home, now=T0 + 100)
+        again = recover(home, now=T0 + 100)
+        assert _per_run(interned) == []
+        for records in (first, again):
+            by_id = {r.training_id: r for r in records}
+            assert sorted(by_id) == tids
+            for tid, record in by_id.items():
+                assert record.log == str(log_path(home, tid)) == record.summary["log"]
+                assert record.path == log_path(home, tid)  # a Path when asked for
+
+    def test_retention_pass(self, tmp_path: Path, interned: list[str]) -> None:
+        """A collection that removes runs reads and deletes them by plain strings."""
+        home = tmp_path / "home"
+        tids = _write_runs(home)
+        interned.clear()
+        removed = RetentionFeed(home, RetentionPolicy(keep_runs=2)).run_once()
+        assert len(removed) == RUNS - 2
+        assert _per_run(interned) == []
+        for doomed in removed:
+            assert not log_path(home, doomed.record.training_id).exists()
+        assert sorted(r.training_id for r in recover(home)) == tids[-2:]
+
+    def test_home_feed_and_history_reads(self, tmp_path: Path, interned: list[str]) -> None:
+        """Following the home's logs and reading a run's past for a subscriber."""
+        home = tmp_path / "home"
+        tids = _write_runs(home)
+        first = str(log_path(home, tids[0]))
+        interned.clear()
+        feed = HomeFeed(home, notifications=False)
+        try:
+            primed = feed.prime()
+            assert sorted(primed) == tids
+            feed.step(timeout=0.01)
+        finally:
+            feed.close()
+        events = read_events(first, tids[0])
+        assert events is not None
+        assert [e.seq for e in events] == [1, 2, 3]
+        assert _per_run(interned) == []
+
+
+_ARENAS = """
+import ctypes, os, sys, tempfile, threading
+from pulse_transports._mailbox import one_malloc_arena
+if sys.argv[1] == "one":
+    assert one_malloc_arena()
+def work():
+    kept = [bytes(100_000 + n) for n in range(50)]  # malloc'ed in this thread
+    del kept
+threads = [threading.Thread(target=work) for _ in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+path = tempfile.mktemp()
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, fp)
+libc.fclose(fp)
+print(open(path).read().count("<heap nr="))
+os.unlink(path)
+"""
+
+
+def _heaps(mode: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _ARENAS, mode], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
+def _thread_arenas(pid: int) -> int:
+    """glibc heaps of worker threads in a process: a 64 MiB-aligned mapping, rest reserved."""
+    heap = 64 << 20
+    maps = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        maps.append((lo, hi, fields[1], len(fields) > 5))
+    return sum(
+        1
+        for (lo, hi, perms, named), (lo2, hi2, perms2, named2) in pairwise(maps)
+        if lo % heap == 0
+        and perms.startswith("rw")
+        and perms2.startswith("---")
+        and not named
+        and not named2
+        and hi == lo2
+        and hi2 - lo == heap
+    )
+
+
+class TestOneMallocArena:
+    """Worker threads share the main arena, the one ``malloc_trim`` shrinks."""
+
+    def test_threads_share_one_arena(self) -> None:
+        """Without the setting, each thread that mallocs gets an arena of its own."""
+        assert _heaps("one") == 1
+        assert _heaps("default") > 1  # the check sees thread arenas when there are some
+
+    def test_the_hub_keeps_one_arena(self, start_hub: Callable[..., HubProcess]) -> None:
+        """A ``pulse serve`` process with its worker threads running has no thread arena."""
+        hub = start_hub()
+        deadline = time.monotonic() + 10
+        while len(list(Path(f"/proc/{hub.proc.pid}/task").iterdir())) < 3:
+            assert time.monotonic() < deadline, "the hub started no worker thread"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert _thread_arenas(hub.proc.pid) == 0
