@@ -21,10 +21,10 @@ is not there, the run starts anyway and the thread keeps trying.
 The sink is on by default, so it is inert and nearly free when no hub
 listens: while the hub's Unix socket file does not exist it makes no
 connection attempt and logs nothing, and looks for the file again every
-:data:`PROBE` seconds. Progress and metrics are not rate limited here
-(``interval`` 0): the emitter hands every value over and the queue coalesces
-samples only while the connection is busy; the hub's per-subscriber limit is
-the one UI rate cap.
+:data:`PROBE` seconds. Progress and metrics go out at most every
+:data:`INTERVAL` (10 ms, a tenth of the hub's per-subscriber limit, which
+stays the one UI rate cap), the latest value last; the queue also coalesces
+samples while the connection is busy.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from pulse_core.policy import (
     BAD_LOG_EVERY,
     BAD_LOG_FIRST,
     CONNECT_BACKOFF,
+    LIVE_INTERVAL,
     BoundedBuffer,
     Retry,
     sample_kind,
@@ -71,10 +72,14 @@ log = get_logger("pulse.socket")
 #: Events the sink may hold while the hub is unreachable.
 QUEUE: Final = 10_000
 #: Default least seconds between two progress (or metrics) events sent to the
-#: hub: none. The hub limits every subscriber to LIVE_INTERVAL itself; the
-#: sink's queue coalesces samples while a send is under way, which bounds
-#: the hub's input to what the connection carries.
-INTERVAL: Final = 0.0
+#: hub: a tenth of the hub's own per-subscriber limit (LIVE_INTERVAL, the one
+#: UI rate cap), so a producer at 50 Hz is not limited here at all, and the
+#: value a subscriber gets is at most 10 ms older than with no limit. Without
+#: one, a loop calling progress() on each of thousands of steps a second made
+#: an event per call and kept the run's writer thread (which shares the GIL
+#: with training) busy: 17 % more time for a loop of 100 us steps, 8 % with
+#: it. The latest value always follows.
+INTERVAL: Final = LIVE_INTERVAL / 10
 #: Seconds between two looks for the socket file of a hub that is not there.
 PROBE: Final = 2.0
 #: Longest pause between two reconnection attempts (seconds): the cap of

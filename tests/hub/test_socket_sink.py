@@ -301,3 +301,31 @@ class TestBackoffHolds:
         # 50 ms doubling, at most 20 % shorter: 0.04+0.08+0.16+0.32+0.64 s < 2 s < +1.28 s
         assert 1 <= during <= 6
         assert sink.connects == 2
+
+
+class TestNotAnEventPerCall:
+    """Issue 14: a loop calling progress() thousands of times a second makes few events."""
+
+    def test_default_interval_coalesces_on_the_hot_path(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """0.3 s of calls: events for the hub at most one per INTERVAL, and the last value."""
+        written: list[Event] = []
+        real_write = SocketSink.write
+
+        def counting(self: SocketSink, event: Event) -> None:
+            written.append(event)
+            real_write(self, event)
+
+        monkeypatch.setattr(SocketSink, "write", counting)
+        sink = SocketSink(home=tmp_path)  # no hub listens: the sink is inert
+        run = TrainingRun("many-calls", sinks=[sink])
+        calls, start = 0, time.monotonic()
+        while time.monotonic() - start < 0.3:
+            calls += 1
+            run.progress(epoch=1, step=calls)
+        run.close()
+        sent = [e for e in written if isinstance(e, Progress)]
+        assert calls > 10_000
+        assert len(sent) <= 35  # 0.3 s at one a 10 ms, and a few more (was one per call)
+        assert sent[-1].step == calls
