@@ -9,6 +9,7 @@ examples, ``fast`` a few for a quick local loop, ``dev`` (the default) 100.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,15 @@ from hypothesis import HealthCheck, settings
 
 from pulse_core.emitter import TrainingRun
 from pulse_core.testing import FakeClock
+
+# A suite started as a background job of a non-interactive shell (`cmd &` in a
+# script, nohup, some CI runners) inherits SIGINT ignored, and every process the
+# tests start would too: Python then installs no KeyboardInterrupt handler, and
+# the tests that interrupt a real training process or `pulse watch` with SIGINT
+# would wait for a process that never sees it. A handler here (not "ignore")
+# makes the children start with the default disposition, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 settings.register_profile(
     "ci",
