@@ -302,6 +302,18 @@ def fill(sink: FileSink, events: list[Event]) -> list[MutableMapping[str, Any]]:
     return logs
 
 
+def small_child_sink_filled(
+    home: Path, events: list[Event]
+) -> tuple[FileSink, list[MutableMapping[str, Any]]]:
+    """A 16 KiB sink that compacts in a child from the first byte, filled and closed."""
+    sink = FileSink(home=home, max_bytes=16384, interval=0.0, fsync=False)
+    sink.out_of_process_bytes = 0
+    sink.open(TID)
+    logs = fill(sink, events)
+    sink.close()
+    return sink, logs
+
+
 class TestOutOfProcess:
     """Big logs are compacted by a child interpreter, with the same result as in-process."""
 
@@ -338,11 +350,7 @@ class TestOutOfProcess:
     ) -> None:
         """Without an interpreter to spawn, compaction warns once and runs in-process."""
         monkeypatch.setattr(sys, "executable", str(tmp_home / "no-such-python"))
-        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
-        sink.out_of_process_bytes = 0
-        sink.open(TID)
-        logs = fill(sink, synthetic(2000))
-        sink.close()
+        sink, logs = small_child_sink_filled(tmp_home, synthetic(2000))
         warned = [e for e in logs if e["log_level"] == "warning"]
         assert [e["event"] for e in warned] == [
             "pulse log compaction cannot start its child process; compacting in-process"
@@ -397,11 +405,7 @@ class TestOutOfProcess:
             "_child_command",
             lambda path, target: [sys.executable, "-c", noisy, *real(path, target)[3:]],
         )
-        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
-        sink.out_of_process_bytes = 0
-        sink.open(TID)
-        logs = fill(sink, synthetic(600))
-        sink.close()
+        sink, logs = small_child_sink_filled(tmp_home, synthetic(600))
         done = [e for e in logs if e["event"] == "pulse log compacted"]
         assert sink.compactions >= 1
         assert [e["where"] for e in done] == ["child"] * sink.compactions
