@@ -20,7 +20,7 @@ from typing import Any, Final, SupportsFloat, SupportsInt
 
 from pulse_core._log import get_logger
 from pulse_core.closing import EndsOnExit
-from pulse_core.codec import bound_event
+from pulse_core.codec import bound_event, warm
 from pulse_core.emitter import _settings
 from pulse_core.emitter._hooks import _quietly, _register, _watch_signals
 from pulse_core.emitter._ids import new_training_id
@@ -267,6 +267,7 @@ class TrainingRun(EndsOnExit, _RunLifecycle):
             labels=label_map,
         )
         self.meta = bound_event(self.meta)  # type: ignore[assignment] # text fits a line
+        warm()  # every event type's encoder built here, not in the loop
         if background:
             self._thread = threading.Thread(
                 target=self._background, name=f"pulse-run-{self.training_id}", daemon=True
