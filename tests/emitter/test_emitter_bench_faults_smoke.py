@@ -34,6 +34,9 @@ class TestBenchFaultsSmoke:
             assert results[name]["throughput_ratio"] > 0
             assert results[name]["worst_progress_ms"] >= 0
         assert results["compaction"]["compactions"] >= 1
+        for pair in results["compaction_ab"]["rounds"]:  # both sides compact: a real A/B
+            assert pair["in-process"]["compactions"] >= 1
+            assert pair["child"]["compactions"] >= 1
         split = results["compaction"]["rounds"][0]["compaction"]["split"]["progress"]
         assert split["worst_wall_ms"] >= split["worst_blocked_ms"] >= 0
         assert "blocked" in bench.format_compaction(results["compaction"])
