@@ -370,12 +370,8 @@ class TestOutOfProcess:
             "_child_command",
             lambda path, target: [sys.executable, "-c", "import sys; sys.exit('broken child')"],
         )
-        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
-        sink.out_of_process_bytes = 0
-        sink.open(TID)
         events = synthetic(600)
-        logs = fill(sink, events)
-        sink.close()
+        sink, logs = small_child_sink_filled(tmp_home, events)
         failed = [
             e
             for e in logs
@@ -433,12 +429,8 @@ class TestOutOfProcess:
             "_child_command",
             lambda path, target: [sys.executable, "-c", "import time; time.sleep(30)"],
         )
-        sink = FileSink(home=tmp_home, max_bytes=16384, interval=0.0, fsync=False)
-        sink.out_of_process_bytes = 0
-        sink.open(TID)
         events = synthetic(90)
-        logs = fill(sink, events)
-        sink.close()
+        sink, logs = small_child_sink_filled(tmp_home, events)
         assert sink.compactions == 0
         assert 1 <= sink.compaction_failures <= 3
         # One warning per kind: the library rate-limits identical warnings.
