@@ -574,6 +574,22 @@ def _format_slow(name: str, r: dict[str, Any]) -> str:
     )
 
 
+def format_flood(f: dict[str, Any]) -> str:
+    """The status flood's figures against its goals."""
+    return (
+        f"flood {f['steps']} steps: log {f['log_bytes']} B (cap {f['max_bytes']}), "
+        f"worst step {f['worst_step_ms']:.3f} ms (goal <= 1)"
+    )
+
+
+def format_hot_path(h: dict[str, Any]) -> str:
+    """The hot path's figures against its goal."""
+    return (
+        f"hot path: progress {h['progress_us']:.3f} us, metrics {h['metrics_us']:.3f} us, "
+        f"monotonic {h['monotonic_us']:.3f} us (goal progress <= 0.3)"
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The figures against the goals, one line each."""
     lines = []
@@ -584,16 +600,8 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(format_compaction_ab(results["compaction_ab"]))
     if "gil" in results:
         lines.append(format_gil(results["gil"]))
-    f = results["flood"]
-    lines.append(
-        f"flood {f['steps']} steps: log {f['log_bytes']} B (cap {f['max_bytes']}), "
-        f"worst step {f['worst_step_ms']:.3f} ms (goal <= 1)"
-    )
-    h = results["hot_path"]
-    lines.append(
-        f"hot path: progress {h['progress_us']:.3f} us, metrics {h['metrics_us']:.3f} us, "
-        f"monotonic {h['monotonic_us']:.3f} us (goal progress <= 0.3)"
-    )
+    lines.append(format_flood(results["flood"]))
+    lines.append(format_hot_path(results["hot_path"]))
     m = results["memory"]
     lines.append(
         "memory peak (MiB): "
@@ -608,7 +616,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     parser.add_argument(
-        "--only", choices=["compaction", "slow_disk", "gil"], default=None, help="one case"
+        "--only",
+        choices=["compaction", "slow_disk", "gil", "flood", "hot_path"],
+        default=None,
+        help="one case",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --only compaction")
     parser.add_argument(
@@ -630,6 +641,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_format_slow(f"slow_{fault}", r))
             if "split" in r:
                 print(format_split(f"slow_{fault}", r))
+        return 0
+    if args.only == "flood":
+        print(format_flood(measure_flood(steps=2000 if args.quick else 100_000)))
+        return 0
+    if args.only == "hot_path":
+        print(format_hot_path(measure_hot_path(calls=10_000 if args.quick else 1_000_000)))
         return 0
     if args.only == "gil":
         steps = 2000 if args.quick else args.steps // 3
