@@ -229,6 +229,7 @@ class HybridRun:
         return float(at) if isinstance(at, int | float) else 0.0
 
 
+@attrs.define(eq=False)
 class HybridReader:
     """Runs of a PULSE home, v2 first, with the v1 snapshot as a fallback.
 
@@ -248,20 +249,16 @@ class HybridReader:
         slack: see :func:`find_owner`.
     """
 
-    def __init__(
-        self,
-        home: Path | str,
-        v1_path: Path | str | None = None,
-        *,
-        stale_after: float = STALE_AFTER,
-        lost_after: float = LOST_AFTER,
-        slack: float = MATCH_SLACK,
-    ) -> None:
-        self.home = Path(home)
-        self.v1_path = Path(v1_path) if v1_path is not None else self.home / V1_FILE
-        self.stale_after = stale_after
-        self.lost_after = lost_after
-        self.slack = slack
+    home: Path = attrs.field(converter=Path)
+    _given_v1_path: Path | str | None = attrs.field(default=None, alias="v1_path")
+    stale_after: float = attrs.field(default=STALE_AFTER, kw_only=True)
+    lost_after: float = attrs.field(default=LOST_AFTER, kw_only=True)
+    slack: float = attrs.field(default=MATCH_SLACK, kw_only=True)
+    v1_path: Path = attrs.field(init=False)  # the snapshot file, from home and the given path
+
+    def __attrs_post_init__(self) -> None:
+        given = self._given_v1_path
+        self.v1_path = Path(given) if given is not None else self.home / V1_FILE
 
     def records(self, now: float) -> list[RunRecord]:
         """The v2 runs of the home, newest first (none if the home is missing)."""
