@@ -15,7 +15,7 @@ reading side as ``writer_alive``. Must never import I/O modules.
 
 from __future__ import annotations
 
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias, TypedDict
 
 from pulse_core.state import RunState
 
@@ -31,6 +31,13 @@ HEARTBEAT_INTERVAL: Final = 5.0
 STALE_AFTER: Final = 3 * HEARTBEAT_INTERVAL
 #: Default silence after which a run is lost even if its writer cannot be checked.
 LOST_AFTER: Final = 600.0
+
+
+class Thresholds(TypedDict):
+    """The two liveness thresholds (seconds), as the keyword arguments that take them."""
+
+    stale_after: float
+    lost_after: float
 
 
 def liveness_of(

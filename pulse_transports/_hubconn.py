@@ -154,6 +154,16 @@ class Conn:
         self.buffer = bytearray()  # received bytes not yet taken as lines
         self.begun = 0.0  # when the unfinished line in the buffer began (monotonic)
 
+    @property
+    def logged(self) -> dict[str, str | None]:
+        """The connection as the hub's log lines name it: peer, listener, role and run."""
+        return {
+            "peer": self.peer,
+            "via": self.kind,
+            "role": self.role,
+            "training_id": self.training_id,
+        }
+
     def send(self, data: bytes) -> None:
         if not self.writer.is_closing():
             self.writer.write(data)
@@ -190,15 +200,7 @@ class HubConnections:
     def _refuse(self, conn: Conn, code: str, message: str) -> None:
         """Send a fatal error line and close."""
         self.refused += 1
-        log.warning(
-            "pulse hub refused a connection",
-            code=code,
-            reason=message,
-            peer=conn.peer,
-            via=conn.kind,
-            role=conn.role,
-            training_id=conn.training_id,
-        )
+        log.warning("pulse hub refused a connection", code=code, reason=message, **conn.logged)
         conn.send(error_line(code, message))
         conn.close()
 
@@ -241,7 +243,7 @@ class HubConnections:
                 conn.begun = time.monotonic()
             if not chunk:
                 if buffer:
-                    log.info("pulse hub connection closed mid-line", peer=conn.peer, role=conn.role)
+                    log.info("pulse hub connection closed mid-line", **conn.logged)
                 return None
             if conn.role is None or start > _SMALL_LINE:
                 # not yet welcomed, or inside a long line: after the others

@@ -130,9 +130,8 @@ class HubProducers(HubLiveness):
                 "pulse hub dropped a producer line",
                 code=code,
                 reason=message,
-                training_id=conn.training_id,
-                peer=conn.peer,
                 rejected=n,
+                **conn.logged,
             )
         if n <= _ERRORS_SENT:
             conn.send(error_line(code, message, **extra))

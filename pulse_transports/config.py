@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from pulse_core.errors import ConfigError
+from pulse_core.liveness import Thresholds
 from pulse_transports._logfile import log_dir
 from pulse_transports.configfile import (
     ENV_TRANSPORT_OPTIONS,
@@ -55,6 +56,11 @@ class Config:
     def log_dir(self) -> Path:
         """``<home>/logs/training``: one ``<training_id>.jsonl`` per run."""
         return log_dir(self.home)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """``stale_after`` and ``lost_after``, to pass on as keyword arguments."""
+        return {"stale_after": self.stale_after, "lost_after": self.lost_after}
 
 
 def is_kind(value: Any, kind: type) -> bool:

@@ -68,7 +68,7 @@ class FileSource:
     @classmethod
     def from_config(cls, config: Config, **given: Any) -> FileSource:
         """A source on the configuration's home and liveness thresholds (*given* ignored)."""
-        return cls(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
+        return cls(config.home, **config.thresholds)
 
     def runs(self, *, now: float | None = None, limit: int | None = None) -> list[RunRecord]:
         """Every run's last known state, newest first.

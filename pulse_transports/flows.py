@@ -216,9 +216,7 @@ class FlowTrainer:
     def __init__(self, home: Path | str | None = None, *, source: RunSource | None = None) -> None:
         self.config = load_config(home=home)
         self.home = self.config.home
-        self.source: RunSource = source or FileSource(
-            self.home, stale_after=self.config.stale_after, lost_after=self.config.lost_after
-        )
+        self.source: RunSource = source or FileSource.from_config(self.config)
 
     # -- starting ------------------------------------------------------------------
 
@@ -371,8 +369,7 @@ class FlowTrainer:
             state,
             now=time.time(),
             writer=check_writer(self.home, tid, state) if tid else None,
-            stale_after=self.config.stale_after,
-            lost_after=self.config.lost_after,
+            **self.config.thresholds,
         )
 
     def _load(self, training_id: str) -> tuple[RunState, Liveness, str]:

@@ -337,9 +337,9 @@ class Hub(HubSubscribers, HubProducers):
             # Cancelled by close(): end quietly (the stream protocol's done
             # callback would report a cancelled task with a traceback).
         except (ConnectionError, OSError) as exc:
-            log.debug("pulse hub connection lost", peer=conn.peer, role=conn.role, error=str(exc))
+            log.debug("pulse hub connection lost", error=str(exc), **conn.logged)
         except Exception:  # one connection's bug must never stop the hub
-            log.exception("pulse hub connection failed", peer=conn.peer, role=conn.role)
+            log.exception("pulse hub connection failed", **conn.logged)
         finally:
             self._conns.discard(conn)
             self._release(conn)

@@ -146,9 +146,8 @@ def heal_v1(config: Config, records: Sequence[Any] | None = None) -> None:
         heal_v1_snapshot(
             config.home,
             path,
-            stale_after=config.stale_after,
-            lost_after=config.lost_after,
             records=records,
+            **config.thresholds,
         )
     except Exception as exc:  # noqa: BLE001 - a repair must never break a read
         log.warning("pulse could not check the v1 snapshot", error=f"{type(exc).__name__}: {exc}")
@@ -236,7 +235,7 @@ def ls_command(
         ls_other(source, LsQuery(as_json, status, flow_run_id, limit, home), connection)
         return
     config = open_home(home)
-    records = recover(config.home, stale_after=config.stale_after, lost_after=config.lost_after)
+    records = recover(config.home, **config.thresholds)
     heal_v1(config, records)
     rows = select_rows([r.summary for r in records], status, flow_run_id, limit)
     if as_json:

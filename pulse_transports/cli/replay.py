@@ -148,13 +148,7 @@ def replay_file(path: Path, home: Path | None, now: float) -> dict[str, Any]:
         writer = None
         if where is not None and not state.is_terminal:
             writer = check_writer(where, tid, state)
-        liveness = run_liveness(
-            state,
-            now=now,
-            writer=writer,
-            stale_after=config.stale_after,
-            lost_after=config.lost_after,
-        )
+        liveness = run_liveness(state, now=now, writer=writer, **config.thresholds)
         at = state.last_event_at if liveness == "lost" and state.last_event_at else now
         documents.append(
             {

@@ -36,6 +36,7 @@ from typing import Any, Self
 import click
 
 from pulse_core.closing import ClosesOnExit
+from pulse_core.liveness import Thresholds
 from pulse_transports.cli._common import EXIT_FAILED, EXIT_NOT_FOUND, main, resolve_config
 from pulse_transports.cli._source import file_only, source_options
 from pulse_transports.cli.ls import (
@@ -167,7 +168,7 @@ class RunWatch(ClosesOnExit):
         self.follower.close()
 
 
-def _pick(home: Path, wait: float | None, thresholds: dict[str, Any]) -> Any:
+def _pick(home: Path, wait: float | None, thresholds: Thresholds) -> Any:
     """The most recently active live run, waiting up to *wait* seconds for one."""
     from pulse_transports.file import log_dir
     from pulse_transports.history import recover, v1_choice
@@ -261,7 +262,7 @@ def watch_command(
             open_home(home)
     else:
         config = open_home(home)
-    thresholds: dict[str, Any] = dict(stale_after=config.stale_after, lost_after=config.lost_after)
+    thresholds = config.thresholds
     try:
         if training_id is not None:
             try:
@@ -291,7 +292,7 @@ def _watch(
     once: bool,
     timeout: float | None,
     as_json: bool,
-    thresholds: dict[str, Any],
+    thresholds: Thresholds,
 ) -> int:
     from rich.console import Console
 

@@ -128,8 +128,7 @@ class NatsSource:
         return cls(
             options=NatsOptions.resolve(merged),
             store=StoreConfig.from_table(merged),
-            stale_after=config.stale_after,
-            lost_after=config.lost_after,
+            **config.thresholds,
         )
 
     # -- sync API ----------------------------------------------------------------------

@@ -189,25 +189,30 @@ class HybridRun:
 
     Attributes:
         training_id: the v2 run's id, or :data:`V1_ONLY_ID` for a v1-only run.
-        source: ``"v2"`` (a v2 log exists: its data wins) or ``"v1"`` (only
-            the v1 snapshot knows about it).
         liveness: alive, stale, lost or ended.
         v1: the honest six-key v1 snapshot of the run (a lost run shows
             ``status: "error"``, never ``running`` forever).
         summary: the ``pulse ls --json`` row of the run, plus ``source``.
-        in_v1_file: True when the v1 snapshot file currently shows this run.
         record: the v2 run as recovered (None for a v1-only run).
         snapshot: the v1 snapshot (for the run the file shows, else None).
     """
 
     training_id: str
-    source: Literal["v2", "v1"]
     liveness: Liveness
     v1: Mapping[str, Any]
     summary: Mapping[str, Any]
-    in_v1_file: bool
     record: RunRecord | None = None
     snapshot: V1Snapshot | None = None
+
+    @property
+    def source(self) -> Literal["v2", "v1"]:
+        """``"v2"`` if a v2 log exists (its data wins), ``"v1"`` if only the snapshot knows it."""
+        return "v2" if self.record is not None else "v1"
+
+    @property
+    def in_v1_file(self) -> bool:
+        """True when the v1 snapshot file currently shows this run."""
+        return self.snapshot is not None
 
     @property
     def state(self) -> RunState:
@@ -229,6 +234,7 @@ class HybridRun:
         return float(at) if isinstance(at, int | float) else 0.0
 
 
+@attrs.define(eq=False)
 class HybridReader:
     """Runs of a PULSE home, v2 first, with the v1 snapshot as a fallback.
 
@@ -248,20 +254,16 @@ class HybridReader:
         slack: see :func:`find_owner`.
     """
 
-    def __init__(
-        self,
-        home: Path | str,
-        v1_path: Path | str | None = None,
-        *,
-        stale_after: float = STALE_AFTER,
-        lost_after: float = LOST_AFTER,
-        slack: float = MATCH_SLACK,
-    ) -> None:
-        self.home = Path(home)
-        self.v1_path = Path(v1_path) if v1_path is not None else self.home / V1_FILE
-        self.stale_after = stale_after
-        self.lost_after = lost_after
-        self.slack = slack
+    home: Path = attrs.field(converter=Path)
+    _given_v1_path: Path | str | None = attrs.field(default=None, alias="v1_path")
+    stale_after: float = attrs.field(default=STALE_AFTER, kw_only=True)
+    lost_after: float = attrs.field(default=LOST_AFTER, kw_only=True)
+    slack: float = attrs.field(default=MATCH_SLACK, kw_only=True)
+    v1_path: Path = attrs.field(init=False)  # the snapshot file, from home and the given path
+
+    def __attrs_post_init__(self) -> None:
+        given = self._given_v1_path
+        self.v1_path = Path(given) if given is not None else self.home / V1_FILE
 
     def records(self, now: float) -> list[RunRecord]:
         """The v2 runs of the home, newest first (none if the home is missing)."""
@@ -287,11 +289,9 @@ class HybridReader:
                     record.sort_key,
                     HybridRun(
                         training_id=record.training_id,
-                        source="v2",
                         liveness=record.liveness,
                         v1=to_v1(record.state, liveness=record.liveness),
                         summary=summary,
-                        in_v1_file=mine,
                         record=record,
                         snapshot=snapshot if mine else None,
                     ),
@@ -355,11 +355,9 @@ class HybridReader:
         summary.update(source="v1", name="v1 snapshot", bad_lines=0)
         return HybridRun(
             training_id=V1_ONLY_ID,
-            source="v1",
             liveness=liveness,
             v1=honest,
             summary=summary,
-            in_v1_file=True,
             snapshot=snapshot,
         )
 

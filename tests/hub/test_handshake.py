@@ -265,7 +265,11 @@ class TestProducerInput:
         subscriber.hello("subscriber", training_id="run-1")
         snapshot = subscriber.until(lambda o: "snapshot" in o)[-1]["snapshot"]["run-1"]
         assert snapshot["status"] == "running"
-        assert "bad_event" in hub.log()
+        dropped = [line for line in hub.log().splitlines() if "dropped a producer line" in line]
+        # named as every hub line names a connection: peer, listener, role and run
+        assert dropped, hub.log()
+        for word in ("bad_event", "peer=", "via=unix", "role=producer", "training_id=run-1"):
+            assert word in dropped[0], dropped[0]
 
     def test_oversized_event_line_closes_only_that_producer(
         self, start_hub: Callable[..., HubProcess], clients: Callable[[Address], RawClient]
