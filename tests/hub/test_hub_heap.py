@@ -1,25 +1,31 @@
 """Issue 21.3: what the hub allocates for runs goes back once they have expired.
 
-Two sources of memory that stayed after every run had expired: per-run
+Sources of memory that stayed after every run had expired: per-run
 ``pathlib`` paths in the hub's passes over every run (CPython 3.11 interns
 each part it parses, so every pass over 1,000 logs churned the interned
-table to twice its size), and one glibc malloc arena per worker thread,
-whose top ``malloc_trim`` never gives back.
+table to twice its size); one glibc malloc arena per worker thread, whose
+top ``malloc_trim`` never gives back; and the retention pass itself, whose
+records of every run (about 6 MiB for 1,000 runs) made the hub's pymalloc
+grow arenas that what it kept meanwhile then held: the pass runs in a child.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+import structlog
 from hubkit import HubProcess
 
 from pulse_core.events import Metrics, RunMeta, StatusChanged
+from pulse_transports import retention
 from pulse_transports._homefeed import HomeFeed
 from pulse_transports.file import FileSink, log_path
 from pulse_transports.follow import read_events
@@ -109,6 +115,44 @@ class TestNoPerRunPaths:
         assert events is not None
         assert [e.seq for e in events] == [1, 2, 3]
         assert _per_run(interned) == []
+
+
+class TestRetentionInAChild:
+    """The hub's collection reads and removes runs in a child process, not in the hub."""
+
+    def test_a_pass_plans_outside_the_hub(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Runs are removed (their history kept) while planning in the hub would fail."""
+        home = tmp_path / "home"
+        tids = _write_runs(home)
+
+        def not_here(*args: object, **kwargs: object) -> NoReturn:
+            raise AssertionError("the hub read every run itself")
+
+        monkeypatch.setattr(retention, "plan", not_here)
+        monkeypatch.setattr(retention, "collect", not_here)
+        with structlog.testing.capture_logs() as logs:
+            RetentionFeed(home, RetentionPolicy(keep_runs=2))._collect()
+        assert sorted(r.training_id for r in recover(home)) == tids[-2:]
+        assert len(retention.removed_records(home)) == RUNS - 2
+        [entry] = [e for e in logs if e["event"] == "pulse retention removed runs"]
+        assert entry["runs"] == RUNS - 2
+        assert entry["freed"] > 0
+
+    def test_a_failed_child_is_logged(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A child that fails is a warning (the next pass tries again); no home is no failure."""
+        with structlog.testing.capture_logs() as logs:
+            RetentionFeed(tmp_path / "gone", RetentionPolicy())._collect()
+        assert logs == []
+        monkeypatch.setattr(sys, "executable", shutil.which("false"))
+        with structlog.testing.capture_logs() as logs:
+            RetentionFeed(tmp_path, RetentionPolicy())._collect()
+        [entry] = logs
+        assert entry["event"] == "pulse retention pass failed; trying again later"
+        assert entry["code"] != 0
 
 
 _ARENAS = """
