@@ -50,6 +50,7 @@ from pulse_core.errors import ConfigError
 from pulse_core.liveness import ENDED, LOST, LOST_AFTER
 from pulse_core.projections import to_history_record
 from pulse_transports._logfile import fsync_dir
+from pulse_transports._mailbox import trim_heap
 from pulse_transports.config import Config, check_table
 from pulse_transports.file import log_dir, run_file
 from pulse_transports.history import HomeNotFound, RunRecord, recover
@@ -64,6 +65,8 @@ REMOVED_KEEP: Final = 100_000
 _DAY: Final = 86400.0
 #: Seconds after the hub starts before its first collection.
 FIRST_DELAY: Final = 60.0
+#: The longest a collection child may take before the hub kills it and collects itself.
+CHILD_TIMEOUT: Final = 600.0
 
 
 @attrs.frozen
@@ -322,24 +325,31 @@ class RetentionFeed:
         """
         policy = orjson.dumps(attrs.asdict(self.policy)).decode()
         args = [sys.executable, "-m", __spec__.name, os.fspath(self.home), policy]
-        done = subprocess.run(
-            [*args, repr(self.lost_after)],
-            capture_output=True,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        lines = done.stdout.splitlines()
         try:
-            report = orjson.loads(lines[-1]) if done.returncode == 0 and lines else None
-        except orjson.JSONDecodeError:
-            report = None
-        if not isinstance(report, dict):
-            error = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            log.warning(
-                "pulse retention pass failed; trying again later",
-                code=done.returncode,
-                error=error[0] if error else "",
+            done = subprocess.run(
+                [*args, repr(self.lost_after)],
+                capture_output=True,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                timeout=CHILD_TIMEOUT,
             )
+        except (OSError, subprocess.TimeoutExpired) as exc:  # no interpreter; a hung child
+            code, error, report = None, f"{type(exc).__name__}: {exc}", None
+        else:
+            lines = done.stdout.splitlines()
+            try:
+                report = orjson.loads(lines[-1]) if done.returncode == 0 and lines else None
+            except orjson.JSONDecodeError:
+                report = None
+            last = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            code, error = done.returncode, last[0] if last else ""
+        if not isinstance(report, dict):
+            # The home stays bounded whatever the child does: collect here.
+            log.warning(
+                "pulse retention child failed; collecting in the hub", code=code, error=error
+            )
+            self.run_once()
+            trim_heap()
         elif report.get("runs"):
             log.info("pulse retention removed runs", **report)
 

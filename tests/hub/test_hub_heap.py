@@ -140,19 +140,38 @@ class TestRetentionInAChild:
         assert entry["runs"] == RUNS - 2
         assert entry["freed"] > 0
 
-    def test_a_failed_child_is_logged(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize("child", ["fails", "missing", "hangs"])
+    def test_a_failed_child_is_a_collection_in_the_hub(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child: str
     ) -> None:
-        """A child that fails is a warning (the next pass tries again); no home is no failure."""
+        """A child that fails, cannot start or hangs: a warning, and the hub collects itself.
+
+        The home stays bounded whatever the child does; no home is no failure.
+        """
         with structlog.testing.capture_logs() as logs:
             RetentionFeed(tmp_path / "gone", RetentionPolicy())._collect()
         assert logs == []
-        monkeypatch.setattr(sys, "executable", shutil.which("false"))
+        home = tmp_path / "home"
+        tids = _write_runs(home)
+        if child == "fails":
+            monkeypatch.setattr(sys, "executable", shutil.which("false"))
+        elif child == "missing":
+            monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+        else:
+            hang = tmp_path / "hang"
+            hang.write_text("#!/bin/sh\nsleep 30\n")
+            hang.chmod(0o755)
+            monkeypatch.setattr(sys, "executable", str(hang))
+            monkeypatch.setattr(retention, "CHILD_TIMEOUT", 0.5)
         with structlog.testing.capture_logs() as logs:
-            RetentionFeed(tmp_path, RetentionPolicy())._collect()
-        [entry] = logs
-        assert entry["event"] == "pulse retention pass failed; trying again later"
-        assert entry["code"] != 0
+            RetentionFeed(home, RetentionPolicy(keep_runs=2))._collect()
+        warned = [e for e in logs if e["log_level"] == "warning"]
+        assert [e["event"] for e in warned] == [
+            "pulse retention child failed; collecting in the hub"
+        ]
+        assert warned[0]["error"] or warned[0]["code"]
+        assert sorted(r.training_id for r in recover(home)) == tids[-2:]
+        assert len(retention.removed_records(home)) == RUNS - 2
 
 
 _ARENAS = """
