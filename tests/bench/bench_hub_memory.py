@@ -115,6 +115,16 @@ def _environ(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
+def _rss_split(hub: Hub) -> dict[str, float]:
+    """The hub's resident memory by kind (MiB): anonymous (heaps) and file-backed (code)."""
+    split = {}
+    for line in Path(f"/proc/{hub.proc.pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "RssShmem"):
+            split[key] = round(int(value.split()[0]) / 1024, 1)
+    return split
+
+
 def _threads(hub: Hub) -> int:
     """The hub's threads now (worker pools grow with concurrent work)."""
     return len(os.listdir(f"/proc/{hub.proc.pid}/task"))
@@ -136,7 +146,7 @@ def runs_case(
         first = _spawn("producer", {"prefix": "warm", "runs": 10, "steps": steps}, env=env)
         first.wait(120)
         base = _settle(hub, keep_ended + 6.0, window=3.0)  # the 10 runs have expired
-        threads_base = _threads(hub)
+        threads_base, split_base = _threads(hub), _rss_split(hub)
         start = time.monotonic()
         per = total // producers
         procs = [
@@ -156,7 +166,7 @@ def runs_case(
         after = _settle(hub, keep_ended + 6.0, window=3.0)
         # What the hub allocates once the runs have ended (expiry, retention, trims).
         peak_after = sampler.peak_between(ended, time.monotonic())
-        threads_after = _threads(hub)
+        threads_after, split_after = _threads(hub), _rss_split(hub)
         load = os.getloadavg()[0]
     finally:
         sampler.stop()
@@ -177,6 +187,8 @@ def runs_case(
         # each worker thread the hub starts keeps a stack and a malloc arena
         "threads_base": threads_base,
         "threads_after": threads_after,
+        "rss_split_base_mib": split_base,
+        "rss_split_after_mib": split_after,
     }
 
 
