@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pulse_core import _fastfold
 from pulse_core._dictfold import DictFolder
 from pulse_core._fastfold import LineFolder, fold_lines
 from pulse_core._linetype import DECODER, NOT_COMMON, CommonMetrics
@@ -101,6 +102,30 @@ class TestMsgspecTakesTheCommonLines:
         assert folder.folded == 3
         every = [encode(event).rstrip(b"\n") for event in START] + lines
         assert fold_lines(every) == slow_fold(every)
+
+    def test_msgspec_rarely_tried_where_it_takes_nothing(self) -> None:
+        """Lines all with a field msgspec does not know: read as dicts, msgspec tried rarely."""
+        lines = [line("progress", seq, b'"step":%d,"rank":0' % seq) for seq in range(3, 1003)]
+        tried = mock.Mock(side_effect=DECODER.decode)
+        folder = started()
+        with mock.patch.object(_fastfold, "_DECODE", tried):
+            assert folder.fold_block(lines) == len(lines)
+        assert tried.call_count <= 20  # runs of 1, 2, 4, ... 256 lines between tries
+        assert folder.state.step == 1002
+        assert folder.folded == len(lines)
+
+    def test_msgspec_tried_again_after_a_lone_odd_line(self) -> None:
+        """A lone line msgspec does not take (a checkpoint's, say): the next is its again."""
+        lines = []
+        for seq in range(3, 63):
+            odd = b',"rank":0' if seq % 3 == 0 else b""
+            lines.append(line("progress", seq, b'"step":%d%s' % (seq, odd)))
+        tried = mock.Mock(side_effect=DECODER.decode)
+        folder = started()
+        with mock.patch.object(_fastfold, "_DECODE", tried):
+            assert folder.fold_block(lines) == len(lines)
+        assert tried.call_count == len(lines)
+        assert (folder.state.step, folder.folded) == (62, len(lines))
 
 
 class TestLinesLeftToTheDecoder:
