@@ -21,6 +21,7 @@ Private to the core; must never import I/O modules.
 from __future__ import annotations
 
 from collections.abc import KeysView, Mapping, Sequence
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Final
 
@@ -52,7 +53,7 @@ BATCH: Final = 4096
 NOBODY: Final = object()
 
 
-def _floats(value: Any) -> bool:
+def floats(value: Any) -> bool:
     """True for a JSON object of floats only (what the decoder keeps as it is)."""
     if value.__class__ is not dict:
         return False
@@ -77,22 +78,39 @@ class _Batch:
     """Metrics lines of one shape whose values are not in their series yet.
 
     The shape: the envelope plus ``loss`` (if :attr:`loss`) and ``extra``
-    with exactly the names :attr:`names` (if not None), every name kept
-    whole (:attr:`LineFolder._kept`), no other field -- so nothing of the
-    line but these values touches the accumulator, and each name's latest
-    value, bounds and series can be folded a batch at a time, after the
-    lines' envelopes (which are folded line by line).
+    with exactly the names :attr:`names` (if not None), and ``min`` and
+    ``max`` with exactly the names :attr:`bounds` (if not None: the lines
+    the emitter writes), every name kept whole (:attr:`DictFolder._kept`),
+    no other field -- so nothing of the line but these values touches the
+    accumulator, and each name's latest value, bounds and series can be
+    folded a batch at a time, after the lines' envelopes (which are folded
+    line by line). Lines with bounds are batched from msgspec's structs only.
     """
 
-    __slots__ = ("extras", "loss", "losses", "names", "stamps", "width")
+    __slots__ = (
+        "bounds",
+        "extras",
+        "highs",
+        "loss",
+        "losses",
+        "lows",
+        "names",
+        "shaped",
+        "stamps",
+        "width",
+    )
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
         self.losses: list[float] = []
         self.extras: list[dict[str, float]] = []
-        self.width = 0  # the lines' field count; 0: no shape is batched
+        self.lows: list[dict[str, float]] = []
+        self.highs: list[dict[str, float]] = []
+        self.shaped = False  # whether a shape is batched
+        self.width = 0  # the lines' field count if the dict way batches them too; else 0
         self.loss = False
         self.names: KeysView[str] | None = None
+        self.bounds: KeysView[str] | None = None
 
 
 class DictFolder(Folder):
@@ -310,16 +328,24 @@ class DictFolder(Folder):
             acc.best_loss = pair[0]
         # The next lines of this shape are batched if every name of it is kept.
         kept, batch = self._kept, self._batch
-        batch.width = 0
+        batch.shaped, batch.width, batch.bounds = False, 0, None
         said = (loss is not None) + (extra is not EMPTY)
-        if (
-            said
-            and len(obj) == 5 + said
-            and (loss is None or "loss" in kept)
-            and all(name in kept for name in extra)
+        if not said or (loss is not None and "loss" not in kept):
+            return
+        if not all(name in kept for name in extra):
+            return
+        lows, highs = get("min", EMPTY), get("max", EMPTY)
+        if len(obj) == 5 + said:
+            batch.shaped, batch.width = True, 5 + said
+        elif (
+            len(obj) == 7 + said
+            and lows
+            and lows.keys() == highs.keys()
+            and all(name in kept for name in lows)
         ):
-            batch.width, batch.loss = 5 + said, loss is not None
-            batch.names = None if extra is EMPTY else extra.keys()
+            batch.shaped, batch.bounds = True, lows.keys()
+        batch.loss = loss is not None
+        batch.names = None if extra is EMPTY else extra.keys()
 
     def _value(self, name: str, value: float, ts: float, seq: int) -> None:
         """``_Acc._metric`` for one value; for a name kept whole, its common case inline.
@@ -359,12 +385,32 @@ class DictFolder(Folder):
         if not stamps:
             return
         acc = self._acc
+        given: dict[str, list[float]] = {}
         if batch.loss:
-            self._values("loss", batch.losses, stamps)
+            given["loss"] = batch.losses
         if batch.names is not None:
             extras = batch.extras
             for name in batch.names:
-                self._values(name, list(map(itemgetter(name), extras)), stamps)
+                given[name] = list(map(itemgetter(name), extras))
+        for name, values in given.items():
+            _pair, series = self._kept[name]
+            acc.metrics[name] = values[-1]
+            series.extend(values, stamps)
+        if batch.bounds is None:
+            for name, values in given.items():
+                self._bound(name, values, None, None)
+        else:
+            lows, highs = batch.lows, batch.highs
+            for name in {**given, **dict.fromkeys(batch.bounds)}:
+                bounded = name in batch.bounds
+                self._bound(
+                    name,
+                    given.get(name),
+                    list(map(itemgetter(name), lows)) if bounded else None,
+                    list(map(itemgetter(name), highs)) if bounded else None,
+                )
+            lows.clear()
+            highs.clear()
         pair = acc.metrics_bounds.get("loss")
         if pair is not None and (acc.best_loss is None or pair[0] < acc.best_loss):
             acc.best_loss = pair[0]
@@ -372,27 +418,56 @@ class DictFolder(Folder):
         batch.losses.clear()
         batch.extras.clear()
 
-    def _values(self, name: str, values: list[float], stamps: list[float]) -> None:
-        """``_value`` for each of *values* of a kept name, in order."""
-        pair, series = self._kept[name]
-        self._acc.metrics[name] = values[-1]
+    def _bound(
+        self,
+        name: str,
+        values: list[float] | None,
+        lows: list[float] | None,
+        highs: list[float] | None,
+    ) -> None:
+        """Fold a kept name's batched values and ``min``/``max`` into its bounds.
+
+        In the order ``_metrics`` takes them, line by line: the value (which
+        moves the lower bound or else the upper one), then the ``min``, then
+        the ``max``.
+        """
+        pair = self._kept[name][0]
         low, high = pair
         if low.__class__ is float and high.__class__ is float and low <= high:
-            least, most = min(values), max(values)
+            # Bounds that only widen: each is the first extreme of its sequence.
+            downs = _interleave(values, lows)
+            ups = _interleave(values, highs)
+            least, most = min(downs), max(ups)
             if least < low:
                 pair[0] = least
             if most > high:
                 pair[1] = most
-        else:  # odd bounds (a hostile checkpoint's): one value at a time
-            for value in values:
+            return
+        # Odd bounds (a hostile checkpoint's): one line at a time.
+        lines = len(values) if values is not None else len(lows or ())
+        for k in range(lines):
+            if values is not None:
+                value = values[k]
                 if value < pair[0]:
                     pair[0] = value
                 elif value > pair[1]:
                     pair[1] = value
-        series.extend(values, stamps)
+            if lows is not None and lows[k] < pair[0]:
+                pair[0] = lows[k]
+            if highs is not None and highs[k] > pair[1]:
+                pair[1] = highs[k]
 
 
 _NAMED: Final = ("time_per_epoch", "samples_per_second", "tokens_per_second")
+
+
+def _interleave(first: list[float] | None, second: list[float] | None) -> list[float]:
+    """``first[0], second[0], first[1], ...`` (either alone if the other is None)."""
+    if second is None:
+        return first or []
+    if first is None:
+        return second
+    return list(chain.from_iterable(zip(first, second, strict=True)))
 
 
 def common_metrics(obj: dict[str, Any], loss: Any, extra: Any) -> bool:
@@ -405,9 +480,9 @@ def common_metrics(obj: dict[str, Any], loss: Any, extra: Any) -> bool:
     names_dropped = get("names_dropped")
     return (
         (loss is None or loss.__class__ is float)
-        and (extra is EMPTY or _floats(extra))
-        and (lows is EMPTY or _floats(lows))
-        and (highs is EMPTY or _floats(highs))
+        and (extra is EMPTY or floats(extra))
+        and (lows is EMPTY or floats(lows))
+        and (highs is EMPTY or floats(highs))
         and (names_dropped is None or names_dropped.__class__ is int)
         and all((v := get(name)) is None or v.__class__ is float for name in _NAMED)
     )

@@ -38,7 +38,7 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
-from pulse_core._dictfold import BATCH, EMPTY, NOBODY, DictFolder, common_metrics
+from pulse_core._dictfold import BATCH, EMPTY, NOBODY, DictFolder, common_metrics, floats
 from pulse_core._linetype import DECODER, NOT_COMMON, UNSET, CommonMetrics, CommonProgress
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
@@ -122,9 +122,9 @@ class LineFolder(DictFolder):
             acc.total_steps,
         )
         batch = self._batch
-        want_loss, names = batch.loss, batch.names
-        shaped = batch.width != 0
+        shaped, want_loss, names, bounds = batch.shaped, batch.loss, batch.names, batch.bounds
         stamp, lose, add_extra = batch.stamps.append, batch.losses.append, batch.extras.append
+        add_low, add_high = batch.lows.append, batch.highs.append
         decode_line, count, i, end = _DECODE, 0, start, len(lines)
         progress, metrics = CommonProgress, CommonMetrics
         try:
@@ -150,8 +150,14 @@ class LineFolder(DictFolder):
                             if names is None
                             else extra is not UNSET and extra.keys() == names
                         )
-                        and obj.min is UNSET
-                        and obj.max is UNSET
+                        and (
+                            obj.min is UNSET and obj.max is UNSET
+                            if bounds is None
+                            else (lows := obj.min) is not UNSET
+                            and (highs := obj.max) is not UNSET
+                            and lows.keys() == bounds
+                            and highs.keys() == bounds
+                        )
                         and obj.time_per_epoch is None
                         and obj.samples_per_second is None
                         and obj.tokens_per_second is None
@@ -163,6 +169,8 @@ class LineFolder(DictFolder):
                                 if item.__class__ is not float:
                                     batched = False
                                     break
+                        if bounds is not None and batched:
+                            batched = floats(lows) and floats(highs)
                     if not batched:
                         line = _as_dict(obj)
                         extra = EMPTY if extra is UNSET else extra
@@ -192,13 +200,16 @@ class LineFolder(DictFolder):
                         lose(loss)
                     if names is not None:
                         add_extra(extra)
+                    if bounds is not None:
+                        add_low(lows)
+                        add_high(highs)
                     if len(batch.stamps) >= _BATCH:
                         self._flush()
                 elif kind is metrics:
                     self._flush()
                     self._metrics(line, seq, ts, loss, extra)
-                    want_loss, names = batch.loss, batch.names
-                    shaped = batch.width != 0
+                    shaped, want_loss, names = batch.shaped, batch.loss, batch.names
+                    bounds = batch.bounds
         finally:
             if count:
                 self._cached = None
