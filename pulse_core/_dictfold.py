@@ -20,8 +20,7 @@ Private to the core; must never import I/O modules.
 
 from __future__ import annotations
 
-from collections.abc import KeysView, Mapping, Sequence
-from itertools import chain
+from collections.abc import Callable, KeysView, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
@@ -427,17 +426,14 @@ class DictFolder(Folder):
     ) -> None:
         """Fold a kept name's batched values and ``min``/``max`` into its bounds.
 
-        In the order ``_metrics`` takes them, line by line: the value (which
-        moves the lower bound or else the upper one), then the ``min``, then
-        the ``max``.
+        In ``_metrics``' order, line by line: the value (which moves the lower
+        bound or else the upper one), then the ``min``, then the ``max``.
         """
         pair = self._kept[name][0]
         low, high = pair
         if low.__class__ is float and high.__class__ is float and low <= high:
             # Bounds that only widen: each is the first extreme of its sequence.
-            downs = _interleave(values, lows)
-            ups = _interleave(values, highs)
-            least, most = min(downs), max(ups)
+            least, most = _first(min, values, lows), _first(max, values, highs)
             if least < low:
                 pair[0] = least
             if most > high:
@@ -461,13 +457,18 @@ class DictFolder(Folder):
 _NAMED: Final = ("time_per_epoch", "samples_per_second", "tokens_per_second")
 
 
-def _interleave(first: list[float] | None, second: list[float] | None) -> list[float]:
-    """``first[0], second[0], first[1], ...`` (either alone if the other is None)."""
+def _first(
+    pick: Callable[..., float], first: list[float] | None, second: list[float] | None
+) -> float:
+    """*pick* (min or max) of ``first[0], second[0], first[1], ...``, the first of equal ones."""
     if second is None:
-        return first or []
+        return pick(first)
     if first is None:
-        return second
-    return list(chain.from_iterable(zip(first, second, strict=True)))
+        return pick(second)
+    a, b = pick(first), pick(second)  # each the first of its equal ones
+    if a != b:
+        return pick(a, b)
+    return a if first.index(a) <= second.index(b) else b
 
 
 def common_metrics(obj: dict[str, Any], loss: Any, extra: Any) -> bool:
