@@ -78,12 +78,11 @@ class _Batch:
 
     The shape: the envelope plus ``loss`` (if :attr:`loss`) and ``extra``
     with exactly the names :attr:`names` (if not None), and ``min`` and
-    ``max`` with exactly the names :attr:`bounds` (if not None: the lines
-    the emitter writes), every name kept whole (:attr:`DictFolder._kept`),
-    no other field -- so nothing of the line but these values touches the
-    accumulator, and each name's latest value, bounds and series can be
-    folded a batch at a time, after the lines' envelopes (which are folded
-    line by line). Lines with bounds are batched from msgspec's structs only.
+    ``max`` with exactly the names :attr:`bounds` (if not None: the emitter's
+    lines; batched from msgspec's structs only), every name kept whole
+    (:attr:`DictFolder._kept`), no other field -- so nothing of the line but
+    these values touches the accumulator, and each name's latest value,
+    bounds and series are folded a batch at a time, after the envelopes.
     """
 
     __slots__ = (
@@ -331,18 +330,19 @@ class DictFolder(Folder):
         said = (loss is not None) + (extra is not EMPTY)
         if not said or (loss is not None and "loss" not in kept):
             return
-        if not all(name in kept for name in extra):
-            return
-        lows, highs = get("min", EMPTY), get("max", EMPTY)
+        lows: Mapping[str, float] = EMPTY
         if len(obj) == 5 + said:
-            batch.shaped, batch.width = True, 5 + said
-        elif (
-            len(obj) == 7 + said
-            and lows
-            and lows.keys() == highs.keys()
-            and all(name in kept for name in lows)
-        ):
-            batch.shaped, batch.bounds = True, lows.keys()
+            batch.width = 5 + said
+        elif len(obj) == 7 + said:
+            lows, highs = get("min", EMPTY), get("max", EMPTY)
+            if not lows or lows.keys() != highs.keys():
+                return
+        else:
+            return
+        if not all(name in kept for name in extra) or not all(name in kept for name in lows):
+            batch.width = 0
+            return
+        batch.shaped, batch.bounds = True, None if batch.width else lows.keys()
         batch.loss = loss is not None
         batch.names = None if extra is EMPTY else extra.keys()
 
