@@ -1,12 +1,22 @@
-"""The fast fold: common log lines folded straight from their decoded JSON objects.
+"""The fast fold: common log lines folded straight from their decoded lines.
 
 A whole-log read that wants only the final state (``pulse replay``, cold
 recovery, ``load_run``) spent most of its time building event objects
 (:mod:`pulse_core._structure`) that the reducer read once and dropped. Here
 the common lines -- ``progress``, ``metrics`` and ``heartbeat`` of the run
 being folded, and the ``state_checkpoint`` lines the reducer skips -- are
-folded from the dict ``orjson.loads`` gives, into the reducer's own
-accumulator (:class:`LineFolder` is a :class:`~pulse_core.reducer.Folder`).
+folded into the reducer's own accumulator (:class:`LineFolder` is a
+:class:`~pulse_core.reducer.Folder`), in two ways:
+
+* most lines are decoded by msgspec into a struct of their exact shape
+  (:mod:`pulse_core._linetype`: the JSON types checked in C, fields read as
+  attributes) and folded from it (:meth:`LineFolder._fold_structs`);
+* a line msgspec does not take (a field it does not know, an integer past
+  64 bits, a checkpoint line, anything else) is read with ``orjson.loads``
+  and folded from the dict if it is a common line all the same
+  (:meth:`~pulse_core._dictfold.DictFolder._fold_dicts`); the lines after it
+  too, for a run that doubles while msgspec takes none (a log whose every
+  line has a field msgspec does not know is read as fast as before).
 
 An optimisation, never a second set of rules: a line is folded here only when
 it is exactly the common shape -- every field of the right JSON type, protocol
@@ -25,129 +35,31 @@ Private to the core; must never import I/O modules.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
-import orjson
-
-from pulse_core._series import SeriesAcc
+from pulse_core._dictfold import BATCH, EMPTY, NOBODY, DictFolder, common_metrics, floats
+from pulse_core._linetype import DECODER, NOT_COMMON, UNSET, CommonMetrics, CommonProgress
 from pulse_core.codec import decode
-from pulse_core.errors import DecodeError, InvalidTrainingId
-from pulse_core.events import (
-    PROTOCOL_VERSION,
-    TERMINAL_STATUSES,
-    Event,
-    _valid_ids,
-    validate_training_id,
-)
-from pulse_core.reducer import INITIAL_STATE, MAX_COUNT, Folder
+from pulse_core.errors import DecodeError
+from pulse_core.reducer import INITIAL_STATE
 from pulse_core.state import RunState
 
-_loads: Final = orjson.loads
-#: What reading a line's envelope may raise: not JSON, not an object, a field missing.
-_UNREAD: Final = (orjson.JSONDecodeError, KeyError, TypeError)
-#: Compared by identity: CPython (and so orjson) gives small ints as shared objects,
-#: so ``v is _VERSION`` is true exactly for the integer 2 (any other is decoded).
-_VERSION: Final = PROTOCOL_VERSION
-_EMPTY: Final[Mapping[str, float]] = {}
+_DECODE: Final = DECODER.decode
 #: Metrics lines batched before their values are folded (a bound on the memory held).
-_BATCH: Final = 4096
-#: The owner while no run's lines may take the fast path: equal to no JSON value
-#: (None would match a line whose training_id is null).
-_NOBODY: Final = object()
+_BATCH: Final = BATCH
+#: The longest run of lines read as dicts before msgspec is tried again (fold_block).
+_DICT_RUN: Final = 256
 
 
-def _floats(value: Any) -> bool:
-    """True for a JSON object of floats only (what the decoder keeps as it is)."""
-    if value.__class__ is not dict:
-        return False
-    for item in value.values():  # noqa: SIM110 - a loop: no generator per line
-        if item.__class__ is not float:
-            return False
-    return True
-
-
-def _valid_id(tid: str) -> bool:
-    """Whether *tid* is a valid training id (the decoder's cache holds only the first 4096)."""
-    if tid in _valid_ids:
-        return True
-    try:
-        validate_training_id(tid)
-    except InvalidTrainingId:
-        return False
-    return True
-
-
-class _Batch:
-    """Metrics lines of one shape whose values are not in their series yet.
-
-    The shape: the envelope plus ``loss`` (if :attr:`loss`) and ``extra``
-    with exactly the names :attr:`names` (if not None), every name kept
-    whole (:attr:`LineFolder._kept`), no other field -- so nothing of the
-    line but these values touches the accumulator, and each name's latest
-    value, bounds and series can be folded a batch at a time, after the
-    lines' envelopes (which are folded line by line).
-    """
-
-    __slots__ = ("extras", "loss", "losses", "names", "stamps", "width")
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-        self.losses: list[float] = []
-        self.extras: list[dict[str, float]] = []
-        self.width = 0  # the lines' field count; 0: no shape is batched
-        self.loss = False
-        self.names: KeysView[str] | None = None
-
-
-class LineFolder(Folder):
+class LineFolder(DictFolder):
     """A :class:`~pulse_core.reducer.Folder` that also folds raw log lines (module doc).
 
     Attributes:
         folded: events folded from their lines (checkpoint lines not counted).
     """
 
-    __slots__ = ("_batch", "_kept", "_owner", "folded")
-
-    def __init__(self, state: RunState = INITIAL_STATE) -> None:
-        super().__init__(state)
-        self.folded = 0
-        # The run whose lines the fast path takes: set once its state allows it
-        # (see _open), reset by every ordinary apply (it may end the run).
-        self._owner: object = _NOBODY
-        # metric name -> its [min, max] pair and series in the accumulator, for
-        # names the reducer keeps whole (latest, bounds, history): neither is
-        # ever replaced or removed once made, so the pair stays valid.
-        self._kept: dict[str, tuple[list[Any], SeriesAcc]] = {}
-        self._batch = _Batch()
-
-    def apply(self, event: Event) -> None:
-        """Apply one event the ordinary way (never raises)."""
-        self._flush()
-        self._owner = _NOBODY
-        super().apply(event)
-
-    @property
-    def state(self) -> RunState:
-        """The state after everything folded and applied so far."""
-        self._flush()
-        return super().state
-
-    def _open(self, tid: Any) -> bool:
-        """Whether lines of *tid* may take the fast path now (and remember it)."""
-        acc = self._acc
-        if (
-            tid.__class__ is not str
-            or tid != acc.training_id  # another run's, or the run's first event
-            or not _valid_id(tid)
-            or acc.created_at is None
-            or acc.last_seq < 0
-            or acc.status in TERMINAL_STATUSES
-        ):
-            return False
-        self._owner = tid
-        return True
+    __slots__ = ()
 
     def fold_line(self, line: bytes, floor: int = 0) -> bool:
         """Fold one log line if it is a common event of exactly the common shape.
@@ -175,11 +87,31 @@ class LineFolder(Folder):
             The index of the first line not folded (``len(lines)`` if none):
             decode it and apply it the ordinary way, then fold on after it.
         """
-        acc = self._acc
-        if self._owner is _NOBODY and not self._open(acc.training_id):
+        if self._owner is NOBODY and not self._open(self._acc.training_id):
             return start
-        # The fields every common line changes are held in locals here and
-        # written back at the end (the steps called below never read them).
+        # After a line msgspec does not take, the next ones are likely alike (a
+        # field it does not know on every line, say): they are read as dicts
+        # for a run of lines that doubles while msgspec takes none of them.
+        i, end, run = start, len(lines), 1
+        while i < end:
+            after = self._fold_structs(lines, i, floor)
+            if after > i:
+                i, run = after, 1
+                if i >= end:
+                    break
+            after = self._fold_dicts(lines, i, min(i + run, end), floor)
+            if after == i:
+                break
+            i, run = after, min(2 * run, _DICT_RUN)
+        return i
+
+    def _fold_structs(self, lines: Sequence[bytes], start: int, floor: int) -> int:
+        """Fold ``lines[start:]`` from msgspec's structs, up to the first not folded.
+
+        A line not folded here may still be a common line (the module doc):
+        :meth:`fold_block` tries it with orjson.
+        """
+        acc = self._acc
         owner, last, events = self._owner, acc.last_seq, acc.event_count
         bar = last if last > floor else floor
         latest = acc.last_event_at
@@ -190,72 +122,60 @@ class LineFolder(Folder):
             acc.total_steps,
         )
         batch = self._batch
-        width, want_loss, names = batch.width, batch.loss, batch.names
+        shaped, want_loss, names, bounds = batch.shaped, batch.loss, batch.names, batch.bounds
         stamp, lose, add_extra = batch.stamps.append, batch.losses.append, batch.extras.append
-        loads, count, i, end = _loads, 0, start, len(lines)
+        add_low, add_high = batch.lows.append, batch.highs.append
+        decode_line, count, i, end = _DECODE, 0, start, len(lines)
+        progress, metrics = CommonProgress, CommonMetrics
         try:
-            # Not ``while i < end``: 3.11 specializes a function's bytecode only
-            # after a few unconditional backward jumps, which that loop lacks.
             while True:
                 if i >= end:
                     break
                 try:
-                    obj = loads(lines[i])
-                    tag = obj["type"]
-                    tid = obj["training_id"]
-                    seq = obj["seq"]
-                    ts = obj["timestamp"]
-                    version = obj["v"]
-                except _UNREAD:
+                    obj = decode_line(lines[i])
+                except NOT_COMMON:
                     break
-                if (
-                    version is not _VERSION
-                    or seq.__class__ is not int
-                    or ts.__class__ is not float  # an integer timestamp: decoded (may overflow)
-                    or tid != owner
-                ):
+                seq, ts = obj.seq, obj.timestamp
+                if ts.__class__ is not float or seq <= bar or obj.training_id != owner:
                     break
-                if seq <= bar:
-                    if tag == "state_checkpoint" and _checkpoint(obj):
-                        i += 1
-                        continue
-                    break
-                # Is it folded, and how: checked before anything changes.
-                get = obj.get
+                kind = obj.__class__
                 batched = False
-                if tag == "progress":
-                    new_epoch, new_total_epochs = get("epoch"), get("total_epochs")
-                    new_step, new_total_steps = get("step"), get("total_steps")
+                if kind is metrics:
+                    loss, extra = obj.loss, obj.extra
                     if (
-                        (new_epoch.__class__ is not int and new_epoch is not None)
-                        or (new_step.__class__ is not int and new_step is not None)
-                        or (new_total_epochs.__class__ is not int and new_total_epochs is not None)
-                        or (new_total_steps.__class__ is not int and new_total_steps is not None)
-                    ):
-                        break
-                elif tag == "metrics":
-                    loss, extra = get("loss"), get("extra", _EMPTY)
-                    if (
-                        len(obj) == width
+                        shaped
                         and (loss.__class__ is float if want_loss else loss is None)
                         and (
-                            extra is _EMPTY
+                            extra is UNSET
                             if names is None
-                            else extra.__class__ is dict and extra.keys() == names
+                            else extra is not UNSET and extra.keys() == names
                         )
+                        and (
+                            obj.min is UNSET and obj.max is UNSET
+                            if bounds is None
+                            else (lows := obj.min) is not UNSET
+                            and (highs := obj.max) is not UNSET
+                            and lows.keys() == bounds
+                            and highs.keys() == bounds
+                        )
+                        and obj.time_per_epoch is None
+                        and obj.samples_per_second is None
+                        and obj.tokens_per_second is None
+                        and obj.names_dropped is None
                     ):
                         batched = True
-                        for item in extra.values():
-                            if item.__class__ is not float:
-                                batched = False
-                                break
-                    if not batched and not _common_metrics(obj, loss, extra):
-                        break
-                elif tag != "heartbeat":
-                    if tag == "state_checkpoint" and _checkpoint(obj):
-                        i += 1
-                        continue
-                    break
+                        if names is not None:
+                            for item in extra.values():
+                                if item.__class__ is not float:
+                                    batched = False
+                                    break
+                        if bounds is not None and batched:
+                            batched = floats(lows) and floats(highs)
+                    if not batched:
+                        line = _as_dict(obj)
+                        extra = EMPTY if extra is UNSET else extra
+                        if not common_metrics(line, loss, extra):
+                            break
                 # Folded: _Acc.apply's envelope step, then the event's own step.
                 count += 1
                 if seq != last + 1:
@@ -265,27 +185,31 @@ class LineFolder(Folder):
                 if latest is None or ts > latest:
                     latest = ts
                 i += 1
-                if tag == "progress":
-                    if new_epoch is not None:
-                        epoch = new_epoch
-                    if new_total_epochs is not None:
-                        total_epochs = new_total_epochs
-                    if new_step is not None:
-                        step = new_step
-                    if new_total_steps is not None:
-                        total_steps = new_total_steps
+                if kind is progress:
+                    if (value := obj.epoch) is not None:
+                        epoch = value
+                    if (value := obj.total_epochs) is not None:
+                        total_epochs = value
+                    if (value := obj.step) is not None:
+                        step = value
+                    if (value := obj.total_steps) is not None:
+                        total_steps = value
                 elif batched:
                     stamp(ts)
                     if want_loss:
                         lose(loss)
                     if names is not None:
                         add_extra(extra)
+                    if bounds is not None:
+                        add_low(lows)
+                        add_high(highs)
                     if len(batch.stamps) >= _BATCH:
                         self._flush()
-                elif tag == "metrics":
+                elif kind is metrics:
                     self._flush()
-                    self._metrics(obj, seq, ts, loss, extra)
-                    width, want_loss, names = batch.width, batch.loss, batch.names
+                    self._metrics(line, seq, ts, loss, extra)
+                    shaped, want_loss, names = batch.shaped, batch.loss, batch.names
+                    bounds = batch.bounds
         finally:
             if count:
                 self._cached = None
@@ -313,146 +237,15 @@ class LineFolder(Folder):
             yield i
             i += 1
 
-    def _metrics(
-        self, obj: dict[str, Any], seq: int, ts: float, loss: Any, extra: Mapping[str, float]
-    ) -> None:
-        """``_Acc._metrics`` for a line, one value at a time; then batch lines of its shape."""
-        acc = self._acc
-        get = obj.get
-        value = self._value
-        if loss is not None:
-            value("loss", loss, ts, seq)
-        for name in _NAMED:
-            number = get(name)
-            if number is not None:
-                value(name, number, ts, seq)
-        for name, number in extra.items():
-            value(name, number, ts, seq)
-        bounds = acc.metrics_bounds
-        for name, number in get("min", _EMPTY).items():
-            pair = bounds.get(name)
-            if pair is not None and number < pair[0]:  # kept names only
-                pair[0] = number
-        for name, number in get("max", _EMPTY).items():
-            pair = bounds.get(name)
-            if pair is not None and number > pair[1]:
-                pair[1] = number
-        names_dropped = get("names_dropped")
-        if names_dropped is not None and names_dropped > acc.metrics_dropped:
-            acc.metrics_dropped = min(names_dropped, MAX_COUNT)
-        pair = bounds.get("loss")
-        if pair is not None and (acc.best_loss is None or pair[0] < acc.best_loss):
-            acc.best_loss = pair[0]
-        # The next lines of this shape are batched if every name of it is kept.
-        kept, batch = self._kept, self._batch
-        batch.width = 0
-        said = (loss is not None) + (extra is not _EMPTY)
-        if (
-            said
-            and len(obj) == 5 + said
-            and (loss is None or "loss" in kept)
-            and all(name in kept for name in extra)
-        ):
-            batch.width, batch.loss = 5 + said, loss is not None
-            batch.names = None if extra is _EMPTY else extra.keys()
 
-    def _value(self, name: str, value: float, ts: float, seq: int) -> None:
-        """``_Acc._metric`` for one value; for a name kept whole, its common case inline.
-
-        Values off a JSON line are finite floats (orjson reads no NaN nor
-        infinity), so the reducer's NaN test is never true here; a kept name
-        is in ``metrics`` already, so its cap on names does not apply.
-        """
-        kept = self._kept.get(name)
-        if kept is None:
-            acc = self._acc
-            acc._metric(name, value, ts, seq)  # the reducer's own step
-            pair = acc.metrics_bounds.get(name)
-            series = acc.history.get(name)
-            if pair is not None and series is not None and name in acc.metrics:
-                self._kept[name] = (pair, series)
-            return
-        self._acc.metrics[name] = value
-        pair, series = kept
-        if value < pair[0]:
-            pair[0] = value
-        elif value > pair[1]:
-            pair[1] = value
-        series.add(value, ts)
-
-    def _flush(self) -> None:
-        """Fold the batched lines' values into their names' latest, bounds and series.
-
-        What ``_value`` does for each value of each line in turn: names are
-        independent of each other, so each name's values are folded at once
-        (``min``/``max`` keep the first of equal values, as ``_value``'s
-        strict comparisons do); then ``_Acc._metrics``' last step, the best
-        loss, whose bound only fell through the lines.
-        """
-        batch = self._batch
-        stamps = batch.stamps
-        if not stamps:
-            return
-        acc = self._acc
-        if batch.loss:
-            self._values("loss", batch.losses, stamps)
-        if batch.names is not None:
-            extras = batch.extras
-            for name in batch.names:
-                self._values(name, list(map(itemgetter(name), extras)), stamps)
-        pair = acc.metrics_bounds.get("loss")
-        if pair is not None and (acc.best_loss is None or pair[0] < acc.best_loss):
-            acc.best_loss = pair[0]
-        stamps.clear()
-        batch.losses.clear()
-        batch.extras.clear()
-
-    def _values(self, name: str, values: list[float], stamps: list[float]) -> None:
-        """``_value`` for each of *values* of a kept name, in order."""
-        pair, series = self._kept[name]
-        self._acc.metrics[name] = values[-1]
-        low, high = pair
-        if low.__class__ is float and high.__class__ is float and low <= high:
-            least, most = min(values), max(values)
-            if least < low:
-                pair[0] = least
-            if most > high:
-                pair[1] = most
-        else:  # odd bounds (a hostile checkpoint's): one value at a time
-            for value in values:
-                if value < pair[0]:
-                    pair[0] = value
-                elif value > pair[1]:
-                    pair[1] = value
-        series.extend(values, stamps)
-
-
-_NAMED: Final = ("time_per_epoch", "samples_per_second", "tokens_per_second")
-
-
-def _common_metrics(obj: dict[str, Any], loss: Any, extra: Any) -> bool:
-    """Whether every field of a metrics line is of the type the decoder keeps as it is."""
-    get = obj.get
-    lows, highs = get("min", _EMPTY), get("max", _EMPTY)
-    names_dropped = get("names_dropped")
-    return (
-        (loss is None or loss.__class__ is float)
-        and (extra is _EMPTY or _floats(extra))
-        and (lows is _EMPTY or _floats(lows))
-        and (highs is _EMPTY or _floats(highs))
-        and (names_dropped is None or names_dropped.__class__ is int)
-        and all((v := get(name)) is None or v.__class__ is float for name in _NAMED)
-    )
-
-
-def _checkpoint(obj: dict[str, Any]) -> bool:
-    """Whether a checkpoint line (its envelope checked) decodes: then it changes nothing."""
-    state = obj.get("state", _EMPTY)
-    return (
-        obj.get("format").__class__ is str
-        and obj.get("lines", 0).__class__ is int
-        and (state is _EMPTY or state.__class__ is dict)
-    )
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """The fields a metrics struct was given, as orjson's dict of its line has them."""
+    out: dict[str, Any] = {"type": "metrics"}
+    for name in obj.__struct_fields__:
+        value = getattr(obj, name)
+        if value is not None and value is not UNSET:
+            out[name] = value
+    return out
 
 
 def fold_lines(lines: Iterable[bytes], state: RunState = INITIAL_STATE) -> RunState:
