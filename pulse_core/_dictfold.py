@@ -159,6 +159,24 @@ class DictFolder(Folder):
         self._owner = tid
         return True
 
+    def _hoist(self, floor: int) -> tuple[Any, ...]:
+        """What every common line changes, as a fold loop's locals, with its seq bar.
+
+        The loop writes them back with :meth:`_store` (the steps it calls never read them).
+        """
+        acc, last = self._acc, self._acc.last_seq
+        fields = (acc.event_count, acc.last_event_at, acc.epoch, acc.total_epochs, acc.step)
+        return (self._owner, last, max(last, floor), *fields, acc.total_steps)
+
+    def _store(self, count: int, *fields: Any) -> None:
+        """Write back a fold loop's locals (:meth:`_hoist`) once it folded *count* lines."""
+        if count:
+            acc = self._acc
+            self._cached = None
+            self.folded += count
+            (acc.last_seq, acc.event_count, acc.last_event_at, acc.epoch) = fields[:4]
+            acc.total_epochs, acc.step, acc.total_steps = fields[4:]
+
     def _fold_dicts(self, lines: Sequence[bytes], start: int, end: int, floor: int) -> int:
         """Fold ``lines[start:end]`` from orjson's dicts, up to the first not folded.
 
@@ -173,16 +191,8 @@ class DictFolder(Folder):
             has checked that the run's lines may be folded (:meth:`_open`).
         """
         acc = self._acc
-        # The fields every common line changes are held in locals here and
-        # written back at the end (the steps called below never read them).
-        owner, last, events = self._owner, acc.last_seq, acc.event_count
-        bar = last if last > floor else floor
-        latest = acc.last_event_at
-        epoch, total_epochs, step, total_steps = (
-            acc.epoch,
-            acc.total_epochs,
-            acc.step,
-            acc.total_steps,
+        owner, last, bar, events, latest, epoch, total_epochs, step, total_steps = self._hoist(
+            floor
         )
         batch = self._batch
         width, want_loss, names = batch.width, batch.loss, batch.names
@@ -282,16 +292,7 @@ class DictFolder(Folder):
                     self._metrics(obj, seq, ts, loss, extra)
                     width, want_loss, names = batch.width, batch.loss, batch.names
         finally:
-            if count:
-                self._cached = None
-                self.folded += count
-                acc.last_seq, acc.event_count, acc.last_event_at = last, events, latest
-                acc.epoch, acc.total_epochs, acc.step, acc.total_steps = (
-                    epoch,
-                    total_epochs,
-                    step,
-                    total_steps,
-                )
+            self._store(count, last, events, latest, epoch, total_epochs, step, total_steps)
         return i
 
     def _metrics(

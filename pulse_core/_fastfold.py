@@ -112,14 +112,8 @@ class LineFolder(DictFolder):
         :meth:`fold_block` tries it with orjson.
         """
         acc = self._acc
-        owner, last, events = self._owner, acc.last_seq, acc.event_count
-        bar = last if last > floor else floor
-        latest = acc.last_event_at
-        epoch, total_epochs, step, total_steps = (
-            acc.epoch,
-            acc.total_epochs,
-            acc.step,
-            acc.total_steps,
+        owner, last, bar, events, latest, epoch, total_epochs, step, total_steps = self._hoist(
+            floor
         )
         batch = self._batch
         shaped, want_loss, names, bounds = batch.shaped, batch.loss, batch.names, batch.bounds
@@ -211,16 +205,7 @@ class LineFolder(DictFolder):
                     shaped, want_loss, names = batch.shaped, batch.loss, batch.names
                     bounds = batch.bounds
         finally:
-            if count:
-                self._cached = None
-                self.folded += count
-                acc.last_seq, acc.event_count, acc.last_event_at = last, events, latest
-                acc.epoch, acc.total_epochs, acc.step, acc.total_steps = (
-                    epoch,
-                    total_epochs,
-                    step,
-                    total_steps,
-                )
+            self._store(count, last, events, latest, epoch, total_epochs, step, total_steps)
         return i
 
     def unfolded(self, lines: Sequence[bytes], floor: int = 0) -> Iterator[int]:
