@@ -65,8 +65,6 @@ REMOVED_KEEP: Final = 100_000
 _DAY: Final = 86400.0
 #: Seconds after the hub starts before its first collection.
 FIRST_DELAY: Final = 60.0
-#: The longest a collection child may take before the hub kills it and collects itself.
-CHILD_TIMEOUT: Final = 600.0
 
 
 @attrs.frozen
@@ -298,12 +296,24 @@ def removed_records(home: Path | str) -> list[dict[str, Any]]:
 
 
 class RetentionFeed:
-    """The hub's periodic collection: a feed task that never touches the bus."""
+    """The hub's periodic collection: a feed task that never touches the bus.
 
-    def __init__(self, home: Path, policy: RetentionPolicy, lost_after: float = LOST_AFTER) -> None:
+    ``child_timeout`` is the longest a collection child may take before the
+    hub kills it and makes that pass itself (:meth:`_collect`).
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        policy: RetentionPolicy,
+        lost_after: float = LOST_AFTER,
+        *,
+        child_timeout: float = 600.0,
+    ) -> None:
         self.home = home
         self.policy = policy
         self.lost_after = lost_after
+        self.child_timeout = child_timeout
 
     def __repr__(self) -> str:
         return f"RetentionFeed({str(self.home)!r})"
@@ -331,7 +341,7 @@ class RetentionFeed:
                 capture_output=True,
                 check=False,
                 stdin=subprocess.DEVNULL,
-                timeout=CHILD_TIMEOUT,
+                timeout=self.child_timeout,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:  # no interpreter; a hung child
             code, error, report = None, f"{type(exc).__name__}: {exc}", None

@@ -162,9 +162,8 @@ class TestRetentionInAChild:
             hang.write_text("#!/bin/sh\nsleep 30\n")
             hang.chmod(0o755)
             monkeypatch.setattr(sys, "executable", str(hang))
-            monkeypatch.setattr(retention, "CHILD_TIMEOUT", 0.5)
         with structlog.testing.capture_logs() as logs:
-            RetentionFeed(home, RetentionPolicy(keep_runs=2))._collect()
+            RetentionFeed(home, RetentionPolicy(keep_runs=2), child_timeout=0.5)._collect()
         warned = [e for e in logs if e["log_level"] == "warning"]
         assert [e["event"] for e in warned] == [
             "pulse retention child failed; collecting in the hub"
