@@ -433,8 +433,13 @@ def busy(us: float) -> None:
         pass
 
 
-def loop(run: TrainingRun, opts: dict[str, str], timer: Timer) -> float:
-    """The training loop; returns its wall time."""
+def loop(
+    run: TrainingRun, opts: dict[str, str], timer: Timer, more: Any = None
+) -> tuple[float, int]:
+    """The training loop; returns its wall time and its steps.
+
+    ``steps`` steps, then on while ``more()`` is true (at most 4 times as many).
+    """
     steps = int(opts.get("steps", "300"))
     work_us = float(opts.get("work_us", "1000"))
     note_every = int(opts.get("note_every", "50"))
@@ -442,7 +447,9 @@ def loop(run: TrainingRun, opts: dict[str, str], timer: Timer) -> float:
     per_epoch = int(opts.get("per_epoch", "100"))
     settle()
     start = time.perf_counter()
-    for i in range(steps):
+    i = -1
+    while i < steps - 1 or (more is not None and more() and i < 4 * steps):
+        i += 1
         busy(work_us)
         timer.call("progress", run.progress, epoch=i // per_epoch + 1, step=i % per_epoch)
         timer.call("metrics", run.metrics, loss=1.0 / (i + 1))
@@ -450,7 +457,7 @@ def loop(run: TrainingRun, opts: dict[str, str], timer: Timer) -> float:
             timer.call("status", run.status, "running", f"step {i}")
         if error_every and i % error_every == error_every - 1:
             timer.call("error", run.error, "NAN_LOSS", f"nan at {i}", fatal=False)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, i + 1
 
 
 def scenario_loop(home: Path, opts: dict[str, str]) -> dict[str, Any]:
@@ -466,7 +473,9 @@ def scenario_loop(home: Path, opts: dict[str, str]) -> dict[str, Any]:
             run = TrainingRun(f"baseline-run-{n}")
             base_timer.watch_writer(run)
             base_timer.call("status", run.status, "running", "go")
-            result["baseline_loop_s"] = min(result["baseline_loop_s"], loop(run, opts, base_timer))
+            result["baseline_loop_s"] = min(
+                result["baseline_loop_s"], loop(run, opts, base_timer)[0]
+            )
             base_timer.call("close", run.close)
         if slow in _faults:
             _faults[slow] = delay
@@ -477,7 +486,7 @@ def scenario_loop(home: Path, opts: dict[str, str]) -> dict[str, Any]:
         result["open_s"] = time.perf_counter() - start  # close_timeout: $PULSE_CLOSE_TIMEOUT
         timer.watch_writer(run)
         timer.call("status", run.status, "running", "go")
-        result["loop_s"] = min(result["loop_s"], loop(run, opts, timer))
+        result["loop_s"] = min(result["loop_s"], loop(run, opts, timer)[0])
         timer.call("close", run.close)
     result["calls"] = timer.report()
     result.update(timer.extra())
@@ -508,10 +517,17 @@ def scenario_compact(home: Path, opts: dict[str, str]) -> dict[str, Any]:
     run = TrainingRun("compact-run", sinks=[sink])
     timer.watch_writer(run)
     timer.call("status", run.status, "running", "go")
-    loop_s = loop(run, opts, timer)
+
+    def more() -> bool:
+        # The log has not compacted yet (how many steps fill the cap depends on
+        # how much the writer coalesces), or a compaction's window is not over.
+        return sink.compactions == 0 or _compacting[0] or time.perf_counter() < _window_end[0]
+
+    loop_s, steps = loop(run, opts, timer, more if opts.get("until_compacted") == "1" else None)
     run.close()
     return {
         "loop_s": loop_s,
+        "steps": steps,
         "calls": timer.report(),
         **timer.extra(),
         "compactions": sink.compactions,
