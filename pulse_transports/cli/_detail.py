@@ -37,6 +37,23 @@ STATUS_STYLE = {
 }
 #: The markup tags :func:`show_lines` writes (the log's text never holds a ``[``).
 _TAG = re.compile(r"\[/?[a-z ]*\]")
+#: A ``[`` after an even run of backslashes (none included): one rich reads as markup.
+_BARE_OPEN = re.compile(r"(?<!\\)((?:\\\\)*)\[")
+
+
+def markup_escape(value: Any) -> str:
+    """*value* as rich markup that prints it as it is, whatever stands next to it.
+
+    rich's ``escape`` escapes only a ``[`` that starts a tag within *value*;
+    two values printed side by side (a detail's key and its value, ``][/``
+    and ``: ][/``) could still make one and stop the print with a
+    ``MarkupError``. Here every ``[`` is escaped.
+    """
+    from rich.markup import escape
+
+    return _BARE_OPEN.sub(r"\1\\[", escape(str(value)))
+
+
 #: rich's emoji code pattern (``rich._emoji_replace``): ``:name:`` becomes an emoji.
 _EMOJI_CODE = re.compile(r"(:(\S*?)(?:(?:\-)(emoji|text))?:)")
 

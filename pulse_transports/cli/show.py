@@ -40,7 +40,13 @@ from typing import Any
 import click
 
 from pulse_transports.cli._common import EXIT_NOT_FOUND, main
-from pulse_transports.cli._detail import run_document, seq_gaps, show_lines, sparkline
+from pulse_transports.cli._detail import (
+    markup_escape,
+    run_document,
+    seq_gaps,
+    show_lines,
+    sparkline,
+)
 from pulse_transports.cli._source import file_only, open_source, source_options
 from pulse_transports.cli.ls import check_id, fail, open_home, print_json, shown_run
 
@@ -135,12 +141,11 @@ def render(doc: dict[str, Any]) -> None:
     Everything from the log is escaped, never read as rich markup.
     """
     from rich.console import Console
-    from rich.markup import escape
 
     # soft_wrap: long lines are never cut or re-wrapped by rich (a terminal
     # wraps them itself; a pipe gets complete lines).
     console = Console(highlight=False, soft_wrap=True)
-    for line in show_lines(doc, lambda value: escape(str(value))):
+    for line in show_lines(doc, markup_escape):
         console.print(line)
 
 

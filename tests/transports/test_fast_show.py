@@ -392,3 +392,20 @@ def test_valid_id_is_the_core_rule(text: str) -> None:
         assert not _fast.valid_id(text)
     else:
         assert _fast.valid_id(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["][/", ":][/", "a[/", "[/: aa]", "\\[b]", "\\\\[b]", "[", "[/]", "[bold][/"]
+)
+def test_texts_side_by_side_never_make_a_tag(
+    tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detail's key and value are escaped apart: together they must not make a tag.
+
+    ``][/`` as key and value printed ``][/: ][/``, whose ``[/: ]`` rich read as a
+    closing tag: ``pulse show`` stopped with a MarkupError (found by the property
+    test above).
+    """
+    doc = _with_text(_document(tmp_path), text)
+    printed = _rich(doc, monkeypatch)
+    assert f"{text[:5]}: {text}" in printed
