@@ -295,6 +295,7 @@ def removed_records(home: Path | str) -> list[dict[str, Any]]:
     return out
 
 
+@attrs.define(eq=False, repr=False)
 class RetentionFeed:
     """The hub's periodic collection: a feed task that never touches the bus.
 
@@ -302,18 +303,10 @@ class RetentionFeed:
     hub kills it and makes that pass itself (:meth:`_collect`).
     """
 
-    def __init__(
-        self,
-        home: Path,
-        policy: RetentionPolicy,
-        lost_after: float = LOST_AFTER,
-        *,
-        child_timeout: float = 600.0,
-    ) -> None:
-        self.home = home
-        self.policy = policy
-        self.lost_after = lost_after
-        self.child_timeout = child_timeout
+    home: Path
+    policy: RetentionPolicy
+    lost_after: float = LOST_AFTER
+    child_timeout: float = attrs.field(default=600.0, kw_only=True)
 
     def __repr__(self) -> str:
         return f"RetentionFeed({str(self.home)!r})"
