@@ -9,21 +9,17 @@ or an older writer's).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
-from unittest import mock
 
 import attrs
 import orjson
+from foldcheck import check_batches_cut_short, check_state_read_mid_batch, slow_fold
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pulse_core import _fastfold
 from pulse_core._fastfold import LineFolder, fold_lines
 from pulse_core.codec import decode, encode
-from pulse_core.errors import DecodeError
 from pulse_core.events import Metrics, Progress, RunMeta, StatusChanged
-from pulse_core.reducer import INITIAL_STATE, Folder
 from pulse_core.state import RunState
 
 TID = "fast-run"
@@ -32,17 +28,6 @@ VALUES = st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 2.5, 1e308, -1e308, 5e-324,
 SHAPES = st.sampled_from(
     [("loss",), ("acc",), ("loss", "acc"), ("loss", "acc", "lr"), ("acc", "loss"), ("lr",)]
 )
-
-
-def slow_fold(lines: list[bytes], state: RunState = INITIAL_STATE) -> RunState:
-    """The reference: decode every line, apply what decodes, skip the rest."""
-    folder = Folder(state)
-    for line in lines:
-        try:
-            folder.apply(decode(line))
-        except DecodeError:
-            continue
-    return folder.state
 
 
 def exact(state: RunState) -> str:
@@ -163,22 +148,13 @@ class TestBoundedBatches:
     @given(bounded_lines())
     def test_batches_cut_short(self, lines: list[bytes]) -> None:
         """A batch folded whenever it holds 3 lines (the cap, made small) ends the same."""
-        with mock.patch.object(_fastfold, "_BATCH", 3):
-            fast = fold_lines(lines)
-        assert exact(fast) == exact(slow_fold(lines))
+        check_batches_cut_short(lines, exact)
 
     @given(bounded_lines(), st.data())
     def test_state_read_mid_batch(self, lines: list[bytes], data: st.DataObject) -> None:
         """Reading the state between lines (a follower's poll) folds the batch first."""
         reads = data.draw(st.sets(st.integers(0, len(lines) - 1), max_size=3))
-        folder = LineFolder()
-        for i, line in enumerate(lines):
-            if not folder.fold_line(line):
-                with contextlib.suppress(DecodeError):
-                    folder.apply(decode(line))
-            if i in reads:
-                assert exact(folder.state) == exact(slow_fold(lines[: i + 1]))
-        assert exact(folder.state) == exact(slow_fold(lines))
+        check_state_read_mid_batch(lines, reads, exact)
 
     @given(bounded_lines(), st.data())
     def test_from_odd_bounds(self, lines: list[bytes], data: st.DataObject) -> None:

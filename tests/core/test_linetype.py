@@ -12,6 +12,7 @@ from unittest import mock
 
 import orjson
 import pytest
+from foldcheck import slow_fold
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,25 +21,12 @@ from pulse_core._dictfold import DictFolder
 from pulse_core._fastfold import LineFolder, fold_lines
 from pulse_core._linetype import DECODER, NOT_COMMON, CommonMetrics
 from pulse_core.codec import decode, encode
-from pulse_core.errors import DecodeError
 from pulse_core.events import Event, Heartbeat, Metrics, Progress, RunMeta, StatusChanged
-from pulse_core.reducer import INITIAL_STATE, Folder, replay
-from pulse_core.state import RunState
+from pulse_core.reducer import replay
 
 TID = "fast-run"
 START: list[Event] = [RunMeta(TID, 1, 1.0), StatusChanged(TID, 2, 1.0, "running")]
 HEAD = b'"training_id":"fast-run","v":2,'
-
-
-def slow_fold(lines: list[bytes], state: RunState = INITIAL_STATE) -> RunState:
-    """The reference: decode every line, apply what decodes, skip the rest."""
-    folder = Folder(state)
-    for line in lines:
-        try:
-            folder.apply(decode(line))
-        except DecodeError:
-            continue
-    return folder.state
 
 
 def started() -> LineFolder:
