@@ -150,7 +150,8 @@ class DictFolder(MetricsFolder):
         ):
             raise Uncommon
         get = obj.get
-        # The struct's fields in its order; the fold checks each number's type.
+        # The struct's fields in their order. The progress numbers and metrics objects are
+        # checked here (msgspec checks them); a metrics line's numbers by the fold, as msgspec's.
         if tag == "progress":
             numbers = get("epoch"), get("total_epochs"), get("step"), get("total_steps")
             if all(number.__class__ is int or number is None for number in numbers):
