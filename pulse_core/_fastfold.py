@@ -10,13 +10,16 @@ folded into the reducer's own accumulator (:class:`LineFolder` is a
 
 * most lines are decoded by msgspec into a struct of their exact shape
   (:mod:`pulse_core._linetype`: the JSON types checked in C, fields read as
-  attributes) and folded from it (:meth:`LineFolder._fold_structs`);
+  attributes);
 * a line msgspec does not take (a field it does not know, an integer past
   64 bits, a checkpoint line, anything else) is read with ``orjson.loads``
-  and folded from the dict if it is a common line all the same
-  (:meth:`~pulse_core._dictfold.DictFolder._fold_dicts`); the lines after it
-  too, for a run that doubles while msgspec takes none (a log whose every
-  line has a field msgspec does not know is read as fast as before).
+  and, if it is a common line all the same, made the struct msgspec would
+  have given (:meth:`~pulse_core._dictfold.DictFolder._fold_dicts`); the
+  lines after it too, for a run that doubles while msgspec takes none (a log
+  whose every line has a field msgspec does not know is still read fast);
+
+and either way the structs are folded by one loop
+(:meth:`~pulse_core._dictfold.DictFolder._fold`).
 
 An optimisation, never a second set of rules: a line is folded here only when
 it is exactly the common shape -- every field of the right JSON type, protocol
@@ -38,8 +41,9 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
-from pulse_core._dictfold import BATCH, EMPTY, NOBODY, DictFolder, common_metrics, floats
-from pulse_core._linetype import DECODER, NOT_COMMON, UNSET, CommonMetrics, CommonProgress
+from pulse_core._dictfold import NOBODY, STOP, Checkpoint, DictFolder, Read
+from pulse_core._linetype import DECODER, UNSET, CommonMetrics, CommonProgress
+from pulse_core._metricfold import BATCH, EMPTY, common_metrics, floats
 from pulse_core.codec import decode
 from pulse_core.errors import DecodeError
 from pulse_core.reducer import INITIAL_STATE
@@ -94,7 +98,7 @@ class LineFolder(DictFolder):
         # for a run of lines that doubles while msgspec takes none of them.
         i, end, run = start, len(lines), 1
         while i < end:
-            after = self._fold_structs(lines, i, floor)
+            after = self._fold(lines, i, end, floor, _DECODE)
             if after > i:
                 i, run = after, 1
                 if i >= end:
@@ -105,11 +109,22 @@ class LineFolder(DictFolder):
             i, run = after, min(2 * run, _DICT_RUN)
         return i
 
-    def _fold_structs(self, lines: Sequence[bytes], start: int, floor: int) -> int:
-        """Fold ``lines[start:]`` from msgspec's structs, up to the first not folded.
+    def _fold(self, lines: Sequence[bytes], start: int, end: int, floor: int, read: Read) -> int:
+        """Fold ``lines[start:end]`` from their structs, up to the first not folded.
 
-        A line not folded here may still be a common line (the module doc):
-        :meth:`fold_block` tries it with orjson.
+        Args:
+            lines: lines of a log, without their newlines.
+            start: the index of the first line to fold.
+            end: the index after the last line to fold.
+            floor: only seqs above this are folded (a follower's already-read seqs).
+            read: gives a line's struct (:data:`~pulse_core._dictfold.Read`:
+                msgspec's decoder, or the dict way); raises one of ``STOP``
+                for a line not of a common shape, ``Checkpoint`` for a line
+                skipped.
+
+        Returns:
+            The index of the first line not folded (*end* if none). The caller
+            has checked that the run's lines may be folded (:meth:`_open`).
         """
         acc = self._acc
         owner, last, bar, events, latest, epoch, total_epochs, step, total_steps = self._hoist(
@@ -119,16 +134,21 @@ class LineFolder(DictFolder):
         shaped, want_loss, names, bounds = batch.shaped, batch.loss, batch.names, batch.bounds
         stamp, lose, add_extra = batch.stamps.append, batch.losses.append, batch.extras.append
         add_low, add_high = batch.lows.append, batch.highs.append
-        decode_line, count, i, end = _DECODE, 0, start, len(lines)
+        stop, count, i = STOP, 0, start
         progress, metrics = CommonProgress, CommonMetrics
         try:
+            # Not ``while i < end``: 3.11 specializes a function's bytecode only
+            # after a few unconditional backward jumps, which that loop lacks.
             while True:
                 if i >= end:
                     break
                 try:
-                    obj = decode_line(lines[i])
-                except NOT_COMMON:
+                    obj = read(lines[i])
+                except stop:
                     break
+                except Checkpoint:
+                    i += 1
+                    continue
                 seq, ts = obj.seq, obj.timestamp
                 if ts.__class__ is not float or seq <= bar or obj.training_id != owner:
                     break
@@ -207,6 +227,24 @@ class LineFolder(DictFolder):
         finally:
             self._store(count, last, events, latest, epoch, total_epochs, step, total_steps)
         return i
+
+    def _hoist(self, floor: int) -> tuple[Any, ...]:
+        """What every common line changes, as the fold loop's locals, with its seq bar.
+
+        The loop writes them back with :meth:`_store` (the steps it calls never read them).
+        """
+        acc, last = self._acc, self._acc.last_seq
+        fields = (acc.event_count, acc.last_event_at, acc.epoch, acc.total_epochs, acc.step)
+        return (self._owner, last, max(last, floor), *fields, acc.total_steps)
+
+    def _store(self, count: int, *fields: Any) -> None:
+        """Write back the fold loop's locals (:meth:`_hoist`) once it folded *count* lines."""
+        if count:
+            acc = self._acc
+            self._cached = None
+            self.folded += count
+            (acc.last_seq, acc.event_count, acc.last_event_at, acc.epoch) = fields[:4]
+            acc.total_epochs, acc.step, acc.total_steps = fields[4:]
 
     def unfolded(self, lines: Sequence[bytes], floor: int = 0) -> Iterator[int]:
         """Fold *lines* (:meth:`fold_block`), yielding the index of each line not folded.

@@ -91,6 +91,35 @@ class TestMsgspecTakesTheCommonLines:
         every = [encode(event).rstrip(b"\n") for event in START] + lines
         assert fold_lines(every) == slow_fold(every)
 
+    def test_the_dict_way_reads_every_field(self) -> None:
+        """Every field of a progress and a metrics line read as dicts lands as from msgspec."""
+        metrics = (
+            b'"loss":0.5,"time_per_epoch":1.5,"samples_per_second":2.5,"tokens_per_second":3.5,'
+            b'"extra":{"acc":0.75},"min":{"loss":0.25},"max":{"acc":0.875},"names_dropped":4,'
+        )
+        lines = [
+            line("progress", 3, b'"epoch":1,"total_epochs":5,"step":7,"total_steps":90,"x":0'),
+            line("metrics", 4, metrics + b'"x":0'),
+        ]
+        folder = started()
+        for raw in lines:
+            assert folder.fold_line(raw), raw
+        assert folder.folded == 2
+        every = [encode(event).rstrip(b"\n") for event in START] + lines
+        assert folder.state == fold_lines(every) == slow_fold(every)
+
+    def test_checkpoint_lines_of_the_run_are_passed_over(self) -> None:
+        """A checkpoint line of the run that decodes is folded (nothing changes); no other is."""
+        good = line("state_checkpoint", 2, b'"format":"1","state":{},"lines":2')
+        folder = started()
+        before = folder.state
+        assert folder.fold_line(good)
+        assert (folder.state, folder.folded) == (before, 0)
+        lines = [line("progress", 3, b'"step":1'), good, line("progress", 4, b'"step":2')]
+        assert folder.fold_block(lines) == len(lines)
+        assert (folder.state.step, folder.folded) == (2, 2)
+        left_alone(line("state_checkpoint", 2, b'"format":1,"state":{},"lines":2'))
+
     def test_msgspec_rarely_tried_where_it_takes_nothing(self) -> None:
         """Lines all with a field msgspec does not know: read as dicts, msgspec tried rarely."""
         lines = [line("progress", seq, b'"step":%d,"rank":0' % seq) for seq in range(3, 1003)]
