@@ -18,7 +18,7 @@ Private to the core; must never import I/O modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
@@ -115,14 +115,6 @@ class DictFolder(MetricsFolder):
             return False
         self._owner = tid
         return True
-
-    def _fold_dicts(self, lines: Sequence[bytes], start: int, end: int, floor: int) -> int:
-        """:meth:`_fold` of ``lines[start:end]`` read with orjson (:meth:`_read_dict`)."""
-        return self._fold(lines, start, end, floor, self._read_dict)
-
-    def _fold(self, lines: Sequence[bytes], start: int, end: int, floor: int, read: Read) -> int:
-        """The fast fold's loop over the structs *read* gives (``LineFolder._fold``)."""
-        raise NotImplementedError
 
     def _read_dict(self, line: bytes) -> Common:
         """The struct msgspec would make of a common *line* it does not take, read with orjson.

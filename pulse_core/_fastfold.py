@@ -14,12 +14,12 @@ folded into the reducer's own accumulator (:class:`LineFolder` is a
 * a line msgspec does not take (a field it does not know, an integer past
   64 bits, a checkpoint line, anything else) is read with ``orjson.loads``
   and, if it is a common line all the same, made the struct msgspec would
-  have given (:meth:`~pulse_core._dictfold.DictFolder._fold_dicts`); the
+  have given (:meth:`~pulse_core._dictfold.DictFolder._read_dict`); the
   lines after it too, for a run that doubles while msgspec takes none (a log
   whose every line has a field msgspec does not know is still read fast);
 
 and either way the structs are folded by one loop
-(:meth:`~pulse_core._dictfold.DictFolder._fold`).
+(:meth:`LineFolder._fold`).
 
 An optimisation, never a second set of rules: a line is folded here only when
 it is exactly the common shape -- every field of the right JSON type, protocol
@@ -103,7 +103,7 @@ class LineFolder(DictFolder):
                 i, run = after, 1
                 if i >= end:
                     break
-            after = self._fold_dicts(lines, i, min(i + run, end), floor)
+            after = self._fold(lines, i, min(i + run, end), floor, self._read_dict)
             if after == i:
                 break
             i, run = after, min(2 * run, _DICT_RUN)

@@ -68,7 +68,7 @@ class TestMsgspecTakesTheCommonLines:
             Metrics(TID, 9, 4.0, names_dropped=2, time_per_epoch=1.5, max={"acc": 0.95}),
         ]
         folder = started()
-        with mock.patch.object(DictFolder, "_fold_dicts", side_effect=AssertionError):
+        with mock.patch.object(DictFolder, "_read_dict", side_effect=AssertionError):
             for event in common:
                 assert folder.fold_line(encode(event).rstrip(b"\n"))
         assert folder.folded == len(common)
