@@ -52,6 +52,7 @@ import contextlib
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -164,6 +165,10 @@ class Hub(HubSubscribers, HubProducers):
             OSError: a listener cannot be bound.
         """
         s = self.settings
+        # Every worker now, not at the first busy moment: a thread started
+        # while runs are held would keep its few objects among theirs.
+        meet = threading.Barrier(_WORKERS)
+        await asyncio.gather(*(self._blocking(_meet, meet) for _ in range(_WORKERS)))
         if s.follow_home:
             self.homefeed = HomeFeed(s.home, max_runs=s.max_runs)
             primed = await self._blocking(self.homefeed.prime)
@@ -344,6 +349,12 @@ class Hub(HubSubscribers, HubProducers):
             self._conns.discard(conn)
             self._release(conn)
             conn.close()
+
+
+def _meet(barrier: threading.Barrier) -> None:
+    """Wait for every worker at *barrier* (each in its own thread); never fails."""
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(5.0)
 
 
 def _answers(path: Path) -> bool:
