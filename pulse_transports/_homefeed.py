@@ -170,12 +170,16 @@ class HomeFeed:
         """Publish the home's new events to *bus* until cancelled."""
         try:
             while True:
-                events = await asyncio.to_thread(self.step)
-                for event in events:
-                    bus.publish(event)
-                self.published += len(events)
+                # Published in a call of its own: the last events are not held
+                # by this frame while it waits (the bus may have let go of them).
+                self._publish(bus, await asyncio.to_thread(self.step))
         finally:
             await asyncio.to_thread(self.close)
+
+    def _publish(self, bus: Bus, events: list[Event]) -> None:
+        for event in events:
+            bus.publish(event)
+        self.published += len(events)
 
     # -- internals ----------------------------------------------------------------------
 

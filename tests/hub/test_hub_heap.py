@@ -20,6 +20,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 from typing import NoReturn
@@ -35,7 +36,7 @@ from pulse_transports._homefeed import HomeFeed
 from pulse_transports.file import FileSink, log_path
 from pulse_transports.follow import read_events
 from pulse_transports.history import recover
-from pulse_transports.hub import Hub, HubSettings
+from pulse_transports.hub import Hub, HubSettings, start_threads
 from pulse_transports.retention import RetentionFeed, RetentionPolicy
 
 RUNS = 12
@@ -291,3 +292,12 @@ class TestNothingKeptAmongHeldRuns:
                 await hub.close()
 
         assert asyncio.run(workers()) == hub_module._WORKERS
+
+    def test_the_serving_loop_starts_every_thread_at_once(self) -> None:
+        async def threads() -> int:
+            loop = asyncio.get_running_loop()
+            loop.set_default_executor(ThreadPoolExecutor(max_workers=4, thread_name_prefix="t21"))
+            await start_threads(None, 4)
+            return sum(t.name.startswith("t21") for t in threading.enumerate())
+
+        assert asyncio.run(threads()) == 4
