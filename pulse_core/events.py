@@ -132,6 +132,11 @@ def validate_training_id(value: object) -> str:
     return value
 
 
+def forget_checked_ids() -> None:
+    """Forget the ids already checked (a hub whose runs have expired keeps none of them)."""
+    _valid_ids.clear()
+
+
 def is_error_code(value: str) -> bool:
     """Tell whether *value* is an UPPER_SNAKE error code."""
     return ERROR_CODE_RE.fullmatch(value) is not None

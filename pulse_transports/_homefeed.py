@@ -30,6 +30,9 @@ import contextlib
 import os
 import threading
 import time
+from array import array
+from bisect import bisect_left
+from collections.abc import Collection
 from pathlib import Path
 from typing import Final
 
@@ -85,7 +88,7 @@ class HomeFeed:
         self._notifications = notifications
         self._notifier: Notifier | None = None
         self._followers: dict[str, LogFollower] = {}
-        self._ended: dict[str, int] = {}  # runs that ended: log size when they did
+        self._ended = EndedLogs()  # runs that ended: log size when they did
         self._grew: dict[str, float] = {}  # followed runs: when their log last grew
         self.idle = IDLE
         self._next_sweep = 0.0
@@ -122,7 +125,7 @@ class HomeFeed:
                     out[name[: -len(_SUFFIX)]] = events
             for name, st in logs[self.max_runs :]:
                 # Older than the runs the hub keeps: followed only if they grow.
-                self._ended[name[: -len(_SUFFIX)]] = st.st_size
+                self._ended.set(name[: -len(_SUFFIX)], st.st_size)
             self._next_sweep = time.monotonic() + SWEEP
             return out
 
@@ -167,12 +170,16 @@ class HomeFeed:
         """Publish the home's new events to *bus* until cancelled."""
         try:
             while True:
-                events = await asyncio.to_thread(self.step)
-                for event in events:
-                    bus.publish(event)
-                self.published += len(events)
+                # Published in a call of its own: the last events are not held
+                # by this frame while it waits (the bus may have let go of them).
+                self._publish(bus, await asyncio.to_thread(self.step))
         finally:
             await asyncio.to_thread(self.close)
+
+    def _publish(self, bus: Bus, events: list[Event]) -> None:
+        for event in events:
+            bus.publish(event)
+        self.published += len(events)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -194,8 +201,7 @@ class HomeFeed:
             return out
         now = time.monotonic()
         present = {name[: -len(_SUFFIX)] for name in names}
-        for tid in self._ended.keys() - present:
-            del self._ended[tid]  # its log was deleted (retention): nothing left to skip
+        self._ended.keep_only(present)  # a log deleted (retention): nothing left to skip
         for tid in list(self._followers):
             if tid + _SUFFIX not in names:
                 self._followers.pop(tid).close()  # deleted: the hub keeps what it has
@@ -239,12 +245,63 @@ class HomeFeed:
         if follower.state.is_terminal and not follower.pending:
             self._unfollow(tid)  # an ended run: its file is closed
         else:
-            self._ended.pop(tid, None)
+            self._ended.pop(tid)
         return events
 
     def _unfollow(self, tid: str) -> None:
         """Stop following a log (until it grows past where it was read)."""
         follower = self._followers.pop(tid)
-        self._ended[tid] = follower.offset
+        self._ended.set(tid, follower.offset)
         self._grew.pop(tid, None)
         follower.close()
+
+
+class EndedLogs:
+    """The size of each ended run's log, by training id, without an object per log.
+
+    A hub hears thousands of runs: a ``dict`` here would keep a string and an
+    integer for each, made while runs were held and scattered among what they
+    held, and those few small objects keep the allocator's memory from going
+    back once the runs expire. Here two arrays (one block of memory each) hold
+    the ids' hashes, sorted, and the sizes. Two ids with one hash (about 1 in
+    10^13 for 10,000 runs) would share an entry: a log then read again, or
+    skipped while its size equals the other's.
+    """
+
+    def __init__(self) -> None:
+        self._hashes = array("q")
+        self._sizes = array("q")
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def _find(self, tid: str) -> tuple[int, bool]:
+        key = hash(tid)
+        i = bisect_left(self._hashes, key)
+        return i, i < len(self._hashes) and self._hashes[i] == key
+
+    def get(self, tid: str) -> int | None:
+        i, found = self._find(tid)
+        return self._sizes[i] if found else None
+
+    def set(self, tid: str, size: int) -> None:
+        i, found = self._find(tid)
+        if found:
+            self._sizes[i] = size
+        else:
+            self._hashes.insert(i, hash(tid))
+            self._sizes.insert(i, size)
+
+    def pop(self, tid: str) -> None:
+        i, found = self._find(tid)
+        if found:
+            del self._hashes[i]
+            del self._sizes[i]
+
+    def keep_only(self, tids: Collection[str]) -> None:
+        """Forget every log but those of *tids*."""
+        keep = {hash(tid) for tid in tids}
+        gone = [i for i, key in enumerate(self._hashes) if key not in keep]
+        for i in reversed(gone):
+            del self._hashes[i]
+            del self._sizes[i]

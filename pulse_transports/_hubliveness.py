@@ -11,12 +11,14 @@ the home's v1 snapshot when a run turns lost. Must not be imported by
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from pathlib import Path
 from typing import Final
 
 from pulse_core._log import get_logger
+from pulse_core.events import forget_checked_ids
 from pulse_core.liveness import ALIVE, ENDED, LOST, LOST_AFTER, STALE_AFTER, Liveness
 from pulse_core.state import RunState
 from pulse_transports._hubconn import HubConnections
@@ -172,7 +174,12 @@ class HubLiveness(HubConnections):
                 # At most every TRIM_EVERY while runs keep expiring, and at once
                 # when they stop: the memory of a burst of expiries comes back.
                 if pending and (now - trimmed > TRIM_EVERY or not expired):
-                    trimmed, pending = now, False  # ... and what they held goes back
+                    trimmed, pending = now, False  # ... and what they held goes back:
+                    # a few small objects made while runs were held keep the
+                    # allocator's arenas: the checked ids, and closed connections
+                    # (asyncio transports are cycles, freed by a full collection).
+                    forget_checked_ids()
+                    gc.collect()
                     await self._blocking(trim_heap)
             except asyncio.CancelledError:
                 raise

@@ -88,6 +88,7 @@ class HubSubscribers(HubLiveness):
                     log.warning("pulse subscriber dropped: too slow", peer=conn.peer)
                     return
                 await writer.drain()
+                del items  # not kept while waiting: the bus may have let go of them
         finally:
             watcher.cancel()
             sub.close()

@@ -3,18 +3,13 @@
 Private to :mod:`pulse_transports.inprocess`, which re-exports its public
 names (:class:`StateSnapshot`, :data:`Item`, the default limits); the
 delivery rules it implements are described there. Every bound is in items
-and in bytes (:func:`item_size`, an estimate of an item's encoded size). The
-module also holds :class:`EncodedEvents`, the cache through which the hub
-and the web stream encode each event once for all their subscribers.
+and in bytes (:func:`item_size`, an estimate of an item's encoded size).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
-import threading
-import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeAlias
@@ -54,9 +49,6 @@ RECENT: Final = 256
 #: Bytes of recent events kept per run, and for all runs together.
 RECENT_BYTES: Final = 512 << 10
 RECENT_TOTAL: Final = 8 << 20
-#: Bytes of encoded events cached for subscribers (each also freed with its event):
-#: what every subscriber sends within moments of a publish.
-ENCODED_BYTES: Final = 2 << 20
 #: What a snapshot is counted as (a run's state: bounded lists and a few fields).
 SNAPSHOT_BYTES: Final = 4096
 #: Runs kept in memory (ended ones are forgotten first).
@@ -390,76 +382,6 @@ def replay(
                 missed[seq] = event
     for seq in sorted(missed):
         mailbox.push(missed[seq])
-
-
-class EncodedEvents:
-    """Every subscriber sends the same event: encode it once, for as long as it is held.
-
-    A line is cached while its event object lives (a weak reference drops
-    the entry with the event: when the run's recent events and every
-    mailbox let go of it) and while the cache holds at most *max_bytes* of
-    lines (the oldest go first); a line longer than an eighth of that is
-    never cached. Thread-safe.
-
-    Args:
-        max_bytes: the most bytes of lines kept.
-    """
-
-    def __init__(self, max_bytes: int = ENCODED_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._lines: dict[int, tuple[weakref.ref[Event], bytes]] = {}
-        self._lock = threading.Lock()
-        self._dead: list[tuple[int, weakref.ref[Event]]] = []
-
-    def __len__(self) -> int:
-        return len(self._lines)
-
-    def __call__(self, event: Event) -> bytes:
-        """The event's line (newline included)."""
-        key = id(event)
-        hit = self._lines.get(key)
-        if hit is not None and hit[0]() is event:
-            return hit[1]
-        line = encode(event)
-        if len(line) > self.max_bytes // 8:
-            return line
-        # orjson hands its output over in a buffer of at least 4 KiB: a line
-        # kept is copied to its own size, so the cache costs what it counts.
-        line = bytes(memoryview(line))
-        ref = weakref.ref(event, functools.partial(self._gone, key))
-        with self._lock:
-            self._purge()
-            self._drop(key)
-            self._lines[key] = (ref, line)
-            self.nbytes += len(line)
-            while self.nbytes > self.max_bytes:
-                self._drop(next(iter(self._lines)))
-        return line
-
-    def _drop(self, key: int) -> None:
-        entry = self._lines.pop(key, None)
-        if entry is not None:
-            self.nbytes -= len(entry[1])
-
-    def _gone(self, key: int, ref: weakref.ref[Event]) -> None:
-        """An event was freed: drop its line (at the next call if the lock is busy)."""
-        if self._lock.acquire(blocking=False):
-            try:
-                entry = self._lines.get(key)
-                if entry is not None and entry[0] is ref:
-                    self._drop(key)
-            finally:
-                self._lock.release()
-        else:
-            self._dead.append((key, ref))
-
-    def _purge(self) -> None:
-        while self._dead:
-            key, ref = self._dead.pop()
-            entry = self._lines.get(key)
-            if entry is not None and entry[0] is ref:
-                self._drop(key)
 
 
 _LIBC: Final = ctypes.util.find_library("c")

@@ -52,9 +52,10 @@ import contextlib
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -84,6 +85,7 @@ __all__ = [
     "HubSettings",
     "liveness_now",
     "run_hub",
+    "start_threads",
 ]
 
 log = get_logger("pulse.hub")
@@ -164,6 +166,9 @@ class Hub(HubSubscribers, HubProducers):
             OSError: a listener cannot be bound.
         """
         s = self.settings
+        # Every worker now, not at the first busy moment: a thread started
+        # while runs are held would keep its few objects among theirs.
+        await start_threads(self._pool, _WORKERS)
         if s.follow_home:
             self.homefeed = HomeFeed(s.home, max_runs=s.max_runs)
             primed = await self._blocking(self.homefeed.prime)
@@ -344,6 +349,25 @@ class Hub(HubSubscribers, HubProducers):
             self._conns.discard(conn)
             self._release(conn)
             conn.close()
+
+
+async def start_threads(executor: Executor | None, count: int) -> None:
+    """Start *count* threads of *executor* (None: the loop's default one) now.
+
+    An executor starts a thread at the first moment it has more work than
+    threads: while runs are held, the thread's few objects (kept for the
+    process's life) would sit among theirs and keep the allocator's memory
+    once they expire.
+    """
+    loop = asyncio.get_running_loop()
+    meet = threading.Barrier(count)
+    await asyncio.gather(*(loop.run_in_executor(executor, _meet, meet) for _ in range(count)))
+
+
+def _meet(barrier: threading.Barrier) -> None:
+    """Wait for every worker at *barrier* (each in its own thread); never fails."""
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(5.0)
 
 
 def _answers(path: Path) -> bool:

@@ -55,6 +55,7 @@ from pulse_core.events import (
 )
 from pulse_core.policy import LIVE_INTERVAL
 from pulse_core.state import RunState
+from pulse_transports._encoded import EncodedEvents
 from pulse_transports._mailbox import (
     BATCH_BYTES,
     BUFFER,
@@ -66,7 +67,6 @@ from pulse_transports._mailbox import (
     RECENT,
     RECENT_BYTES,
     RECENT_TOTAL,
-    EncodedEvents,
     Item,
     Mailbox,
     StateSnapshot,

@@ -49,7 +49,7 @@ from pulse_transports._mailbox import one_malloc_arena
 from pulse_transports.cli._common import EXIT_FAILED, home_option, main, resolve_config
 from pulse_transports.cli._limits import loop_error, raise_open_files, share_descriptors
 from pulse_transports.config import check_table
-from pulse_transports.hub import Feed, Hub, HubAddressInUse, HubSettings
+from pulse_transports.hub import Feed, Hub, HubAddressInUse, HubSettings, start_threads
 from pulse_transports.hubtoken import hub_token
 from pulse_transports.wire import Address, default_socket_path, is_loopback, parse_hostport
 
@@ -305,6 +305,7 @@ def serve(
         loop.set_default_executor(
             ThreadPoolExecutor(max_workers=SERVE_THREADS, thread_name_prefix="pulse-serve")
         )
+        await start_threads(None, SERVE_THREADS)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await _run(

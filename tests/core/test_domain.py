@@ -109,3 +109,12 @@ class TestCheckedIds:
         assert validate_training_id("run-00999") == "run-00999"
         with pytest.raises(InvalidTrainingId):
             validate_training_id("-not an id")
+
+    def test_a_hub_forgets_them_all(self) -> None:
+        from pulse_core import events
+
+        validate_training_id("run-forgotten")
+        assert events._valid_ids
+        events.forget_checked_ids()
+        assert not events._valid_ids
+        assert validate_training_id("run-forgotten") == "run-forgotten"

@@ -11,25 +11,32 @@ grow arenas that what it kept meanwhile then held: the pass runs in a child.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import tracemalloc
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 import structlog
-from hubkit import HubProcess
+from hubkit import HubProcess, meta, status, write_log
 
 from pulse_core.events import Metrics, RunMeta, StatusChanged
+from pulse_transports import hub as hub_module
 from pulse_transports import retention
 from pulse_transports._homefeed import HomeFeed
 from pulse_transports.file import FileSink, log_path
 from pulse_transports.follow import read_events
 from pulse_transports.history import recover
+from pulse_transports.hub import Hub, HubSettings, start_threads
 from pulse_transports.retention import RetentionFeed, RetentionPolicy
 
 RUNS = 12
@@ -243,3 +250,54 @@ class TestOneMallocArena:
             time.sleep(0.05)
         time.sleep(0.3)
         assert _thread_arenas(hub.proc.pid) == 0
+
+
+class TestNothingKeptAmongHeldRuns:
+    """What the hub keeps past its runs is not made while they are held (issue 21).
+
+    A few small objects made while runs are held, and kept, sit among what the
+    runs held and keep the allocator's arenas from going back once they expire.
+    """
+
+    def test_ended_logs_are_remembered_without_an_object_each(self, tmp_path: Path) -> None:
+        for n in range(300):
+            tid = f"ended-{n:04d}"
+            write_log(tmp_path, [meta(tid), status(tid, 2, "running"), status(tid, 3, "done")])
+        feed = HomeFeed(tmp_path, notifications=False, poll_interval=0.01)
+        try:
+            tracemalloc.start()
+            try:
+                assert len(feed.prime()) == 256  # the newest, read; the rest remembered unread
+                feed.step(timeout=0.05)
+                gc.collect()  # and CPython's free lists of tuples, floats...: what lives is left
+                snapshot = tracemalloc.take_snapshot()
+            finally:
+                tracemalloc.stop()
+            assert feed.remembered == 300
+            kept = snapshot.filter_traces([tracemalloc.Filter(True, "*/_homefeed.py")])
+            blocks = sum(stat.count for stat in kept.statistics("filename"))
+            # 348 with a dict (its ids, and the sizes past 256)
+            assert blocks < 30, kept.statistics("lineno")[:5]
+            assert feed.step(timeout=0.05) == []  # an ended log is still not read again
+        finally:
+            feed.close()
+
+    def test_the_hub_starts_every_worker_at_once(self, tmp_path: Path) -> None:
+        async def workers() -> int:
+            hub = Hub(HubSettings(home=tmp_path, socket_path=tmp_path / "pulse.sock"))
+            await hub.start()
+            try:
+                return sum(t.name.startswith("pulse-hub") for t in threading.enumerate())
+            finally:
+                await hub.close()
+
+        assert asyncio.run(workers()) == hub_module._WORKERS
+
+    def test_the_serving_loop_starts_every_thread_at_once(self) -> None:
+        async def threads() -> int:
+            loop = asyncio.get_running_loop()
+            loop.set_default_executor(ThreadPoolExecutor(max_workers=4, thread_name_prefix="t21"))
+            await start_threads(None, 4)
+            return sum(t.name.startswith("t21") for t in threading.enumerate())
+
+        assert asyncio.run(threads()) == 4

@@ -547,6 +547,44 @@ class TestEncodedEvents:
         assert len(cache) == len(lines) == 500
         assert traced < 500 * 1024, traced  # ~2.5 MB when orjson's buffers are kept
 
+    def test_an_event_freed_while_the_cache_is_busy_goes_at_the_next_call(self) -> None:
+        cache = EncodedEvents(max_bytes=100_000)
+        event = s(1, message="m" * 100)
+        cache(event)
+        with cache._lock:  # another thread is in the cache when the event is freed
+            del event
+            gc.collect()
+        assert len(cache) == 1
+        other = s(2)
+        line = cache(other)
+        assert len(cache) == 1
+        assert cache.nbytes == len(line)
+        assert cache(other) is line
+
+    def test_held_runs_events_are_not_all_kept(self) -> None:
+        """What a hub holds of 100 short runs (44 events each), sent once: a moment's worth.
+
+        Each line kept costs a small entry beside it; kept for as long as the
+        runs are held, they grew the heap by ~2 MB, which did not come back
+        once the runs expired (issue 21).
+        """
+        held = [
+            s(n, message="training " + "x" * 150, tid=f"run-{r:03d}")
+            for r in range(100)
+            for n in range(1, 45)
+        ]
+        cache = EncodedEvents()
+        cache(s(999))  # the encoder's first call imports what it needs
+        tracemalloc.start()
+        try:
+            for event in held:
+                cache(event)  # sent to every subscriber: encoded once
+            traced = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert 0 < cache.nbytes <= 256 * 1024
+        assert traced < 600 * 1024, traced
+
     def test_freed_with_the_event_and_bounded(self) -> None:
         cache = EncodedEvents(max_bytes=100_000)
         event = s(1, message="m" * 1000)
@@ -561,6 +599,6 @@ class TestEncodedEvents:
         for event in held:
             cache(event)
         assert 0 < cache.nbytes <= 100_000
-        big = s(99, message="h" * 20_000)  # longer than an eighth of the budget: not kept
+        big = s(99, message="h" * 30_000)  # longer than a quarter of the budget: not kept
         cache(big)
         assert cache(big) is not cache(big)
