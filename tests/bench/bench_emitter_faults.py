@@ -14,8 +14,9 @@ Measurements (goals from issue 14):
   10 ms, throughput >= 95 % of the undisturbed loop.
 * **Compaction at the 8 MiB cap**: a FileSink at its default cap with interval 0 filled
   until it compacts (a log that big is compacted in a child interpreter); p99.9 and
-  worst call latency of the loop, next to the same loop whose cap is never reached,
-  three rounds of the pair. Goal: worst <= 1 ms. ``--only compaction`` runs just this,
+  worst latency of the calls made during a compaction (and 0.1 s after it), and of the
+  whole loop, next to the same loop whose cap is never reached, three rounds of the
+  pair. Goal: worst during compaction <= 1 ms. ``--only compaction`` runs just this,
   plus an A/B in this process: compaction in-process vs in a child, calls made during a
   compaction timed apart from the rest.
 * **Hot path**: coalesced ``run.progress()`` next to a bare ``time.monotonic()`` in the
@@ -150,6 +151,11 @@ def _compact_loop(
         "p999_metrics_ms": calls["metrics"]["p999_s"] * 1e3,
         "worst_metrics_ms": calls["metrics"]["worst_s"] * 1e3,
     }
+    for name in ("progress", "metrics"):  # calls made while compacting (and 0.1 s after)
+        during = calls[name]["during_compaction"]
+        result[f"during_calls_{name}"] = during["calls"]
+        result[f"during_p999_{name}_ms"] = during["p999_s"] * 1e3
+        result[f"during_worst_{name}_ms"] = during["worst_s"] * 1e3
     if attribute:
         result["split"] = {name: _split(calls[name]) for name in ("progress", "metrics")}
         result["gc"] = report["gc"]
@@ -249,6 +255,10 @@ def measure_compaction(
     for key in keys:
         result[key] = max(p["compaction"][key] for p in pairs)
         result[f"baseline_{key}"] = max(p["baseline"][key] for p in pairs)
+    for name in ("progress", "metrics"):  # the goal's figures: calls made while compacting
+        result[f"during_calls_{name}"] = sum(p["compaction"][f"during_calls_{name}"] for p in pairs)
+        for key in (f"during_p999_{name}_ms", f"during_worst_{name}_ms"):
+            result[key] = max(p["compaction"][key] for p in pairs)
     return result
 
 
@@ -566,10 +576,14 @@ def format_compaction(c: dict[str, Any]) -> str:
 def _format_compaction_line(c: dict[str, Any]) -> str:
     return (
         f"compaction ({c['compactions']}x at {c['max_bytes']} B in {c['steps_compacting']} "
-        f"steps, on {c['compaction_threads']}): "
+        f"steps, on {c['compaction_threads']}): during compaction "
+        f"({c['during_calls_progress']} + {c['during_calls_metrics']} calls): progress p99.9 "
+        f"{c['during_p999_progress_ms']:.3f} ms worst {c['during_worst_progress_ms']:.3f} ms; "
+        f"metrics p99.9 {c['during_p999_metrics_ms']:.3f} ms "
+        f"worst {c['during_worst_metrics_ms']:.3f} ms (goal worst <= 1); the whole loop: "
         f"progress p99.9 {c['p999_progress_ms']:.3f} ms worst {c['worst_progress_ms']:.3f} ms; "
-        f"metrics p99.9 {c['p999_metrics_ms']:.3f} ms worst {c['worst_metrics_ms']:.3f} ms "
-        "(goal worst <= 1); without compaction: "
+        f"metrics p99.9 {c['p999_metrics_ms']:.3f} ms worst {c['worst_metrics_ms']:.3f} ms; "
+        "without compaction: "
         f"progress p99.9 {c['baseline_p999_progress_ms']:.3f} ms "
         f"worst {c['baseline_worst_progress_ms']:.3f} ms; "
         f"metrics p99.9 {c['baseline_p999_metrics_ms']:.3f} ms "

@@ -33,7 +33,12 @@ class TestBenchFaultsSmoke:
         for name in ("slow_write", "slow_fsync"):
             assert results[name]["throughput_ratio"] > 0
             assert results[name]["worst_progress_ms"] >= 0
-        assert results["compaction"]["compactions"] >= 1
+        compaction = results["compaction"]
+        assert compaction["compactions"] >= 1
+        for name in ("progress", "metrics"):  # the goal's figure: calls during a compaction
+            assert compaction[f"during_calls_{name}"] >= 1
+            assert 0 < compaction[f"during_worst_{name}_ms"] <= compaction[f"worst_{name}_ms"]
+        assert "during compaction" in bench.format_compaction(compaction)
         for pair in results["compaction_ab"]["rounds"]:  # both sides compact: a real A/B
             assert pair["in-process"]["compactions"] >= 1
             assert pair["child"]["compactions"] >= 1
@@ -75,3 +80,12 @@ class TestBenchFaultsSmoke:
         assert timer.report()["progress"]["calls"] == 1000
         for series in timer.samples.values():
             assert not any(isinstance(item, float) for item in gc.get_referents(series))
+
+    def test_calls_during_compaction_are_timed_without_attribution(self, bench: ModuleType) -> None:
+        """The goal's figure (calls made while the log compacts) is there in a plain run."""
+        loop = bench._compact_loop(5000, 32768, 50, until=True)
+        assert loop["compactions"] >= 1
+        assert "split" not in loop
+        for name in ("progress", "metrics"):
+            assert loop[f"during_calls_{name}"] >= 1
+            assert 0 < loop[f"during_worst_{name}_ms"] <= loop[f"worst_{name}_ms"]
