@@ -7,7 +7,8 @@ writes the figures as JSON. Every part starts a real ``pulse serve`` process.
 1. **runs**: producer processes run short runs one after another through
    ``TrainingRun`` with the default transports (file log, v1 file, socket to
    the hub), so the hub hears each run twice (socket and log follow), with a
-   web client (``/events``) and a socket subscriber reading throughout. The
+   socket subscriber reading throughout (no web client: the soak,
+   ``bench_soak.py``, measures hub RSS with ``/events`` clients). The
    hub keeps ended runs ``keep_ended`` seconds (``pulse serve --keep-ended``,
    shortened here), and collects the home (retention) every
    ``--retention-every`` seconds, so that a pass over every run's log also
