@@ -147,15 +147,15 @@ class DictFolder(MetricsFolder):
         if tag == "progress":
             numbers = get("epoch"), get("total_epochs"), get("step"), get("total_steps")
             if all(number.__class__ is int or number is None for number in numbers):
-                return CommonProgress(tid, seq, ts, 2, *numbers)
+                return CommonProgress(tid, seq, ts, version, *numbers)
         elif tag == "metrics":
             named = get("time_per_epoch"), get("samples_per_second"), get("tokens_per_second")
             objects = get("extra", UNSET), get("min", UNSET), get("max", UNSET)
             if all(value.__class__ is dict or value is UNSET for value in objects):
                 dropped = get("names_dropped")
-                return CommonMetrics(tid, seq, ts, 2, get("loss"), *named, *objects, dropped)
+                return CommonMetrics(tid, seq, ts, version, get("loss"), *named, *objects, dropped)
         elif tag == "heartbeat":
-            return CommonHeartbeat(tid, seq, ts, 2)
+            return CommonHeartbeat(tid, seq, ts, version)
         elif tag == "state_checkpoint" and _checkpoint(obj):
             raise Checkpoint
         raise Uncommon
