@@ -42,6 +42,12 @@ class TestBenchFaultsSmoke:
         for pair in results["compaction_ab"]["rounds"]:  # both sides compact: a real A/B
             assert pair["in-process"]["compactions"] >= 1
             assert pair["child"]["compactions"] >= 1
+        defaults = results["compaction_defaults"]  # the README's sinks, a live hub
+        assert defaults["compactions"] >= 1
+        assert defaults["sinks"] == ["file", "v1", "socket"]
+        assert defaults["sink_failures"] == 0  # the hub answered: a real socket path
+        assert defaults["during_calls_progress"] >= 1
+        assert "README settings" in bench.format_compaction_defaults(defaults)
         split = results["compaction"]["rounds"][0]["compaction"]["split"]["progress"]
         assert split["worst_wall_ms"] >= split["worst_blocked_ms"] >= 0
         assert "blocked" in bench.format_compaction(results["compaction"])

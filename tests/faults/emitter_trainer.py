@@ -18,7 +18,12 @@ Scenarios:
   off), side by side in one process; ``rounds=N`` repeats the pair and keeps
   the fastest loop of each kind (the machine is noisy) and the worst calls.
 * ``compact``: the loop on a FileSink with a small cap (``max_bytes``), the
-  log interval 0 so it fills fast, compaction slowed by ``delay`` s.
+  log interval 0 so it fills fast, compaction slowed by ``delay`` s. With
+  ``sinks=default`` the run has the README's default sinks instead (their
+  cap must be ``max_bytes``); ``prefill=N`` first writes the run's log as a
+  long run leaves it, N bytes short of the cap, then waits ``settle_s``
+  seconds (a running hub reads the new log meanwhile, as it long has a
+  long run's); ``tid`` names the run.
 * ``flood``: ``steps`` steps each with a status note and a non-fatal error.
 * ``epochs``: ``epochs`` epochs of ``per_epoch`` steps, ``step_sleep`` s
   each (the v1 snapshot is due about every other step), default sinks.
@@ -50,8 +55,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pulse_core.codec import encode
 from pulse_core.emitter import TrainingRun
+from pulse_core.events import Metrics, Progress, RunMeta
 from pulse_transports import file as file_module
+from pulse_transports._logfile import log_path
 from pulse_transports.file import FileSink
 
 _INF = float("inf")
@@ -526,9 +534,21 @@ def scenario_compact(home: Path, opts: dict[str, str]) -> dict[str, Any]:
             _window_end[0] = time.perf_counter() + AFTER_COMPACTION_S
 
     FileSink._compact = slow_compact  # type: ignore[method-assign]
-    sink = FileSink(home=home, max_bytes=int(opts.get("max_bytes", "65536")), interval=0.0)
+    max_bytes = int(opts.get("max_bytes", "65536"))
+    tid = opts.get("tid", "compact-run")
+    if "prefill" in opts:  # a long run's log, this many bytes short of the cap
+        _prefill(home, tid, max_bytes - int(opts["prefill"]))
+        time.sleep(float(opts.get("settle_s", "0")))  # a hub reads the new log meanwhile
     timer = _timer(opts)
-    run = TrainingRun("compact-run", sinks=[sink])
+    if opts.get("sinks") == "default":
+        # The README's settings: file (its default cap and interval), v1, socket.
+        run = TrainingRun(tid)
+        sink = next(r.sink for r in run._routes if isinstance(r.sink, FileSink))
+        if sink.max_bytes != max_bytes:
+            raise SystemExit(f"the default cap is {sink.max_bytes}, not max_bytes={max_bytes}")
+    else:
+        sink = FileSink(home=home, max_bytes=max_bytes, interval=0.0)
+        run = TrainingRun(tid, sinks=[sink])
     timer.watch_writer(run)
     timer.call("status", run.status, "running", "go")
 
@@ -538,15 +558,50 @@ def scenario_compact(home: Path, opts: dict[str, str]) -> dict[str, Any]:
         return sink.compactions == 0 or _compacting[0] or time.perf_counter() < _window_end[0]
 
     loop_s, steps = loop(run, opts, timer, more if opts.get("until_compacted") == "1" else None)
+    stats = run.sink_stats()
     run.close()
     return {
+        "sink_stats": stats,
         "loop_s": loop_s,
         "steps": steps,
         "calls": timer.report(),
         **timer.extra(),
         "compactions": sink.compactions,
+        "sinks": [r.name for r in run._routes],
         "training_thread": threading.current_thread().name,
     }
+
+
+def _prefill(home: Path, training_id: str, size: int) -> None:
+    """Write *training_id*'s log as a long run leaves it: about *size* bytes of lines.
+
+    A run opened on it continues it (its seq goes on), so the loop reaches the
+    cap within seconds at the default log interval, as it would after hours.
+    """
+    path = log_path(home, training_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [encode(RunMeta(training_id=training_id, seq=1, timestamp=time.time()))]
+    total, seq, step = len(lines[0]), 1, 0
+    while total < size:
+        step += 1
+        seq += 2
+        for line in (
+            encode(
+                Progress(
+                    training_id=training_id,
+                    seq=seq - 1,
+                    timestamp=time.time(),
+                    epoch=step // 1000 + 1,
+                    step=step % 1000,
+                )
+            ),
+            encode(
+                Metrics(training_id=training_id, seq=seq, timestamp=time.time(), loss=1.0 / step)
+            ),
+        ):
+            lines.append(line)
+            total += len(line)
+    path.write_bytes(b"".join(lines))
 
 
 def scenario_flood(home: Path, opts: dict[str, str]) -> dict[str, Any]:
