@@ -79,13 +79,16 @@ def _trainer(
     *opts: str,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    no_pulse_env: bool = False,
 ) -> Any:
+    """Run the trainer; its report. *no_pulse_env*: without any ``PULSE_*`` variable."""
+    base = zero_env() if no_pulse_env else dict(os.environ)
     proc = subprocess.run(
         [sys.executable, str(TRAINER), scenario, str(home), *opts],
         capture_output=True,
         text=True,
         timeout=3600,
-        env={**os.environ, **(env or {})} if cwd is None else zero_env(**(env or {})),
+        env={**base, **(env or {})},
         cwd=cwd,
         check=False,
     )
@@ -167,20 +170,40 @@ def _compact_loop(
         "compactions": report["compactions"],
         "steps": report["steps"],
         "compaction_threads": sorted(report["io_threads"]["compact"]),
-        "p999_progress_ms": calls["progress"]["p999_s"] * 1e3,
-        "worst_progress_ms": calls["progress"]["worst_s"] * 1e3,
-        "p999_metrics_ms": calls["metrics"]["p999_s"] * 1e3,
-        "worst_metrics_ms": calls["metrics"]["worst_s"] * 1e3,
+        **_call_figures(calls),
     }
-    for name in ("progress", "metrics"):  # calls made while compacting (and 0.1 s after)
-        during = calls[name]["during_compaction"]
-        result[f"during_calls_{name}"] = during["calls"]
-        result[f"during_p999_{name}_ms"] = during["p999_s"] * 1e3
-        result[f"during_worst_{name}_ms"] = during["worst_s"] * 1e3
     if attribute:
         result["split"] = {name: _split(calls[name]) for name in ("progress", "metrics")}
         result["gc"] = report["gc"]
         result["writer"] = report["writer"]
+    return result
+
+
+def _call_figures(calls: dict[str, Any]) -> dict[str, Any]:
+    """progress()/metrics() latencies (ms) of the whole loop, and of the calls made
+    while compacting (and 0.1 s after)."""
+    result: dict[str, Any] = {}
+    for name in ("progress", "metrics"):
+        during = calls[name]["during_compaction"]
+        result[f"p999_{name}_ms"] = calls[name]["p999_s"] * 1e3
+        result[f"worst_{name}_ms"] = calls[name]["worst_s"] * 1e3
+        result[f"during_calls_{name}"] = during["calls"]
+        result[f"during_p999_{name}_ms"] = during["p999_s"] * 1e3
+        result[f"during_worst_{name}_ms"] = during["worst_s"] * 1e3
+    return result
+
+
+def _worst_over(pairs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Over rounds of (baseline, compaction) loops: the worst figures, calls summed."""
+    result: dict[str, Any] = {}
+    for name in ("progress", "metrics"):
+        for key in (f"p999_{name}_ms", f"worst_{name}_ms"):
+            result[key] = max(p["compaction"][key] for p in pairs)
+            result[f"baseline_{key}"] = max(p["baseline"][key] for p in pairs)
+        # the goal's figures: calls made while compacting
+        result[f"during_calls_{name}"] = sum(p["compaction"][f"during_calls_{name}"] for p in pairs)
+        for key in (f"during_p999_{name}_ms", f"during_worst_{name}_ms"):
+            result[key] = max(p["compaction"][key] for p in pairs)
     return result
 
 
@@ -264,23 +287,15 @@ def measure_compaction(
         baseline = _compact_loop(steps, 1 << 40, work_us, attribute)
         compacting = _compact_loop(steps, max_bytes, work_us, attribute, until=True)
         pairs.append({"baseline": baseline, "compaction": compacting})
-    keys = ("p999_progress_ms", "worst_progress_ms", "p999_metrics_ms", "worst_metrics_ms")
-    result: dict[str, Any] = {
+    return {
         "steps": steps,
         "max_bytes": max_bytes,
         "compactions": min(p["compaction"]["compactions"] for p in pairs),
         "steps_compacting": [p["compaction"]["steps"] for p in pairs],
         "compaction_threads": pairs[0]["compaction"]["compaction_threads"],
         "rounds": pairs,
+        **_worst_over(pairs),
     }
-    for key in keys:
-        result[key] = max(p["compaction"][key] for p in pairs)
-        result[f"baseline_{key}"] = max(p["baseline"][key] for p in pairs)
-    for name in ("progress", "metrics"):  # the goal's figures: calls made while compacting
-        result[f"during_calls_{name}"] = sum(p["compaction"][f"during_calls_{name}"] for p in pairs)
-        for key in (f"during_p999_{name}_ms", f"during_worst_{name}_ms"):
-            result[key] = max(p["compaction"][key] for p in pairs)
-    return result
 
 
 def measure_compaction_defaults(
@@ -317,7 +332,7 @@ def measure_compaction_defaults(
                 if server is not None:
                     server.stop()
         pairs.append({"baseline": baseline, "compaction": compacting})
-    result: dict[str, Any] = {
+    return {
         "rounds": pairs,
         "hub": hub,
         "sinks": pairs[0]["compaction"]["sinks"],
@@ -325,14 +340,8 @@ def measure_compaction_defaults(
         "sink_failures": sum(
             sum(loop["sink_failures"].values()) for p in pairs for loop in p.values()
         ),
+        **_worst_over(pairs),
     }
-    for name in ("progress", "metrics"):
-        result[f"during_calls_{name}"] = sum(p["compaction"][f"during_calls_{name}"] for p in pairs)
-        for key in (f"during_p999_{name}_ms", f"during_worst_{name}_ms"):
-            result[key] = max(p["compaction"][key] for p in pairs)
-        for key in (f"p999_{name}_ms", f"worst_{name}_ms"):
-            result[f"baseline_{key}"] = max(p["baseline"][key] for p in pairs)
-    return result
 
 
 def _defaults_loop(
@@ -365,23 +374,16 @@ def _defaults_loop(
         "error_every=0",
         f"until_compacted={int(until)}",
         cwd=folder,
+        no_pulse_env=True,
     )
-    calls = report["calls"]
-    result: dict[str, Any] = {
+    return {
         "compactions": report["compactions"],
         "steps": report["steps"],
         "sinks": report["sinks"],
         # how often each sink failed (the socket: the hub did not answer in time)
         "sink_failures": {st["name"]: st["failures_total"] for st in report["sink_stats"]},
+        **_call_figures(report["calls"]),
     }
-    for name in ("progress", "metrics"):
-        during = calls[name]["during_compaction"]
-        result[f"during_calls_{name}"] = during["calls"]
-        result[f"during_p999_{name}_ms"] = during["p999_s"] * 1e3
-        result[f"during_worst_{name}_ms"] = during["worst_s"] * 1e3
-        result[f"p999_{name}_ms"] = calls[name]["p999_s"] * 1e3
-        result[f"worst_{name}_ms"] = calls[name]["worst_s"] * 1e3
-    return result
 
 
 def format_compaction_defaults(c: dict[str, Any]) -> str:
@@ -393,11 +395,7 @@ def format_compaction_defaults(c: dict[str, Any]) -> str:
     return (
         f"compaction, README settings ({'+'.join(c['sinks'])}"
         f"{', live hub' if c['hub'] else ''}; {len(c['rounds'])} rounds, "
-        f"{c['compactions']}+ compaction(s) each): during compaction "
-        f"({c['during_calls_progress']} + {c['during_calls_metrics']} calls): progress p99.9 "
-        f"{c['during_p999_progress_ms']:.3f} ms worst {c['during_worst_progress_ms']:.3f} ms; "
-        f"metrics p99.9 {c['during_p999_metrics_ms']:.3f} ms "
-        f"worst {c['during_worst_metrics_ms']:.3f} ms (goal worst <= 1); each round's worst "
+        f"{c['compactions']}+ compaction(s) each): {_format_goal(c)}; each round's worst "
         f"[{worsts}] ms; same sinks without compaction: progress worst "
         f"{c['baseline_worst_progress_ms']:.3f} ms, metrics worst "
         f"{c['baseline_worst_metrics_ms']:.3f} ms; sink failures {c['sink_failures']}"
@@ -722,11 +720,7 @@ def format_compaction(c: dict[str, Any]) -> str:
 def _format_compaction_line(c: dict[str, Any]) -> str:
     return (
         f"compaction ({c['compactions']}x at {c['max_bytes']} B in {c['steps_compacting']} "
-        f"steps, on {c['compaction_threads']}): during compaction "
-        f"({c['during_calls_progress']} + {c['during_calls_metrics']} calls): progress p99.9 "
-        f"{c['during_p999_progress_ms']:.3f} ms worst {c['during_worst_progress_ms']:.3f} ms; "
-        f"metrics p99.9 {c['during_p999_metrics_ms']:.3f} ms "
-        f"worst {c['during_worst_metrics_ms']:.3f} ms (goal worst <= 1); the whole loop: "
+        f"steps, on {c['compaction_threads']}): {_format_goal(c)}; the whole loop: "
         f"progress p99.9 {c['p999_progress_ms']:.3f} ms worst {c['worst_progress_ms']:.3f} ms; "
         f"metrics p99.9 {c['p999_metrics_ms']:.3f} ms worst {c['worst_metrics_ms']:.3f} ms; "
         "without compaction: "
@@ -734,6 +728,17 @@ def _format_compaction_line(c: dict[str, Any]) -> str:
         f"worst {c['baseline_worst_progress_ms']:.3f} ms; "
         f"metrics p99.9 {c['baseline_p999_metrics_ms']:.3f} ms "
         f"worst {c['baseline_worst_metrics_ms']:.3f} ms"
+    )
+
+
+def _format_goal(c: dict[str, Any]) -> str:
+    """The goal's figures: the calls made during a compaction, over all rounds."""
+    return (
+        f"during compaction ({c['during_calls_progress']} + {c['during_calls_metrics']} calls): "
+        f"progress p99.9 {c['during_p999_progress_ms']:.3f} ms "
+        f"worst {c['during_worst_progress_ms']:.3f} ms; "
+        f"metrics p99.9 {c['during_p999_metrics_ms']:.3f} ms "
+        f"worst {c['during_worst_metrics_ms']:.3f} ms (goal worst <= 1)"
     )
 
 

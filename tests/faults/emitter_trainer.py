@@ -57,10 +57,13 @@ from typing import Any
 
 from pulse_core.codec import encode
 from pulse_core.emitter import TrainingRun
-from pulse_core.events import Metrics, Progress, RunMeta
+from pulse_core.events import Event, Metrics, Progress, RunMeta
 from pulse_transports import file as file_module
-from pulse_transports._logfile import log_path
 from pulse_transports.file import FileSink
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hub"))
+
+from hubkit import write_log  # a run's log, as its file sink writes it
 
 _INF = float("inf")
 _real_write = os.write
@@ -578,30 +581,24 @@ def _prefill(home: Path, training_id: str, size: int) -> None:
     A run opened on it continues it (its seq goes on), so the loop reaches the
     cap within seconds at the default log interval, as it would after hours.
     """
-    path = log_path(home, training_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [encode(RunMeta(training_id=training_id, seq=1, timestamp=time.time()))]
-    total, seq, step = len(lines[0]), 1, 0
+    events: list[Event] = [RunMeta(training_id=training_id, seq=1, timestamp=time.time())]
+    total, step = len(encode(events[0])), 0
     while total < size:
         step += 1
-        seq += 2
-        for line in (
-            encode(
-                Progress(
-                    training_id=training_id,
-                    seq=seq - 1,
-                    timestamp=time.time(),
-                    epoch=step // 1000 + 1,
-                    step=step % 1000,
-                )
+        now = time.time()
+        pair = (
+            Progress(
+                training_id=training_id,
+                seq=2 * step,
+                timestamp=now,
+                epoch=step // 1000 + 1,
+                step=step % 1000,
             ),
-            encode(
-                Metrics(training_id=training_id, seq=seq, timestamp=time.time(), loss=1.0 / step)
-            ),
-        ):
-            lines.append(line)
-            total += len(line)
-    path.write_bytes(b"".join(lines))
+            Metrics(training_id=training_id, seq=2 * step + 1, timestamp=now, loss=1.0 / step),
+        )
+        events.extend(pair)
+        total += sum(len(encode(event)) for event in pair)
+    write_log(home, events)
 
 
 def scenario_flood(home: Path, opts: dict[str, str]) -> dict[str, Any]:
