@@ -721,13 +721,7 @@ def _format_compaction_line(c: dict[str, Any]) -> str:
     return (
         f"compaction ({c['compactions']}x at {c['max_bytes']} B in {c['steps_compacting']} "
         f"steps, on {c['compaction_threads']}): {_format_goal(c)}; the whole loop: "
-        f"progress p99.9 {c['p999_progress_ms']:.3f} ms worst {c['worst_progress_ms']:.3f} ms; "
-        f"metrics p99.9 {c['p999_metrics_ms']:.3f} ms worst {c['worst_metrics_ms']:.3f} ms; "
-        "without compaction: "
-        f"progress p99.9 {c['baseline_p999_progress_ms']:.3f} ms "
-        f"worst {c['baseline_worst_progress_ms']:.3f} ms; "
-        f"metrics p99.9 {c['baseline_p999_metrics_ms']:.3f} ms "
-        f"worst {c['baseline_worst_metrics_ms']:.3f} ms"
+        f"{_format_calls(c, '')}; without compaction: {_format_calls(c, 'baseline_')}"
     )
 
 
@@ -735,10 +729,16 @@ def _format_goal(c: dict[str, Any]) -> str:
     """The goal's figures: the calls made during a compaction, over all rounds."""
     return (
         f"during compaction ({c['during_calls_progress']} + {c['during_calls_metrics']} calls): "
-        f"progress p99.9 {c['during_p999_progress_ms']:.3f} ms "
-        f"worst {c['during_worst_progress_ms']:.3f} ms; "
-        f"metrics p99.9 {c['during_p999_metrics_ms']:.3f} ms "
-        f"worst {c['during_worst_metrics_ms']:.3f} ms (goal worst <= 1)"
+        f"{_format_calls(c, 'during_')} (goal worst <= 1)"
+    )
+
+
+def _format_calls(c: dict[str, Any], prefix: str) -> str:
+    """p99.9 and worst of progress() and metrics(), from *c*'s keys starting with *prefix*."""
+    return "; ".join(
+        f"{name} p99.9 {c[f'{prefix}p999_{name}_ms']:.3f} ms "
+        f"worst {c[f'{prefix}worst_{name}_ms']:.3f} ms"
+        for name in ("progress", "metrics")
     )
 
 
